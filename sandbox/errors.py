@@ -1,0 +1,37 @@
+"""The one error type the host side raises for expected failures.
+
+Only the task layer (`tasks.py`) and the noxfile turn a `SandboxError` into an exit code, so
+every expected failure reaches the user as one line and a distinct status, never a traceback.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Exit(IntEnum):
+    """Exit statuses, distinct per kind of failure so scripts can tell them apart."""
+
+    OK = 0
+    FAILED = 1  # a check ran and said no (gate, verify)
+    USAGE = 2  # bad input: slot, service, option
+    NO_ENGINE = 3  # Docker engine not reachable
+    NO_COMPOSE = 4  # no Compose v2 CLI
+    BAD_ENV = 5  # env file missing or invalid
+    PORT_TAKEN = 6  # a host port of the slot is held by something else
+    OTHER_CHECKOUT = 7  # the slot's project runs from another checkout
+    LOCKED = 8  # another `inv` holds the slot's lock
+    COMMAND = 9  # an external command failed (docker build, compose up, ...)
+    SHARED_DIR = 10  # the shared directory cannot be created or read
+
+
+class SandboxError(Exception):
+    """An expected failure. The message says what is wrong and what to run next."""
+
+    def __init__(self, message: str, code: Exit = Exit.FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)

@@ -1,0 +1,118 @@
+"""The slot scheme: one definition of every host port of every slot.
+
+A slot (0-10) is one complete stack: its own Compose project, its own host ports and its own
+database volume. Slot 0 keeps KTRDR's standard ports. Everything else here (env files, the
+port table in the docs, preflight, verify) is derived from `PORTS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sandbox.errors import Exit, SandboxError
+
+SLOTS = range(0, 11)
+PROJECT_PREFIX = "ktrdr-sandbox-"
+PORT_MIN, PORT_MAX = 1024, 65535
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """One published host port.
+
+    Slot 0 uses `standard`; slot N >= 1 uses `base + step * N`. `container_port` is the port
+    inside the container, or None where it equals the host port (workers register their own
+    port with the backend, so inside and outside must agree).
+    """
+
+    variable: str
+    service: str
+    label: str
+    standard: int
+    base: int
+    step: int
+    container_port: int | None
+
+    def host_port(self, slot: int) -> int:
+        return self.standard if slot == 0 else self.base + self.step * slot
+
+
+# OTLP steps by 10: with a step of 1, slot N's gRPC port (4317+N) would be slot N-1's HTTP
+# port (4318+N-1). Workers step by 10 for the same reason: four ports per slot.
+PORTS: tuple[PortSpec, ...] = (
+    PortSpec("KTRDR_DB_PORT", "db", "PostgreSQL", 5432, 5432, 1, 5432),
+    PortSpec("KTRDR_API_PORT", "backend", "Backend API", 8000, 8000, 1, 8000),
+    PortSpec("KTRDR_JAEGER_UI_PORT", "jaeger", "Jaeger UI", 16686, 16686, 1, 16686),
+    PortSpec("KTRDR_JAEGER_OTLP_GRPC_PORT", "jaeger", "OTLP gRPC", 4317, 4317, 10, 4317),
+    PortSpec("KTRDR_JAEGER_OTLP_HTTP_PORT", "jaeger", "OTLP HTTP", 4318, 4318, 10, 4318),
+    PortSpec("KTRDR_PROMETHEUS_PORT", "prometheus", "Prometheus", 9090, 9090, 1, 9090),
+    PortSpec("KTRDR_GRAFANA_PORT", "grafana", "Grafana", 3000, 3000, 1, 3000),
+    PortSpec("KTRDR_WORKER_PORT_1", "backtest-worker-1", "Backtest worker 1", 5003, 5000, 10, None),
+    PortSpec("KTRDR_WORKER_PORT_2", "backtest-worker-2", "Backtest worker 2", 5004, 5001, 10, None),
+    PortSpec("KTRDR_WORKER_PORT_3", "training-worker-1", "Training worker 1", 5005, 5002, 10, None),
+    PortSpec("KTRDR_WORKER_PORT_4", "training-worker-2", "Training worker 2", 5006, 5003, 10, None),
+)
+PORT_VARIABLES = tuple(spec.variable for spec in PORTS)
+
+
+@dataclass(frozen=True)
+class Worker:
+    service: str
+    worker_type: str  # as KTRDR names it: "backtesting" or "training"
+    port_variable: str
+
+
+WORKERS: tuple[Worker, ...] = (
+    Worker("backtest-worker-1", "backtesting", "KTRDR_WORKER_PORT_1"),
+    Worker("backtest-worker-2", "backtesting", "KTRDR_WORKER_PORT_2"),
+    Worker("training-worker-1", "training", "KTRDR_WORKER_PORT_3"),
+    Worker("training-worker-2", "training", "KTRDR_WORKER_PORT_4"),
+)
+SERVICES: tuple[str, ...] = (
+    "db",
+    "backend",
+    *(w.service for w in WORKERS),
+    "jaeger",
+    "prometheus",
+    "grafana",
+)
+
+
+def project_name(slot: int) -> str:
+    return f"{PROJECT_PREFIX}{slot}"
+
+
+def slot_of_project(project: str) -> int | None:
+    """The slot a Compose project name belongs to, or None when it is not a sandbox project."""
+    if not project.startswith(PROJECT_PREFIX):
+        return None
+    rest = project.removeprefix(PROJECT_PREFIX)
+    if not rest.isdigit() or int(rest) not in SLOTS or str(int(rest)) != rest:
+        return None
+    return int(rest)
+
+
+def ports(slot: int) -> dict[str, int]:
+    """Every host port of `slot`, by variable name."""
+    return {spec.variable: spec.host_port(slot) for spec in PORTS}
+
+
+def parse_slot(value: object) -> int:
+    """A slot number from user input, or a SandboxError that says what is allowed."""
+    text = str(value).strip()
+    if not text.lstrip("-").isdigit():
+        raise SandboxError(
+            f"slot must be a whole number from 0 to 10, not {text!r} (e.g. --slot=1)", Exit.USAGE
+        )
+    slot = int(text)
+    if slot not in SLOTS:
+        raise SandboxError(f"slot {slot} is outside 0-10: pick a slot from 0 to 10", Exit.USAGE)
+    return slot
+
+
+def parse_service(value: str) -> str:
+    if value not in SERVICES:
+        raise SandboxError(
+            f"unknown service {value!r}: use one of {', '.join(SERVICES)}", Exit.USAGE
+        )
+    return value
