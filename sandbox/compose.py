@@ -144,9 +144,7 @@ def environment(
     return env
 
 
-def resolve(
-    name: str, cli: str | None, values: Mapping[str, str], default: str
-) -> str:
+def resolve(name: str, cli: str | None, values: Mapping[str, str], default: str) -> str:
     """One setting: the CLI flag when given, else the env file, else the built-in default."""
     if cli is not None and cli != "":
         return cli

@@ -115,8 +115,16 @@ def parse_ps(output: str) -> list[Container]:
 
 
 def ps_command() -> list[str]:
-    return ["docker", "ps", "--all", "--no-trunc", "--filter", f"label={PROJECT_LABEL}",
-            "--format", "{{json .}}"]
+    return [
+        "docker",
+        "ps",
+        "--all",
+        "--no-trunc",
+        "--filter",
+        f"label={PROJECT_LABEL}",
+        "--format",
+        "{{json .}}",
+    ]
 
 
 def engine_error(result: Result) -> SandboxError:

@@ -28,9 +28,11 @@ class Exit(IntEnum):
 class SandboxError(Exception):
     """An expected failure. The message says what is wrong and what to run next."""
 
-    def __init__(self, message: str, code: Exit = Exit.FAILED) -> None:
+    def __init__(self, message: str, code: Exit = Exit.FAILED, details: str = "") -> None:
         super().__init__(message)
         self.code = code
+        # Output of a failed command (its last lines), shown above the one-line message.
+        self.details = details
 
     @property
     def message(self) -> str:

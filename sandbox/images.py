@@ -1,0 +1,197 @@
+"""The images a slot runs: upstream ones on a connected machine, local ones without a registry.
+
+Offline, nothing is pulled: a Debian base is made with debootstrap, real PostgreSQL and
+Prometheus come from Debian packages, and Jaeger and Grafana are replaced by small stand-ins
+that say they are stand-ins. Local images carry our own names (ktrdr-sandbox/...), never an
+upstream one. Which set a machine uses is recorded in ./.env (see compose.IMAGES_ENV).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox.compose import IMAGE_VARIABLES, IMAGES_ENV, image_settings
+from sandbox.errors import Exit, SandboxError
+from sandbox.runner import Result, display, run
+
+CONTEXT = "containers"
+BASE_SCRIPT = "scripts/build-debian-base.sh"
+OFFLINE_BASE = "ktrdr-sandbox/debian-base:bookworm"
+UPSTREAM_BASE = "debian:bookworm-slim"
+APP_IMAGE = "ktrdr-sandbox/reference-app:latest"
+
+UPSTREAM: dict[str, str] = {
+    "KTRDR_DB_IMAGE": "timescale/timescaledb:latest-pg16",
+    "KTRDR_JAEGER_IMAGE": "jaegertracing/all-in-one:latest",
+    "KTRDR_PROMETHEUS_IMAGE": "prom/prometheus:latest",
+    "KTRDR_GRAFANA_IMAGE": "grafana/grafana:latest",
+}
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    variable: str  # the compose variable that selects it
+    tag: str
+    directory: str  # under containers/images/
+    what: str
+
+
+# Offline replacements, in build order. The app comes last: it is the one that changes.
+OFFLINE: tuple[LocalImage, ...] = (
+    LocalImage(
+        "KTRDR_DB_IMAGE",
+        "ktrdr-sandbox/postgres-debian:15",
+        "postgres-debian",
+        "real PostgreSQL 15 from Debian (no TimescaleDB)",
+    ),
+    LocalImage(
+        "KTRDR_PROMETHEUS_IMAGE",
+        "ktrdr-sandbox/prometheus-debian:2",
+        "prometheus-debian",
+        "real Prometheus from Debian",
+    ),
+    LocalImage(
+        "KTRDR_JAEGER_IMAGE",
+        "ktrdr-sandbox/jaeger-standin:1",
+        "jaeger-standin",
+        "STAND-IN for Jaeger all-in-one",
+    ),
+    LocalImage(
+        "KTRDR_GRAFANA_IMAGE",
+        "ktrdr-sandbox/grafana-standin:1",
+        "grafana-standin",
+        "STAND-IN for Grafana",
+    ),
+)
+APP = LocalImage(
+    "KTRDR_APP_IMAGE", APP_IMAGE, "reference-app", "reference KTRDR backend and workers"
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of an image build, with what it produces."""
+
+    what: str
+    cmd: list[str]
+    env: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Built:
+    what: str
+    seconds: float
+    command: str
+
+
+def selection(offline: bool) -> dict[str, str]:
+    """The value of every image variable for this mode: what ./.env records."""
+    if offline:
+        chosen = {image.variable: image.tag for image in OFFLINE}
+        chosen["KTRDR_BASE_IMAGE"] = OFFLINE_BASE
+    else:
+        chosen = {**UPSTREAM, "KTRDR_BASE_IMAGE": UPSTREAM_BASE}
+    chosen["KTRDR_APP_IMAGE"] = APP_IMAGE
+    return {name: chosen[name] for name in IMAGE_VARIABLES}
+
+
+def render_env(offline: bool) -> str:
+    mode = "offline: local images, no registry" if offline else "online: upstream images"
+    lines = [
+        f"# Written by `inv images` ({mode}). Compose reads this file when no --env-file is",
+        "# given; with --env-file, pass it first: --env-file .env --env-file env/slot-N.env.",
+        "# Delete it, or run `inv images` on a connected machine, to go back to upstream images.",
+    ]
+    lines += [f"{name}={value}" for name, value in selection(offline).items()]
+    return "\n".join(lines) + "\n"
+
+
+def build_env(environ: Mapping[str, str], buildkit: bool) -> dict[str, str]:
+    # Debian's engine has no buildx plugin; its legacy builder builds these Dockerfiles fine.
+    return {**environ, "DOCKER_BUILDKIT": "1" if buildkit else "0"}
+
+
+def docker_build(root: Path, image: LocalImage, base: str) -> list[str]:
+    return [
+        "docker",
+        "build",
+        "--build-arg",
+        f"BASE_IMAGE={base}",
+        "-f",
+        str(root / CONTEXT / "images" / image.directory / "Dockerfile"),
+        "-t",
+        image.tag,
+        str(root / CONTEXT),
+    ]
+
+
+def plan(root: Path, offline: bool, environ: Mapping[str, str], buildkit: bool) -> list[Step]:
+    """Every command `inv images` runs, in order."""
+    env = build_env(environ, buildkit)
+    if offline:
+        steps = [Step(OFFLINE_BASE, ["bash", str(root / BASE_SCRIPT)], dict(environ))]
+        steps += [Step(i.tag, docker_build(root, i, OFFLINE_BASE), env) for i in OFFLINE]
+        return [*steps, Step(APP.tag, docker_build(root, APP, OFFLINE_BASE), env)]
+    steps = [Step(tag, ["docker", "pull", tag], dict(environ)) for tag in UPSTREAM.values()]
+    return [*steps, Step(APP.tag, docker_build(root, APP, UPSTREAM_BASE), env)]
+
+
+def buildkit_available(environ: Mapping[str, str]) -> bool:
+    return run(["docker", "buildx", "version"], env=dict(environ), timeout=20).ok
+
+
+def registry_reachable(environ: Mapping[str, str]) -> bool:
+    """Whether upstream images can be pulled: pull the small base the app builds on."""
+    return run(["docker", "pull", "-q", UPSTREAM_BASE], env=dict(environ), timeout=120).ok
+
+
+def missing(environ: Mapping[str, str], tags: list[str]) -> list[str]:
+    return [
+        tag
+        for tag in tags
+        if not run(["docker", "image", "inspect", tag], env=dict(environ), timeout=20).ok
+    ]
+
+
+def build(
+    root: Path,
+    offline: bool,
+    environ: Mapping[str, str],
+    on_step: Callable[[Step], None] | None = None,
+) -> list[Built]:
+    """Run the plan, stop at the first failure, then record the selection in ./.env."""
+    done = []
+    for step in plan(root, offline, environ, buildkit_available(environ)):
+        if on_step:
+            on_step(step)
+        started = time.monotonic()
+        result: Result = run(step.cmd, env=step.env, cwd=root)
+        if not result.ok:
+            again = "inv images --offline" if offline else "inv images"
+            raise SandboxError(
+                f"building {step.what} failed ({display(step.cmd)}); "
+                f"the output above says why: fix it and re-run `{again}`",
+                Exit.COMMAND,
+                details=result.tail(20),
+            )
+        done.append(Built(step.what, time.monotonic() - started, display(step.cmd)))
+    (root / IMAGES_ENV).write_text(render_env(offline))
+    return done
+
+
+def build_app(root: Path, environ: Mapping[str, str]) -> Built:
+    """Rebuild only the reference app, on the base this machine's ./.env selected."""
+    base = image_settings(root).get("KTRDR_BASE_IMAGE", UPSTREAM_BASE)
+    cmd = docker_build(root, APP, base)
+    started = time.monotonic()
+    result = run(cmd, env=build_env(environ, buildkit_available(environ)), cwd=root)
+    if not result.ok:
+        raise SandboxError(
+            f"building {APP.tag} failed ({display(cmd)}); fix it and re-run `inv up --build`",
+            Exit.COMMAND,
+            details=result.tail(20),
+        )
+    return Built(APP.tag, time.monotonic() - started, display(cmd))

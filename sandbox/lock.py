@@ -1,0 +1,113 @@
+"""One lock per slot, so two `inv up`/`inv down` of the same slot cannot interleave.
+
+`flock` on `~/.ktrdr/locks/slot-N.lock` (or `$KTRDR_LOCK_DIR`): the kernel drops the lock when
+its holder exits, however it exits, so a crashed `inv` never leaves a stale lock behind. The
+holder writes its pid into the file so a refused command can name it. Different slots lock
+different files and run in parallel. (flock on NFS is emulated with POSIX locks on Linux; keep
+the lock directory on a local disk.)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from sandbox.errors import Exit, SandboxError
+
+LOCK_DIR_VARIABLE = "KTRDR_LOCK_DIR"
+POLL_SECONDS = 0.1
+
+# Locks this process holds: path -> (pid, depth). flock conflicts between two open() of the
+# same file even within one process, so a nested `slot_lock` of a slot already held here (e.g.
+# a task calling down() then up()) must not lock again. The pid guards against a forked child,
+# which inherits this dict but not the right to the lock.
+_held: dict[Path, tuple[int, int]] = {}
+
+
+def default_lock_dir(environ: Mapping[str, str]) -> Path:
+    """`$KTRDR_LOCK_DIR` when set, else ~/.ktrdr/locks."""
+    value = environ.get(LOCK_DIR_VARIABLE)
+    if value:
+        return Path(value).expanduser()
+    return Path.home() / ".ktrdr" / "locks"
+
+
+def lock_path(slot: int, lock_dir: Path) -> Path:
+    return lock_dir / f"slot-{slot}.lock"
+
+
+def busy_message(slot: int, pid: int | None) -> str:
+    holder = f"another `inv` command (pid {pid})" if pid else "another `inv` command"
+    return f"slot {slot} is busy: {holder} is working on it; wait for it or retry"
+
+
+def _holder_pid(fd: int) -> int | None:
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None
+
+
+def _open(path: Path) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot open the lock file {path} ({exc.strerror}): set {LOCK_DIR_VARIABLE} to a "
+            "writable directory, then re-run",
+            Exit.LOCKED,
+        ) from exc
+
+
+def _acquire(fd: int, slot: int, wait: float) -> None:
+    deadline = time.monotonic() + max(wait, 0.0)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SandboxError(busy_message(slot, _holder_pid(fd)), Exit.LOCKED) from None
+            time.sleep(min(POLL_SECONDS, remaining))
+
+
+@contextmanager
+def slot_lock(slot: int, *, wait: float = 0.0, lock_dir: Path | None = None) -> Iterator[None]:
+    """Hold slot `slot`'s lock for the `with` block.
+
+    When another process holds it, retry for up to `wait` seconds, then raise
+    SandboxError(LOCKED) naming that process. Released on leaving the block, exceptions
+    included; the lock file stays. Re-entrant within one process.
+    """
+    path = lock_path(slot, lock_dir if lock_dir is not None else default_lock_dir(os.environ))
+    path = path.absolute()
+    pid = os.getpid()
+    owner, depth = _held.get(path, (0, 0))
+    if owner == pid:
+        _held[path] = (pid, depth + 1)
+        try:
+            yield
+        finally:
+            _held[path] = (pid, depth)
+        return
+
+    fd = _open(path)
+    try:
+        _acquire(fd, slot, wait)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{pid}\n".encode(), 0)
+            _held[path] = (pid, 1)
+            yield
+        finally:
+            _held.pop(path, None)
+            # Empty the file before unlocking: a pid left behind would name a process that
+            # no longer holds the lock.
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

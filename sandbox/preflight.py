@@ -1,0 +1,402 @@
+"""Preflight: what `inv up --slot=N` checks before `docker compose up`.
+
+Checks run in a fixed order and stop at the first failure, which is a `SandboxError` with its
+own exit code and one line saying what is wrong and what to do. Only read-only questions go to
+the engine (`docker version`, `docker compose version`, one `docker ps`), so a refused preflight
+leaves nothing behind on it. The one thing preflight may create is the shared directory on the
+host (mkdir only, like scripts/init-shared-data-dir.sh).
+
+The decisions are pure functions (`other_checkout`, `classify_ports`, `port_holder`,
+`parse_proc_net`) and tested without Docker; `run_preflight` only gathers facts and calls them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sandbox import compose, docker, envfiles, shared, slots
+from sandbox.docker import Container
+from sandbox.errors import Exit, SandboxError
+from sandbox.runner import display
+
+PROC = Path("/proc")
+# /proc/net/tcp's "st" column: 0A is TCP_LISTEN (include/net/tcp_states.h).
+TCP_LISTEN = "0A"
+# docker-proxy holds a published port on the host for a container (the userland proxy).
+DOCKER_PROXY = "docker-proxy"
+
+Probe = Callable[[str, int], bool]
+
+
+@dataclass(frozen=True)
+class Step:
+    """A check that passed, for display."""
+
+    name: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What a passed preflight found."""
+
+    compose: list[str]  # the Compose v2 CLI to run, e.g. ["docker", "compose"]
+    steps: list[Step]
+    running: list[Container]  # the slot's own existing containers, in any state
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A listening TCP socket from /proc/net/tcp{,6}, with its owner when it could be found."""
+
+    port: int
+    address: str
+    inode: int
+    pid: int | None = None
+    process: str | None = None
+
+
+@dataclass(frozen=True)
+class TakenPort:
+    """A host port of the slot that something else holds."""
+
+    port: int
+    variable: str
+    service: str
+
+
+# --- shared directory ---------------------------------------------------------------------
+
+
+def missing_shared(path: Path) -> list[Path]:
+    """The sub-directories `shared.ensure` would create."""
+    return [path / name for name in shared.SUBDIRS if not (path / name).is_dir()]
+
+
+def shared_path(target: compose.Target) -> Path:
+    """The shared directory as Compose will see it: a relative KTRDR_SHARED_DIR is relative
+    to the project directory (the checkout), not to wherever `inv` was started."""
+    path = target.shared_dir
+    return path if path.is_absolute() else target.root / path
+
+
+# --- env files ----------------------------------------------------------------------------
+
+
+def env_problems(target: compose.Target) -> list[envfiles.Problem]:
+    """Problems of this slot's env file, then of every env file (collisions between slots),
+    this slot's first: those are the ones this `inv up` would trip over."""
+    own = envfiles.check(target.values, _env_name(target), target.slot)
+    rest = [p for p in envfiles.check_all(target.root) if p not in own]
+    rest.sort(key=lambda p: p.slot != target.slot)  # stable: keeps each group's order
+    return own + rest
+
+
+def _env_name(target: compose.Target) -> str:
+    return f"{envfiles.ENV_DIR}/{target.env_file.name}"
+
+
+def env_error(problems: Sequence[envfiles.Problem]) -> SandboxError:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return SandboxError(
+        f"{problems[0]}{more}: fix it or run `inv env --write` to regenerate env/", Exit.BAD_ENV
+    )
+
+
+# --- the project's containers -------------------------------------------------------------
+
+
+def _same_dir(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def other_checkout(target_root: Path, project_containers: Sequence[Container]) -> str | None:
+    """The working directory of a container of this project started from another checkout,
+    or None. Containers in any state count: `compose up` here would take them over."""
+    for container in project_containers:
+        if container.working_dir and not _same_dir(container.working_dir, target_root):
+            return container.working_dir
+    return None
+
+
+def other_checkout_error(target: compose.Target, working_dir: str) -> SandboxError:
+    return SandboxError(
+        f"slot {target.slot} belongs to another checkout: {target.project} was started from "
+        f"{working_dir}; run `inv down --slot={target.slot}` in that checkout, "
+        "or pick another slot",
+        Exit.OTHER_CHECKOUT,
+    )
+
+
+# --- ports --------------------------------------------------------------------------------
+
+
+def bind_address(target: compose.Target, environ: Mapping[str, str]) -> str:
+    """The address Compose publishes on: what `compose.environment` hands it, else the
+    compose file's default."""
+    env = compose.environment(target, environ)
+    return compose.resolve("KTRDR_BIND_ADDR", None, env, compose.DEFAULT_BIND_ADDR)
+
+
+def probe_addresses(bind_addr: str) -> tuple[str, ...]:
+    """Where a port must be free: the bind address and both wildcards. A holder on any of
+    them stops Docker (wildcard vs specific) or at least confuses clients of localhost."""
+    return tuple(dict.fromkeys((bind_addr, "0.0.0.0", "::")))
+
+
+def can_bind(host: str, port: int) -> bool:
+    """Whether a TCP socket can bind `host:port` now. Only "address in use" says no.
+
+    SO_REUSEADDR so connections in TIME_WAIT (a stack that just went down) do not count; Linux
+    honours it when the TIME_WAIT socket's creator set it too, as servers and docker-proxy do.
+    IPV6_V6ONLY so the "::" probe asks about IPv6 alone; 0.0.0.0 covers IPv4. A host without
+    IPv6 answers yes for "::": nothing can hold the port there. Any other error (an address
+    this host does not have, say) is not a taken port; Compose reports it itself.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        return True
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno != errno.EADDRINUSE
+    return True
+
+
+def _published_tcp(containers: Sequence[Container]) -> set[int]:
+    return {p.host_port for c in containers for p in c.ports if p.protocol == "tcp"}
+
+
+def classify_ports(
+    target: compose.Target,
+    containers: Sequence[Container],
+    probe: Probe,
+    *,
+    bind_addr: str = compose.DEFAULT_BIND_ADDR,
+) -> list[TakenPort]:
+    """The slot's host ports that are taken, in `slots.PORTS` order.
+
+    A port published by this slot's own containers is fine (the stack is up already). A port
+    published by any other container is taken even when it binds (an engine without the
+    userland proxy holds ports in iptables only). Otherwise it is taken unless `probe` can
+    bind it on every address of `probe_addresses(bind_addr)`.
+    """
+    own = _published_tcp([c for c in containers if c.project == target.project])
+    others = _published_tcp([c for c in containers if c.project != target.project])
+    addresses = probe_addresses(bind_addr)
+    taken = []
+    for spec in slots.PORTS:
+        port = target.port(spec.variable)
+        if port in own:
+            continue
+        if port in others or not all(probe(address, port) for address in addresses):
+            taken.append(TakenPort(port, spec.variable, spec.service))
+    return taken
+
+
+def port_holder(
+    port: int, containers: Sequence[Container], listeners: Mapping[int, Listener]
+) -> str | None:
+    """Who holds `port`, in words, or None when nobody could be found.
+
+    A container publishing it wins over a listening process: for a container the process is
+    only docker-proxy. Sandbox slots first, then other containers.
+    """
+    publishing = [c for c in containers if port in _published_tcp([c])]
+    publishing.sort(key=lambda c: c.slot is None)
+    if publishing:
+        c = publishing[0]
+        if c.slot is not None:
+            return f"slot {c.slot} ({c.project}, service {c.service})"
+        if c.project:
+            return f"container {c.name} (compose project {c.project})"
+        return f"container {c.name}"
+    listener = listeners.get(port)
+    if listener is None:
+        return None
+    if listener.pid is None:
+        return "an unknown process"
+    if listener.process == DOCKER_PROXY:
+        return (
+            f"a Docker container outside Compose (docker-proxy, pid {listener.pid}; "
+            f"`docker ps --filter publish={port}` names it)"
+        )
+    return f"process {listener.process or '?'} (pid {listener.pid})"
+
+
+def port_error(taken: Sequence[TakenPort], holder: str | None) -> SandboxError:
+    """One line: the first taken port in full, the others by number."""
+    first = taken[0]
+    more = ""
+    if len(taken) > 1:
+        rest = ", ".join(str(t.port) for t in taken[1:])
+        more = f" (and {len(taken) - 1} more: {rest})"
+    return SandboxError(
+        f"port {first.port} ({first.service}, {first.variable}) is taken by "
+        f"{holder or 'an unknown process'}{more}: stop it or pick another slot",
+        Exit.PORT_TAKEN,
+    )
+
+
+# --- who listens: /proc -------------------------------------------------------------------
+
+
+def _address(hex_address: str, ipv6: bool) -> str:
+    raw = bytes.fromhex(hex_address)
+    if not ipv6:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    # Four 32-bit words, each in host (little-endian) byte order.
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    return socket.inet_ntop(socket.AF_INET6, words)
+
+
+def parse_proc_net(text: str, *, ipv6: bool) -> list[Listener]:
+    """The listening sockets in the text of /proc/net/tcp (or tcp6 with `ipv6`)."""
+    found = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10 or fields[3] != TCP_LISTEN:
+            continue
+        address, _, port = fields[1].partition(":")
+        try:
+            found.append(Listener(int(port, 16), _address(address, ipv6), int(fields[9])))
+        except ValueError:
+            continue
+    return found
+
+
+def socket_owners(inodes: Collection[int], proc: Path = PROC) -> dict[int, tuple[int, str]]:
+    """inode -> (pid, process name) for the sockets whose owner this user may see."""
+    owners: dict[int, tuple[int, str]] = {}
+    wanted = set(inodes)
+    try:
+        pids = [p for p in proc.iterdir() if p.name.isdigit()]
+    except OSError:
+        return owners
+    for pid_dir in pids:
+        try:
+            fds = list((pid_dir / "fd").iterdir())
+        except OSError:  # not ours to look at, or gone
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if not (link.startswith("socket:[") and link.endswith("]")):
+                continue
+            inode = int(link[len("socket:[") : -1])
+            if inode in wanted and inode not in owners:
+                try:
+                    name = (pid_dir / "comm").read_text().strip()
+                except OSError:
+                    name = ""
+                owners[inode] = (int(pid_dir.name), name)
+        if wanted <= owners.keys():
+            break
+    return owners
+
+
+def read_listeners(ports: Collection[int], proc: Path = PROC) -> dict[int, Listener]:
+    """Listening TCP sockets on `ports` (IPv4 and IPv6), one per port, owner filled in where
+    this user may see it. Empty where /proc is not there (not Linux)."""
+    wanted = set(ports)
+    found: list[Listener] = []
+    for name, ipv6 in (("tcp", False), ("tcp6", True)):
+        try:
+            text = (proc / "net" / name).read_text()
+        except OSError:
+            continue
+        found += [s for s in parse_proc_net(text, ipv6=ipv6) if s.port in wanted]
+    owners = socket_owners({s.inode for s in found}, proc) if found else {}
+    result: dict[int, Listener] = {}
+    for sock in found:
+        pid, process = owners.get(sock.inode, (None, None))
+        current = result.get(sock.port)
+        if current is None or (current.pid is None and pid is not None):
+            result[sock.port] = replace(sock, pid=pid, process=process or None)
+    return result
+
+
+# --- the whole preflight ------------------------------------------------------------------
+
+
+def run_preflight(
+    target: compose.Target, environ: Mapping[str, str], *, create_shared: bool = True
+) -> Preflight:
+    """Check that `target` can start; raise SandboxError naming the first thing that stops it.
+
+    `create_shared=False` refuses a missing shared directory instead of creating it.
+    """
+    steps = []
+
+    version = docker.check_engine(environ)
+    steps.append(Step("engine", f"Docker engine {version} reachable"))
+
+    compose_cmd = compose.find_compose(environ)
+    steps.append(Step("compose", f"Compose v2: {display(compose_cmd)}"))
+
+    problems = env_problems(target)
+    if problems:
+        raise env_error(problems)
+    steps.append(Step("env", f"{_env_name(target)} valid; no port shared between slots"))
+
+    shared_dir = shared_path(target)
+    if create_shared:
+        created = shared.ensure(shared_dir)
+    else:
+        missing = missing_shared(shared_dir)
+        if missing:
+            lacking = ", ".join(f"{p.name}/" for p in missing)
+            raise SandboxError(
+                f"the shared directory {shared_dir} lacks {lacking}: "
+                "run `inv init-shared` to create it",
+                Exit.SHARED_DIR,
+            )
+        created = shared.ensure(shared_dir)  # creates nothing now; checks it can be read
+    if created:
+        detail = "created " + ", ".join(str(p) for p in created)
+    else:
+        detail = f"{shared_dir} has {', '.join(f'{n}/' for n in shared.SUBDIRS)}"
+    steps.append(Step("shared", detail))
+
+    everything = docker.containers(environ)
+    own = [c for c in everything if c.project == target.project]
+    elsewhere = other_checkout(target.root, own)
+    if elsewhere is not None:
+        raise other_checkout_error(target, elsewhere)
+    steps.append(
+        Step(
+            "checkout",
+            f"{target.project} has {len(own)} container(s) from this checkout"
+            if own
+            else f"{target.project} has no containers yet",
+        )
+    )
+
+    bind = bind_address(target, environ)
+    taken = classify_ports(target, everything, can_bind, bind_addr=bind)
+    if taken:
+        holder = port_holder(taken[0].port, everything, read_listeners({taken[0].port}))
+        raise port_error(taken, holder)
+    published = _published_tcp(own) & {target.port(v) for v in slots.PORT_VARIABLES}
+    detail = f"{len(slots.PORTS)} host ports free on {', '.join(probe_addresses(bind))}"
+    if published:
+        detail = (
+            f"{len(slots.PORTS) - len(published)} host ports free on "
+            f"{', '.join(probe_addresses(bind))}, {len(published)} published by {target.project}"
+        )
+    steps.append(Step("ports", detail))
+
+    return Preflight(compose_cmd, steps, own)

@@ -1,0 +1,92 @@
+"""The shared data directory that every slot's backend and workers mount.
+
+Nothing here deletes or overwrites: creating is `mkdir`, copying skips files that exist.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sandbox.errors import Exit, SandboxError
+
+SUBDIRS = ("data", "models", "strategies")
+
+
+def ensure(path: Path) -> list[Path]:
+    """Make sure `path` has data/, models/ and strategies/; return the directories created.
+
+    `mkdir -p` and nothing else: what exists is never overwritten, moved or deleted. Raises
+    SandboxError(SHARED_DIR) when a directory cannot be created or read.
+    """
+    created: list[Path] = []
+    for directory in (path, *(path / name for name in SUBDIRS)):
+        if directory.is_dir():
+            continue
+        if directory.exists() or directory.is_symlink():
+            raise SandboxError(
+                f"{directory} exists but is not a directory: move it aside, then re-run",
+                Exit.SHARED_DIR,
+            )
+        try:
+            directory.mkdir(parents=True)
+        except FileExistsError:
+            # Created by a concurrent `inv up` of another slot between our check and mkdir.
+            if not directory.is_dir():
+                raise SandboxError(
+                    f"{directory} exists but is not a directory: move it aside, then re-run",
+                    Exit.SHARED_DIR,
+                ) from None
+            continue
+        except OSError as exc:
+            raise SandboxError(
+                f"cannot create the shared directory {directory} ({exc.strerror}): "
+                f"create it with `mkdir -p {directory}` as a user who may, then re-run",
+                Exit.SHARED_DIR,
+            ) from exc
+        created.append(directory)
+    for name in SUBDIRS:
+        directory = path / name
+        if not os.access(directory, os.R_OK | os.X_OK):
+            raise SandboxError(
+                f"cannot read the shared directory {directory}: give this user read access "
+                f"(e.g. `chmod u+rx {directory}`), then re-run",
+                Exit.SHARED_DIR,
+            )
+    return created
+
+
+@dataclass
+class CopyReport:
+    copied: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # already in the shared directory
+
+
+def copy_missing(source: Path, target: Path) -> CopyReport:
+    """Copy data/, models/, strategies/ of `source` (a KTRDR checkout) into `target`,
+    file by file, leaving every file that already exists in `target` as it is."""
+    if not source.is_dir():
+        raise SandboxError(
+            f"--from {source} is not a directory: point it at a KTRDR checkout", Exit.USAGE
+        )
+    present = [name for name in SUBDIRS if (source / name).is_dir()]
+    if not present:
+        raise SandboxError(
+            f"{source} has none of {', '.join(SUBDIRS)}: point --from at a KTRDR checkout",
+            Exit.USAGE,
+        )
+    report = CopyReport()
+    for name in present:
+        for file in sorted((source / name).rglob("*")):
+            if not file.is_file():
+                continue
+            dest = target / name / file.relative_to(source / name)
+            if dest.exists():
+                report.skipped.append(dest)
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, dest)
+            report.copied.append(dest)
+    return report

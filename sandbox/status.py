@@ -1,0 +1,96 @@
+"""`inv status`: every slot that has containers, from one `docker ps` for the whole engine.
+
+`summarize` is pure (tested on fabricated containers); `collect` adds the one Docker call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sandbox import docker, slots
+
+BACKEND_PORT = 8000  # the backend's port inside its container (KTRDR's contract)
+SEVERAL = "several"
+
+
+@dataclass(frozen=True)
+class SlotStatus:
+    slot: int
+    project: str
+    state: str  # "running" | "partial" | "stopped"
+    healthy: int
+    total: int
+    api_url: str | None
+    checkout: str  # the checkout the containers were started from; "several" if they disagree
+
+
+def _healthy(container: docker.Container) -> bool:
+    # A running container without a healthcheck counts: nothing says it is unwell.
+    return container.health == "healthy" or (container.running and container.health == "none")
+
+
+def _api_url(containers: Sequence[docker.Container]) -> str | None:
+    ports = [
+        port
+        for c in containers
+        if c.service == "backend" and c.running
+        for port in c.ports
+        if port.container_port == BACKEND_PORT and port.protocol == "tcp"
+    ]
+    if not ports:
+        return None
+    # Prefer an IPv4 binding: Docker lists a wildcard bind twice, 0.0.0.0 and [::].
+    port = sorted(ports, key=lambda p: ":" in p.host_ip)[0]
+    addr = port.host_ip
+    if addr in ("", "0.0.0.0", "::"):
+        addr = "127.0.0.1"
+    elif ":" in addr:
+        addr = f"[{addr}]"
+    return f"http://{addr}:{port.host_port}/api/v1"
+
+
+def _checkout(containers: Sequence[docker.Container]) -> str:
+    dirs = {c.working_dir for c in containers if c.working_dir}
+    if len(dirs) > 1:
+        return SEVERAL
+    return next(iter(dirs), "")
+
+
+def summarize(
+    containers: Sequence[docker.Container], only_slot: int | None = None
+) -> list[SlotStatus]:
+    """One row per sandbox slot that has containers, by slot number; other projects ignored."""
+    by_slot: dict[int, list[docker.Container]] = {}
+    for container in containers:
+        slot = container.slot
+        if slot is None or (only_slot is not None and slot != only_slot):
+            continue
+        by_slot.setdefault(slot, []).append(container)
+    rows = []
+    for slot in sorted(by_slot):
+        group = by_slot[slot]
+        running = sum(c.running for c in group)
+        if running == len(group):
+            state = "running"
+        elif running == 0:
+            state = "stopped"
+        else:
+            state = "partial"
+        rows.append(
+            SlotStatus(
+                slot=slot,
+                project=slots.project_name(slot),
+                state=state,
+                healthy=sum(_healthy(c) for c in group),
+                total=len(group),
+                api_url=_api_url(group),
+                checkout=_checkout(group),
+            )
+        )
+    return rows
+
+
+def collect(environ: Mapping[str, str], only_slot: int | None = None) -> list[SlotStatus]:
+    """Every slot's status from a single `docker ps` (SandboxError when the engine is down)."""
+    return summarize(docker.containers(environ), only_slot)

@@ -1,0 +1,291 @@
+"""`inv verify`: milestone 1's success criteria for running slots, as named checks.
+
+- `health`: the backend answers `GET /api/v1/health` with 200.
+- `own-database`: the slot's db container runs, is no other slot's, and its data volume is
+  `<project>_db-data`, mounted by no other slot's db.
+- `ports`: every published host port is the one the env file names, and no other project's
+  container publishes it too.
+- `shared-dir`: a file written into the host's shared data directory is visible at
+  /app/data inside the backend and every worker.
+
+The comparisons are pure functions over container lists and mounts; `verify` gathers the facts
+with one `docker ps` and one `docker inspect` for all slots, plus the probes that must touch
+the slot (HTTP, `compose exec`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox import compose, docker, gate, slots
+from sandbox.runner import Result, run
+
+HTTP_TIMEOUT = 3.0
+EXEC_TIMEOUT = 20.0
+CONTAINER_DATA = "/app/data"
+DB_VOLUME = "db-data"  # the compose file's volume; Compose names it <project>_db-data
+SHARED_SERVICES: tuple[str, ...] = ("backend", *(w.service for w in slots.WORKERS))
+
+
+@dataclass(frozen=True)
+class VerifyCheck:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    slot: int
+    checks: list[VerifyCheck]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+@dataclass(frozen=True)
+class Mount:
+    type: str  # volume, bind, tmpfs
+    name: str  # the volume's name; empty for binds
+    source: str
+    destination: str
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def db_volume(project: str) -> str:
+    return f"{project}_{DB_VOLUME}"
+
+
+def inspect_mounts_command(ids: Sequence[str]) -> list[str]:
+    # One call for every db container of every slot: the id first, then its mounts as JSON.
+    return ["docker", "inspect", "--format", "{{.Id}} {{json .Mounts}}", *ids]
+
+
+def parse_mounts(output: str) -> dict[str, list[Mount]]:
+    """`inspect_mounts_command` output: container id -> its mounts. Garbled lines are skipped."""
+    found: dict[str, list[Mount]] = {}
+    for line in output.splitlines():
+        cid, _, raw = line.strip().partition(" ")
+        if not cid or not raw:
+            continue
+        try:
+            items = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(items, list):
+            continue
+        found[cid] = [
+            Mount(
+                type=str(m.get("Type", "")),
+                name=str(m.get("Name", "")),
+                source=str(m.get("Source", "")),
+                destination=str(m.get("Destination", "")),
+            )
+            for m in items
+            if isinstance(m, dict)
+        ]
+    return found
+
+
+def _mounts_of(mounts: Mapping[str, list[Mount]], cid: str) -> list[Mount] | None:
+    # `docker ps --no-trunc` and `docker inspect` both give full ids; accept a prefix anyway.
+    if cid in mounts:
+        return mounts[cid]
+    for key, value in mounts.items():
+        if cid and (key.startswith(cid) or cid.startswith(key)):
+            return value
+    return None
+
+
+def _volumes(mounts: Sequence[Mount]) -> set[str]:
+    return {m.name for m in mounts if m.type == "volume" and m.name}
+
+
+def check_health(status: int | None, body: str) -> VerifyCheck:
+    outcome = gate.http_outcome(status, body)
+    return VerifyCheck("health", outcome.passed, outcome.detail)
+
+
+def check_own_database(
+    slot: int, containers: Sequence[docker.Container], mounts: Mapping[str, list[Mount]]
+) -> VerifyCheck:
+    """The slot's db container runs, is its own, and its volume is mounted by no other slot."""
+    name = "own-database"
+    project = slots.project_name(slot)
+    ours = [c for c in containers if c.project == project and c.service == "db"]
+    others = [c for c in containers if c.slot not in (None, slot) and c.service == "db"]
+    if not ours:
+        return VerifyCheck(name, False, f"no db container: run `inv up --slot={slot}`")
+    db = ours[0]
+    if not db.running:
+        return VerifyCheck(name, False, f"db container {db.id[:12]} is {db.state}, not running")
+    shared_with = sorted({c.slot for c in others if c.id == db.id and c.slot is not None})
+    if shared_with:
+        return VerifyCheck(name, False, f"db container {db.id[:12]} is also slot {shared_with}'s")
+    own_mounts = _mounts_of(mounts, db.id)
+    if own_mounts is None:
+        return VerifyCheck(name, False, f"could not inspect db container {db.id[:12]}")
+    expected = db_volume(project)
+    volumes = _volumes(own_mounts)
+    if expected not in volumes:
+        seen = ", ".join(sorted(volumes)) or "no named volume"
+        return VerifyCheck(name, False, f"data volume should be {expected}; mounts {seen}")
+    sharing = sorted(
+        {
+            c.slot
+            for c in others
+            if c.slot is not None and expected in _volumes(_mounts_of(mounts, c.id) or [])
+        }
+    )
+    if sharing:
+        listed = ", ".join(map(str, sharing))
+        return VerifyCheck(name, False, f"volume {expected} is also mounted by slot {listed}'s db")
+    return VerifyCheck(
+        name, True, f"db {db.id[:12]} on volume {expected}, shared with no other slot"
+    )
+
+
+def check_ports(target: compose.Target, containers: Sequence[docker.Container]) -> VerifyCheck:
+    """Every env-file port is published by its service; no other project publishes one too."""
+    name = "ports"
+    ours = [c for c in containers if c.project == target.project and c.running]
+    problems: list[str] = []
+    not_running: list[str] = []
+    for spec in slots.PORTS:
+        host_port = target.port(spec.variable)
+        # Workers register their own port with the backend: inside and outside must agree.
+        inner = spec.container_port if spec.container_port is not None else host_port
+        service = [c for c in ours if c.service == spec.service]
+        if not service:
+            if spec.service not in not_running:
+                not_running.append(spec.service)
+            continue
+        published = {(p.host_port, p.container_port) for c in service for p in c.ports}
+        if (host_port, inner) not in published:
+            problems.append(f"{spec.variable}={host_port} is not {spec.service}'s port {inner}")
+    if not_running:
+        problems.append(f"not running: {', '.join(not_running)}")
+    mine = sorted({p.host_port for c in ours for p in c.ports})
+    for container in containers:
+        if container.project == target.project or not container.running:
+            continue
+        for port in sorted({p.host_port for p in container.ports} & set(mine)):
+            owner = container.project or container.name
+            problems.append(f"host port {port} is also published by {owner}/{container.service}")
+    if problems:
+        return VerifyCheck(name, False, "; ".join(problems))
+    return VerifyCheck(
+        name,
+        True,
+        f"{len(slots.PORTS)} ports as in {target.env_file.name}, none published by another slot",
+    )
+
+
+def check_shared_dir(probe: str, seen: Mapping[str, str | None]) -> VerifyCheck:
+    """`seen`: service -> None when it saw the probe file, else why not."""
+    name = "shared-dir"
+    missing = {service: why for service, why in seen.items() if why is not None}
+    if not seen:
+        return VerifyCheck(name, False, "no service to look from")
+    if missing:
+        listed = "; ".join(f"{service}: {why}" for service, why in missing.items())
+        return VerifyCheck(name, False, f"{probe} not visible in {listed}")
+    return VerifyCheck(name, True, f"{probe} visible in {', '.join(seen)}")
+
+
+def exec_seen(result: Result) -> str | None:
+    """A `test -f` run through `compose exec`: None when the file was there."""
+    if result.ok:
+        return None
+    if result.returncode == 1 and not result.tail(1):
+        return f"no such file under {CONTAINER_DATA}"
+    return result.tail(1) or f"exit status {result.returncode}"
+
+
+def probe_name(slot: int) -> str:
+    return f".ktrdr-verify-{slot}-{secrets.token_hex(4)}"
+
+
+def probe_command(
+    compose_cmd: Sequence[str], target: compose.Target, service: str, name: str
+) -> list[str]:
+    return compose.command(
+        compose_cmd, target, "exec", "-T", service, "test", "-f", f"{CONTAINER_DATA}/{name}"
+    )
+
+
+# ----------------------------------------------------------------------------- gathering
+
+
+def inspect_mounts(ids: Sequence[str], environ: Mapping[str, str]) -> dict[str, list[Mount]]:
+    if not ids:
+        return {}
+    # A container removed since `docker ps` makes inspect exit 1; the others are still printed.
+    return parse_mounts(run(inspect_mounts_command(ids), env=environ, timeout=30).stdout)
+
+
+def shared_dir(
+    target: compose.Target,
+    compose_cmd: Sequence[str],
+    environ: Mapping[str, str],
+    containers: Sequence[docker.Container],
+) -> VerifyCheck:
+    """Write a probe file on the host, look for it in every service, always delete it."""
+    directory = target.shared_dir / "data"
+    if not directory.is_dir():
+        return VerifyCheck(
+            "shared-dir", False, f"{directory} does not exist: run `inv init-shared`"
+        )
+    name = probe_name(target.slot)
+    path: Path = directory / name
+    running = {c.service for c in containers if c.project == target.project and c.running}
+    env = compose.environment(target, environ)
+
+    def look(service: str) -> str | None:
+        if service not in running:
+            return "not running"
+        cmd = probe_command(compose_cmd, target, service, name)
+        return exec_seen(run(cmd, env=env, timeout=EXEC_TIMEOUT))
+
+    try:
+        path.write_text(f"ktrdr-sandbox verify probe for slot {target.slot}\n")
+    except OSError as exc:
+        return VerifyCheck("shared-dir", False, f"cannot write {path}: {exc.strerror or exc}")
+    try:
+        with ThreadPoolExecutor(max_workers=len(SHARED_SERVICES)) as pool:
+            seen = dict(zip(SHARED_SERVICES, pool.map(look, SHARED_SERVICES), strict=True))
+    finally:
+        path.unlink(missing_ok=True)
+    return check_shared_dir(f"{CONTAINER_DATA}/{name}", seen)
+
+
+def verify(
+    targets: Sequence[compose.Target],
+    compose_cmd: Sequence[str],
+    environ: Mapping[str, str],
+    *,
+    http_get: Callable[[str, float], tuple[int | None, str]] = gate.http_get,
+) -> list[VerifyReport]:
+    """Each target's checks; one `docker ps` and one `docker inspect` serve every slot."""
+    containers = docker.containers(environ)
+    db_ids = [c.id for c in containers if c.slot is not None and c.service == "db"]
+    mounts = inspect_mounts(db_ids, environ)
+    reports = []
+    for target in targets:
+        api = f"http://{gate.host(target, environ)}:{target.port('KTRDR_API_PORT')}/api/v1"
+        checks = [
+            check_health(*http_get(f"{api}/health", HTTP_TIMEOUT)),
+            check_own_database(target.slot, containers, mounts),
+            check_ports(target, containers),
+            shared_dir(target, compose_cmd, environ, containers),
+        ]
+        reports.append(VerifyReport(target.slot, checks))
+    return reports

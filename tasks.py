@@ -1,0 +1,288 @@
+"""Invoke tasks for ktrdr-sandbox: `inv --list`, `inv --help up`.
+
+Each task turns its flags into one call into `sandbox/` and renders what comes back. A
+`SandboxError` becomes one line on stderr and its exit code here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from invoke.context import Context
+from invoke.tasks import task
+from invoke.exceptions import Exit as InvokeExit
+
+from sandbox import (
+    ROOT,
+    compose,
+    docker,
+    docs,
+    envfiles,
+    images,
+    render,
+    shared,
+    slots,
+    stack,
+)
+from sandbox import (
+    status as status_mod,
+)
+from sandbox import (
+    verify as verify_mod,
+)
+from sandbox.errors import Exit, SandboxError
+from sandbox.runner import display, run
+
+F = TypeVar("F", bound=Callable[..., Any])
+out = render.Renderer.for_stdout()
+SLOT_HELP = "slot number, 0-10 (slot 0 uses KTRDR's standard ports)"
+
+
+def handled(body: F) -> F:
+    """Turn expected failures into one line and an exit code; Ctrl-C into 130."""
+
+    @functools.wraps(body)
+    def wrapper(c: Context, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return body(c, *args, **kwargs)
+        except SandboxError as exc:
+            if exc.details:
+                out.details(exc.details)
+            raise InvokeExit(f"error: {exc}", code=int(exc.code)) from None
+        except KeyboardInterrupt:
+            raise InvokeExit("interrupted", code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _slot(value: str | None) -> int:
+    if value is None:
+        raise SandboxError("which slot? pass --slot=N with N from 0 to 10", Exit.USAGE)
+    return slots.parse_slot(value)
+
+
+def _target(value: str | None) -> compose.Target:
+    return compose.load_target(ROOT, _slot(value))
+
+
+def _seconds(value: str | None, target: compose.Target) -> float:
+    raw = compose.resolve("KTRDR_GATE_TIMEOUT", value, target.values, str(stack.DEFAULT_TIMEOUT))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise SandboxError(
+            f"timeout must be a positive number of seconds, not {raw!r} (e.g. --timeout=240)",
+            Exit.USAGE,
+        )
+    return seconds
+
+
+@task(
+    help={
+        "slot": SLOT_HELP,
+        "build": "rebuild the reference app image before starting",
+        "no-wait": "return after `docker compose up -d`, without the startability gate",
+        "timeout": "seconds the gate waits for readiness (default 180, or KTRDR_GATE_TIMEOUT)",
+    }
+)
+@handled
+def up(
+    c: Context,
+    slot: str | None = None,
+    build: bool = False,
+    no_wait: bool = False,
+    timeout: str | None = None,
+) -> None:
+    """Start a slot's stack: preflight, `docker compose up -d`, then the startability gate."""
+    target = _target(slot)
+    seconds = _seconds(timeout, target)
+    environ = dict(os.environ)
+    if build:
+        out.step("build", "reference app image")
+        images.build_app(ROOT, environ)
+    with out.gate_progress(target.slot) as on_gate:
+        result = stack.up(
+            target,
+            environ,
+            recreate=build,
+            wait=not no_wait,
+            timeout=seconds,
+            on_preflight=out.preflight,
+            on_gate=on_gate,
+        )
+    if isinstance(result, stack.UpResult):
+        out.up_result(result)
+        if not result.gate.passed:
+            raise InvokeExit(
+                f"error: slot {target.slot} did not become ready; failing checks and their logs "
+                f"are above (`inv logs --slot={target.slot}` for more)",
+                code=int(Exit.FAILED),
+            )
+    else:
+        out.line(f"slot {target.slot} started without waiting; check it with `inv verify`")
+
+
+@task(help={"slot": SLOT_HELP, "volumes": "also remove the slot's database volume (data lost)"})
+@handled
+def down(c: Context, slot: str | None = None, volumes: bool = False) -> None:
+    """Stop and remove a slot's containers; its volumes only with --volumes."""
+    target = _target(slot)
+    stack.down(target, dict(os.environ), volumes=volumes)
+    kept = "removed its volumes" if volumes else "kept its volumes"
+    out.line(f"slot {target.slot} ({target.project}) is down; {kept}")
+
+
+@task(help={"slot": "show only this slot"})
+@handled
+def status(c: Context, slot: str | None = None) -> None:
+    """One table for every slot that has containers (one Docker call for all)."""
+    only = None if slot is None else slots.parse_slot(slot)
+    out.status(status_mod.collect(dict(os.environ), only))
+
+
+@task(iterable=["slot"], help={"slot": "slot to verify; repeat for several: --slot=1 --slot=2"})
+@handled
+def verify(c: Context, slot: list[str]) -> None:
+    """Milestone 1's success criteria as named checks: health, own db, ports, shared dir."""
+    if not slot:
+        raise SandboxError("which slots? pass --slot=N, repeated for several", Exit.USAGE)
+    targets = [_target(s) for s in dict.fromkeys(slot)]
+    environ = dict(os.environ)
+    docker.check_engine(environ)
+    reports = verify_mod.verify(targets, compose.find_compose(environ), environ)
+    out.verify(reports)
+    failed = [r.slot for r in reports if not r.passed]
+    if failed:
+        raise InvokeExit(
+            f"error: verify failed for slot {', '.join(map(str, failed))}; see the table above",
+            code=int(Exit.FAILED),
+        )
+
+
+@task(
+    help={
+        "slot": SLOT_HELP,
+        "service": f"one service: {', '.join(slots.SERVICES)}",
+        "follow": "keep streaming new lines (Ctrl-C to stop)",
+        "tail": "how many lines of history per service (default 100)",
+    }
+)
+@handled
+def logs(
+    c: Context,
+    slot: str | None = None,
+    service: str | None = None,
+    follow: bool = False,
+    tail: int = 100,
+) -> None:
+    """Show a slot's container logs."""
+    target = _target(slot)
+    chosen = slots.parse_service(service) if service else None
+    environ = dict(os.environ)
+    docker.check_engine(environ)
+    cmd = stack.logs_command(compose.find_compose(environ), target, chosen, follow, tail)
+    result = run(cmd, env=compose.environment(target, environ), capture=False)
+    if not result.ok:
+        raise SandboxError(f"`{display(cmd)}` failed", Exit.COMMAND)
+
+
+@task(help={"slot": SLOT_HELP})
+@handled
+def psql(c: Context, slot: str | None = None) -> None:
+    """Open psql on a slot's database (as ktrdr, database ktrdr)."""
+    target = _target(slot)
+    environ = dict(os.environ)
+    docker.check_engine(environ)
+    cmd = stack.psql_command(compose.find_compose(environ), target, sys.stdin.isatty())
+    result = run(cmd, env=compose.environment(target, environ), capture=False)
+    if not result.ok:
+        raise SandboxError(
+            f"psql on slot {target.slot} failed; is it up? (`inv status --slot={target.slot}`)",
+            Exit.COMMAND,
+        )
+
+
+@task(
+    help={
+        "slot": SLOT_HELP,
+        "export": "print `export NAME=value` lines for eval in a shell",
+        "check": "validate every env file (ports distinct and in range, nothing missing)",
+        "write": "regenerate env/slot-*.env and the docs' port table from sandbox/slots.py",
+    }
+)
+@handled
+def env(
+    c: Context,
+    slot: str | None = None,
+    export: bool = False,
+    check: bool = False,
+    write: bool = False,
+) -> None:
+    """Print a slot's env file, or check / regenerate all of them."""
+    if write:
+        changed = envfiles.write_all(ROOT)
+        out.line(f"rewrote {len(changed)} env file(s)" if changed else "env files are up to date")
+        if docs.sync(ROOT):
+            out.line(f"rewrote the port table in {docs.MANUAL}")
+    if check:
+        problems = envfiles.check_all(ROOT)
+        for problem in problems:
+            out.line(str(problem))
+        if problems:
+            raise InvokeExit(f"error: {len(problems)} problem(s) in env/", code=int(Exit.BAD_ENV))
+        out.line(f"env/: {len(slots.SLOTS)} files valid, no port shared between slots")
+    if write or check:
+        return
+    target = _target(slot)
+    if export:
+        for name, value in target.values.items():
+            out.line(f"export {name}={value}")
+    else:
+        out.line(target.env_file.read_text().rstrip("\n"))
+
+
+@task(
+    name="init-shared",
+    help={"from": "a KTRDR checkout whose data/, models/, strategies/ to copy (never overwrites)"},
+)
+@handled
+def init_shared(c: Context, from_: str | None = None) -> None:
+    """Create ~/.ktrdr/shared/{data,models,strategies}; optionally fill it from a checkout."""
+    target = envfiles.SHARED_DIR_DEFAULT
+    created = shared.ensure(target)
+    out.line("created " + ", ".join(map(str, created)) if created else f"{target} already exists")
+    if from_:
+        report = shared.copy_missing(Path(from_).expanduser(), target)
+        out.line(
+            f"copied {len(report.copied)} file(s) into {target}; "
+            f"left {len(report.skipped)} existing file(s) as they were"
+        )
+
+
+@task(
+    name="images",
+    help={
+        "offline": "build every image locally with no registry (Debian base via debootstrap)",
+        "online": "pull upstream images (fail rather than fall back to offline)",
+    },
+)
+@handled
+def build_images(c: Context, offline: bool = False, online: bool = False) -> None:
+    """Get every image the compose file needs: pulled upstream, or built offline."""
+    environ = dict(os.environ)
+    docker.check_engine(environ)
+    if offline and online:
+        raise SandboxError("pick one of --offline and --online", Exit.USAGE)
+    if not offline and not online:
+        offline = not images.registry_reachable(environ)
+        if offline:
+            out.line("no registry reachable: building every image locally (--offline)")
+    built = images.build(ROOT, offline, environ, on_step=lambda s: out.step("image", s.what))
+    out.images(built, offline)

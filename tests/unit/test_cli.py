@@ -1,0 +1,89 @@
+"""Bad input through the real `inv` entry point: one line, a distinct exit code, no traceback.
+
+None of these reach a Docker engine: input is checked before anything is called.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandbox import ROOT
+from sandbox.errors import Exit
+from sandbox.runner import Result, run
+
+
+def inv(*args: str, **env: str) -> Result:
+    cmd = [str(Path(sys.executable).parent / "inv"), "--search-root", str(ROOT), *args]
+    return run(cmd, env={**os.environ, **env}, cwd=ROOT, timeout=60)
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["up", "--slot=abc"], Exit.USAGE, "slot must be a whole number from 0 to 10, not 'abc'"),
+        (["up", "--slot=11"], Exit.USAGE, "slot 11 is outside 0-10"),
+        (["down", "--slot=-3"], Exit.USAGE, "slot -3 is outside 0-10"),
+        (["up"], Exit.USAGE, "which slot? pass --slot=N"),
+        (["logs", "--slot=1", "--service=api"], Exit.USAGE, "unknown service 'api'"),
+        (["up", "--slot=1", "--timeout=soon"], Exit.USAGE, "timeout must be a positive number"),
+        (["verify"], Exit.USAGE, "which slots?"),
+        (["status", "--slot=x"], Exit.USAGE, "slot must be a whole number"),
+        (["init-shared", "--from=/nonexistent/ktrdr"], Exit.USAGE, "is not a directory"),
+    ],
+)
+def test_bad_input_is_one_line(args: list[str], code: Exit, message: str, tmp_path: Path) -> None:
+    result = inv(*args, HOME=str(tmp_path))
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_no_engine_is_one_line(tmp_path: Path) -> None:
+    result = inv("status", DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock", HOME=str(tmp_path))
+    assert result.returncode == Exit.NO_ENGINE, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Docker engine is not reachable" in lines[0], result.stderr
+
+
+def test_env_prints_the_slot_file() -> None:
+    result = inv("env", "--slot=3")
+    assert result.ok
+    assert "KTRDR_API_PORT=8003" in result.stdout
+
+
+def test_env_export_lines() -> None:
+    result = inv("env", "--slot=2", "--export", HOME="/home/someone")
+    assert result.ok
+    assert "export KTRDR_DB_PORT=5434" in result.stdout.splitlines()
+    assert "export KTRDR_SHARED_DIR=/home/someone/.ktrdr/shared" in result.stdout.splitlines()
+
+
+def test_env_check_passes_on_the_committed_files() -> None:
+    result = inv("env", "--check")
+    assert result.ok, result.stdout
+    assert "11 files valid" in result.stdout
+
+
+def test_init_shared_creates_and_never_overwrites(tmp_path: Path) -> None:
+    checkout = tmp_path / "ktrdr"
+    (checkout / "data").mkdir(parents=True)
+    (checkout / "data" / "AAPL_1d.csv").write_text("from checkout\n")
+    (checkout / "strategies").mkdir()
+    (checkout / "strategies" / "s.yaml").write_text("name: s\n")
+    home = tmp_path / "home"
+    shared = home / ".ktrdr" / "shared"
+    (shared / "data").mkdir(parents=True)
+    (shared / "data" / "AAPL_1d.csv").write_text("mine\n")
+
+    result = inv("init-shared", f"--from={checkout}", HOME=str(home))
+    assert result.ok, result.stderr
+    assert (shared / "data" / "AAPL_1d.csv").read_text() == "mine\n"
+    assert (shared / "strategies" / "s.yaml").read_text() == "name: s\n"
+    assert (shared / "models").is_dir()
+    assert "copied 1 file(s)" in result.stdout and "left 1 existing" in result.stdout

@@ -1,0 +1,468 @@
+"""The startability gate, driven by fake probes and a fake clock: no Docker, no sockets."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from sandbox import compose, docker, envfiles, gate, slots
+from sandbox.gate import CheckResult, State
+from sandbox.runner import Result
+
+ALL_WORKERS = [
+    {"worker_id": w.service, "worker_type": w.worker_type, "status": "available"}
+    for w in slots.WORKERS
+]
+# Fakes answer instantly; a generous real wait means every round sees every answer.
+WAIT = 5.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0  # not zero: elapsed must be measured from the gate's start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+
+
+class World:
+    """A fake stack: each endpoint becomes ready at a given fake time."""
+
+    def __init__(self, clock: FakeClock, ready_at: Mapping[str, float] | None = None) -> None:
+        self.clock = clock
+        self.ready_at = {name: 0.0 for name in ("database", "backend", "jaeger", "prometheus")}
+        self.ready_at["grafana"] = 0.0
+        self.ready_at.update(ready_at or {})
+        self.workers_body: str | None = None  # overrides the /workers answer when set
+        self.registered_at: dict[str, float] = {w.service: 0.0 for w in slots.WORKERS}
+        self.containers = [container(s) for s in slots.SERVICES]
+        self.calls: list[str] = []
+        self.exec_calls: list[tuple[list[str], dict[str, str]]] = []
+        self.ps_calls = 0
+
+    def elapsed(self) -> float:
+        return self.clock.now - 100.0
+
+    def ready(self, name: str) -> bool:
+        return self.elapsed() >= self.ready_at[name]
+
+    def http_get(self, url: str, timeout: float) -> tuple[int | None, str]:
+        assert timeout <= 2.0
+        self.calls.append(url)
+        if url.endswith("/api/v1/health"):
+            return (200, '{"status": "ok"}') if self.ready("backend") else (None, "refused")
+        if url.endswith("/api/v1/workers"):
+            if not self.ready("backend"):
+                return None, "connection refused"
+            if self.workers_body is not None:
+                return 200, self.workers_body
+            now = self.elapsed()
+            listed = [w for w in ALL_WORKERS if now >= self.registered_at[str(w["worker_id"])]]
+            return 200, json.dumps(listed)
+        for name in ("jaeger", "prometheus", "grafana"):
+            if url == URLS[name]:
+                if self.ready(name):
+                    return 200, "ok"
+                return 503, '{"database": "failing"}'
+        raise AssertionError(f"unexpected URL {url}")
+
+    def exec(self, cmd: Sequence[str], env: Mapping[str, str]) -> Result:
+        self.exec_calls.append((list(cmd), dict(env)))
+        if self.ready("database"):
+            return Result(tuple(cmd), 0, "127.0.0.1:5432 - accepting connections\n")
+        return Result(tuple(cmd), 1, "127.0.0.1:5432 - no response\n")
+
+    def set_container(self, service: str, state: str, status: str = "") -> None:
+        self.containers = [c for c in self.containers if c.service != service]
+        self.containers.append(container(service, state, status))
+
+    def ps(self) -> list[docker.Container] | None:
+        self.ps_calls += 1
+        return self.containers
+
+    def probes(self) -> gate.Probes:
+        return gate.Probes(http_get=self.http_get, exec=self.exec, containers=self.ps)
+
+
+URLS = {
+    "jaeger": "http://127.0.0.1:16687/",
+    "prometheus": "http://127.0.0.1:9091/-/ready",
+    "grafana": "http://127.0.0.1:3001/api/health",
+}
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> compose.Target:
+    envfiles.write_all(tmp_path)
+    return compose.load_target(tmp_path, 1)
+
+
+def container(
+    service: str, state: str = "running", status: str = "Up 5 seconds"
+) -> docker.Container:
+    return docker.Container(
+        id=f"id-{service}",
+        name=f"ktrdr-sandbox-1-{service}-1",
+        project="ktrdr-sandbox-1",
+        service=service,
+        state=state,
+        status=status,
+        working_dir="/checkout",
+    )
+
+
+def run(
+    target: compose.Target,
+    world: World,
+    clock: FakeClock,
+    updates: list[list[CheckResult]] | None = None,
+    **kwargs: float,
+) -> gate.GateResult:
+    return gate.run_gate(
+        target,
+        ["docker", "compose"],
+        {"PATH": "/usr/bin", "KTRDR_API_PORT": "9999"},
+        clock=clock,
+        sleep=clock.sleep,
+        probes=world.probes(),
+        probe_wait=kwargs.pop("probe_wait", WAIT),
+        on_update=updates.append if updates is not None else None,
+        **kwargs,
+    )
+
+
+def by_name(result: gate.GateResult) -> dict[str, CheckResult]:
+    return {c.name: c for c in result.checks}
+
+
+def test_all_ready_passes_at_once(target: compose.Target) -> None:
+    clock = FakeClock()
+    result = run(target, World(clock), clock)
+    assert result.passed
+    assert [c.name for c in result.checks] == [
+        "database",
+        "backend",
+        "workers",
+        "jaeger",
+        "prometheus",
+        "grafana",
+    ]
+    assert all(c.state is State.PASSED and c.elapsed == 0.0 for c in result.checks)
+    assert result.elapsed == 0.0
+    assert by_name(result)["workers"].detail == "4/4 registered"
+    assert result.urls["Backend API"] == "http://127.0.0.1:8001/api/v1"
+
+
+def test_passes_on_the_poll_right_after_readiness(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 3.1, "grafana": 7.0, "database": 1.0})
+    result = run(target, world, clock, poll=0.25)
+    checks = by_name(result)
+    assert result.passed
+    assert checks["database"].elapsed == 1.0
+    assert checks["backend"].elapsed == 3.25  # ready at 3.1; polled at 3.0 and 3.25
+    assert checks["workers"].elapsed == 3.25
+    assert checks["grafana"].elapsed == 7.0
+    assert checks["jaeger"].elapsed == 0.0
+    assert result.elapsed == 7.0  # ends as soon as the last check passed
+
+
+def test_a_passed_check_is_not_polled_again(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"grafana": 5.0})
+    run(target, world, clock, poll=0.5)
+    assert world.calls.count("http://127.0.0.1:8001/api/v1/health") == 1
+    assert world.calls.count(URLS["grafana"]) == 11  # t = 0, 0.5, ..., 5.0
+    assert len(world.exec_calls) == 1
+
+
+def test_never_ready_fails_at_timeout_with_last_error(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"grafana": 1e9})
+    result = run(target, world, clock, timeout=5.0)
+    checks = by_name(result)
+    assert not result.passed
+    assert result.elapsed == 5.0
+    assert checks["grafana"].state is State.FAILED
+    assert checks["grafana"].detail == 'HTTP 503: {"database": "failing"}'
+    assert checks["grafana"].elapsed is None
+    assert checks["grafana"].service == "grafana"
+    assert all(checks[n].state is State.PASSED for n in ("database", "backend", "workers"))
+    assert [c.name for c in result.failed] == ["grafana"]
+
+
+def test_database_check_runs_pg_isready_in_the_db_container(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"database": 1e9})
+    result = run(target, world, clock, timeout=1.0)
+    cmd, env = world.exec_calls[0]
+    assert cmd == compose.command(
+        ["docker", "compose"],
+        target,
+        "exec",
+        "-T",
+        "db",
+        "pg_isready",
+        "-U",
+        "ktrdr",
+        "-d",
+        "ktrdr",
+        "-h",
+        "127.0.0.1",
+    )
+    assert env["KTRDR_API_PORT"] == "8001"  # the slot's file wins over the calling shell
+    assert env["PATH"] == "/usr/bin"
+    assert by_name(result)["database"].detail == "127.0.0.1:5432 - no response"
+
+
+def test_workers_detail_counts_registrations_while_waiting(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock)
+    world.registered_at.update({"training-worker-1": 2.0, "training-worker-2": 4.0})
+    updates: list[list[CheckResult]] = []
+    result = run(target, world, clock, updates)
+    details = [next(c.detail for c in u if c.name == "workers") for u in updates]
+    assert "2/4 registered: missing training-worker-1, training-worker-2" in details
+    assert "3/4 registered: missing training-worker-2" in details
+    assert result.passed
+    assert by_name(result)["workers"].elapsed == 4.0
+
+
+def test_wrapped_workers_response_is_a_failure(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock)
+    world.workers_body = json.dumps({"workers": ALL_WORKERS})
+    result = run(target, world, clock, timeout=2.0)
+    workers = by_name(result)["workers"]
+    assert workers.state is State.FAILED
+    assert workers.detail == "expected a JSON list of workers, got a JSON object"
+
+
+def test_missing_workers_point_at_their_own_logs(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock)
+    world.registered_at.update({"backtest-worker-2": 1e9, "training-worker-1": 1e9})
+    result = run(target, world, clock, timeout=1.0)
+    workers = by_name(result)["workers"]
+    assert workers.detail == "2/4 registered: missing backtest-worker-2, training-worker-1"
+    assert (workers.service, workers.log_services) == ("backtest-worker-2", ("training-worker-1",))
+    assert gate.failing_services(result) == ["backtest-worker-2", "training-worker-1"]
+
+
+@pytest.mark.parametrize(
+    ("body", "passed", "detail"),
+    [
+        (json.dumps(ALL_WORKERS), True, "4/4 registered"),
+        (json.dumps(ALL_WORKERS[:3]), False, "3/4 registered: missing training-worker-2"),
+        (
+            json.dumps([]),
+            False,
+            "0/4 registered: missing " + ", ".join(s.service for s in slots.WORKERS),
+        ),
+        (
+            json.dumps({"workers": ALL_WORKERS}),
+            False,
+            "expected a JSON list of workers, got a JSON object",
+        ),
+        ("<html>", False, "not JSON: <html>"),
+        (
+            json.dumps([*ALL_WORKERS[:3], {**ALL_WORKERS[3], "worker_type": "backtesting"}]),
+            False,
+            "3/4 registered: training-worker-2 registered as 'backtesting', not 'training'",
+        ),
+        (json.dumps([*ALL_WORKERS, "junk", {"worker_id": 7}]), True, "4/4 registered"),
+    ],
+)
+def test_workers_outcome(body: str, passed: bool, detail: str) -> None:
+    outcome = gate.workers_outcome(200, body)
+    assert (outcome.passed, outcome.detail) == (passed, detail)
+
+
+def test_workers_outcome_passes_http_errors_through() -> None:
+    assert gate.workers_outcome(None, "connection refused").detail == "connection refused"
+    assert gate.workers_outcome(500, "boom").detail == "HTTP 500: boom"
+
+
+def test_exited_container_fails_fast(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"database": 1e9, "backend": 1e9})
+    world.set_container("db", "exited", "Exited (1) 2 seconds ago")
+    result = run(target, world, clock, timeout=180.0)
+    checks = by_name(result)
+    assert not result.passed
+    assert result.elapsed < 3.0
+    assert checks["database"].state is State.FAILED
+    assert checks["database"].detail == "container exited (Exited (1) 2 seconds ago)"
+    assert checks["jaeger"].state is State.PASSED
+    assert checks["backend"].state is State.FAILED
+    assert checks["backend"].detail.endswith("(stopped waiting: another check failed)")
+
+
+def test_exited_worker_fails_the_workers_check(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock)
+    world.registered_at["training-worker-1"] = 1e9
+    world.set_container("training-worker-1", "exited")
+    # Another project's exited container of the same service name does not count.
+    world.containers.append(
+        docker.Container("x", "x", "ktrdr-sandbox-2", "backend", "exited", "Exited (1)", "/x")
+    )
+    result = run(target, world, clock)
+    workers = by_name(result)["workers"]
+    assert workers.state is State.FAILED
+    assert workers.detail == "training-worker-1: container exited"
+    assert workers.service == "training-worker-1"
+    assert by_name(result)["backend"].state is State.PASSED
+
+
+def test_created_containers_are_not_failures_and_ps_runs_every_two_seconds(
+    target: compose.Target,
+) -> None:
+    clock = FakeClock()
+    world = World(clock, {"jaeger": 1e9})
+    world.set_container("jaeger", "created", "Created")
+    result = run(target, world, clock, timeout=10.0)
+    assert by_name(result)["jaeger"].detail.startswith("HTTP 503")
+    assert world.ps_calls == 6  # t = 0, 2, 4, 6, 8, 10: not once per check per poll
+
+
+def test_missing_containers_fail_fast(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 1e9})
+    world.containers = [c for c in world.containers if c.service not in ("backend", "grafana")]
+    world.ready_at["grafana"] = 1e9
+    result = run(target, world, clock)
+    checks = by_name(result)
+    assert (checks["backend"].state, checks["backend"].detail) == (State.FAILED, "no container")
+    assert checks["workers"].detail == "backend: no container"
+    assert checks["grafana"].detail == "no container"
+    assert result.elapsed == 0.0
+
+
+def test_engine_unreachable_is_not_a_verdict(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 1.0})
+    world.ps = lambda: None  # type: ignore[method-assign]
+    assert run(target, world, clock).passed
+
+
+def test_a_hung_probe_does_not_hold_back_the_others(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock)
+    release = threading.Event()
+    real_get = world.http_get
+
+    def hanging(url: str, timeout: float) -> tuple[int | None, str]:
+        if url == URLS["prometheus"]:
+            release.wait(10)
+            return None, "timed out"
+        return real_get(url, timeout)
+
+    world.http_get = hanging  # type: ignore[method-assign]
+    try:
+        result = run(target, world, clock, timeout=0.5, probe_wait=0.2)
+    finally:
+        release.set()
+    checks = by_name(result)
+    assert checks["prometheus"].state is State.FAILED
+    assert checks["prometheus"].detail == "no answer yet"
+    assert all(c.elapsed == 0.0 for c in result.checks if c.name != "prometheus")
+
+
+def test_a_probe_that_raises_is_a_failed_check(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock)
+
+    def broken(cmd: Sequence[str], env: Mapping[str, str]) -> Result:
+        raise RuntimeError("bug")
+
+    world.exec = broken  # type: ignore[method-assign]
+    result = run(target, world, clock, timeout=0.5)
+    assert by_name(result)["database"].detail == "probe error: RuntimeError: bug"
+
+
+def test_updates_are_snapshots(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 1.0})
+    updates: list[list[CheckResult]] = []
+    run(target, world, clock, updates)
+    assert updates[0][1].state is State.WAITING  # not mutated by later progress
+    assert updates[-1][1].state is State.PASSED
+
+
+def test_wildcard_bind_address_is_probed_on_loopback(tmp_path: Path) -> None:
+    envfiles.write_all(tmp_path)
+    base = compose.load_target(tmp_path, 1)
+    wild = compose.Target(1, tmp_path, {**base.values, "KTRDR_BIND_ADDR": "0.0.0.0"})
+    assert gate.host(wild) == "127.0.0.1"
+    v6 = compose.Target(1, tmp_path, {**base.values, "KTRDR_BIND_ADDR": "::1"})
+    assert gate.urls(v6)["Grafana"] == "http://[::1]:3001"
+    # The exported machine-wide value counts when the env file does not set one.
+    assert gate.host(base, {"KTRDR_BIND_ADDR": "10.0.0.5"}) == "10.0.0.5"
+    assert gate.host(base) == "127.0.0.1"
+
+
+def test_urls(target: compose.Target) -> None:
+    assert gate.urls(target) == {
+        "Backend API": "http://127.0.0.1:8001/api/v1",
+        "Jaeger UI": "http://127.0.0.1:16687",
+        "Prometheus": "http://127.0.0.1:9091",
+        "Grafana": "http://127.0.0.1:3001",
+        "PostgreSQL": "postgresql://ktrdr@127.0.0.1:5433/ktrdr",
+        "backtest-worker-1": "http://127.0.0.1:5010/health",
+        "backtest-worker-2": "http://127.0.0.1:5011/health",
+        "training-worker-1": "http://127.0.0.1:5012/health",
+        "training-worker-2": "http://127.0.0.1:5013/health",
+    }
+
+
+def test_failing_logs_runs_compose_logs_per_service(
+    target: compose.Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[list[str], dict[str, str]]] = []
+
+    def fake_run(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float) -> Result:
+        seen.append((list(cmd), dict(env)))
+        if cmd[-1] == "grafana":
+            return Result(tuple(cmd), 1, "", "no such service\n")
+        return Result(tuple(cmd), 0, "db-1  | FATAL: bad\n")
+
+    monkeypatch.setattr(gate, "run", fake_run)
+    logs = gate.failing_logs(target, ["docker", "compose"], {}, ["db", "grafana", "db"])
+    assert logs == {"db": "db-1  | FATAL: bad", "grafana": "no such service"}
+    assert seen[0][0] == compose.command(
+        ["docker", "compose"], target, "logs", "--no-color", "--tail", "20", "db"
+    )
+    assert seen[0][1]["COMPOSE_PROJECT_NAME"] == "ktrdr-sandbox-1"
+
+
+@pytest.mark.parametrize(
+    ("exc", "text"),
+    [
+        (
+            urllib.error.URLError(ConnectionRefusedError(111, "Connection refused")),
+            "connection refused",
+        ),
+        (ConnectionResetError(), "connection reset"),
+        (urllib.error.URLError(TimeoutError()), "timed out"),
+        (urllib.error.URLError("unknown url type: htp"), "unknown url type: htp"),
+    ],
+)
+def test_describe_error(exc: BaseException, text: str) -> None:
+    assert gate.describe_error(exc) == text
+
+
+def test_http_outcome() -> None:
+    assert gate.http_outcome(200, "{}").passed
+    assert gate.http_outcome(503, "").detail == "HTTP 503"
+    long = gate.http_outcome(500, "x" * 500).detail
+    assert long.startswith("HTTP 500: xxx") and long.endswith("...") and len(long) <= 160

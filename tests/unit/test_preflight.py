@@ -1,0 +1,595 @@
+"""Preflight: each decision on fake containers and fake probes, the whole run on a fake engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox import compose, docker, envfiles, preflight
+from sandbox import shared as shared_mod
+from sandbox.docker import Container, PublishedPort
+from sandbox.errors import Exit, SandboxError
+from sandbox.preflight import Listener, TakenPort
+from sandbox.runner import Result
+
+# The real ones, before the `engine` fixture swaps them for fakes.
+REAL_CAN_BIND = preflight.can_bind
+REAL_READ_LISTENERS = preflight.read_listeners
+
+
+def container(
+    project: str,
+    service: str,
+    *ports: int,
+    name: str | None = None,
+    working_dir: str = "/checkouts/a",
+    state: str = "running",
+) -> Container:
+    return Container(
+        id=f"id-{project}-{service}",
+        name=name or f"{project}-{service}-1",
+        project=project,
+        service=service,
+        state=state,
+        status="Up 2 minutes",
+        working_dir=working_dir,
+        ports=tuple(PublishedPort("127.0.0.1", p, p) for p in ports),
+    )
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HOME in tmp: the env files' ${HOME}/.ktrdr/shared lands there."""
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def root(tmp_path: Path, home: Path) -> Path:
+    path = tmp_path / "checkout"
+    envfiles.write_all(path)
+    return path
+
+
+@pytest.fixture
+def target(root: Path) -> compose.Target:
+    return compose.load_target(root, 1)
+
+
+# --- shared directory ---------------------------------------------------------------------
+
+
+def test_ensure_shared_dir_creates_what_is_missing_then_nothing(tmp_path: Path) -> None:
+    shared = tmp_path / ".ktrdr" / "shared"
+    created = shared_mod.ensure(shared)
+    assert created == [shared, shared / "data", shared / "models", shared / "strategies"]
+    assert all(p.is_dir() for p in created)
+    assert shared_mod.ensure(shared) == []
+
+
+def test_ensure_shared_dir_never_overwrites(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "AAPL_1d.csv").write_text("date,close\n")
+    assert shared_mod.ensure(tmp_path) == [tmp_path / "models", tmp_path / "strategies"]
+    assert (tmp_path / "data" / "AAPL_1d.csv").read_text() == "date,close\n"
+
+
+def test_ensure_shared_dir_refuses_a_file_in_the_way_and_leaves_it(tmp_path: Path) -> None:
+    (tmp_path / "models").write_text("not a directory")
+    with pytest.raises(SandboxError) as err:
+        shared_mod.ensure(tmp_path)
+    assert err.value.code is Exit.SHARED_DIR
+    assert err.value.message == (
+        f"{tmp_path}/models exists but is not a directory: move it aside, then re-run"
+    )
+    assert (tmp_path / "models").read_text() == "not a directory"
+
+
+def test_ensure_shared_dir_refuses_a_broken_symlink(tmp_path: Path) -> None:
+    (tmp_path / "strategies").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(SandboxError) as err:
+        shared_mod.ensure(tmp_path)
+    assert err.value.code is Exit.SHARED_DIR
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_ensure_shared_dir_that_cannot_be_created(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SandboxError) as err:
+        shared_mod.ensure(tmp_path / "file" / "shared")
+    assert err.value.code is Exit.SHARED_DIR
+    assert err.value.message.startswith(f"cannot create the shared directory {tmp_path}/file/")
+    assert "mkdir -p" in err.value.message
+
+
+def test_relative_shared_dir_is_relative_to_the_checkout(root: Path) -> None:
+    target = compose.Target(1, root, {"KTRDR_SHARED_DIR": "shared"})
+    assert preflight.shared_path(target) == root / "shared"
+    slot0 = compose.load_target(root, 0)
+    assert preflight.shared_path(slot0) == root
+
+
+# --- env files ----------------------------------------------------------------------------
+
+
+def test_env_collision_in_another_file_is_reported_with_file_variable_and_slot(
+    root: Path,
+) -> None:
+    path = envfiles.env_path(root, 3)
+    path.write_text(path.read_text().replace("KTRDR_API_PORT=8003", "KTRDR_API_PORT=8001"))
+    problems = preflight.env_problems(compose.load_target(root, 1))
+    assert len(problems) == 1
+    err = preflight.env_error(problems)
+    assert err.code is Exit.BAD_ENV
+    assert err.message == (
+        "env/slot-3.env: KTRDR_API_PORT (slot 3): port 8001 is also KTRDR_API_PORT of slot 1 "
+        "(env/slot-1.env): fix it or run `inv env --write` to regenerate env/"
+    )
+
+
+def test_env_problems_of_this_slot_come_first(root: Path) -> None:
+    for slot in (5, 1):
+        path = envfiles.env_path(root, slot)
+        path.write_text(path.read_text().replace("KTRDR_GRAFANA_PORT=", "KTRDR_GRAFANA_PORT=x"))
+    target = compose.Target(1, root, envfiles.read(envfiles.env_path(root, 1)))
+    problems = preflight.env_problems(target)
+    assert [p.slot for p in problems] == [1, 5]
+    assert preflight.env_error(problems).message.startswith(
+        "env/slot-1.env: KTRDR_GRAFANA_PORT (slot 1): 'x3001' is not a number (and 1 more): "
+    )
+
+
+# --- other checkout -----------------------------------------------------------------------
+
+
+def test_other_checkout(tmp_path: Path) -> None:
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    (tmp_path / "link").symlink_to(here)
+    ours = container("ktrdr-sandbox-1", "db", working_dir=str(tmp_path / "link"))
+    theirs = container("ktrdr-sandbox-1", "backend", working_dir=str(there), state="exited")
+    unlabelled = container("ktrdr-sandbox-1", "jaeger", working_dir="")
+    assert preflight.other_checkout(here, [ours, unlabelled]) is None
+    assert preflight.other_checkout(here, [ours, theirs]) == str(there)
+    assert preflight.other_checkout(here, []) is None
+
+
+def test_other_checkout_message(target: compose.Target) -> None:
+    err = preflight.other_checkout_error(target, "/home/ana/ktrdr-sandbox")
+    assert err.code is Exit.OTHER_CHECKOUT
+    assert err.message == (
+        "slot 1 belongs to another checkout: ktrdr-sandbox-1 was started from "
+        "/home/ana/ktrdr-sandbox; run `inv down --slot=1` in that checkout, or pick another slot"
+    )
+
+
+# --- ports: classification ----------------------------------------------------------------
+
+
+class FakeProbe:
+    """Binds everything except the (address, port) pairs in `busy`; records what it was asked."""
+
+    def __init__(self, busy: set[tuple[str, int]] | None = None) -> None:
+        self.busy = busy or set()
+        self.asked: list[tuple[str, int]] = []
+
+    def __call__(self, host: str, port: int) -> bool:
+        self.asked.append((host, port))
+        return (host, port) not in self.busy
+
+
+def test_all_ports_free(target: compose.Target) -> None:
+    probe = FakeProbe()
+    assert preflight.classify_ports(target, [], probe) == []
+    assert len(probe.asked) == 11 * 3
+    assert {host for host, _ in probe.asked} == {"127.0.0.1", "0.0.0.0", "::"}
+
+
+def test_a_port_held_on_any_address_is_taken(target: compose.Target) -> None:
+    probe = FakeProbe({("::", 8001), ("0.0.0.0", 9091), ("127.0.0.1", 3001)})
+    taken = preflight.classify_ports(target, [], probe)
+    assert taken == [
+        TakenPort(8001, "KTRDR_API_PORT", "backend"),
+        TakenPort(9091, "KTRDR_PROMETHEUS_PORT", "prometheus"),
+        TakenPort(3001, "KTRDR_GRAFANA_PORT", "grafana"),
+    ]
+
+
+def test_ports_of_the_slots_own_containers_are_fine(target: compose.Target) -> None:
+    own = [container("ktrdr-sandbox-1", "backend", 8001), container("ktrdr-sandbox-1", "db", 5433)]
+    probe = FakeProbe({(a, p) for a in ("127.0.0.1", "0.0.0.0", "::") for p in (8001, 5433)})
+    assert preflight.classify_ports(target, own, probe) == []
+    assert not any(port in (8001, 5433) for _, port in probe.asked)
+
+
+def test_a_port_another_container_publishes_is_taken_even_if_it_binds(
+    target: compose.Target,
+) -> None:
+    # An engine without the userland proxy publishes through iptables: nothing listens.
+    other = container("ktrdr-sandbox-2", "db", 5433)
+    taken = preflight.classify_ports(target, [other], FakeProbe())
+    assert taken == [TakenPort(5433, "KTRDR_DB_PORT", "db")]
+
+
+def test_bind_address_is_probed_once(target: compose.Target) -> None:
+    probe = FakeProbe()
+    preflight.classify_ports(target, [], probe, bind_addr="0.0.0.0")
+    assert sorted({h for h, _ in probe.asked}) == ["0.0.0.0", "::"]
+    assert len(probe.asked) == 22
+    assert preflight.probe_addresses("192.168.1.5") == ("192.168.1.5", "0.0.0.0", "::")
+
+
+def test_bind_address_precedence(target: compose.Target) -> None:
+    assert preflight.bind_address(target, {}) == "127.0.0.1"
+    assert preflight.bind_address(target, {"KTRDR_BIND_ADDR": "0.0.0.0"}) == "0.0.0.0"
+    in_file = compose.Target(1, target.root, {**target.values, "KTRDR_BIND_ADDR": "::1"})
+    assert preflight.bind_address(in_file, {"KTRDR_BIND_ADDR": "0.0.0.0"}) == "::1"
+
+
+# --- ports: the real probe ----------------------------------------------------------------
+
+
+@pytest.fixture
+def listening() -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    with sock:
+        yield sock
+
+
+def test_can_bind_sees_a_listener(listening: socket.socket) -> None:
+    port = listening.getsockname()[1]
+    assert preflight.can_bind("127.0.0.1", port) is False
+    assert preflight.can_bind("0.0.0.0", port) is False  # the wildcard clashes with it too
+    listening.close()
+    assert preflight.can_bind("127.0.0.1", port) is True
+    assert preflight.can_bind("0.0.0.0", port) is True
+
+
+def test_can_bind_ignores_time_wait() -> None:
+    # A TIME_WAIT socket keeps its creator's SO_REUSEADDR, and Linux shares the port only when
+    # both sides set it. Servers do (Go's net.Listen, so docker-proxy and dockerd; Postgres).
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.close()  # the server side closes first: its end of the connection enters TIME_WAIT
+    client.recv(1)
+    client.close()
+    server.close()
+    plain = socket.socket()
+    with plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # without SO_REUSEADDR, TIME_WAIT blocks the port
+    assert preflight.can_bind("127.0.0.1", port) is True
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 in this Python")
+def test_can_bind_ipv6() -> None:
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 on this host")
+    with sock:
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert preflight.can_bind("::", port) is False
+        assert preflight.can_bind("127.0.0.1", port) is True
+
+
+# --- ports: who holds them ----------------------------------------------------------------
+
+
+def test_holder_is_another_sandbox_slot_first() -> None:
+    others = [
+        container("myapp", "web", 5433, name="myapp-web-1"),
+        container("ktrdr-sandbox-2", "db", 5433),
+    ]
+    proxy = {5433: Listener(5433, "127.0.0.1", 99, 4242, "docker-proxy")}
+    assert preflight.port_holder(5433, others, proxy) == "slot 2 (ktrdr-sandbox-2, service db)"
+    assert (
+        preflight.port_holder(5433, others[:1], proxy)
+        == "container myapp-web-1 (compose project myapp)"
+    )
+    assert preflight.port_holder(5433, [container("", "", 5433, name="lonely")], {}) == (
+        "container lonely"
+    )
+
+
+def test_holder_is_a_process() -> None:
+    listeners = {
+        8001: Listener(8001, "0.0.0.0", 1, 4242, "python3"),
+        8002: Listener(8002, "::", 2, None, None),
+        8003: Listener(8003, "127.0.0.1", 3, 777, "docker-proxy"),
+    }
+    assert preflight.port_holder(8001, [], listeners) == "process python3 (pid 4242)"
+    assert preflight.port_holder(8002, [], listeners) == "an unknown process"
+    assert preflight.port_holder(8003, [], listeners) == (
+        "a Docker container outside Compose (docker-proxy, pid 777; "
+        "`docker ps --filter publish=8003` names it)"
+    )
+    assert preflight.port_holder(8004, [], listeners) is None
+
+
+def test_port_message_one_port() -> None:
+    err = preflight.port_error(
+        [TakenPort(8001, "KTRDR_API_PORT", "backend")], "process python3 (pid 4242)"
+    )
+    assert err.code is Exit.PORT_TAKEN
+    assert err.message == (
+        "port 8001 (backend, KTRDR_API_PORT) is taken by process python3 (pid 4242): "
+        "stop it or pick another slot"
+    )
+
+
+def test_port_message_several_ports() -> None:
+    taken = [
+        TakenPort(5433, "KTRDR_DB_PORT", "db"),
+        TakenPort(8001, "KTRDR_API_PORT", "backend"),
+        TakenPort(9091, "KTRDR_PROMETHEUS_PORT", "prometheus"),
+    ]
+    err = preflight.port_error(taken, "slot 2 (ktrdr-sandbox-2, service db)")
+    assert err.message == (
+        "port 5433 (db, KTRDR_DB_PORT) is taken by slot 2 (ktrdr-sandbox-2, service db) "
+        "(and 2 more: 8001, 9091): stop it or pick another slot"
+    )
+    assert "\n" not in err.message
+    assert preflight.port_error(taken[:1], None).message == (
+        "port 5433 (db, KTRDR_DB_PORT) is taken by an unknown process: stop it or pick another slot"
+    )
+
+
+# --- /proc --------------------------------------------------------------------------------
+
+# Captured from a Linux host; trailing columns shortened. 0A is LISTEN, 01 ESTABLISHED.
+PROC_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F41 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 51234 1 0
+   1: 00000000:1539 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 40001 1 0
+   2: 0100007F:1F41 0100007F:D2C4 01 00000000:00000000 00:00000000 00000000  1000        0 51299 1 0
+"""
+# tcp6 rows are wider than a line here: each split after the remote address.
+PROC_TCP6 = (
+    "  sl  local_address                         remote_address                        st "
+    "tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+    "   0: 00000000000000000000000001000000:0BB9 00000000000000000000000000000000:0000 "
+    "0A 00000000:00000000 00:00000000 00000000     0        0 16777 1 0\n"
+    "   1: 00000000000000000000000000000000:1F41 00000000000000000000000000000000:0000 "
+    "0A 00000000:00000000 00:00000000 00000000     0        0 16778 1 0\n"
+)
+
+
+def test_parse_proc_net() -> None:
+    assert preflight.parse_proc_net(PROC_TCP, ipv6=False) == [
+        Listener(8001, "127.0.0.1", 51234),
+        Listener(5433, "0.0.0.0", 40001),
+    ]
+    assert preflight.parse_proc_net(PROC_TCP6, ipv6=True) == [
+        Listener(3001, "::1", 16777),
+        Listener(8001, "::", 16778),
+    ]
+    assert preflight.parse_proc_net("", ipv6=False) == []
+
+
+def fake_proc(tmp_path: Path, sockets: Mapping[int, tuple[str, Sequence[int]]]) -> Path:
+    """A /proc with net/tcp{,6} and, per pid, a comm and fd/ links to socket inodes."""
+    proc = tmp_path / "proc"
+    (proc / "net").mkdir(parents=True)
+    (proc / "net" / "tcp").write_text(PROC_TCP)
+    (proc / "net" / "tcp6").write_text(PROC_TCP6)
+    (proc / "self").mkdir()  # not a pid: skipped
+    for pid, (comm, inodes) in sockets.items():
+        (proc / str(pid) / "fd").mkdir(parents=True)
+        (proc / str(pid) / "comm").write_text(comm + "\n")
+        (proc / str(pid) / "fd" / "0").symlink_to("/dev/null")
+        for n, inode in enumerate(inodes, start=3):
+            (proc / str(pid) / "fd" / str(n)).symlink_to(f"socket:[{inode}]")
+    (proc / "999").mkdir()  # a process whose fd/ we may not read
+    return proc
+
+
+def test_read_listeners_maps_sockets_to_processes(tmp_path: Path) -> None:
+    proc = fake_proc(tmp_path, {4242: ("python3", [51234]), 77: ("docker-proxy", [40001])})
+    found = preflight.read_listeners({8001, 5433, 3001}, proc)
+    assert found == {
+        8001: Listener(8001, "127.0.0.1", 51234, 4242, "python3"),
+        5433: Listener(5433, "0.0.0.0", 40001, 77, "docker-proxy"),
+        3001: Listener(3001, "::1", 16777, None, None),
+    }
+    assert preflight.read_listeners({9999}, proc) == {}
+    assert preflight.read_listeners({8001}, tmp_path / "no-proc") == {}
+
+
+def test_read_listeners_prefers_the_socket_whose_owner_is_known(tmp_path: Path) -> None:
+    # 8001 listens twice (IPv4 51234, IPv6 16778); only the IPv6 one's owner is visible.
+    proc = fake_proc(tmp_path, {4242: ("node", [16778])})
+    assert preflight.read_listeners({8001}, proc)[8001] == Listener(8001, "::", 16778, 4242, "node")
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="needs Linux /proc")
+def test_read_listeners_finds_this_process(listening: socket.socket) -> None:
+    port = listening.getsockname()[1]
+    found = preflight.read_listeners({port})
+    assert found[port].address == "127.0.0.1"
+    assert found[port].pid == os.getpid()
+    holder = preflight.port_holder(port, [], found)
+    assert holder == f"process {found[port].process} (pid {os.getpid()})"
+
+
+# --- the whole preflight, on a fake engine -------------------------------------------------
+
+
+def ps_line(c: Container) -> str:
+    labels = (
+        f"{docker.PROJECT_LABEL}={c.project},{docker.SERVICE_LABEL}={c.service},"
+        f"{docker.WORKDIR_LABEL}={c.working_dir}"
+    )
+    ports = ", ".join(f"{p.host_ip}:{p.host_port}->{p.container_port}/tcp" for p in c.ports)
+    row = {"ID": c.id, "Names": c.name, "Labels": labels, "State": c.state,
+           "Status": c.status, "Ports": ports}  # fmt: skip
+    return json.dumps(row)
+
+
+class FakeEngine:
+    """Stands in for `runner.run` in docker.py and compose.py; records every command."""
+
+    def __init__(self, containers: Sequence[Container] = (), *, engine: bool = True) -> None:
+        self.containers = list(containers)
+        self.engine = engine
+        self.commands: list[tuple[str, ...]] = []
+
+    def __call__(self, cmd: Sequence[Any], **kwargs: Any) -> Result:
+        args = tuple(str(a) for a in cmd)
+        self.commands.append(args)
+        if args[:2] == ("docker", "version"):
+            if not self.engine:
+                return Result(args, 1, "", "Cannot connect to the Docker daemon")
+            return Result(args, 0, "27.3.1\n")
+        if args[:3] == ("docker", "compose", "version"):
+            return Result(args, 0, "2.29.7\n")
+        if args[:2] == ("docker", "ps"):
+            return Result(args, 0, "\n".join(ps_line(c) for c in self.containers))
+        raise AssertionError(f"preflight ran an unexpected command: {args}")
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
+    fake = FakeEngine()
+    monkeypatch.setattr(docker, "run", fake)
+    monkeypatch.setattr(compose, "run", fake)
+    monkeypatch.setattr(preflight, "can_bind", lambda host, port: True)
+    monkeypatch.setattr(preflight, "read_listeners", lambda ports: {})
+    return fake
+
+
+def test_preflight_passes_and_creates_the_shared_dir(
+    engine: FakeEngine, target: compose.Target, home: Path
+) -> None:
+    result = preflight.run_preflight(target, {"PATH": os.environ.get("PATH", "")})
+    shared = home / ".ktrdr" / "shared"
+    assert [s.name for s in result.steps] == [
+        "engine",
+        "compose",
+        "env",
+        "shared",
+        "checkout",
+        "ports",
+    ]
+    assert result.compose == ["docker", "compose"]
+    assert result.running == []
+    assert result.steps[0].detail == "Docker engine 27.3.1 reachable"
+    assert result.steps[3].detail == (
+        f"created {shared}, {shared}/data, {shared}/models, {shared}/strategies"
+    )
+    assert result.steps[5].detail == "11 host ports free on 127.0.0.1, 0.0.0.0, ::"
+    # Read-only questions only, and one `docker ps`.
+    assert [c[:3] for c in engine.commands] == [
+        ("docker", "version", "--format"),
+        ("docker", "compose", "version"),
+        tuple(docker.ps_command()[:3]),
+    ]
+    again = preflight.run_preflight(target, {})
+    assert again.steps[3].detail == f"{shared} has data/, models/, strategies/"
+
+
+def test_preflight_with_the_stack_already_up(engine: FakeEngine, target: compose.Target) -> None:
+    root = str(target.root)
+    own = [
+        container("ktrdr-sandbox-1", "db", 5433, working_dir=root),
+        container("ktrdr-sandbox-1", "backend", 8001, working_dir=root),
+    ]
+    engine.containers = [*own, container("ktrdr-sandbox-2", "db", 5434)]
+    busy = {5433, 8001}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(preflight, "can_bind", lambda host, port: port not in busy)
+        result = preflight.run_preflight(target, {})
+    assert [c.service for c in result.running] == ["db", "backend"]
+    assert result.steps[4].detail == "ktrdr-sandbox-1 has 2 container(s) from this checkout"
+    assert result.steps[5].detail.endswith(", 2 published by ktrdr-sandbox-1")
+
+
+def test_no_engine_stops_before_anything_else(engine: FakeEngine, target: compose.Target) -> None:
+    engine.engine = False
+    with pytest.raises(SandboxError) as err:
+        preflight.run_preflight(target, {})
+    assert err.value.code is Exit.NO_ENGINE
+    assert engine.commands == [("docker", "version", "--format", "{{.Server.Version}}")]
+
+
+def test_bad_env_stops_before_the_shared_dir(engine: FakeEngine, root: Path, home: Path) -> None:
+    target = compose.load_target(root, 1)
+    path = envfiles.env_path(root, 4)
+    path.write_text(path.read_text().replace("KTRDR_DB_PORT=5436", "KTRDR_DB_PORT=5433"))
+    with pytest.raises(SandboxError) as err:
+        preflight.run_preflight(target, {})
+    assert err.value.code is Exit.BAD_ENV
+    assert "env/slot-4.env: KTRDR_DB_PORT (slot 4)" in err.value.message
+    assert not (home / ".ktrdr").exists()
+
+
+def test_missing_shared_dir_without_create(
+    engine: FakeEngine, target: compose.Target, home: Path
+) -> None:
+    with pytest.raises(SandboxError) as err:
+        preflight.run_preflight(target, {}, create_shared=False)
+    assert err.value.code is Exit.SHARED_DIR
+    assert err.value.message == (
+        f"the shared directory {home}/.ktrdr/shared lacks data/, models/, strategies/: "
+        "run `inv init-shared` to create it"
+    )
+    assert not (home / ".ktrdr").exists()
+
+
+def test_other_checkout_is_refused(engine: FakeEngine, target: compose.Target) -> None:
+    engine.containers = [container("ktrdr-sandbox-1", "db", 5433, working_dir="/srv/other")]
+    with pytest.raises(SandboxError) as err:
+        preflight.run_preflight(target, {})
+    assert err.value.code is Exit.OTHER_CHECKOUT
+    assert "started from /srv/other; run `inv down --slot=1` in that checkout" in err.value.message
+
+
+def test_taken_port_names_the_holder(engine: FakeEngine, target: compose.Target) -> None:
+    engine.containers = [container("ktrdr-sandbox-2", "backend", 8001, working_dir="/srv/b")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(preflight, "can_bind", lambda host, port: port != 9091)
+        with pytest.raises(SandboxError) as err:
+            preflight.run_preflight(target, {})
+    assert err.value.code is Exit.PORT_TAKEN
+    assert err.value.message == (
+        "port 8001 (backend, KTRDR_API_PORT) is taken by slot 2 (ktrdr-sandbox-2, service "
+        "backend) (and 1 more: 9091): stop it or pick another slot"
+    )
+    assert sum(1 for c in engine.commands if c[:2] == ("docker", "ps")) == 1
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="needs Linux /proc")
+def test_taken_port_held_by_a_real_process(
+    engine: FakeEngine, root: Path, listening: socket.socket
+) -> None:
+    port = listening.getsockname()[1]
+    values = {**envfiles.read(envfiles.env_path(root, 1)), "KTRDR_GRAFANA_PORT": str(port)}
+    target = compose.Target(1, root, values)
+    with pytest.MonkeyPatch.context() as mp:
+        # The real probe, but only for our port: the slot's others may be busy on this host.
+        mp.setattr(preflight, "can_bind", lambda h, p: p != port or REAL_CAN_BIND(h, p))
+        mp.setattr(preflight, "read_listeners", REAL_READ_LISTENERS)
+        with pytest.raises(SandboxError) as err:
+            preflight.run_preflight(target, {})
+    comm = Path("/proc/self/comm").read_text().strip()
+    assert err.value.code is Exit.PORT_TAKEN
+    assert err.value.message == (
+        f"port {port} (grafana, KTRDR_GRAFANA_PORT) is taken by process {comm} "
+        f"(pid {os.getpid()}): stop it or pick another slot"
+    )

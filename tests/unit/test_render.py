@@ -1,0 +1,210 @@
+"""What the renderer prints: plain lines when stdout is not a terminal, tables when it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from io import StringIO
+
+from rich.console import Console
+
+from sandbox.gate import CheckResult, GateResult, State
+from sandbox.render import Renderer
+from sandbox.status import SlotStatus
+from sandbox.verify import VerifyCheck, VerifyReport
+
+
+def plain() -> tuple[Renderer, StringIO]:
+    buffer = StringIO()
+    return Renderer(Console(file=buffer, force_terminal=False, width=60)), buffer
+
+
+def terminal() -> tuple[Renderer, StringIO]:
+    buffer = StringIO()
+    return Renderer(Console(file=buffer, force_terminal=True, width=140)), buffer
+
+
+def waiting(name: str, service: str = "") -> CheckResult:
+    return CheckResult(name, name.title(), State.WAITING, "waiting", None, service or name)
+
+
+CHECKS = [waiting("database", "db"), waiting("backend"), waiting("grafana")]
+URLS = {"Backend API": "http://127.0.0.1:8001/api/v1", "Grafana": "http://127.0.0.1:3001"}
+
+
+def test_plain_gate_progress_prints_one_line_per_outcome() -> None:
+    out, buffer = plain()
+    passed = replace(CHECKS[1], state=State.PASSED, detail="HTTP 200", elapsed=3.21)
+    failed = replace(CHECKS[2], state=State.FAILED, detail="HTTP 503: starting")
+    with out.gate_progress(1) as update:
+        update(CHECKS)
+        update([CHECKS[0], passed, CHECKS[2]])
+        update([CHECKS[0], passed, CHECKS[2]])  # nothing new: nothing printed
+        update([CHECKS[0], passed, failed])
+    assert buffer.getvalue().splitlines() == [
+        "gate: slot 1: waiting for database, backend, grafana",
+        "gate: backend passed after 3.2s",
+        "gate: grafana FAILED: HTTP 503: starting",
+    ]
+
+
+def test_plain_gate_summary_pass_lists_urls() -> None:
+    out, buffer = plain()
+    checks = [replace(c, state=State.PASSED, elapsed=1.0) for c in CHECKS]
+    out.gate_summary(GateResult(1, True, checks, 14.25, URLS))
+    assert buffer.getvalue().splitlines() == [
+        "gate: slot 1 is ready: all 3 checks passed in 14.2s",
+        "  Backend API  http://127.0.0.1:8001/api/v1",
+        "  Grafana      http://127.0.0.1:3001",
+    ]
+
+
+def test_plain_gate_summary_failure_shows_checks_and_log_tails() -> None:
+    out, buffer = plain()
+    checks = [
+        replace(CHECKS[0], state=State.FAILED, detail="container exited (Exited (1))"),
+        replace(CHECKS[1], state=State.PASSED, elapsed=2.0),
+        replace(CHECKS[2], state=State.FAILED, detail="connection refused"),
+    ]
+    logs = {"db": "db-1 | FATAL: [bold]no space[/bold]\ndb-1 | exiting", "grafana": "gf | ok"}
+    out.gate_summary(GateResult(2, False, checks, 180.0, URLS), logs)
+    lines = buffer.getvalue().splitlines()
+    assert lines == [
+        "gate: slot 2 is not ready after 180.0s: 2 of 3 checks failed",
+        "  database: container exited (Exited (1))",
+        "  grafana: connection refused",
+        "--- db: last log lines ---",
+        "db-1 | FATAL: [bold]no space[/bold]",  # verbatim: log text is never markup
+        "db-1 | exiting",
+        "--- grafana: last log lines ---",
+        "gf | ok",
+    ]
+
+
+def test_up_result_reports_compose_time_then_gate() -> None:
+    @dataclass
+    class Up:
+        gate: GateResult
+        logs: dict[str, str]
+        started: bool
+        compose_seconds: float
+
+    out, buffer = plain()
+    checks = [replace(c, state=State.PASSED, elapsed=1.0) for c in CHECKS]
+    out.up_result(Up(GateResult(1, True, checks, 3.0, {}), {}, True, 4.5))
+    assert buffer.getvalue().splitlines() == [
+        "compose: `docker compose up -d` took 4.5s",
+        "gate: slot 1 is ready: all 3 checks passed in 3.0s",
+    ]
+
+
+STATUSES = [
+    SlotStatus(1, "ktrdr-sandbox-1", "running", 9, 9, "http://127.0.0.1:8001/api/v1", "/w/main"),
+    SlotStatus(10, "ktrdr-sandbox-10", "stopped", 0, 9, None, "several"),
+]
+
+
+def test_plain_status_is_an_aligned_table_without_boxes() -> None:
+    out, buffer = plain()
+    out.status(STATUSES)
+    assert buffer.getvalue().splitlines() == [
+        "slot  project           state    healthy  API URL                       checkout",
+        "1     ktrdr-sandbox-1   running  9/9      http://127.0.0.1:8001/api/v1  /w/main",
+        "10    ktrdr-sandbox-10  stopped  0/9      -                             several",
+    ]
+
+
+def test_status_when_empty() -> None:
+    out, buffer = plain()
+    out.status([])
+    out.status([], only_slot=4)
+    assert buffer.getvalue().splitlines() == [
+        "no sandbox slots have containers",
+        "slot 4 has no containers",
+    ]
+
+
+REPORTS = [
+    VerifyReport(
+        1,
+        [VerifyCheck("health", True, "HTTP 200"), VerifyCheck("ports", False, "host port 3001")],
+    ),
+    VerifyReport(2, [VerifyCheck("health", True, "HTTP 200")]),
+]
+
+
+def test_plain_verify() -> None:
+    out, buffer = plain()
+    out.verify(REPORTS)
+    assert buffer.getvalue().splitlines() == [
+        "verify: slot 1 health: pass: HTTP 200",
+        "verify: slot 1 ports: FAIL: host port 3001",
+        "slot 1: 1 of 2 checks failed",
+        "verify: slot 2 health: pass: HTTP 200",
+        "slot 2: all 1 checks passed",
+    ]
+
+
+def test_plain_steps_and_details() -> None:
+    out, buffer = plain()
+    out.steps([("engine", "Docker 27.1"), ("ports", "11 free")], title="preflight")
+    out.details("line one\n[red]line two[/red]")
+    assert buffer.getvalue().splitlines() == [
+        "preflight",
+        "engine: Docker 27.1",
+        "ports: 11 free",
+        "line one",
+        "[red]line two[/red]",
+    ]
+
+
+def test_terminal_output_draws_tables() -> None:
+    out, buffer = terminal()
+    out.status(STATUSES)
+    out.verify(REPORTS)
+    checks = [replace(c, state=State.PASSED, elapsed=1.0) for c in CHECKS]
+    out.gate_summary(GateResult(1, True, checks, 3.0, URLS))
+    text = buffer.getvalue()
+    assert "\x1b[" in text  # colours on a terminal
+    for expected in ("ktrdr-sandbox-10", "several", "host port 3001", "✓", "✗", "Grafana"):
+        assert expected in text
+
+
+def test_terminal_gate_progress_is_live_and_ends_cleanly() -> None:
+    out, buffer = terminal()
+    passed = replace(CHECKS[1], state=State.PASSED, detail="HTTP 200", elapsed=3.21)
+    with out.gate_progress(3) as update:
+        update(CHECKS)
+        update([CHECKS[0], passed, CHECKS[2]])
+    text = buffer.getvalue()
+    assert "slot 3" in text and "3.2s" in text and "HTTP 200" in text
+    # Nothing before the first update: preflight output is not drawn under an empty table.
+    out2, buffer2 = terminal()
+    with out2.gate_progress(3):
+        pass
+    assert buffer2.getvalue() == ""
+
+
+def test_plain_preflight_and_images() -> None:
+    @dataclass(frozen=True)
+    class Step:
+        name: str
+        detail: str
+
+    @dataclass(frozen=True)
+    class Checked:
+        steps: list[Step]
+
+    @dataclass(frozen=True)
+    class Built:
+        what: str
+        seconds: float
+
+    out, buffer = plain()
+    out.preflight(Checked([Step("engine", "Docker 27.1"), Step("ports", "11 free")]))
+    out.images([Built("ktrdr-sandbox/reference-app:latest", 12.34)], offline=True)
+    assert buffer.getvalue().splitlines() == [
+        "engine: Docker 27.1",
+        "ports: 11 free",
+        "ktrdr-sandbox/reference-app:latest: 12.3s",
+        "images: 1 ready; ./.env now selects local stand-ins (offline)",
+    ]

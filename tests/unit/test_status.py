@@ -1,0 +1,131 @@
+"""`inv status` from fabricated containers: one `docker ps`, every slot summarized."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox import docker, slots, status
+from sandbox.docker import PublishedPort
+
+
+def make(
+    slot: int | str,
+    service: str,
+    state: str = "running",
+    status_text: str = "Up 2 minutes (healthy)",
+    ports: tuple[PublishedPort, ...] = (),
+    working_dir: str = "/home/dev/ktrdr-sandbox",
+) -> docker.Container:
+    project = slots.project_name(slot) if isinstance(slot, int) else slot
+    return docker.Container(
+        id=f"{project}-{service}",
+        name=f"{project}-{service}-1",
+        project=project,
+        service=service,
+        state=state,
+        status=status_text,
+        working_dir=working_dir,
+        ports=ports,
+    )
+
+
+def full_stack(slot: int, **kwargs: str) -> list[docker.Container]:
+    found = []
+    for service in slots.SERVICES:
+        ports: tuple[PublishedPort, ...] = ()
+        if service == "backend":
+            ports = (
+                PublishedPort("127.0.0.1", 8000 + slot, 8000),
+                PublishedPort("127.0.0.1", 9999, 9999),
+            )
+        found.append(make(slot, service, ports=ports, **kwargs))
+    return found
+
+
+def test_running_slot() -> None:
+    [row] = status.summarize(full_stack(1))
+    assert row == status.SlotStatus(
+        slot=1,
+        project="ktrdr-sandbox-1",
+        state="running",
+        healthy=9,
+        total=9,
+        api_url="http://127.0.0.1:8001/api/v1",
+        checkout="/home/dev/ktrdr-sandbox",
+    )
+
+
+def test_partial_and_stopped_slots_sorted_by_slot() -> None:
+    partial = full_stack(2)
+    partial[0] = make(2, "db", "exited", "Exited (0) 1 minute ago")
+    stopped = [make(7, s, "exited", "Exited (137) 1 hour ago") for s in slots.SERVICES]
+    rows = status.summarize([*stopped, *partial])
+    assert [(r.slot, r.state) for r in rows] == [(2, "partial"), (7, "stopped")]
+    assert (rows[0].healthy, rows[0].total) == (8, 9)
+    assert (rows[1].healthy, rows[1].total, rows[1].api_url) == (0, 9, None)
+
+
+@pytest.mark.parametrize(
+    ("state", "text", "healthy"),
+    [
+        ("running", "Up 3 seconds (health: starting)", False),
+        ("running", "Up 3 minutes (unhealthy)", False),
+        ("running", "Up 3 minutes (healthy)", True),
+        ("running", "Up 3 minutes", True),  # no healthcheck: running is all we can know
+        ("created", "Created", False),
+        ("exited", "Exited (1) 3 minutes ago", False),
+    ],
+)
+def test_healthy_counts(state: str, text: str, healthy: bool) -> None:
+    [row] = status.summarize([make(3, "grafana", state, text)])
+    assert row.healthy == int(healthy)
+    assert row.total == 1
+
+
+def test_api_url_from_the_backends_published_port() -> None:
+    wildcard = make(
+        4,
+        "backend",
+        ports=(PublishedPort("::", 8004, 8000), PublishedPort("0.0.0.0", 8004, 8000)),
+    )
+    assert status.summarize([wildcard])[0].api_url == "http://127.0.0.1:8004/api/v1"
+    lan = make(4, "backend", ports=(PublishedPort("192.168.1.9", 8004, 8000),))
+    assert status.summarize([lan])[0].api_url == "http://192.168.1.9:8004/api/v1"
+    # Only the backend's container port 8000 counts, not another service's.
+    other = make(4, "grafana", ports=(PublishedPort("127.0.0.1", 8004, 8000),))
+    assert status.summarize([other])[0].api_url is None
+
+
+def test_checkout_several_when_containers_disagree() -> None:
+    stack = full_stack(5)
+    stack[-1] = make(5, "grafana", working_dir="/elsewhere")
+    assert status.summarize(stack)[0].checkout == "several"
+    assert status.summarize(full_stack(5, working_dir=""))[0].checkout == ""
+
+
+def test_only_slot_and_foreign_projects() -> None:
+    containers = [
+        *full_stack(1),
+        *full_stack(3),
+        make("ktrdr", "backend"),  # a real KTRDR dev stack, not a sandbox slot
+        make("ktrdr-sandbox-11", "backend"),  # outside 0-10
+        make("ktrdr-sandbox-01", "backend"),
+        make("", "backend"),
+    ]
+    assert [r.slot for r in status.summarize(containers)] == [1, 3]
+    assert [r.slot for r in status.summarize(containers, only_slot=3)] == [3]
+    assert status.summarize(containers, only_slot=2) == []
+    assert status.summarize([]) == []
+
+
+def test_collect_asks_docker_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+
+    def fake(environ: object = None) -> list[docker.Container]:
+        calls.append(environ)
+        return [*full_stack(0), *full_stack(1), *full_stack(2)]
+
+    monkeypatch.setattr(docker, "containers", fake)
+    rows = status.collect({"PATH": "/bin"})
+    assert [r.slot for r in rows] == [0, 1, 2]
+    assert calls == [{"PATH": "/bin"}]

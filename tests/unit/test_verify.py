@@ -1,0 +1,318 @@
+"""`inv verify`'s comparisons on fabricated containers and mounts, plus the shared-dir probe."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox import compose, docker, envfiles, slots, verify
+from sandbox.docker import PublishedPort
+from sandbox.runner import Result
+from sandbox.verify import Mount
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    envfiles.write_all(tmp_path)
+    return tmp_path
+
+
+def target_for(root: Path, slot: int, **extra: str) -> compose.Target:
+    base = compose.load_target(root, slot)
+    return compose.Target(slot, root, {**base.values, **extra})
+
+
+def stack(slot: int, state: str = "running") -> list[docker.Container]:
+    """A slot's containers publishing exactly what its env file says."""
+    project = slots.project_name(slot)
+    ports: dict[str, list[PublishedPort]] = {}
+    for spec in slots.PORTS:
+        host = spec.host_port(slot)
+        inner = spec.container_port if spec.container_port is not None else host
+        ports.setdefault(spec.service, []).append(PublishedPort("127.0.0.1", host, inner))
+    return [
+        docker.Container(
+            id=f"{slot:02d}{service}" + "0" * 50,
+            name=f"{project}-{service}-1",
+            project=project,
+            service=service,
+            state=state,
+            status="Up 1 minute",
+            working_dir="/checkout",
+            ports=tuple(ports.get(service, [])),
+        )
+        for service in slots.SERVICES
+    ]
+
+
+def db_of(containers: Sequence[docker.Container], slot: int) -> docker.Container:
+    return next(c for c in containers if c.slot == slot and c.service == "db")
+
+
+def volume(name: str) -> Mount:
+    return Mount(
+        "volume", name, f"/var/lib/docker/volumes/{name}/_data", "/var/lib/postgresql/data"
+    )
+
+
+def own_mounts(containers: Sequence[docker.Container]) -> dict[str, list[Mount]]:
+    return {
+        c.id: [volume(f"{c.project}_db-data")]
+        for c in containers
+        if c.service == "db" and c.slot is not None
+    }
+
+
+def replace(
+    containers: list[docker.Container], service: str, **changes: Any
+) -> list[docker.Container]:
+    return [dataclasses.replace(c, **changes) if c.service == service else c for c in containers]
+
+
+# ----------------------------------------------------------------------------- mounts
+
+
+def test_parse_mounts() -> None:
+    mounts = [
+        {
+            "Type": "volume",
+            "Name": "ktrdr-sandbox-1_db-data",
+            "Source": "/var/lib/docker/volumes/ktrdr-sandbox-1_db-data/_data",
+            "Destination": "/var/lib/postgresql/data",
+            "Driver": "local",
+            "RW": True,
+        },
+        {"Type": "bind", "Source": "/home/x/data", "Destination": "/app/data"},
+    ]
+    output = f"abc {json.dumps(mounts)}\ndef null\nghi not-json\n\n"
+    parsed = verify.parse_mounts(output)
+    assert parsed["abc"] == [
+        volume("ktrdr-sandbox-1_db-data"),
+        Mount("bind", "", "/home/x/data", "/app/data"),
+    ]
+    assert "def" not in parsed and "ghi" not in parsed
+
+
+def test_inspect_mounts_command_is_one_call_for_all_ids() -> None:
+    assert verify.inspect_mounts_command(["a", "b"]) == [
+        "docker",
+        "inspect",
+        "--format",
+        "{{.Id}} {{json .Mounts}}",
+        "a",
+        "b",
+    ]
+
+
+# ----------------------------------------------------------------------------- own-database
+
+
+def test_own_database_passes_for_separate_slots() -> None:
+    containers = [*stack(1), *stack(2)]
+    check = verify.check_own_database(1, containers, own_mounts(containers))
+    assert check.passed, check.detail
+    assert check.name == "own-database"
+    assert "ktrdr-sandbox-1_db-data" in check.detail
+
+
+def test_own_database_missing_or_stopped() -> None:
+    assert verify.check_own_database(3, stack(1), {}).detail == (
+        "no db container: run `inv up --slot=3`"
+    )
+    stopped = replace(stack(1), "db", state="exited")
+    check = verify.check_own_database(1, stopped, own_mounts(stopped))
+    assert not check.passed and check.detail.endswith("is exited, not running")
+
+
+def test_own_database_wrong_volume() -> None:
+    containers = stack(1)
+    mounts = {db_of(containers, 1).id: [volume("ktrdr-sandbox_db-data")]}
+    check = verify.check_own_database(1, containers, mounts)
+    assert not check.passed
+    assert check.detail == (
+        "data volume should be ktrdr-sandbox-1_db-data; mounts ktrdr-sandbox_db-data"
+    )
+    anonymous = {
+        db_of(containers, 1).id: [Mount("bind", "", "/srv/pg", "/var/lib/postgresql/data")]
+    }
+    assert "no named volume" in verify.check_own_database(1, containers, anonymous).detail
+
+
+def test_own_database_volume_shared_with_another_slot() -> None:
+    containers = [*stack(1), *stack(2)]
+    mounts = own_mounts(containers)
+    mounts[db_of(containers, 2).id].append(volume("ktrdr-sandbox-1_db-data"))
+    check = verify.check_own_database(1, containers, mounts)
+    assert not check.passed
+    assert check.detail == "volume ktrdr-sandbox-1_db-data is also mounted by slot 2's db"
+
+
+def test_own_database_not_inspected() -> None:
+    containers = stack(1)
+    assert "could not inspect" in verify.check_own_database(1, containers, {}).detail
+
+
+# ----------------------------------------------------------------------------- ports
+
+
+def test_ports_pass(root: Path) -> None:
+    check = verify.check_ports(target_for(root, 1), [*stack(1), *stack(2)])
+    assert check.passed, check.detail
+    assert check.detail == "11 ports as in slot-1.env, none published by another slot"
+
+
+def test_ports_differ_from_env_file(root: Path) -> None:
+    # A stack started with slot 1's file, checked against an edited file.
+    check = verify.check_ports(target_for(root, 1, KTRDR_API_PORT="8101"), stack(1))
+    assert not check.passed
+    assert check.detail == "KTRDR_API_PORT=8101 is not backend's port 8000"
+
+
+def test_worker_container_port_must_equal_host_port(root: Path) -> None:
+    containers = stack(1)
+    containers = replace(
+        containers, "training-worker-1", ports=(PublishedPort("127.0.0.1", 5012, 5005),)
+    )
+    check = verify.check_ports(target_for(root, 1), containers)
+    assert check.detail == "KTRDR_WORKER_PORT_3=5012 is not training-worker-1's port 5012"
+
+
+def test_ports_collide_with_another_running_slot(root: Path) -> None:
+    other = replace(stack(2), "grafana", ports=(PublishedPort("0.0.0.0", 3001, 3000),))
+    check = verify.check_ports(target_for(root, 1), [*stack(1), *other])
+    assert not check.passed
+    assert check.detail == "host port 3001 is also published by ktrdr-sandbox-2/grafana"
+    stopped = replace(other, "grafana", state="exited")
+    assert verify.check_ports(target_for(root, 1), [*stack(1), *stopped]).passed
+
+
+def test_ports_of_a_stopped_slot(root: Path) -> None:
+    check = verify.check_ports(target_for(root, 1), stack(1, state="exited"))
+    assert not check.passed
+    assert check.detail.startswith("not running: db, backend, jaeger")
+
+
+# ----------------------------------------------------------------------------- shared-dir, health
+
+
+def test_check_shared_dir() -> None:
+    ok = verify.check_shared_dir("/app/data/p", {"backend": None, "backtest-worker-1": None})
+    assert ok.passed and ok.detail == "/app/data/p visible in backend, backtest-worker-1"
+    bad = verify.check_shared_dir("/app/data/p", {"backend": None, "training-worker-2": "nope"})
+    assert not bad.passed and bad.detail == "/app/data/p not visible in training-worker-2: nope"
+    assert not verify.check_shared_dir("/app/data/p", {}).passed
+
+
+def test_exec_seen() -> None:
+    assert verify.exec_seen(Result(("x",), 0)) is None
+    assert verify.exec_seen(Result(("x",), 1)) == "no such file under /app/data"
+    assert verify.exec_seen(Result(("x",), 1, "", 'service "backend" is not running\n')) == (
+        'service "backend" is not running'
+    )
+
+
+def test_check_health() -> None:
+    assert verify.check_health(200, '{"status": "ok"}').passed
+    assert verify.check_health(None, "connection refused").detail == "connection refused"
+
+
+def test_shared_dir_probe_is_seen_and_always_removed(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared"
+    (shared / "data").mkdir(parents=True)
+    target = target_for(root, 1, KTRDR_SHARED_DIR=str(shared))
+    containers = replace(stack(1), "training-worker-2", state="exited")
+    commands: list[list[str]] = []
+
+    def fake_run(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float) -> Result:
+        commands.append(list(cmd))
+        assert env["COMPOSE_PROJECT_NAME"] == "ktrdr-sandbox-1"
+        name = cmd[-1].removeprefix("/app/data/")
+        present = (shared / "data" / name).is_file()  # the probe exists while we look
+        return Result(tuple(cmd), 0 if present else 1)
+
+    monkeypatch.setattr(verify, "run", fake_run)
+    check = verify.shared_dir(target, ["docker", "compose"], {}, containers)
+    assert not check.passed
+    assert check.detail.endswith("not visible in training-worker-2: not running")
+    assert len(commands) == 4  # backend and the three running workers
+    name = commands[0][-1].removeprefix("/app/data/")
+    assert name.startswith(".ktrdr-verify-1-")
+    services = ["backend", "backtest-worker-1", "backtest-worker-2", "training-worker-1"]
+    assert sorted(commands) == sorted(
+        compose.command(
+            ["docker", "compose"], target, "exec", "-T", s, "test", "-f", f"/app/data/{name}"
+        )
+        for s in services
+    )
+    assert list((shared / "data").iterdir()) == []
+
+    def broken(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float) -> Result:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify, "run", broken)
+    with pytest.raises(KeyboardInterrupt):
+        verify.shared_dir(target, ["docker", "compose"], {}, stack(1))
+    assert list((shared / "data").iterdir()) == []  # removed even then
+
+
+def test_shared_dir_missing(root: Path, tmp_path: Path) -> None:
+    target = target_for(root, 1, KTRDR_SHARED_DIR=str(tmp_path / "nowhere"))
+    check = verify.shared_dir(target, ["docker", "compose"], {}, stack(1))
+    assert not check.passed and "inv init-shared" in check.detail
+
+
+def test_verify_uses_one_ps_and_one_inspect(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    containers = [*stack(1), *stack(2)]
+    shared = tmp_path / "shared"
+    (shared / "data").mkdir(parents=True)
+    ps_calls: list[object] = []
+    inspects: list[list[str]] = []
+
+    def fake_containers(environ: object = None) -> list[docker.Container]:
+        ps_calls.append(environ)
+        return containers
+
+    def fake_run(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float) -> Result:
+        if cmd[:2] == ["docker", "inspect"]:
+            inspects.append(list(cmd))
+            lines = [
+                f"{c.id} {json.dumps([{'Type': 'volume', 'Name': f'{c.project}_db-data'}])}"
+                for c in containers
+                if c.id in cmd
+            ]
+            return Result(tuple(cmd), 0, "\n".join(lines) + "\n")
+        return Result(tuple(cmd), 0)
+
+    urls: list[str] = []
+
+    def fake_get(url: str, timeout: float) -> tuple[int | None, str]:
+        urls.append(url)
+        return 200, "{}"
+
+    monkeypatch.setattr(docker, "containers", fake_containers)
+    monkeypatch.setattr(verify, "run", fake_run)
+    targets = [target_for(root, s, KTRDR_SHARED_DIR=str(shared)) for s in (1, 2)]
+    reports = verify.verify(targets, ["docker", "compose"], {}, http_get=fake_get)
+    assert [r.slot for r in reports] == [1, 2]
+    for report in reports:
+        assert [c.name for c in report.checks] == ["health", "own-database", "ports", "shared-dir"]
+        assert report.passed, report.checks
+    assert len(ps_calls) == 1
+    assert len(inspects) == 1
+    assert urls == ["http://127.0.0.1:8001/api/v1/health", "http://127.0.0.1:8002/api/v1/health"]
+
+
+def test_report_passed() -> None:
+    good = verify.VerifyCheck("health", True, "HTTP 200")
+    bad = verify.VerifyCheck("ports", False, "x")
+    assert verify.VerifyReport(1, [good]).passed
+    assert not verify.VerifyReport(1, [good, bad]).passed
