@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from invoke.context import Context
-from invoke.tasks import task
 from invoke.exceptions import Exit as InvokeExit
+from invoke.tasks import task
 
 from sandbox import (
     ROOT,
@@ -29,14 +29,10 @@ from sandbox import (
     slots,
     stack,
 )
-from sandbox import (
-    status as status_mod,
-)
-from sandbox import (
-    verify as verify_mod,
-)
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import display, run
+from sandbox.status import collect as collect_status
+from sandbox.verify import verify as verify_slots
 
 F = TypeVar("F", bound=Callable[..., Any])
 out = render.Renderer.for_stdout()
@@ -144,7 +140,7 @@ def down(c: Context, slot: str | None = None, volumes: bool = False) -> None:
 def status(c: Context, slot: str | None = None) -> None:
     """One table for every slot that has containers (one Docker call for all)."""
     only = None if slot is None else slots.parse_slot(slot)
-    out.status(status_mod.collect(dict(os.environ), only))
+    out.status(collect_status(dict(os.environ), only))
 
 
 @task(iterable=["slot"], help={"slot": "slot to verify; repeat for several: --slot=1 --slot=2"})
@@ -156,7 +152,7 @@ def verify(c: Context, slot: list[str]) -> None:
     targets = [_target(s) for s in dict.fromkeys(slot)]
     environ = dict(os.environ)
     docker.check_engine(environ)
-    reports = verify_mod.verify(targets, compose.find_compose(environ), environ)
+    reports = verify_slots(targets, compose.find_compose(environ), environ)
     out.verify(reports)
     failed = [r.slot for r in reports if not r.passed]
     if failed:
