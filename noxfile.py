@@ -19,6 +19,7 @@ SHELL_FILES = [
     "scripts/build-debian-base.sh",
     "scripts/init-shared-data-dir.sh",
     "scripts/provision-docker.sh",
+    "containers/images/postgres-debian/docker-entrypoint.sh",
     ".ci/run",
 ]
 # Same pin as pyproject's dev extra: the real Compose v2 binary, for engines without the plugin.
