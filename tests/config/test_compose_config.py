@@ -18,15 +18,24 @@ from sandbox.runner import run
 HOME = Path("/home/sandbox-config-test")
 
 
+# No KTRDR_* exports leak in, and HOME is a known one (the env files expand ${HOME}).
+# DOCKER_CONFIG stays the real one: that is where the CLI finds its compose plugin.
+ENV = {
+    "PATH": os.environ["PATH"],
+    "HOME": str(HOME),
+    "DOCKER_CONFIG": os.environ.get("DOCKER_CONFIG", str(Path.home() / ".docker")),
+}
+
+
 @pytest.fixture(scope="session")
 def compose_cmd() -> list[str]:
-    return compose.find_compose()
+    return compose.find_compose(ENV)
 
 
 def render(compose_cmd: list[str], env_file: Path | None) -> dict[str, Any]:
-    # No KTRDR_* exports leak in. Without --env-file Compose also reads ./.env, which holds
-    # only image names (written by `inv images`), so ports and mounts are the file's own.
-    env = {"PATH": os.environ["PATH"], "HOME": str(HOME)}
+    # Without --env-file Compose also reads ./.env, which holds only image names (written by
+    # `inv images`), so ports and mounts are the compose file's and the env file's own.
+    env = ENV
     args = [*compose_cmd, "-f", str(ROOT / compose.COMPOSE_FILE)]
     if env_file is not None:
         args += ["--env-file", str(env_file)]
