@@ -112,6 +112,7 @@ def up(
             timeout=seconds,
             on_preflight=out.preflight,
             on_gate=on_gate,
+            on_busy=out.line,
         )
     if isinstance(result, stack.UpResult):
         out.up_result(result)
@@ -130,7 +131,7 @@ def up(
 def down(c: Context, slot: str | None = None, volumes: bool = False) -> None:
     """Stop and remove a slot's containers; its volumes only with --volumes."""
     target = _target(slot)
-    stack.down(target, dict(os.environ), volumes=volumes)
+    stack.down(target, dict(os.environ), volumes=volumes, on_busy=out.line)
     kept = "removed its volumes" if volumes else "kept its volumes"
     out.line(f"slot {target.slot} ({target.project}) is down; {kept}")
 
@@ -280,5 +281,5 @@ def build_images(c: Context, offline: bool = False, online: bool = False) -> Non
         offline = not images.registry_reachable(environ)
         if offline:
             out.line("no registry reachable: building every image locally (--offline)")
-    built = images.build(ROOT, offline, environ, on_step=lambda s: out.step("image", s.what))
+    built = images.build(ROOT, offline, environ, on_step=lambda s: out.step("building", s.what))
     out.images(built, offline)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,8 +62,11 @@ def _open(path: Path) -> int:
         ) from exc
 
 
-def _acquire(fd: int, slot: int, wait: float) -> None:
+def _acquire(
+    fd: int, slot: int, wait: float, on_busy: Callable[[str], None] | None = None
+) -> None:
     deadline = time.monotonic() + max(wait, 0.0)
+    told = False
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -72,15 +75,26 @@ def _acquire(fd: int, slot: int, wait: float) -> None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise SandboxError(busy_message(slot, _holder_pid(fd)), Exit.LOCKED) from None
+            if on_busy is not None and not told:
+                pid = _holder_pid(fd)
+                holder = f"another `inv` command (pid {pid})" if pid else "another `inv` command"
+                on_busy(f"slot {slot} is busy: {holder}; waiting up to {remaining:.0f}s for it")
+                told = True
             time.sleep(min(POLL_SECONDS, remaining))
 
 
 @contextmanager
-def slot_lock(slot: int, *, wait: float = 0.0, lock_dir: Path | None = None) -> Iterator[None]:
+def slot_lock(
+    slot: int,
+    *,
+    wait: float = 0.0,
+    lock_dir: Path | None = None,
+    on_busy: Callable[[str], None] | None = None,
+) -> Iterator[None]:
     """Hold slot `slot`'s lock for the `with` block.
 
     When another process holds it, retry for up to `wait` seconds, then raise
-    SandboxError(LOCKED) naming that process. Released on leaving the block, exceptions
+    SandboxError(LOCKED) naming that process; `on_busy` hears once that it waits. Released on leaving the block, exceptions
     included; the lock file stays. Re-entrant within one process.
     """
     path = lock_path(slot, lock_dir if lock_dir is not None else default_lock_dir(os.environ))
@@ -97,7 +111,7 @@ def slot_lock(slot: int, *, wait: float = 0.0, lock_dir: Path | None = None) -> 
 
     fd = _open(path)
     try:
-        _acquire(fd, slot, wait)
+        _acquire(fd, slot, wait, on_busy)
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{pid}\n".encode(), 0)

@@ -76,6 +76,7 @@ def up(
     timeout: float = DEFAULT_TIMEOUT,
     on_preflight: Callable[[preflight.Preflight], None] | None = None,
     on_gate: Callable[[list[gate.CheckResult]], None] | None = None,
+    on_busy: Callable[[str], None] | None = None,
 ) -> UpResult | preflight.Preflight:
     """Start `target` and wait until it is really ready.
 
@@ -83,7 +84,7 @@ def up(
     image rebuild). Returns the preflight alone with `wait=False`. Raises SandboxError for a
     refused preflight or a failed `compose up`; a failed gate is a result (`.gate.passed`).
     """
-    with slot_lock(target.slot, wait=LOCK_WAIT):
+    with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
         checked = preflight.run_preflight(target, environ)
         if on_preflight:
             on_preflight(checked)
@@ -115,11 +116,17 @@ def up(
         return UpResult(checked, not already, outcome, logs, compose_seconds)
 
 
-def down(target: Target, environ: Mapping[str, str], *, volumes: bool) -> list[str]:
+def down(
+    target: Target,
+    environ: Mapping[str, str],
+    *,
+    volumes: bool,
+    on_busy: Callable[[str], None] | None = None,
+) -> list[str]:
     """Stop and remove the slot's containers (and its volumes only when asked)."""
     docker.check_engine(environ)
     compose_cmd = compose.find_compose(environ)
-    with slot_lock(target.slot, wait=LOCK_WAIT):
+    with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
         cmd = down_command(compose_cmd, target, volumes)
         result = run(cmd, env=compose.environment(target, environ), cwd=target.root)
         if not result.ok:
