@@ -12,7 +12,7 @@ import shutil
 import nox
 
 PACKAGE = "sandbox"
-PYTHON_FILES = [PACKAGE, "tasks.py", "noxfile.py", "tests", "containers"]
+PYTHON_FILES = [PACKAGE, "tasks.py", "noxfile.py", "tests", "containers", "benchmarks"]
 TYPED_FILES = [PACKAGE, "tasks.py", "noxfile.py"]
 SHELL_FILES = [
     "scripts/bootstrap.sh",
@@ -70,3 +70,11 @@ def e2e(session: nox.Session) -> None:
     env = {"KTRDR_E2E": "1", "CI": os.environ.get("CI", "")}
     session.run("inv", "images", env=env)
     session.run("pytest", "-m", "docker", *(session.posargs or ["tests/e2e"]), env=env)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Cold-start, gate-lag and `inv status` numbers on a real engine (not run by default)."""
+    session.install(COMPOSE_WHEEL, "-e", ".")
+    session.run("inv", "images")
+    session.run("python", "benchmarks/bench_slots.py", *session.posargs)

@@ -62,9 +62,7 @@ def _open(path: Path) -> int:
         ) from exc
 
 
-def _acquire(
-    fd: int, slot: int, wait: float, on_busy: Callable[[str], None] | None = None
-) -> None:
+def _acquire(fd: int, slot: int, wait: float, on_busy: Callable[[str], None] | None = None) -> None:
     deadline = time.monotonic() + max(wait, 0.0)
     told = False
     while True:
@@ -94,8 +92,9 @@ def slot_lock(
     """Hold slot `slot`'s lock for the `with` block.
 
     When another process holds it, retry for up to `wait` seconds, then raise
-    SandboxError(LOCKED) naming that process; `on_busy` hears once that it waits. Released on leaving the block, exceptions
-    included; the lock file stays. Re-entrant within one process.
+    SandboxError(LOCKED) naming that process; `on_busy` hears once that it waits. Released
+    on leaving the block, exceptions included; the lock file stays. Re-entrant within one
+    process.
     """
     path = lock_path(slot, lock_dir if lock_dir is not None else default_lock_dir(os.environ))
     path = path.absolute()

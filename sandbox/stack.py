@@ -123,10 +123,23 @@ def down(
     volumes: bool,
     on_busy: Callable[[str], None] | None = None,
 ) -> list[str]:
-    """Stop and remove the slot's containers (and its volumes only when asked)."""
+    """Stop and remove the slot's containers (and its volumes only when asked).
+
+    Refuses a slot whose containers were started from another checkout: that checkout's
+    `inv down` owns them (the message names the plain Compose command for a deleted one).
+    """
     docker.check_engine(environ)
     compose_cmd = compose.find_compose(environ)
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
+        own = [c for c in docker.sandbox_containers(environ) if c.slot == target.slot]
+        elsewhere = preflight.other_checkout(target.root, own)
+        if elsewhere is not None:
+            raise SandboxError(
+                f"slot {target.slot} runs from another checkout ({elsewhere}): run "
+                f"`inv down --slot={target.slot}` there; if that checkout is gone, "
+                f"`docker compose -p {target.project} down` removes it",
+                Exit.OTHER_CHECKOUT,
+            )
         cmd = down_command(compose_cmd, target, volumes)
         result = run(cmd, env=compose.environment(target, environ), cwd=target.root)
         if not result.ok:

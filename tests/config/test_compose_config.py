@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import ROOT, compose, docs, envfiles, slots
+from sandbox import ROOT, compose, envfiles, slots
 from sandbox.runner import run
 
 HOME = Path("/home/sandbox-config-test")
@@ -113,8 +113,3 @@ def test_bind_address_can_be_widened_on_request(compose_cmd: list[str], tmp_path
     env_file.write_text(envfiles.render(1) + "KTRDR_BIND_ADDR=0.0.0.0\n")
     config = render(compose_cmd, env_file)
     assert {p["host_ip"] for p in published(config, "db")} == {"0.0.0.0"}
-
-
-def test_docs_port_table_matches_the_scheme() -> None:
-    text = (ROOT / docs.MANUAL).read_text()
-    assert docs.current_table(text) == docs.port_table(), "run `inv env --write`"

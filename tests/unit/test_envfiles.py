@@ -10,21 +10,6 @@ from sandbox import ROOT, envfiles, slots
 from sandbox.errors import Exit, SandboxError
 
 
-@pytest.mark.parametrize("slot", list(slots.SLOTS))
-def test_committed_env_files_equal_the_generator(slot: int) -> None:
-    path = envfiles.env_path(ROOT, slot)
-    assert path.read_text() == envfiles.render(slot), "run `inv env --write`"
-
-
-def test_no_stray_env_files() -> None:
-    names = sorted(p.name for p in (ROOT / "env").glob("*.env"))
-    assert names == sorted(f"slot-{s}.env" for s in slots.SLOTS)
-
-
-def test_committed_files_are_valid() -> None:
-    assert envfiles.check_all(ROOT) == []
-
-
 def test_read_expands_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     values = envfiles.read(envfiles.env_path(ROOT, 3))

@@ -158,10 +158,12 @@ def test_unusable_lock_dir(tmp_path: Path) -> None:
     assert "set KTRDR_LOCK_DIR to a writable directory" in err.value.message
 
 
-
 def test_a_waiting_command_is_told_once(tmp_path: Path) -> None:
     heard: list[str] = []
-    with held_elsewhere(lock_path(4, tmp_path)), pytest.raises(SandboxError):
-        with slot_lock(4, lock_dir=tmp_path, wait=0.3, on_busy=heard.append):
-            pass
+    with (
+        held_elsewhere(lock_path(4, tmp_path)),
+        pytest.raises(SandboxError),
+        slot_lock(4, lock_dir=tmp_path, wait=0.3, on_busy=heard.append),
+    ):
+        pass
     assert heard == ["slot 4 is busy: another `inv` command (pid 4242); waiting up to 0s for it"]

@@ -1,0 +1,126 @@
+"""`inv up` / `inv down` orchestration with the engine, preflight and gate replaced by fakes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox import compose, envfiles, gate, preflight, slots, stack
+from sandbox.docker import Container
+from sandbox.errors import Exit, SandboxError
+from sandbox.runner import Result
+
+
+def container(service: str, slot: int, working_dir: str, state: str = "running") -> Container:
+    return Container(
+        id=f"{slot}-{service}",
+        name=f"ktrdr-sandbox-{slot}-{service}-1",
+        project=slots.project_name(slot),
+        service=service,
+        state=state,
+        status="Up 1 minute (healthy)",
+        working_dir=working_dir,
+    )
+
+
+@pytest.fixture
+def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> compose.Target:
+    envfiles.write_all(tmp_path)
+    monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path / "locks"))
+    return compose.load_target(tmp_path, 3)
+
+
+class Fakes:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, running: list[Container]) -> None:
+        self.commands: list[list[str]] = []
+        self.running = running
+        monkeypatch.setattr(stack, "run", self.run)
+        monkeypatch.setattr(preflight, "run_preflight", self.preflight)
+        monkeypatch.setattr(gate, "run_gate", self.gate)
+        monkeypatch.setattr(stack.docker, "check_engine", lambda environ=None: "20.10")
+        monkeypatch.setattr(stack.docker, "sandbox_containers", lambda environ=None: running)
+        monkeypatch.setattr(compose, "find_compose", lambda environ=None: ["docker", "compose"])
+
+    def run(self, cmd: Sequence[str], **kwargs: Any) -> Result:
+        self.commands.append(list(cmd))
+        return Result(tuple(cmd), 0)
+
+    def preflight(
+        self, target: compose.Target, environ: Mapping[str, str], **kwargs: Any
+    ) -> preflight.Preflight:
+        return preflight.Preflight(["docker", "compose"], [], self.running)
+
+    def gate(self, target: compose.Target, *args: Any, **kwargs: Any) -> gate.GateResult:
+        return gate.GateResult(target.slot, True, [], 0.1, {})
+
+
+def test_up_starts_a_stopped_slot_then_runs_the_gate(
+    target: compose.Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes = Fakes(monkeypatch, [])
+    result = stack.up(target, {})
+    assert isinstance(result, stack.UpResult)
+    assert result.started and result.gate.passed
+    assert fakes.commands == [stack.up_command(["docker", "compose"], target)]
+
+
+def test_up_on_a_running_slot_only_reruns_the_gate(
+    target: compose.Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = [container(s, 3, str(target.root)) for s in slots.SERVICES]
+    fakes = Fakes(monkeypatch, running)
+    result = stack.up(target, {})
+    assert isinstance(result, stack.UpResult)
+    assert not result.started
+    assert fakes.commands == []
+
+
+def test_up_with_one_service_stopped_runs_compose(
+    target: compose.Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = [container(s, 3, str(target.root)) for s in slots.SERVICES]
+    running[1] = container(running[1].service, 3, str(target.root), state="exited")
+    fakes = Fakes(monkeypatch, running)
+    stack.up(target, {})
+    assert len(fakes.commands) == 1
+
+
+def test_a_failed_compose_up_is_one_error_with_details(
+    target: compose.Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Fakes(monkeypatch, [])
+    monkeypatch.setattr(
+        stack, "run", lambda cmd, **kw: Result(tuple(cmd), 1, "", "pull access denied")
+    )
+    with pytest.raises(SandboxError) as caught:
+        stack.up(target, {})
+    assert caught.value.code is Exit.COMMAND
+    assert "`docker compose up` failed for slot 3" in str(caught.value)
+    assert caught.value.details == "pull access denied"
+
+
+def test_down_keeps_volumes_unless_asked(
+    target: compose.Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes = Fakes(monkeypatch, [container("db", 3, str(target.root))])
+    stack.down(target, {}, volumes=False)
+    stack.down(target, {}, volumes=True)
+    assert "--volumes" not in fakes.commands[0]
+    assert fakes.commands[1][-1] == "--volumes"
+
+
+def test_down_refuses_a_slot_of_another_checkout(
+    target: compose.Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes = Fakes(monkeypatch, [container("db", 3, "/srv/other-checkout")])
+    with pytest.raises(SandboxError) as caught:
+        stack.down(target, {}, volumes=True)
+    assert caught.value.code is Exit.OTHER_CHECKOUT
+    assert str(caught.value) == (
+        "slot 3 runs from another checkout (/srv/other-checkout): run `inv down --slot=3` "
+        "there; if that checkout is gone, `docker compose -p ktrdr-sandbox-3 down` removes it"
+    )
+    assert fakes.commands == []
