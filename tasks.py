@@ -113,6 +113,9 @@ def up(
             on_preflight=out.preflight,
             on_gate=on_gate,
             on_busy=out.line,
+            on_compose=lambda cmd: out.step(
+                "compose", "docker compose up -d (waits for the database and backend health)"
+            ),
         )
     if isinstance(result, stack.UpResult):
         out.up_result(result)

@@ -48,6 +48,9 @@ class State(Enum):
     WAITING = "waiting"
     PASSED = "passed"
     FAILED = "failed"
+    # The gate stopped before this check was decided (another check failed fast): neither
+    # passed nor failed, so its service's logs are not blamed.
+    NOT_WAITED = "not waited for"
 
 
 @dataclass
@@ -471,11 +474,11 @@ def run_gate(
 
     leftover = [r for r in results.values() if r.state is State.WAITING]
     for result in leftover:
-        result.state = State.FAILED
+        result.state = State.NOT_WAITED if stopped_early else State.FAILED
         if result.detail == WAITING_DETAIL:
             result.detail = "no answer yet"  # its first probe was still in flight
         if stopped_early:
-            result.detail = f"{result.detail} (stopped waiting: another check failed)"
+            result.detail = f"{result.detail} (not waited for: another check failed)"
     if leftover:
         emit()
     final = list(results.values())

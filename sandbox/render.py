@@ -98,6 +98,8 @@ class GateProgress:
                 self.shown.add(check.name)
                 if check.state is State.PASSED:
                     self.renderer.line(f"gate: {check.name} passed after {_seconds(check.elapsed)}")
+                elif check.state is State.NOT_WAITED:
+                    self.renderer.line(f"gate: {check.name} not decided: {check.detail}")
                 else:
                     self.renderer.line(f"gate: {check.name} FAILED: {check.detail}")
             return
@@ -130,6 +132,8 @@ class GateProgress:
                 icon = Text(PASS, style="green")
             elif check.state is State.FAILED:
                 icon = Text(FAIL, style="red")
+            elif check.state is State.NOT_WAITED:
+                icon = Text("-", style="dim")
             else:
                 icon = self.spinners.setdefault(check.name, Spinner("dots", style="cyan"))
             style = "red" if check.state is State.FAILED else ""

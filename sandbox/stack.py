@@ -77,6 +77,7 @@ def up(
     on_preflight: Callable[[preflight.Preflight], None] | None = None,
     on_gate: Callable[[list[gate.CheckResult]], None] | None = None,
     on_busy: Callable[[str], None] | None = None,
+    on_compose: Callable[[list[str]], None] | None = None,
 ) -> UpResult | preflight.Preflight:
     """Start `target` and wait until it is really ready.
 
@@ -93,6 +94,8 @@ def up(
         compose_seconds = 0.0
         if not already:
             cmd = up_command(checked.compose, target)
+            if on_compose:
+                on_compose(cmd)
             started = time.monotonic()
             result = run(cmd, env=env, cwd=target.root)
             compose_seconds = time.monotonic() - started

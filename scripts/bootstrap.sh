@@ -34,8 +34,8 @@ docker compose version
 if ! command -v debootstrap >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] \
   && command -v apt-get >/dev/null 2>&1; then
   # Only needed for offline image builds; cheap to have.
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null \
-    || echo "debootstrap not installed: offline image builds will not work"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; } \
+    >/dev/null || echo "debootstrap not installed: offline image builds will not work"
 fi
 
 .venv/bin/inv images

@@ -303,8 +303,9 @@ def test_exited_container_fails_fast(target: compose.Target) -> None:
     assert checks["database"].state is State.FAILED
     assert checks["database"].detail == "container exited (Exited (1) 2 seconds ago)"
     assert checks["jaeger"].state is State.PASSED
-    assert checks["backend"].state is State.FAILED
-    assert checks["backend"].detail.endswith("(stopped waiting: another check failed)")
+    assert checks["backend"].state is State.NOT_WAITED
+    assert checks["backend"].detail.endswith("(not waited for: another check failed)")
+    assert gate.failing_services(result) == ["db"]
 
 
 def test_exited_worker_fails_the_workers_check(target: compose.Target) -> None:
