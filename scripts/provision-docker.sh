@@ -25,15 +25,41 @@ if ! command -v docker >/dev/null 2>&1; then
   echo "docker CLI missing after installing docker.io" >&2
   exit 1
 fi
+# A dockerd that was killed (a session or machine that stopped) leaves its pid file behind,
+# and a new dockerd refuses to start while it exists. If the pid in it is still a dockerd,
+# give it a moment: it may be starting up, or still dying.
+pidfile=/var/run/docker.pid
+is_dockerd() { [ -n "$1" ] && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = dockerd ]; }
+if [ -f "$pidfile" ]; then
+  old_pid="$(cat "$pidfile" 2>/dev/null || true)"
+  for _ in $(seq 1 15); do
+    is_dockerd "$old_pid" || break
+    if engine_up; then
+      echo "docker engine: $(docker version --format '{{.Server.Version}}')"
+      exit 0
+    fi
+    sleep 1
+  done
+  if is_dockerd "$old_pid"; then
+    echo "dockerd (pid $old_pid) runs but does not answer: stop it, then re-run" >&2
+    exit 1
+  fi
+  echo "removing stale $pidfile (pid ${old_pid:-?} is not a running dockerd)"
+  rm -f "$pidfile"
+fi
 echo "starting dockerd (log: $log)"
 nohup dockerd >"$log" 2>&1 &
+dockerd_pid=$!
 for _ in $(seq 1 60); do
   if engine_up; then
     echo "docker engine: $(docker version --format '{{.Server.Version}}')"
     exit 0
   fi
+  if ! kill -0 "$dockerd_pid" 2>/dev/null; then
+    break  # it exited: waiting longer will not help
+  fi
   sleep 1
 done
 tail -n 20 "$log" >&2
-echo "dockerd did not answer within 60 s; its log is $log" >&2
+echo "dockerd did not start (see the lines above); its log is $log" >&2
 exit 1
