@@ -180,14 +180,18 @@ def logs(
     slot: str | None = None,
     service: str | None = None,
     follow: bool = False,
-    tail: int = 100,
+    tail: str = "100",
 ) -> None:
     """Show a slot's container logs."""
     target = _target(slot)
+    if not tail.isdigit():
+        raise SandboxError(
+            f"--tail takes a number of lines, not {tail!r} (e.g. --tail=50)", Exit.USAGE
+        )
     chosen = slots.parse_service(service) if service else None
     environ = dict(os.environ)
     docker.check_engine(environ)
-    cmd = stack.logs_command(compose.find_compose(environ), target, chosen, follow, tail)
+    cmd = stack.logs_command(compose.find_compose(environ), target, chosen, follow, int(tail))
     result = run(cmd, env=compose.environment(target, environ), capture=False)
     if not result.ok:
         raise SandboxError(f"`{display(cmd)}` failed", Exit.COMMAND)

@@ -29,6 +29,7 @@ def inv(*args: str, **env: str) -> Result:
         (["down", "--slot=-3"], Exit.USAGE, "slot -3 is outside 0-10"),
         (["up"], Exit.USAGE, "which slot? pass --slot=N"),
         (["logs", "--slot=1", "--service=api"], Exit.USAGE, "unknown service 'api'"),
+        (["logs", "--slot=1", "--tail=x"], Exit.USAGE, "--tail takes a number of lines"),
         (["up", "--slot=1", "--timeout=soon"], Exit.USAGE, "timeout must be a positive number"),
         (["verify"], Exit.USAGE, "which slots?"),
         (["status", "--slot=x"], Exit.USAGE, "slot must be a whole number"),
