@@ -7,9 +7,12 @@ Each task turns its flags into one call into `sandbox/` and renders what comes b
 from __future__ import annotations
 
 import functools
+import math
 import os
+import re
+import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,13 +69,15 @@ def _target(value: str | None) -> compose.Target:
     return compose.load_target(ROOT, _slot(value))
 
 
-def _seconds(value: str | None, target: compose.Target) -> float:
-    raw = compose.resolve("KTRDR_GATE_TIMEOUT", value, target.values, str(stack.DEFAULT_TIMEOUT))
+def _seconds(value: str | None, target: compose.Target, environ: Mapping[str, str]) -> float:
+    # Flag, else the env file, else the calling shell, else the built-in default.
+    settings = {**environ, **target.values}
+    raw = compose.resolve("KTRDR_GATE_TIMEOUT", value, settings, str(stack.DEFAULT_TIMEOUT))
     try:
         seconds = float(raw)
     except ValueError:
         seconds = -1.0
-    if seconds <= 0:
+    if not math.isfinite(seconds) or seconds <= 0:
         raise SandboxError(
             f"timeout must be a positive number of seconds, not {raw!r} (e.g. --timeout=240)",
             Exit.USAGE,
@@ -98,9 +103,10 @@ def up(
 ) -> None:
     """Start a slot's stack: preflight, `docker compose up -d`, then the startability gate."""
     target = _target(slot)
-    seconds = _seconds(timeout, target)
     environ = dict(os.environ)
-    if build:
+    seconds = _seconds(timeout, target, environ)
+
+    def rebuild() -> None:
         out.step("build", "reference app image")
         images.build_app(ROOT, environ)
     with out.gate_progress(target.slot) as on_gate:
@@ -108,6 +114,7 @@ def up(
             target,
             environ,
             recreate=build,
+            build=rebuild if build else None,
             wait=not no_wait,
             timeout=seconds,
             on_preflight=out.preflight,
@@ -184,7 +191,7 @@ def logs(
 ) -> None:
     """Show a slot's container logs."""
     target = _target(slot)
-    if not tail.isdigit():
+    if not re.fullmatch(r"[0-9]+", tail):
         raise SandboxError(
             f"--tail takes a number of lines, not {tail!r} (e.g. --tail=50)", Exit.USAGE
         )
@@ -247,7 +254,7 @@ def env(
     target = _target(slot)
     if export:
         for name, value in target.values.items():
-            out.line(f"export {name}={value}")
+            out.line(f"export {name}={shlex.quote(value)}")
     else:
         out.line(target.env_file.read_text().rstrip("\n"))
 

@@ -128,6 +128,13 @@ def ps_command() -> list[str]:
 
 
 def engine_error(result: Result) -> SandboxError:
+    if "permission denied" in result.stderr.lower():
+        return SandboxError(
+            "the Docker engine refused this user (permission denied on its socket): add "
+            "yourself to the docker group (`sudo usermod -aG docker $USER`, then log in "
+            "again) or run as root",
+            Exit.NO_ENGINE,
+        )
     return SandboxError(
         "the Docker engine is not reachable: start Docker (Docker Desktop, or `dockerd` as "
         f"root) and re-run ({result.tail(1) or 'no answer'})",

@@ -8,6 +8,7 @@ upstream one. Which set a machine uses is recorded in ./.env (see compose.IMAGES
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ CONTEXT = "containers"
 BASE_SCRIPT = "scripts/build-debian-base.sh"
 OFFLINE_BASE = "ktrdr-sandbox/debian-base:bookworm"
 UPSTREAM_BASE = "debian:bookworm-slim"
+# The compose file's default, for plain `docker compose` with no ./.env.
 APP_IMAGE = "ktrdr-sandbox/reference-app:latest"
 
 UPSTREAM: dict[str, str] = {
@@ -66,9 +68,18 @@ OFFLINE: tuple[LocalImage, ...] = (
         "STAND-IN for Grafana",
     ),
 )
-APP = LocalImage(
-    "KTRDR_APP_IMAGE", APP_IMAGE, "reference-app", "reference KTRDR backend and workers"
-)
+
+
+def app_image(root: Path) -> LocalImage:
+    """The reference app as this checkout builds it. Each checkout (branch, worktree) gets
+    its own tag, so rebuilding in one never changes what another checkout's slots run."""
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
+    return LocalImage(
+        "KTRDR_APP_IMAGE",
+        f"{APP_IMAGE.split(':')[0]}:checkout-{digest}",
+        "reference-app",
+        "reference KTRDR backend and workers",
+    )
 
 
 @dataclass(frozen=True)
@@ -87,25 +98,25 @@ class Built:
     command: str
 
 
-def selection(offline: bool) -> dict[str, str]:
+def selection(offline: bool, root: Path) -> dict[str, str]:
     """The value of every image variable for this mode: what ./.env records."""
     if offline:
         chosen = {image.variable: image.tag for image in OFFLINE}
         chosen["KTRDR_BASE_IMAGE"] = OFFLINE_BASE
     else:
         chosen = {**UPSTREAM, "KTRDR_BASE_IMAGE": UPSTREAM_BASE}
-    chosen["KTRDR_APP_IMAGE"] = APP_IMAGE
+    chosen["KTRDR_APP_IMAGE"] = app_image(root).tag
     return {name: chosen[name] for name in IMAGE_VARIABLES}
 
 
-def render_env(offline: bool) -> str:
+def render_env(offline: bool, root: Path) -> str:
     mode = "offline: local images, no registry" if offline else "online: upstream images"
     lines = [
         f"# Written by `inv images` ({mode}). Compose reads this file when no --env-file is",
         "# given; with --env-file, pass it first: --env-file .env --env-file env/slot-N.env.",
         "# Delete it, or run `inv images` on a connected machine, to go back to upstream images.",
     ]
-    lines += [f"{name}={value}" for name, value in selection(offline).items()]
+    lines += [f"{name}={value}" for name, value in selection(offline, root).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -131,12 +142,13 @@ def docker_build(root: Path, image: LocalImage, base: str) -> list[str]:
 def plan(root: Path, offline: bool, environ: Mapping[str, str], buildkit: bool) -> list[Step]:
     """Every command `inv images` runs, in order."""
     env = build_env(environ, buildkit)
+    app = app_image(root)
     if offline:
         steps = [Step(OFFLINE_BASE, ["bash", str(root / BASE_SCRIPT)], dict(environ))]
         steps += [Step(i.tag, docker_build(root, i, OFFLINE_BASE), env) for i in OFFLINE]
-        return [*steps, Step(APP.tag, docker_build(root, APP, OFFLINE_BASE), env)]
+        return [*steps, Step(app.tag, docker_build(root, app, OFFLINE_BASE), env)]
     steps = [Step(tag, ["docker", "pull", tag], dict(environ)) for tag in UPSTREAM.values()]
-    return [*steps, Step(APP.tag, docker_build(root, APP, UPSTREAM_BASE), env)]
+    return [*steps, Step(app.tag, docker_build(root, app, UPSTREAM_BASE), env)]
 
 
 def buildkit_available(environ: Mapping[str, str]) -> bool:
@@ -178,20 +190,24 @@ def build(
                 details=result.tail(20),
             )
         done.append(Built(step.what, time.monotonic() - started, display(step.cmd)))
-    (root / IMAGES_ENV).write_text(render_env(offline))
+    (root / IMAGES_ENV).write_text(render_env(offline, root))
     return done
 
 
 def build_app(root: Path, environ: Mapping[str, str]) -> Built:
-    """Rebuild only the reference app, on the base this machine's ./.env selected."""
-    base = image_settings(root).get("KTRDR_BASE_IMAGE", UPSTREAM_BASE)
-    cmd = docker_build(root, APP, base)
+    """Rebuild only the reference app, under the tag and on the base ./.env selected (the
+    compose file's defaults when `inv images` has not run)."""
+    settings = image_settings(root)
+    base = settings.get("KTRDR_BASE_IMAGE", UPSTREAM_BASE)
+    app = app_image(root)
+    app = LocalImage(app.variable, settings.get(app.variable, APP_IMAGE), app.directory, app.what)
+    cmd = docker_build(root, app, base)
     started = time.monotonic()
     result = run(cmd, env=build_env(environ, buildkit_available(environ)), cwd=root)
     if not result.ok:
         raise SandboxError(
-            f"building {APP.tag} failed ({display(cmd)}); fix it and re-run `inv up --build`",
+            f"building {app.tag} failed ({display(cmd)}); fix it and re-run `inv up --build`",
             Exit.COMMAND,
             details=result.tail(20),
         )
-    return Built(APP.tag, time.monotonic() - started, display(cmd))
+    return Built(app.tag, time.monotonic() - started, display(cmd))

@@ -140,7 +140,8 @@ def bind_address(target: compose.Target, environ: Mapping[str, str]) -> str:
     """The address Compose publishes on: what `compose.environment` hands it, else the
     compose file's default."""
     env = compose.environment(target, environ)
-    return compose.resolve("KTRDR_BIND_ADDR", None, env, compose.DEFAULT_BIND_ADDR)
+    # Compose takes "[::1]" and "::1" alike; a socket takes only the bare form.
+    return compose.resolve("KTRDR_BIND_ADDR", None, env, compose.DEFAULT_BIND_ADDR).strip("[]")
 
 
 def probe_addresses(bind_addr: str) -> tuple[str, ...]:
@@ -242,9 +243,15 @@ def port_error(taken: Sequence[TakenPort], holder: str | None) -> SandboxError:
     if len(taken) > 1:
         rest = ", ".join(str(t.port) for t in taken[1:])
         more = f" (and {len(taken) - 1} more: {rest})"
+    if holder is None or holder == "an unknown process":
+        # /proc names no holder (macOS, another user's process): say how to find it.
+        holder = (
+            f"a process this user cannot name (`lsof -nP -iTCP:{first.port} -sTCP:LISTEN` "
+            f"or `sudo ss -ltnp 'sport = :{first.port}'` shows it)"
+        )
     return SandboxError(
         f"port {first.port} ({first.service}, {first.variable}) is taken by "
-        f"{holder or 'an unknown process'}{more}: stop it or pick another slot",
+        f"{holder}{more}: stop it or pick another slot",
         Exit.PORT_TAKEN,
     )
 
@@ -337,7 +344,8 @@ def run_preflight(
 ) -> Preflight:
     """Check that `target` can start; raise SandboxError naming the first thing that stops it.
 
-    `create_shared=False` refuses a missing shared directory instead of creating it.
+    `create_shared=False` refuses a missing shared directory instead of creating it. The
+    directory is created only once every other check has passed.
     """
     steps = []
 
@@ -351,25 +359,6 @@ def run_preflight(
     if problems:
         raise env_error(problems)
     steps.append(Step("env", f"{_env_name(target)} valid; no port shared between slots"))
-
-    shared_dir = shared_path(target)
-    if create_shared:
-        created = shared.ensure(shared_dir)
-    else:
-        missing = missing_shared(shared_dir)
-        if missing:
-            lacking = ", ".join(f"{p.name}/" for p in missing)
-            raise SandboxError(
-                f"the shared directory {shared_dir} lacks {lacking}: "
-                "run `inv init-shared` to create it",
-                Exit.SHARED_DIR,
-            )
-        created = shared.ensure(shared_dir)  # creates nothing now; checks it can be read
-    if created:
-        detail = "created " + ", ".join(str(p) for p in created)
-    else:
-        detail = f"{shared_dir} has {', '.join(f'{n}/' for n in shared.SUBDIRS)}"
-    steps.append(Step("shared", detail))
 
     everything = docker.containers(environ)
     own = [c for c in everything if c.project == target.project]
@@ -398,5 +387,25 @@ def run_preflight(
             f"{', '.join(probe_addresses(bind))}, {len(published)} published by {target.project}"
         )
     steps.append(Step("ports", detail))
+
+    # Last, so that a refused slot leaves nothing behind, not even this directory.
+    shared_dir = shared_path(target)
+    if create_shared:
+        created = shared.ensure(shared_dir)
+    else:
+        missing = missing_shared(shared_dir)
+        if missing:
+            lacking = ", ".join(f"{p.name}/" for p in missing)
+            raise SandboxError(
+                f"the shared directory {shared_dir} lacks {lacking}: "
+                "run `inv init-shared` to create it",
+                Exit.SHARED_DIR,
+            )
+        created = shared.ensure(shared_dir)  # creates nothing now; checks it can be read
+    if created:
+        detail = "created " + ", ".join(str(p) for p in created)
+    else:
+        detail = f"{shared_dir} has {', '.join(f'{n}/' for n in shared.SUBDIRS)}"
+    steps.append(Step("shared", detail))
 
     return Preflight(compose_cmd, steps, own)

@@ -7,6 +7,7 @@ port table in the docs, preflight, verify) is derived from `PORTS`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sandbox.errors import Exit, SandboxError
@@ -100,7 +101,7 @@ def ports(slot: int) -> dict[str, int]:
 def parse_slot(value: object) -> int:
     """A slot number from user input, or a SandboxError that says what is allowed."""
     text = str(value).strip()
-    if not text.lstrip("-").isdigit():
+    if not re.fullmatch(r"-?[0-9]+", text):
         raise SandboxError(
             f"slot must be a whole number from 0 to 10, not {text!r} (e.g. --slot=1)", Exit.USAGE
         )

@@ -78,17 +78,21 @@ def up(
     on_gate: Callable[[list[gate.CheckResult]], None] | None = None,
     on_busy: Callable[[str], None] | None = None,
     on_compose: Callable[[list[str]], None] | None = None,
+    build: Callable[[], object] | None = None,
 ) -> UpResult | preflight.Preflight:
     """Start `target` and wait until it is really ready.
 
-    A stack whose services all run already only gets the gate, unless `recreate` (after an
-    image rebuild). Returns the preflight alone with `wait=False`. Raises SandboxError for a
-    refused preflight or a failed `compose up`; a failed gate is a result (`.gate.passed`).
+    `build`, when given, rebuilds images once preflight has passed. A stack whose services
+    all run already only gets the gate, unless `recreate` (after such a rebuild). Returns
+    the preflight alone with `wait=False`. Raises SandboxError for a refused preflight or a
+    failed `compose up`; a failed gate is a result (`.gate.passed`).
     """
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
         checked = preflight.run_preflight(target, environ)
         if on_preflight:
             on_preflight(checked)
+        if build is not None:
+            build()  # after preflight and under the lock: a refused slot rebuilds nothing
         env = compose.environment(target, environ)
         already = all_running(checked.running) and not recreate
         compose_seconds = 0.0

@@ -26,6 +26,11 @@ def inv(*args: str, **env: str) -> Result:
     [
         (["up", "--slot=abc"], Exit.USAGE, "slot must be a whole number from 0 to 10, not 'abc'"),
         (["up", "--slot=11"], Exit.USAGE, "slot 11 is outside 0-10"),
+        (["up", "--slot=--1"], Exit.USAGE, "slot must be a whole number from 0 to 10, not '--1'"),
+        (["up", "--slot=\u00b2"], Exit.USAGE, "slot must be a whole number from 0 to 10"),
+        (["up", "--slot=1", "--timeout=nan"], Exit.USAGE, "timeout must be a positive number"),
+        (["up", "--slot=1", "--timeout=inf"], Exit.USAGE, "timeout must be a positive number"),
+        (["logs", "--slot=1", "--tail=\u00b2"], Exit.USAGE, "--tail takes a number of lines"),
         (["down", "--slot=-3"], Exit.USAGE, "slot -3 is outside 0-10"),
         (["up"], Exit.USAGE, "which slot? pass --slot=N"),
         (["logs", "--slot=1", "--service=api"], Exit.USAGE, "unknown service 'api'"),
@@ -59,10 +64,25 @@ def test_env_prints_the_slot_file() -> None:
 
 
 def test_env_export_lines() -> None:
-    result = inv("env", "--slot=2", "--export", HOME="/home/someone")
+    result = inv("env", "--slot=2", "--export", HOME="/home/some one")
     assert result.ok
     assert "export KTRDR_DB_PORT=5434" in result.stdout.splitlines()
-    assert "export KTRDR_SHARED_DIR=/home/someone/.ktrdr/shared" in result.stdout.splitlines()
+    assert "export KTRDR_SHARED_DIR='/home/some one/.ktrdr/shared'" in result.stdout.splitlines()
+
+
+def test_gate_timeout_precedence(tmp_path: Path) -> None:
+    """--timeout beats the env file, which beats the shell, which beats the default."""
+    import tasks
+    from sandbox import compose, envfiles
+
+    envfiles.write_all(tmp_path)
+    target = compose.load_target(tmp_path, 1)
+    with_file = compose.Target(1, tmp_path, {**target.values, "KTRDR_GATE_TIMEOUT": "60"})
+    shell = {"KTRDR_GATE_TIMEOUT": "90"}
+    assert tasks._seconds("30", with_file, shell) == 30.0
+    assert tasks._seconds(None, with_file, shell) == 60.0
+    assert tasks._seconds(None, target, shell) == 90.0
+    assert tasks._seconds(None, target, {}) == 180.0
 
 
 def test_env_check_passes_on_the_committed_files() -> None:

@@ -94,7 +94,7 @@ def test_slot_zero_does_not_inherit_a_shared_dir(tmp_path: Path) -> None:
 
 
 def test_images_env_is_read_and_shell_wins(target: compose.Target) -> None:
-    (target.root / compose.IMAGES_ENV).write_text(images.render_env(offline=True))
+    (target.root / compose.IMAGES_ENV).write_text(images.render_env(True, target.root))
     env = compose.environment(target, {"KTRDR_JAEGER_IMAGE": "mine/jaeger:1"})
     assert env["KTRDR_DB_IMAGE"] == "ktrdr-sandbox/postgres-debian:15"
     assert env["KTRDR_GRAFANA_IMAGE"] == "ktrdr-sandbox/grafana-standin:1"
@@ -111,8 +111,8 @@ def test_precedence_flag_over_env_file_over_default(target: compose.Target) -> N
     assert env["KTRDR_API_PORT"] == "9999"
 
 
-def test_offline_selection_never_uses_upstream_names() -> None:
-    offline = images.selection(offline=True)
+def test_offline_selection_never_uses_upstream_names(tmp_path: Path) -> None:
+    offline = images.selection(True, tmp_path)
     upstream = set(images.UPSTREAM.values()) | {images.UPSTREAM_BASE}
     assert not upstream & set(offline.values())
     assert all(tag.startswith("ktrdr-sandbox/") for tag in offline.values())
@@ -130,7 +130,7 @@ def test_offline_plan_builds_everything_locally(tmp_path: Path) -> None:
         "ktrdr-sandbox/prometheus-debian:2",
         "ktrdr-sandbox/jaeger-standin:1",
         "ktrdr-sandbox/grafana-standin:1",
-        "ktrdr-sandbox/reference-app:latest",
+        images.app_image(tmp_path).tag,
     ]
     assert all("BASE_IMAGE=ktrdr-sandbox/debian-base:bookworm" in s.cmd for s in builds)
     assert all(s.env["DOCKER_BUILDKIT"] == "0" for s in builds)
@@ -148,6 +148,15 @@ def test_online_plan_pulls_upstream_and_builds_the_app(tmp_path: Path) -> None:
         "-f",
         str(tmp_path / "containers/images/reference-app/Dockerfile"),
         "-t",
-        "ktrdr-sandbox/reference-app:latest",
+        images.app_image(tmp_path).tag,
         str(tmp_path / "containers"),
     ]
+
+
+def test_each_checkout_builds_its_own_app_tag(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    tags = {images.app_image(one).tag, images.app_image(two).tag}
+    assert len(tags) == 2
+    assert all(t.startswith("ktrdr-sandbox/reference-app:checkout-") for t in tags)
+    assert images.app_image(one).tag == images.app_image(tmp_path / "one" / ".." / "one").tag
+    assert images.selection(False, one)["KTRDR_APP_IMAGE"] == images.app_image(one).tag

@@ -347,7 +347,9 @@ def test_port_message_several_ports() -> None:
     )
     assert "\n" not in err.message
     assert preflight.port_error(taken[:1], None).message == (
-        "port 5433 (db, KTRDR_DB_PORT) is taken by an unknown process: stop it or pick another slot"
+        "port 5433 (db, KTRDR_DB_PORT) is taken by a process this user cannot name "
+        "(`lsof -nP -iTCP:5433 -sTCP:LISTEN` or `sudo ss -ltnp 'sport = :5433'` shows it): "
+        "stop it or pick another slot"
     )
 
 
@@ -483,17 +485,17 @@ def test_preflight_passes_and_creates_the_shared_dir(
         "engine",
         "compose",
         "env",
-        "shared",
         "checkout",
         "ports",
+        "shared",
     ]
     assert result.compose == ["docker", "compose"]
     assert result.running == []
     assert result.steps[0].detail == "Docker engine 27.3.1 reachable"
-    assert result.steps[3].detail == (
+    assert result.steps[5].detail == (
         f"created {shared}, {shared}/data, {shared}/models, {shared}/strategies"
     )
-    assert result.steps[5].detail == "11 host ports free on 127.0.0.1, 0.0.0.0, ::"
+    assert result.steps[4].detail == "11 host ports free on 127.0.0.1, 0.0.0.0, ::"
     # Read-only questions only, and one `docker ps`.
     assert [c[:3] for c in engine.commands] == [
         ("docker", "version", "--format"),
@@ -501,7 +503,25 @@ def test_preflight_passes_and_creates_the_shared_dir(
         tuple(docker.ps_command()[:3]),
     ]
     again = preflight.run_preflight(target, {})
-    assert again.steps[3].detail == f"{shared} has data/, models/, strategies/"
+    assert again.steps[5].detail == f"{shared} has data/, models/, strategies/"
+
+
+def test_a_refused_preflight_creates_no_shared_dir(
+    engine: FakeEngine, target: compose.Target, home: Path
+) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(preflight, "can_bind", lambda host, port: port != 8001)
+        mp.setattr(preflight, "read_listeners", lambda ports: {})
+        with pytest.raises(SandboxError) as caught:
+            preflight.run_preflight(target, {})
+    assert caught.value.code is Exit.PORT_TAKEN
+    assert not (home / ".ktrdr").exists()
+
+
+def test_a_bracketed_ipv6_bind_address_is_probed_bare(target: compose.Target) -> None:
+    values = {**target.values, "KTRDR_BIND_ADDR": "[::1]"}
+    bracketed = compose.Target(target.slot, target.root, values)
+    assert preflight.bind_address(bracketed, {}) == "::1"
 
 
 def test_preflight_with_the_stack_already_up(engine: FakeEngine, target: compose.Target) -> None:
@@ -516,8 +536,8 @@ def test_preflight_with_the_stack_already_up(engine: FakeEngine, target: compose
         mp.setattr(preflight, "can_bind", lambda host, port: port not in busy)
         result = preflight.run_preflight(target, {})
     assert [c.service for c in result.running] == ["db", "backend"]
-    assert result.steps[4].detail == "ktrdr-sandbox-1 has 2 container(s) from this checkout"
-    assert result.steps[5].detail.endswith(", 2 published by ktrdr-sandbox-1")
+    assert result.steps[3].detail == "ktrdr-sandbox-1 has 2 container(s) from this checkout"
+    assert result.steps[4].detail.endswith(", 2 published by ktrdr-sandbox-1")
 
 
 def test_no_engine_stops_before_anything_else(engine: FakeEngine, target: compose.Target) -> None:
