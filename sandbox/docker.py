@@ -82,32 +82,34 @@ def parse_ports(text: str) -> tuple[PublishedPort, ...]:
     return tuple(found)
 
 
-def _labels(text: str) -> dict[str, str]:
-    labels = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if sep:
-            labels[key] = value
-    return labels
+# One JSON object a line, the labels picked out by the template: `docker ps` joins all labels
+# into one comma-separated string, and label values (a checkout path, an image description)
+# may contain commas themselves.
+PS_FORMAT = (
+    '{"ID":{{json .ID}},"Names":{{json .Names}},"State":{{json .State}},'
+    '"Status":{{json .Status}},"Ports":{{json .Ports}},'
+    f'"Project":{{{{json (.Label "{PROJECT_LABEL}")}}}},'
+    f'"Service":{{{{json (.Label "{SERVICE_LABEL}")}}}},'
+    f'"WorkingDir":{{{{json (.Label "{WORKDIR_LABEL}")}}}}}}'
+)
 
 
 def parse_ps(output: str) -> list[Container]:
-    """`docker ps --format '{{json .}}'` output, one JSON object a line."""
+    """`ps_command()` output, one JSON object a line."""
     found = []
     for line in output.splitlines():
         if not line.strip():
             continue
         row = json.loads(line)
-        labels = _labels(row.get("Labels", ""))
         found.append(
             Container(
                 id=row.get("ID", ""),
                 name=row.get("Names", ""),
-                project=labels.get(PROJECT_LABEL, ""),
-                service=labels.get(SERVICE_LABEL, ""),
+                project=row.get("Project", ""),
+                service=row.get("Service", ""),
                 state=row.get("State", ""),
                 status=row.get("Status", ""),
-                working_dir=labels.get(WORKDIR_LABEL, ""),
+                working_dir=row.get("WorkingDir", ""),
                 ports=parse_ports(row.get("Ports", "")),
             )
         )
@@ -123,7 +125,7 @@ def ps_command() -> list[str]:
         "--filter",
         f"label={PROJECT_LABEL}",
         "--format",
-        "{{json .}}",
+        PS_FORMAT,
     ]
 
 

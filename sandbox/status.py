@@ -71,10 +71,12 @@ def summarize(
     for slot in sorted(by_slot):
         group = by_slot[slot]
         running = sum(c.running for c in group)
-        if running == len(group):
-            state = "running"
-        elif running == 0:
+        # A stack is its nine services: one that has no container at all makes it partial.
+        services = set(slots.SERVICES) | {c.service for c in group}
+        if running == 0:
             state = "stopped"
+        elif running == len(group) and {c.service for c in group} >= set(slots.SERVICES):
+            state = "running"
         else:
             state = "partial"
         rows.append(
@@ -83,7 +85,7 @@ def summarize(
                 project=slots.project_name(slot),
                 state=state,
                 healthy=sum(_healthy(c) for c in group),
-                total=len(group),
+                total=max(len(group), len(services)),
                 api_url=_api_url(group),
                 checkout=_checkout(group),
             )

@@ -434,13 +434,9 @@ def test_read_listeners_finds_this_process(listening: socket.socket) -> None:
 
 
 def ps_line(c: Container) -> str:
-    labels = (
-        f"{docker.PROJECT_LABEL}={c.project},{docker.SERVICE_LABEL}={c.service},"
-        f"{docker.WORKDIR_LABEL}={c.working_dir}"
-    )
     ports = ", ".join(f"{p.host_ip}:{p.host_port}->{p.container_port}/tcp" for p in c.ports)
-    row = {"ID": c.id, "Names": c.name, "Labels": labels, "State": c.state,
-           "Status": c.status, "Ports": ports}  # fmt: skip
+    row = {"ID": c.id, "Names": c.name, "State": c.state, "Status": c.status, "Ports": ports,
+           "Project": c.project, "Service": c.service, "WorkingDir": c.working_dir}  # fmt: skip
     return json.dumps(row)
 
 

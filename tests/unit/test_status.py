@@ -79,7 +79,7 @@ def test_partial_and_stopped_slots_sorted_by_slot() -> None:
 def test_healthy_counts(state: str, text: str, healthy: bool) -> None:
     [row] = status.summarize([make(3, "grafana", state, text)])
     assert row.healthy == int(healthy)
-    assert row.total == 1
+    assert row.total == len(slots.SERVICES)  # the other eight have no container at all
 
 
 def test_api_url_from_the_backends_published_port() -> None:
@@ -129,3 +129,9 @@ def test_collect_asks_docker_once(monkeypatch: pytest.MonkeyPatch) -> None:
     rows = status.collect({"PATH": "/bin"})
     assert [r.slot for r in rows] == [0, 1, 2]
     assert calls == [{"PATH": "/bin"}]
+
+
+def test_a_stack_missing_services_is_partial() -> None:
+    [row] = status.summarize([make(4, "db")])
+    assert row.state == "partial"
+    assert (row.healthy, row.total) == (1, 9)
