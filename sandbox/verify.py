@@ -5,8 +5,8 @@
   `<project>_db-data`, mounted by no other slot's db.
 - `ports`: every published host port is the one the env file names, and no other project's
   container publishes it too.
-- `shared-dir`: a file written into the host's shared data directory is visible at
-  /app/data inside the backend and every worker.
+- `shared-dir`: a file written into the host's shared data/, models/ and strategies/ is
+  visible at /app/data, /app/models and /app/strategies inside the backend and every worker.
 
 The comparisons are pure functions over container lists and mounts; `verify` gathers the facts
 with one `docker ps` and one `docker inspect` for all slots, plus the probes that must touch
@@ -20,14 +20,14 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from sandbox import compose, docker, gate, slots
 from sandbox.runner import Result, run
 
 HTTP_TIMEOUT = 3.0
 EXEC_TIMEOUT = 20.0
-CONTAINER_DATA = "/app/data"
+SHARED_SUBDIRS = ("data", "models", "strategies")
+SHARED_MOUNTS = tuple(f"/app/{sub}" for sub in SHARED_SUBDIRS)
 DB_VOLUME = "db-data"  # the compose file's volume; Compose names it <project>_db-data
 SHARED_SERVICES: tuple[str, ...] = ("backend", *(w.service for w in slots.WORKERS))
 
@@ -127,9 +127,6 @@ def check_own_database(
     db = ours[0]
     if not db.running:
         return VerifyCheck(name, False, f"db container {db.id[:12]} is {db.state}, not running")
-    shared_with = sorted({c.slot for c in others if c.id == db.id and c.slot is not None})
-    if shared_with:
-        return VerifyCheck(name, False, f"db container {db.id[:12]} is also slot {shared_with}'s")
     own_mounts = _mounts_of(mounts, db.id)
     if own_mounts is None:
         return VerifyCheck(name, False, f"could not inspect db container {db.id[:12]}")
@@ -202,11 +199,11 @@ def check_shared_dir(probe: str, seen: Mapping[str, str | None]) -> VerifyCheck:
 
 
 def exec_seen(result: Result) -> str | None:
-    """A `test -f` run through `compose exec`: None when the file was there."""
+    """A `test -f` run through `compose exec`: None when the files were there."""
     if result.ok:
         return None
     if result.returncode == 1 and not result.tail(1):
-        return f"no such file under {CONTAINER_DATA}"
+        return f"not under {', '.join(SHARED_MOUNTS)}"
     return result.tail(1) or f"exit status {result.returncode}"
 
 
@@ -217,9 +214,11 @@ def probe_name(slot: int) -> str:
 def probe_command(
     compose_cmd: Sequence[str], target: compose.Target, service: str, name: str
 ) -> list[str]:
-    return compose.command(
-        compose_cmd, target, "exec", "-T", service, "test", "-f", f"{CONTAINER_DATA}/{name}"
-    )
+    """One `test` for the probe under all three mounts: `test -f A -a -f B -a -f C`."""
+    tests: list[str] = []
+    for mount in SHARED_MOUNTS:
+        tests += [*(["-a"] if tests else []), "-f", f"{mount}/{name}"]
+    return compose.command(compose_cmd, target, "exec", "-T", service, "test", *tests)
 
 
 # ----------------------------------------------------------------------------- gathering
@@ -238,14 +237,17 @@ def shared_dir(
     environ: Mapping[str, str],
     containers: Sequence[docker.Container],
 ) -> VerifyCheck:
-    """Write a probe file on the host, look for it in every service, always delete it."""
-    directory = target.shared_dir / "data"
-    if not directory.is_dir():
+    """Write a probe file into data/, models/ and strategies/ on the host, look for all three
+    in every service, always delete them."""
+    missing = [sub for sub in SHARED_SUBDIRS if not (target.shared_dir / sub).is_dir()]
+    if missing:
         return VerifyCheck(
-            "shared-dir", False, f"{directory} does not exist: run `inv init-shared`"
+            "shared-dir",
+            False,
+            f"{target.shared_dir} lacks {', '.join(missing)}/: run `inv init-shared`",
         )
     name = probe_name(target.slot)
-    path: Path = directory / name
+    paths = [target.shared_dir / sub / name for sub in SHARED_SUBDIRS]
     running = {c.service for c in containers if c.project == target.project and c.running}
     env = compose.environment(target, environ)
 
@@ -256,15 +258,16 @@ def shared_dir(
         return exec_seen(run(cmd, env=env, timeout=EXEC_TIMEOUT))
 
     try:
-        path.write_text(f"ktrdr-sandbox verify probe for slot {target.slot}\n")
-    except OSError as exc:
-        return VerifyCheck("shared-dir", False, f"cannot write {path}: {exc.strerror or exc}")
-    try:
+        for path in paths:
+            path.write_text(f"ktrdr-sandbox verify probe for slot {target.slot}\n")
         with ThreadPoolExecutor(max_workers=len(SHARED_SERVICES)) as pool:
             seen = dict(zip(SHARED_SERVICES, pool.map(look, SHARED_SERVICES), strict=True))
+    except OSError as exc:
+        return VerifyCheck("shared-dir", False, f"cannot write a probe file: {exc}")
     finally:
-        path.unlink(missing_ok=True)
-    return check_shared_dir(f"{CONTAINER_DATA}/{name}", seen)
+        for path in paths:
+            path.unlink(missing_ok=True)
+    return check_shared_dir(f"/app/{{{','.join(SHARED_SUBDIRS)}}}/{name}", seen)
 
 
 def verify(

@@ -210,7 +210,9 @@ def test_check_shared_dir() -> None:
 
 def test_exec_seen() -> None:
     assert verify.exec_seen(Result(("x",), 0)) is None
-    assert verify.exec_seen(Result(("x",), 1)) == "no such file under /app/data"
+    assert verify.exec_seen(Result(("x",), 1)) == (
+        "not under /app/data, /app/models, /app/strategies"
+    )
     assert verify.exec_seen(Result(("x",), 1, "", 'service "backend" is not running\n')) == (
         'service "backend" is not running'
     )
@@ -225,7 +227,8 @@ def test_shared_dir_probe_is_seen_and_always_removed(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shared = tmp_path / "shared"
-    (shared / "data").mkdir(parents=True)
+    for sub in ("data", "models", "strategies"):
+        (shared / sub).mkdir(parents=True)
     target = target_for(root, 1, KTRDR_SHARED_DIR=str(shared))
     containers = replace(stack(1), "training-worker-2", state="exited")
     commands: list[list[str]] = []
@@ -233,8 +236,9 @@ def test_shared_dir_probe_is_seen_and_always_removed(
     def fake_run(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float) -> Result:
         commands.append(list(cmd))
         assert env["COMPOSE_PROJECT_NAME"] == "ktrdr-sandbox-1"
-        name = cmd[-1].removeprefix("/app/data/")
-        present = (shared / "data" / name).is_file()  # the probe exists while we look
+        wanted = [arg.removeprefix("/app/") for arg in cmd if arg.startswith("/app/")]
+        assert len(wanted) == 3
+        present = all((shared / rel).is_file() for rel in wanted)  # probes exist while we look
         return Result(tuple(cmd), 0 if present else 1)
 
     monkeypatch.setattr(verify, "run", fake_run)
@@ -242,16 +246,16 @@ def test_shared_dir_probe_is_seen_and_always_removed(
     assert not check.passed
     assert check.detail.endswith("not visible in training-worker-2: not running")
     assert len(commands) == 4  # backend and the three running workers
-    name = commands[0][-1].removeprefix("/app/data/")
+    name = commands[0][-1].removeprefix("/app/strategies/")
     assert name.startswith(".ktrdr-verify-1-")
     services = ["backend", "backtest-worker-1", "backtest-worker-2", "training-worker-1"]
+    probe = ["test", "-f", f"/app/data/{name}", "-a", "-f", f"/app/models/{name}"]
+    probe += ["-a", "-f", f"/app/strategies/{name}"]
     assert sorted(commands) == sorted(
-        compose.command(
-            ["docker", "compose"], target, "exec", "-T", s, "test", "-f", f"/app/data/{name}"
-        )
-        for s in services
+        compose.command(["docker", "compose"], target, "exec", "-T", s, *probe) for s in services
     )
-    assert list((shared / "data").iterdir()) == []
+    for sub in ("data", "models", "strategies"):
+        assert list((shared / sub).iterdir()) == []
 
     def broken(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float) -> Result:
         raise KeyboardInterrupt
@@ -259,7 +263,8 @@ def test_shared_dir_probe_is_seen_and_always_removed(
     monkeypatch.setattr(verify, "run", broken)
     with pytest.raises(KeyboardInterrupt):
         verify.shared_dir(target, ["docker", "compose"], {}, stack(1))
-    assert list((shared / "data").iterdir()) == []  # removed even then
+    for sub in ("data", "models", "strategies"):
+        assert list((shared / sub).iterdir()) == []  # removed even then
 
 
 def test_shared_dir_missing(root: Path, tmp_path: Path) -> None:
@@ -273,7 +278,8 @@ def test_verify_uses_one_ps_and_one_inspect(
 ) -> None:
     containers = [*stack(1), *stack(2)]
     shared = tmp_path / "shared"
-    (shared / "data").mkdir(parents=True)
+    for sub in ("data", "models", "strategies"):
+        (shared / sub).mkdir(parents=True)
     ps_calls: list[object] = []
     inspects: list[list[str]] = []
 
