@@ -43,7 +43,8 @@ SLOT_HELP = "slot number, 0-10 (slot 0 uses KTRDR's standard ports)"
 
 
 def handled(body: F) -> F:
-    """Turn expected failures into one line and an exit code; Ctrl-C into 130."""
+    """Turn expected failures into one line and an exit code; Ctrl-C into 130; an OSError
+    (permissions, a full disk) into one line as well."""
 
     @functools.wraps(body)
     def wrapper(c: Context, *args: Any, **kwargs: Any) -> Any:
@@ -55,6 +56,9 @@ def handled(body: F) -> F:
             raise InvokeExit(f"error: {exc}", code=int(exc.code)) from None
         except KeyboardInterrupt:
             raise InvokeExit("interrupted", code=130) from None
+        except OSError as exc:
+            # A file the user's system refused us (permissions, a full disk): one line too.
+            raise InvokeExit(f"error: {exc}", code=int(Exit.FAILED)) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -15,7 +15,18 @@ bash scripts/provision-docker.sh
 
 if [ ! -x .venv/bin/python ]; then
   echo "creating .venv"
-  "$python" -m venv .venv
+  if ! "$python" -m venv .venv; then
+    # Debian's own python3 ships venv separately.
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+      rm -rf .venv
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      "$python" -m venv .venv
+    else
+      echo "cannot create .venv: install your Python's venv module (Debian: python3-venv)" >&2
+      exit 1
+    fi
+  fi
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'

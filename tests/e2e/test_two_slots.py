@@ -155,7 +155,9 @@ def test_up_again_only_reruns_the_gate(stacks: dict[int, Result], sandbox: Sandb
 def test_same_slot_twice_at_once_does_not_corrupt(
     stacks: dict[int, Result], sandbox: Sandbox
 ) -> None:
-    before = running_ids(B)
+    # From a stopped slot, so that both commands would run `docker compose up` if the per-slot
+    # lock did not make the second wait for the first.
+    assert_ok(sandbox.inv("down", f"--slot={B}"))
     results: list[Result] = []
     threads = [
         threading.Thread(target=lambda: results.append(sandbox.inv("up", f"--slot={B}")))
@@ -167,7 +169,11 @@ def test_same_slot_twice_at_once_does_not_corrupt(
         thread.join()
     for result in results:
         assert_ok(result)
-    assert running_ids(B) == before
+    outputs = [r.stdout for r in results]
+    assert sum("`docker compose up -d` took" in out for out in outputs) == 1, outputs
+    assert sum("only the gate ran" in out for out in outputs) == 1, outputs
+    assert any(f"slot {B} is busy" in out for out in outputs), outputs
+    assert len(running_ids(B)) == len(slots.SERVICES)
 
 
 def test_restart_of_one_slot_leaves_the_other_untouched(
