@@ -8,10 +8,10 @@ Everything else is 404. GF_* variables are accepted and ignored.
 
 from __future__ import annotations
 
-import json
 import sys
 
-from standin_common import Incoming, Reply, banner, html_page, run_until_signal, serve_http
+from httpkit import Request, Response, Shutdown, TcpServer, json_response, serve_http
+from standin_common import HTTP_RULES, banner, html_page, message_error, run_until_signal
 
 NAME = "grafana-standin"
 PORT = 3000
@@ -30,19 +30,23 @@ PAGE = html_page(
 )
 
 
-def route(request: Incoming) -> Reply:
+def route(request: Request) -> Response:
     if request.method != "GET":
-        return Reply(405, json.dumps({"message": "Method Not Allowed"}).encode())
+        return message_error(405, "Method Not Allowed")
     if request.path == "/api/health":
-        return Reply(200, json.dumps(HEALTH).encode())
+        return json_response(200, HEALTH)
     if request.path in ("/", "/login"):
-        return Reply(200, PAGE, "text/html; charset=utf-8")
-    return Reply(404, json.dumps({"message": "Not found (Grafana stand-in)"}).encode())
+        return Response(200, PAGE, "text/html; charset=utf-8")
+    return message_error(404, "Not found (Grafana stand-in)")
+
+
+def start(shutdown: Shutdown) -> list[TcpServer]:
+    return [serve_http(route, PORT, shutdown, NAME, ["/api/health"], HTTP_RULES)]
 
 
 def main() -> int:
     banner(NAME, "Grafana", {PORT: "HTTP: GET /api/health, GET /"})
-    return run_until_signal(NAME, lambda: [serve_http(PORT, NAME, route, quiet=["/api/health"])])
+    return run_until_signal(NAME, start)
 
 
 if __name__ == "__main__":

@@ -25,15 +25,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from httpkit import Request, Response, Shutdown, TcpServer, json_response, log, serve_http
 from standin_common import (
-    Closer,
-    Incoming,
-    Reply,
+    HTTP_RULES,
     banner,
     html_page,
-    log,
+    message_error,
     run_until_signal,
-    serve_http,
     serve_tcp,
 )
 
@@ -159,29 +157,25 @@ def count_spans_protobuf(buf: bytes) -> int:
 # --- OTLP/HTTP, UI and admin -----------------------------------------------------------------
 
 
-def _json(status: int, payload: Any) -> Reply:
-    return Reply(status, json.dumps(payload).encode("utf-8"))
-
-
-def otlp_http_route(request: Incoming) -> Reply:
+def otlp_http_route(request: Request) -> Response:
     if request.path != "/v1/traces":
-        return _json(404, {"message": "the Jaeger stand-in accepts POST /v1/traces only"})
+        return message_error(404, "the Jaeger stand-in accepts POST /v1/traces only")
     if request.method != "POST":
-        return _json(405, {"message": "use POST"})
+        return message_error(405, "use POST")
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     try:
         if content_type in JSON_TYPES:
             spans = count_spans_json(json.loads(request.body or b"{}"))
-            reply = Reply(200, b"{}", "application/json")
+            reply = Response(200, b"{}", "application/json")
         elif content_type in PROTOBUF_TYPES:
             spans = count_spans_protobuf(request.body)
-            reply = Reply(200, b"", content_type)  # an empty ExportTraceServiceResponse
+            reply = Response(200, b"", content_type)  # an empty ExportTraceServiceResponse
         else:
             STATS.add(otlp_http_rejected=1)
-            return _json(415, {"message": "send application/json or application/x-protobuf"})
+            return message_error(415, "send application/json or application/x-protobuf")
     except (ValueError, UnicodeDecodeError) as exc:
         STATS.add(otlp_http_rejected=1)
-        return _json(400, {"message": f"cannot decode the trace export: {exc}"})
+        return message_error(400, f"cannot decode the trace export: {exc}")
     STATS.add(otlp_http_requests=1, otlp_http_spans=spans)
     return reply
 
@@ -204,33 +198,35 @@ def _ui_page() -> bytes:
     )
 
 
-def ui_route(request: Incoming) -> Reply:
+def ui_route(request: Request) -> Response:
     if request.method != "GET":
-        return _json(405, {"message": "use GET"})
+        return message_error(405, "use GET")
     if request.path in ("/", "/search"):
-        return Reply(200, _ui_page(), "text/html; charset=utf-8")
+        return Response(200, _ui_page(), "text/html; charset=utf-8")
     if request.path == "/api/services":
-        return _json(200, {"data": [], "total": 0, "limit": 0, "offset": 0, "errors": None})
+        return json_response(200, {"data": [], "total": 0, "limit": 0, "offset": 0, "errors": None})
     if request.path == "/api/standin/stats":
-        return _json(200, {"standin": True, "imitates": "Jaeger all-in-one", **STATS.snapshot()})
-    return _json(404, {"message": "not found (Jaeger stand-in)"})
+        return json_response(
+            200, {"standin": True, "imitates": "Jaeger all-in-one", **STATS.snapshot()}
+        )
+    return message_error(404, "not found (Jaeger stand-in)")
 
 
-def admin_route(request: Incoming) -> Reply:
+def admin_route(request: Request) -> Response:
     if request.method != "GET":
-        return _json(405, {"message": "use GET"})
+        return message_error(405, "use GET")
     if request.path == "/":
         uptime = time.time() - STATS.started_at
         started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(STATS.started_at))
         health = {"status": "Server available", "upSince": started, "uptime": f"{uptime:.0f}s"}
-        return _json(200, {**health, "standin": True})
+        return json_response(200, {**health, "standin": True})
     if request.path == "/metrics":
         lines = []
         for key, value in sorted(STATS.snapshot().items()):
             metric = f"jaeger_standin_{key}_total"
             lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
-        return Reply(200, ("\n".join(lines) + "\n").encode(), "text/plain; version=0.0.4")
-    return _json(404, {"message": "not found (Jaeger stand-in admin)"})
+        return Response(200, ("\n".join(lines) + "\n").encode(), "text/plain; version=0.0.4")
+    return message_error(404, "not found (Jaeger stand-in admin)")
 
 
 # --- OTLP/gRPC: the least HTTP/2 that answers a unary call (RFC 9113, RFC 7541) ---------------
@@ -369,11 +365,11 @@ class GrpcConnection(socketserver.BaseRequestHandler):
         )
 
 
-def start() -> list[Closer]:
+def start(shutdown: Shutdown) -> list[TcpServer]:
     return [
-        serve_http(UI_PORT, NAME, ui_route, quiet=["/"]),  # "/" is the healthcheck
-        serve_http(OTLP_HTTP_PORT, NAME, otlp_http_route, quiet=["/v1/traces"]),
-        serve_http(ADMIN_PORT, NAME, admin_route, quiet=["/", "/metrics"]),
+        serve_http(ui_route, UI_PORT, shutdown, NAME, ["/"], HTTP_RULES),  # "/": healthcheck
+        serve_http(otlp_http_route, OTLP_HTTP_PORT, shutdown, NAME, ["/v1/traces"], HTTP_RULES),
+        serve_http(admin_route, ADMIN_PORT, shutdown, NAME, ["/", "/metrics"], HTTP_RULES),
         serve_tcp(OTLP_GRPC_PORT, NAME, GrpcConnection),
     ]
 

@@ -6,6 +6,7 @@ started and checked without a KTRDR checkout. Python standard library plus psyco
 because the image installs nothing but Debian packages.
 
 Modules: `backend`, `worker`, `probe` (healthcheck client) and `common` (what they share).
+HTTP serving, signals and logging come from `httpkit`, a module the stand-ins share too.
 """
 
 __version__ = "0.1.0"

@@ -29,27 +29,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from httpkit import (
+    Request,
+    Response,
+    Shutdown,
+    error_response,
+    json_response,
+    log,
+    one_line,
+    serve_http,
+    stop_servers,
+    text_response,
+)
+
 from ktrdr_reference import __version__
 from ktrdr_reference.common import (
     WORKER_TYPES,
     ConfigError,
-    Request,
-    Response,
-    Shutdown,
     check_http_url,
     check_worker_id,
     check_worker_type,
     env_int,
     env_optional_int,
     env_text,
-    error_response,
     fail_config,
-    json_response,
-    log,
-    one_line,
-    serve_http,
-    stop_http,
-    text_response,
 )
 
 SERVICE = "ktrdr-reference-backend"
@@ -594,7 +597,7 @@ def main() -> int:
     name = shutdown.wait_for_signal()
     log(COMPONENT, f"{name} received: answering 503 for {DRAIN_SECONDS}s, then stopping")
     time.sleep(DRAIN_SECONDS)
-    stop_http(server)
+    stop_servers(server)
     log(COMPONENT, "stopped")
     return 0
 

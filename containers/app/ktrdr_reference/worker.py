@@ -26,13 +26,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from httpkit import (
+    Request,
+    Response,
+    Shutdown,
+    error_response,
+    json_response,
+    log,
+    one_line,
+    serve_http,
+    stop_servers,
+)
+
 from ktrdr_reference import __version__
 from ktrdr_reference.common import (
     ConfigError,
     HttpReply,
-    Request,
-    Response,
-    Shutdown,
     check_http_url,
     check_worker_id,
     check_worker_type,
@@ -40,14 +49,8 @@ from ktrdr_reference.common import (
     env_int,
     env_optional_int,
     env_text,
-    error_response,
     fail_config,
     http_request,
-    json_response,
-    log,
-    one_line,
-    serve_http,
-    stop_http,
 )
 
 COMPONENT = "worker"
@@ -273,7 +276,7 @@ def main() -> int:
 
     name = shutdown.wait_for_signal()
     log(component, f"{name} received: stopping")
-    stop_http(server)
+    stop_servers(server)
     log(component, "stopped")
     return 0
 

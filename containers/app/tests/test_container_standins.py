@@ -10,6 +10,7 @@ import json
 import grafana_standin
 import jaeger_standin
 import pytest
+from httpkit import BodyError, Request, Response, read_body
 from jaeger_standin import (
     count_spans_json,
     count_spans_protobuf,
@@ -18,7 +19,7 @@ from jaeger_standin import (
     otlp_http_route,
     protobuf_fields,
 )
-from standin_common import BodyError, Incoming, read_body
+from standin_common import HTTP_RULES
 
 
 def varint(n: int) -> bytes:
@@ -68,8 +69,8 @@ def test_count_spans_json() -> None:
         count_spans_json([])
 
 
-def post(body: bytes, content_type: str, path: str = "/v1/traces") -> jaeger_standin.Reply:
-    return otlp_http_route(Incoming("POST", path, {"content-type": content_type}, body))
+def post(body: bytes, content_type: str, path: str = "/v1/traces") -> Response:
+    return otlp_http_route(Request("POST", path, {"content-type": content_type}, body))
 
 
 def test_otlp_http_json_gets_an_empty_json_success() -> None:
@@ -99,9 +100,11 @@ def test_read_body_handles_chunked_and_gzip() -> None:
     payload = gzip.compress(b"hello world")
     chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload)
     headers = {"transfer-encoding": "chunked", "content-encoding": "gzip"}
-    assert read_body(headers, io.BytesIO(chunked)) == b"hello world"
+    assert read_body(headers, io.BytesIO(chunked), HTTP_RULES) == b"hello world"
     with pytest.raises(BodyError):
-        read_body({"content-length": "3", "content-encoding": "gzip"}, io.BytesIO(b"abc"))
+        read_body(
+            {"content-length": "3", "content-encoding": "gzip"}, io.BytesIO(b"abc"), HTTP_RULES
+        )
 
 
 def test_grpc_messages_unframe_and_gunzip() -> None:
@@ -119,20 +122,20 @@ def test_h2_frame_layout() -> None:
 
 
 def test_jaeger_ui_says_it_is_a_stand_in() -> None:
-    reply = jaeger_standin.ui_route(Incoming("GET", "/", {}, b""))
+    reply = jaeger_standin.ui_route(Request("GET", "/", {}, b""))
     assert reply.status == 200
     assert b"not Jaeger" in reply.body
-    assert jaeger_standin.admin_route(Incoming("GET", "/", {}, b"")).status == 200
+    assert jaeger_standin.admin_route(Request("GET", "/", {}, b"")).status == 200
 
 
 def test_grafana_health_and_page() -> None:
-    health = grafana_standin.route(Incoming("GET", "/api/health", {}, b""))
+    health = grafana_standin.route(Request("GET", "/api/health", {}, b""))
     assert health.status == 200
     assert json.loads(health.body) == {
         "database": "ok",
         "version": "standin",
         "commit": "ktrdr-sandbox-grafana-standin",
     }
-    page = grafana_standin.route(Incoming("GET", "/", {}, b""))
+    page = grafana_standin.route(Request("GET", "/", {}, b""))
     assert page.status == 200 and b"not Grafana" in page.body
-    assert grafana_standin.route(Incoming("GET", "/api/dashboards", {}, b"")).status == 404
+    assert grafana_standin.route(Request("GET", "/api/dashboards", {}, b"")).status == 404

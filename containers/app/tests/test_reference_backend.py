@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from httpkit import Request
 from ktrdr_reference.backend import (
     Backend,
     Registration,
@@ -21,7 +22,7 @@ from ktrdr_reference.backend import (
     render_metrics,
     shared_listing,
 )
-from ktrdr_reference.common import ConfigError, Request
+from ktrdr_reference.common import ConfigError
 
 VALID = {
     "worker_id": "backtest-worker-1",

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from httpkit import Request, Response, Shutdown, json_response, one_line, serve_http, stop_servers
 from ktrdr_reference.common import (
     ConfigError,
-    Request,
-    Response,
-    Shutdown,
     check_http_url,
     env_int,
     env_optional_int,
     env_text,
     http_request,
-    json_response,
-    one_line,
-    serve_http,
-    stop_http,
 )
 from ktrdr_reference.probe import probe
 
@@ -82,7 +76,7 @@ def test_round_trip_and_shutdown_answer() -> None:
         assert reply.headers["retry-after"] == "5"
         assert probe(url) == "HTTP 503"
     finally:
-        stop_http(server)
+        stop_servers(server)
 
 
 def test_probe_reports_a_refused_connection() -> None:

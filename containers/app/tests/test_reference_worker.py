@@ -7,7 +7,8 @@ import threading
 from typing import Any
 
 import pytest
-from ktrdr_reference.common import ConfigError, HttpReply, Request
+from httpkit import Request
+from ktrdr_reference.common import ConfigError, HttpReply
 from ktrdr_reference.worker import (
     BACKOFF_MAX_SECONDS,
     RETRY_AFTER_MAX_SECONDS,
