@@ -113,6 +113,7 @@ def up(
     def rebuild() -> None:
         out.step("build", "reference app image")
         images.build_app(ROOT, environ)
+
     with out.gate_progress(target.slot) as on_gate:
         result = stack.up(
             target,
