@@ -73,6 +73,12 @@ def _target(value: str | None) -> compose.Target:
     return compose.load_target(ROOT, _slot(value))
 
 
+def _compose(environ: Mapping[str, str]) -> list[str]:
+    """The Compose CLI, after making sure an engine answers (its error is the clearer one)."""
+    docker.check_engine(environ)
+    return compose.find_compose(environ)
+
+
 def _seconds(value: str | None, target: compose.Target, environ: Mapping[str, str]) -> float:
     # Flag, else the env file, else the calling shell, else the built-in default.
     settings = {**environ, **target.values}
@@ -167,8 +173,7 @@ def verify(c: Context, slot: list[str]) -> None:
         raise SandboxError("which slots? pass --slot=N, repeated for several", Exit.USAGE)
     targets = [_target(s) for s in dict.fromkeys(slot)]
     environ = dict(os.environ)
-    docker.check_engine(environ)
-    reports = verify_slots(targets, compose.find_compose(environ), environ)
+    reports = verify_slots(targets, _compose(environ), environ)
     out.verify(reports)
     failed = [r.slot for r in reports if not r.passed]
     if failed:
@@ -202,8 +207,7 @@ def logs(
         )
     chosen = slots.parse_service(service) if service else None
     environ = dict(os.environ)
-    docker.check_engine(environ)
-    cmd = stack.logs_command(compose.find_compose(environ), target, chosen, follow, int(tail))
+    cmd = stack.logs_command(_compose(environ), target, chosen, follow, int(tail))
     result = run(cmd, env=compose.environment(target, environ), capture=False)
     if not result.ok:
         raise SandboxError(f"`{display(cmd)}` failed", Exit.COMMAND)
@@ -215,8 +219,7 @@ def psql(c: Context, slot: str | None = None) -> None:
     """Open psql on a slot's database (as ktrdr, database ktrdr)."""
     target = _target(slot)
     environ = dict(os.environ)
-    docker.check_engine(environ)
-    cmd = stack.psql_command(compose.find_compose(environ), target, sys.stdin.isatty())
+    cmd = stack.psql_command(_compose(environ), target, sys.stdin.isatty())
     result = run(cmd, env=compose.environment(target, environ), capture=False)
     if not result.ok:
         raise SandboxError(
@@ -272,10 +275,11 @@ def env(
 def init_shared(c: Context, from_: str | None = None) -> None:
     """Create ~/.ktrdr/shared/{data,models,strategies}; optionally fill it from a checkout."""
     target = envfiles.SHARED_DIR_DEFAULT
+    source = shared.check_source(Path(from_).expanduser()) if from_ else None
     created = shared.ensure(target)
     out.line("created " + ", ".join(map(str, created)) if created else f"{target} already exists")
-    if from_:
-        report = shared.copy_missing(Path(from_).expanduser(), target)
+    if source is not None:
+        report = shared.copy_missing(source, target)
         out.line(
             f"copied {len(report.copied)} file(s) into {target}; "
             f"left {len(report.skipped)} existing file(s) as they were"

@@ -64,19 +64,25 @@ class CopyReport:
     skipped: list[Path] = field(default_factory=list)  # already in the shared directory
 
 
-def copy_missing(source: Path, target: Path) -> CopyReport:
-    """Copy data/, models/, strategies/ of `source` (a KTRDR checkout) into `target`,
-    file by file, leaving every file that already exists in `target` as it is."""
+def check_source(source: Path) -> Path:
+    """`source` when it is a KTRDR checkout with data/, models/ or strategies/."""
     if not source.is_dir():
         raise SandboxError(
             f"--from {source} is not a directory: point it at a KTRDR checkout", Exit.USAGE
         )
-    present = [name for name in SUBDIRS if (source / name).is_dir()]
-    if not present:
+    if not any((source / name).is_dir() for name in SUBDIRS):
         raise SandboxError(
             f"{source} has none of {', '.join(SUBDIRS)}: point --from at a KTRDR checkout",
             Exit.USAGE,
         )
+    return source
+
+
+def copy_missing(source: Path, target: Path) -> CopyReport:
+    """Copy data/, models/, strategies/ of `source` (a KTRDR checkout) into `target`,
+    file by file, leaving every file that already exists in `target` as it is."""
+    check_source(source)
+    present = [name for name in SUBDIRS if (source / name).is_dir()]
     report = CopyReport()
     for name in present:
         for file in sorted((source / name).rglob("*")):

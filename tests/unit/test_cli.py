@@ -44,6 +44,7 @@ def inv(*args: str, **env: str) -> Result:
 def test_bad_input_is_one_line(args: list[str], code: Exit, message: str, tmp_path: Path) -> None:
     result = inv(*args, HOME=str(tmp_path))
     assert result.returncode == code, result.stderr
+    assert not (tmp_path / ".ktrdr" / "shared").exists(), "refused input created something"
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and message in lines[0]
