@@ -144,6 +144,14 @@ def environment(
     return env
 
 
+def bind_address(target: Target, environ: Mapping[str, str]) -> str:
+    """The address Compose publishes the slot's ports on, bare (no IPv6 brackets): what
+    `environment` hands Compose, else the compose file's default."""
+    env = environment(target, environ)
+    # Compose takes "[::1]" and "::1" alike; sockets and URLs want the bare form first.
+    return resolve("KTRDR_BIND_ADDR", None, env, DEFAULT_BIND_ADDR).strip("[]")
+
+
 def resolve(name: str, cli: str | None, values: Mapping[str, str], default: str) -> str:
     """One setting: the CLI flag when given, else the env file, else the built-in default."""
     if cli is not None and cli != "":

@@ -162,12 +162,9 @@ def host(target: compose.Target, environ: Mapping[str, str] | None = None) -> st
     KTRDR_BIND_ADDR as Compose sees it (env file, else the exported machine-wide value, else
     127.0.0.1); a wildcard bind is reached on loopback. IPv6 comes back in brackets for URLs.
     """
-    layered = {k: v for k, v in (environ or {}).items() if k == "KTRDR_BIND_ADDR"}
-    layered.update(target.values)
-    addr = compose.resolve("KTRDR_BIND_ADDR", None, layered, compose.DEFAULT_BIND_ADDR)
+    addr = compose.bind_address(target, environ or {})
     if addr in WILDCARD_ADDRS:
         return "127.0.0.1"
-    addr = addr.strip("[]")
     return f"[{addr}]" if ":" in addr else addr
 
 

@@ -136,14 +136,6 @@ def other_checkout_error(target: compose.Target, working_dir: str) -> SandboxErr
 # --- ports --------------------------------------------------------------------------------
 
 
-def bind_address(target: compose.Target, environ: Mapping[str, str]) -> str:
-    """The address Compose publishes on: what `compose.environment` hands it, else the
-    compose file's default."""
-    env = compose.environment(target, environ)
-    # Compose takes "[::1]" and "::1" alike; a socket takes only the bare form.
-    return compose.resolve("KTRDR_BIND_ADDR", None, env, compose.DEFAULT_BIND_ADDR).strip("[]")
-
-
 def probe_addresses(bind_addr: str) -> tuple[str, ...]:
     """Where a port must be free: the bind address and both wildcards. A holder on any of
     them stops Docker (wildcard vs specific) or at least confuses clients of localhost."""
@@ -374,7 +366,7 @@ def run_preflight(
         )
     )
 
-    bind = bind_address(target, environ)
+    bind = compose.bind_address(target, environ)
     taken = classify_ports(target, everything, can_bind, bind_addr=bind)
     if taken:
         holder = port_holder(taken[0].port, everything, read_listeners({taken[0].port}))

@@ -228,10 +228,10 @@ def test_bind_address_is_probed_once(target: compose.Target) -> None:
 
 
 def test_bind_address_precedence(target: compose.Target) -> None:
-    assert preflight.bind_address(target, {}) == "127.0.0.1"
-    assert preflight.bind_address(target, {"KTRDR_BIND_ADDR": "0.0.0.0"}) == "0.0.0.0"
+    assert compose.bind_address(target, {}) == "127.0.0.1"
+    assert compose.bind_address(target, {"KTRDR_BIND_ADDR": "0.0.0.0"}) == "0.0.0.0"
     in_file = compose.Target(1, target.root, {**target.values, "KTRDR_BIND_ADDR": "::1"})
-    assert preflight.bind_address(in_file, {"KTRDR_BIND_ADDR": "0.0.0.0"}) == "::1"
+    assert compose.bind_address(in_file, {"KTRDR_BIND_ADDR": "0.0.0.0"}) == "::1"
 
 
 # --- ports: the real probe ----------------------------------------------------------------
@@ -517,7 +517,7 @@ def test_a_refused_preflight_creates_no_shared_dir(
 def test_a_bracketed_ipv6_bind_address_is_probed_bare(target: compose.Target) -> None:
     values = {**target.values, "KTRDR_BIND_ADDR": "[::1]"}
     bracketed = compose.Target(target.slot, target.root, values)
-    assert preflight.bind_address(bracketed, {}) == "::1"
+    assert compose.bind_address(bracketed, {}) == "::1"
 
 
 def test_preflight_with_the_stack_already_up(engine: FakeEngine, target: compose.Target) -> None:
