@@ -1,15 +1,15 @@
 """Invoke tasks for ktrdr-sandbox: `inv --list`, `inv --help up`.
 
-Each task turns its flags into one call into `sandbox/` and renders what comes back. A
-`SandboxError` becomes one line on stderr and its exit code here, and nowhere else.
+A table of contents: each task parses its flags, calls into `sandbox/` (most make one call;
+`up` also hands the renderer's callbacks in, `verify` first finds the Compose CLI) and renders
+what comes back. A `SandboxError` becomes one line on stderr and its exit code in `handled`;
+the noxfile never sees one (its sessions run `inv` and pytest as subprocesses).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
-import re
 import shlex
 import sys
 from collections.abc import Callable, Mapping
@@ -28,12 +28,12 @@ from sandbox import (
     envfiles,
     images,
     render,
+    runner,
     shared,
     slots,
     stack,
 )
 from sandbox.errors import Exit, SandboxError
-from sandbox.runner import display, run
 from sandbox.status import collect as collect_status
 from sandbox.verify import verify as verify_slots
 
@@ -79,28 +79,13 @@ def _compose(environ: Mapping[str, str]) -> list[str]:
     return compose.find_compose(environ)
 
 
-def _seconds(value: str | None, target: compose.Target, environ: Mapping[str, str]) -> float:
-    # Flag, else the env file, else the calling shell, else the built-in default.
-    settings = {**environ, **target.values}
-    raw = compose.resolve("KTRDR_GATE_TIMEOUT", value, settings, str(stack.DEFAULT_TIMEOUT))
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise SandboxError(
-            f"timeout must be a positive number of seconds, not {raw!r} (e.g. --timeout=240)",
-            Exit.USAGE,
-        )
-    return seconds
-
-
 @task(
     help={
         "slot": SLOT_HELP,
         "build": "rebuild the reference app image before starting",
         "no-wait": "return after `docker compose up -d`, without the startability gate",
-        "timeout": "seconds the gate waits for readiness (default 180, or KTRDR_GATE_TIMEOUT)",
+        "timeout": "seconds the gate waits for readiness "
+        f"(default {stack.DEFAULT_TIMEOUT:.0f}, or KTRDR_GATE_TIMEOUT)",
     }
 )
 @handled
@@ -114,37 +99,38 @@ def up(
     """Start a slot's stack: preflight, `docker compose up -d`, then the startability gate."""
     target = _target(slot)
     environ = dict(os.environ)
-    seconds = _seconds(timeout, target, environ)
-
-    def rebuild() -> None:
-        out.step("build", "reference app image")
-        images.build_app(ROOT, environ)
-
     with out.gate_progress(target.slot) as on_gate:
         result = stack.up(
             target,
             environ,
             recreate=build,
-            build=rebuild if build else None,
+            build=functools.partial(_rebuild, environ) if build else None,
             wait=not no_wait,
-            timeout=seconds,
+            timeout=stack.gate_timeout(timeout, target, environ),
             on_preflight=out.preflight,
             on_gate=on_gate,
             on_busy=out.line,
-            on_compose=lambda cmd: out.step(
-                "compose", "docker compose up -d (waits for the database and backend health)"
-            ),
+            on_compose=out.compose_up,
         )
-    if isinstance(result, stack.UpResult):
-        out.up_result(result)
-        if not result.gate.passed:
-            raise InvokeExit(
-                f"error: slot {target.slot} did not become ready; failing checks and their logs "
-                f"are above (`inv logs --slot={target.slot}` for more)",
-                code=int(Exit.FAILED),
-            )
-    else:
-        out.line(f"slot {target.slot} started without waiting; check it with `inv verify`")
+    _report_up(target.slot, result)
+
+
+def _rebuild(environ: Mapping[str, str]) -> None:
+    out.step("build", "reference app image")
+    images.build_app(ROOT, environ)
+
+
+def _report_up(slot: int, result: stack.UpResult) -> None:
+    if result.gate is None:
+        out.line(f"slot {slot} started without waiting; check it with `inv verify`")
+        return
+    out.up_result(result)
+    if not result.gate.passed:
+        raise InvokeExit(
+            f"error: slot {slot} did not become ready; failing checks and their logs "
+            f"are above (`inv logs --slot={slot}` for more)",
+            code=int(Exit.FAILED),
+        )
 
 
 @task(help={"slot": SLOT_HELP, "volumes": "also remove the slot's database volume (data lost)"})
@@ -201,16 +187,12 @@ def logs(
 ) -> None:
     """Show a slot's container logs."""
     target = _target(slot)
-    if not re.fullmatch(r"[0-9]+", tail):
-        raise SandboxError(
-            f"--tail takes a number of lines, not {tail!r} (e.g. --tail=50)", Exit.USAGE
-        )
+    lines = slots.parse_count(tail, "--tail")
     chosen = slots.parse_service(service) if service else None
     environ = dict(os.environ)
-    cmd = stack.logs_command(_compose(environ), target, chosen, follow, int(tail))
-    result = run(cmd, env=compose.environment(target, environ), capture=False)
-    if not result.ok:
-        raise SandboxError(f"`{display(cmd)}` failed", Exit.COMMAND)
+    cmd = stack.logs_command(_compose(environ), target, chosen, follow, lines)
+    env = compose.environment(target, environ)
+    runner.run(cmd, env=env, capture=False, check=f"`{runner.display(cmd)}` failed")
 
 
 @task(help={"slot": SLOT_HELP})
@@ -220,12 +202,9 @@ def psql(c: Context, slot: str | None = None) -> None:
     target = _target(slot)
     environ = dict(os.environ)
     cmd = stack.psql_command(_compose(environ), target, sys.stdin.isatty())
-    result = run(cmd, env=compose.environment(target, environ), capture=False)
-    if not result.ok:
-        raise SandboxError(
-            f"psql on slot {target.slot} failed; is it up? (`inv status --slot={target.slot}`)",
-            Exit.COMMAND,
-        )
+    env = compose.environment(target, environ)
+    failed = f"psql on slot {target.slot} failed; is it up? (`inv status --slot={target.slot}`)"
+    runner.run(cmd, env=env, capture=False, check=failed)
 
 
 @task(
@@ -246,25 +225,35 @@ def env(
 ) -> None:
     """Print a slot's env file, or check / regenerate all of them."""
     if write:
-        changed = envfiles.write_all(ROOT)
-        out.line(f"rewrote {len(changed)} env file(s)" if changed else "env files are up to date")
-        if docs.sync(ROOT):
-            out.line(f"rewrote the port table in {docs.MANUAL}")
+        _write_env_files()
     if check:
-        problems = envfiles.check_all(ROOT)
-        for problem in problems:
-            out.line(str(problem))
-        if problems:
-            raise InvokeExit(f"error: {len(problems)} problem(s) in env/", code=int(Exit.BAD_ENV))
-        out.line(f"env/: {len(slots.SLOTS)} files valid, no port shared between slots")
-    if write or check:
-        return
-    target = _target(slot)
-    if export:
-        for name, value in target.values.items():
-            out.line(f"export {name}={shlex.quote(value)}")
-    else:
+        _check_env_files()
+    if not (write or check):
+        _print_env(_target(slot), export)
+
+
+def _write_env_files() -> None:
+    changed = envfiles.write_all(ROOT)
+    out.line(f"rewrote {len(changed)} env file(s)" if changed else "env files are up to date")
+    if docs.sync(ROOT):
+        out.line(f"rewrote the port table in {docs.MANUAL}")
+
+
+def _check_env_files() -> None:
+    problems = envfiles.check_all(ROOT)
+    for problem in problems:
+        out.line(str(problem))
+    if problems:
+        raise InvokeExit(f"error: {len(problems)} problem(s) in env/", code=int(Exit.BAD_ENV))
+    out.line(f"env/: {len(slots.SLOTS)} files valid, no port shared between slots")
+
+
+def _print_env(target: compose.Target, export: bool) -> None:
+    if not export:
         out.line(target.env_file.read_text().rstrip("\n"))
+        return
+    for name, value in target.values.items():
+        out.line(f"export {name}={shlex.quote(value)}")
 
 
 @task(

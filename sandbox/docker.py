@@ -12,9 +12,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from sandbox import slots
+from sandbox import runner, slots
 from sandbox.errors import Exit, SandboxError
-from sandbox.runner import Result, run
+from sandbox.runner import Result
+from sandbox.settings import CLI_TIMEOUT, ENGINE_QUERY_TIMEOUT
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -146,7 +147,8 @@ def engine_error(result: Result) -> SandboxError:
 
 def containers(environ: Mapping[str, str] | None = None) -> list[Container]:
     """Every Compose-managed container on this engine, in one `docker ps` call."""
-    result = run(ps_command(), env=dict(os.environ if environ is None else environ), timeout=30)
+    env = dict(os.environ if environ is None else environ)
+    result = runner.run(ps_command(), env=env, timeout=ENGINE_QUERY_TIMEOUT)
     if not result.ok:
         raise engine_error(result)
     return parse_ps(result.stdout)
@@ -158,10 +160,10 @@ def sandbox_containers(environ: Mapping[str, str] | None = None) -> list[Contain
 
 def check_engine(environ: Mapping[str, str] | None = None) -> str:
     """The engine's version, or SandboxError(NO_ENGINE)."""
-    result = run(
+    result = runner.run(
         ["docker", "version", "--format", "{{.Server.Version}}"],
         env=dict(os.environ if environ is None else environ),
-        timeout=20,
+        timeout=CLI_TIMEOUT,
     )
     if not result.ok or not result.stdout.strip():
         raise engine_error(result)

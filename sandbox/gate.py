@@ -13,32 +13,28 @@ fake clock: no Docker, no sockets.
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from sandbox import compose, docker, slots
+from sandbox import compose, docker, net, runner, slots
 from sandbox.errors import SandboxError
-from sandbox.runner import Result, run
+from sandbox.runner import Result
+from sandbox.settings import (
+    CONTAINER_POLL,
+    ENGINE_QUERY_TIMEOUT,
+    FAILING_LOG_LINES,
+    GATE_EXEC_TIMEOUT,
+    GATE_HTTP_TIMEOUT,
+    GATE_POLL,
+    GATE_TIMEOUT,
+)
 
-# Short: a probe that hangs delays nothing else (checks run concurrently), but it does delay its
-# own next attempt, and a service that is up answers these endpoints in milliseconds.
-HTTP_TIMEOUT = 1.5
-# `docker compose exec` pays the Compose CLI's start-up (~0.3-1 s) before pg_isready even runs.
-EXEC_TIMEOUT = 10.0
-# One `docker ps` for the whole engine costs ~50-100 ms; every 2 s is prompt enough to stop
-# waiting for a container that exited, and cheap.
-CONTAINER_POLL = 2.0
-MAX_BODY = 64 * 1024
 DETAIL_CHARS = 160
-WILDCARD_ADDRS = ("0.0.0.0", "::", "[::]", "")
 # Only exited and dead are final: "created" is a worker waiting for a healthy backend.
 EXITED_STATES = ("exited", "dead")
 WAITING_DETAIL = "waiting"
@@ -80,7 +76,7 @@ class GateResult:
         return [c for c in self.checks if c.state is State.FAILED]
 
 
-HttpGet = Callable[[str, float], tuple[int | None, str]]
+HttpGet = net.HttpGet
 Exec = Callable[[Sequence[str], Mapping[str, str]], Result]
 ListContainers = Callable[[], Sequence[docker.Container] | None]
 
@@ -101,46 +97,9 @@ class Probes:
 
 # ----------------------------------------------------------------------------- real probes
 
-# No proxies: urllib honours http_proxy, which would send 127.0.0.1 probes to a corporate proxy.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def describe_error(exc: BaseException) -> str:
-    """A short, stable phrase for why an HTTP request got no answer."""
-    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
-        return describe_error(exc.reason)
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset"
-    if isinstance(exc, http.client.RemoteDisconnected):
-        # Docker's port proxy accepts while nothing listens inside the container yet.
-        return "connection closed without a response"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, urllib.error.URLError):
-        return str(exc.reason)
-    return str(exc) or type(exc).__name__
-
-
-def http_get(url: str, timeout: float) -> tuple[int | None, str]:
-    """GET `url`: (status, body) for any HTTP answer, (None, reason) for none."""
-    try:
-        with _OPENER.open(url, timeout=timeout) as response:
-            status: int = response.status
-            return status, response.read(MAX_BODY).decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        try:
-            body = exc.read(MAX_BODY).decode("utf-8", "replace")
-        except (OSError, http.client.HTTPException):
-            body = ""
-        return exc.code, body
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        return None, describe_error(exc)
-
 
 def _exec(cmd: Sequence[str], env: Mapping[str, str]) -> Result:
-    return run(cmd, env=env, timeout=EXEC_TIMEOUT)
+    return runner.run(cmd, env=env, timeout=GATE_EXEC_TIMEOUT)
 
 
 def default_probes(environ: Mapping[str, str]) -> Probes:
@@ -150,37 +109,7 @@ def default_probes(environ: Mapping[str, str]) -> Probes:
         except SandboxError:
             return None  # an engine hiccup: the checks themselves will say what is wrong
 
-    return Probes(http_get=http_get, exec=_exec, containers=containers)
-
-
-# ----------------------------------------------------------------------------- addresses
-
-
-def host(target: compose.Target, environ: Mapping[str, str] | None = None) -> str:
-    """Where the slot's published ports are reached from this host.
-
-    KTRDR_BIND_ADDR as Compose sees it (env file, else the exported machine-wide value, else
-    127.0.0.1); a wildcard bind is reached on loopback. IPv6 comes back in brackets for URLs.
-    """
-    addr = compose.bind_address(target, environ or {})
-    if addr in WILDCARD_ADDRS:
-        return "127.0.0.1"
-    return f"[{addr}]" if ":" in addr else addr
-
-
-def urls(target: compose.Target, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Label -> URL of everything a developer opens on this slot."""
-    h = host(target, environ)
-    found = {
-        "Backend API": f"http://{h}:{target.port('KTRDR_API_PORT')}/api/v1",
-        "Jaeger UI": f"http://{h}:{target.port('KTRDR_JAEGER_UI_PORT')}",
-        "Prometheus": f"http://{h}:{target.port('KTRDR_PROMETHEUS_PORT')}",
-        "Grafana": f"http://{h}:{target.port('KTRDR_GRAFANA_PORT')}",
-        "PostgreSQL": f"postgresql://ktrdr@{h}:{target.port('KTRDR_DB_PORT')}/ktrdr",
-    }
-    for worker in slots.WORKERS:
-        found[worker.service] = f"http://{h}:{target.port(worker.port_variable)}/health"
-    return found
+    return Probes(http_get=net.http_get, exec=_exec, containers=containers)
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -283,14 +212,14 @@ def checks(
     probes: Probes,
 ) -> list[Check]:
     """The gate's checks for `target`, in display order."""
-    h = host(target, environ)
+    h = net.host(target, environ)
     env = compose.environment(target, environ)
     pg_cmd = pg_isready_command(compose_cmd, target)
-    api = f"http://{h}:{target.port('KTRDR_API_PORT')}/api/v1"
+    api = net.api_url(target, environ)
     workers = tuple(w.service for w in slots.WORKERS)
 
     def http(url: str) -> Callable[[], Outcome]:
-        return lambda: http_outcome(*probes.http_get(url, HTTP_TIMEOUT))
+        return lambda: http_outcome(*probes.http_get(url, GATE_HTTP_TIMEOUT))
 
     return [
         Check(
@@ -305,7 +234,7 @@ def checks(
             "workers",
             "Workers registered",
             "backend",
-            lambda: workers_outcome(*probes.http_get(f"{api}/workers", HTTP_TIMEOUT)),
+            lambda: workers_outcome(*probes.http_get(f"{api}/workers", GATE_HTTP_TIMEOUT)),
             ("backend", *workers),
         ),
         Check(
@@ -362,13 +291,116 @@ def _timed(probe: Callable[[], Outcome], clock: Callable[[], float]) -> tuple[Ou
     return outcome, clock()
 
 
+@dataclass
+class _Round:
+    """The gate's state between rounds: what each check says, and what is still in flight."""
+
+    target: compose.Target
+    plan: list[Check]
+    probes: Probes
+    clock: Callable[[], float]
+    start: float
+    results: dict[str, CheckResult]
+    in_flight: dict[str, futures.Future[tuple[Outcome, float]]] = field(default_factory=dict)
+    ps: futures.Future[Sequence[docker.Container] | None] | None = None
+    next_ps: float = 0.0
+
+    def submit(self, pool: futures.Executor, now: float) -> list[futures.Future[Any]]:
+        """Start a probe for every undecided check without one in flight, and the container
+        poll when it is due; return everything in flight."""
+        for check in self.plan:
+            if self.results[check.name].state is State.WAITING and check.name not in self.in_flight:
+                self.in_flight[check.name] = pool.submit(_timed, check.probe, self.clock)
+        if self.ps is None and now >= self.next_ps:
+            self.ps = pool.submit(self.probes.containers)
+            self.next_ps = now + CONTAINER_POLL
+        return [*self.in_flight.values(), *([self.ps] if self.ps is not None else [])]
+
+    def collect(self) -> bool:
+        """Apply every probe that finished; whether anything shown changed."""
+        changed = False
+        for check in self.plan:
+            future = self.in_flight.get(check.name)
+            if future is None or not future.done():
+                continue
+            del self.in_flight[check.name]
+            changed = (
+                _apply(check, self.results[check.name], *future.result(), self.start) or changed
+            )
+        return changed
+
+    def apply_containers(self) -> bool:
+        """Fail at once every undecided check whose watched container is gone; whether any."""
+        if self.ps is None or not self.ps.done():
+            return False
+        # None: the engine could not be asked this time; the checks speak for now.
+        seen = self.ps.result() if self.ps.exception() is None else None
+        self.ps = None
+        if seen is None:
+            return False
+        changed = False
+        for check in self.plan:
+            result = self.results[check.name]
+            lost = gone(seen, self.target.project, check.watch)
+            if result.state is not State.WAITING or lost is None:
+                continue
+            service, why = lost
+            result.state, result.elapsed = State.FAILED, self.clock() - self.start
+            result.detail = why if len(check.watch) == 1 else f"{service}: {why}"
+            result.service, result.log_services = service, ()
+            changed = True
+        return changed
+
+
+def _apply(check: Check, result: CheckResult, outcome: Outcome, at: float, start: float) -> bool:
+    """One probe's answer into its check; whether anything shown changed."""
+    changed = result.detail != outcome.detail
+    if outcome.passed:
+        result.state, result.elapsed = State.PASSED, at - start
+        changed = True
+    result.detail = outcome.detail
+    if outcome.services:
+        result.service, result.log_services = outcome.services[0], outcome.services[1:]
+    else:
+        result.service, result.log_services = check.service, ()
+    return changed
+
+
+class _Verdict(Enum):
+    GO_ON = "go on"
+    PASSED = "passed"
+    FAILED_FAST = "failed fast"  # a check failed: the others are not waited for
+
+
+def _decide(results: Mapping[str, CheckResult]) -> _Verdict:
+    states = [r.state for r in results.values()]
+    if all(s is State.PASSED for s in states):
+        return _Verdict.PASSED
+    if State.FAILED in states:
+        return _Verdict.FAILED_FAST
+    return _Verdict.GO_ON
+
+
+def _settle(results: Mapping[str, CheckResult], stopped_early: bool) -> bool:
+    """Decide every check still waiting: failed at the timeout, not waited for after a fast
+    failure. Whether there was any."""
+    leftover = [r for r in results.values() if r.state is State.WAITING]
+    for result in leftover:
+        result.state = State.NOT_WAITED if stopped_early else State.FAILED
+        if result.detail == WAITING_DETAIL:
+            result.detail = "no answer yet"  # its first probe was still in flight
+        if stopped_early:
+            result.detail = f"{result.detail} (not waited for: another check failed)"
+    return bool(leftover)
+
+
 def run_gate(
     target: compose.Target,
     compose_cmd: list[str],
     environ: Mapping[str, str],
     *,
-    timeout: float = 180.0,
-    poll: float = 0.25,
+    timeout: float = GATE_TIMEOUT,
+    poll: float = GATE_POLL,
     on_update: Callable[[list[CheckResult]], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     probes: Probes | None = None,
@@ -389,94 +421,22 @@ def run_gate(
         c.name: CheckResult(c.name, c.label, State.WAITING, WAITING_DETAIL, None, c.service)
         for c in plan
     }
-    wait_limit = poll if probe_wait is None else probe_wait
 
     def emit() -> None:
         if on_update is not None:
             on_update([replace(r) for r in results.values()])
 
     start = clock()
-    in_flight: dict[str, futures.Future[tuple[Outcome, float]]] = {}
-    ps: futures.Future[Sequence[docker.Container] | None] | None = None
-    next_ps = start
-    stopped_early = False
+    state = _Round(target, plan, probes, clock, start, results, next_ps=start)
+    wait_limit = poll if probe_wait is None else probe_wait
     pool = futures.ThreadPoolExecutor(max_workers=len(plan) + 1, thread_name_prefix="gate")
     try:
         emit()
-        while True:
-            round_start = clock()
-            for check in plan:
-                if results[check.name].state is State.WAITING and check.name not in in_flight:
-                    in_flight[check.name] = pool.submit(_timed, check.probe, clock)
-            if ps is None and round_start >= next_ps:
-                ps = pool.submit(probes.containers)
-                next_ps = round_start + CONTAINER_POLL
-            pending: list[futures.Future[Any]] = [*in_flight.values()]
-            if ps is not None:
-                pending.append(ps)
-            futures.wait(pending, timeout=wait_limit)
-
-            changed = False
-            for check in plan:
-                future = in_flight.get(check.name)
-                if future is None or not future.done():
-                    continue
-                del in_flight[check.name]
-                outcome, at = future.result()
-                result = results[check.name]
-                if outcome.passed:
-                    result.state, result.elapsed = State.PASSED, at - start
-                    changed = True
-                if result.detail != outcome.detail:
-                    changed = True
-                result.detail = outcome.detail
-                if outcome.services:
-                    result.service, result.log_services = (
-                        outcome.services[0],
-                        outcome.services[1:],
-                    )
-                else:
-                    result.service, result.log_services = check.service, ()
-
-            if ps is not None and ps.done():
-                # None: the engine could not be asked this time; the checks speak for now.
-                seen = ps.result() if ps.exception() is None else None
-                ps = None
-                for check in plan:
-                    result = results[check.name]
-                    lost = None if seen is None else gone(seen, target.project, check.watch)
-                    if result.state is not State.WAITING or lost is None:
-                        continue
-                    service, why = lost
-                    result.state, result.elapsed = State.FAILED, clock() - start
-                    result.detail = why if len(check.watch) == 1 else f"{service}: {why}"
-                    result.service, result.log_services = service, ()
-                    changed = True
-
-            if changed:
-                emit()
-            states = [r.state for r in results.values()]
-            if all(s is State.PASSED for s in states):
-                break
-            if State.FAILED in states:
-                stopped_early = True
-                break
-            now = clock()
-            if now - start >= timeout:
-                break
-            sleep(max(0.0, min(poll - (now - round_start), timeout - (now - start))))
+        verdict = _poll(state, pool, emit, timeout, poll, wait_limit, sleep)
     finally:
         # Probes still in flight end by their own short timeouts; nobody waits for them.
         pool.shutdown(wait=False, cancel_futures=True)
-
-    leftover = [r for r in results.values() if r.state is State.WAITING]
-    for result in leftover:
-        result.state = State.NOT_WAITED if stopped_early else State.FAILED
-        if result.detail == WAITING_DETAIL:
-            result.detail = "no answer yet"  # its first probe was still in flight
-        if stopped_early:
-            result.detail = f"{result.detail} (not waited for: another check failed)"
-    if leftover:
+    if _settle(results, verdict is _Verdict.FAILED_FAST):
         emit()
     final = list(results.values())
     return GateResult(
@@ -484,8 +444,35 @@ def run_gate(
         passed=all(r.state is State.PASSED for r in final),
         checks=final,
         elapsed=clock() - start,
-        urls=urls(target, environ),
+        urls=net.urls(target, environ),
     )
+
+
+def _poll(
+    state: _Round,
+    pool: futures.Executor,
+    emit: Callable[[], None],
+    timeout: float,
+    poll: float,
+    wait_limit: float,
+    sleep: Callable[[float], None],
+) -> _Verdict:
+    """Rounds until every check passed, one failed fast, or `timeout` (GO_ON then)."""
+    clock, start = state.clock, state.start
+    while True:
+        round_start = clock()
+        futures.wait(state.submit(pool, round_start), timeout=wait_limit)
+        changed = state.collect()
+        changed = state.apply_containers() or changed
+        if changed:
+            emit()
+        verdict = _decide(state.results)
+        if verdict is not _Verdict.GO_ON:
+            return verdict
+        now = clock()
+        if now - start >= timeout:
+            return verdict
+        sleep(max(0.0, min(poll - (now - round_start), timeout - (now - start))))
 
 
 # ----------------------------------------------------------------------------- after a failure
@@ -501,7 +488,7 @@ def failing_services(result: GateResult) -> list[str]:
 
 
 def logs_command(
-    compose_cmd: Sequence[str], target: compose.Target, service: str, lines: int = 20
+    compose_cmd: Sequence[str], target: compose.Target, service: str, lines: int = FAILING_LOG_LINES
 ) -> list[str]:
     return compose.command(compose_cmd, target, "logs", "--no-color", "--tail", str(lines), service)
 
@@ -511,13 +498,15 @@ def failing_logs(
     compose_cmd: Sequence[str],
     environ: Mapping[str, str],
     services: Sequence[str],
-    lines: int = 20,
+    lines: int = FAILING_LOG_LINES,
 ) -> dict[str, str]:
     """The last `lines` log lines of each service (what the command said when that failed)."""
     env = compose.environment(target, environ)
     tails: dict[str, str] = {}
     for service in dict.fromkeys(services):
-        result = run(logs_command(compose_cmd, target, service, lines), env=env, timeout=30)
+        result = runner.run(
+            logs_command(compose_cmd, target, service, lines), env=env, timeout=ENGINE_QUERY_TIMEOUT
+        )
         text = result.stdout if result.ok else result.tail(lines)
         tails[service] = text.rstrip("\n") or "(no output)"
     return tails

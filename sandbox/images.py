@@ -14,14 +14,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox import runner
 from sandbox.compose import IMAGE_VARIABLES, IMAGES_ENV, image_settings
-from sandbox.errors import Exit, SandboxError
-from sandbox.runner import Result, display, run
+from sandbox.runner import display
+from sandbox.settings import CLI_TIMEOUT, REGISTRY_PROBE_TIMEOUT
 
 CONTEXT = "containers"
 BASE_SCRIPT = "scripts/build-debian-base.sh"
-OFFLINE_BASE = "ktrdr-sandbox/debian-base:bookworm"
-UPSTREAM_BASE = "debian:bookworm-slim"
+# The one place the Debian release is named: the base script gets it as KTRDR_DEBIAN_SUITE and
+# tags its image ktrdr-sandbox/debian-base:<suite>.
+DEBIAN_SUITE = "bookworm"
+OFFLINE_BASE = f"ktrdr-sandbox/debian-base:{DEBIAN_SUITE}"
+UPSTREAM_BASE = f"debian:{DEBIAN_SUITE}-slim"
 # The compose file's default, for plain `docker compose` with no ./.env.
 APP_IMAGE = "ktrdr-sandbox/reference-app:latest"
 
@@ -144,7 +148,8 @@ def plan(root: Path, offline: bool, environ: Mapping[str, str], buildkit: bool) 
     env = build_env(environ, buildkit)
     app = app_image(root)
     if offline:
-        steps = [Step(OFFLINE_BASE, ["bash", str(root / BASE_SCRIPT)], dict(environ))]
+        base_env = {**environ, "KTRDR_DEBIAN_SUITE": DEBIAN_SUITE}
+        steps = [Step(OFFLINE_BASE, ["bash", str(root / BASE_SCRIPT)], base_env)]
         steps += [Step(i.tag, docker_build(root, i, OFFLINE_BASE), env) for i in OFFLINE]
         return [*steps, Step(app.tag, docker_build(root, app, OFFLINE_BASE), env)]
     steps = [Step(tag, ["docker", "pull", tag], dict(environ)) for tag in UPSTREAM.values()]
@@ -152,19 +157,23 @@ def plan(root: Path, offline: bool, environ: Mapping[str, str], buildkit: bool) 
 
 
 def buildkit_available(environ: Mapping[str, str]) -> bool:
-    return run(["docker", "buildx", "version"], env=dict(environ), timeout=20).ok
+    return runner.run(["docker", "buildx", "version"], env=dict(environ), timeout=CLI_TIMEOUT).ok
 
 
 def registry_reachable(environ: Mapping[str, str]) -> bool:
     """Whether upstream images can be pulled: pull the small base the app builds on."""
-    return run(["docker", "pull", "-q", UPSTREAM_BASE], env=dict(environ), timeout=120).ok
+    return runner.run(
+        ["docker", "pull", "-q", UPSTREAM_BASE], env=dict(environ), timeout=REGISTRY_PROBE_TIMEOUT
+    ).ok
 
 
 def missing(environ: Mapping[str, str], tags: list[str]) -> list[str]:
     return [
         tag
         for tag in tags
-        if not run(["docker", "image", "inspect", tag], env=dict(environ), timeout=20).ok
+        if not runner.run(
+            ["docker", "image", "inspect", tag], env=dict(environ), timeout=CLI_TIMEOUT
+        ).ok
     ]
 
 
@@ -180,15 +189,14 @@ def build(
         if on_step:
             on_step(step)
         started = time.monotonic()
-        result: Result = run(step.cmd, env=step.env, cwd=root)
-        if not result.ok:
-            again = "inv images --offline" if offline else "inv images"
-            raise SandboxError(
-                f"building {step.what} failed ({display(step.cmd)}); "
-                f"the output above says why: fix it and re-run `{again}`",
-                Exit.COMMAND,
-                details=result.tail(20),
-            )
+        again = "inv images --offline" if offline else "inv images"
+        runner.run(
+            step.cmd,
+            env=step.env,
+            cwd=root,
+            check=f"building {step.what} failed ({display(step.cmd)}); "
+            f"the output above says why: fix it and re-run `{again}`",
+        )
         done.append(Built(step.what, time.monotonic() - started, display(step.cmd)))
     (root / IMAGES_ENV).write_text(render_env(offline, root))
     return done
@@ -203,11 +211,10 @@ def build_app(root: Path, environ: Mapping[str, str]) -> Built:
     app = LocalImage(app.variable, settings.get(app.variable, APP_IMAGE), app.directory, app.what)
     cmd = docker_build(root, app, base)
     started = time.monotonic()
-    result = run(cmd, env=build_env(environ, buildkit_available(environ)), cwd=root)
-    if not result.ok:
-        raise SandboxError(
-            f"building {app.tag} failed ({display(cmd)}); fix it and re-run `inv up --build`",
-            Exit.COMMAND,
-            details=result.tail(20),
-        )
+    runner.run(
+        cmd,
+        env=build_env(environ, buildkit_available(environ)),
+        cwd=root,
+        check=f"building {app.tag} failed ({display(cmd)}); fix it and re-run `inv up --build`",
+    )
     return Built(app.tag, time.monotonic() - started, display(cmd))

@@ -16,7 +16,7 @@ import errno
 import os
 import socket
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sandbox import compose, docker, envfiles, shared, slots
@@ -68,21 +68,6 @@ class TakenPort:
     port: int
     variable: str
     service: str
-
-
-# --- shared directory ---------------------------------------------------------------------
-
-
-def missing_shared(path: Path) -> list[Path]:
-    """The sub-directories `shared.ensure` would create."""
-    return [path / name for name in shared.SUBDIRS if not (path / name).is_dir()]
-
-
-def shared_path(target: compose.Target) -> Path:
-    """The shared directory as Compose will see it: a relative KTRDR_SHARED_DIR is relative
-    to the project directory (the checkout), not to wherever `inv` was started."""
-    path = target.shared_dir
-    return path if path.is_absolute() else target.root / path
 
 
 # --- env files ----------------------------------------------------------------------------
@@ -331,6 +316,95 @@ def read_listeners(ports: Collection[int], proc: Path = PROC) -> dict[int, Liste
 # --- the whole preflight ------------------------------------------------------------------
 
 
+@dataclass
+class Facts:
+    """What the steps learn as they run, for the steps after them and the result."""
+
+    target: compose.Target
+    environ: Mapping[str, str]
+    create_shared: bool
+    compose_cmd: list[str] = field(default_factory=list)
+    everything: list[Container] = field(default_factory=list)  # every container on the engine
+    own: list[Container] = field(default_factory=list)  # the slot's project's containers
+
+
+def engine_step(facts: Facts) -> Step:
+    version = docker.check_engine(facts.environ)
+    return Step("engine", f"Docker engine {version} reachable")
+
+
+def compose_step(facts: Facts) -> Step:
+    facts.compose_cmd = compose.find_compose(facts.environ)
+    return Step("compose", f"Compose v2: {display(facts.compose_cmd)}")
+
+
+def env_step(facts: Facts) -> Step:
+    problems = env_problems(facts.target)
+    if problems:
+        raise env_error(problems)
+    return Step("env", f"{_env_name(facts.target)} valid; no port shared between slots")
+
+
+def checkout_step(facts: Facts) -> Step:
+    target = facts.target
+    facts.everything = docker.containers(facts.environ)
+    facts.own = [c for c in facts.everything if c.project == target.project]
+    elsewhere = other_checkout(target.root, facts.own)
+    if elsewhere is not None:
+        raise other_checkout_error(target, elsewhere)
+    if facts.own:
+        return Step(
+            "checkout", f"{target.project} has {len(facts.own)} container(s) from this checkout"
+        )
+    return Step("checkout", f"{target.project} has no containers yet")
+
+
+def ports_step(facts: Facts) -> Step:
+    target, everything = facts.target, facts.everything
+    bind = compose.bind_address(target, facts.environ)
+    taken = classify_ports(target, everything, can_bind, bind_addr=bind)
+    if taken:
+        holder = port_holder(taken[0].port, everything, read_listeners({taken[0].port}))
+        raise port_error(taken, holder)
+    published = _published_tcp(facts.own) & {target.port(v) for v in slots.PORT_VARIABLES}
+    where = ", ".join(probe_addresses(bind))
+    if published:
+        return Step(
+            "ports",
+            f"{len(slots.PORTS) - len(published)} host ports free on {where}, "
+            f"{len(published)} published by {target.project}",
+        )
+    return Step("ports", f"{len(slots.PORTS)} host ports free on {where}")
+
+
+def shared_step(facts: Facts) -> Step:
+    """Last, so that a refused slot leaves nothing behind, not even this directory."""
+    shared_dir = facts.target.shared_dir
+    missing = shared.missing(shared_dir)
+    if missing and not facts.create_shared:
+        lacking = ", ".join(f"{p.name}/" for p in missing)
+        raise SandboxError(
+            f"the shared directory {shared_dir} lacks {lacking}: "
+            "run `inv init-shared` to create it",
+            Exit.SHARED_DIR,
+        )
+    created = shared.ensure(shared_dir)  # with nothing missing: creates nothing, checks access
+    if created:
+        return Step("shared", "created " + ", ".join(str(p) for p in created))
+    return Step("shared", f"{shared_dir} has {', '.join(f'{n}/' for n in shared.SUBDIRS)}")
+
+
+# In order; each raises SandboxError for what stops the slot, so the first failure ends it.
+STEPS: tuple[Callable[[Facts], Step], ...] = (
+    engine_step,
+    compose_step,
+    env_step,
+    checkout_step,
+    ports_step,
+    shared_step,
+)
+
+
 def run_preflight(
     target: compose.Target, environ: Mapping[str, str], *, create_shared: bool = True
 ) -> Preflight:
@@ -339,65 +413,6 @@ def run_preflight(
     `create_shared=False` refuses a missing shared directory instead of creating it. The
     directory is created only once every other check has passed.
     """
-    steps = []
-
-    version = docker.check_engine(environ)
-    steps.append(Step("engine", f"Docker engine {version} reachable"))
-
-    compose_cmd = compose.find_compose(environ)
-    steps.append(Step("compose", f"Compose v2: {display(compose_cmd)}"))
-
-    problems = env_problems(target)
-    if problems:
-        raise env_error(problems)
-    steps.append(Step("env", f"{_env_name(target)} valid; no port shared between slots"))
-
-    everything = docker.containers(environ)
-    own = [c for c in everything if c.project == target.project]
-    elsewhere = other_checkout(target.root, own)
-    if elsewhere is not None:
-        raise other_checkout_error(target, elsewhere)
-    steps.append(
-        Step(
-            "checkout",
-            f"{target.project} has {len(own)} container(s) from this checkout"
-            if own
-            else f"{target.project} has no containers yet",
-        )
-    )
-
-    bind = compose.bind_address(target, environ)
-    taken = classify_ports(target, everything, can_bind, bind_addr=bind)
-    if taken:
-        holder = port_holder(taken[0].port, everything, read_listeners({taken[0].port}))
-        raise port_error(taken, holder)
-    published = _published_tcp(own) & {target.port(v) for v in slots.PORT_VARIABLES}
-    detail = f"{len(slots.PORTS)} host ports free on {', '.join(probe_addresses(bind))}"
-    if published:
-        detail = (
-            f"{len(slots.PORTS) - len(published)} host ports free on "
-            f"{', '.join(probe_addresses(bind))}, {len(published)} published by {target.project}"
-        )
-    steps.append(Step("ports", detail))
-
-    # Last, so that a refused slot leaves nothing behind, not even this directory.
-    shared_dir = shared_path(target)
-    if create_shared:
-        created = shared.ensure(shared_dir)
-    else:
-        missing = missing_shared(shared_dir)
-        if missing:
-            lacking = ", ".join(f"{p.name}/" for p in missing)
-            raise SandboxError(
-                f"the shared directory {shared_dir} lacks {lacking}: "
-                "run `inv init-shared` to create it",
-                Exit.SHARED_DIR,
-            )
-        created = shared.ensure(shared_dir)  # creates nothing now; checks it can be read
-    if created:
-        detail = "created " + ", ".join(str(p) for p in created)
-    else:
-        detail = f"{shared_dir} has {', '.join(f'{n}/' for n in shared.SUBDIRS)}"
-    steps.append(Step("shared", detail))
-
-    return Preflight(compose_cmd, steps, own)
+    facts = Facts(target, environ, create_shared)
+    steps = [step(facts) for step in STEPS]
+    return Preflight(facts.compose_cmd, steps, facts.own)

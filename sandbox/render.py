@@ -1,13 +1,15 @@
 """Drawing only: turns the dataclasses of gate, status and verify into rich output.
 
-On a terminal: tables, colours and a live gate table. When stdout is not a terminal (CI, a
-pipe, a log file): plain lines, no boxes, no colours, no redrawing, one line per event, so the
-output greps and diffs well. Nothing here decides anything; it only shows what it is given.
+On a terminal (`RichRenderer`): tables, colours and a live gate table. When stdout is not a
+terminal (`PlainRenderer`: CI, a pipe, a log file): plain lines, no boxes, no colours, no
+redrawing, one line per event, so the output greps and diffs well. `Renderer.for_console`
+chooses one, once. Nothing here decides anything; it only shows what it is given.
 """
 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Protocol
@@ -31,7 +33,7 @@ class UpResultLike(Protocol):
     """What `inv up` hands back (sandbox.stack.UpResult), as far as drawing needs it."""
 
     @property
-    def gate(self) -> GateResult: ...
+    def gate(self) -> GateResult | None: ...
     @property
     def logs(self) -> Mapping[str, str]: ...
     @property
@@ -69,40 +71,105 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}s"
 
 
-class GateProgress:
-    """The `on_update` callback of `gate.run_gate`, drawing what it is handed.
+STATUS_HEADER = ("slot", "project", "state", "healthy", "API URL", "checkout")
 
-    The live table starts with the first update, so whatever prints before the gate (preflight)
-    is not drawn under an empty table, and `--no-wait` draws nothing.
-    """
+
+def _status_cells(rows: Sequence[SlotStatus]) -> list[tuple[str, ...]]:
+    return [
+        (
+            str(r.slot),
+            r.project,
+            r.state,
+            f"{r.healthy}/{r.total}",
+            r.api_url or "-",
+            r.checkout or "-",
+        )
+        for r in rows
+    ]
+
+
+def _verdict(report: VerifyReport) -> str:
+    failed = sum(not c.passed for c in report.checks)
+    if not failed:
+        return f"slot {report.slot}: all {len(report.checks)} checks passed"
+    return f"slot {report.slot}: {failed} of {len(report.checks)} checks failed"
+
+
+def _passed_headline(result: GateResult) -> str:
+    return (
+        f"slot {result.slot} is ready: all {len(result.checks)} checks passed "
+        f"in {result.elapsed:.1f}s"
+    )
+
+
+def _failed_headline(result: GateResult) -> str:
+    return (
+        f"slot {result.slot} is not ready after {result.elapsed:.1f}s: "
+        f"{len(result.failed)} of {len(result.checks)} checks failed"
+    )
+
+
+class GateProgress(ABC):
+    """The `on_update` callback of `gate.run_gate`, drawing what it is handed."""
 
     def __init__(self, renderer: Renderer, slot: int) -> None:
         self.renderer = renderer
         self.slot = slot
         self.checks: list[CheckResult] = []
+
+    @abstractmethod
+    def __call__(self, checks: list[CheckResult]) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """The gate is over (or never ran)."""
+
+
+class PlainGateProgress(GateProgress):
+    """One line when the gate starts, then one per decided check."""
+
+    def __init__(self, renderer: Renderer, slot: int) -> None:
+        super().__init__(renderer, slot)
+        self.shown: set[str] = set()  # checks whose outcome was printed
+
+    def __call__(self, checks: list[CheckResult]) -> None:
+        if not self.checks:
+            names = ", ".join(c.name for c in checks)
+            self.renderer.line(f"gate: slot {self.slot}: waiting for {names}")
+        self.checks = checks
+        for check in checks:
+            if check.state is State.WAITING or check.name in self.shown:
+                continue
+            self.shown.add(check.name)
+            self.renderer.line(self._outcome(check))
+
+    def close(self) -> None:
+        """Every outcome was printed as it came: nothing to finish."""
+
+    @staticmethod
+    def _outcome(check: CheckResult) -> str:
+        if check.state is State.PASSED:
+            return f"gate: {check.name} passed after {_seconds(check.elapsed)}"
+        if check.state is State.NOT_WAITED:
+            return f"gate: {check.name} not decided: {check.detail}"
+        return f"gate: {check.name} FAILED: {check.detail}"
+
+
+class RichGateProgress(GateProgress):
+    """A live table, redrawn as checks change.
+
+    The table starts with the first update, so whatever prints before the gate (preflight)
+    is not drawn under an empty table, and `--no-wait` draws nothing.
+    """
+
+    def __init__(self, renderer: Renderer, slot: int) -> None:
+        super().__init__(renderer, slot)
         self.live: Live | None = None
-        self.shown: set[str] = set()  # plain mode: checks whose outcome was printed
         self.started = time.monotonic()  # only for the "waiting 12s" title
         self.spinners: dict[str, Spinner] = {}
 
     def __call__(self, checks: list[CheckResult]) -> None:
-        first = not self.checks
         self.checks = checks
-        if self.renderer.plain:
-            if first:
-                names = ", ".join(c.name for c in checks)
-                self.renderer.line(f"gate: slot {self.slot}: waiting for {names}")
-            for check in checks:
-                if check.state is State.WAITING or check.name in self.shown:
-                    continue
-                self.shown.add(check.name)
-                if check.state is State.PASSED:
-                    self.renderer.line(f"gate: {check.name} passed after {_seconds(check.elapsed)}")
-                elif check.state is State.NOT_WAITED:
-                    self.renderer.line(f"gate: {check.name} not decided: {check.detail}")
-                else:
-                    self.renderer.line(f"gate: {check.name} FAILED: {check.detail}")
-            return
         if self.live is None:
             self.started = time.monotonic()
             self.live = Live(
@@ -121,30 +188,28 @@ class GateProgress:
             else f"slot {self.slot}: waiting for the stack ({waited:.0f}s)"
         )
         table = Table(title=title, box=box.SIMPLE, title_justify="left")
-        table.add_column("")
-        table.add_column("check")
-        table.add_column("what")
-        table.add_column("detail")
+        for column in ("", "check", "what", "detail"):
+            table.add_column(column)
         table.add_column("after", justify="right")
         for check in self.checks:
-            icon: RenderableType
-            if check.state is State.PASSED:
-                icon = Text(PASS, style="green")
-            elif check.state is State.FAILED:
-                icon = Text(FAIL, style="red")
-            elif check.state is State.NOT_WAITED:
-                icon = Text("-", style="dim")
-            else:
-                icon = self.spinners.setdefault(check.name, Spinner("dots", style="cyan"))
             style = "red" if check.state is State.FAILED else ""
             table.add_row(
-                icon,
+                self._icon(check),
                 Text(check.name, style="bold"),
                 Text(check.label, style="dim"),
                 Text(check.detail, style=style),
                 _seconds(check.elapsed),
             )
         return table
+
+    def _icon(self, check: CheckResult) -> RenderableType:
+        if check.state is State.PASSED:
+            return Text(PASS, style="green")
+        if check.state is State.FAILED:
+            return Text(FAIL, style="red")
+        if check.state is State.NOT_WAITED:
+            return Text("-", style="dim")
+        return self.spinners.setdefault(check.name, Spinner("dots", style="cyan"))
 
     def close(self) -> None:
         if self.live is not None:
@@ -153,17 +218,23 @@ class GateProgress:
             self.live = None
 
 
-class Renderer:
+class Renderer(ABC):
+    """What both kinds of output share; `for_console` picks the kind once."""
+
+    plain: bool
+    progress_class: type[GateProgress]
+
     def __init__(self, console: Console) -> None:
         self.console = console
 
+    @staticmethod
+    def for_console(console: Console) -> Renderer:
+        """Tables and colours on a terminal, plain lines anywhere else."""
+        return RichRenderer(console) if console.is_terminal else PlainRenderer(console)
+
     @classmethod
     def for_stdout(cls) -> Renderer:
-        return cls(Console())
-
-    @property
-    def plain(self) -> bool:
-        return not self.console.is_terminal
+        return Renderer.for_console(Console())
 
     # -- generic ------------------------------------------------------------------------
 
@@ -171,32 +242,30 @@ class Renderer:
         """One line of text, never read as markup."""
         self.console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
+    @abstractmethod
     def details(self, text: str) -> None:
         """A command's own output (e.g. the last lines of a failed build), shown verbatim."""
-        if self.plain:
-            for line in text.splitlines():
-                self.line(line)
-        else:
-            self.console.print(Text(text, style="dim"), soft_wrap=True)
 
-    def step(self, name: str, detail: str) -> None:
-        if self.plain:
-            self.line(f"{name}: {detail}")
-        else:
-            self.console.print(Text.assemble(("• ", "cyan"), (name, "bold"), " ", detail))
+    @abstractmethod
+    def step(self, name: str, detail: str) -> None: ...
+
+    @abstractmethod
+    def title(self, text: str) -> None: ...
 
     def steps(self, items: Sequence[tuple[str, str]], title: str | None = None) -> None:
         """A list of named steps, e.g. what preflight checked."""
-        if title and self.plain:
-            self.line(title)
-        elif title:
-            self.console.print(Text(title, style="bold"))
+        if title:
+            self.title(title)
         for name, detail in items:
             self.step(name, detail)
 
     def preflight(self, checked: PreflightLike) -> None:
         """What preflight checked, one step a line (`on_preflight` of `stack.up`)."""
         self.steps([(step.name, step.detail) for step in checked.steps])
+
+    def compose_up(self, cmd: Sequence[str]) -> None:
+        """`on_compose` of `stack.up`: `docker compose up -d` is about to run."""
+        self.step("compose", "docker compose up -d (waits for the database and backend health)")
 
     def images(self, built: Sequence[BuiltLike], offline: bool) -> None:
         """What `inv images` did, and which mode ./.env now records."""
@@ -209,7 +278,7 @@ class Renderer:
     @contextmanager
     def gate_progress(self, slot: int) -> Iterator[GateProgress]:
         """`with out.gate_progress(slot) as on_update: run_gate(..., on_update=on_update)`."""
-        progress = GateProgress(self, slot)
+        progress = self.progress_class(self, slot)
         try:
             yield progress
         finally:
@@ -218,64 +287,34 @@ class Renderer:
     def gate_summary(self, result: GateResult, logs: Mapping[str, str] | None = None) -> None:
         """After the gate: the URLs when it passed; failing checks and log tails when not."""
         if result.passed:
-            headline = (
-                f"slot {result.slot} is ready: all {len(result.checks)} checks passed "
-                f"in {result.elapsed:.1f}s"
-            )
-            if self.plain:
-                self.line(f"gate: {headline}")
-                width = max((len(label) for label in result.urls), default=0)
-                for label, url in result.urls.items():
-                    self.line(f"  {label.ljust(width)}  {url}")
-                return
-            self.console.print(Text.assemble((f"{PASS} ", "green bold"), (headline, "bold")))
-            table = Table(box=box.SIMPLE, show_header=True)
-            table.add_column("service")
-            table.add_column("URL")
-            for label, url in result.urls.items():
-                table.add_row(label, Text(url, style="cyan"))
-            self.console.print(table)
+            self.gate_passed(result)
             return
+        self.gate_failed(result)
+        for service, text in (logs or {}).items():
+            self.log_tail(service, text)
 
-        failed = result.failed
-        headline = (
-            f"slot {result.slot} is not ready after {result.elapsed:.1f}s: "
-            f"{len(failed)} of {len(result.checks)} checks failed"
-        )
-        if self.plain:
-            self.line(f"gate: {headline}")
-            for check in failed:
-                self.line(f"  {check.name}: {check.detail}")
-        else:
-            self.console.print(Text.assemble((f"{FAIL} ", "red bold"), (headline, "bold")))
-            table = Table(box=box.SIMPLE)
-            table.add_column("check")
-            table.add_column("detail", style="red")
-            table.add_column("logs of")
-            for check in failed:
-                services = ", ".join((check.service, *check.log_services))
-                table.add_row(check.name, check.detail, services)
-            self.console.print(table)
-        self.log_tails(logs or {})
+    @abstractmethod
+    def gate_passed(self, result: GateResult) -> None: ...
+
+    @abstractmethod
+    def gate_failed(self, result: GateResult) -> None: ...
+
+    @abstractmethod
+    def log_tail(self, service: str, text: str) -> None: ...
 
     def log_tails(self, logs: Mapping[str, str]) -> None:
         for service, text in logs.items():
-            if self.plain:
-                self.line(f"--- {service}: last log lines ---")
-                for line in text.splitlines():
-                    self.line(line)
-            else:
-                self.console.rule(Text(f"{service}: last log lines", style="bold"), align="left")
-                self.console.print(Text(text), soft_wrap=True)
+            self.log_tail(service, text)
 
     def up_result(self, result: UpResultLike) -> None:
         if result.started:
             self.step("compose", f"`docker compose up -d` took {result.compose_seconds:.1f}s")
         else:
             self.step("compose", "every service was running already; only the gate ran")
-        self.gate_summary(result.gate, result.logs)
+        if result.gate is not None:
+            self.gate_summary(result.gate, result.logs)
 
-    # -- status -------------------------------------------------------------------------
+    # -- status and verify --------------------------------------------------------------
 
     def status(self, rows: Sequence[SlotStatus], only_slot: int | None = None) -> None:
         if not rows:
@@ -285,27 +324,107 @@ class Renderer:
                 else f"slot {only_slot} has no containers"
             )
             return
-        header = ("slot", "project", "state", "healthy", "API URL", "checkout")
-        cells = [
-            (
-                str(r.slot),
-                r.project,
-                r.state,
-                f"{r.healthy}/{r.total}",
-                r.api_url or "-",
-                r.checkout or "-",
-            )
-            for r in rows
-        ]
-        if self.plain:
-            widths = [max(len(row[i]) for row in (header, *cells)) for i in range(len(header))]
-            for row in (header, *cells):
-                self.line("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-            return
+        self.status_table(rows)
+
+    @abstractmethod
+    def status_table(self, rows: Sequence[SlotStatus]) -> None: ...
+
+    @abstractmethod
+    def verify(self, reports: Sequence[VerifyReport]) -> None: ...
+
+
+class PlainRenderer(Renderer):
+    """Plain lines: no boxes, no colours, no redrawing."""
+
+    plain = True
+    progress_class = PlainGateProgress
+
+    def details(self, text: str) -> None:
+        for line in text.splitlines():
+            self.line(line)
+
+    def step(self, name: str, detail: str) -> None:
+        self.line(f"{name}: {detail}")
+
+    def title(self, text: str) -> None:
+        self.line(text)
+
+    def gate_passed(self, result: GateResult) -> None:
+        self.line(f"gate: {_passed_headline(result)}")
+        width = max((len(label) for label in result.urls), default=0)
+        for label, url in result.urls.items():
+            self.line(f"  {label.ljust(width)}  {url}")
+
+    def gate_failed(self, result: GateResult) -> None:
+        self.line(f"gate: {_failed_headline(result)}")
+        for check in result.failed:
+            self.line(f"  {check.name}: {check.detail}")
+
+    def log_tail(self, service: str, text: str) -> None:
+        self.line(f"--- {service}: last log lines ---")
+        for line in text.splitlines():
+            self.line(line)
+
+    def status_table(self, rows: Sequence[SlotStatus]) -> None:
+        table = [STATUS_HEADER, *_status_cells(rows)]
+        widths = [max(len(row[i]) for row in table) for i in range(len(STATUS_HEADER))]
+        for row in table:
+            self.line("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+    def verify(self, reports: Sequence[VerifyReport]) -> None:
+        for report in reports:
+            for check in report.checks:
+                verdict = "pass" if check.passed else "FAIL"
+                self.line(f"verify: slot {report.slot} {check.name}: {verdict}: {check.detail}")
+            self.line(_verdict(report))
+
+
+class RichRenderer(Renderer):
+    """Tables, colours and a live gate table, for a terminal."""
+
+    plain = False
+    progress_class = RichGateProgress
+
+    def details(self, text: str) -> None:
+        self.console.print(Text(text, style="dim"), soft_wrap=True)
+
+    def step(self, name: str, detail: str) -> None:
+        self.console.print(Text.assemble(("• ", "cyan"), (name, "bold"), " ", detail))
+
+    def title(self, text: str) -> None:
+        self.console.print(Text(text, style="bold"))
+
+    def gate_passed(self, result: GateResult) -> None:
+        headline = _passed_headline(result)
+        self.console.print(Text.assemble((f"{PASS} ", "green bold"), (headline, "bold")))
+        table = Table(box=box.SIMPLE, show_header=True)
+        table.add_column("service")
+        table.add_column("URL")
+        for label, url in result.urls.items():
+            table.add_row(label, Text(url, style="cyan"))
+        self.console.print(table)
+
+    def gate_failed(self, result: GateResult) -> None:
+        headline = _failed_headline(result)
+        self.console.print(Text.assemble((f"{FAIL} ", "red bold"), (headline, "bold")))
+        table = Table(box=box.SIMPLE)
+        table.add_column("check")
+        table.add_column("detail", style="red")
+        table.add_column("logs of")
+        for check in result.failed:
+            services = ", ".join((check.service, *check.log_services))
+            table.add_row(check.name, check.detail, services)
+        self.console.print(table)
+
+    def log_tail(self, service: str, text: str) -> None:
+        self.console.rule(Text(f"{service}: last log lines", style="bold"), align="left")
+        self.console.print(Text(text), soft_wrap=True)
+
+    def status_table(self, rows: Sequence[SlotStatus]) -> None:
         table = Table(box=box.SIMPLE_HEAD)
-        for name in header:
+        for name in STATUS_HEADER:
             table.add_column(name, justify="right" if name in ("slot", "healthy") else "left")
-        for row, status in zip(cells, rows, strict=True):
+        for row, status in zip(_status_cells(rows), rows, strict=True):
             table.add_row(
                 row[0],
                 row[1],
@@ -316,21 +435,11 @@ class Renderer:
             )
         self.console.print(table)
 
-    # -- verify -------------------------------------------------------------------------
-
     def verify(self, reports: Sequence[VerifyReport]) -> None:
-        if self.plain:
-            for report in reports:
-                for check in report.checks:
-                    verdict = "pass" if check.passed else "FAIL"
-                    self.line(f"verify: slot {report.slot} {check.name}: {verdict}: {check.detail}")
-                self.line(self._verdict(report))
-            return
         table = Table(box=box.SIMPLE_HEAD)
         table.add_column("slot", justify="right")
-        table.add_column("check")
-        table.add_column("")
-        table.add_column("detail")
+        for column in ("check", "", "detail"):
+            table.add_column(column)
         for report in reports:
             for check in report.checks:
                 table.add_row(
@@ -343,11 +452,4 @@ class Renderer:
         self.console.print(table)
         for report in reports:
             style = "green" if report.passed else "red bold"
-            self.console.print(Text(self._verdict(report), style=style))
-
-    @staticmethod
-    def _verdict(report: VerifyReport) -> str:
-        failed = sum(not c.passed for c in report.checks)
-        if not failed:
-            return f"slot {report.slot}: all {len(report.checks)} checks passed"
-        return f"slot {report.slot}: {failed} of {len(report.checks)} checks failed"
+            self.console.print(Text(_verdict(report), style=style))

@@ -1,7 +1,11 @@
 """The one door to the outside: every subprocess the host side starts goes through `run`.
 
 Commands are argument lists, never shell strings; each call gets an explicit environment.
-Checking the result is the caller's step: `run` never raises for a non-zero exit.
+`run` never raises for a non-zero exit unless asked: `run(..., check="what failed")` (or
+`check_result(result, message)` on a result in hand) is the one place a failed command becomes a
+`SandboxError` carrying the command's last lines. `run` starts every process through
+`execute`, and modules call `runner.run`, never an imported copy: tests patch `runner.execute`
+alone, and the checking still runs as it does for real.
 """
 
 from __future__ import annotations
@@ -14,7 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox.errors import Exit, SandboxError
+
 log = logging.getLogger("sandbox.run")
+
+# How many lines of a failed command's output a SandboxError carries for the user to read.
+DETAIL_LINES = 20
 
 Command = Sequence[str | Path]
 
@@ -51,13 +60,39 @@ def run(
     cwd: Path | None = None,
     timeout: float | None = None,
     input_text: str | None = None,
+    check: str | None = None,
+    code: Exit = Exit.COMMAND,
 ) -> Result:
     """Run `cmd` and return its result.
 
     `env` replaces the inherited environment when given (pass `os.environ` explicitly to keep
     it). With `capture=False` the command shares this terminal (logs --follow, psql).
-    A missing program or a timeout comes back as a failed `Result`, not an exception.
+    A missing program or a timeout comes back as a failed `Result`, not an exception, unless
+    `check` is given: then a failure raises `SandboxError(check, code)` (see `check_result`).
     """
+    result = execute(cmd, env=env, capture=capture, cwd=cwd, timeout=timeout, input_text=input_text)
+    if check is not None:
+        check_result(result, check, code)
+    return result
+
+
+def check_result(result: Result, message: str, code: Exit = Exit.COMMAND) -> Result:
+    """`result` when it succeeded; else SandboxError(message, code) with its last lines."""
+    if not result.ok:
+        raise SandboxError(message, code, details=result.tail(DETAIL_LINES))
+    return result
+
+
+def execute(
+    cmd: Command,
+    *,
+    env: Mapping[str, str] | None = None,
+    capture: bool = True,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+    input_text: str | None = None,
+) -> Result:
+    """The process itself, unchecked (see `run` for the arguments). Tests replace this."""
     args = tuple(str(part) for part in cmd)
     log.debug("run: %s", display(args))
     try:

@@ -15,6 +15,11 @@ from sandbox.errors import Exit, SandboxError
 SUBDIRS = ("data", "models", "strategies")
 
 
+def missing(path: Path) -> list[Path]:
+    """The sub-directories of `path` that `ensure` would create."""
+    return [path / name for name in SUBDIRS if not (path / name).is_dir()]
+
+
 def ensure(path: Path) -> list[Path]:
     """Make sure `path` has data/, models/ and strategies/; return the directories created.
 

@@ -7,6 +7,7 @@ port table in the docs, preflight, verify) is derived from `PORTS`.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -109,6 +110,30 @@ def parse_slot(value: object) -> int:
     if slot not in SLOTS:
         raise SandboxError(f"slot {slot} is outside 0-10: pick a slot from 0 to 10", Exit.USAGE)
     return slot
+
+
+def parse_seconds(value: str, flag: str = "--timeout") -> float:
+    """A positive, finite number of seconds from user input (a flag or an env file)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise SandboxError(
+            f"{flag.lstrip('-')} must be a positive number of seconds, not {value!r} "
+            f"(e.g. {flag}=240)",
+            Exit.USAGE,
+        )
+    return seconds
+
+
+def parse_count(value: str, flag: str) -> int:
+    """A whole number of lines (0 or more) from user input, e.g. `--tail`."""
+    if not re.fullmatch(r"[0-9]+", value):
+        raise SandboxError(
+            f"{flag} takes a number of lines, not {value!r} (e.g. {flag}=50)", Exit.USAGE
+        )
+    return int(value)
 
 
 def parse_service(value: str) -> str:

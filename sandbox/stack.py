@@ -9,25 +9,31 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sandbox import compose, docker, gate, preflight, slots
+from sandbox import compose, docker, gate, preflight, runner, slots
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
-from sandbox.runner import display, run
+from sandbox.runner import display
+from sandbox.settings import GATE_TIMEOUT, LOCK_WAIT
 
-# Long enough for a first start on a slow laptop (db init, image layers), short enough to end.
-DEFAULT_TIMEOUT = 180.0
-# How long a second `inv up`/`down` of the same slot waits for the first before refusing.
-LOCK_WAIT = 300.0
+DEFAULT_TIMEOUT = GATE_TIMEOUT  # kept under this name: callers and tests use it
 
 
 @dataclass
 class UpResult:
     preflight: preflight.Preflight
     started: bool  # False when the stack was already running and only the gate ran
-    gate: gate.GateResult
+    gate: gate.GateResult | None  # None with `wait=False`: the gate did not run
     logs: dict[str, str] = field(default_factory=dict)  # failing service -> last log lines
     compose_seconds: float = 0.0
+
+
+def gate_timeout(cli: str | None, target: Target, environ: Mapping[str, str]) -> float:
+    """The gate's timeout: `--timeout`, else KTRDR_GATE_TIMEOUT from the env file, else from
+    the calling shell, else `DEFAULT_TIMEOUT`."""
+    settings = {**environ, **target.values}
+    raw = compose.resolve("KTRDR_GATE_TIMEOUT", cli, settings, str(DEFAULT_TIMEOUT))
+    return slots.parse_seconds(raw, "--timeout")
 
 
 def up_command(compose_cmd: Sequence[str], target: Target) -> list[str]:
@@ -79,13 +85,13 @@ def up(
     on_busy: Callable[[str], None] | None = None,
     on_compose: Callable[[list[str]], None] | None = None,
     build: Callable[[], object] | None = None,
-) -> UpResult | preflight.Preflight:
+) -> UpResult:
     """Start `target` and wait until it is really ready.
 
     `build`, when given, rebuilds images once preflight has passed. A stack whose services
-    all run already only gets the gate, unless `recreate` (after such a rebuild). Returns
-    the preflight alone with `wait=False`. Raises SandboxError for a refused preflight or a
-    failed `compose up`; a failed gate is a result (`.gate.passed`).
+    all run already only gets the gate, unless `recreate` (after such a rebuild). With
+    `wait=False` the gate does not run (`.gate` is None). Raises SandboxError for a refused
+    preflight or a failed `compose up`; a failed gate is a result (`.gate.passed`).
     """
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
         checked = preflight.run_preflight(target, environ)
@@ -93,34 +99,48 @@ def up(
             on_preflight(checked)
         if build is not None:
             build()  # after preflight and under the lock: a refused slot rebuilds nothing
-        env = compose.environment(target, environ)
         already = all_running(checked.running) and not recreate
-        compose_seconds = 0.0
-        if not already:
-            cmd = up_command(checked.compose, target)
-            if on_compose:
-                on_compose(cmd)
-            started = time.monotonic()
-            result = run(cmd, env=env, cwd=target.root)
-            compose_seconds = time.monotonic() - started
-            if not result.ok:
-                raise SandboxError(
-                    f"`docker compose up` failed for slot {target.slot}; the output above says "
-                    f"why (`inv logs --slot={target.slot}` for more): {display(cmd)}",
-                    Exit.COMMAND,
-                    details=result.tail(20),
-                )
-        if not wait:
-            return checked
-        outcome = gate.run_gate(
-            target, checked.compose, environ, timeout=timeout, on_update=on_gate
-        )
-        logs = {}
-        if not outcome.passed:
-            logs = gate.failing_logs(
-                target, checked.compose, environ, gate.failing_services(outcome)
-            )
-        return UpResult(checked, not already, outcome, logs, compose_seconds)
+        compose_seconds = 0.0 if already else _compose_up(target, checked, environ, on_compose)
+        result = UpResult(checked, not already, None, compose_seconds=compose_seconds)
+        if wait:
+            result.gate, result.logs = _gate(target, checked, environ, timeout, on_gate)
+        return result
+
+
+def _compose_up(
+    target: Target,
+    checked: preflight.Preflight,
+    environ: Mapping[str, str],
+    on_compose: Callable[[list[str]], None] | None,
+) -> float:
+    """`docker compose up -d`; how long it took. SandboxError with its output when it fails."""
+    cmd = up_command(checked.compose, target)
+    if on_compose:
+        on_compose(cmd)
+    started = time.monotonic()
+    runner.run(
+        cmd,
+        env=compose.environment(target, environ),
+        cwd=target.root,
+        check=f"`docker compose up` failed for slot {target.slot}; the output above says "
+        f"why (`inv logs --slot={target.slot}` for more): {display(cmd)}",
+    )
+    return time.monotonic() - started
+
+
+def _gate(
+    target: Target,
+    checked: preflight.Preflight,
+    environ: Mapping[str, str],
+    timeout: float,
+    on_gate: Callable[[list[gate.CheckResult]], None] | None,
+) -> tuple[gate.GateResult, dict[str, str]]:
+    """The gate's result, and the failing services' last log lines when it did not pass."""
+    outcome = gate.run_gate(target, checked.compose, environ, timeout=timeout, on_update=on_gate)
+    if outcome.passed:
+        return outcome, {}
+    services = gate.failing_services(outcome)
+    return outcome, gate.failing_logs(target, checked.compose, environ, services)
 
 
 def down(
@@ -148,11 +168,10 @@ def down(
                 Exit.OTHER_CHECKOUT,
             )
         cmd = down_command(compose_cmd, target, volumes)
-        result = run(cmd, env=compose.environment(target, environ), cwd=target.root)
-        if not result.ok:
-            raise SandboxError(
-                f"`docker compose down` failed for slot {target.slot}: {display(cmd)}",
-                Exit.COMMAND,
-                details=result.tail(20),
-            )
+        runner.run(
+            cmd,
+            env=compose.environment(target, environ),
+            cwd=target.root,
+            check=f"`docker compose down` failed for slot {target.slot}: {display(cmd)}",
+        )
     return cmd

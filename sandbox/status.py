@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sandbox import docker, slots
+from sandbox import docker, net, slots
 
 BACKEND_PORT = 8000  # the backend's port inside its container (KTRDR's contract)
 SEVERAL = "several"
@@ -42,12 +42,7 @@ def _api_url(containers: Sequence[docker.Container]) -> str | None:
         return None
     # Prefer an IPv4 binding: Docker lists a wildcard bind twice, 0.0.0.0 and [::].
     port = sorted(ports, key=lambda p: ":" in p.host_ip)[0]
-    addr = port.host_ip
-    if addr in ("", "0.0.0.0", "::"):
-        addr = "127.0.0.1"
-    elif ":" in addr:
-        addr = f"[{addr}]"
-    return f"http://{addr}:{port.host_port}/api/v1"
+    return f"http://{net.url_host(port.host_ip)}:{port.host_port}/api/v1"
 
 
 def _checkout(containers: Sequence[docker.Container]) -> str:

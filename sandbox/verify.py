@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sandbox import compose, docker, gate, slots
-from sandbox.runner import Result, run
+from sandbox import compose, docker, gate, net, runner, shared, slots
+from sandbox.runner import Result
+from sandbox.settings import ENGINE_QUERY_TIMEOUT, VERIFY_EXEC_TIMEOUT, VERIFY_HTTP_TIMEOUT
 
-HTTP_TIMEOUT = 3.0
-EXEC_TIMEOUT = 20.0
-SHARED_SUBDIRS = ("data", "models", "strategies")
-SHARED_MOUNTS = tuple(f"/app/{sub}" for sub in SHARED_SUBDIRS)
+SHARED_MOUNTS = tuple(f"/app/{sub}" for sub in shared.SUBDIRS)
 DB_VOLUME = "db-data"  # the compose file's volume; Compose names it <project>_db-data
 SHARED_SERVICES: tuple[str, ...] = ("backend", *(w.service for w in slots.WORKERS))
 
@@ -228,7 +226,9 @@ def inspect_mounts(ids: Sequence[str], environ: Mapping[str, str]) -> dict[str, 
     if not ids:
         return {}
     # A container removed since `docker ps` makes inspect exit 1; the others are still printed.
-    return parse_mounts(run(inspect_mounts_command(ids), env=environ, timeout=30).stdout)
+    return parse_mounts(
+        runner.run(inspect_mounts_command(ids), env=environ, timeout=ENGINE_QUERY_TIMEOUT).stdout
+    )
 
 
 def shared_dir(
@@ -239,15 +239,14 @@ def shared_dir(
 ) -> VerifyCheck:
     """Write a probe file into data/, models/ and strategies/ on the host, look for all three
     in every service, always delete them."""
-    missing = [sub for sub in SHARED_SUBDIRS if not (target.shared_dir / sub).is_dir()]
+    missing = shared.missing(target.shared_dir)
     if missing:
+        lacking = ", ".join(p.name for p in missing)
         return VerifyCheck(
-            "shared-dir",
-            False,
-            f"{target.shared_dir} lacks {', '.join(missing)}/: run `inv init-shared`",
+            "shared-dir", False, f"{target.shared_dir} lacks {lacking}/: run `inv init-shared`"
         )
     name = probe_name(target.slot)
-    paths = [target.shared_dir / sub / name for sub in SHARED_SUBDIRS]
+    paths = [target.shared_dir / sub / name for sub in shared.SUBDIRS]
     running = {c.service for c in containers if c.project == target.project and c.running}
     env = compose.environment(target, environ)
 
@@ -255,7 +254,7 @@ def shared_dir(
         if service not in running:
             return "not running"
         cmd = probe_command(compose_cmd, target, service, name)
-        return exec_seen(run(cmd, env=env, timeout=EXEC_TIMEOUT))
+        return exec_seen(runner.run(cmd, env=env, timeout=VERIFY_EXEC_TIMEOUT))
 
     try:
         for path in paths:
@@ -267,7 +266,7 @@ def shared_dir(
     finally:
         for path in paths:
             path.unlink(missing_ok=True)
-    return check_shared_dir(f"/app/{{{','.join(SHARED_SUBDIRS)}}}/{name}", seen)
+    return check_shared_dir(f"/app/{{{','.join(shared.SUBDIRS)}}}/{name}", seen)
 
 
 def verify(
@@ -275,7 +274,7 @@ def verify(
     compose_cmd: Sequence[str],
     environ: Mapping[str, str],
     *,
-    http_get: Callable[[str, float], tuple[int | None, str]] = gate.http_get,
+    http_get: net.HttpGet = net.http_get,
 ) -> list[VerifyReport]:
     """Each target's checks; one `docker ps` and one `docker inspect` serve every slot."""
     containers = docker.containers(environ)
@@ -283,9 +282,9 @@ def verify(
     mounts = inspect_mounts(db_ids, environ)
     reports = []
     for target in targets:
-        api = f"http://{gate.host(target, environ)}:{target.port('KTRDR_API_PORT')}/api/v1"
+        api = net.api_url(target, environ)
         checks = [
-            check_health(*http_get(f"{api}/health", HTTP_TIMEOUT)),
+            check_health(*http_get(f"{api}/health", VERIFY_HTTP_TIMEOUT)),
             check_own_database(target.slot, containers, mounts),
             check_ports(target, containers),
             shared_dir(target, compose_cmd, environ, containers),

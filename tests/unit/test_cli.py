@@ -73,17 +73,16 @@ def test_env_export_lines() -> None:
 
 def test_gate_timeout_precedence(tmp_path: Path) -> None:
     """--timeout beats the env file, which beats the shell, which beats the default."""
-    import tasks
-    from sandbox import compose, envfiles
+    from sandbox import compose, envfiles, stack
 
     envfiles.write_all(tmp_path)
     target = compose.load_target(tmp_path, 1)
     with_file = compose.Target(1, tmp_path, {**target.values, "KTRDR_GATE_TIMEOUT": "60"})
     shell = {"KTRDR_GATE_TIMEOUT": "90"}
-    assert tasks._seconds("30", with_file, shell) == 30.0
-    assert tasks._seconds(None, with_file, shell) == 60.0
-    assert tasks._seconds(None, target, shell) == 90.0
-    assert tasks._seconds(None, target, {}) == 180.0
+    assert stack.gate_timeout("30", with_file, shell) == 30.0
+    assert stack.gate_timeout(None, with_file, shell) == 60.0
+    assert stack.gate_timeout(None, target, shell) == 90.0
+    assert stack.gate_timeout(None, target, {}) == 180.0
 
 
 def test_env_check_passes_on_the_committed_files() -> None:

@@ -123,6 +123,9 @@ def test_offline_selection_never_uses_upstream_names(tmp_path: Path) -> None:
 def test_offline_plan_builds_everything_locally(tmp_path: Path) -> None:
     steps = images.plan(tmp_path, offline=True, environ={}, buildkit=False)
     assert steps[0].cmd == ["bash", str(tmp_path / "scripts/build-debian-base.sh")]
+    # The script tags ktrdr-sandbox/debian-base:<suite>: the suite it gets is the one named here.
+    assert steps[0].env["KTRDR_DEBIAN_SUITE"] == images.DEBIAN_SUITE
+    assert f"ktrdr-sandbox/debian-base:{images.DEBIAN_SUITE}" == images.OFFLINE_BASE
     assert not any(step.cmd[:2] == ["docker", "pull"] for step in steps)
     builds = [step for step in steps if step.cmd[:2] == ["docker", "build"]]
     assert [step.what for step in builds] == [

@@ -7,10 +7,11 @@ import threading
 import urllib.error
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sandbox import compose, docker, envfiles, gate, slots
+from sandbox import compose, docker, envfiles, gate, net, runner, slots
 from sandbox.gate import CheckResult, State
 from sandbox.runner import Result
 
@@ -404,16 +405,22 @@ def test_wildcard_bind_address_is_probed_on_loopback(tmp_path: Path) -> None:
     envfiles.write_all(tmp_path)
     base = compose.load_target(tmp_path, 1)
     wild = compose.Target(1, tmp_path, {**base.values, "KTRDR_BIND_ADDR": "0.0.0.0"})
-    assert gate.host(wild) == "127.0.0.1"
+    assert net.host(wild) == "127.0.0.1"
     v6 = compose.Target(1, tmp_path, {**base.values, "KTRDR_BIND_ADDR": "::1"})
-    assert gate.urls(v6)["Grafana"] == "http://[::1]:3001"
+    assert net.urls(v6)["Grafana"] == "http://[::1]:3001"
     # The exported machine-wide value counts when the env file does not set one.
-    assert gate.host(base, {"KTRDR_BIND_ADDR": "10.0.0.5"}) == "10.0.0.5"
-    assert gate.host(base) == "127.0.0.1"
+    assert net.host(base, {"KTRDR_BIND_ADDR": "10.0.0.5"}) == "10.0.0.5"
+    assert net.host(base) == "127.0.0.1"
+
+
+def test_url_host_reaches_wildcards_on_loopback_and_brackets_ipv6() -> None:
+    assert [net.url_host(a) for a in ("", "0.0.0.0", "::", "[::]")] == ["127.0.0.1"] * 4
+    assert net.url_host("::1") == "[::1]"
+    assert net.url_host("127.0.0.2") == "127.0.0.2"
 
 
 def test_urls(target: compose.Target) -> None:
-    assert gate.urls(target) == {
+    assert net.urls(target) == {
         "Backend API": "http://127.0.0.1:8001/api/v1",
         "Jaeger UI": "http://127.0.0.1:16687",
         "Prometheus": "http://127.0.0.1:9091",
@@ -431,13 +438,13 @@ def test_failing_logs_runs_compose_logs_per_service(
 ) -> None:
     seen: list[tuple[list[str], dict[str, str]]] = []
 
-    def fake_run(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float) -> Result:
+    def fake_run(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float, **_: Any) -> Result:
         seen.append((list(cmd), dict(env)))
         if cmd[-1] == "grafana":
             return Result(tuple(cmd), 1, "", "no such service\n")
         return Result(tuple(cmd), 0, "db-1  | FATAL: bad\n")
 
-    monkeypatch.setattr(gate, "run", fake_run)
+    monkeypatch.setattr(runner, "execute", fake_run)
     logs = gate.failing_logs(target, ["docker", "compose"], {}, ["db", "grafana", "db"])
     assert logs == {"db": "db-1  | FATAL: bad", "grafana": "no such service"}
     assert seen[0][0] == compose.command(
@@ -459,7 +466,7 @@ def test_failing_logs_runs_compose_logs_per_service(
     ],
 )
 def test_describe_error(exc: BaseException, text: str) -> None:
-    assert gate.describe_error(exc) == text
+    assert net.describe_error(exc) == text
 
 
 def test_http_outcome() -> None:

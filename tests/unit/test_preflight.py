@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import compose, docker, envfiles, preflight
+from sandbox import compose, docker, envfiles, preflight, runner
 from sandbox import shared as shared_mod
 from sandbox.docker import Container, PublishedPort
 from sandbox.errors import Exit, SandboxError
@@ -112,9 +112,9 @@ def test_ensure_shared_dir_that_cannot_be_created(tmp_path: Path) -> None:
 
 def test_relative_shared_dir_is_relative_to_the_checkout(root: Path) -> None:
     target = compose.Target(1, root, {"KTRDR_SHARED_DIR": "shared"})
-    assert preflight.shared_path(target) == root / "shared"
+    assert target.shared_dir == root / "shared"
     slot0 = compose.load_target(root, 0)
-    assert preflight.shared_path(slot0) == root
+    assert slot0.shared_dir == root
 
 
 # --- env files ----------------------------------------------------------------------------
@@ -465,8 +465,7 @@ class FakeEngine:
 @pytest.fixture
 def engine(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
     fake = FakeEngine()
-    monkeypatch.setattr(docker, "run", fake)
-    monkeypatch.setattr(compose, "run", fake)
+    monkeypatch.setattr(runner, "execute", fake)
     monkeypatch.setattr(preflight, "can_bind", lambda host, port: True)
     monkeypatch.setattr(preflight, "read_listeners", lambda ports: {})
     return fake

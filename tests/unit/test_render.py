@@ -15,12 +15,12 @@ from sandbox.verify import VerifyCheck, VerifyReport
 
 def plain() -> tuple[Renderer, StringIO]:
     buffer = StringIO()
-    return Renderer(Console(file=buffer, force_terminal=False, width=60)), buffer
+    return Renderer.for_console(Console(file=buffer, force_terminal=False, width=60)), buffer
 
 
 def terminal() -> tuple[Renderer, StringIO]:
     buffer = StringIO()
-    return Renderer(Console(file=buffer, force_terminal=True, width=140)), buffer
+    return Renderer.for_console(Console(file=buffer, force_terminal=True, width=140)), buffer
 
 
 def waiting(name: str, service: str = "") -> CheckResult:

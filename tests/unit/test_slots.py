@@ -85,3 +85,19 @@ def test_services_are_the_nine() -> None:
             "training-worker-2",
         ]
     )
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon", ""])
+def test_parse_seconds_refuses_what_is_not_a_positive_number(value: str) -> None:
+    with pytest.raises(SandboxError) as caught:
+        slots.parse_seconds(value, "--timeout")
+    assert caught.value.code is Exit.USAGE
+    assert str(caught.value).startswith("timeout must be a positive number of seconds")
+
+
+def test_parse_seconds_and_count_accept_numbers() -> None:
+    assert slots.parse_seconds("2.5") == 2.5
+    assert slots.parse_count("0", "--tail") == 0
+    assert slots.parse_count("50", "--tail") == 50
+    with pytest.raises(SandboxError, match="--tail takes a number of lines"):
+        slots.parse_count("\u00b2", "--tail")

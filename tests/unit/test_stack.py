@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import compose, envfiles, gate, preflight, slots, stack
+from sandbox import compose, envfiles, gate, preflight, runner, slots, stack
 from sandbox.docker import Container
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
@@ -37,7 +37,7 @@ class Fakes:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, running: list[Container]) -> None:
         self.commands: list[list[str]] = []
         self.running = running
-        monkeypatch.setattr(stack, "run", self.run)
+        monkeypatch.setattr(runner, "execute", self.run)
         monkeypatch.setattr(preflight, "run_preflight", self.preflight)
         monkeypatch.setattr(gate, "run_gate", self.gate)
         monkeypatch.setattr(stack.docker, "check_engine", lambda environ=None: "20.10")
@@ -93,7 +93,7 @@ def test_a_failed_compose_up_is_one_error_with_details(
 ) -> None:
     Fakes(monkeypatch, [])
     monkeypatch.setattr(
-        stack, "run", lambda cmd, **kw: Result(tuple(cmd), 1, "", "pull access denied")
+        runner, "execute", lambda cmd, **kw: Result(tuple(cmd), 1, "", "pull access denied")
     )
     with pytest.raises(SandboxError) as caught:
         stack.up(target, {})

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import compose, docker, envfiles, slots, verify
+from sandbox import compose, docker, envfiles, runner, slots, verify
 from sandbox.docker import PublishedPort
 from sandbox.runner import Result
 from sandbox.verify import Mount
@@ -233,7 +233,7 @@ def test_shared_dir_probe_is_seen_and_always_removed(
     containers = replace(stack(1), "training-worker-2", state="exited")
     commands: list[list[str]] = []
 
-    def fake_run(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float) -> Result:
+    def fake_run(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float, **_: Any) -> Result:
         commands.append(list(cmd))
         assert env["COMPOSE_PROJECT_NAME"] == "ktrdr-sandbox-1"
         wanted = [arg.removeprefix("/app/") for arg in cmd if arg.startswith("/app/")]
@@ -241,7 +241,7 @@ def test_shared_dir_probe_is_seen_and_always_removed(
         present = all((shared / rel).is_file() for rel in wanted)  # probes exist while we look
         return Result(tuple(cmd), 0 if present else 1)
 
-    monkeypatch.setattr(verify, "run", fake_run)
+    monkeypatch.setattr(runner, "execute", fake_run)
     check = verify.shared_dir(target, ["docker", "compose"], {}, containers)
     assert not check.passed
     assert check.detail.endswith("not visible in training-worker-2: not running")
@@ -257,10 +257,10 @@ def test_shared_dir_probe_is_seen_and_always_removed(
     for sub in ("data", "models", "strategies"):
         assert list((shared / sub).iterdir()) == []
 
-    def broken(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float) -> Result:
+    def broken(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float, **_: Any) -> Result:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(verify, "run", broken)
+    monkeypatch.setattr(runner, "execute", broken)
     with pytest.raises(KeyboardInterrupt):
         verify.shared_dir(target, ["docker", "compose"], {}, stack(1))
     for sub in ("data", "models", "strategies"):
@@ -287,7 +287,7 @@ def test_verify_uses_one_ps_and_one_inspect(
         ps_calls.append(environ)
         return containers
 
-    def fake_run(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float) -> Result:
+    def fake_run(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float, **_: Any) -> Result:
         if cmd[:2] == ["docker", "inspect"]:
             inspects.append(list(cmd))
             lines = [
@@ -305,7 +305,7 @@ def test_verify_uses_one_ps_and_one_inspect(
         return 200, "{}"
 
     monkeypatch.setattr(docker, "containers", fake_containers)
-    monkeypatch.setattr(verify, "run", fake_run)
+    monkeypatch.setattr(runner, "execute", fake_run)
     targets = [target_for(root, s, KTRDR_SHARED_DIR=str(shared)) for s in (1, 2)]
     reports = verify.verify(targets, ["docker", "compose"], {}, http_get=fake_get)
     assert [r.slot for r in reports] == [1, 2]

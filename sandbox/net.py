@@ -1,0 +1,97 @@
+"""HTTP and addresses on the host side: where a slot's published ports are reached, and one
+small HTTP client for the probes of the gate and `inv verify`.
+
+Only loopback (or the slot's own bind address) is ever asked; nothing here goes through a proxy.
+"""
+
+from __future__ import annotations
+
+import http.client
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+
+from sandbox import compose, slots
+
+MAX_BODY = 64 * 1024
+LOOPBACK = "127.0.0.1"
+# A port published on a wildcard is reached on loopback. Docker lists such a bind as
+# "0.0.0.0" and "::"; Compose takes "[::]" too; an empty host ip means all addresses.
+WILDCARD_ADDRS = ("0.0.0.0", "::", "[::]", "")
+
+# `http_get(url, timeout)` -> (status, body) for any HTTP answer, (None, why) for none.
+HttpGet = Callable[[str, float], tuple[int | None, str]]
+
+# No proxies: urllib honours http_proxy, which would send 127.0.0.1 probes to a corporate proxy.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, stable phrase for why an HTTP request got no answer."""
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
+        return describe_error(exc.reason)
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, http.client.RemoteDisconnected):
+        # Docker's port proxy accepts while nothing listens inside the container yet.
+        return "connection closed without a response"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    return str(exc) or type(exc).__name__
+
+
+def http_get(url: str, timeout: float) -> tuple[int | None, str]:
+    """GET `url`: (status, body) for any HTTP answer, (None, reason) for none."""
+    try:
+        with _OPENER.open(url, timeout=timeout) as response:
+            status: int = response.status
+            return status, response.read(MAX_BODY).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        try:
+            body = exc.read(MAX_BODY).decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException):
+            body = ""
+        return exc.code, body
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return None, describe_error(exc)
+
+
+def url_host(addr: str) -> str:
+    """A bind address as the host part of a URL: a wildcard is reached on loopback, IPv6
+    comes back in brackets."""
+    if addr in WILDCARD_ADDRS:
+        return LOOPBACK
+    return f"[{addr}]" if ":" in addr else addr
+
+
+def host(target: compose.Target, environ: Mapping[str, str] | None = None) -> str:
+    """Where the slot's published ports are reached from this host.
+
+    KTRDR_BIND_ADDR as Compose sees it (env file, else the exported machine-wide value, else
+    127.0.0.1), through `url_host`.
+    """
+    return url_host(compose.bind_address(target, environ or {}))
+
+
+def api_url(target: compose.Target, environ: Mapping[str, str] | None = None) -> str:
+    """The base URL of the slot's backend API, e.g. http://127.0.0.1:8001/api/v1."""
+    return f"http://{host(target, environ)}:{target.port('KTRDR_API_PORT')}/api/v1"
+
+
+def urls(target: compose.Target, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Label -> URL of everything a developer opens on this slot."""
+    h = host(target, environ)
+    found = {
+        "Backend API": api_url(target, environ),
+        "Jaeger UI": f"http://{h}:{target.port('KTRDR_JAEGER_UI_PORT')}",
+        "Prometheus": f"http://{h}:{target.port('KTRDR_PROMETHEUS_PORT')}",
+        "Grafana": f"http://{h}:{target.port('KTRDR_GRAFANA_PORT')}",
+        "PostgreSQL": f"postgresql://ktrdr@{h}:{target.port('KTRDR_DB_PORT')}/ktrdr",
+    }
+    for worker in slots.WORKERS:
+        found[worker.service] = f"http://{h}:{target.port(worker.port_variable)}/health"
+    return found

@@ -1,0 +1,48 @@
+"""Tunables of the host side, each named once: how long things may take and how often to look.
+
+Facts that belong to one module stay there (ports in `slots`, the shared sub-directories in
+`shared`, the Debian suite in `images`); what is here is a judgement about time that several
+modules share or that a newcomer would want to find in one place.
+"""
+
+from __future__ import annotations
+
+# --- the startability gate (`inv up`) -------------------------------------------------------
+
+# Long enough for a first start on a slow laptop (db init, image layers), short enough to end.
+# KTRDR_GATE_TIMEOUT (env file or shell) and `inv up --timeout` override it.
+GATE_TIMEOUT = 180.0
+# How often each check is probed; a service that is up answers in milliseconds.
+GATE_POLL = 0.25
+# Short: a probe that hangs delays nothing else (checks run concurrently), but it does delay its
+# own next attempt, and a service that is up answers these endpoints in milliseconds.
+GATE_HTTP_TIMEOUT = 1.5
+# `docker compose exec` pays the Compose CLI's start-up (~0.3-1 s) before pg_isready even runs.
+GATE_EXEC_TIMEOUT = 10.0
+# One `docker ps` for the whole engine costs ~50-100 ms; every 2 s is prompt enough to stop
+# waiting for a container that exited, and cheap.
+CONTAINER_POLL = 2.0
+# How many log lines of each failing service `inv up` shows after a failed gate.
+FAILING_LOG_LINES = 20
+
+# --- `inv verify` ---------------------------------------------------------------------------
+
+# Longer than the gate's: verify asks once, of a stack that should be up, and a slow answer is
+# still an answer.
+VERIFY_HTTP_TIMEOUT = 3.0
+# Several `compose exec` run at once (one per service), each paying the CLI's start-up.
+VERIFY_EXEC_TIMEOUT = 20.0
+
+# --- the Docker CLI -------------------------------------------------------------------------
+
+# A question the CLI answers locally or from the engine at once (version, image inspect).
+CLI_TIMEOUT = 20.0
+# One call about every container on the engine (`docker ps`, `docker inspect`, `compose logs`).
+ENGINE_QUERY_TIMEOUT = 30.0
+# Pulling the small Debian base to learn whether a registry answers at all.
+REGISTRY_PROBE_TIMEOUT = 120.0
+
+# --- slot locks -----------------------------------------------------------------------------
+
+# How long a second `inv up`/`down` of the same slot waits for the first before refusing.
+LOCK_WAIT = 300.0
