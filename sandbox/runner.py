@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from sandbox.errors import Exit, SandboxError
 
@@ -83,27 +84,30 @@ def check_result(result: Result, message: str, code: Exit = Exit.COMMAND) -> Res
     return result
 
 
-def execute(
-    cmd: Command,
-    *,
-    env: Mapping[str, str] | None = None,
-    capture: bool = True,
-    cwd: Path | None = None,
-    timeout: float | None = None,
-    input_text: str | None = None,
-) -> Result:
-    """The process itself, unchecked (see `run` for the arguments). Tests replace this."""
+class Options(TypedDict, total=False):
+    """How `execute` runs a command: `run`'s keyword arguments, without the checking."""
+
+    env: Mapping[str, str] | None
+    capture: bool
+    cwd: Path | None
+    timeout: float | None
+    input_text: str | None
+
+
+def execute(cmd: Command, **options: Unpack[Options]) -> Result:
+    """The process itself, unchecked (see `run` for the options). Tests replace this."""
     args = tuple(str(part) for part in cmd)
+    env, timeout = options.get("env"), options.get("timeout")
     log.debug("run: %s", display(args))
     try:
         proc = subprocess.run(
             args,
             env=dict(env) if env is not None else dict(os.environ),
-            cwd=cwd,
-            capture_output=capture,
+            cwd=options.get("cwd"),
+            capture_output=options.get("capture", True),
             text=True,
             timeout=timeout,
-            input=input_text,
+            input=options.get("input_text"),
             check=False,
         )
     except FileNotFoundError:
