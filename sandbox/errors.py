@@ -1,7 +1,8 @@
 """The one error type the host side raises for expected failures.
 
-Only the task layer (`tasks.py`) and the noxfile turn a `SandboxError` into an exit code, so
-every expected failure reaches the user as one line and a distinct status, never a traceback.
+Only the task layer (`tasks.handled`) turns a `SandboxError` into an exit code, so every
+expected failure reaches the user as one line and a distinct status, never a traceback. (The
+noxfile runs `inv` and pytest as subprocesses and never sees one.)
 """
 
 from __future__ import annotations
