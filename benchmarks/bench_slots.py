@@ -89,7 +89,7 @@ class Watcher(threading.Thread):
 
 
 def free(slot_list: tuple[int, ...]) -> None:
-    busy = {c.slot for c in docker.sandbox_containers()} & set(slot_list)
+    busy = {c.slot for c in docker.sandbox_containers() if c.slot is not None} & set(slot_list)
     if busy:
         sys.exit(f"slots {sorted(busy)} have containers: free them or pass other slots")
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from sandbox import slots
 from sandbox.errors import Exit, SandboxError
 
 # Straight from the milestone 1 table: (variable, slot 0, slot N as a function of N).
-TABLE = {
+TABLE: dict[str, tuple[int, Callable[[int], int]]] = {
     "KTRDR_DB_PORT": (5432, lambda n: 5432 + n),
     "KTRDR_API_PORT": (8000, lambda n: 8000 + n),
     "KTRDR_JAEGER_UI_PORT": (16686, lambda n: 16686 + n),

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import compose, envfiles, gate, preflight, runner, slots, stack
+from sandbox import compose, docker, envfiles, gate, preflight, runner, slots, stack
 from sandbox.docker import Container
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
@@ -40,8 +40,8 @@ class Fakes:
         monkeypatch.setattr(runner, "execute", self.run)
         monkeypatch.setattr(preflight, "run_preflight", self.preflight)
         monkeypatch.setattr(gate, "run_gate", self.gate)
-        monkeypatch.setattr(stack.docker, "check_engine", lambda environ=None: "20.10")
-        monkeypatch.setattr(stack.docker, "sandbox_containers", lambda environ=None: running)
+        monkeypatch.setattr(docker, "check_engine", lambda environ=None: "20.10")
+        monkeypatch.setattr(docker, "sandbox_containers", lambda environ=None: running)
         monkeypatch.setattr(compose, "find_compose", lambda environ=None: ["docker", "compose"])
 
     def run(self, cmd: Sequence[str], **kwargs: Any) -> Result:
@@ -62,7 +62,7 @@ def test_up_starts_a_stopped_slot_then_runs_the_gate(
 ) -> None:
     fakes = Fakes(monkeypatch, [])
     result = stack.up(target, {})
-    assert isinstance(result, stack.UpResult)
+    assert result.gate is not None
     assert result.started and result.gate.passed
     assert fakes.commands == [stack.up_command(["docker", "compose"], target)]
 
@@ -73,9 +73,23 @@ def test_up_on_a_running_slot_only_reruns_the_gate(
     running = [container(s, 3, str(target.root)) for s in slots.SERVICES]
     fakes = Fakes(monkeypatch, running)
     result = stack.up(target, {})
-    assert isinstance(result, stack.UpResult)
+    assert result.gate is not None
     assert not result.started
     assert fakes.commands == []
+
+
+def test_up_without_wait_starts_the_stack_and_runs_no_gate(
+    target: compose.Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes = Fakes(monkeypatch, [])
+
+    def no_gate(*args: Any, **kwargs: Any) -> gate.GateResult:
+        raise AssertionError("the gate ran with wait=False")
+
+    monkeypatch.setattr(gate, "run_gate", no_gate)
+    result = stack.up(target, {}, wait=False)
+    assert result.started and result.gate is None and result.logs == {}
+    assert fakes.commands == [stack.up_command(["docker", "compose"], target)]
 
 
 def test_up_with_one_service_stopped_runs_compose(

@@ -57,7 +57,7 @@ def test_protobuf_fields_reject_truncated_input() -> None:
 
 
 def test_count_spans_json() -> None:
-    doc = {
+    doc: dict[str, object] = {
         "resourceSpans": [
             {"scopeSpans": [{"spans": [{}, {}]}, {"spans": [{}]}]},
             {"instrumentationLibrarySpans": [{"spans": [{}]}]},
