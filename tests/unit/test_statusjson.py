@@ -18,9 +18,10 @@ DOC = ROOT / "docs" / "designs" / "Sandbox" / "STATUS_JSON.md"
 
 # The pinned shape, key order included. A change here is a change of the public format: bump
 # statusjson.VERSION when a key goes or changes type, and update STATUS_JSON.md.
-OPT_STR = (str, type(None))
-TOP = {"schema": str, "version": int, "slots": list}
-SLOT = {
+Kind = type | tuple[type, ...]
+OPT_STR: Kind = (str, type(None))
+TOP: dict[str, Kind] = {"schema": str, "version": int, "slots": list}
+SLOT: dict[str, Kind] = {
     "slot": int,
     "project": str,
     "state": str,
