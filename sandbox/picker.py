@@ -92,6 +92,16 @@ def sandbox_volumes(environ: Mapping[str, str]) -> list[Volume]:
     return [v for v in parse_volumes(result.stdout) if _volume_slot(v) is not None]
 
 
+def volumes_by_slot(volumes: Sequence[Volume]) -> dict[int, list[str]]:
+    """Volume names by slot, as `statusjson.document` takes them."""
+    found: dict[int, list[str]] = {}
+    for volume in volumes:
+        slot = _volume_slot(volume)
+        if slot is not None:
+            found.setdefault(slot, []).append(volume.name)
+    return found
+
+
 def _volume_slot(volume: Volume) -> int | None:
     if volume.slot is not None:
         return volume.slot

@@ -15,7 +15,7 @@ directory). Every git call goes through `sandbox.runner.run` with an explicit en
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -348,6 +348,13 @@ def create(
             Exit.USAGE,
         )
     if os.path.lexists(path):
+        other = find_path(repo, path, environ)
+        if other is not None:
+            raise SandboxError(
+                f"{path} is already the worktree of {other.branch or 'a detached HEAD'!r} (the "
+                f"names map to one directory): pick another name for {branch!r}",
+                Exit.USAGE,
+            )
         raise SandboxError(
             f"{path} already exists (the worktree path for {branch!r}): move it away or pick "
             "another branch name",
@@ -407,11 +414,14 @@ def parse_status(output: str) -> tuple[list[str], list[str]]:
     return changes, untracked
 
 
-def unsafe_to_remove(path: Path, environ: Mapping[str, str] | None = None) -> Report:
+def unsafe_to_remove(
+    path: Path, environ: Mapping[str, str] | None = None, disposable: Collection[str] = ()
+) -> Report:
     """What `git worktree remove --force` of `path` would lose: uncommitted changes, untracked
-    files (not ignored ones), and commits of its HEAD that no remote-tracking branch has. A
-    worktree whose directory is gone has nothing left to lose in files; its commits are still
-    in the repository."""
+    files (not ignored ones, nor the `disposable` paths, relative to `path`, that the sandbox
+    itself wrote there, e.g. ".env.sandbox"), and commits of its HEAD that no remote-tracking
+    branch has. A worktree whose directory is gone has nothing left to lose in files; its
+    commits are still in the repository."""
     if not path.is_dir():
         return Report(path)
     status = _checked(
@@ -421,6 +431,7 @@ def unsafe_to_remove(path: Path, environ: Mapping[str, str] | None = None) -> Re
         f"reading the state of {path}",
     )
     changes, untracked = parse_status(status.stdout)
+    untracked = [name for name in untracked if name not in disposable]
     total, shown = 0, []
     if _ref_exists(path, "HEAD", environ):
         spec = ["HEAD", "--not", "--remotes"]

@@ -125,6 +125,14 @@ def test_parse_volumes() -> None:
     assert picker.pick_free_slot([container(1)], parsed) == 3
 
 
+def test_volumes_by_slot() -> None:
+    parsed = [*picker.parse_volumes(CAPTURED), volume(3), picker.Volume("x", "", "")]
+    assert picker.volumes_by_slot(parsed) == {
+        2: ["ktrdr-sandbox-2_db-data"],
+        3: ["ktrdr-sandbox-3_db-data"],
+    }
+
+
 def test_db_volume_by_name_alone_counts() -> None:
     renamed = picker.Volume("ktrdr-sandbox-1_db-data", "", "")
     assert picker.pick_free_slot([], [renamed]) == 2

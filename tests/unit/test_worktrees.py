@@ -234,7 +234,7 @@ def test_create_refusals_touch_nothing(repo: Path) -> None:
 
 def test_colliding_names_refused(repo: Path) -> None:
     worktrees.create(repo, "feature/x")
-    refused(repo, "already exists", "feature-x")
+    refused(repo, "is already the worktree of 'feature/x'", "feature-x")
 
 
 def test_failed_add_is_rolled_back(repo: Path) -> None:
@@ -285,6 +285,13 @@ def test_untracked_file_and_unpushed_commit_are_listed(repo: Path) -> None:
         "remote: commit and push them (or delete what you do not need), or re-run with --force "
         "to throw them away"
     )
+
+
+def test_files_the_sandbox_wrote_are_disposable(repo: Path) -> None:
+    made = worktrees.create(repo, "up")
+    (made.path / ".env.sandbox").write_text("KTRDR_API_PORT=8001\n")
+    assert worktrees.unsafe_to_remove(made.path).untracked == (".env.sandbox",)
+    assert worktrees.unsafe_to_remove(made.path, disposable={".env.sandbox"}).safe
 
 
 def test_pushed_commit_is_safe(repo: Path) -> None:
