@@ -24,7 +24,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from sandbox.errors import Exit, SandboxError
 from sandbox.runner import run
 
 PICK_LOCK = "pick.lock"
+WORKTREE_LOCK = "worktrees.lock"
 PICK_WAIT = 60.0  # seconds a picker waits for another picker (which holds the lock briefly)
 AUTO_SLOTS = range(1, 11)
 VOLUME_LABEL = "com.docker.compose.volume"
@@ -219,18 +220,18 @@ def _holder(fd: int) -> str:
 
 
 @contextmanager
-def machine_lock(
-    environ: Mapping[str, str],
+def file_lock(
+    path: Path,
     *,
-    wait: float = PICK_WAIT,
-    lock_dir: Path | None = None,
+    wait: float,
+    doing: str,
+    advice: str,
     on_busy: Callable[[str], None] | None = None,
 ) -> Iterator[None]:
-    """Hold the machine-wide picking lock (flock on `pick.lock` next to the slot locks) for
-    the `with` block; wait up to `wait` seconds for another picker, then SandboxError(LOCKED).
-    The kernel drops it when the holder dies, so it is never stale."""
-    directory = lock_dir if lock_dir is not None else lock.default_lock_dir(environ)
-    path = pick_lock_path(directory)
+    """Hold an flock on `path` for the `with` block, our pid written inside; wait up to `wait`
+    seconds for its holder ("<holder> <doing>" is what `on_busy` hears), then
+    SandboxError(LOCKED) ending in `advice`. The kernel drops it when the holder dies, so it is
+    never stale."""
     fd = _open_lock(path)
     try:
         deadline, told = time.monotonic() + max(wait, 0.0), False
@@ -242,12 +243,11 @@ def machine_lock(
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise SandboxError(
-                        f"{_holder(fd)} is picking a slot and does not finish: wait for it or "
-                        f"pass --slot=N (lock {path})",
+                        f"{_holder(fd)} {doing} and does not finish: {advice} (lock {path})",
                         Exit.LOCKED,
                     ) from None
                 if on_busy is not None and not told:
-                    on_busy(f"{_holder(fd)} is picking a slot; waiting up to {remaining:.0f}s")
+                    on_busy(f"{_holder(fd)} {doing}; waiting up to {remaining:.0f}s")
                     told = True
                 time.sleep(min(lock.POLL_SECONDS, remaining))
         try:
@@ -259,6 +259,38 @@ def machine_lock(
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def machine_lock(
+    environ: Mapping[str, str],
+    *,
+    wait: float = PICK_WAIT,
+    lock_dir: Path | None = None,
+    on_busy: Callable[[str], None] | None = None,
+) -> AbstractContextManager[None]:
+    """The machine-wide picking lock: `pick.lock` next to the slot locks."""
+    directory = lock_dir if lock_dir is not None else lock.default_lock_dir(environ)
+    return file_lock(
+        pick_lock_path(directory),
+        wait=wait,
+        doing="is picking a slot",
+        advice="wait for it or pass --slot=N",
+        on_busy=on_busy,
+    )
+
+
+def worktree_lock(
+    environ: Mapping[str, str], *, wait: float = PICK_WAIT, lock_dir: Path | None = None
+) -> AbstractContextManager[None]:
+    """The machine-wide lock around creating a worktree: two `inv new` of one branch must not
+    both pass the checks, and a failed one must not roll back the other's worktree."""
+    directory = lock_dir if lock_dir is not None else lock.default_lock_dir(environ)
+    return file_lock(
+        directory / WORKTREE_LOCK,
+        wait=wait,
+        doing="is creating a worktree",
+        advice="wait for it and re-run",
+    )
 
 
 def locked_slots(lock_dir: Path) -> frozenset[int]:

@@ -19,6 +19,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox import picker
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result, display, run
 
@@ -164,9 +165,12 @@ def check_repo(path: Path, environ: Mapping[str, str] | None = None) -> Path:
             f"{path} is not a directory: pass --repo=PATH with PATH a checkout of the app",
             Exit.USAGE,
         )
-    if not _git(path, ["rev-parse", "--git-dir"], environ).ok:
+    probe = _git(path, ["rev-parse", "--git-dir"], environ)
+    if not probe.ok:
+        # git's own reason matters when it is not "not a git repository" (dubious ownership).
         raise SandboxError(
-            f"{path} is not a git repository: pass --repo=PATH with PATH a checkout of the app",
+            f"{path} is not a git repository ({probe.tail(1) or 'git says no'}): pass "
+            "--repo=PATH with PATH a checkout of the app",
             Exit.USAGE,
         )
     main = list_worktrees(path, environ)[0]  # git always lists the main worktree first
@@ -336,9 +340,17 @@ def create(
     """A worktree for `branch` at the naming rule's path: a new branch from `base` (default
     `default_base`), or the existing local branch, or a local branch tracking origin's branch
     of that name. Refused, with nothing created, when the branch is bad or already checked out
-    somewhere, or the path exists; a failed `git worktree add` is rolled back."""
+    somewhere, or the path exists; a failed `git worktree add` is rolled back. Creations are
+    serialised machine-wide (`picker.worktree_lock`), so a rollback only ever undoes its own."""
     repo = check_repo(repo, environ)
     validate_branch(repo, branch, environ)
+    with picker.worktree_lock(os.environ if environ is None else environ, wait=GIT_TIMEOUT):
+        return _create_locked(repo, branch, base, environ)
+
+
+def _create_locked(
+    repo: Path, branch: str, base: str | None, environ: Mapping[str, str] | None
+) -> Worktree:
     path = worktree_path(repo, branch)
     existing = find(repo, branch, environ)
     if existing is not None:

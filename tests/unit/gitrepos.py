@@ -28,6 +28,7 @@ def isolate(home: Path) -> dict[str, str]:
 @pytest.fixture(autouse=True)
 def isolated_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path / "locks"))
     for key, value in isolate(tmp_path / "home").items():
         monkeypatch.setenv(key, value)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 
-from sandbox import worktrees
+from sandbox import ROOT, worktrees
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import run
 from tests.unit.gitrepos import commit, git, isolated_git, origin, repo, template
@@ -166,6 +167,37 @@ def test_create_refusals_touch_nothing(repo: Path) -> None:
     git(repo, "branch", "existing")
     refused(repo, "already exists, so --base", "existing", base="origin/main")
     refused(repo, "exists on origin", "feature/remote-only", base="origin/main")
+
+
+# Two processes create one branch's worktree at once: one wins, the other is refused, and the
+# loser's clean-up must not touch the winner's worktree.
+CREATE = """
+import sys, time
+from pathlib import Path
+from sandbox import worktrees
+from sandbox.errors import SandboxError
+go = Path(sys.argv[2])
+while not go.exists():
+    time.sleep(0.002)
+try:
+    print("made", worktrees.create(Path(sys.argv[1]), "same").path)
+except SandboxError as exc:
+    print("refused", int(exc.code), exc)
+"""
+
+
+def test_concurrent_creates_of_one_branch(repo: Path, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    child = f"{sys.executable} -c '{CREATE}' {repo} {go}"
+    both = f"{child} > {tmp_path}/a & {child} > {tmp_path}/b & sleep 0.5; touch {go}; wait"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    assert run(["sh", "-c", both], env=env, timeout=120).ok
+    outcomes = sorted((tmp_path / name).read_text() for name in ("a", "b"))
+    made = repo.parent / "app-same"
+    assert outcomes[0] == f"made {made}\n"
+    assert outcomes[1].startswith("refused 2 branch 'same' is already checked out at")
+    assert worktrees.find(repo, "same") is not None
+    assert (made / "README").is_file()
 
 
 def test_colliding_names_refused(repo: Path) -> None:
