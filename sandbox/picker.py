@@ -28,12 +28,12 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import docker, lock, slots
+from sandbox import docker, lock, runner, slots
 from sandbox.errors import Exit, SandboxError
-from sandbox.runner import run
 
 PICK_LOCK = "pick.lock"
 WORKTREE_LOCK = "worktrees.lock"
+ENGINE_QUERY_TIMEOUT = 30.0  # as docker.containers: one listing call
 PICK_WAIT = 60.0  # seconds a picker waits for another picker (which holds the lock briefly)
 AUTO_SLOTS = range(1, 11)
 VOLUME_LABEL = "com.docker.compose.volume"
@@ -87,7 +87,7 @@ def parse_volumes(output: str) -> list[Volume]:
 
 def sandbox_volumes(environ: Mapping[str, str]) -> list[Volume]:
     """Every volume a sandbox slot's Compose project made, in one `docker volume ls`."""
-    result = run(volume_ls_command(), env=dict(environ), timeout=30)
+    result = runner.run(volume_ls_command(), env=dict(environ), timeout=ENGINE_QUERY_TIMEOUT)
     if not result.ok:
         raise docker.engine_error(result)
     return [v for v in parse_volumes(result.stdout) if _volume_slot(v) is not None]

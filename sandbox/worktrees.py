@@ -19,9 +19,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import picker
+from sandbox import picker, runner
 from sandbox.errors import Exit, SandboxError
-from sandbox.runner import Result, display, run
+from sandbox.runner import Result, display
 
 REMOTE = "origin"
 GIT_TIMEOUT = 60.0
@@ -136,7 +136,7 @@ def git_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def _git(repo: Path, args: Sequence[str], environ: Mapping[str, str] | None) -> Result:
-    return run(["git", "-C", str(repo), *args], env=git_env(environ), timeout=GIT_TIMEOUT)
+    return runner.run(["git", "-C", str(repo), *args], env=git_env(environ), timeout=GIT_TIMEOUT)
 
 
 def _checked(
