@@ -159,7 +159,8 @@ def _checked(
 
 def check_repo(path: Path, environ: Mapping[str, str] | None = None) -> Path:
     """The main checkout of the git repository at `path` (a linked worktree or a subdirectory
-    leads to it too); SandboxError(USAGE) when `path` is not in a git checkout."""
+    leads to it too), or the bare repository that `path` is a worktree of; SandboxError(USAGE)
+    when `path` is not in a git repository."""
     if not path.is_dir():
         raise SandboxError(
             f"{path} is not a directory: pass --repo=PATH with PATH a checkout of the app",
@@ -173,13 +174,9 @@ def check_repo(path: Path, environ: Mapping[str, str] | None = None) -> Path:
             "--repo=PATH with PATH a checkout of the app",
             Exit.USAGE,
         )
-    main = list_worktrees(path, environ)[0]  # git always lists the main worktree first
-    if main.bare:
-        raise SandboxError(
-            f"{main.path} is a bare repository: pass --repo=PATH with PATH a checkout of it",
-            Exit.USAGE,
-        )
-    return main.path
+    # git always lists the main worktree first; for a bare repository (the "bare clone plus
+    # worktrees" layout) that is the bare directory itself.
+    return list_worktrees(path, environ)[0].path
 
 
 def validate_branch(repo: Path, branch: str, environ: Mapping[str, str] | None = None) -> str:
@@ -196,9 +193,10 @@ def validate_branch(repo: Path, branch: str, environ: Mapping[str, str] | None =
 
 
 def worktree_path(repo: Path, branch: str) -> Path:
-    """The naming rule: `<repo parent>/<repo name>-<branch, "/" -> "-">`; refused if the
-    result would not be a plain directory name inside the repository's parent."""
-    name = f"{repo.name}-{branch.replace('/', '-')}"
+    """The naming rule: `<repo parent>/<repo name>-<branch, "/" -> "-">` (a bare repository's
+    name without its ".git"); refused if the result would not be a plain directory name inside
+    the repository's parent."""
+    name = f"{repo.name.removesuffix('.git')}-{branch.replace('/', '-')}"
     path = repo.parent / name
     if name in (".", "..") or os.sep in name or path.parent != repo.parent:
         raise SandboxError(

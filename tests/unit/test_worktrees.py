@@ -29,6 +29,7 @@ def branches(repo: Path) -> list[str]:
 
 
 def test_naming_rule() -> None:
+    assert worktrees.worktree_path(Path("/src/ktrdr.git"), "x") == Path("/src/ktrdr-x")
     repo = Path("/home/dev/src/ktrdr")
     assert worktrees.worktree_path(repo, "fix-1") == Path("/home/dev/src/ktrdr-fix-1")
     assert worktrees.worktree_path(repo, "feature/risk/limits") == Path(
@@ -58,8 +59,7 @@ def test_check_repo(tmp_path: Path, repo: Path, origin: Path) -> None:
         with pytest.raises(SandboxError, match=words) as caught:
             worktrees.check_repo(path)
         assert caught.value.code == Exit.USAGE
-    with pytest.raises(SandboxError, match="bare repository"):
-        worktrees.check_repo(origin)
+    assert worktrees.check_repo(origin) == origin  # a bare repository is its own main entry
 
 
 def test_check_repo_of_a_linked_worktree_is_the_main_checkout(repo: Path) -> None:
@@ -130,6 +130,18 @@ def test_create_twice_gives_two_worktrees(repo: Path) -> None:
     assert not result.ok
     assert worktrees.find(repo, "two") == two
     assert worktrees.find(repo, "three") is None
+
+
+def test_bare_clone_with_worktrees(tmp_path: Path, origin: Path) -> None:
+    """The "bare clone plus worktrees" layout: worktrees go next to the bare directory."""
+    bare = tmp_path / "src" / "app.git"
+    git(tmp_path, "clone", "-q", "--bare", str(origin), str(bare))
+    one = worktrees.create(bare, "one")
+    assert one.path == tmp_path / "src" / "app-one"
+    assert worktrees.check_repo(one.path) == bare
+    assert one.head == git(bare, "rev-parse", "main")
+    worktrees.remove(bare, one.path, cwd=tmp_path)
+    assert listed(bare) == [bare]
 
 
 def test_create_from_base(repo: Path) -> None:
