@@ -253,8 +253,13 @@ def parse_worktree_list(output: str) -> list[Worktree]:
 
 
 def list_worktrees(repo: Path, environ: Mapping[str, str] | None = None) -> list[Worktree]:
-    result = _checked(repo, ["worktree", "list", "--porcelain", "-z"], environ, "listing worktrees")
-    return parse_worktree_list(result.stdout)
+    result = _git(repo, ["worktree", "list", "--porcelain", "-z"], environ)
+    if result.ok:
+        return parse_worktree_list(result.stdout)
+    # git before 2.36 (Ubuntu 22.04 ships 2.34) has no -z: lines instead of NULs, which only a
+    # path with a newline in it would confuse.
+    plain = _checked(repo, ["worktree", "list", "--porcelain"], environ, "listing worktrees")
+    return parse_worktree_list(plain.stdout.replace("\n", "\0"))
 
 
 def find(repo: Path, branch: str, environ: Mapping[str, str] | None = None) -> Worktree | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import sys
 from pathlib import Path
@@ -412,6 +413,38 @@ def test_parse_worktree_list() -> None:
     assert y.branch == "y/z" and y.locked == "why" and y.prunable is not None
     [bare] = worktrees.parse_worktree_list("worktree /src/b.git\0bare\0\0")
     assert bare.bare and bare.is_main and bare.branch is None
+
+
+def test_parse_worktree_list_without_z() -> None:
+    """What `list_worktrees` makes of git < 2.36's newline-separated porcelain output."""
+    output = "worktree /src/app\nHEAD 1111\nbranch refs/heads/main\n\nworktree /src/app-x\n"
+    output += "HEAD 2222\nbranch refs/heads/x\n\n"
+    assert worktrees.parse_worktree_list(output.replace("\n", "\0")) == [
+        worktrees.Worktree(Path("/src/app"), "1111", "main", is_main=True),
+        worktrees.Worktree(Path("/src/app-x"), "2222", "x"),
+    ]
+
+
+def test_old_git_without_z(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A git that rejects `worktree list -z` as git 2.34 does: the listing still works."""
+    real = shutil.which("git")
+    assert real is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "git"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" worktree list "*" -z "*)\n'
+        '  echo "error: unknown switch \\`z\'" >&2; exit 129;;\n'
+        "esac\n"
+        f'exec {real} "$@"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert not run(["git", "-C", str(repo), "worktree", "list", "-z"], env=dict(os.environ)).ok
+    made = worktrees.create(repo, "old-git")
+    assert worktrees.find(repo, "old-git") == made
+    assert listed(repo) == [repo, made.path]
 
 
 def test_git_env_drops_repository_overrides() -> None:
