@@ -1,0 +1,358 @@
+"""`--slot=auto`: the lowest free slot, chosen under a machine-wide lock.
+
+A slot is free when the engine has no container of its project, no volume of its project (its
+database would be reused), and no other `inv` holds its slot lock. Slot 0 (KTRDR's standard
+ports) is picked only when the caller asks for it with `lowest=0`.
+
+The protocol that keeps two concurrent `inv new` / `inv up --slot=auto` off the same slot:
+
+1. take `machine_lock` (`pick.lock` in the slot locks' directory);
+2. look at the engine (containers, volumes) and at the slot locks, pick the lowest free slot;
+3. take that slot's own lock (`sandbox.lock.slot_lock`), then release `machine_lock`;
+4. keep the slot lock until `docker compose up -d` has created the containers.
+
+From step 3 on, any other picker sees the slot as taken: by its lock until step 4 ends, by its
+containers after. A picker never waits for a slot lock (it would skip that slot anyway), so
+holding `machine_lock` is short. `claim_free_slot` does steps 1-3 and yields the slot with its
+lock held; `sandbox.stack`'s own `slot_lock` inside the `with` block re-enters that lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sandbox import docker, lock, runner, slots
+from sandbox.errors import Exit, SandboxError
+
+PICK_LOCK = "pick.lock"
+WORKTREE_LOCK = "worktrees.lock"
+ENGINE_QUERY_TIMEOUT = 30.0  # as docker.containers: one listing call
+PICK_WAIT = 60.0  # seconds a picker waits for another picker (which holds the lock briefly)
+AUTO_SLOTS = range(1, 11)
+VOLUME_LABEL = "com.docker.compose.volume"
+DB_VOLUME = "db-data"  # the compose file's volume; Compose names it <project>_db-data
+
+# One JSON object a line: label values are picked out by the template rather than parsed from
+# the comma-joined `.Labels` column.
+VOLUME_FORMAT = (
+    '{"Name":{{json .Name}},'
+    f'"Project":{{{{json (.Label "{docker.PROJECT_LABEL}")}}}},'
+    f'"Volume":{{{{json (.Label "{VOLUME_LABEL}")}}}}}}'
+)
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str
+    project: str  # the Compose project that made it
+    volume: str  # its key in the compose file, e.g. db-data
+
+    @property
+    def slot(self) -> int | None:
+        return slots.slot_of_project(self.project)
+
+
+def db_volume_name(slot: int) -> str:
+    return f"{slots.project_name(slot)}_{DB_VOLUME}"
+
+
+def volume_ls_command() -> list[str]:
+    return [
+        "docker",
+        "volume",
+        "ls",
+        "--filter",
+        f"label={docker.PROJECT_LABEL}",
+        "--format",
+        VOLUME_FORMAT,
+    ]
+
+
+def parse_volumes(output: str) -> list[Volume]:
+    """`volume_ls_command()` output, one JSON object a line."""
+    found = []
+    for line in output.splitlines():
+        if line.strip():
+            row = json.loads(line)
+            found.append(Volume(row.get("Name", ""), row.get("Project", ""), row.get("Volume", "")))
+    return found
+
+
+def sandbox_volumes(environ: Mapping[str, str]) -> list[Volume]:
+    """Every volume a sandbox slot's Compose project made, in one `docker volume ls`."""
+    result = runner.run(volume_ls_command(), env=dict(environ), timeout=ENGINE_QUERY_TIMEOUT)
+    if not result.ok:
+        raise docker.engine_error(result)
+    return [v for v in parse_volumes(result.stdout) if _volume_slot(v) is not None]
+
+
+def volumes_by_slot(volumes: Sequence[Volume]) -> dict[int, list[str]]:
+    """Volume names by slot, as `statusjson.document` takes them."""
+    found: dict[int, list[str]] = {}
+    for volume in volumes:
+        slot = _volume_slot(volume)
+        if slot is not None:
+            found.setdefault(slot, []).append(volume.name)
+    return found
+
+
+def _volume_slot(volume: Volume) -> int | None:
+    if volume.slot is not None:
+        return volume.slot
+    # A volume renamed into a slot's db name by hand still holds that slot's database.
+    return next((s for s in slots.SLOTS if volume.name == db_volume_name(s)), None)
+
+
+# ----------------------------------------------------------------------------- who holds what
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """What the engine holds of one slot."""
+
+    slot: int
+    containers: int = 0
+    running: int = 0
+    volumes: tuple[str, ...] = ()
+    checkouts: tuple[str, ...] = ()  # working dirs of the Compose project (label)
+    locked: bool = False  # another `inv` holds the slot lock right now
+
+    def describe(self) -> str:
+        parts = []
+        if self.containers:
+            parts.append(f"{self.containers} containers ({self.running} running)")
+        if self.volumes:
+            parts.append(f"volume {', '.join(self.volumes)}")
+        if self.locked:
+            parts.append("an `inv` command working on it")
+        return f"slot {self.slot}: {' and '.join(parts) or 'nothing'}"
+
+
+def occupancy(
+    containers: Sequence[docker.Container],
+    volumes: Sequence[Volume],
+    locked: frozenset[int] = frozenset(),
+) -> dict[int, Occupancy]:
+    """Every slot that has a container, a volume or a held lock, by slot (pure)."""
+    found: dict[int, dict[str, list[str]]] = {}
+
+    def entry(slot: int) -> dict[str, list[str]]:
+        return found.setdefault(slot, {"containers": [], "running": [], "volumes": [], "dirs": []})
+
+    for container in containers:
+        if container.slot is not None:
+            e = entry(container.slot)
+            e["containers"].append(container.id)
+            if container.running:
+                e["running"].append(container.id)
+            if container.working_dir and container.working_dir not in e["dirs"]:
+                e["dirs"].append(container.working_dir)
+    for volume in volumes:
+        slot = _volume_slot(volume)
+        if slot is not None:
+            entry(slot)["volumes"].append(volume.name)
+    for slot in locked:
+        entry(slot)
+    return {
+        slot: Occupancy(
+            slot,
+            containers=len(e["containers"]),
+            running=len(e["running"]),
+            volumes=tuple(sorted(e["volumes"])),
+            checkouts=tuple(e["dirs"]),
+            locked=slot in locked,
+        )
+        for slot, e in sorted(found.items())
+    }
+
+
+def pick_free_slot(
+    containers: Sequence[docker.Container],
+    volumes: Sequence[Volume],
+    lowest: int = 1,
+    locked: frozenset[int] = frozenset(),
+) -> int:
+    """The lowest slot from `lowest` to 10 with no container, no volume and no held lock;
+    SandboxError naming what holds every slot when there is none (pure)."""
+    if lowest not in slots.SLOTS:
+        raise SandboxError(f"lowest slot {lowest} is outside 0-10", Exit.USAGE)
+    held = occupancy(containers, volumes, locked)
+    for slot in range(lowest, max(slots.SLOTS) + 1):
+        if slot not in held:
+            return slot
+    taken = "; ".join(held[s].describe() for s in range(lowest, max(slots.SLOTS) + 1))
+    raise SandboxError(
+        f"no free slot in {lowest}-{max(slots.SLOTS)} ({taken}): free one with `inv done "
+        "BRANCH` or `inv down --slot=N --volumes`, then re-run",
+        Exit.FAILED,
+    )
+
+
+# ----------------------------------------------------------------------------- locking
+
+
+def pick_lock_path(lock_dir: Path) -> Path:
+    return lock_dir / PICK_LOCK
+
+
+def _open_lock(path: Path) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot open the lock file {path} ({exc.strerror}): set {lock.LOCK_DIR_VARIABLE} "
+            "to a writable directory, then re-run",
+            Exit.LOCKED,
+        ) from exc
+
+
+def _holder(fd: int) -> str:
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return f"another `inv` command (pid {text})" if text.isdigit() else "another `inv` command"
+
+
+@contextmanager
+def file_lock(
+    path: Path,
+    *,
+    wait: float,
+    doing: str,
+    advice: str,
+    on_busy: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold an flock on `path` for the `with` block, our pid written inside; wait up to `wait`
+    seconds for its holder ("<holder> <doing>" is what `on_busy` hears), then
+    SandboxError(LOCKED) ending in `advice`. The kernel drops it when the holder dies, so it is
+    never stale."""
+    fd = _open_lock(path)
+    try:
+        deadline, told = time.monotonic() + max(wait, 0.0), False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SandboxError(
+                        f"{_holder(fd)} {doing} and does not finish: {advice} (lock {path})",
+                        Exit.LOCKED,
+                    ) from None
+                if on_busy is not None and not told:
+                    on_busy(f"{_holder(fd)} {doing}; waiting up to {remaining:.0f}s")
+                    told = True
+                time.sleep(min(lock.POLL_SECONDS, remaining))
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def machine_lock(
+    environ: Mapping[str, str],
+    *,
+    wait: float = PICK_WAIT,
+    lock_dir: Path | None = None,
+    on_busy: Callable[[str], None] | None = None,
+) -> AbstractContextManager[None]:
+    """The machine-wide picking lock: `pick.lock` next to the slot locks."""
+    directory = lock_dir if lock_dir is not None else lock.default_lock_dir(environ)
+    return file_lock(
+        pick_lock_path(directory),
+        wait=wait,
+        doing="is picking a slot",
+        advice="wait for it or pass --slot=N",
+        on_busy=on_busy,
+    )
+
+
+def worktree_lock(
+    environ: Mapping[str, str], *, wait: float = PICK_WAIT, lock_dir: Path | None = None
+) -> AbstractContextManager[None]:
+    """The machine-wide lock around creating a worktree: two `inv new` of one branch must not
+    both pass the checks, and a failed one must not roll back the other's worktree."""
+    directory = lock_dir if lock_dir is not None else lock.default_lock_dir(environ)
+    return file_lock(
+        directory / WORKTREE_LOCK,
+        wait=wait,
+        doing="is creating a worktree",
+        advice="wait for it and re-run",
+    )
+
+
+def locked_slots(lock_dir: Path) -> frozenset[int]:
+    """Slots whose lock another `inv` holds now. Probed with a non-blocking flock taken and
+    dropped at once; lock files that do not exist are not created."""
+    found = set()
+    for slot in slots.SLOTS:
+        path = lock.lock_path(slot, lock_dir)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            found.add(slot)
+        finally:
+            os.close(fd)
+    return frozenset(found)
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+Survey = Callable[[], tuple[Sequence[docker.Container], Sequence[Volume]]]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """How to claim: from which slot up, where the locks live, how to look at the engine."""
+
+    lowest: int = 1
+    lock_dir: Path | None = None
+    wait: float = PICK_WAIT
+    survey: Survey | None = None  # default: one `docker ps` and one `docker volume ls`
+    on_busy: Callable[[str], None] | None = field(default=None, compare=False)
+
+
+def engine_survey(environ: Mapping[str, str]) -> Survey:
+    return lambda: (docker.sandbox_containers(environ), sandbox_volumes(environ))
+
+
+@contextmanager
+def claim_free_slot(environ: Mapping[str, str], claim: Claim | None = None) -> Iterator[int]:
+    """Steps 1-3 of the protocol: yields the lowest free slot with its slot lock held; the
+    caller runs `compose up -d` (step 4) inside the `with` block."""
+    claim = claim or Claim()
+    directory = claim.lock_dir if claim.lock_dir is not None else lock.default_lock_dir(environ)
+    survey = claim.survey or engine_survey(environ)
+    with ExitStack() as held:
+        with machine_lock(environ, wait=claim.wait, lock_dir=directory, on_busy=claim.on_busy):
+            containers, volumes = survey()
+            busy = locked_slots(directory)
+            while True:
+                slot = pick_free_slot(containers, volumes, claim.lowest, busy)
+                try:
+                    held.enter_context(lock.slot_lock(slot, lock_dir=directory))
+                    break
+                except SandboxError as exc:
+                    # An explicit `inv up --slot=N` took it since the probe: try the next one.
+                    # (An unwritable lock directory is LOCKED too: that one goes up.)
+                    if exc.code != Exit.LOCKED or slot not in locked_slots(directory):
+                        raise
+                    busy = busy | {slot}
+        yield slot

@@ -1,0 +1,270 @@
+"""`inv status --json` and `inv verify --json`: documented, versioned JSON for scripts and agents.
+
+The shapes are described in docs/designs/Sandbox/STATUS_JSON.md and pinned by
+tests/unit/test_statusjson.py. `document` and `verify_document` are pure: they take the
+containers from one `docker ps` and, per slot, what the labels and the filesystem say about its
+source (`SlotSource`); `describe_source` and `slot_sources` are the thin part that looks at the
+filesystem and at git. A change that removes or retypes a key bumps VERSION; adding a key does not.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from sandbox import docker, slots, worktrees
+
+SCHEMA = "ktrdr-sandbox/status"
+VERIFY_SCHEMA = "ktrdr-sandbox/verify"
+VERSION = 1
+STATES = ("running", "partial", "stopped", "failed", "orphaned")
+SOURCE_LABEL = "ktrdr.sandbox.source"
+APP_LABEL = "ktrdr.sandbox.app"
+DEFAULT_HOST = "127.0.0.1"
+WILDCARD_ADDRS = frozenset({"", "0.0.0.0", "::"})
+# Exit codes of a container stopped on purpose (clean exit, SIGINT, SIGKILL, SIGTERM): a slot
+# of such containers is stopped, not failed.
+STOPPED_CODES = frozenset({0, 130, 137, 143})
+
+
+@dataclass(frozen=True)
+class SlotSource:
+    """Where a slot's code comes from: the `ktrdr.sandbox.*` labels, the branch checked out
+    there, and whether the source and the Compose working dir still exist."""
+
+    source: str | None = None  # the app checkout the slot runs (label ktrdr.sandbox.source)
+    app: str | None = None  # the kind of app (label ktrdr.sandbox.app)
+    branch: str | None = None  # git branch of `source`; None when detached or not a checkout
+    source_exists: bool = True
+    checkout_exists: bool = True
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def _exit_code(container: docker.Container) -> int | None:
+    match = re.match(r"Exited \((-?\d+)\)", container.status)
+    return int(match.group(1)) if match else None
+
+
+def _failed(container: docker.Container) -> bool:
+    if container.state in ("dead", "restarting") or container.health == "unhealthy":
+        return True
+    code = _exit_code(container)
+    return container.state == "exited" and code is not None and code not in STOPPED_CODES
+
+
+def _healthy(container: docker.Container) -> bool:
+    # A running container without a healthcheck counts: nothing says it is unwell.
+    return container.health == "healthy" or (container.running and container.health == "none")
+
+
+def slot_state(containers: Sequence[docker.Container], orphaned: bool) -> str:
+    """One of STATES: orphaned first (the user must act), then failed, then how much runs."""
+    if orphaned:
+        return "orphaned"
+    if any(_failed(c) for c in containers):
+        return "failed"
+    running = [c for c in containers if c.running]
+    if not running:
+        return "stopped"
+    if len(running) == len(containers) and {c.service for c in running} >= set(slots.SERVICES):
+        return "running"
+    return "partial"
+
+
+def _published(
+    containers: Sequence[docker.Container], spec: slots.PortSpec, slot: int
+) -> list[docker.PublishedPort]:
+    inner = spec.container_port if spec.container_port is not None else spec.host_port(slot)
+    return [
+        port
+        for c in containers
+        if c.service == spec.service
+        for port in c.ports
+        if port.container_port == inner and port.protocol == "tcp"
+    ]
+
+
+def _ipv4_first(ports: Sequence[docker.PublishedPort]) -> docker.PublishedPort:
+    # Docker lists a wildcard bind twice, 0.0.0.0 and [::]: prefer the IPv4 one.
+    return sorted(ports, key=lambda p: ":" in p.host_ip)[0]
+
+
+def ports_and_host(containers: Sequence[docker.Container], slot: int) -> tuple[dict[str, int], str]:
+    """Host port by variable (what the containers publish, else the slot scheme's port), and
+    the address to reach them on (a published binding's, else 127.0.0.1)."""
+    found: dict[str, int] = {}
+    addrs: list[str] = []
+    for spec in slots.PORTS:
+        published = _published(containers, spec, slot)
+        if published:
+            port = _ipv4_first(published)
+            found[spec.variable] = port.host_port
+            addrs.append(port.host_ip)
+        else:
+            found[spec.variable] = spec.host_port(slot)
+    addr = next((a for a in addrs if a not in WILDCARD_ADDRS), DEFAULT_HOST)
+    return found, f"[{addr}]" if ":" in addr else addr
+
+
+def urls(ports: Mapping[str, int], host: str) -> dict[str, str]:
+    """URL by service name: what a developer or an agent opens on the slot."""
+    found = {
+        "backend": f"http://{host}:{ports['KTRDR_API_PORT']}/api/v1",
+        "db": f"postgresql://ktrdr@{host}:{ports['KTRDR_DB_PORT']}/ktrdr",
+        "jaeger": f"http://{host}:{ports['KTRDR_JAEGER_UI_PORT']}",
+        "prometheus": f"http://{host}:{ports['KTRDR_PROMETHEUS_PORT']}",
+        "grafana": f"http://{host}:{ports['KTRDR_GRAFANA_PORT']}",
+    }
+    for worker in slots.WORKERS:
+        found[worker.service] = f"http://{host}:{ports[worker.port_variable]}/health"
+    return found
+
+
+def _checkout(containers: Sequence[docker.Container]) -> str | None:
+    dirs = {c.working_dir for c in containers if c.working_dir}
+    return next(iter(dirs)) if len(dirs) == 1 else None
+
+
+def slot_entry(
+    slot: int,
+    containers: Sequence[docker.Container],
+    source: SlotSource,
+    volumes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One element of "slots" (see STATUS_JSON.md)."""
+    orphaned = not (source.source_exists and source.checkout_exists)
+    ports, host = ports_and_host(containers, slot)
+    services = set(slots.SERVICES) | {c.service for c in containers}
+    return {
+        "slot": slot,
+        "project": slots.project_name(slot),
+        "state": slot_state(containers, orphaned),
+        "app": source.app,
+        "source": source.source,
+        "branch": source.branch,
+        "checkout": _checkout(containers),
+        "orphaned": orphaned,
+        "ports": ports,
+        "urls": urls(ports, host),
+        "services": {
+            "total": max(len(containers), len(services)),
+            "running": sum(c.running for c in containers),
+            "healthy": sum(_healthy(c) for c in containers),
+        },
+        "volumes": sorted(volumes),
+    }
+
+
+def by_slot(containers: Sequence[docker.Container]) -> dict[int, list[docker.Container]]:
+    found: dict[int, list[docker.Container]] = {}
+    for container in containers:
+        if container.slot is not None:
+            found.setdefault(container.slot, []).append(container)
+    return found
+
+
+def document(
+    containers: Sequence[docker.Container],
+    sources: Mapping[int, SlotSource],
+    volumes: Mapping[int, Sequence[str]] | None = None,
+    only_slot: int | None = None,
+) -> dict[str, Any]:
+    """The `inv status --json` document: every slot with a container or a volume, by slot.
+    `sources` may lack a slot (nothing known about its source); `volumes` maps a slot to its
+    volume names (`picker.sandbox_volumes`)."""
+    groups = by_slot(containers)
+    volumes = volumes or {}
+    numbers = sorted(set(groups) | {s for s, names in volumes.items() if names})
+    entries = [
+        slot_entry(n, groups.get(n, []), sources.get(n, SlotSource()), volumes.get(n, ()))
+        for n in numbers
+        if only_slot is None or n == only_slot
+    ]
+    return {"schema": SCHEMA, "version": VERSION, "slots": entries}
+
+
+class CheckLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def passed(self) -> bool: ...
+    @property
+    def detail(self) -> str: ...
+
+
+class ReportLike(Protocol):
+    """What `sandbox.verify.VerifyReport` offers (kept structural, so neither module
+    imports the other)."""
+
+    @property
+    def slot(self) -> int: ...
+    @property
+    def checks(self) -> Sequence[CheckLike]: ...
+
+
+def verify_document(reports: Sequence[ReportLike]) -> dict[str, Any]:
+    """The `inv verify --json` document: every verified slot's named checks."""
+    entries = [
+        {
+            "slot": r.slot,
+            "project": slots.project_name(r.slot),
+            "passed": all(c.passed for c in r.checks),
+            "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in r.checks],
+        }
+        for r in reports
+    ]
+    return {
+        "schema": VERIFY_SCHEMA,
+        "version": VERSION,
+        "passed": all(e["passed"] for e in entries),
+        "slots": entries,
+    }
+
+
+def dumps(doc: Mapping[str, Any]) -> str:
+    """The document as printed: indented, keys in the documented order, ASCII-safe."""
+    return json.dumps(doc, indent=2)
+
+
+# ----------------------------------------------------------------------------- thin parts
+
+
+def describe_source(
+    source: str | None,
+    app: str | None,
+    checkout: str | None,
+    environ: Mapping[str, str] | None = None,
+) -> SlotSource:
+    """Look at the filesystem and git: does the source still exist, which branch is there."""
+    return SlotSource(
+        source=source,
+        app=app,
+        branch=worktrees.current_branch(Path(source), environ) if source else None,
+        source_exists=Path(source).is_dir() if source else True,
+        checkout_exists=Path(checkout).is_dir() if checkout else True,
+    )
+
+
+def slot_sources(
+    containers: Sequence[docker.Container],
+    labels_of: Callable[[docker.Container], Mapping[str, str]],
+    environ: Mapping[str, str] | None = None,
+) -> dict[int, SlotSource]:
+    """Every slot's source from its containers' labels (`labels_of`, e.g. `lambda c:
+    c.labels`): the first container that carries a label wins (one `up` labels them all)."""
+    found = {}
+    for slot, group in by_slot(containers).items():
+
+        def label(key: str, group: Sequence[docker.Container] = group) -> str | None:
+            return next((labels_of(c)[key] for c in group if labels_of(c).get(key)), None)
+
+        found[slot] = describe_source(
+            label(SOURCE_LABEL), label(APP_LABEL), _checkout(group), environ
+        )
+    return found
