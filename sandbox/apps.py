@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import slots
+from sandbox.docker import APP_LABEL, SOURCE_LABEL
 from sandbox.errors import Exit, SandboxError
 
-# Container labels that record what a slot runs: `inv status` shows them, preflight compares.
-APP_LABEL = "ktrdr.sandbox.app"
-SOURCE_LABEL = "ktrdr.sandbox.source"
 BUILTIN_SOURCE = ""  # the label value of a slot that runs the image's own code
 # Where the override and the per-slot secret live: in this checkout, never in the source's.
 STATE_DIR = ".sandbox"
@@ -73,6 +71,8 @@ class AppKind:
     # argv prefix that GETs a URL and fails on anything but 2xx; the URL is appended.
     probe: tuple[str, ...] = ()
     writes_env_sandbox: bool = False
+    # Variables that get a random value of their own per slot, kept across `up`s.
+    secrets: tuple[str, ...] = ()
 
 
 def _python_probe(python: str) -> tuple[str, ...]:
@@ -177,10 +177,11 @@ KTRDR = AppKind(
     migration=Migration("backend", ("alembic", "upgrade", "head"), "alembic upgrade head"),
     probe=_python_probe("python"),
     writes_env_sandbox=True,
+    # KTRDR refuses to sign tokens with its published insecure default.
+    secrets=("KTRDR_AUTH_JWT_SECRET",),
 )
 
 KINDS: tuple[AppKind, ...] = (KTRDR, REFERENCE)
-BUILTIN = REFERENCE  # what a slot without --source runs (from the image, no mounts)
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,10 @@ class Source:
         if self.path is None:
             return f"{self.kind.name} (built in)"
         return f"{self.kind.name}: {self.path}"
+
+
+# What a slot without --source runs: the reference app's own code, from its image.
+BUILT_IN = Source(REFERENCE, None)
 
 
 def detect(path: Path) -> Source:
@@ -223,9 +228,10 @@ def detect(path: Path) -> Source:
     raise SandboxError(f"--source {given} is not an app checkout ({wanted})", Exit.USAGE)
 
 
-def jwt_secret(root: Path, slot: int) -> str:
-    """The slot's own JWT secret, made once and kept in this checkout's state directory."""
-    path = root / STATE_DIR / f"slot-{slot}.jwt"
+def secret(root: Path, slot: int, name: str) -> str:
+    """The slot's own value of secret `name`, made once and kept in this checkout's state
+    directory (private to the user) until `inv down --volumes`."""
+    path = root / STATE_DIR / f"slot-{slot}.{name}"
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -301,6 +307,15 @@ def write_override(root: Path, slot: int, document: Mapping[str, Any]) -> Path:
     path.touch(mode=0o600)
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def remove_state(root: Path, slot: int) -> list[Path]:
+    """The slot's override and secrets, removed with its database (`down --volumes`)."""
+    state = root / STATE_DIR
+    found = [p for p in state.glob(f"slot-{slot}.*") if p.is_file()] if state.is_dir() else []
+    for path in found:
+        path.unlink()
+    return found
 
 
 def env_sandbox_text(slot: int, values: Mapping[str, str], urls: Mapping[str, str]) -> str:

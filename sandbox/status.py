@@ -23,6 +23,7 @@ class SlotStatus:
     total: int
     api_url: str | None
     checkout: str  # the checkout the containers were started from; "several" if they disagree
+    source: str = ""  # what the app runs: "reference (built in)", "ktrdr: /path", ...
 
 
 def _healthy(container: docker.Container) -> bool:
@@ -50,6 +51,15 @@ def _checkout(containers: Sequence[docker.Container]) -> str:
     if len(dirs) > 1:
         return SEVERAL
     return next(iter(dirs), "")
+
+
+def _source(containers: Sequence[docker.Container]) -> str:
+    """The app a slot runs, as `inv up --source` recorded it on the containers."""
+    found = {(c.app or "reference", c.source) for c in containers}
+    if len(found) > 1:
+        return SEVERAL
+    app, source = next(iter(found), ("reference", ""))
+    return f"{app}: {source}" if source else f"{app} (built in)"
 
 
 def summarize(
@@ -83,6 +93,7 @@ def summarize(
                 total=max(len(group), len(services)),
                 api_url=_api_url(group),
                 checkout=_checkout(group),
+                source=_source(group),
             )
         )
     return rows

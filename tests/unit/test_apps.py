@@ -50,7 +50,7 @@ def test_not_a_checkout_is_one_usage_error(tmp_path: Path, kind: str) -> None:
 
 
 def test_builtin_override_only_labels_every_service() -> None:
-    document = apps.override(apps.Source(apps.BUILTIN, None), None, {})
+    document = apps.override(apps.BUILT_IN, None, {})
     assert set(document["services"]) == set(slots.SERVICES)
     for service in document["services"].values():
         assert service == {"labels": {apps.APP_LABEL: "reference", apps.SOURCE_LABEL: ""}}
@@ -83,12 +83,13 @@ def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> No
     assert labels == {apps.APP_LABEL: "ktrdr", apps.SOURCE_LABEL: str(checkout)}
 
 
-def test_jwt_secret_is_made_once_per_slot(tmp_path: Path) -> None:
-    first = apps.jwt_secret(tmp_path, 3)
+def test_a_secret_is_made_once_per_slot(tmp_path: Path) -> None:
+    first = apps.secret(tmp_path, 3, "KTRDR_AUTH_JWT_SECRET")
     assert len(first) >= 32
-    assert apps.jwt_secret(tmp_path, 3) == first
-    assert apps.jwt_secret(tmp_path, 4) != first
-    assert (tmp_path / apps.STATE_DIR / "slot-3.jwt").stat().st_mode & 0o077 == 0
+    assert apps.secret(tmp_path, 3, "KTRDR_AUTH_JWT_SECRET") == first
+    assert apps.secret(tmp_path, 4, "KTRDR_AUTH_JWT_SECRET") != first
+    path = tmp_path / apps.STATE_DIR / "slot-3.KTRDR_AUTH_JWT_SECRET"
+    assert path.stat().st_mode & 0o077 == 0
 
 
 def test_env_sandbox_is_written_and_removed_only_when_ours(tmp_path: Path) -> None:
