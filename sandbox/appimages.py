@@ -157,9 +157,10 @@ def deps_tag(source: Path, extras: Sequence[str], base: str, torch: str = "none"
     return f"{DEPS_REPOSITORY}:{digest.hexdigest()[:12]}{suffix}"
 
 
-def extra_certs(environ: Mapping[str, str], host_dir: Path = HOST_EXTRA_CA_DIR) -> list[Path]:
+def extra_certs(environ: Mapping[str, str], host_dir: Path | None = None) -> list[Path]:
     """The host's extra CA certificates (*.crt under host_dir) and those KTRDR_EXTRA_CA_CERTS
     names. A named file or directory that does not exist is an error, not silently skipped."""
+    host_dir = HOST_EXTRA_CA_DIR if host_dir is None else host_dir
     found = sorted(host_dir.rglob("*.crt")) if host_dir.is_dir() else []
     for entry in filter(None, environ.get(EXTRA_CA_VARIABLE, "").split(os.pathsep)):
         path = Path(entry).expanduser()
