@@ -296,3 +296,94 @@ def ensure_deps_image(
         step = Step(tag, build_command(tag, context, base, extras, torch), build_env(environ))
         run_step(step, "the lines above say why: fix it and run the same command again")
     return Ensured(tag, True, time.monotonic() - started)
+
+
+# --- How a KTRDR-layout app runs from this image ------------------------------------------
+# Facts read from KTRDR's compose files, Dockerfile.dev and code, and checked by running a
+# real checkout from this image (Debian PostgreSQL 15, no registry). Our fixture app has the
+# same layout, so one definition runs both. Paths are inside the container.
+
+APP_DIR = "/app"  # WORKDIR and PYTHONPATH; the venv is /opt/venv, first on PATH
+# Host path (relative to the checkout) -> container path, mounted read-only for hot reload.
+SOURCE_MOUNTS = (("ktrdr", "/app/ktrdr"), ("config", "/app/config"))
+# The backend also needs these: migrations run in its container.
+MIGRATION_MOUNTS = (("alembic", "/app/alembic"), ("alembic.ini", "/app/alembic.ini"))
+MIGRATE_COMMAND = ("alembic", "upgrade", "head")
+BACKEND_PORT = 8000
+BACKEND_HEALTH_PATH = "/api/v1/health"
+WORKER_HEALTH_PATH = "/health"
+WORKER_MODULES = {
+    "backtesting": "ktrdr.backtesting.backtest_worker:app",
+    "training": "ktrdr.training.training_worker:app",
+}
+# Only the package is watched: uvicorn's default (the working directory, /app) would also
+# walk the shared data, models and strategies mounted under it.
+RELOAD = ("--reload", "--reload-dir", "/app/ktrdr")
+# KTRDR's Dockerfile.dev passes it; it logs to stdout and /app/logs/ktrdr.log (in the image).
+LOG_CONFIG = ("--log-config", "/app/ktrdr/config/logging_config.json")
+
+
+def backend_command() -> list[str]:
+    serve = ["uvicorn", "ktrdr.api.main:app", "--host", "0.0.0.0", "--port", str(BACKEND_PORT)]
+    return [*serve, *RELOAD, *LOG_CONFIG]
+
+
+def worker_command(worker_type: str, port: int) -> list[str]:
+    """A worker listens on the port it registers (KTRDR_WORKER_PORT): inside = outside."""
+    serve = ["uvicorn", WORKER_MODULES[worker_type], "--host", "0.0.0.0", "--port", str(port)]
+    return [*serve, *RELOAD]
+
+
+def healthcheck(url: str) -> list[str]:
+    """A Compose healthcheck test with no curl in the image: the venv's Python fetches url."""
+    fetch = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)"
+    return ["CMD", "python", "-c", fetch, url]
+
+
+def database_env(password: str, name: str = "ktrdr", user: str = "ktrdr") -> dict[str, str]:
+    """What backend, workers and migrations read (alembic/env.py and DatabaseSettings build
+    postgresql+asyncpg URLs from KTRDR_DB_*)."""
+    return {
+        "KTRDR_DB_HOST": "db",
+        "KTRDR_DB_PORT": "5432",
+        "KTRDR_DB_NAME": name,
+        "KTRDR_DB_USER": user,
+        "KTRDR_DB_PASSWORD": password,
+    }
+
+
+def backend_env(password: str, jwt_secret: str, otlp_endpoint: str) -> dict[str, str]:
+    return {
+        **database_env(password),
+        # Startup reconciliation and checkpoint cleanup look only at the legacy DB_HOST and
+        # are skipped without it (KTRDR logs a deprecation warning for it; harmless).
+        "DB_HOST": "db",
+        # libpq form, no driver, as KTRDR's compose files set it; no Python code in the
+        # checkout reads it today (its database comes from KTRDR_DB_*).
+        "DATABASE_URL": f"postgresql://ktrdr:{password}@db:5432/ktrdr",
+        "KTRDR_API_CLIENT_BASE_URL": f"http://backend:{BACKEND_PORT}/api/v1",
+        "KTRDR_AUTH_JWT_SECRET": jwt_secret,
+        "KTRDR_OTEL_OTLP_ENDPOINT": otlp_endpoint,
+        # true (KTRDR's compose default) points at an IB gateway on the Docker host.
+        "KTRDR_IB_HOST_ENABLED": "false",
+        "KTRDR_API_ENVIRONMENT": "development",
+        "KTRDR_CHECKPOINT_DIR": "/app/data/checkpoints",
+    }
+
+
+def worker_env(
+    service: str, worker_type: str, port: int, password: str, otlp_endpoint: str
+) -> dict[str, str]:
+    return {
+        **database_env(password),
+        "KTRDR_API_CLIENT_BASE_URL": f"http://backend:{BACKEND_PORT}/api/v1",
+        "WORKER_TYPE": worker_type,
+        # Without an id KTRDR registers `<type>-worker-<random hex>`: the gate looks for the
+        # service name.
+        "KTRDR_WORKER_ID": service,
+        "KTRDR_WORKER_PORT": str(port),
+        "KTRDR_WORKER_PUBLIC_BASE_URL": f"http://{service}:{port}",
+        "KTRDR_OTEL_OTLP_ENDPOINT": otlp_endpoint,
+        "KTRDR_API_ENVIRONMENT": "development",
+        "KTRDR_CHECKPOINT_DIR": "/app/data/checkpoints",
+    }

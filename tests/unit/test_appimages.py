@@ -347,3 +347,52 @@ def test_bad_input_is_refused_before_the_engine_is_asked(
     with pytest.raises(SandboxError, match="torch must be"):
         appimages.ensure_deps_image(make_app(tmp_path / "a"), {}, offline=True, torch="rocm")
     assert engine.builds == []
+
+
+# --- how a KTRDR-layout app runs ---------------------------------------------------------
+
+
+def test_backend_command_reloads_only_the_package() -> None:
+    assert appimages.backend_command() == [
+        "uvicorn",
+        "ktrdr.api.main:app",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--reload",
+        "--reload-dir",
+        "/app/ktrdr",
+        "--log-config",
+        "/app/ktrdr/config/logging_config.json",
+    ]
+
+
+def test_worker_command_listens_on_the_port_it_registers() -> None:
+    cmd = appimages.worker_command("training", 5015)
+    assert cmd[:2] == ["uvicorn", "ktrdr.training.training_worker:app"]
+    assert cmd[cmd.index("--port") + 1] == "5015"
+    env = appimages.worker_env("training-worker-1", "training", 5015, "pw", "http://jaeger:4317")
+    assert env["KTRDR_WORKER_PORT"] == "5015"
+    assert env["KTRDR_WORKER_PUBLIC_BASE_URL"] == "http://training-worker-1:5015"
+    assert env["KTRDR_WORKER_ID"] == "training-worker-1"
+
+
+def test_the_fixture_has_every_module_and_file_the_commands_name() -> None:
+    modules = ["ktrdr.api.main:app", *appimages.WORKER_MODULES.values()]
+    for module in modules:
+        path = FIXTURE / (module.split(":")[0].replace(".", "/") + ".py")
+        assert path.is_file(), path
+    for relative, _ in appimages.SOURCE_MOUNTS + appimages.MIGRATION_MOUNTS:
+        assert (FIXTURE / relative).exists(), relative
+    log_config = appimages.LOG_CONFIG[1].removeprefix(appimages.APP_DIR + "/")
+    assert (FIXTURE / log_config).is_file()
+
+
+def test_backend_env_gives_ktrdr_what_its_code_reads() -> None:
+    env = appimages.backend_env("secret-pw", "jwt", "http://jaeger:4317")
+    assert env["DB_HOST"] == "db" and env["KTRDR_DB_HOST"] == "db"
+    assert env["KTRDR_DB_PASSWORD"] == "secret-pw"
+    assert env["DATABASE_URL"] == "postgresql://ktrdr:secret-pw@db:5432/ktrdr"
+    assert env["KTRDR_IB_HOST_ENABLED"] == "false"
+    assert env["KTRDR_AUTH_JWT_SECRET"] == "jwt"
