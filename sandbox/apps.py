@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import slots
-from sandbox.docker import APP_LABEL, SOURCE_LABEL
+from sandbox.appimages import TORCH_CHOICES
+from sandbox.docker import APP_LABEL, SOURCE_LABEL, TORCH_LABEL
 from sandbox.errors import Exit, SandboxError
 
 BUILTIN_SOURCE = ""  # the label value of a slot that runs the image's own code
@@ -120,6 +121,8 @@ KTRDR = AppKind(
     title="KTRDR checkout",
     markers=("ktrdr/__init__.py", "pyproject.toml", "uv.lock", "alembic.ini"),
     image="uv",
+    # Only the package is watched: uvicorn's default (the working directory) would also walk
+    # the shared data, models and strategies mounted under /app.
     backend=(
         "uvicorn",
         "ktrdr.api.main:app",
@@ -130,6 +133,9 @@ KTRDR = AppKind(
         "--reload",
         "--reload-dir",
         f"{APP_DIR}/ktrdr",
+        # As KTRDR's own dev image starts it: logs to stdout.
+        "--log-config",
+        f"{APP_DIR}/ktrdr/config/logging_config.json",
     ),
     workers={
         "backtesting": (
@@ -172,7 +178,9 @@ KTRDR = AppKind(
         "KTRDR_DB_PASSWORD": "${KTRDR_DB_PASSWORD:-localdev}",
         "KTRDR_API_CLIENT_BASE_URL": "http://backend:8000/api/v1",
         "KTRDR_OTEL_OTLP_ENDPOINT": "http://jaeger:4317",
+        # true (KTRDR's own default) points at an IB gateway on the Docker host.
         "KTRDR_IB_HOST_ENABLED": "${KTRDR_IB_HOST_ENABLED:-false}",
+        "KTRDR_CHECKPOINT_DIR": "/app/data/checkpoints",
     },
     migration=Migration("backend", ("alembic", "upgrade", "head"), "alembic upgrade head"),
     probe=_python_probe("python"),
@@ -190,6 +198,8 @@ class Source:
 
     kind: AppKind
     path: Path | None
+    # Which torch the image has (uv kinds): "none" (the default), "debian" or "locked".
+    torch: str = "none"
 
     @property
     def label(self) -> str:
@@ -205,9 +215,12 @@ class Source:
 BUILT_IN = Source(REFERENCE, None)
 
 
-def detect(path: Path) -> Source:
+def detect(path: Path, torch: str = "none") -> Source:
     """The kind of app at `path`, or a SandboxError naming what is missing."""
     given = path
+    if torch not in TORCH_CHOICES:
+        choices = ", ".join(TORCH_CHOICES)
+        raise SandboxError(f"--torch must be one of {choices}, not {torch!r}", Exit.USAGE)
     path = path.expanduser()
     if not path.exists():
         raise SandboxError(f"--source {given}: no such directory; pass a checkout", Exit.USAGE)
@@ -216,7 +229,9 @@ def detect(path: Path) -> Source:
     path = path.resolve()
     for kind in KINDS:
         if all((path / marker).exists() for marker in kind.markers):
-            return Source(kind, path)
+            if torch != "none" and kind.image != "uv":
+                raise SandboxError(f"--torch is for KTRDR checkouts, not a {kind.title}", Exit.USAGE)
+            return Source(kind, path, torch)
     for kind in KINDS:
         if (path / kind.markers[0]).exists():
             missing = [m for m in kind.markers if not (path / m).exists()]
@@ -264,6 +279,8 @@ def override(source: Source, image: str | None, environment: Mapping[str, str]) 
     """The Compose override for `source`: labels on every service; for a checkout, the app
     services' image, commands, read-only mounts, environment and healthchecks."""
     labels = {APP_LABEL: source.kind.name, SOURCE_LABEL: source.label}
+    if source.kind.image == "uv":
+        labels[TORCH_LABEL] = source.torch
     services: dict[str, dict[str, Any]] = {s: {"labels": labels} for s in slots.SERVICES}
     if source.path is None:
         return {"services": services}
@@ -284,6 +301,9 @@ def override(source: Source, image: str | None, environment: Mapping[str, str]) 
             **env,
             **kind.worker_environment,
             "WORKER_TYPE": worker.worker_type,
+            # Without an id KTRDR registers `<type>-worker-<random hex>`; the gate looks for
+            # the service name.
+            "KTRDR_WORKER_ID": worker.service,
             "KTRDR_WORKER_PORT": port,
             "KTRDR_WORKER_PUBLIC_BASE_URL": f"http://{worker.service}:{port}",
         }

@@ -23,6 +23,7 @@ WORKDIR_LABEL = "com.docker.compose.project.working_dir"
 # Set by ktrdr-sandbox's own override (sandbox/apps.py): what the slot runs, and from where.
 APP_LABEL = "ktrdr.sandbox.app"
 SOURCE_LABEL = "ktrdr.sandbox.source"
+TORCH_LABEL = "ktrdr.sandbox.torch"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Container:
     ports: tuple[PublishedPort, ...] = field(default_factory=tuple)
     app: str = ""  # the app kind; "" for containers started before kinds were recorded
     source: str = ""  # the source checkout the app code is mounted from; "" for built-in code
+    torch: str = ""  # which torch a source's image has: none, debian, locked; "" for no choice
 
     @property
     def slot(self) -> int | None:
@@ -98,7 +100,8 @@ PS_FORMAT = (
     f'"Service":{{{{json (.Label "{SERVICE_LABEL}")}}}},'
     f'"WorkingDir":{{{{json (.Label "{WORKDIR_LABEL}")}}}},'
     f'"App":{{{{json (.Label "{APP_LABEL}")}}}},'
-    f'"Source":{{{{json (.Label "{SOURCE_LABEL}")}}}}}}'
+    f'"Source":{{{{json (.Label "{SOURCE_LABEL}")}}}},'
+    f'"Torch":{{{{json (.Label "{TORCH_LABEL}")}}}}}}'
 )
 
 
@@ -121,6 +124,7 @@ def parse_ps(output: str) -> list[Container]:
                 ports=parse_ports(row.get("Ports", "")),
                 app=row.get("App", ""),
                 source=row.get("Source", ""),
+                torch=row.get("Torch", ""),
             )
         )
     return found

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import apps, compose, docker, gate, net, preflight, runner, slots
+from sandbox import apps, appimages, compose, docker, gate, images, net, preflight, runner, slots
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
@@ -118,6 +118,34 @@ def up(
                 target, checked, environ, timeout, on_gate, source.kind.migration
             )
         return result
+
+
+def app_image(
+    source: apps.Source,
+    root: Path,
+    environ: Mapping[str, str],
+    on_step: Callable[[str, str], None] | None = None,
+) -> str | None:
+    """The image a source checkout runs on: its dependency image, reused when its lock is
+    unchanged, else built (offline when `inv images` chose local images). None: the image
+    ./.env names (the reference app)."""
+    if source.path is None or source.kind.image != "uv":
+        return None
+    offline = images.offline_selected(root)
+    say = on_step or (lambda name, detail: None)
+    ensured = appimages.ensure_deps_image(
+        source.path,
+        environ,
+        offline,
+        lambda what: say("build", what),
+        torch=source.torch,
+    )
+    world = "offline: no registry" if offline else "online"
+    if ensured.built:
+        say("image", f"built {ensured.tag} in {ensured.seconds:.1f} s ({world})")
+    else:
+        say("image", f"{ensured.tag} (dependencies unchanged: not rebuilt; {world})")
+    return ensured.tag
 
 
 def write_override(target: Target, source: apps.Source, image: str | None) -> Path:

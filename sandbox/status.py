@@ -12,6 +12,8 @@ from sandbox import docker, net, slots
 
 BACKEND_PORT = 8000  # the backend's port inside its container (KTRDR's contract)
 SEVERAL = "several"
+# How a slot's torch choice reads in the table: training needs torch, the rest does not.
+TORCH_SHOWN = {"none": "no torch", "debian": "Debian torch, CPU", "locked": "locked torch"}
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,12 @@ def _checkout(containers: Sequence[docker.Container]) -> str:
 
 def _source(containers: Sequence[docker.Container]) -> str:
     """The app a slot runs, as `inv up --source` recorded it on the containers."""
-    found = {(c.app or "reference", c.source) for c in containers}
+    found = {(c.app or "reference", c.source, c.torch) for c in containers}
     if len(found) > 1:
         return SEVERAL
-    app, source = next(iter(found), ("reference", ""))
-    return f"{app}: {source}" if source else f"{app} (built in)"
+    app, source, torch = next(iter(found), ("reference", "", ""))
+    shown = f"{app}: {source}" if source else f"{app} (built in)"
+    return f"{shown} ({TORCH_SHOWN.get(torch, torch)})" if torch else shown
 
 
 def summarize(
