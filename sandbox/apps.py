@@ -329,6 +329,17 @@ def write_override(root: Path, slot: int, document: Mapping[str, Any]) -> Path:
     return path
 
 
+def recorded_source(root: Path, slot: int) -> str:
+    """The source the slot's last `up` from this checkout ran ("" for none), from its
+    override: containers that recorded it may be gone (`down` without --volumes)."""
+    try:
+        document = json.loads(override_path(root, slot).read_text())
+        source = document["services"]["backend"]["labels"][SOURCE_LABEL]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return source if isinstance(source, str) else ""
+
+
 def remove_state(root: Path, slot: int) -> list[Path]:
     """The slot's override and secrets, removed with its database (`down --volumes`)."""
     state = root / STATE_DIR

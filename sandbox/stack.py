@@ -241,5 +241,6 @@ def forget(target: Target, containers: Sequence[docker.Container]) -> list[Path]
     """After `down --volumes`: remove the `.env.sandbox` this tool wrote into the slot's
     source checkout, and the slot's override and secrets here. Nothing else is touched."""
     sources = {c.source for c in containers if c.source}
+    sources |= {apps.recorded_source(target.root, target.slot)} - {""}
     removed = [p for s in sources if (p := apps.remove_env_sandbox(Path(s))) is not None]
     return removed + apps.remove_state(target.root, target.slot)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import apps, slots
+from sandbox import apps, docker, slots
 from sandbox.errors import Exit, SandboxError
 
 
 def make_ktrdr(path: Path, skip: str = "") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
     for marker in apps.KTRDR.markers:
         if marker == skip:
             continue
@@ -80,7 +81,11 @@ def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> No
     )
     assert worker["healthcheck"]["test"][-1] == "http://127.0.0.1:${KTRDR_WORKER_PORT_4}/health"
     labels = document["services"]["db"]["labels"]
-    assert labels == {apps.APP_LABEL: "ktrdr", apps.SOURCE_LABEL: str(checkout)}
+    assert labels == {
+        apps.APP_LABEL: "ktrdr",
+        apps.SOURCE_LABEL: str(checkout),
+        docker.TORCH_LABEL: "none",
+    }
 
 
 def test_a_secret_is_made_once_per_slot(tmp_path: Path) -> None:
@@ -106,3 +111,13 @@ def test_env_sandbox_is_written_and_removed_only_when_ours(tmp_path: Path) -> No
         apps.write_env_sandbox(source, text)
     assert apps.remove_env_sandbox(tmp_path) is None
     assert written.read_text() == "KTRDR_API_PORT=9999\n"
+
+
+def test_the_source_is_read_back_from_the_override(tmp_path: Path) -> None:
+    checkout = make_ktrdr(tmp_path / "checkout")
+    source = apps.detect(checkout)
+    assert apps.recorded_source(tmp_path, 5) == ""
+    apps.write_override(tmp_path, 5, apps.override(source, "img", {}))
+    assert apps.recorded_source(tmp_path, 5) == str(checkout.resolve())
+    assert [p.name for p in apps.remove_state(tmp_path, 5)] == ["slot-5.compose.json"]
+    assert apps.recorded_source(tmp_path, 5) == ""
