@@ -230,7 +230,9 @@ def detect(path: Path, torch: str = "none") -> Source:
     for kind in KINDS:
         if all((path / marker).exists() for marker in kind.markers):
             if torch != "none" and kind.image != "uv":
-                raise SandboxError(f"--torch is for KTRDR checkouts, not a {kind.title}", Exit.USAGE)
+                raise SandboxError(
+                    f"--torch is for KTRDR checkouts, not a {kind.title}", Exit.USAGE
+                )
             return Source(kind, path, torch)
     for kind in KINDS:
         if (path / kind.markers[0]).exists():

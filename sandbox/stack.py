@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import apps, appimages, compose, docker, gate, images, net, preflight, runner, slots
+from sandbox import appimages, apps, compose, docker, gate, images, net, preflight, runner, slots
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock

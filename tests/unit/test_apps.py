@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import apps, docker, slots
+from sandbox import ROOT, apps, docker, slots
 from sandbox.errors import Exit, SandboxError
 
 
@@ -54,7 +54,7 @@ def test_builtin_override_only_labels_every_service() -> None:
     document = apps.override(apps.BUILT_IN, None, {})
     assert set(document["services"]) == set(slots.SERVICES)
     for service in document["services"].values():
-        assert service == {"labels": {apps.APP_LABEL: "reference", apps.SOURCE_LABEL: ""}}
+        assert service == {"labels": {docker.APP_LABEL: "reference", docker.SOURCE_LABEL: ""}}
 
 
 def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> None:
@@ -82,8 +82,8 @@ def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> No
     assert worker["healthcheck"]["test"][-1] == "http://127.0.0.1:${KTRDR_WORKER_PORT_4}/health"
     labels = document["services"]["db"]["labels"]
     assert labels == {
-        apps.APP_LABEL: "ktrdr",
-        apps.SOURCE_LABEL: str(checkout),
+        docker.APP_LABEL: "ktrdr",
+        docker.SOURCE_LABEL: str(checkout),
         docker.TORCH_LABEL: "none",
     }
 
@@ -99,7 +99,8 @@ def test_a_secret_is_made_once_per_slot(tmp_path: Path) -> None:
 
 def test_env_sandbox_is_written_and_removed_only_when_ours(tmp_path: Path) -> None:
     source = apps.detect(make_ktrdr(tmp_path))
-    text = apps.env_sandbox_text(2, slots.ports(2), {"Backend API": "http://127.0.0.1:8002"})
+    ports = {name: str(port) for name, port in slots.ports(2).items()}
+    text = apps.env_sandbox_text(2, ports, {"Backend API": "http://127.0.0.1:8002"})
     written = apps.write_env_sandbox(source, text)
     assert written == tmp_path / ".env.sandbox"
     assert "KTRDR_API_PORT=8002" in written.read_text()
@@ -121,3 +122,17 @@ def test_the_source_is_read_back_from_the_override(tmp_path: Path) -> None:
     assert apps.recorded_source(tmp_path, 5) == str(checkout.resolve())
     assert [p.name for p in apps.remove_state(tmp_path, 5)] == ["slot-5.compose.json"]
     assert apps.recorded_source(tmp_path, 5) == ""
+
+
+def test_the_fixture_has_every_module_and_file_the_ktrdr_kind_names() -> None:
+    """The fixture runs through the KTRDR kind unchanged: every module its commands start,
+    every file they read and every mount must exist in it, as they do in a KTRDR checkout."""
+    fixture = ROOT / "containers" / "fixtures" / "ktrdr-fixture"
+    assert apps.detect(fixture).kind is apps.KTRDR
+    commands = [apps.KTRDR.backend, *apps.KTRDR.workers.values()]
+    for module in [c[1] for c in commands]:
+        assert (fixture / (module.split(":")[0].replace(".", "/") + ".py")).is_file(), module
+    for mount in apps.KTRDR.mounts:
+        assert (fixture / mount.source).exists(), mount.source
+    log_config = apps.KTRDR.backend[apps.KTRDR.backend.index("--log-config") + 1]
+    assert (fixture / log_config.removeprefix("/app/")).is_file()

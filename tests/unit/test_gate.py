@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import apps, compose, docker, envfiles, gate, net, runner, slots
+from sandbox import apps, compose, docker, envfiles, gate, net, runner, settings, slots
 from sandbox.gate import CheckResult, State
 from sandbox.runner import Result
 
@@ -126,7 +126,10 @@ def run(
     world: World,
     clock: FakeClock,
     updates: list[list[CheckResult]] | None = None,
-    **kwargs: float,
+    *,
+    timeout: float = settings.GATE_TIMEOUT,
+    poll: float = settings.GATE_POLL,
+    probe_wait: float = WAIT,
 ) -> gate.GateResult:
     return gate.run_gate(
         target,
@@ -135,9 +138,10 @@ def run(
         clock=clock,
         sleep=clock.sleep,
         probes=world.probes(),
-        probe_wait=kwargs.pop("probe_wait", WAIT),
+        probe_wait=probe_wait,
         on_update=updates.append if updates is not None else None,
-        **kwargs,
+        timeout=timeout,
+        poll=poll,
     )
 
 
