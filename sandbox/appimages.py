@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from sandbox import ROOT
+from sandbox import ROOT, runner
 from sandbox.errors import Exit, SandboxError
-from sandbox.runner import display, run
+from sandbox.runner import display
+from sandbox.settings import CLI_TIMEOUT
 
 DEPS_REPOSITORY = "ktrdr-sandbox/uv-app-deps"
 DOCKERFILE = ROOT / "containers" / "images" / "uv-app" / "Dockerfile"
@@ -249,12 +250,14 @@ def python_base_steps(offline: bool, environ: Mapping[str, str]) -> list[Step]:
 
 
 def image_exists(tag: str, environ: Mapping[str, str]) -> bool:
-    return run(["docker", "image", "inspect", tag], env=dict(environ), timeout=30).ok
+    return runner.run(
+        ["docker", "image", "inspect", tag], env=dict(environ), timeout=CLI_TIMEOUT
+    ).ok
 
 
 def run_step(step: Step, hint: str) -> None:
     """Run one build command; on failure raise with its last lines and what to do next."""
-    result = run(step.cmd, env=step.env)
+    result = runner.run(step.cmd, env=step.env)
     if not result.ok:
         raise SandboxError(
             f"building {step.what} failed ({display(step.cmd)}); {hint}",

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import ROOT, appimages
+from sandbox import ROOT, appimages, runner
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
 
@@ -268,7 +268,7 @@ def no_host_certs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def fake(monkeypatch: pytest.MonkeyPatch, images: set[str], fail: str | None = None) -> FakeEngine:
     engine = FakeEngine(images, fail)
-    monkeypatch.setattr(appimages, "run", engine.run)
+    monkeypatch.setattr(runner, "execute", engine.run)
     return engine
 
 
