@@ -22,6 +22,7 @@ from invoke.tasks import task
 
 from sandbox import (
     ROOT,
+    apps,
     compose,
     docker,
     docs,
@@ -82,6 +83,10 @@ def _compose(environ: Mapping[str, str]) -> list[str]:
 @task(
     help={
         "slot": SLOT_HELP,
+        "source": "run the app of this checkout (KTRDR, or a reference app source), mounted "
+        "read-only with hot reload; default: the reference app built into its image",
+        "torch": "a --source checkout's torch: none (default: backend and backtest workers "
+        "need none), debian (Debian's CPU torch, offline) or locked (its uv.lock's, GBs)",
         "build": "rebuild the reference app image before starting",
         "no-wait": "return after `docker compose up -d`, without the startability gate",
         "timeout": "seconds the gate waits for readiness "
@@ -92,12 +97,15 @@ def _compose(environ: Mapping[str, str]) -> list[str]:
 def up(
     c: Context,
     slot: str | None = None,
+    source: str | None = None,
+    torch: str = "none",
     build: bool = False,
     no_wait: bool = False,
     timeout: str | None = None,
 ) -> None:
     """Start a slot's stack: preflight, `docker compose up -d`, then the startability gate."""
     target = _target(slot)
+    chosen = apps.detect(Path(source), torch) if source else apps.BUILT_IN
     environ = dict(os.environ)
     with out.gate_progress(target.slot) as on_gate:
         result = stack.up(
@@ -111,6 +119,8 @@ def up(
             on_gate=on_gate,
             on_busy=out.line,
             on_compose=out.compose_up,
+            source=chosen,
+            app_image=lambda src: stack.app_image(src, ROOT, environ, out.step),
         )
     _report_up(target.slot, result)
 

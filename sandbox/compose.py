@@ -101,8 +101,12 @@ def find_compose(environ: Mapping[str, str] | None = None) -> list[str]:
     )
 
 
-def command(compose: Sequence[str], target: Target, *args: str) -> list[str]:
-    """`docker compose ... <args>` for `target`: its project, env file and compose file."""
+def command(
+    compose: Sequence[str], target: Target, *args: str, overrides: Sequence[Path] = ()
+) -> list[str]:
+    """`docker compose ... <args>` for `target`: its project, env file and compose file, and
+    any override files layered over it (the app kind's, see sandbox/apps.py)."""
+    layered = [part for path in overrides for part in ("-f", str(path))]
     return [
         *compose,
         "--project-name",
@@ -113,6 +117,7 @@ def command(compose: Sequence[str], target: Target, *args: str) -> list[str]:
         str(target.env_file),
         "-f",
         str(target.compose_file),
+        *layered,
         *args,
     ]
 

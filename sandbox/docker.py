@@ -20,6 +20,10 @@ from sandbox.settings import CLI_TIMEOUT, ENGINE_QUERY_TIMEOUT
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 WORKDIR_LABEL = "com.docker.compose.project.working_dir"
+# Set by ktrdr-sandbox's own override (sandbox/apps.py): what the slot runs, and from where.
+APP_LABEL = "ktrdr.sandbox.app"
+SOURCE_LABEL = "ktrdr.sandbox.source"
+TORCH_LABEL = "ktrdr.sandbox.torch"
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,9 @@ class Container:
     status: str  # "Up 3 minutes (healthy)"
     working_dir: str
     ports: tuple[PublishedPort, ...] = field(default_factory=tuple)
+    app: str = ""  # the app kind; "" for containers started before kinds were recorded
+    source: str = ""  # the source checkout the app code is mounted from; "" for built-in code
+    torch: str = ""  # which torch a source's image has: none, debian, locked; "" for no choice
 
     @property
     def slot(self) -> int | None:
@@ -91,7 +98,10 @@ PS_FORMAT = (
     '"Status":{{json .Status}},"Ports":{{json .Ports}},'
     f'"Project":{{{{json (.Label "{PROJECT_LABEL}")}}}},'
     f'"Service":{{{{json (.Label "{SERVICE_LABEL}")}}}},'
-    f'"WorkingDir":{{{{json (.Label "{WORKDIR_LABEL}")}}}}}}'
+    f'"WorkingDir":{{{{json (.Label "{WORKDIR_LABEL}")}}}},'
+    f'"App":{{{{json (.Label "{APP_LABEL}")}}}},'
+    f'"Source":{{{{json (.Label "{SOURCE_LABEL}")}}}},'
+    f'"Torch":{{{{json (.Label "{TORCH_LABEL}")}}}}}}'
 )
 
 
@@ -112,6 +122,9 @@ def parse_ps(output: str) -> list[Container]:
                 status=row.get("Status", ""),
                 working_dir=row.get("WorkingDir", ""),
                 ports=parse_ports(row.get("Ports", "")),
+                app=row.get("App", ""),
+                source=row.get("Source", ""),
+                torch=row.get("Torch", ""),
             )
         )
     return found

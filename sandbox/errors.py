@@ -24,6 +24,7 @@ class Exit(IntEnum):
     LOCKED = 8  # another `inv` holds the slot's lock
     COMMAND = 9  # an external command failed (docker build, compose up, ...)
     SHARED_DIR = 10  # the shared directory cannot be created or read
+    OTHER_SOURCE = 11  # the slot runs another app source than the one asked for
 
 
 class SandboxError(Exception):

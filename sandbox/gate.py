@@ -14,6 +14,7 @@ fake clock: no Docker, no sockets.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from sandbox import compose, docker, net, runner, slots
+from sandbox import apps, compose, docker, net, runner, slots
 from sandbox.errors import SandboxError
 from sandbox.runner import Result
 from sandbox.settings import (
@@ -32,6 +33,7 @@ from sandbox.settings import (
     GATE_HTTP_TIMEOUT,
     GATE_POLL,
     GATE_TIMEOUT,
+    MIGRATION_TIMEOUT,
 )
 
 DETAIL_CHARS = 160
@@ -61,6 +63,8 @@ class CheckResult:
     service: str  # the compose service whose logs explain a failure
     # Further services whose logs help (e.g. every worker that did not register).
     log_services: tuple[str, ...] = ()
+    # What a failed one-shot step said (a migration's output), shown in place of logs.
+    output: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ class Probes:
     http_get: HttpGet
     exec: Exec
     containers: ListContainers
+    # One-shot steps that may take long (migrations); `exec` when not given.
+    migrate: Exec | None = None
 
 
 # ----------------------------------------------------------------------------- real probes
@@ -109,7 +115,11 @@ def default_probes(environ: Mapping[str, str]) -> Probes:
         except SandboxError:
             return None  # an engine hiccup: the checks themselves will say what is wrong
 
-    return Probes(http_get=net.http_get, exec=_exec, containers=containers)
+    return Probes(http_get=net.http_get, exec=_exec, containers=containers, migrate=_migrate)
+
+
+def _migrate(cmd: Sequence[str], env: Mapping[str, str]) -> Result:
+    return runner.run(cmd, env=env, timeout=MIGRATION_TIMEOUT)
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -122,6 +132,9 @@ class Outcome:
     passed: bool
     detail: str
     services: tuple[str, ...] = ()  # when set: the services whose logs explain it
+    # A failure that trying again cannot mend (a migration that failed): the gate stops.
+    final: bool = False
+    output: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,6 +145,8 @@ class Check:
     probe: Callable[[], Outcome]
     # Containers whose exit fails this check at once: waiting for them would be pointless.
     watch: tuple[str, ...] = field(default_factory=tuple)
+    # A check that must pass before this one is probed at all (migrations need the database).
+    after: str | None = None
 
 
 def _one_line(text: str) -> str:
@@ -188,6 +203,51 @@ def exec_outcome(result: Result) -> Outcome:
     return Outcome(False, _one_line(result.tail(1)) or f"exit status {result.returncode}")
 
 
+# Compose's words when `exec` finds no running container: the service has not started yet.
+_NOT_RUNNING = re.compile(r"is not running|no container found|is restarting", re.IGNORECASE)
+
+
+def migration_outcome(result: Result) -> Outcome:
+    """A migration ran once: passed, not yet possible (its container is not up), or failed
+    for good, with its output."""
+    if result.ok:
+        last = result.stdout.strip().splitlines()[-1:] or ["applied"]
+        return Outcome(True, _one_line(last[0]))
+    if _NOT_RUNNING.search(result.stderr):
+        return Outcome(False, "waiting for its container to run")
+    return Outcome(
+        False,
+        f"failed (exit status {result.returncode}): {_one_line(result.tail(1))}",
+        final=True,
+        output=result.tail(FAILING_LOG_LINES),
+    )
+
+
+def migration_command(
+    compose_cmd: Sequence[str], target: compose.Target, migration: apps.Migration
+) -> list[str]:
+    return compose.command(compose_cmd, target, "exec", "-T", migration.service, *migration.command)
+
+
+def migration_check(
+    target: compose.Target,
+    compose_cmd: Sequence[str],
+    env: Mapping[str, str],
+    probes: Probes,
+    migration: apps.Migration,
+) -> Check:
+    cmd = migration_command(compose_cmd, target, migration)
+    run = probes.migrate or probes.exec
+    return Check(
+        "migrations",
+        f"Migrations ({migration.label})",
+        migration.service,
+        lambda: migration_outcome(run(cmd, env)),
+        (migration.service,),
+        after="database",
+    )
+
+
 def pg_isready_command(compose_cmd: Sequence[str], target: compose.Target) -> list[str]:
     return compose.command(
         compose_cmd,
@@ -210,8 +270,10 @@ def checks(
     compose_cmd: Sequence[str],
     environ: Mapping[str, str],
     probes: Probes,
+    migration: apps.Migration | None = None,
 ) -> list[Check]:
-    """The gate's checks for `target`, in display order."""
+    """The gate's checks for `target`, in display order; the app's migration step right after
+    the database when it has one."""
     h = net.host(target, environ)
     env = compose.environment(target, environ)
     pg_cmd = pg_isready_command(compose_cmd, target)
@@ -221,6 +283,7 @@ def checks(
     def http(url: str) -> Callable[[], Outcome]:
         return lambda: http_outcome(*probes.http_get(url, GATE_HTTP_TIMEOUT))
 
+    steps = [migration_check(target, compose_cmd, env, probes, migration)] if migration else []
     return [
         Check(
             "database",
@@ -229,6 +292,7 @@ def checks(
             lambda: exec_outcome(probes.exec(pg_cmd, env)),
             ("db",),
         ),
+        *steps,
         Check("backend", "Backend API health", "backend", http(f"{api}/health"), ("backend",)),
         Check(
             "workers",
@@ -310,6 +374,8 @@ class _Round:
         poll when it is due; return everything in flight."""
         for check in self.plan:
             if self.results[check.name].state is State.WAITING and check.name not in self.in_flight:
+                if check.after and self.results[check.after].state is not State.PASSED:
+                    continue
                 self.in_flight[check.name] = pool.submit(_timed, check.probe, self.clock)
         if self.ps is None and now >= self.next_ps:
             self.ps = pool.submit(self.probes.containers)
@@ -355,8 +421,9 @@ class _Round:
 def _apply(check: Check, result: CheckResult, outcome: Outcome, at: float, start: float) -> bool:
     """One probe's answer into its check; whether anything shown changed."""
     changed = result.detail != outcome.detail
-    if outcome.passed:
-        result.state, result.elapsed = State.PASSED, at - start
+    if outcome.passed or outcome.final:
+        result.state = State.PASSED if outcome.passed else State.FAILED
+        result.elapsed, result.output = at - start, outcome.output
         changed = True
     result.detail = outcome.detail
     if outcome.services:
@@ -406,6 +473,7 @@ def run_gate(
     probes: Probes | None = None,
     sleep: Callable[[float], None] = time.sleep,
     probe_wait: float | None = None,
+    migration: apps.Migration | None = None,
 ) -> GateResult:
     """Poll every check every `poll` seconds until all pass, one fails fast, or `timeout`.
 
@@ -416,7 +484,7 @@ def run_gate(
     every check whenever one changes.
     """
     probes = probes or default_probes(environ)
-    plan = checks(target, compose_cmd, environ, probes)
+    plan = checks(target, compose_cmd, environ, probes, migration)
     results = {
         c.name: CheckResult(c.name, c.label, State.WAITING, WAITING_DETAIL, None, c.service)
         for c in plan

@@ -113,6 +113,11 @@ def selection(offline: bool, root: Path) -> dict[str, str]:
     return {name: chosen[name] for name in IMAGE_VARIABLES}
 
 
+def offline_selected(root: Path) -> bool:
+    """Whether `inv images` chose local images for this checkout (no registry)."""
+    return image_settings(root).get("KTRDR_BASE_IMAGE") == OFFLINE_BASE
+
+
 def render_env(offline: bool, root: Path) -> str:
     mode = "offline: local images, no registry" if offline else "online: upstream images"
     lines = [

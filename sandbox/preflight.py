@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sandbox import compose, docker, envfiles, shared, slots
+from sandbox import apps, compose, docker, envfiles, shared, slots
 from sandbox.docker import Container
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import display
@@ -323,6 +323,7 @@ class Facts:
     target: compose.Target
     environ: Mapping[str, str]
     create_shared: bool
+    source: apps.Source = apps.BUILT_IN
     compose_cmd: list[str] = field(default_factory=list)
     everything: list[Container] = field(default_factory=list)  # every container on the engine
     own: list[Container] = field(default_factory=list)  # the slot's project's containers
@@ -357,6 +358,27 @@ def checkout_step(facts: Facts) -> Step:
             "checkout", f"{target.project} has {len(facts.own)} container(s) from this checkout"
         )
     return Step("checkout", f"{target.project} has no containers yet")
+
+
+def running_source(container: Container) -> tuple[str, str]:
+    """(app kind, source) a container runs; containers from before kinds were recorded ran
+    the built-in reference app."""
+    return (container.app or apps.BUILT_IN.kind.name, container.source)
+
+
+def source_step(facts: Facts) -> Step:
+    """A running slot keeps its source: `up` with another one would silently swap its code."""
+    target, wanted = facts.target, facts.source
+    for container in facts.own:
+        kind, source = running_source(container)
+        if (kind, source) != (wanted.kind.name, wanted.label):
+            now = f"{kind}: {source}" if source else f"{kind} (built in)"
+            raise SandboxError(
+                f"slot {target.slot} runs {now}, not {wanted.describe()}: "
+                f"`inv down --slot={target.slot}` first, or pick another slot",
+                Exit.OTHER_SOURCE,
+            )
+    return Step("source", wanted.describe())
 
 
 def ports_step(facts: Facts) -> Step:
@@ -400,19 +422,24 @@ STEPS: tuple[Callable[[Facts], Step], ...] = (
     compose_step,
     env_step,
     checkout_step,
+    source_step,
     ports_step,
     shared_step,
 )
 
 
 def run_preflight(
-    target: compose.Target, environ: Mapping[str, str], *, create_shared: bool = True
+    target: compose.Target,
+    environ: Mapping[str, str],
+    *,
+    create_shared: bool = True,
+    source: apps.Source = apps.BUILT_IN,
 ) -> Preflight:
     """Check that `target` can start; raise SandboxError naming the first thing that stops it.
 
     `create_shared=False` refuses a missing shared directory instead of creating it. The
     directory is created only once every other check has passed.
     """
-    facts = Facts(target, environ, create_shared)
+    facts = Facts(target, environ, create_shared, source)
     steps = [step(facts) for step in STEPS]
     return Preflight(facts.compose_cmd, steps, facts.own)

@@ -71,7 +71,7 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}s"
 
 
-STATUS_HEADER = ("slot", "project", "state", "healthy", "API URL", "checkout")
+STATUS_HEADER = ("slot", "project", "state", "healthy", "API URL", "source", "checkout")
 
 
 def _status_cells(rows: Sequence[SlotStatus]) -> list[tuple[str, ...]]:
@@ -82,6 +82,7 @@ def _status_cells(rows: Sequence[SlotStatus]) -> list[tuple[str, ...]]:
             r.state,
             f"{r.healthy}/{r.total}",
             r.api_url or "-",
+            r.source or "-",
             r.checkout or "-",
         )
         for r in rows
@@ -432,6 +433,7 @@ class RichRenderer(Renderer):
                 row[3],
                 Text(row[4], style="cyan"),
                 row[5],
+                row[6],
             )
         self.console.print(table)
 

@@ -22,6 +22,8 @@ GATE_EXEC_TIMEOUT = 10.0
 # One `docker ps` for the whole engine costs ~50-100 ms; every 2 s is prompt enough to stop
 # waiting for a container that exited, and cheap.
 CONTAINER_POLL = 2.0
+# An app's migration step (KTRDR: `alembic upgrade head`) imports the whole app first.
+MIGRATION_TIMEOUT = 180.0
 # How many log lines of each failing service `inv up` shows after a failed gate.
 FAILING_LOG_LINES = 20
 

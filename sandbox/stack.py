@@ -8,8 +8,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from sandbox import compose, docker, gate, preflight, runner, slots
+from sandbox import appimages, apps, compose, docker, gate, images, net, preflight, runner, slots
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
@@ -36,10 +37,12 @@ def gate_timeout(cli: str | None, target: Target, environ: Mapping[str, str]) ->
     return slots.parse_seconds(raw, "--timeout")
 
 
-def up_command(compose_cmd: Sequence[str], target: Target) -> list[str]:
+def up_command(
+    compose_cmd: Sequence[str], target: Target, overrides: Sequence[Path] = ()
+) -> list[str]:
     # Images are built by `inv images` (or `inv up --build`), not by Compose: Debian's engine
     # has no BuildKit, which Compose's own builder needs.
-    return compose.command(compose_cmd, target, "up", "-d", "--remove-orphans")
+    return compose.command(compose_cmd, target, "up", "-d", "--remove-orphans", overrides=overrides)
 
 
 def down_command(compose_cmd: Sequence[str], target: Target, volumes: bool) -> list[str]:
@@ -85,26 +88,75 @@ def up(
     on_busy: Callable[[str], None] | None = None,
     on_compose: Callable[[list[str]], None] | None = None,
     build: Callable[[], object] | None = None,
+    source: apps.Source = apps.BUILT_IN,
+    app_image: Callable[[apps.Source], str | None] | None = None,
 ) -> UpResult:
-    """Start `target` and wait until it is really ready.
+    """Start `target` running `source` and wait until it is really ready.
 
-    `build`, when given, rebuilds images once preflight has passed. A stack whose services
-    all run already only gets the gate, unless `recreate` (after such a rebuild). With
-    `wait=False` the gate does not run (`.gate` is None). Raises SandboxError for a refused
-    preflight or a failed `compose up`; a failed gate is a result (`.gate.passed`).
+    `build`, when given, rebuilds images once preflight has passed; `app_image` gets (or
+    builds) the image a source checkout runs on. A stack whose services all run already only
+    gets the gate, unless `recreate` (after such a rebuild). With `wait=False` the gate does
+    not run (`.gate` is None). Raises SandboxError for a refused preflight, a failed build or
+    a failed `compose up`; a failed gate is a result (`.gate.passed`).
     """
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
-        checked = preflight.run_preflight(target, environ)
+        checked = preflight.run_preflight(target, environ, source=source)
         if on_preflight:
             on_preflight(checked)
         if build is not None:
             build()  # after preflight and under the lock: a refused slot rebuilds nothing
+        image = app_image(source) if app_image is not None else None
+        override = write_override(target, source, image)
         already = all_running(checked.running) and not recreate
-        compose_seconds = 0.0 if already else _compose_up(target, checked, environ, on_compose)
+        compose_seconds = (
+            0.0 if already else _compose_up(target, checked, environ, on_compose, override)
+        )
+        apps.write_env_sandbox(source, env_sandbox(target, environ))
         result = UpResult(checked, not already, None, compose_seconds=compose_seconds)
         if wait:
-            result.gate, result.logs = _gate(target, checked, environ, timeout, on_gate)
+            result.gate, result.logs = _gate(
+                target, checked, environ, timeout, on_gate, source.kind.migration
+            )
         return result
+
+
+def app_image(
+    source: apps.Source,
+    root: Path,
+    environ: Mapping[str, str],
+    on_step: Callable[[str, str], None] | None = None,
+) -> str | None:
+    """The image a source checkout runs on: its dependency image, reused when its lock is
+    unchanged, else built (offline when `inv images` chose local images). None: the image
+    ./.env names (the reference app)."""
+    if source.path is None or source.kind.image != "uv":
+        return None
+    offline = images.offline_selected(root)
+    say = on_step or (lambda name, detail: None)
+    ensured = appimages.ensure_deps_image(
+        source.path,
+        environ,
+        offline,
+        lambda what: say("build", what),
+        torch=source.torch,
+    )
+    world = "offline: no registry" if offline else "online"
+    if ensured.built:
+        say("image", f"built {ensured.tag} in {ensured.seconds:.1f} s ({world})")
+    else:
+        say("image", f"{ensured.tag} (dependencies unchanged: not rebuilt; {world})")
+    return ensured.tag
+
+
+def write_override(target: Target, source: apps.Source, image: str | None) -> Path:
+    """The app kind's Compose override for this slot, with the slot's own secrets."""
+    secrets = {name: apps.secret(target.root, target.slot, name) for name in source.kind.secrets}
+    document = apps.override(source, image, secrets)
+    return apps.write_override(target.root, target.slot, document)
+
+
+def env_sandbox(target: Target, environ: Mapping[str, str]) -> str:
+    return apps.env_sandbox_text(target.slot, target.values, net.urls(target, environ))
 
 
 def _compose_up(
@@ -112,9 +164,10 @@ def _compose_up(
     checked: preflight.Preflight,
     environ: Mapping[str, str],
     on_compose: Callable[[list[str]], None] | None,
+    override: Path,
 ) -> float:
     """`docker compose up -d`; how long it took. SandboxError with its output when it fails."""
-    cmd = up_command(checked.compose, target)
+    cmd = up_command(checked.compose, target, [override])
     if on_compose:
         on_compose(cmd)
     started = time.monotonic()
@@ -134,13 +187,18 @@ def _gate(
     environ: Mapping[str, str],
     timeout: float,
     on_gate: Callable[[list[gate.CheckResult]], None] | None,
+    migration: apps.Migration | None,
 ) -> tuple[gate.GateResult, dict[str, str]]:
-    """The gate's result, and the failing services' last log lines when it did not pass."""
-    outcome = gate.run_gate(target, checked.compose, environ, timeout=timeout, on_update=on_gate)
+    """The gate's result, and when it did not pass what explains it: a failed step's own
+    output (a migration's), then the failing services' last log lines."""
+    outcome = gate.run_gate(
+        target, checked.compose, environ, timeout=timeout, on_update=on_gate, migration=migration
+    )
     if outcome.passed:
         return outcome, {}
+    said = {c.label: c.output for c in outcome.failed if c.output}
     services = gate.failing_services(outcome)
-    return outcome, gate.failing_logs(target, checked.compose, environ, services)
+    return outcome, {**said, **gate.failing_logs(target, checked.compose, environ, services)}
 
 
 def down(
@@ -174,4 +232,15 @@ def down(
             cwd=target.root,
             check=f"`docker compose down` failed for slot {target.slot}: {display(cmd)}",
         )
+        if volumes:
+            forget(target, own)
     return cmd
+
+
+def forget(target: Target, containers: Sequence[docker.Container]) -> list[Path]:
+    """After `down --volumes`: remove the `.env.sandbox` this tool wrote into the slot's
+    source checkout, and the slot's override and secrets here. Nothing else is touched."""
+    sources = {c.source for c in containers if c.source}
+    sources |= {apps.recorded_source(target.root, target.slot)} - {""}
+    removed = [p for s in sources if (p := apps.remove_env_sandbox(Path(s))) is not None]
+    return removed + apps.remove_state(target.root, target.slot)

@@ -12,6 +12,8 @@ from sandbox import docker, net, slots
 
 BACKEND_PORT = 8000  # the backend's port inside its container (KTRDR's contract)
 SEVERAL = "several"
+# How a slot's torch choice reads in the table: training needs torch, the rest does not.
+TORCH_SHOWN = {"none": "no torch", "debian": "Debian torch, CPU", "locked": "locked torch"}
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class SlotStatus:
     total: int
     api_url: str | None
     checkout: str  # the checkout the containers were started from; "several" if they disagree
+    source: str = ""  # what the app runs: "reference (built in)", "ktrdr: /path", ...
 
 
 def _healthy(container: docker.Container) -> bool:
@@ -50,6 +53,16 @@ def _checkout(containers: Sequence[docker.Container]) -> str:
     if len(dirs) > 1:
         return SEVERAL
     return next(iter(dirs), "")
+
+
+def _source(containers: Sequence[docker.Container]) -> str:
+    """The app a slot runs, as `inv up --source` recorded it on the containers."""
+    found = {(c.app or "reference", c.source, c.torch) for c in containers}
+    if len(found) > 1:
+        return SEVERAL
+    app, source, torch = next(iter(found), ("reference", "", ""))
+    shown = f"{app}: {source}" if source else f"{app} (built in)"
+    return f"{shown} ({TORCH_SHOWN.get(torch, torch)})" if torch else shown
 
 
 def summarize(
@@ -83,6 +96,7 @@ def summarize(
                 total=max(len(group), len(services)),
                 api_url=_api_url(group),
                 checkout=_checkout(group),
+                source=_source(group),
             )
         )
     return rows

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import compose, docker, envfiles, gate, net, runner, slots
+from sandbox import apps, compose, docker, envfiles, gate, net, runner, settings, slots
 from sandbox.gate import CheckResult, State
 from sandbox.runner import Result
 
@@ -126,7 +126,10 @@ def run(
     world: World,
     clock: FakeClock,
     updates: list[list[CheckResult]] | None = None,
-    **kwargs: float,
+    *,
+    timeout: float = settings.GATE_TIMEOUT,
+    poll: float = settings.GATE_POLL,
+    probe_wait: float = WAIT,
 ) -> gate.GateResult:
     return gate.run_gate(
         target,
@@ -135,9 +138,10 @@ def run(
         clock=clock,
         sleep=clock.sleep,
         probes=world.probes(),
-        probe_wait=kwargs.pop("probe_wait", WAIT),
+        probe_wait=probe_wait,
         on_update=updates.append if updates is not None else None,
-        **kwargs,
+        timeout=timeout,
+        poll=poll,
     )
 
 
@@ -474,3 +478,74 @@ def test_http_outcome() -> None:
     assert gate.http_outcome(503, "").detail == "HTTP 503"
     long = gate.http_outcome(500, "x" * 500).detail
     assert long.startswith("HTTP 500: xxx") and long.endswith("...") and len(long) <= 160
+
+
+# --- an app's migration step ------------------------------------------------------------
+
+MIGRATION = apps.Migration("backend", ("alembic", "upgrade", "head"), "alembic upgrade head")
+
+
+def migrating(
+    target: compose.Target, world: World, clock: FakeClock, answers: list[Result]
+) -> tuple[gate.GateResult, list[list[str]]]:
+    """The gate with a migration whose runs answer `answers` in turn (the last repeats)."""
+    ran: list[list[str]] = []
+
+    def migrate(cmd: Sequence[str], env: Mapping[str, str]) -> Result:
+        ran.append(list(cmd))
+        return answers[min(len(ran), len(answers)) - 1]
+
+    probes = gate.Probes(world.http_get, world.exec, world.ps, migrate=migrate)
+    result = gate.run_gate(
+        target,
+        ["docker", "compose"],
+        {"PATH": "/usr/bin"},
+        clock=clock,
+        sleep=clock.sleep,
+        probes=probes,
+        probe_wait=WAIT,
+        timeout=30,
+        migration=MIGRATION,
+    )
+    return result, ran
+
+
+def test_the_migration_runs_once_after_the_database_is_ready(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"database": 2.0})
+    ok = Result((), 0, "INFO  [alembic] Running upgrade  -> 0001, create workers\n")
+    result, ran = migrating(target, world, clock, [ok])
+    assert result.passed
+    assert [c.name for c in result.checks][:2] == ["database", "migrations"]
+    step = result.checks[1]
+    assert step.detail == "INFO [alembic] Running upgrade -> 0001, create workers"
+    assert step.elapsed is not None and step.elapsed >= 2.0
+    assert ran == [gate.migration_command(["docker", "compose"], target, MIGRATION)]
+    assert ran[0][-5:] == ["-T", "backend", "alembic", "upgrade", "head"]
+
+
+def test_the_migration_waits_for_its_container(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock)
+    waiting = Result((), 1, "", 'service "backend" is not running\n')
+    result, ran = migrating(target, world, clock, [waiting, waiting, Result((), 0, "")])
+    assert result.passed
+    assert len(ran) == 3
+    assert result.checks[1].detail == "applied"
+
+
+def test_a_failed_migration_fails_the_gate_at_once_with_its_output(
+    target: compose.Target,
+) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 60.0})
+    said = 'Traceback ...\nsqlalchemy.exc.ProgrammingError: relation "x" already exists\n'
+    result, ran = migrating(target, world, clock, [Result((), 1, "", said)])
+    assert not result.passed
+    assert len(ran) == 1
+    step = result.checks[1]
+    assert step.state is State.FAILED
+    assert step.detail.startswith("failed (exit status 1): sqlalchemy.exc.ProgrammingError")
+    assert 'relation "x" already exists' in step.output
+    assert result.elapsed < 30  # failed fast, not at the timeout
+    assert gate.failing_services(result)[0] == "backend"

@@ -6,12 +6,13 @@ import json
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sandbox import compose, docker, envfiles, preflight, runner
+from sandbox import apps, compose, docker, envfiles, preflight, runner
 from sandbox import shared as shared_mod
 from sandbox.docker import Container, PublishedPort
 from sandbox.errors import Exit, SandboxError
@@ -436,7 +437,8 @@ def test_read_listeners_finds_this_process(listening: socket.socket) -> None:
 def ps_line(c: Container) -> str:
     ports = ", ".join(f"{p.host_ip}:{p.host_port}->{p.container_port}/tcp" for p in c.ports)
     row = {"ID": c.id, "Names": c.name, "State": c.state, "Status": c.status, "Ports": ports,
-           "Project": c.project, "Service": c.service, "WorkingDir": c.working_dir}  # fmt: skip
+           "Project": c.project, "Service": c.service, "WorkingDir": c.working_dir,
+           "App": c.app, "Source": c.source}  # fmt: skip
     return json.dumps(row)
 
 
@@ -481,16 +483,18 @@ def test_preflight_passes_and_creates_the_shared_dir(
         "compose",
         "env",
         "checkout",
+        "source",
         "ports",
         "shared",
     ]
     assert result.compose == ["docker", "compose"]
     assert result.running == []
     assert result.steps[0].detail == "Docker engine 27.3.1 reachable"
-    assert result.steps[5].detail == (
+    details = {step.name: step.detail for step in result.steps}
+    assert details["shared"] == (
         f"created {shared}, {shared}/data, {shared}/models, {shared}/strategies"
     )
-    assert result.steps[4].detail == "11 host ports free on 127.0.0.1, 0.0.0.0, ::"
+    assert details["ports"] == "11 host ports free on 127.0.0.1, 0.0.0.0, ::"
     # Read-only questions only, and one `docker ps`.
     assert [c[:3] for c in engine.commands] == [
         ("docker", "version", "--format"),
@@ -498,7 +502,7 @@ def test_preflight_passes_and_creates_the_shared_dir(
         tuple(docker.ps_command()[:3]),
     ]
     again = preflight.run_preflight(target, {})
-    assert again.steps[5].detail == f"{shared} has data/, models/, strategies/"
+    assert again.steps[-1].detail == f"{shared} has data/, models/, strategies/"
 
 
 def test_a_refused_preflight_creates_no_shared_dir(
@@ -531,8 +535,9 @@ def test_preflight_with_the_stack_already_up(engine: FakeEngine, target: compose
         mp.setattr(preflight, "can_bind", lambda host, port: port not in busy)
         result = preflight.run_preflight(target, {})
     assert [c.service for c in result.running] == ["db", "backend"]
-    assert result.steps[3].detail == "ktrdr-sandbox-1 has 2 container(s) from this checkout"
-    assert result.steps[4].detail.endswith(", 2 published by ktrdr-sandbox-1")
+    details = {step.name: step.detail for step in result.steps}
+    assert details["checkout"] == "ktrdr-sandbox-1 has 2 container(s) from this checkout"
+    assert details["ports"].endswith(", 2 published by ktrdr-sandbox-1")
 
 
 def test_no_engine_stops_before_anything_else(engine: FakeEngine, target: compose.Target) -> None:
@@ -573,6 +578,32 @@ def test_other_checkout_is_refused(engine: FakeEngine, target: compose.Target) -
         preflight.run_preflight(target, {})
     assert err.value.code is Exit.OTHER_CHECKOUT
     assert "started from /srv/other; run `inv down --slot=1` in that checkout" in err.value.message
+
+
+def test_a_slot_running_another_source_is_refused(
+    engine: FakeEngine, target: compose.Target, tmp_path: Path
+) -> None:
+    checkout = str(target.root)
+    engine.containers = [
+        replace(
+            container("ktrdr-sandbox-1", "db", 5433, working_dir=checkout),
+            app="ktrdr",
+            source="/code/ktrdr-fix-y",
+        )
+    ]
+    asked = apps.Source(apps.KTRDR, tmp_path / "ktrdr-feature-x")
+    with pytest.raises(SandboxError) as err:
+        preflight.run_preflight(target, {}, source=asked)
+    assert err.value.code is Exit.OTHER_SOURCE
+    assert err.value.message == (
+        f"slot 1 runs ktrdr: /code/ktrdr-fix-y, not ktrdr: {tmp_path}/ktrdr-feature-x: "
+        "`inv down --slot=1` first, or pick another slot"
+    )
+    # The same source, and containers from before kinds were labelled (the built-in app),
+    # pass.
+    engine.containers = [replace(engine.containers[0], app="", source="")]
+    steps = preflight.run_preflight(target, {}).steps
+    assert ("source", "reference (built in)") in [(s.name, s.detail) for s in steps]
 
 
 def test_taken_port_names_the_holder(engine: FakeEngine, target: compose.Target) -> None:

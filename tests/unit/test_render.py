@@ -98,8 +98,17 @@ def test_up_result_reports_compose_time_then_gate() -> None:
 
 
 STATUSES = [
-    SlotStatus(1, "ktrdr-sandbox-1", "running", 9, 9, "http://127.0.0.1:8001/api/v1", "/w/main"),
-    SlotStatus(10, "ktrdr-sandbox-10", "stopped", 0, 9, None, "several"),
+    SlotStatus(
+        1,
+        "ktrdr-sandbox-1",
+        "running",
+        9,
+        9,
+        "http://127.0.0.1:8001/api/v1",
+        "/w/main",
+        "ktrdr: /code/ktrdr-x",
+    ),
+    SlotStatus(10, "ktrdr-sandbox-10", "stopped", 0, 9, None, "several", "reference (built in)"),
 ]
 
 
@@ -107,9 +116,12 @@ def test_plain_status_is_an_aligned_table_without_boxes() -> None:
     out, buffer = plain()
     out.status(STATUSES)
     assert buffer.getvalue().splitlines() == [
-        "slot  project           state    healthy  API URL                       checkout",
-        "1     ktrdr-sandbox-1   running  9/9      http://127.0.0.1:8001/api/v1  /w/main",
-        "10    ktrdr-sandbox-10  stopped  0/9      -                             several",
+        "slot  project           state    healthy  API URL                       source"
+        "                checkout",
+        "1     ktrdr-sandbox-1   running  9/9      http://127.0.0.1:8001/api/v1  "
+        "ktrdr: /code/ktrdr-x  /w/main",
+        "10    ktrdr-sandbox-10  stopped  0/9      -                             "
+        "reference (built in)  several",
     ]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import compose, docker, envfiles, gate, preflight, runner, slots, stack
+from sandbox import apps, compose, docker, envfiles, gate, preflight, runner, slots, stack
 from sandbox.docker import Container
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
@@ -64,7 +64,8 @@ def test_up_starts_a_stopped_slot_then_runs_the_gate(
     result = stack.up(target, {})
     assert result.gate is not None
     assert result.started and result.gate.passed
-    assert fakes.commands == [stack.up_command(["docker", "compose"], target)]
+    override = apps.override_path(target.root, target.slot)
+    assert fakes.commands == [stack.up_command(["docker", "compose"], target, [override])]
 
 
 def test_up_on_a_running_slot_only_reruns_the_gate(
@@ -89,7 +90,8 @@ def test_up_without_wait_starts_the_stack_and_runs_no_gate(
     monkeypatch.setattr(gate, "run_gate", no_gate)
     result = stack.up(target, {}, wait=False)
     assert result.started and result.gate is None and result.logs == {}
-    assert fakes.commands == [stack.up_command(["docker", "compose"], target)]
+    override = apps.override_path(target.root, target.slot)
+    assert fakes.commands == [stack.up_command(["docker", "compose"], target, [override])]
 
 
 def test_up_with_one_service_stopped_runs_compose(

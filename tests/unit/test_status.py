@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from sandbox import docker, slots, status
@@ -52,7 +54,15 @@ def test_running_slot() -> None:
         total=9,
         api_url="http://127.0.0.1:8001/api/v1",
         checkout="/home/dev/ktrdr-sandbox",
+        source="reference (built in)",
     )
+
+
+def test_the_source_a_slot_runs_is_shown() -> None:
+    stack = [replace(c, app="ktrdr", source="/code/ktrdr-x") for c in full_stack(3)]
+    assert status.summarize(stack)[0].source == "ktrdr: /code/ktrdr-x"
+    stack[0] = replace(stack[0], source="/code/other")
+    assert status.summarize(stack)[0].source == "several"
 
 
 def test_partial_and_stopped_slots_sorted_by_slot() -> None:

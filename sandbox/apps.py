@@ -1,0 +1,395 @@
+"""App kinds: what runs in a slot's backend and workers, as data.
+
+A slot runs either the built-in reference app (no `--source`) or the code of a checkout given
+with `inv up --source=PATH`. Which kind of app PATH holds is detected from its layout; each
+kind says, as data, which image it runs on, the command of the backend and of each worker type,
+which directories of the checkout are mounted (read-only) for hot reload, the environment it
+reads, the migration step and the healthcheck. A third kind is a new `AppKind`, not new
+branches in the tasks.
+
+`override(...)` turns a kind into a Compose override file (JSON is YAML) layered over
+docker-compose.sandbox.yml with a second `-f`; everything else in the stack stays as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sandbox import slots
+from sandbox.appimages import TORCH_CHOICES
+from sandbox.docker import APP_LABEL, SOURCE_LABEL, TORCH_LABEL
+from sandbox.errors import Exit, SandboxError
+
+BUILTIN_SOURCE = ""  # the label value of a slot that runs the image's own code
+# Where the override and the per-slot secret live: in this checkout, never in the source's.
+STATE_DIR = ".sandbox"
+# The file KTRDR's CLI reads to find its slot's API (KTRDR's .gitignore ignores it).
+ENV_SANDBOX = ".env.sandbox"
+ENV_SANDBOX_HEADER = "# Written by ktrdr-sandbox"
+# The app's container paths, as in KTRDR's own images.
+APP_DIR = "/app"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A directory or file of the checkout, mounted read-only: the container reloads from it
+    and can never write to the user's checkout."""
+
+    source: str  # relative to the checkout
+    target: str  # inside the container
+    optional: bool = False  # skipped when the checkout does not have it
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A command run in a running service once the database is ready, before the gate passes."""
+
+    service: str
+    command: tuple[str, ...]
+    label: str
+
+
+@dataclass(frozen=True)
+class AppKind:
+    name: str
+    title: str
+    # Every path must exist for a checkout to be of this kind; the first one names the kind
+    # in errors ("a KTRDR checkout without uv.lock").
+    markers: tuple[str, ...]
+    image: str  # "reference": the reference-app image; "uv": a dependency image from uv.lock
+    backend: tuple[str, ...]
+    # Worker type ("backtesting", "training") -> command; "{port}" is the worker's port.
+    workers: Mapping[str, tuple[str, ...]]
+    mounts: tuple[Mount, ...]
+    environment: Mapping[str, str] = field(default_factory=dict)
+    worker_environment: Mapping[str, str] = field(default_factory=dict)
+    migration: Migration | None = None
+    # argv prefix that GETs a URL and fails on anything but 2xx; the URL is appended.
+    probe: tuple[str, ...] = ()
+    writes_env_sandbox: bool = False
+    # Variables that get a random value of their own per slot, kept across `up`s.
+    secrets: tuple[str, ...] = ()
+
+
+def _python_probe(python: str) -> tuple[str, ...]:
+    # Every image here has Python; neither curl nor wget is in the slim ones.
+    code = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)"
+    return (python, "-c", code)
+
+
+REFERENCE = AppKind(
+    name="reference",
+    title="reference app source",
+    markers=("ktrdr_reference/__init__.py",),
+    image="reference",
+    # The image's own reloader (containers/shared/reloader.py) restarts the process when a
+    # mounted .py file changes: the reference app has no uvicorn.
+    backend=(
+        "python3",
+        "-m",
+        "reloader",
+        "/app/ktrdr_reference",
+        "--",
+        "python3",
+        "-m",
+        "ktrdr_reference.backend",
+    ),
+    workers={
+        kind: (
+            "python3",
+            "-m",
+            "reloader",
+            "/app/ktrdr_reference",
+            "--",
+            "python3",
+            "-m",
+            "ktrdr_reference.worker",
+        )
+        for kind in ("backtesting", "training")
+    },
+    mounts=(Mount("ktrdr_reference", f"{APP_DIR}/ktrdr_reference"),),
+    probe=_python_probe("python3"),
+)
+
+KTRDR = AppKind(
+    name="ktrdr",
+    title="KTRDR checkout",
+    markers=("ktrdr/__init__.py", "pyproject.toml", "uv.lock", "alembic.ini"),
+    image="uv",
+    # Only the package is watched: uvicorn's default (the working directory) would also walk
+    # the shared data, models and strategies mounted under /app.
+    backend=(
+        "uvicorn",
+        "ktrdr.api.main:app",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--reload",
+        "--reload-dir",
+        f"{APP_DIR}/ktrdr",
+        # As KTRDR's own dev image starts it: logs to stdout.
+        "--log-config",
+        f"{APP_DIR}/ktrdr/config/logging_config.json",
+    ),
+    workers={
+        "backtesting": (
+            "uvicorn",
+            "ktrdr.backtesting.backtest_worker:app",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "{port}",
+            "--reload",
+            "--reload-dir",
+            f"{APP_DIR}/ktrdr",
+        ),
+        "training": (
+            "uvicorn",
+            "ktrdr.training.training_worker:app",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "{port}",
+            "--reload",
+            "--reload-dir",
+            f"{APP_DIR}/ktrdr",
+        ),
+    },
+    mounts=(
+        Mount("ktrdr", f"{APP_DIR}/ktrdr"),
+        Mount("config", f"{APP_DIR}/config", optional=True),
+        Mount("alembic", f"{APP_DIR}/alembic", optional=True),
+        Mount("alembic.ini", f"{APP_DIR}/alembic.ini"),
+    ),
+    environment={
+        "KTRDR_API_ENVIRONMENT": "development",
+        # KTRDR's start-up reconciliation reads the legacy name and is skipped without it.
+        "DB_HOST": "db",
+        "KTRDR_DB_HOST": "db",
+        "KTRDR_DB_PORT": "5432",
+        "KTRDR_DB_NAME": "ktrdr",
+        "KTRDR_DB_USER": "ktrdr",
+        "KTRDR_DB_PASSWORD": "${KTRDR_DB_PASSWORD:-localdev}",
+        "KTRDR_API_CLIENT_BASE_URL": "http://backend:8000/api/v1",
+        "KTRDR_OTEL_OTLP_ENDPOINT": "http://jaeger:4317",
+        # true (KTRDR's own default) points at an IB gateway on the Docker host.
+        "KTRDR_IB_HOST_ENABLED": "${KTRDR_IB_HOST_ENABLED:-false}",
+        "KTRDR_CHECKPOINT_DIR": "/app/data/checkpoints",
+    },
+    migration=Migration("backend", ("alembic", "upgrade", "head"), "alembic upgrade head"),
+    probe=_python_probe("python"),
+    writes_env_sandbox=True,
+    # KTRDR refuses to sign tokens with its published insecure default.
+    secrets=("KTRDR_AUTH_JWT_SECRET",),
+)
+
+KINDS: tuple[AppKind, ...] = (KTRDR, REFERENCE)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a slot runs: a kind, and the checkout it comes from (None: the image's own code)."""
+
+    kind: AppKind
+    path: Path | None
+    # Which torch the image has (uv kinds): "none" (the default), "debian" or "locked".
+    torch: str = "none"
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path is not None else BUILTIN_SOURCE
+
+    def describe(self) -> str:
+        if self.path is None:
+            return f"{self.kind.name} (built in)"
+        return f"{self.kind.name}: {self.path}"
+
+
+# What a slot without --source runs: the reference app's own code, from its image.
+BUILT_IN = Source(REFERENCE, None)
+
+
+def detect(path: Path, torch: str = "none") -> Source:
+    """The kind of app at `path`, or a SandboxError naming what is missing."""
+    given = path
+    if torch not in TORCH_CHOICES:
+        choices = ", ".join(TORCH_CHOICES)
+        raise SandboxError(f"--torch must be one of {choices}, not {torch!r}", Exit.USAGE)
+    path = path.expanduser()
+    if not path.exists():
+        raise SandboxError(f"--source {given}: no such directory; pass a checkout", Exit.USAGE)
+    if not path.is_dir():
+        raise SandboxError(f"--source {given} is a file; pass a checkout directory", Exit.USAGE)
+    path = path.resolve()
+    for kind in KINDS:
+        if all((path / marker).exists() for marker in kind.markers):
+            if torch != "none" and kind.image != "uv":
+                raise SandboxError(
+                    f"--torch is for KTRDR checkouts, not a {kind.title}", Exit.USAGE
+                )
+            return Source(kind, path, torch)
+    for kind in KINDS:
+        if (path / kind.markers[0]).exists():
+            missing = [m for m in kind.markers if not (path / m).exists()]
+            raise SandboxError(
+                f"--source {given} looks like a {kind.title} but has no {', '.join(missing)}",
+                Exit.USAGE,
+            )
+    wanted = "; ".join(f"a {k.title} has {', '.join(k.markers)}" for k in KINDS)
+    raise SandboxError(f"--source {given} is not an app checkout ({wanted})", Exit.USAGE)
+
+
+def secret(root: Path, slot: int, name: str) -> str:
+    """The slot's own value of secret `name`, made once and kept in this checkout's state
+    directory (private to the user) until `inv down --volumes`."""
+    path = root / STATE_DIR / f"slot-{slot}.{name}"
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n")
+    return secret
+
+
+def _command(argv: tuple[str, ...], port: str) -> list[str]:
+    return [part.replace("{port}", port) for part in argv]
+
+
+def _healthcheck(kind: AppKind, url: str) -> dict[str, Any]:
+    return {"test": ["CMD", *kind.probe, url]}
+
+
+def _volumes(source: Source) -> list[str]:
+    if source.path is None:
+        return []
+    found = []
+    for mount in source.kind.mounts:
+        if mount.optional and not (source.path / mount.source).exists():
+            continue
+        found.append(f"{source.path / mount.source}:{mount.target}:ro")
+    return found
+
+
+def override(source: Source, image: str | None, environment: Mapping[str, str]) -> dict[str, Any]:
+    """The Compose override for `source`: labels on every service; for a checkout, the app
+    services' image, commands, read-only mounts, environment and healthchecks."""
+    labels = {APP_LABEL: source.kind.name, SOURCE_LABEL: source.label}
+    if source.kind.image == "uv":
+        labels[TORCH_LABEL] = source.torch
+    services: dict[str, dict[str, Any]] = {s: {"labels": labels} for s in slots.SERVICES}
+    if source.path is None:
+        return {"services": services}
+    kind = source.kind
+    env = {**kind.environment, **environment}
+    mounts = _volumes(source)
+    app: dict[str, Any] = {"volumes": mounts, "environment": env}
+    if image:
+        app["image"] = image
+    services["backend"].update(
+        app,
+        command=_command(kind.backend, "8000"),
+        healthcheck=_healthcheck(kind, "http://127.0.0.1:8000/api/v1/health"),
+    )
+    for worker in slots.WORKERS:
+        port = f"${{{worker.port_variable}}}"
+        worker_env = {
+            **env,
+            **kind.worker_environment,
+            "WORKER_TYPE": worker.worker_type,
+            # Without an id KTRDR registers `<type>-worker-<random hex>`; the gate looks for
+            # the service name.
+            "KTRDR_WORKER_ID": worker.service,
+            "KTRDR_WORKER_PORT": port,
+            "KTRDR_WORKER_PUBLIC_BASE_URL": f"http://{worker.service}:{port}",
+        }
+        services[worker.service].update(
+            app,
+            environment=worker_env,
+            command=_command(kind.workers[worker.worker_type], port),
+            healthcheck=_healthcheck(kind, f"http://127.0.0.1:{port}/health"),
+        )
+    return {"services": services}
+
+
+def override_path(root: Path, slot: int) -> Path:
+    return root / STATE_DIR / f"slot-{slot}.compose.json"
+
+
+def write_override(root: Path, slot: int, document: Mapping[str, Any]) -> Path:
+    """Write the override where `compose.command` finds it; private: it holds the secret."""
+    path = override_path(root, slot)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def recorded_source(root: Path, slot: int) -> str:
+    """The source the slot's last `up` from this checkout ran ("" for none), from its
+    override: containers that recorded it may be gone (`down` without --volumes)."""
+    try:
+        document = json.loads(override_path(root, slot).read_text())
+        source = document["services"]["backend"]["labels"][SOURCE_LABEL]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return source if isinstance(source, str) else ""
+
+
+def remove_state(root: Path, slot: int) -> list[Path]:
+    """The slot's override and secrets, removed with its database (`down --volumes`)."""
+    state = root / STATE_DIR
+    found = [p for p in state.glob(f"slot-{slot}.*") if p.is_file()] if state.is_dir() else []
+    for path in found:
+        path.unlink()
+    return found
+
+
+def env_sandbox_text(slot: int, values: Mapping[str, str], urls: Mapping[str, str]) -> str:
+    """`.env.sandbox` for a checkout: the slot's ports and URLs, for KTRDR's CLI."""
+    lines = [
+        f"{ENV_SANDBOX_HEADER} for slot {slot}; removed by `inv down --slot={slot} --volumes`.",
+        f"COMPOSE_PROJECT_NAME={slots.project_name(slot)}",
+        f"SLOT_NUMBER={slot}",
+    ]
+    lines += [f"{name}={values[name]}" for name in slots.PORT_VARIABLES if name in values]
+    if "Backend API" in urls:
+        lines.append(f"KTRDR_API_URL={urls['Backend API']}")
+    return "\n".join(lines) + "\n"
+
+
+def write_env_sandbox(source: Source, text: str) -> Path | None:
+    """Write `.env.sandbox` into the checkout, for kinds whose CLI reads it. Never replaces a
+    file that ktrdr-sandbox did not write."""
+    if source.path is None or not source.kind.writes_env_sandbox:
+        return None
+    path = source.path / ENV_SANDBOX
+    if path.exists() and not ours(path):
+        raise SandboxError(
+            f"{path} exists and was not written by ktrdr-sandbox: move it away, then re-run",
+            Exit.USAGE,
+        )
+    path.write_text(text)
+    return path
+
+
+def ours(path: Path) -> bool:
+    try:
+        return path.read_text().startswith(ENV_SANDBOX_HEADER)
+    except OSError:
+        return False
+
+
+def remove_env_sandbox(checkout: Path) -> Path | None:
+    """Remove the `.env.sandbox` this tool wrote into `checkout`; anything else stays."""
+    path = checkout / ENV_SANDBOX
+    if path.is_file() and ours(path):
+        path.unlink()
+        return path
+    return None

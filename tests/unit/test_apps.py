@@ -1,0 +1,138 @@
+"""App kinds: detection from a checkout's layout, and the Compose override each produces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox import ROOT, apps, docker, slots
+from sandbox.errors import Exit, SandboxError
+
+
+def make_ktrdr(path: Path, skip: str = "") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for marker in apps.KTRDR.markers:
+        if marker == skip:
+            continue
+        (path / marker).parent.mkdir(parents=True, exist_ok=True)
+        (path / marker).write_text("")
+    return path
+
+
+def test_detects_a_ktrdr_checkout(tmp_path: Path) -> None:
+    source = apps.detect(make_ktrdr(tmp_path))
+    assert source.kind is apps.KTRDR
+    assert source.path == tmp_path.resolve()
+
+
+def test_detects_a_reference_source(tmp_path: Path) -> None:
+    (tmp_path / "ktrdr_reference").mkdir()
+    (tmp_path / "ktrdr_reference" / "__init__.py").write_text("")
+    assert apps.detect(tmp_path).kind is apps.REFERENCE
+
+
+def test_a_ktrdr_checkout_without_its_lock_names_the_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SandboxError, match=r"looks like a KTRDR checkout but has no uv\.lock"):
+        apps.detect(make_ktrdr(tmp_path, skip="uv.lock"))
+
+
+@pytest.mark.parametrize("kind", ["missing", "file", "empty"])
+def test_not_a_checkout_is_one_usage_error(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "x"
+    if kind == "file":
+        path.write_text("")
+    elif kind == "empty":
+        path.mkdir()
+    with pytest.raises(SandboxError) as caught:
+        apps.detect(path)
+    assert caught.value.code is Exit.USAGE
+    assert "\n" not in str(caught.value)
+
+
+def test_builtin_override_only_labels_every_service() -> None:
+    document = apps.override(apps.BUILT_IN, None, {})
+    assert set(document["services"]) == set(slots.SERVICES)
+    for service in document["services"].values():
+        assert service == {"labels": {docker.APP_LABEL: "reference", docker.SOURCE_LABEL: ""}}
+
+
+def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> None:
+    checkout = make_ktrdr(tmp_path)
+    (checkout / "config").mkdir()
+    source = apps.detect(checkout)
+    document = apps.override(source, "deps:abc", {"KTRDR_AUTH_JWT_SECRET": "s3cret"})
+    backend = document["services"]["backend"]
+    assert backend["image"] == "deps:abc"
+    assert backend["command"][:2] == ["uvicorn", "ktrdr.api.main:app"]
+    assert f"{checkout}/ktrdr:/app/ktrdr:ro" in backend["volumes"]
+    assert f"{checkout}/config:/app/config:ro" in backend["volumes"]
+    # An optional directory the checkout lacks is not mounted (Docker would create it).
+    assert not any("/app/alembic:" in v for v in backend["volumes"])
+    assert all(v.endswith(":ro") for v in backend["volumes"])
+    assert backend["environment"]["KTRDR_AUTH_JWT_SECRET"] == "s3cret"
+    assert backend["environment"]["DB_HOST"] == "db"
+    worker = document["services"]["training-worker-2"]
+    assert "ktrdr.training.training_worker:app" in worker["command"]
+    assert "${KTRDR_WORKER_PORT_4}" in worker["command"]
+    assert worker["environment"]["WORKER_TYPE"] == "training"
+    assert worker["environment"]["KTRDR_WORKER_PUBLIC_BASE_URL"] == (
+        "http://training-worker-2:${KTRDR_WORKER_PORT_4}"
+    )
+    assert worker["healthcheck"]["test"][-1] == "http://127.0.0.1:${KTRDR_WORKER_PORT_4}/health"
+    labels = document["services"]["db"]["labels"]
+    assert labels == {
+        docker.APP_LABEL: "ktrdr",
+        docker.SOURCE_LABEL: str(checkout),
+        docker.TORCH_LABEL: "none",
+    }
+
+
+def test_a_secret_is_made_once_per_slot(tmp_path: Path) -> None:
+    first = apps.secret(tmp_path, 3, "KTRDR_AUTH_JWT_SECRET")
+    assert len(first) >= 32
+    assert apps.secret(tmp_path, 3, "KTRDR_AUTH_JWT_SECRET") == first
+    assert apps.secret(tmp_path, 4, "KTRDR_AUTH_JWT_SECRET") != first
+    path = tmp_path / apps.STATE_DIR / "slot-3.KTRDR_AUTH_JWT_SECRET"
+    assert path.stat().st_mode & 0o077 == 0
+
+
+def test_env_sandbox_is_written_and_removed_only_when_ours(tmp_path: Path) -> None:
+    source = apps.detect(make_ktrdr(tmp_path))
+    ports = {name: str(port) for name, port in slots.ports(2).items()}
+    text = apps.env_sandbox_text(2, ports, {"Backend API": "http://127.0.0.1:8002"})
+    written = apps.write_env_sandbox(source, text)
+    assert written == tmp_path / ".env.sandbox"
+    assert "KTRDR_API_PORT=8002" in written.read_text()
+    assert apps.remove_env_sandbox(tmp_path) == written
+    assert not written.exists()
+    # A file the user wrote is neither replaced nor removed.
+    written.write_text("KTRDR_API_PORT=9999\n")
+    with pytest.raises(SandboxError, match="not written by ktrdr-sandbox"):
+        apps.write_env_sandbox(source, text)
+    assert apps.remove_env_sandbox(tmp_path) is None
+    assert written.read_text() == "KTRDR_API_PORT=9999\n"
+
+
+def test_the_source_is_read_back_from_the_override(tmp_path: Path) -> None:
+    checkout = make_ktrdr(tmp_path / "checkout")
+    source = apps.detect(checkout)
+    assert apps.recorded_source(tmp_path, 5) == ""
+    apps.write_override(tmp_path, 5, apps.override(source, "img", {}))
+    assert apps.recorded_source(tmp_path, 5) == str(checkout.resolve())
+    assert [p.name for p in apps.remove_state(tmp_path, 5)] == ["slot-5.compose.json"]
+    assert apps.recorded_source(tmp_path, 5) == ""
+
+
+def test_the_fixture_has_every_module_and_file_the_ktrdr_kind_names() -> None:
+    """The fixture runs through the KTRDR kind unchanged: every module its commands start,
+    every file they read and every mount must exist in it, as they do in a KTRDR checkout."""
+    fixture = ROOT / "containers" / "fixtures" / "ktrdr-fixture"
+    assert apps.detect(fixture).kind is apps.KTRDR
+    commands = [apps.KTRDR.backend, *apps.KTRDR.workers.values()]
+    for module in [c[1] for c in commands]:
+        assert (fixture / (module.split(":")[0].replace(".", "/") + ".py")).is_file(), module
+    for mount in apps.KTRDR.mounts:
+        assert (fixture / mount.source).exists(), mount.source
+    log_config = apps.KTRDR.backend[apps.KTRDR.backend.index("--log-config") + 1]
+    assert (fixture / log_config.removeprefix("/app/")).is_file()
