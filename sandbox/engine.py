@@ -184,10 +184,11 @@ def _mount(source: str, target: str, readonly: bool = False) -> str:
 
 
 # The shared directory's subdirectories, one line each: "present NAME" or "missing NAME";
-# "notdir" when the path is not a directory.
-_CHECK_SCRIPT = (
-    '[ -d /probe ] || { echo notdir; exit 0; }; for d in "$@"; do '
-    'if [ -d "/probe/$d" ]; then echo "present $d"; else echo "missing $d"; fi; done'
+# "notdir" when the path is not a directory. The directory is $0, so the same text runs
+# against any path (the unit tests run it on a temporary directory).
+CHECK_SCRIPT = (
+    '[ -d "$0" ] || { echo notdir; exit 0; }; for d in "$@"; do '
+    'if [ -d "$0/$d" ]; then echo "present $d"; else echo "missing $d"; fi; done'
 )
 
 
@@ -204,8 +205,8 @@ def shared_dir_check_command(directory: str, image: str) -> list[str]:
         image,
         "sh",
         "-c",
-        _CHECK_SCRIPT,
-        "check",
+        CHECK_SCRIPT,
+        PROBE_MOUNT,
         *SHARED_SUBDIRS,
     ]
 
@@ -240,6 +241,14 @@ def parse_shared_check(result: Result, directory: str) -> SharedDir:
     return SharedDir(True, missing)
 
 
+# Makes each missing subdirectory of $0 (and hands it to $OWNER when set); "created NAME".
+CREATE_SCRIPT = (
+    'for d in "$@"; do if [ ! -d "$0/$d" ]; then mkdir "$0/$d" || exit 1; '
+    'if [ -n "${OWNER:-}" ]; then chown "$OWNER" "$0/$d" || exit 1; fi; '
+    'echo "created $d"; fi; done'
+)
+
+
 def shared_dir_create_command(directory: str, image: str, owner: str = "") -> list[str]:
     """Create `directory` and its subdirectories on the engine's host (only what is missing;
     nothing is overwritten). Prints "created NAME" for each subdirectory it made.
@@ -253,11 +262,6 @@ def shared_dir_create_command(directory: str, image: str, owner: str = "") -> li
             "KTRDR_SHARED_DIR",
             Exit.SHARED_DIR,
         )
-    chown = ' && chown "$OWNER" "/probe/$d"' if owner else ""
-    script = (
-        'for d in "$@"; do if [ ! -d "/probe/$d" ]; then '
-        f'mkdir "/probe/$d"{chown} && echo "created $d" || exit 1; fi; done'
-    )
     env = ["--env", f"OWNER={owner}"] if owner else []
     return [
         *HELPER_RUN,
@@ -268,8 +272,8 @@ def shared_dir_create_command(directory: str, image: str, owner: str = "") -> li
         image,
         "sh",
         "-c",
-        script,
-        "create",
+        CREATE_SCRIPT,
+        PROBE_MOUNT,
         *SHARED_SUBDIRS,
     ]
 
@@ -282,7 +286,7 @@ def parse_created(output: str) -> tuple[str, ...]:
 
 # Tries to bind each port where Compose would publish it: the engine's host network, the bind
 # address. perl because Debian's minimal base has it (and no python).
-_PORT_SCRIPT = r"""
+PORT_SCRIPT = r"""
 use Socket qw(:all);
 my ($addr, @ports) = @ARGV;
 my $family = $addr =~ /:/ ? AF_INET6 : AF_INET;
@@ -308,7 +312,7 @@ def port_probe_command(ports: Sequence[int], bind_address: str, image: str) -> l
         image,
         "perl",
         "-e",
-        _PORT_SCRIPT,
+        PORT_SCRIPT,
         address,
         *(str(port) for port in ports),
     ]
