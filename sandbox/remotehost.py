@@ -16,6 +16,7 @@ hand it a private config.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -82,6 +83,13 @@ class RemoteHost:
         return self.state_dir / "known_hosts"
 
     @property
+    def control_path(self) -> str:
+        """ssh's master-connection socket. Unix socket paths are short (108 bytes), and a
+        state dir under pytest's tmp is too long, so it lives in /tmp, named per state dir."""
+        tag = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10]
+        return f"/tmp/ktrdr-remote-{tag}-%C"
+
+    @property
     def bin_dir(self) -> Path:
         """Holds the `ssh` wrapper: put it first on PATH for DOCKER_HOST=ssh://..."""
         return self.state_dir / "bin"
@@ -145,7 +153,7 @@ def ssh_config_text(host: RemoteHost) -> str:
         f"  BatchMode yes\n"
         # Compose opens many API connections; one TCP+SSH handshake serves them all.
         f"  ControlMaster auto\n"
-        f"  ControlPath {host.state_dir}/cm-%C\n"
+        f"  ControlPath {host.control_path}\n"
         f"  ControlPersist 60\n"
     )
 
