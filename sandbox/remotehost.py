@@ -225,6 +225,7 @@ def _check(result: Result, what: str, next_step: str) -> Result:
 @dataclass(frozen=True)
 class Started:
     host: RemoteHost
+    seconds_to_run: float  # `docker run` returning (the outer engine's publishing included)
     seconds_to_engine: float  # `docker run` to the inner engine answering on 2375
     version: str
 
@@ -340,15 +341,18 @@ def start(
     started = time.monotonic()
     result = _docker(run_command(public_key, slot_numbers)[1:], env)
     if not result.ok:
+        # A refused publish leaves the container created but not started: take it away.
+        _docker(["rm", "--force", CONTAINER], env)
         raise SandboxError(
             f"the remote host did not start: `docker run` failed: {_reason(result)}",
             Exit.NO_ENGINE,
             details=result.tail(20),
         )
+    ran = time.monotonic() - started
     version = wait_for_engine(host, env, READY_TIMEOUT)
     seconds = time.monotonic() - started
     wait_for_ssh(host, env, READY_TIMEOUT)
-    return Started(host, seconds, version)
+    return Started(host, ran, seconds, version)
 
 
 def _image_id(image: str, environ: Mapping[str, str]) -> str:
@@ -453,7 +457,7 @@ def _start_and_load(args: argparse.Namespace, env: Mapping[str, str]) -> None:
     host = started.host
     print(
         f"remote host up: engine {started.version} answered {started.seconds_to_engine:.1f}s "
-        f"after docker run"
+        f"after docker run (which took {started.seconds_to_run:.1f}s)"
     )
     if not args.no_load:
         images = args.image or needed_images(ROOT, env)

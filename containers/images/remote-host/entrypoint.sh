@@ -39,18 +39,20 @@ else
   mount_cgroups_v1 || die "cannot mount cgroup v1 hierarchies"
 fi
 
-# sshd: host keys made on first start, the client's key as the only way in.
-ssh-keygen -A >/dev/null
+# The engine first: it is the slow one to come up.
+# The API without TLS is the point of a simulation on loopback; --tls=false says so explicitly.
+dockerd --host=unix:///var/run/docker.sock --host=tcp://0.0.0.0:2375 --tls=false \
+  --storage-driver=overlay2 &
+dockerd_pid=$!
+
+# sshd: one ed25519 host key made at start (RSA keys take seconds on a busy machine), the
+# client's key as the only way in.
+[ -f /etc/ssh/ssh_host_ed25519_key ] || ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
 printf '%s\n' "$KTRDR_AUTHORIZED_KEY" >/root/.ssh/authorized_keys
 chmod 600 /root/.ssh/authorized_keys
 /usr/sbin/sshd -t || die "sshd config invalid"
 /usr/sbin/sshd -D -e &
 sshd_pid=$!
-
-# The API without TLS is the point of a simulation on loopback; --tls=false says so explicitly.
-dockerd --host=unix:///var/run/docker.sock --host=tcp://0.0.0.0:2375 --tls=false \
-  --storage-driver=overlay2 &
-dockerd_pid=$!
 
 stop() { kill -TERM "$dockerd_pid" "$sshd_pid" 2>/dev/null || true; wait "$dockerd_pid" || true; }
 trap 'stop; exit 0' TERM INT
