@@ -314,7 +314,7 @@ def wait_for_engine(host: RemoteHost, environ: Mapping[str, str], timeout: float
 
 def wait_for_ssh(host: RemoteHost, environ: Mapping[str, str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    cmd = ["ssh", "-F", str(host.ssh_config), SSH_ALIAS, "true"]
+    cmd = [find_ssh(host, environ), "-F", str(host.ssh_config), SSH_ALIAS, "true"]
     while not (result := run(cmd, env=dict(environ), timeout=15)).ok:
         if time.monotonic() > deadline:
             raise SandboxError(
