@@ -1,0 +1,361 @@
+"""Where the Docker engine is, and the commands that act on the engine's host instead of ours.
+
+The engine is named by `DOCKER_HOST` (unix://, tcp://host:port, ssh://user@host:port) or, when
+that is unset, by the current Docker context. A local engine (a unix socket) shares this
+machine's ports and files. A tcp:// or ssh:// engine publishes the slots' ports on its own host
+and resolves bind mounts in its own filesystem, so URLs use that host's name, and port probes
+and shared-directory checks run there, in a small container.
+
+Parsing is pure (`from_docker_host`, `from_context`, `resolve`); `detect` asks docker for the
+current context only when `DOCKER_HOST` is unset. The command builders return argument lists.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import urlsplit
+
+from sandbox.errors import Exit, SandboxError
+from sandbox.runner import Result, run
+
+# An explicit override of the host the client connects to for published ports: for an ssh://
+# alias the client cannot resolve, a tunnel, or a tcp:// engine reached through another name.
+CONNECT_HOST_VARIABLE = "KTRDR_CONNECT_HOST"
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+# Where a small helper container sees the directory or the files it works on.
+PROBE_MOUNT = "/probe"
+SHARED_SUBDIRS = ("data", "models", "strategies")
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+ANY_ADDRESS = {"0.0.0.0", "::", ""}
+
+
+class Kind(StrEnum):
+    LOCAL = "local"  # unix:// (or npipe://): this machine's ports and files
+    TCP = "tcp"
+    SSH = "ssh"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One Docker engine as the client reaches it."""
+
+    kind: Kind
+    endpoint: str  # as docker takes it: unix:///var/run/docker.sock, tcp://h:2375, ssh://u@h
+    host: str  # the engine's host name or address; "" for a local socket
+    source: str  # what named it: "DOCKER_HOST", "context NAME"
+    connect_override: str = ""  # KTRDR_CONNECT_HOST when set
+
+    @property
+    def local(self) -> bool:
+        return self.kind is Kind.LOCAL
+
+    def connect_host(self, bind_address: str) -> str:
+        """The host the client uses in URLs for a port published on `bind_address`.
+
+        Local: the bind address itself (a wildcard bind is reached on loopback), as today.
+        Remote: the engine's host, whatever the bind (the client cannot use the remote's own
+        addresses). The override wins everywhere.
+        """
+        if self.connect_override:
+            return self.connect_override
+        if not self.local:
+            return self.host
+        bare = bind_address.strip("[]")
+        if bare in ANY_ADDRESS:
+            return "::1" if bare == "::" else "127.0.0.1"
+        return bare
+
+    def unreachable_bind(self, bind_address: str) -> str | None:
+        """Why ports bound to `bind_address` on this engine cannot be reached from the client,
+        or None when they can. A loopback bind on a remote host is local to that host."""
+        if self.local or self.connect_override:
+            return None
+        if bind_address.strip("[]") in LOOPBACK:
+            return (
+                f"ports bound to {bind_address} on {self.host} are reachable only on that host: "
+                f"set KTRDR_BIND_ADDR=0.0.0.0 (exposes them, the database included, to "
+                f"{self.host}'s network) or forward them and set {CONNECT_HOST_VARIABLE}"
+            )
+        return None
+
+    def describe(self) -> str:
+        """One line for preflight's output: which host a check ran on."""
+        if self.local:
+            return f"this machine ({self.endpoint})"
+        return f"{self.host} ({self.endpoint}, from {self.source})"
+
+
+def _bad(endpoint: str, source: str, why: str) -> SandboxError:
+    return SandboxError(
+        f"{source}={endpoint!r} {why}: use unix:///path, tcp://HOST:PORT or ssh://[USER@]HOST[:PORT]",
+        Exit.NO_ENGINE,
+    )
+
+
+def from_docker_host(endpoint: str, source: str = "DOCKER_HOST", override: str = "") -> Engine:
+    """An engine from a `DOCKER_HOST`-style endpoint."""
+    parts = urlsplit(endpoint)
+    scheme = parts.scheme.lower()
+    if scheme in ("unix", "npipe", "fd"):
+        return Engine(Kind.LOCAL, endpoint, "", source, override)
+    if scheme not in ("tcp", "ssh"):
+        raise _bad(endpoint, source, "is not an engine address docker understands")
+    try:
+        host = parts.hostname or ""
+        _ = parts.port  # raises for a non-numeric port
+    except ValueError as error:
+        raise _bad(endpoint, source, f"has a bad port ({error})") from None
+    if not host:
+        raise _bad(endpoint, source, "names no host")
+    return Engine(Kind(scheme), endpoint, host, source, override)
+
+
+def from_context(inspect_output: str, override: str = "") -> Engine:
+    """An engine from `docker context inspect` output (a JSON list with one context)."""
+    try:
+        contexts = json.loads(inspect_output)
+        context = contexts[0]
+        name = str(context.get("Name", "?"))
+        endpoint = str(context["Endpoints"]["docker"]["Host"])
+    except (ValueError, LookupError, TypeError, AttributeError):
+        raise SandboxError(
+            "`docker context inspect` gave output this tool cannot read: check "
+            "`docker context ls` and re-run, or set DOCKER_HOST",
+            Exit.NO_ENGINE,
+        ) from None
+    return from_docker_host(endpoint or DEFAULT_SOCKET, f"context {name}", override)
+
+
+def resolve(environ: Mapping[str, str], context_output: str | None) -> Engine:
+    """`DOCKER_HOST` when set (docker itself gives it precedence over any context), else the
+    context `docker context inspect` printed; the local socket when there is neither."""
+    override = environ.get(CONNECT_HOST_VARIABLE, "").strip().strip("[]")
+    endpoint = environ.get("DOCKER_HOST", "").strip()
+    if endpoint:
+        return from_docker_host(endpoint, "DOCKER_HOST", override)
+    if context_output:
+        return from_context(context_output, override)
+    return from_docker_host(DEFAULT_SOCKET, "default", override)
+
+
+def context_command() -> list[str]:
+    """The current context (DOCKER_CONTEXT, else the config's currentContext)."""
+    return ["docker", "context", "inspect"]
+
+
+def detect(environ: Mapping[str, str] | None = None) -> Engine:
+    """The engine `docker` would talk to with `environ`."""
+    env = dict(os.environ if environ is None else environ)
+    if env.get("DOCKER_HOST", "").strip():
+        return resolve(env, None)
+    result = run(context_command(), env=env, timeout=20)
+    if not result.ok and env.get("DOCKER_CONTEXT", "").strip():
+        raise SandboxError(
+            f"DOCKER_CONTEXT={env['DOCKER_CONTEXT']!r} cannot be read ({result.tail(1)}): "
+            "pick one from `docker context ls`, or unset it",
+            Exit.NO_ENGINE,
+        )
+    return resolve(env, result.stdout if result.ok else None)
+
+
+# --- Commands that run on the engine's host, through a small container ---------------------
+#
+# Each takes the image to run (one the engine already has: nothing is pulled, the sandbox's
+# machines may have no registry) and returns an argument list for `runner.run` with the
+# engine's environment. None of them touches the client's filesystem.
+
+HELPER_RUN = ("docker", "run", "--rm", "--pull=never")
+
+
+def _mount(source: str, target: str, readonly: bool = False) -> str:
+    """A --mount value; CSV-quoted, since docker splits it on commas."""
+    fields = ["type=bind", f"source={source}", f"target={target}"]
+    if readonly:
+        fields.append("readonly")
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(fields)
+    return buffer.getvalue()
+
+
+# The shared directory's subdirectories, one line each: "present NAME" or "missing NAME";
+# "notdir" when the path is not a directory. The directory is $0, so the same text runs
+# against any path (the unit tests run it on a temporary directory).
+CHECK_SCRIPT = (
+    '[ -d "$0" ] || { echo notdir; exit 0; }; for d in "$@"; do '
+    'if [ -d "$0/$d" ]; then echo "present $d"; else echo "missing $d"; fi; done'
+)
+
+
+def shared_dir_check_command(directory: str, image: str) -> list[str]:
+    """Whether `directory` and its subdirectories exist on the engine's host.
+
+    A --mount bind (unlike -v) fails when the source is missing instead of creating it, so
+    checking never creates anything.
+    """
+    return [
+        *HELPER_RUN,
+        "--network=none",
+        f"--mount={_mount(directory, PROBE_MOUNT, readonly=True)}",
+        image,
+        "sh",
+        "-c",
+        CHECK_SCRIPT,
+        PROBE_MOUNT,
+        *SHARED_SUBDIRS,
+    ]
+
+
+@dataclass(frozen=True)
+class SharedDir:
+    """The shared directory as the engine's host sees it."""
+
+    exists: bool
+    missing: tuple[str, ...]  # subdirectories absent (all of them when not `exists`)
+    not_a_directory: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.exists and not self.missing and not self.not_a_directory
+
+
+def parse_shared_check(result: Result, directory: str) -> SharedDir:
+    """`shared_dir_check_command`'s result; a SandboxError when the probe itself failed."""
+    if not result.ok:
+        if "bind source path does not exist" in result.stderr:
+            return SharedDir(False, SHARED_SUBDIRS)
+        raise SandboxError(
+            f"checking {directory} on the engine's host failed: {result.tail(1)}",
+            Exit.SHARED_DIR,
+            details=result.tail(10),
+        )
+    lines = result.stdout.split("\n")
+    if "notdir" in lines:
+        return SharedDir(True, (), not_a_directory=True)
+    missing = tuple(line.split(" ", 1)[1] for line in lines if line.startswith("missing "))
+    return SharedDir(True, missing)
+
+
+# Makes each missing subdirectory of $0 (and hands it to $OWNER when set); "created NAME".
+CREATE_SCRIPT = (
+    'for d in "$@"; do if [ ! -d "$0/$d" ]; then mkdir "$0/$d" || exit 1; '
+    'if [ -n "${OWNER:-}" ]; then chown "$OWNER" "$0/$d" || exit 1; fi; '
+    'echo "created $d"; fi; done'
+)
+
+
+def shared_dir_create_command(directory: str, image: str, owner: str = "") -> list[str]:
+    """Create `directory` and its subdirectories on the engine's host (only what is missing;
+    nothing is overwritten). Prints "created NAME" for each subdirectory it made.
+
+    -v creates a missing source directory (as root); `owner` ("UID:GID") hands the new
+    subdirectories to the user the containers run as.
+    """
+    if ":" in directory:
+        raise SandboxError(
+            f"{directory!r} contains ':', which docker's -v cannot mount: pick another "
+            "KTRDR_SHARED_DIR",
+            Exit.SHARED_DIR,
+        )
+    env = ["--env", f"OWNER={owner}"] if owner else []
+    return [
+        *HELPER_RUN,
+        "--network=none",
+        *env,
+        "--volume",
+        f"{directory}:{PROBE_MOUNT}",
+        image,
+        "sh",
+        "-c",
+        CREATE_SCRIPT,
+        PROBE_MOUNT,
+        *SHARED_SUBDIRS,
+    ]
+
+
+def parse_created(output: str) -> tuple[str, ...]:
+    return tuple(
+        line.split(" ", 1)[1] for line in output.splitlines() if line.startswith("created ")
+    )
+
+
+# Tries to bind each port where Compose would publish it: the engine's host network, the bind
+# address. perl because Debian's minimal base has it (and no python).
+PORT_SCRIPT = r"""
+use Socket qw(:all);
+my ($addr, @ports) = @ARGV;
+my $family = $addr =~ /:/ ? AF_INET6 : AF_INET;
+my $ip = inet_pton($family, $addr) or die "bad address $addr\n";
+for my $port (@ports) {
+    socket(my $s, $family, SOCK_STREAM, 0) or die "socket: $!\n";
+    setsockopt($s, SOL_SOCKET, SO_REUSEADDR, 1);
+    my $sa = $family == AF_INET6 ? pack_sockaddr_in6($port, $ip) : pack_sockaddr_in($port, $ip);
+    if (bind($s, $sa)) { print "free $port\n" } else { print "taken $port $!\n" }
+    close $s;
+}
+""".strip()
+
+
+def port_probe_command(ports: Sequence[int], bind_address: str, image: str) -> list[str]:
+    """Which of `ports` the engine's host could publish on `bind_address`: one line per port,
+    "free PORT" or "taken PORT REASON". Ports published through iptables alone (no
+    docker-proxy) hold no socket: read `docker ps` on the engine as well."""
+    address = bind_address.strip("[]") or "0.0.0.0"
+    return [
+        *HELPER_RUN,
+        "--network=host",
+        image,
+        "perl",
+        "-e",
+        PORT_SCRIPT,
+        address,
+        *(str(port) for port in ports),
+    ]
+
+
+@dataclass(frozen=True)
+class PortProbe:
+    port: int
+    free: bool
+    reason: str = ""  # the bind error when taken: "Address already in use", ...
+
+
+def parse_port_probe(result: Result) -> list[PortProbe]:
+    if not result.ok:
+        raise SandboxError(
+            f"probing ports on the engine's host failed: {result.tail(1)}",
+            Exit.PORT_TAKEN,
+            details=result.tail(10),
+        )
+    found = []
+    for line in result.stdout.splitlines():
+        word, _, rest = line.partition(" ")
+        port, _, reason = rest.partition(" ")
+        if word in ("free", "taken") and port.isdigit():
+            found.append(PortProbe(int(port), word == "free", reason))
+    return found
+
+
+def stream_copy_command(source: str, destination: str, image: str) -> list[str]:
+    """Copy the client directory `source` into `destination` on the engine's host: a tar
+    stream over the engine's API (nothing mounted from the client). Files already there are
+    kept (--skip-old-files), as `inv init-shared --from` does locally.
+
+    bash only joins the pipe; the paths and image arrive as "$1".."$3".
+    """
+    script = (
+        'tar -C "$1" -cf - . | docker run -i --rm --pull=never --network=none '
+        '--volume "$2:/probe" "$3" tar -x -C /probe --skip-old-files --no-same-owner'
+    )
+    if ":" in destination:
+        raise SandboxError(
+            f"{destination!r} contains ':', which docker's -v cannot mount: pick another "
+            "KTRDR_SHARED_DIR",
+            Exit.SHARED_DIR,
+        )
+    return ["bash", "-o", "pipefail", "-c", script, "stream", source, destination, image]
