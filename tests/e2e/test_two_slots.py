@@ -209,7 +209,7 @@ def test_down_with_volumes_removes_only_that_slot(
 def test_port_held_by_a_process_is_refused_and_nothing_is_created(
     engine: str, sandbox: Sandbox
 ) -> None:
-    slot = 8
+    slot = A  # free again: the test before took it down with its volumes
     claim_slots((slot,), sandbox.env)
     port = slots.ports(slot)["KTRDR_API_PORT"]
     holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
