@@ -60,7 +60,7 @@ class Outcome:
 @dataclass
 class Suite:
     sandbox: Sandbox
-    volumes: dict[int, str] = field(default_factory=dict)  # slot -> volume CreatedAt
+    rows: set[int] = field(default_factory=set)  # slots whose database holds our row
     outcomes: list[Outcome] = field(default_factory=list)
     copies: list[Path] = field(default_factory=list)
 
@@ -69,12 +69,9 @@ class Suite:
         return self.sandbox.shared / "data" / f"faults-keep-{MARK}.txt"
 
 
-def volume_created(slot: int, env: dict[str, str]) -> str | None:
+def volume_exists(slot: int, env: dict[str, str]) -> bool:
     name = f"{slots.project_name(slot)}_db-data"
-    result = run(["docker", "volume", "inspect", name], env=env, timeout=30)
-    if not result.ok:
-        return None
-    return str(json.loads(result.stdout)[0].get("CreatedAt", ""))
+    return run(["docker", "volume", "inspect", name], env=env, timeout=30).ok
 
 
 def sql(sandbox: Sandbox, slot: int, statement: str, root: Path = ROOT) -> Result:
@@ -93,25 +90,42 @@ def write_keepsakes(suite: Suite, slot: int) -> None:
     assert result.ok, result.stderr[-2000:]
     suite.keep_file.parent.mkdir(parents=True, exist_ok=True)
     suite.keep_file.write_text(MARK)
-    created = volume_created(slot, suite.sandbox.env)
-    assert created, f"slot {slot} has no database volume"
-    suite.volumes[slot] = created
+    suite.rows.add(slot)
 
 
-def lost(suite: Suite, slot: int) -> list[str]:
-    """What of the user's data is gone (empty: all intact)."""
+def lost(suite: Suite, slot: int, *, running: bool = True) -> list[str]:
+    """What of the user's data is gone (empty: all intact).
+
+    The row is read back when the slot's database runs; `running=False` for a case that
+    leaves it stopped, where the volume must at least still be there. (A volume's CreatedAt
+    cannot tell a recreated one: the local driver reports its directory's mtime.)
+    """
     problems = []
     if not suite.keep_file.is_file() or suite.keep_file.read_text() != MARK:
         problems.append(f"shared file {suite.keep_file} lost")
-    if slot in suite.volumes:
-        now = volume_created(slot, suite.sandbox.env)
-        if now != suite.volumes[slot]:
-            problems.append(f"slot {slot}'s database volume was removed or recreated ({now})")
-        elif db_running(slot):
+    if slot not in suite.rows:
+        return problems
+    if not volume_exists(slot, suite.sandbox.env):
+        problems.append(f"slot {slot}'s database volume is gone")
+    elif running:
+        if not db_running(slot):
+            problems.append(f"slot {slot}'s database is not running, its row cannot be read")
+        else:
             result = sql(suite.sandbox, slot, f"SELECT v FROM {TABLE};")
             if MARK not in result.stdout:
                 problems.append(f"slot {slot}'s row is gone: {result.stderr.strip()[-300:]}")
     return problems
+
+
+def force_down(slot: int, env: dict[str, str]) -> None:
+    """The raw way out, by project name alone, for a slot `inv down` refuses (a gone checkout).
+    Run from an empty directory so that no compose file there is picked up."""
+    empty = Path(tempfile.mkdtemp(prefix="faults-empty-", dir="/tmp"))
+    try:
+        cmd = ["docker", "compose", "-p", slots.project_name(slot), "down", "--volumes"]
+        run(cmd, env=env, cwd=empty, timeout=300)
+    finally:
+        shutil.rmtree(empty, ignore_errors=True)
 
 
 # --- running `inv` ------------------------------------------------------------------------
@@ -218,7 +232,8 @@ def suite(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[Suite]:
         yield state
     finally:
         for slot in (A, B):
-            sandbox.inv("down", f"--slot={slot}", "--volumes", timeout=300)
+            if not sandbox.inv("down", f"--slot={slot}", "--volumes", timeout=300).ok:
+                force_down(slot, sandbox.env)
         for copy in state.copies:
             if copy.exists():
                 remove_copy(copy, sandbox.env)
@@ -267,6 +282,9 @@ def test_port_held_by_a_process(suite: Suite) -> None:
     problems = refusal_problems(
         result, seconds, Exit.PORT_TAKEN, [f"port {port}", "stop it or pick another slot"]
     )
+    if project_containers(B):
+        problems.append("a refused `up` left containers behind")
+    up_ok(suite, B)
     assert_none(problems + lost(suite, B))
 
 
@@ -465,7 +483,6 @@ def test_concurrent_up_and_down_of_one_slot(suite: Suite) -> None:
 
 def test_reused_volume_with_another_password(suite: Suite) -> None:
     env = suite.sandbox.env
-    up_ok(suite, B)  # B has been down since the port case; its volume holds the row
     assert MARK in sql(suite.sandbox, B, f"SELECT v FROM {TABLE};").stdout
     assert inv_in(ROOT, env, "down", f"--slot={B}").ok
     other = {**env, "KTRDR_DB_PASSWORD": "other"}
@@ -482,12 +499,11 @@ def test_reused_volume_with_another_password(suite: Suite) -> None:
 def test_orphaned_checkout(suite: Suite) -> None:
     env = suite.sandbox.env
     assert inv_in(ROOT, env, "down", f"--slot={B}", "--volumes").ok
-    suite.volumes.pop(B, None)
+    suite.rows.discard(B)
     gone = checkout_copy(suite, "orphan")
     assert inv_in(gone, env, "up", f"--slot={B}", timeout=HEAL + 60).ok
     assert sql(suite.sandbox, B, f"CREATE TABLE {TABLE} (v text); INSERT INTO {TABLE} "
                f"VALUES ('{MARK}');", root=gone).ok  # fmt: skip
-    suite.volumes[B] = volume_created(B, env) or ""
     remove_copy(gone, env)
     assert not gone.exists()
 
@@ -509,38 +525,43 @@ def test_orphaned_checkout(suite: Suite) -> None:
                         f"{(result.stdout + result.stderr)[-600:]!r}")  # fmt: skip
     if project_containers(B):
         problems.append("down from here left containers")
-    assert_none(problems + lost(suite, B))
+    problems += lost(suite, B, running=False)  # its volume stays: no --volumes
+    force_down(B, env)  # whatever `inv down` did not remove; the volume is no longer needed
+    suite.rows.discard(B)
+    assert_none(problems)
 
 
 def test_home_unset(suite: Suite) -> None:
     env = {k: v for k, v in suite.sandbox.env.items() if k != "HOME"}
-    root_shared = Path("/.ktrdr")
-    existed = root_shared.exists()
+    assert inv_in(ROOT, suite.sandbox.env, "down", f"--slot={A}").ok  # so that `up` mounts
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    # Where a wrong resolution creates directories; whatever of them this case made goes.
+    made_here = [p for p in (Path("/.ktrdr"), home / ".ktrdr" / "shared") if not p.exists()]
     result, seconds = timed(ROOT, env, "up", f"--slot={A}", timeout=HEAL + 60)
     problems = []
     if result.ok:
         # "Resolved the same way everywhere": the mount is where `inv init-shared` puts it.
-        home = pwd.getpwuid(os.getuid()).pw_dir
         backend = next(c for c in project_containers(A) if c.service == "backend")
         mounts = run(["docker", "inspect", "--format", "{{json .Mounts}}", backend.id], env=env)
         sources = [m["Source"] for m in json.loads(mounts.stdout or "[]")]
-        if f"{home}/.ktrdr/shared/data" not in sources:
+        if str(home / ".ktrdr" / "shared" / "data") not in sources:
             problems.append(f"HOME unset: up mounted {sources}, not {home}/.ktrdr/shared")
     else:
         problems += refusal_problems(result, seconds, Exit.SHARED_DIR, ["HOME"])
-    if not existed and root_shared.exists():
-        problems.append("created /.ktrdr at the filesystem root")
-        shutil.rmtree(root_shared, ignore_errors=True)  # ours: it did not exist before
     # Back to the normal mounts for the cases after this one.
     inv_in(ROOT, suite.sandbox.env, "down", f"--slot={A}")
+    if Path("/.ktrdr").exists() and Path("/.ktrdr") in made_here:
+        problems.append("created /.ktrdr at the filesystem root")
+    for path in made_here:
+        shutil.rmtree(path, ignore_errors=True)
     up_ok(suite, A)
     assert_none(problems + lost(suite, A))
 
 
 def test_relative_shared_dir(suite: Suite) -> None:
     env = suite.sandbox.env
-    assert inv_in(ROOT, env, "down", f"--slot={B}", "--volumes").ok
-    suite.volumes.pop(B, None)
+    if project_containers(B):
+        force_down(B, env)
     copy = checkout_copy(suite, "relshared")
     env_file = copy / "env" / f"slot-{B}.env"
     text = re.sub(r"^KTRDR_SHARED_DIR=.*$", "KTRDR_SHARED_DIR=relshared", env_file.read_text(),
@@ -563,17 +584,20 @@ def test_relative_shared_dir(suite: Suite) -> None:
                     f"verify from docs/ failed: {(verify.stdout + verify.stderr)[-600:]}"
                 )
     finally:
-        inv_in(copy, env, "down", f"--slot={B}", "--volumes", timeout=300)
+        if not inv_in(copy, env, "down", f"--slot={B}", "--volumes", timeout=300).ok:
+            force_down(B, env)
         remove_copy(copy, env)
     assert_none(problems + lost(suite, B))
 
 
 def test_bad_bind_address(suite: Suite) -> None:
     env = {**suite.sandbox.env, "KTRDR_BIND_ADDR": "not-an-ip"}
+    assert inv_in(ROOT, suite.sandbox.env, "down", f"--slot={A}").ok
     result, seconds = timed(ROOT, env, "up", f"--slot={A}", timeout=HEAL + 60)
     problems = refusal_problems(
         result, seconds, Exit.BAD_ENV, ["KTRDR_BIND_ADDR", "not-an-ip", "IP address"]
     )
     if "ports free on not-an-ip" in result.stdout:
         problems.append("preflight passed the address before refusing it")
+    up_ok(suite, A)
     assert_none(problems + lost(suite, A))
