@@ -516,9 +516,12 @@ def test_orphaned_checkout(suite: Suite) -> None:
     problems += [
         f"up: {p}"
         for p in refusal_problems(
-            result, seconds, Exit.OTHER_CHECKOUT, [str(gone), f"`inv down --slot={B}`"]
+            result, seconds, Exit.OTHER_CHECKOUT, ["orphaned", str(gone), f"`inv down --slot={B}`"]
         )
     ]
+    # The one command works from here: sending the user to the gone checkout is wrong.
+    if any("in that checkout" in line or " there" in line for line in error_lines(result)):
+        problems.append(f"up sends the user to the gone checkout: {error_lines(result)}")
     result, seconds = timed(ROOT, env, "down", f"--slot={B}")
     if not result.ok or str(gone) not in result.stdout + result.stderr:
         problems.append(f"down from here: exit {result.returncode}, should name {gone}: "
