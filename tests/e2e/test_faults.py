@@ -85,8 +85,11 @@ def db_running(slot: int) -> bool:
 
 def write_keepsakes(suite: Suite, slot: int) -> None:
     """A row in the slot's database and a file in the shared directory, to find again."""
-    result = sql(suite.sandbox, slot, f"CREATE TABLE {TABLE} (v text); INSERT INTO {TABLE} "
-                 f"VALUES ('{MARK}');")  # fmt: skip
+    result = sql(
+        suite.sandbox,
+        slot,
+        f"CREATE TABLE {TABLE} (v text); INSERT INTO {TABLE} VALUES ('{MARK}');",
+    )
     assert result.ok, result.stderr[-2000:]
     suite.keep_file.parent.mkdir(parents=True, exist_ok=True)
     suite.keep_file.write_text(MARK)
@@ -194,8 +197,12 @@ def up_ok(suite: Suite, slot: int, root: Path = ROOT) -> float:
 def checkout_copy(suite: Suite, name: str) -> Path:
     """A second checkout of this commit, as another worktree would be, with this one's images."""
     path = Path(tempfile.mkdtemp(prefix=f"faults-{name}-", dir="/tmp")) / "checkout"
-    result = run(["git", "worktree", "add", "--detach", str(path), "HEAD"], env=suite.sandbox.env,
-                 cwd=ROOT, timeout=120)  # fmt: skip
+    result = run(
+        ["git", "worktree", "add", "--detach", str(path), "HEAD"],
+        env=suite.sandbox.env,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.ok, result.stderr
     if (ROOT / ".env").is_file():  # which images this machine runs (`inv images` writes it)
         shutil.copy(ROOT / ".env", path / ".env")
@@ -329,9 +336,14 @@ def start_up_then_signal(env: dict[str, str], slot: int, sig: int) -> tuple[int,
     """
     cmd = [INV, "--search-root", str(ROOT), "up", f"--slot={slot}"]
     proc = subprocess.Popen(
-        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cmd,
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and not project_containers(slot):
         time.sleep(0.2)
@@ -502,8 +514,12 @@ def test_orphaned_checkout(suite: Suite) -> None:
     suite.rows.discard(B)
     gone = checkout_copy(suite, "orphan")
     assert inv_in(gone, env, "up", f"--slot={B}", timeout=HEAL + 60).ok
-    assert sql(suite.sandbox, B, f"CREATE TABLE {TABLE} (v text); INSERT INTO {TABLE} "
-               f"VALUES ('{MARK}');", root=gone).ok  # fmt: skip
+    assert sql(
+        suite.sandbox,
+        B,
+        f"CREATE TABLE {TABLE} (v text); INSERT INTO {TABLE} VALUES ('{MARK}');",
+        root=gone,
+    ).ok
     remove_copy(gone, env)
     assert not gone.exists()
 
@@ -524,8 +540,10 @@ def test_orphaned_checkout(suite: Suite) -> None:
         problems.append(f"up sends the user to the gone checkout: {error_lines(result)}")
     result, seconds = timed(ROOT, env, "down", f"--slot={B}")
     if not result.ok or str(gone) not in result.stdout + result.stderr:
-        problems.append(f"down from here: exit {result.returncode}, should name {gone}: "
-                        f"{(result.stdout + result.stderr)[-600:]!r}")  # fmt: skip
+        problems.append(
+            f"down from here: exit {result.returncode}, should name {gone}: "
+            f"{(result.stdout + result.stderr)[-600:]!r}"
+        )
     if project_containers(B):
         problems.append("down from here left containers")
     problems += lost(suite, B, running=False)  # its volume stays: no --volumes
@@ -567,8 +585,9 @@ def test_relative_shared_dir(suite: Suite) -> None:
         force_down(B, env)
     copy = checkout_copy(suite, "relshared")
     env_file = copy / "env" / f"slot-{B}.env"
-    text = re.sub(r"^KTRDR_SHARED_DIR=.*$", "KTRDR_SHARED_DIR=relshared", env_file.read_text(),
-                  flags=re.M)  # fmt: skip
+    text = re.sub(
+        r"^KTRDR_SHARED_DIR=.*$", "KTRDR_SHARED_DIR=relshared", env_file.read_text(), flags=re.M
+    )
     env_file.write_text(text)
     problems = []
     try:
