@@ -84,25 +84,29 @@ def check(values: Mapping[str, str], file: str, slot: int | None = None) -> list
     """Problems within one env file: missing variables, non-numbers, ports out of range."""
     problems = []
     raw_slot = values.get("SLOT_NUMBER")
-    if slot is None and raw_slot is not None and raw_slot.isdigit():
-        slot = int(raw_slot)
+    said_slot = slots.ascii_int(raw_slot) if raw_slot is not None else None
+    if slot is None:
+        slot = said_slot
     for name in REQUIRED:
         value = values.get(name)
         if value is None or value == "":
             problems.append(Problem(file, slot, name, "missing"))
         elif name in slots.PORT_VARIABLES or name == "SLOT_NUMBER":
-            if not value.isdigit():
-                problems.append(Problem(file, slot, name, f"{value!r} is not a number"))
-            elif name != "SLOT_NUMBER" and not slots.PORT_MIN <= int(value) <= slots.PORT_MAX:
+            number = slots.ascii_int(value)
+            if number is None:
+                problems.append(
+                    Problem(file, slot, name, f"{slots.shown(value)} is not a number")
+                )
+            elif name != "SLOT_NUMBER" and not slots.PORT_MIN <= number <= slots.PORT_MAX:
                 problems.append(
                     Problem(
                         file,
                         slot,
                         name,
-                        f"port {value} is outside {slots.PORT_MIN}-{slots.PORT_MAX}",
+                        f"port {number} is outside {slots.PORT_MIN}-{slots.PORT_MAX}",
                     )
                 )
-    if slot is not None and raw_slot is not None and raw_slot.isdigit() and int(raw_slot) != slot:
+    if slot is not None and said_slot is not None and said_slot != slot:
         problems.append(Problem(file, slot, "SLOT_NUMBER", f"says {raw_slot}, file is slot {slot}"))
     project = values.get("COMPOSE_PROJECT_NAME")
     if slot is not None and project and project != slots.project_name(slot):
@@ -123,10 +127,9 @@ def check_collisions(files: Iterable[tuple[str, int, Mapping[str, str]]]) -> lis
     problems = []
     for file, slot, values in files:
         for name in slots.PORT_VARIABLES:
-            value = values.get(name, "")
-            if not value.isdigit():
+            port = slots.ascii_int(values.get(name, ""))
+            if port is None:
                 continue  # reported by check()
-            port = int(value)
             if port in owner:
                 other_file, other_slot, other_name = owner[port]
                 problems.append(

@@ -89,9 +89,10 @@ def slot_of_project(project: str) -> int | None:
     if not project.startswith(PROJECT_PREFIX):
         return None
     rest = project.removeprefix(PROJECT_PREFIX)
-    if not rest.isdigit() or int(rest) not in SLOTS or str(int(rest)) != rest:
+    number = ascii_int(rest)
+    if number is None or number not in SLOTS or str(number) != rest:
         return None
-    return int(rest)
+    return number
 
 
 def ports(slot: int) -> dict[str, int]:
@@ -99,28 +100,56 @@ def ports(slot: int) -> dict[str, int]:
     return {spec.variable: spec.host_port(slot) for spec in PORTS}
 
 
+# Every number a user types (a flag, an env file) is at most this many ASCII digits: enough
+# for any port, count or timeout, and short of Python's 4300-digit `int()` limit by far.
+MAX_DIGITS = 9
+_WHOLE = re.compile(r"[0-9]{1,%d}" % MAX_DIGITS)
+_SECONDS = re.compile(r"[0-9]{1,%d}(?:\.[0-9]{1,%d})?" % (MAX_DIGITS, MAX_DIGITS))
+SHOWN_CHARS = 24  # how much of a bad value an error line echoes back
+
+
+def shown(value: str) -> str:
+    """`value` for an error line: quoted, and cut short when it is long (5000 digits are
+    not "one clear line")."""
+    if len(value) <= SHOWN_CHARS:
+        return repr(value)
+    return repr(value[:SHOWN_CHARS]) + f"... ({len(value)} characters)"
+
+
+def ascii_int(value: str) -> int | None:
+    """A whole number of ASCII digits ("0"-"9" only, at most MAX_DIGITS), else None.
+
+    `str.isdigit()` and `int()` accept far more: superscripts (`8008\u00b2` passes isdigit,
+    then int() raises), full-width and other scripts' digits (int() takes them, Compose does
+    not), underscores, signs, spaces and 5000-digit strings (int() raises past 4300)."""
+    return int(value) if _WHOLE.fullmatch(value) else None
+
+
 def parse_slot(value: object) -> int:
     """A slot number from user input, or a SandboxError that says what is allowed."""
     text = str(value).strip()
-    if not re.fullmatch(r"-?[0-9]+", text):
+    # A minus sign is read so that `--slot=-3` is told the range rather than "not a number".
+    number = ascii_int(text.removeprefix("-"))
+    if number is not None and text.startswith("-"):
+        number = -number
+    if number is None:
         raise SandboxError(
-            f"slot must be a whole number from 0 to 10, not {text!r} (e.g. --slot=1)", Exit.USAGE
+            f"slot must be a whole number from 0 to 10, not {shown(text)} (e.g. --slot=1)",
+            Exit.USAGE,
         )
-    slot = int(text)
-    if slot not in SLOTS:
-        raise SandboxError(f"slot {slot} is outside 0-10: pick a slot from 0 to 10", Exit.USAGE)
-    return slot
+    if number not in SLOTS:
+        raise SandboxError(f"slot {number} is outside 0-10: pick a slot from 0 to 10", Exit.USAGE)
+    return number
 
 
 def parse_seconds(value: str, flag: str = "--timeout") -> float:
-    """A positive, finite number of seconds from user input (a flag or an env file)."""
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
+    """A positive number of seconds from user input (a flag or an env file): ASCII digits,
+    optionally with a decimal point, of bounded length."""
+    text = value.strip()
+    seconds = float(text) if _SECONDS.fullmatch(text) else 0.0
     if not math.isfinite(seconds) or seconds <= 0:
         raise SandboxError(
-            f"{flag.lstrip('-')} must be a positive number of seconds, not {value!r} "
+            f"{flag.lstrip('-')} must be a positive number of seconds, not {shown(value)} "
             f"(e.g. {flag}=240)",
             Exit.USAGE,
         )
@@ -129,11 +158,12 @@ def parse_seconds(value: str, flag: str = "--timeout") -> float:
 
 def parse_count(value: str, flag: str) -> int:
     """A whole number of lines (0 or more) from user input, e.g. `--tail`."""
-    if not re.fullmatch(r"[0-9]+", value):
+    number = ascii_int(value.strip())
+    if number is None:
         raise SandboxError(
-            f"{flag} takes a number of lines, not {value!r} (e.g. {flag}=50)", Exit.USAGE
+            f"{flag} takes a number of lines, not {shown(value)} (e.g. {flag}=50)", Exit.USAGE
         )
-    return int(value)
+    return number
 
 
 def parse_service(value: str) -> str:
