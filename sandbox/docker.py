@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sandbox import runner, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
-from sandbox.settings import CLI_TIMEOUT, ENGINE_QUERY_TIMEOUT
+from sandbox.settings import ENGINE_ANSWER_TIMEOUT, ENGINE_QUERY_TIMEOUT
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -143,7 +143,24 @@ def ps_command() -> list[str]:
     ]
 
 
-def engine_error(result: Result) -> SandboxError:
+DEFAULT_ENGINE = "unix:///var/run/docker.sock"
+TIMED_OUT = 124  # runner.execute's return code for a command it stopped at its timeout
+
+
+def engine_address(environ: Mapping[str, str]) -> str:
+    """Where the CLI looks for the engine, as the user would recognise it."""
+    return environ.get("DOCKER_HOST") or f"{DEFAULT_ENGINE} (or the current `docker context`)"
+
+
+def engine_error(result: Result, environ: Mapping[str, str] | None = None) -> SandboxError:
+    if result.returncode == TIMED_OUT:
+        where = engine_address(os.environ if environ is None else environ)
+        return SandboxError(
+            f"the Docker engine at {where} does not answer (no reply within "
+            f"{ENGINE_ANSWER_TIMEOUT:.0f} s): restart Docker, or point DOCKER_HOST at an "
+            "engine that runs",
+            Exit.NO_ENGINE,
+        )
     if "permission denied" in result.stderr.lower():
         return SandboxError(
             "the Docker engine refused this user (permission denied on its socket): add "
@@ -163,7 +180,7 @@ def containers(environ: Mapping[str, str] | None = None) -> list[Container]:
     env = dict(os.environ if environ is None else environ)
     result = runner.run(ps_command(), env=env, timeout=ENGINE_QUERY_TIMEOUT)
     if not result.ok:
-        raise engine_error(result)
+        raise engine_error(result, env)
     return parse_ps(result.stdout)
 
 
@@ -173,11 +190,12 @@ def sandbox_containers(environ: Mapping[str, str] | None = None) -> list[Contain
 
 def check_engine(environ: Mapping[str, str] | None = None) -> str:
     """The engine's version, or SandboxError(NO_ENGINE)."""
+    env = dict(os.environ if environ is None else environ)
     result = runner.run(
         ["docker", "version", "--format", "{{.Server.Version}}"],
-        env=dict(os.environ if environ is None else environ),
-        timeout=CLI_TIMEOUT,
+        env=env,
+        timeout=ENGINE_ANSWER_TIMEOUT,
     )
     if not result.ok or not result.stdout.strip():
-        raise engine_error(result)
+        raise engine_error(result, env)
     return result.stdout.strip()

@@ -103,5 +103,9 @@ def summarize(
 
 
 def collect(environ: Mapping[str, str], only_slot: int | None = None) -> list[SlotStatus]:
-    """Every slot's status from a single `docker ps` (SandboxError when the engine is down)."""
+    """Every slot's status from a single `docker ps` (SandboxError when the engine is down).
+
+    `docker version` first: it answers at once or within ENGINE_ANSWER_TIMEOUT, where a
+    `docker ps` of a wedged engine would wait out its longer timeout."""
+    docker.check_engine(environ)
     return summarize(docker.containers(environ), only_slot)
