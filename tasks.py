@@ -28,6 +28,7 @@ from sandbox import (
     docs,
     envfiles,
     images,
+    provenance,
     render,
     runner,
     shared,
@@ -50,6 +51,7 @@ def handled(body: F) -> F:
     @functools.wraps(body)
     def wrapper(c: Context, *args: Any, **kwargs: Any) -> Any:
         try:
+            shared.settle_home(os.environ)
             return body(c, *args, **kwargs)
         except SandboxError as exc:
             if exc.details:
@@ -91,6 +93,8 @@ def _compose(environ: Mapping[str, str]) -> list[str]:
         "no-wait": "return after `docker compose up -d`, without the startability gate",
         "timeout": "seconds the gate waits for readiness "
         f"(default {stack.DEFAULT_TIMEOUT:.0f}, or KTRDR_GATE_TIMEOUT)",
+        "fresh": "recreate the slot's database (everything in it is lost); asks first",
+        "yes": "with --fresh: do not ask (for scripts)",
     }
 )
 @handled
@@ -102,6 +106,8 @@ def up(
     build: bool = False,
     no_wait: bool = False,
     timeout: str | None = None,
+    fresh: bool = False,
+    yes: bool = False,
 ) -> None:
     """Start a slot's stack: preflight, `docker compose up -d`, then the startability gate."""
     target = _target(slot)
@@ -121,8 +127,22 @@ def up(
             on_compose=out.compose_up,
             source=chosen,
             app_image=lambda src: stack.app_image(src, ROOT, environ, out.step),
+            fresh=functools.partial(_confirm_fresh, yes) if fresh else None,
         )
     _report_up(target.slot, result)
+
+
+def _confirm_fresh(yes: bool, slot: int) -> bool:
+    """`--fresh` deletes a database: asked on a terminal, `--yes` in scripts."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise SandboxError(
+            f"--fresh deletes slot {slot}'s database: add --yes to confirm it when not on a "
+            "terminal",
+            Exit.USAGE,
+        )
+    return input(provenance.confirm_question(slot)).strip().lower() in ("y", "yes")
 
 
 def _rebuild(environ: Mapping[str, str]) -> None:
@@ -148,7 +168,16 @@ def _report_up(slot: int, result: stack.UpResult) -> None:
 def down(c: Context, slot: str | None = None, volumes: bool = False) -> None:
     """Stop and remove a slot's containers; its volumes only with --volumes."""
     target = _target(slot)
-    stack.down(target, dict(os.environ), volumes=volumes, on_busy=out.line)
+    stack.down(
+        target,
+        dict(os.environ),
+        volumes=volumes,
+        on_busy=out.line,
+        on_orphan=lambda old: out.line(
+            f"slot {target.slot} was started from {old}, which no longer exists (orphaned); "
+            "taking it down from here"
+        ),
+    )
     kept = "removed its volumes" if volumes else "kept its volumes"
     out.line(f"slot {target.slot} ({target.project}) is down; {kept}")
 

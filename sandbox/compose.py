@@ -37,6 +37,7 @@ IMAGE_VARIABLES = (
 PASSTHROUGH = frozenset({*IMAGE_VARIABLES, "KTRDR_BIND_ADDR", "KTRDR_DB_PASSWORD"})
 SLOT_SPECIFIC_PREFIXES = ("KTRDR_", "COMPOSE_")
 DEFAULT_BIND_ADDR = "127.0.0.1"
+DEFAULT_DB_PASSWORD = "localdev"  # the compose file's ${KTRDR_DB_PASSWORD:-localdev}
 
 
 @dataclass(frozen=True)

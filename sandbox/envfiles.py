@@ -94,9 +94,7 @@ def check(values: Mapping[str, str], file: str, slot: int | None = None) -> list
         elif name in slots.PORT_VARIABLES or name == "SLOT_NUMBER":
             number = slots.ascii_int(value)
             if number is None:
-                problems.append(
-                    Problem(file, slot, name, f"{slots.shown(value)} is not a number")
-                )
+                problems.append(Problem(file, slot, name, f"{slots.shown(value)} is not a number"))
             elif name != "SLOT_NUMBER" and not slots.PORT_MIN <= number <= slots.PORT_MAX:
                 problems.append(
                     Problem(

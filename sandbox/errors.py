@@ -25,6 +25,7 @@ class Exit(IntEnum):
     COMMAND = 9  # an external command failed (docker build, compose up, ...)
     SHARED_DIR = 10  # the shared directory cannot be created or read
     OTHER_SOURCE = 11  # the slot runs another app source than the one asked for
+    INTERRUPTED = 130  # Ctrl-C: the shell's own code for SIGINT (128 + 2)
 
 
 class SandboxError(Exception):

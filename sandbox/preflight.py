@@ -13,16 +13,18 @@ The decisions are pure functions (`other_checkout`, `classify_ports`, `port_hold
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sandbox import apps, compose, docker, envfiles, shared, slots
+from sandbox import apps, compose, docker, envfiles, provenance, runner, shared, slots
 from sandbox.docker import Container
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import display
+from sandbox.settings import ENGINE_QUERY_TIMEOUT
 
 PROC = Path("/proc")
 # /proc/net/tcp's "st" column: 0A is TCP_LISTEN (include/net/tcp_states.h).
@@ -48,6 +50,8 @@ class Preflight:
     compose: list[str]  # the Compose v2 CLI to run, e.g. ["docker", "compose"]
     steps: list[Step]
     running: list[Container]  # the slot's own existing containers, in any state
+    # What was found of the slot's database volume (None: not looked at).
+    volume: provenance.Kind | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,20 @@ def other_checkout(target_root: Path, project_containers: Sequence[Container]) -
     return None
 
 
+def orphaned(working_dir: str) -> bool:
+    """Whether the checkout a slot was started from is gone (deleted, or moved away): its
+    compose file is no longer where the containers say their project directory is."""
+    return bool(working_dir) and not (Path(working_dir) / compose.COMPOSE_FILE).is_file()
+
+
 def other_checkout_error(target: compose.Target, working_dir: str) -> SandboxError:
+    if orphaned(working_dir):
+        return SandboxError(
+            f"slot {target.slot} is orphaned: it was started from {working_dir}, which no "
+            f"longer exists; `inv down --slot={target.slot}` (from here) removes its "
+            "containers and keeps its database",
+            Exit.OTHER_CHECKOUT,
+        )
     return SandboxError(
         f"slot {target.slot} belongs to another checkout: {target.project} was started from "
         f"{working_dir}; run `inv down --slot={target.slot}` in that checkout, "
@@ -327,6 +344,8 @@ class Facts:
     compose_cmd: list[str] = field(default_factory=list)
     everything: list[Container] = field(default_factory=list)  # every container on the engine
     own: list[Container] = field(default_factory=list)  # the slot's project's containers
+    fresh: bool = False  # `up --fresh`: the database volume is to be recreated, not compared
+    volume: provenance.Kind | None = None
 
 
 def engine_step(facts: Facts) -> Step:
@@ -343,7 +362,24 @@ def env_step(facts: Facts) -> Step:
     problems = env_problems(facts.target)
     if problems:
         raise env_error(problems)
+    check_bind_address(compose.bind_address(facts.target, facts.environ))
     return Step("env", f"{_env_name(facts.target)} valid; no port shared between slots")
+
+
+def check_bind_address(address: str) -> None:
+    """KTRDR_BIND_ADDR must be something Compose can publish on: an IP literal or localhost.
+    Anything else passes a port probe (nothing can bind it, so nothing holds it) and only
+    Compose refuses it, after preflight said the ports were free."""
+    if address == "localhost":
+        return
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise SandboxError(
+            f"KTRDR_BIND_ADDR={slots.shown(address)} is not an IP address: use an IP literal "
+            "(127.0.0.1, ::1, 0.0.0.0) or localhost",
+            Exit.BAD_ENV,
+        ) from None
 
 
 def checkout_step(facts: Facts) -> Step:
@@ -381,6 +417,56 @@ def source_step(facts: Facts) -> Step:
     return Step("source", wanted.describe())
 
 
+def expected_volume(
+    target: compose.Target, environ: Mapping[str, str], source: apps.Source
+) -> provenance.Expected:
+    """What this `up` would stamp on a new database volume for `target`."""
+    env = compose.environment(target, environ)
+    return provenance.Expected(
+        slot=target.slot,
+        checkout=str(target.root.resolve()),
+        client_host=socket.gethostname(),
+        source=source.label,
+        app=source.kind.name,
+        password=env.get("KTRDR_DB_PASSWORD") or compose.DEFAULT_DB_PASSWORD,
+    )
+
+
+def inspect_volume(
+    target: compose.Target, environ: Mapping[str, str]
+) -> provenance.VolumeInfo | None:
+    """The slot's database volume as the engine has it, or None when there is none."""
+    cmd = provenance.inspect_command(provenance.volume_name(target.project))
+    result = runner.run(cmd, env=dict(environ), timeout=ENGINE_QUERY_TIMEOUT)
+    if result.ok:
+        return provenance.parse_inspect(result.stdout)
+    if "no such volume" in result.stderr.lower():
+        return None
+    raise docker.engine_error(result, environ)
+
+
+def volume_step(facts: Facts) -> Step:
+    """The slot's database must be this checkout's, made with this password: a reused one
+    that is not is refused here, in a second, instead of a backend that never logs in."""
+    target = facts.target
+    info = inspect_volume(target, facts.environ)
+    verdict = provenance.compare(info, expected_volume(target, facts.environ, facts.source))
+    facts.volume = verdict.kind
+    name = provenance.volume_name(target.project)
+    if facts.fresh:
+        exists = info is not None
+        return Step(
+            "volume", f"{name} will be recreated (--fresh)" if exists else "no database yet"
+        )
+    if not verdict.ok:
+        raise SandboxError(verdict.message, verdict.code)
+    if verdict.kind is provenance.Kind.LEGACY:
+        return Step("volume", verdict.message)
+    if verdict.kind is provenance.Kind.MISSING:
+        return Step("volume", f"{name} will be created for this checkout")
+    return Step("volume", f"{name} was created by this checkout with this password")
+
+
 def ports_step(facts: Facts) -> Step:
     target, everything = facts.target, facts.everything
     bind = compose.bind_address(target, facts.environ)
@@ -402,6 +488,7 @@ def ports_step(facts: Facts) -> Step:
 def shared_step(facts: Facts) -> Step:
     """Last, so that a refused slot leaves nothing behind, not even this directory."""
     shared_dir = facts.target.shared_dir
+    shared.check_home(shared_dir, facts.environ)
     missing = shared.missing(shared_dir)
     if missing and not facts.create_shared:
         lacking = ", ".join(f"{p.name}/" for p in missing)
@@ -423,6 +510,7 @@ STEPS: tuple[Callable[[Facts], Step], ...] = (
     env_step,
     checkout_step,
     source_step,
+    volume_step,
     ports_step,
     shared_step,
 )
@@ -434,12 +522,13 @@ def run_preflight(
     *,
     create_shared: bool = True,
     source: apps.Source = apps.BUILT_IN,
+    fresh: bool = False,
 ) -> Preflight:
     """Check that `target` can start; raise SandboxError naming the first thing that stops it.
 
     `create_shared=False` refuses a missing shared directory instead of creating it. The
     directory is created only once every other check has passed.
     """
-    facts = Facts(target, environ, create_shared, source)
+    facts = Facts(target, environ, create_shared, source, fresh=fresh)
     steps = [step(facts) for step in STEPS]
-    return Preflight(facts.compose_cmd, steps, facts.own)
+    return Preflight(facts.compose_cmd, steps, facts.own, facts.volume)

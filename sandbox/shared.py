@@ -6,13 +6,51 @@ Nothing here deletes or overwrites: creating is `mkdir`, copying skips files tha
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandbox.errors import Exit, SandboxError
 
 SUBDIRS = ("data", "models", "strategies")
+
+
+def settle_home(environ: MutableMapping[str, str]) -> None:
+    """One HOME for every path and every command: the env files' `${HOME}/.ktrdr/shared`
+    (read here, and interpolated again by Compose) and `inv init-shared` (`Path.home()`).
+
+    Unset or empty, HOME becomes this user's home from the password database, as
+    `Path.home()` already resolves it: otherwise Compose mounts `/.ktrdr/shared` at the
+    filesystem root while init-shared fills the real one. (Set to something that is not a
+    directory, it is refused by `check_home` where the shared directory is made.)
+    """
+    home = environ.get("HOME", "")
+    if not home:
+        try:
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except KeyError:
+            home = ""
+        if not home or not Path(home).is_dir():
+            raise SandboxError(
+                "HOME is unset and this user has no home directory: set HOME to a directory "
+                "(the shared data lives in $HOME/.ktrdr/shared)",
+                Exit.SHARED_DIR,
+            )
+        environ["HOME"] = home
+
+
+def check_home(shared_dir: Path, environ: Mapping[str, str]) -> None:
+    """Refuse a shared directory under a HOME that is not a directory: creating it would
+    make a home where there is none (`mkdir -p /nonexistent/.ktrdr/shared`)."""
+    home = environ.get("HOME", "")
+    if home and not Path(home).is_dir() and shared_dir.is_relative_to(home):
+        raise SandboxError(
+            f"HOME={home} is not a directory: set HOME to your home directory "
+            "(the shared data lives in $HOME/.ktrdr/shared)",
+            Exit.SHARED_DIR,
+        )
 
 
 def missing(path: Path) -> list[Path]:

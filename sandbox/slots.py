@@ -103,8 +103,8 @@ def ports(slot: int) -> dict[str, int]:
 # Every number a user types (a flag, an env file) is at most this many ASCII digits: enough
 # for any port, count or timeout, and short of Python's 4300-digit `int()` limit by far.
 MAX_DIGITS = 9
-_WHOLE = re.compile(r"[0-9]{1,%d}" % MAX_DIGITS)
-_SECONDS = re.compile(r"[0-9]{1,%d}(?:\.[0-9]{1,%d})?" % (MAX_DIGITS, MAX_DIGITS))
+_WHOLE = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}")
+_SECONDS = re.compile(rf"[0-9]{{1,{MAX_DIGITS}}}(?:\.[0-9]{{1,{MAX_DIGITS}}})?")
 SHOWN_CHARS = 24  # how much of a bad value an error line echoes back
 
 

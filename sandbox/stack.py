@@ -10,7 +10,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import appimages, apps, compose, docker, gate, images, net, preflight, runner, slots
+from sandbox import (
+    appimages,
+    apps,
+    compose,
+    docker,
+    gate,
+    images,
+    lastup,
+    net,
+    preflight,
+    provenance,
+    runner,
+    slots,
+)
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
@@ -90,34 +103,117 @@ def up(
     build: Callable[[], object] | None = None,
     source: apps.Source = apps.BUILT_IN,
     app_image: Callable[[apps.Source], str | None] | None = None,
+    fresh: Callable[[int], bool] | None = None,
 ) -> UpResult:
     """Start `target` running `source` and wait until it is really ready.
 
     `build`, when given, rebuilds images once preflight has passed; `app_image` gets (or
     builds) the image a source checkout runs on. A stack whose services all run already only
     gets the gate, unless `recreate` (after such a rebuild). With `wait=False` the gate does
-    not run (`.gate` is None). Raises SandboxError for a refused preflight, a failed build or
-    a failed `compose up`; a failed gate is a result (`.gate.passed`).
+    not run (`.gate` is None). `fresh`, when given, recreates the slot's database volume once
+    preflight has passed and `fresh(slot)` confirmed it. Raises SandboxError for a refused
+    preflight, a failed build or a failed `compose up` (and for Ctrl-C, Exit.INTERRUPTED);
+    a failed gate is a result (`.gate.passed`). Whatever ends a start once preflight passed
+    is recorded for `inv status` (sandbox/lastup.py).
     """
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
-        checked = preflight.run_preflight(target, environ, source=source)
+        checked = preflight.run_preflight(target, environ, source=source, fresh=fresh is not None)
         if on_preflight:
             on_preflight(checked)
-        if build is not None:
-            build()  # after preflight and under the lock: a refused slot rebuilds nothing
-        image = app_image(source) if app_image is not None else None
-        override = write_override(target, source, image)
-        already = all_running(checked.running) and not recreate
-        compose_seconds = (
-            0.0 if already else _compose_up(target, checked, environ, on_compose, override)
-        )
-        apps.write_env_sandbox(source, env_sandbox(target, environ))
-        result = UpResult(checked, not already, None, compose_seconds=compose_seconds)
-        if wait:
-            result.gate, result.logs = _gate(
-                target, checked, environ, timeout, on_gate, source.kind.migration
+        if fresh is not None and not fresh(target.slot):
+            raise SandboxError(
+                f"kept slot {target.slot}'s database: nothing was changed", Exit.USAGE
             )
+        lastup.write(target.root, target.slot, lastup.STARTING)
+        try:
+            result = _start(
+                target,
+                environ,
+                checked,
+                recreate,
+                build,
+                source,
+                app_image,
+                on_compose,
+                fresh is not None,
+            )
+            if wait:
+                result.gate, result.logs = _gate(
+                    target, checked, environ, timeout, on_gate, source.kind.migration
+                )
+        except KeyboardInterrupt:
+            lastup.write(target.root, target.slot, lastup.INTERRUPTED)
+            raise SandboxError(
+                f"interrupted: slot {target.slot} may be half started; `inv up "
+                f"--slot={target.slot}` finishes it, `inv down --slot={target.slot}` stops it",
+                Exit.INTERRUPTED,
+            ) from None
+        except SandboxError as exc:
+            lastup.write(target.root, target.slot, lastup.FAILED, str(exc))
+            raise
+        _record_gate(target, result.gate)
         return result
+
+
+def _start(
+    target: Target,
+    environ: Mapping[str, str],
+    checked: preflight.Preflight,
+    recreate: bool,
+    build: Callable[[], object] | None,
+    source: apps.Source,
+    app_image: Callable[[apps.Source], str | None] | None,
+    on_compose: Callable[[list[str]], None] | None,
+    fresh: bool,
+) -> UpResult:
+    """Everything of `up` between preflight and the gate."""
+    if build is not None:
+        build()  # after preflight and under the lock: a refused slot rebuilds nothing
+    image = app_image(source) if app_image is not None else None
+    override = write_override(target, source, image)
+    ensure_volume(target, environ, checked, source, fresh)
+    already = all_running(checked.running) and not recreate and not fresh
+    compose_seconds = (
+        0.0 if already else _compose_up(target, checked, environ, on_compose, override)
+    )
+    apps.write_env_sandbox(source, env_sandbox(target, environ))
+    return UpResult(checked, not already, None, compose_seconds=compose_seconds)
+
+
+def _record_gate(target: Target, outcome: gate.GateResult | None) -> None:
+    if outcome is None or outcome.passed:
+        lastup.write(target.root, target.slot, lastup.READY)
+        return
+    failed = "; ".join(f"{c.name}: {c.detail}" for c in outcome.failed)
+    lastup.write(target.root, target.slot, lastup.FAILED, f"gate: {failed}"[:300])
+
+
+def ensure_volume(
+    target: Target,
+    environ: Mapping[str, str],
+    checked: preflight.Preflight,
+    source: apps.Source,
+    fresh: bool,
+) -> None:
+    """Create the slot's database volume stamped with where it came from (before Compose
+    would make it unstamped); with `fresh`, first remove the slot's containers and exactly
+    that one volume (sandbox/provenance.py says why the labels live on a volume we create)."""
+    if not fresh and checked.volume is not provenance.Kind.MISSING:
+        return
+    labels = preflight.expected_volume(target, environ, source).labels()
+    plan = provenance.fresh_plan(target.slot, labels, checked.compose)
+    if not fresh or checked.volume is provenance.Kind.MISSING:
+        plan = plan[-1:]
+    else:
+        # `down` through this checkout's compose file rather than by project name alone.
+        plan[0] = down_command(checked.compose, target, volumes=False)
+    for cmd in plan:
+        runner.run(
+            cmd,
+            env=compose.environment(target, environ),
+            cwd=target.root,
+            check=f"preparing slot {target.slot}'s database failed: {display(cmd)}",
+        )
 
 
 def app_image(
@@ -207,18 +303,23 @@ def down(
     *,
     volumes: bool,
     on_busy: Callable[[str], None] | None = None,
+    on_orphan: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Stop and remove the slot's containers (and its volumes only when asked).
 
     Refuses a slot whose containers were started from another checkout: that checkout's
-    `inv down` owns them (the message names the plain Compose command for a deleted one).
+    `inv down` owns them. An orphaned slot (its checkout is gone) is taken down from here,
+    after `on_orphan(its old checkout)`.
     """
     docker.check_engine(environ)
     compose_cmd = compose.find_compose(environ)
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
         own = [c for c in docker.sandbox_containers(environ) if c.slot == target.slot]
         elsewhere = preflight.other_checkout(target.root, own)
-        if elsewhere is not None:
+        if elsewhere is not None and preflight.orphaned(elsewhere):
+            if on_orphan:
+                on_orphan(elsewhere)
+        elif elsewhere is not None:
             raise SandboxError(
                 f"slot {target.slot} runs from another checkout ({elsewhere}): run "
                 f"`inv down --slot={target.slot}` there; if that checkout is gone, "
@@ -232,6 +333,7 @@ def down(
             cwd=target.root,
             check=f"`docker compose down` failed for slot {target.slot}: {display(cmd)}",
         )
+        lastup.clear(target.root, target.slot)
         if volumes:
             forget(target, own)
     return cmd

@@ -163,12 +163,34 @@ def test_other_checkout(tmp_path: Path) -> None:
     assert preflight.other_checkout(here, []) is None
 
 
-def test_other_checkout_message(target: compose.Target) -> None:
-    err = preflight.other_checkout_error(target, "/home/ana/ktrdr-sandbox")
+def a_checkout(path: Path) -> str:
+    """A directory that is a checkout as far as orphan detection can tell: its compose file."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / compose.COMPOSE_FILE).write_text("services: {}\n")
+    return str(path)
+
+
+def test_other_checkout_message(target: compose.Target, tmp_path: Path) -> None:
+    other = a_checkout(tmp_path / "ana" / "ktrdr-sandbox")
+    err = preflight.other_checkout_error(target, other)
     assert err.code is Exit.OTHER_CHECKOUT
     assert err.message == (
-        "slot 1 belongs to another checkout: ktrdr-sandbox-1 was started from "
-        "/home/ana/ktrdr-sandbox; run `inv down --slot=1` in that checkout, or pick another slot"
+        f"slot 1 belongs to another checkout: ktrdr-sandbox-1 was started from "
+        f"{other}; run `inv down --slot=1` in that checkout, or pick another slot"
+    )
+
+
+def test_an_orphaned_slot_names_the_one_command_that_works_from_here(
+    target: compose.Target, tmp_path: Path
+) -> None:
+    gone = str(tmp_path / "deleted-worktree")
+    assert preflight.orphaned(gone)
+    assert not preflight.orphaned(a_checkout(tmp_path / "here"))
+    err = preflight.other_checkout_error(target, gone)
+    assert err.code is Exit.OTHER_CHECKOUT
+    assert err.message == (
+        f"slot 1 is orphaned: it was started from {gone}, which no longer exists; "
+        "`inv down --slot=1` (from here) removes its containers and keeps its database"
     )
 
 
@@ -448,6 +470,7 @@ class FakeEngine:
     def __init__(self, containers: Sequence[Container] = (), *, engine: bool = True) -> None:
         self.containers = list(containers)
         self.engine = engine
+        self.volume: str | None = None  # `docker volume inspect` output; None: no volume
         self.commands: list[tuple[str, ...]] = []
 
     def __call__(self, cmd: Sequence[Any], **kwargs: Any) -> Result:
@@ -461,6 +484,10 @@ class FakeEngine:
             return Result(args, 0, "2.29.7\n")
         if args[:2] == ("docker", "ps"):
             return Result(args, 0, "\n".join(ps_line(c) for c in self.containers))
+        if args[:3] == ("docker", "volume", "inspect"):
+            if self.volume is None:
+                return Result(args, 1, "[]\n", f"Error: No such volume: {args[3]}")
+            return Result(args, 0, self.volume)
         raise AssertionError(f"preflight ran an unexpected command: {args}")
 
 
@@ -484,6 +511,7 @@ def test_preflight_passes_and_creates_the_shared_dir(
         "env",
         "checkout",
         "source",
+        "volume",
         "ports",
         "shared",
     ]
@@ -495,11 +523,12 @@ def test_preflight_passes_and_creates_the_shared_dir(
         f"created {shared}, {shared}/data, {shared}/models, {shared}/strategies"
     )
     assert details["ports"] == "11 host ports free on 127.0.0.1, 0.0.0.0, ::"
-    # Read-only questions only, and one `docker ps`.
+    # Read-only questions only, one `docker ps` and one look at the database volume.
     assert [c[:3] for c in engine.commands] == [
         ("docker", "version", "--format"),
         ("docker", "compose", "version"),
         tuple(docker.ps_command()[:3]),
+        ("docker", "volume", "inspect"),
     ]
     again = preflight.run_preflight(target, {})
     assert again.steps[-1].detail == f"{shared} has data/, models/, strategies/"
@@ -572,12 +601,15 @@ def test_missing_shared_dir_without_create(
     assert not (home / ".ktrdr").exists()
 
 
-def test_other_checkout_is_refused(engine: FakeEngine, target: compose.Target) -> None:
-    engine.containers = [container("ktrdr-sandbox-1", "db", 5433, working_dir="/srv/other")]
+def test_other_checkout_is_refused(
+    engine: FakeEngine, target: compose.Target, tmp_path: Path
+) -> None:
+    other = a_checkout(tmp_path / "other")
+    engine.containers = [container("ktrdr-sandbox-1", "db", 5433, working_dir=other)]
     with pytest.raises(SandboxError) as err:
         preflight.run_preflight(target, {})
     assert err.value.code is Exit.OTHER_CHECKOUT
-    assert "started from /srv/other; run `inv down --slot=1` in that checkout" in err.value.message
+    assert f"started from {other}; run `inv down --slot=1` in that checkout" in err.value.message
 
 
 def test_a_slot_running_another_source_is_refused(
@@ -639,3 +671,47 @@ def test_taken_port_held_by_a_real_process(
         f"port {port} (grafana, KTRDR_GRAFANA_PORT) is taken by process {comm} "
         f"(pid {os.getpid()}): stop it or pick another slot"
     )
+
+
+def volume_json(labels: Mapping[str, str]) -> str:
+    return json.dumps([{"Name": "ktrdr-sandbox-1_db-data", "Labels": dict(labels)}])
+
+
+def test_a_volume_made_with_another_password_is_refused_before_anything_starts(
+    engine: FakeEngine, target: compose.Target
+) -> None:
+    made = preflight.expected_volume(target, {}, apps.BUILT_IN)
+    engine.volume = volume_json(made.labels())
+    preflight.run_preflight(target, {})  # the same password: goes on
+    with pytest.raises(SandboxError) as err:
+        preflight.run_preflight(target, {"KTRDR_DB_PASSWORD": "s3cret-other"})
+    assert err.value.code is Exit.BAD_ENV
+    assert "created with another password" in err.value.message
+    assert "`inv up --slot=1 --fresh`" in err.value.message
+    assert "s3cret" not in err.value.message
+    # --fresh: compared no more, it is to be recreated
+    result = preflight.run_preflight(target, {"KTRDR_DB_PASSWORD": "s3cret-other"}, fresh=True)
+    assert result.steps[5].detail == "ktrdr-sandbox-1_db-data will be recreated (--fresh)"
+
+
+def test_a_volume_of_another_checkout_is_refused(
+    engine: FakeEngine, target: compose.Target
+) -> None:
+    labels = preflight.expected_volume(target, {}, apps.BUILT_IN).labels()
+    labels["io.ktrdr.sandbox.checkout"] = "/srv/elsewhere"
+    engine.volume = volume_json(labels)
+    with pytest.raises(SandboxError) as err:
+        preflight.run_preflight(target, {})
+    assert err.value.code is Exit.OTHER_CHECKOUT
+    assert "/srv/elsewhere" in err.value.message
+
+
+def test_a_bind_address_that_is_not_an_ip_is_refused_in_preflight(
+    engine: FakeEngine, target: compose.Target
+) -> None:
+    for good in ("127.0.0.1", "::1", "[::1]", "localhost", "0.0.0.0"):
+        preflight.check_bind_address(good.strip("[]"))
+    with pytest.raises(SandboxError) as err:
+        preflight.run_preflight(target, {"KTRDR_BIND_ADDR": "not-an-ip"})
+    assert err.value.code is Exit.BAD_ENV
+    assert err.value.message.startswith("KTRDR_BIND_ADDR='not-an-ip' is not an IP address")

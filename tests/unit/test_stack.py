@@ -131,12 +131,15 @@ def test_down_keeps_volumes_unless_asked(
 def test_down_refuses_a_slot_of_another_checkout(
     target: compose.Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fakes = Fakes(monkeypatch, [container("db", 3, "/srv/other-checkout")])
+    other = target.root.parent / "other-checkout"
+    other.mkdir()
+    (other / compose.COMPOSE_FILE).write_text("services: {}\n")
+    fakes = Fakes(monkeypatch, [container("db", 3, str(other))])
     with pytest.raises(SandboxError) as caught:
         stack.down(target, {}, volumes=True)
     assert caught.value.code is Exit.OTHER_CHECKOUT
     assert str(caught.value) == (
-        "slot 3 runs from another checkout (/srv/other-checkout): run `inv down --slot=3` "
+        f"slot 3 runs from another checkout ({other}): run `inv down --slot=3` "
         "there; if that checkout is gone, `docker compose -p ktrdr-sandbox-3 down` removes it"
     )
     assert fakes.commands == []
