@@ -151,6 +151,10 @@ def environment(
     for key, value in image_settings(target.root).items():
         env.setdefault(key, value)
     env.update(target.values)
+    if target.values.get("KTRDR_SHARED_DIR"):
+        # Absolute, resolved against the checkout as `Target.shared_dir` does, so Compose
+        # mounts the directory preflight checked whatever its own idea of a relative path.
+        env["KTRDR_SHARED_DIR"] = str(target.shared_dir)
     env.update(overrides or {})
     return env
 

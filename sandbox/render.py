@@ -26,7 +26,7 @@ from sandbox.status import SlotStatus
 from sandbox.verify import VerifyReport
 
 PASS, FAIL = "✓", "✗"
-STATE_STYLE = {"running": "green", "partial": "yellow", "stopped": "red"}
+STATE_STYLE = {"running": "green", "partial": "yellow", "stopped": "red", "failed": "red"}
 
 
 class UpResultLike(Protocol):
@@ -79,11 +79,11 @@ def _status_cells(rows: Sequence[SlotStatus]) -> list[tuple[str, ...]]:
         (
             str(r.slot),
             r.project,
-            r.state,
+            f"{r.state}: {r.last_up}" if r.last_up else r.state,
             f"{r.healthy}/{r.total}",
             r.api_url or "-",
             r.source or "-",
-            r.checkout or "-",
+            f"orphaned: {r.checkout} is gone" if r.orphaned else (r.checkout or "-"),
         )
         for r in rows
     ]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from sandbox import docker, net, slots
+from sandbox import compose, docker, lastup, net, slots
 
 BACKEND_PORT = 8000  # the backend's port inside its container (KTRDR's contract)
 SEVERAL = "several"
@@ -26,6 +27,8 @@ class SlotStatus:
     api_url: str | None
     checkout: str  # the checkout the containers were started from; "several" if they disagree
     source: str = ""  # what the app runs: "reference (built in)", "ktrdr: /path", ...
+    orphaned: bool = False  # its checkout is gone (deleted, or moved away)
+    last_up: str = ""  # why the slot's last `inv up` did not finish ("" when it did)
 
 
 def _healthy(container: docker.Container) -> bool:
@@ -65,6 +68,21 @@ def _source(containers: Sequence[docker.Container]) -> str:
     return f"{shown} ({TORCH_SHOWN.get(torch, torch)})" if torch else shown
 
 
+def _orphaned(checkout: str) -> bool:
+    """The checkout the containers name has no compose file any more (gone, or moved)."""
+    if not checkout or checkout == SEVERAL:
+        return False
+    return not (Path(checkout) / compose.COMPOSE_FILE).is_file()
+
+
+def _unfinished_up(checkout: str, slot: int) -> str:
+    """Why the slot's last `inv up` did not finish, as that checkout recorded it; ""."""
+    if not checkout or checkout == SEVERAL:
+        return ""
+    record = lastup.read(checkout, slot)
+    return "" if record is None or record.finished else record.explain()
+
+
 def summarize(
     containers: Sequence[docker.Container], only_slot: int | None = None
 ) -> list[SlotStatus]:
@@ -87,16 +105,20 @@ def summarize(
             state = "running"
         else:
             state = "partial"
+        checkout = _checkout(group)
+        why = _unfinished_up(checkout, slot)
         rows.append(
             SlotStatus(
                 slot=slot,
                 project=slots.project_name(slot),
-                state=state,
+                state="failed" if why else state,
                 healthy=sum(_healthy(c) for c in group),
                 total=max(len(group), len(services)),
                 api_url=_api_url(group),
-                checkout=_checkout(group),
+                checkout=checkout,
                 source=_source(group),
+                orphaned=_orphaned(checkout),
+                last_up=why,
             )
         )
     return rows

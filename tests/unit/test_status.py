@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
-from sandbox import docker, slots, status
+from sandbox import compose, docker, lastup, slots, status
 from sandbox.docker import PublishedPort
 
 
@@ -55,7 +57,41 @@ def test_running_slot() -> None:
         api_url="http://127.0.0.1:8001/api/v1",
         checkout="/home/dev/ktrdr-sandbox",
         source="reference (built in)",
+        orphaned=True,  # no such checkout on this machine
     )
+
+
+def a_checkout(path: Path) -> str:
+    path.mkdir(parents=True)
+    (path / compose.COMPOSE_FILE).write_text("services: {}\n")
+    return str(path)
+
+
+def test_a_slot_whose_checkout_is_gone_is_orphaned(tmp_path: Path) -> None:
+    here = a_checkout(tmp_path / "here")
+    [row] = status.summarize(full_stack(1, working_dir=here))
+    assert not row.orphaned and row.state == "running" and row.last_up == ""
+    [row] = status.summarize(full_stack(1, working_dir=str(tmp_path / "deleted")))
+    assert row.orphaned
+
+
+def test_an_up_that_did_not_finish_shows_as_failed_with_its_reason(tmp_path: Path) -> None:
+    here = a_checkout(tmp_path / "here")
+    root = Path(here)
+    lastup.write(root, 1, lastup.INTERRUPTED)
+    [row] = status.summarize(full_stack(1, working_dir=here))
+    assert row.state == "failed" and row.last_up.startswith("last up interrupted at ")
+    lastup.write(root, 1, lastup.FAILED, "gate: backend: HTTP 503")
+    [row] = status.summarize(full_stack(1, working_dir=here))
+    assert row.last_up.endswith(": gate: backend: HTTP 503")
+    lastup.write(root, 1, lastup.STARTING)  # by this process, which runs: still starting
+    assert status.summarize(full_stack(1, working_dir=here))[0].state == "running"
+    record = lastup.path(root, 1)
+    record.write_text(record.read_text().replace(f'"pid": {os.getpid()}', '"pid": 999999999'))
+    [row] = status.summarize(full_stack(1, working_dir=here))
+    assert row.state == "failed" and "was killed" in row.last_up
+    lastup.write(root, 1, lastup.READY)
+    assert status.summarize(full_stack(1, working_dir=here))[0].last_up == ""
 
 
 def test_the_source_a_slot_runs_is_shown() -> None:
