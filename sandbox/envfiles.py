@@ -33,7 +33,8 @@ def render(slot: int) -> str:
     lines = [
         f"# ktrdr-sandbox slot {slot}. Generated from sandbox/slots.py by `inv env --write`;",
         "# edit the scheme, not this file (a test holds them equal).",
-        f"#   docker compose --env-file env/slot-{slot}.env -f docker-compose.sandbox.yml up -d",
+        f"#   docker compose --env-file .env --env-file env/slot-{slot}.env "
+        "-f docker-compose.sandbox.yml up -d",
         f"#   set -a; . env/slot-{slot}.env; set +a",
         f"COMPOSE_PROJECT_NAME={slots.project_name(slot)}",
         f"SLOT_NUMBER={slot}",
