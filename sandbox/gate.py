@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from sandbox import apps, compose, docker, net, runner, slots
+from sandbox import apps, compose, diagnose, docker, net, runner, slots
 from sandbox.errors import SandboxError
 from sandbox.runner import Result
 from sandbox.settings import (
@@ -37,6 +37,8 @@ from sandbox.settings import (
 )
 
 DETAIL_CHARS = 160
+DB_LOG_EVERY = 2.0  # seconds between two reads of the db's log while the backend is not up
+DB_LOG_LINES = 50
 # Only exited and dead are final: "created" is a worker waiting for a healthy backend.
 EXITED_STATES = ("exited", "dead")
 WAITING_DETAIL = "waiting"
@@ -99,6 +101,8 @@ class Probes:
     containers: ListContainers
     # One-shot steps that may take long (migrations); `exec` when not given.
     migrate: Exec | None = None
+    # `db_log(project)` -> the last lines the project's database logged ("" for none).
+    db_log: Callable[[str], str] | None = None
 
 
 # ----------------------------------------------------------------------------- real probes
@@ -115,7 +119,31 @@ def default_probes(environ: Mapping[str, str]) -> Probes:
         except SandboxError:
             return None  # an engine hiccup: the checks themselves will say what is wrong
 
-    return Probes(http_get=net.http_get, exec=_exec, containers=containers, migrate=_migrate)
+    return Probes(
+        http_get=net.http_get,
+        exec=_exec,
+        containers=containers,
+        migrate=_migrate,
+        db_log=_db_log(environ),
+    )
+
+
+def _db_log(environ: Mapping[str, str]) -> Callable[[str], str]:
+    """The db container's last log lines, read at most every DB_LOG_EVERY seconds: Postgres
+    logs every login it refuses, whatever the app (KTRDR's health says nothing of its db)."""
+    last: dict[str, tuple[float, str]] = {}
+
+    def read(project: str) -> str:
+        now = time.monotonic()
+        if project in last and now - last[project][0] < DB_LOG_EVERY:
+            return last[project][1]
+        cmd = ["docker", "logs", "--tail", str(DB_LOG_LINES), f"{project}-db-1"]
+        result = runner.run(cmd, env=dict(environ), timeout=GATE_EXEC_TIMEOUT)
+        text = result.stdout + result.stderr if result.ok else ""
+        last[project] = (now, text)
+        return text
+
+    return read
 
 
 def _migrate(cmd: Sequence[str], env: Mapping[str, str]) -> Result:
@@ -283,6 +311,18 @@ def checks(
     def http(url: str) -> Callable[[], Outcome]:
         return lambda: http_outcome(*probes.http_get(url, GATE_HTTP_TIMEOUT))
 
+    def backend() -> Outcome:
+        status, body = probes.http_get(f"{api}/health", GATE_HTTP_TIMEOUT)
+        if status == 200:
+            return http_outcome(status, body)
+        refused = diagnose.login_failure(status, body)
+        if refused is None and probes.db_log is not None:
+            refused = diagnose.login_failure_in_text(probes.db_log(target.project))
+        if refused is not None:
+            # Trying again cannot mend a password: fail now, in the database's own words.
+            return Outcome(False, f"database refused the login: {refused}", ("db",), final=True)
+        return http_outcome(status, body)
+
     steps = [migration_check(target, compose_cmd, env, probes, migration)] if migration else []
     return [
         Check(
@@ -293,7 +333,7 @@ def checks(
             ("db",),
         ),
         *steps,
-        Check("backend", "Backend API health", "backend", http(f"{api}/health"), ("backend",)),
+        Check("backend", "Backend API health", "backend", backend, ("backend",)),
         Check(
             "workers",
             "Workers registered",

@@ -14,6 +14,7 @@ from sandbox import (
     appimages,
     apps,
     compose,
+    diagnose,
     docker,
     gate,
     images,
@@ -292,6 +293,10 @@ def _gate(
     )
     if outcome.passed:
         return outcome, {}
+    for check in outcome.failed:
+        words = diagnose.login_failure_in_text(check.detail)
+        if words is not None:
+            raise SandboxError(diagnose.login_failure_message(target.slot, words), Exit.BAD_ENV)
     said = {c.label: c.output for c in outcome.failed if c.output}
     services = gate.failing_services(outcome)
     return outcome, {**said, **gate.failing_logs(target, checked.compose, environ, services)}

@@ -6,6 +6,7 @@ import json
 import threading
 import urllib.error
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -549,3 +550,48 @@ def test_a_failed_migration_fails_the_gate_at_once_with_its_output(
     assert 'relation "x" already exists' in step.output
     assert result.elapsed < 30  # failed fast, not at the timeout
     assert gate.failing_services(result)[0] == "backend"
+
+
+REFUSED = '2026-11-27 19:00:01 UTC [61] FATAL:  password authentication failed for user "ktrdr"'
+
+
+def test_a_refused_database_login_fails_the_gate_at_once_in_its_own_words(
+    target: compose.Target,
+) -> None:
+    """KTRDR's health says nothing of its database: the db's log does (issue 9)."""
+    clock = FakeClock()
+    world = World(clock, {"backend": 1e9})
+    logs: list[str] = []
+
+    def db_log(project: str) -> str:
+        logs.append(project)
+        return f"database system is ready to accept connections\n{REFUSED}\n"
+
+    probes = replace(world.probes(), db_log=db_log)
+    result = gate.run_gate(
+        target,
+        ["docker", "compose"],
+        {"PATH": "/usr/bin"},
+        clock=clock,
+        sleep=clock.sleep,
+        probes=probes,
+        probe_wait=WAIT,
+    )
+    backend = by_name(result)["backend"]
+    assert not result.passed and result.elapsed < 1.0
+    assert backend.state is State.FAILED
+    assert backend.detail == (
+        'database refused the login: password authentication failed for user "ktrdr"'
+    )
+    assert backend.service == "db" and logs == ["ktrdr-sandbox-1"]
+
+
+def test_a_database_log_without_a_refusal_keeps_the_gate_waiting(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 2.0})
+    probes = replace(world.probes(), db_log=lambda project: "the database system is starting up")
+    result = gate.run_gate(
+        target, ["docker", "compose"], {}, clock=clock, sleep=clock.sleep, probes=probes,
+        probe_wait=WAIT,
+    )  # fmt: skip
+    assert result.passed

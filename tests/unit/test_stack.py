@@ -8,7 +8,19 @@ from typing import Any
 
 import pytest
 
-from sandbox import apps, compose, docker, envfiles, gate, preflight, runner, slots, stack
+from sandbox import (
+    apps,
+    compose,
+    docker,
+    envfiles,
+    gate,
+    lastup,
+    preflight,
+    provenance,
+    runner,
+    slots,
+    stack,
+)
 from sandbox.docker import Container
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
@@ -143,3 +155,52 @@ def test_down_refuses_a_slot_of_another_checkout(
         "there; if that checkout is gone, `docker compose -p ktrdr-sandbox-3 down` removes it"
     )
     assert fakes.commands == []
+
+
+def test_up_records_its_outcome_and_a_refused_login_is_one_line(
+    target: compose.Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Fakes(monkeypatch, [])
+    stack.up(target, {})
+    record = lastup.read(target.root, 3)
+    assert record is not None and record.outcome == lastup.READY
+    refused = gate.CheckResult(
+        "backend",
+        "Backend API health",
+        gate.State.FAILED,
+        'database refused the login: password authentication failed for user "ktrdr"',
+        0.5,
+        "db",
+    )
+    failed = gate.GateResult(3, False, [refused], 0.5, {})
+    monkeypatch.setattr(gate, "run_gate", lambda *args, **kwargs: failed)
+    with pytest.raises(SandboxError) as caught:
+        stack.up(target, {})
+    assert caught.value.code is Exit.BAD_ENV
+    assert str(caught.value).startswith(
+        "slot 3's backend cannot log in to its database (password authentication failed "
+        'for user "ktrdr")'
+    )
+    record = lastup.read(target.root, 3)
+    assert record is not None and record.outcome == lastup.FAILED
+    assert "cannot log in" in record.reason
+    stack.down(target, {}, volumes=False)
+    assert lastup.read(target.root, 3) is None
+
+
+def test_fresh_recreates_only_this_slots_database_after_asking(
+    target: compose.Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fakes = Fakes(monkeypatch, [])
+    checked = preflight.Preflight(["docker", "compose"], [], [], provenance.Kind.OTHER_PASSWORD)
+    monkeypatch.setattr(preflight, "run_preflight", lambda *args, **kwargs: checked)
+    with pytest.raises(SandboxError) as caught:
+        stack.up(target, {}, fresh=lambda slot: False)
+    assert str(caught.value) == "kept slot 3's database: nothing was changed"
+    assert fakes.commands == []
+    stack.up(target, {}, fresh=lambda slot: slot == 3)
+    down, remove, create = fakes.commands[:3]
+    assert down == stack.down_command(["docker", "compose"], target, volumes=False)
+    assert remove == ["docker", "volume", "rm", "ktrdr-sandbox-3_db-data"]
+    assert create[:3] == ["docker", "volume", "create"] and create[-1] == "ktrdr-sandbox-3_db-data"
+    assert "com.docker.compose.project=ktrdr-sandbox-3" in create
