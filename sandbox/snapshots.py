@@ -423,7 +423,7 @@ def load_from_host(db: SlotDatabase, source: Path) -> None:
     """Replace the slot's database with the archive `source`: restore into a side database,
     then swap it in. On failure the slot's database is untouched."""
     inner = container_file("restore")
-    swapped = False
+    original_dropped = False
     try:
         db.copy(str(source), f"{db.container}:{inner}", "the dump into the container")
         db.sql(
@@ -440,15 +440,14 @@ def load_from_host(db: SlotDatabase, source: Path) -> None:
                 f"pg_restore into slot {db.target.slot} failed; its database is unchanged", result
             )
         # WITH (FORCE) ends the app's connections; it reconnects to the new database.
-        db.sql(
-            f'DROP DATABASE "{DATABASE}" WITH (FORCE)',
-            f'ALTER DATABASE "{SIDE_DATABASE}" RENAME TO "{DATABASE}"',
-            database="postgres",
-        )
-        swapped = True
+        db.sql(f'DROP DATABASE "{DATABASE}" WITH (FORCE)', database="postgres")
+        original_dropped = True
+        db.sql(f'ALTER DATABASE "{SIDE_DATABASE}" RENAME TO "{DATABASE}"', database="postgres")
     finally:
         db.remove(inner)
-        if not swapped:
+        # Once the original is gone the side database is the only copy: never drop it then
+        # (a failed rename leaves it under SIDE_DATABASE, which the error names).
+        if not original_dropped:
             db.exec(
                 "psql", "-U", DB_USER, "-d", "postgres", "-c",
                 f'DROP DATABASE IF EXISTS "{SIDE_DATABASE}" WITH (FORCE)',

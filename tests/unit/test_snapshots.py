@@ -191,11 +191,18 @@ class FakeEngine:
         self.migration = migration
         self.container_files: set[str] = set()
         self.disk_full_after: int | None = None  # docker cp to the host writes this much
+        self.fail_on: str | None = None  # a command naming this fails
 
     def run(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, **_: Any) -> Result:
         args = [str(part) for part in cmd]
         self.commands.append(args)
         assert env is not None, "every command gets an explicit environment"
+        # A program by name, or text in an SQL statement (paths hold the test's name).
+        fails = self.fail_on is not None and any(
+            arg == self.fail_on or (" " in arg and self.fail_on in arg) for arg in args
+        )
+        if fails:
+            return Result(tuple(args), 1, "", "ERROR: it went wrong")
         if args[:2] == ["docker", "cp"]:
             return self.copy(args[-2], args[-1])
         project = args[args.index("--project-name") + 1]
@@ -365,8 +372,10 @@ def test_restore_with_yes_swaps_a_side_database_in(
     assert (done.slot, done.replaced_tables, done.note()) == (3, 1, "")
     (restore_cmd,) = engine.ran("pg_restore")
     assert restore_cmd[restore_cmd.index("-d") + 1] == "ktrdr_restoring"
-    swap = next(c for c in engine.commands if 'DROP DATABASE "ktrdr" WITH (FORCE)' in c)
-    assert swap[-1] == 'ALTER DATABASE "ktrdr_restoring" RENAME TO "ktrdr"'
+    statements = [c[-1] for c in engine.commands if "psql" in c]
+    drop = statements.index('DROP DATABASE "ktrdr" WITH (FORCE)')
+    assert statements[drop + 1] == 'ALTER DATABASE "ktrdr_restoring" RENAME TO "ktrdr"'
+    assert len(statements) == drop + 2, "the side database is not dropped after the swap"
     assert engine.container_files == set()
 
 
@@ -390,3 +399,33 @@ def test_clone_onto_itself_is_refused(root: Path, env: dict[str, str], engine: F
     with pytest.raises(SandboxError, match="both slot 3") as caught:
         snapshots.clone(target, target, COMPOSE, env, yes=True, confirm=never)
     assert caught.value.code is Exit.USAGE
+
+
+def test_failed_pg_restore_drops_the_side_database_only(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    store(Path(env["KTRDR_SNAPSHOT_DIR"]), manifest("base"))
+    engine.fail_on = "pg_restore"
+    with pytest.raises(
+        SandboxError, match="pg_restore into slot 3 failed; its database is unchanged"
+    ):
+        snapshots.restore(
+            compose.load_target(root, 3), COMPOSE, env, "base", yes=True, confirm=never
+        )
+    statements = [c[-1] for c in engine.commands if "psql" in c]
+    assert 'DROP DATABASE "ktrdr" WITH (FORCE)' not in statements
+    assert statements[-1] == 'DROP DATABASE IF EXISTS "ktrdr_restoring" WITH (FORCE)'
+    assert engine.container_files == set()
+
+
+def test_failed_rename_after_the_drop_keeps_the_side_database(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    store(Path(env["KTRDR_SNAPSHOT_DIR"]), manifest("base"))
+    engine.fail_on = "RENAME TO"
+    with pytest.raises(SandboxError, match="RENAME TO"):
+        snapshots.restore(
+            compose.load_target(root, 3), COMPOSE, env, "base", yes=True, confirm=never
+        )
+    statements = [c[-1] for c in engine.commands if "psql" in c]
+    assert statements[-1].startswith('ALTER DATABASE "ktrdr_restoring" RENAME'), statements
