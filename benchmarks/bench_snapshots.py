@@ -72,30 +72,32 @@ def main(argv: list[str]) -> None:
         f"-c 'CREATE DATABASE {side} TEMPLATE template0'"
     )
     counter = iter(range(10**6))
-
-    def fresh() -> str:
-        return f"b{next(counter)}"
+    kept: list[str] = []  # the archive `restore (used)` loads: the default's latest
 
     def module_snapshot(level: str) -> Callable[[], None]:
         def go() -> None:
-            snapshots.snapshot(target_a, compose_cmd, environ, name=fresh(), compression=level)
+            name = f"b{next(counter)}"
+            snapshots.snapshot(target_a, compose_cmd, environ, name=name, compression=level)
+            if level == snapshots.SNAPSHOT_COMPRESSION:
+                kept[:] = [name]
+            else:
+                snapshots.delete(environ, name)
 
         return go
 
     def module_restore() -> None:
-        name = snapshots.list_snapshots(environ)[0].name
-        snapshots.restore(target_b, compose_cmd, environ, name, yes=True, confirm=lambda q: True)
+        snapshots.restore(target_b, compose_cmd, environ, kept[0], yes=True, confirm=lambda q: True)
 
     def module_clone() -> None:
         snapshots.clone(target_a, target_b, compose_cmd, environ, yes=True, confirm=lambda q: True)
 
     q = shlex.quote
     methods: dict[str, Callable[[], None]] = {
-        "snapshot: pg_dump -Z1 in container + docker cp (used)": module_snapshot("1"),
-        "snapshot: same, -Z0": module_snapshot("0"),
-        "snapshot: same, -Z6 (pg_dump default)": module_snapshot("6"),
-        "snapshot: docker exec pg_dump -Z1 > host file (attach stream)": lambda: bash(
-            f"docker exec {ca} pg_dump -U ktrdr -d ktrdr -Fc -Z1 > {q(str(dump))}"
+        "snapshot: pg_dump -Z0 in container + docker cp (used)": module_snapshot("0"),
+        "snapshot: same, -Z1": module_snapshot("1"),
+        "snapshot: same, -Z6 (pg_dump's default)": module_snapshot("6"),
+        "snapshot: docker exec pg_dump -Z0 > host file (attach stream)": lambda: bash(
+            f"docker exec {ca} pg_dump -U ktrdr -d ktrdr -Fc -Z0 > {q(str(dump))}"
         ),
         "restore: docker cp + pg_restore -j2 into side db + swap (used)": module_restore,
         "restore: host file | docker exec -i pg_restore (attach stream)": lambda: bash(
@@ -121,8 +123,6 @@ def main(argv: list[str]) -> None:
                 method()
                 seconds[name].append(time.monotonic() - started)
                 print(f"  {seconds[name][-1]:7.1f}s  {name}", flush=True)
-                for row in snapshots.list_snapshots(environ)[1:]:
-                    snapshots.delete(environ, row.name)  # keep one for the restores
     finally:
         bash(f"rm -rf {q(str(store))}")
         run(["docker", "exec", cb, "psql", "-U", "ktrdr", "-d", "postgres", "-qc",

@@ -297,7 +297,7 @@ def test_snapshot_writes_dump_and_manifest(
         "ktrdr",
         "-Fc",
         "-Z",
-        "1",
+        "0",
     ]
     assert engine.container_files == set(), "the container's copy is removed"
 
