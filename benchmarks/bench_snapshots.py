@@ -1,13 +1,14 @@
 """Measure snapshot, restore and clone speed, and the ways of moving the bytes we compared.
 
-    .venv/bin/python benchmarks/bench_snapshots.py SLOT_A SLOT_B [MB] [ROUNDS]
+    .venv/bin/python benchmarks/bench_snapshots.py SLOT_A SLOT_B [MB] [ROUNDS] [used]
 
 Both slots must be up (`inv up --slot=N`) and their databases are overwritten: use scratch
 slots. Slot A gets a table of about MB megabytes (default 300) of generated rows unless it
 has one already. Every method runs ROUNDS times (default 1), interleaved, so a machine whose
 load changes during the run affects them alike; the report prints the median seconds, MB/s
 of the source database's size (pg_database_size) and each method's ratio to the one
-`sandbox.snapshots` uses. Snapshots it writes go to a temporary directory, removed at the end.
+`sandbox.snapshots` uses; `used` as the last argument runs only those. Snapshots it writes go
+to a temporary directory, removed at the end.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def main(argv: list[str]) -> None:
             f"docker exec -i {cb} pg_restore -U ktrdr -d {side} --no-owner"
         ),
     }
+    if len(argv) > 4 and argv[4] == "used":
+        methods = {name: method for name, method in methods.items() if "(used)" in name}
     seconds: dict[str, list[float]] = {name: [] for name in methods}
     try:
         for _ in range(rounds):
