@@ -32,10 +32,10 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 
-from sandbox import compose, lock, stack
+from sandbox import compose, docker, lock, runner, settings
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
-from sandbox.runner import Result, display, run
+from sandbox.runner import Result, display
 
 SNAPSHOT_DIR_VARIABLE = "KTRDR_SNAPSHOT_DIR"
 DEFAULT_APP = "reference"
@@ -316,7 +316,7 @@ class SlotDatabase:
 
     def exec(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> Result:
         cmd = compose.command(self.compose_cmd, self.target, "exec", "-T", "db", *args)
-        return run(cmd, env=self.env, cwd=self.target.root, timeout=timeout)
+        return runner.run(cmd, env=self.env, cwd=self.target.root, timeout=timeout)
 
     def sql(self, *statements: str, database: str = DATABASE) -> str:
         """Run each statement in its own transaction (DROP DATABASE needs that); the
@@ -351,7 +351,7 @@ class SlotDatabase:
     def copy(self, source: str, destination: str, what: str) -> None:
         """`docker cp` one way or the other (`source`/`destination` as docker cp takes them)."""
         cmd = ["docker", "cp", "--quiet", source, destination]
-        result = run(cmd, env=self.env, timeout=COMMAND_TIMEOUT)
+        result = runner.run(cmd, env=self.env, timeout=COMMAND_TIMEOUT)
         if not result.ok:
             raise failure(f"copying {what} failed (`{display(cmd)}`)", result)
 
@@ -377,7 +377,7 @@ def open_database(
     """The running slot's database, or one line saying the slot is not running."""
     env = compose.environment(target, environ)
     ps = compose.command(compose_cmd, target, "ps", "--quiet", "--status", "running", "db")
-    result = run(ps, env=env, cwd=target.root, timeout=SQL_TIMEOUT)
+    result = runner.run(ps, env=env, cwd=target.root, timeout=SQL_TIMEOUT)
     ids = result.stdout.split() if result.ok else []
     if not ids:
         raise SandboxError(
@@ -467,7 +467,7 @@ def _locked(environ: Mapping[str, str], *slot_numbers: int) -> Iterator[None]:
         for number in sorted(set(slot_numbers)):
             held.enter_context(
                 lock.slot_lock(
-                    number, wait=stack.LOCK_WAIT, lock_dir=lock.default_lock_dir(environ)
+                    number, wait=settings.LOCK_WAIT, lock_dir=lock.default_lock_dir(environ)
                 )
             )
         yield
@@ -476,6 +476,16 @@ def _locked(environ: Mapping[str, str], *slot_numbers: int) -> Iterator[None]:
 def _say(on_step: Callable[[str], None] | None, text: str) -> None:
     if on_step is not None:
         on_step(text)
+
+
+def running_app(slot: int, environ: Mapping[str, str]) -> tuple[str, list[str] | None]:
+    """What slot `slot` runs, for restore's checks: its app kind, and the migration chain of
+    its source checkout when it has one (None: unknown, so a drift is only "different")."""
+    own = [c for c in docker.sandbox_containers(environ) if c.slot == slot]
+    app = next((c.app for c in own if c.app), DEFAULT_APP)
+    source = next((c.source for c in own if c.source), "")
+    versions = Path(source) / "alembic" / "versions" if source else None
+    return app, alembic_chain(versions) if versions and versions.is_dir() else None
 
 
 def snapshot(

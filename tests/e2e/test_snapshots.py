@@ -2,8 +2,9 @@
 store, `$HOME/.ktrdr/snapshots`). Rows are written and read through `inv psql`, apart from the
 module under test.
 
-The tests call `sandbox.snapshots` directly; they become `inv snapshot/restore/clone` calls
-once those tasks exist. They run in order on one module-scoped pair of stacks.
+The tests drive `inv snapshot/snapshots/restore/clone` as a user does (no terminal, so
+replacing a database with tables needs --yes); one calls the module to see what it asks.
+They run in order on one module-scoped pair of stacks.
 """
 
 from __future__ import annotations
@@ -78,11 +79,20 @@ def test_restore_brings_back_the_rows_of_the_snapshot(
         "CREATE TABLE fruit (id int PRIMARY KEY, name text, price int);"
         "INSERT INTO fruit VALUES (1, 'apple', 10), (2, 'pear', 20), (3, 'plum', 30);",
     )
-    made = snapshots.snapshot(target(A), compose_cmd, stacks, name="e2e-base")
-    assert (made.source_slot, made.app, made.migration) == (A, "reference", None)
+    assert_ok(sandbox.inv("snapshot", f"--slot={A}", "--name=e2e-base"))
     store = sandbox.home / ".ktrdr" / "snapshots"
     assert sorted(p.name for p in store.iterdir()) == ["e2e-base.dump", "e2e-base.json"]
-    assert [r.name for r in snapshots.list_snapshots(stacks)] == ["e2e-base"]
+    manifest = json.loads((store / "e2e-base.json").read_text())
+    assert (manifest["source_slot"], manifest["app"], manifest["migration"]) == (
+        A,
+        "reference",
+        None,
+    )
+    listed = sandbox.inv("snapshots")
+    assert_ok(listed)
+    assert [line.split()[:3] for line in listed.stdout.splitlines()[1:]] == [
+        ["e2e-base", str(A), "reference"]
+    ]
 
     sql(
         sandbox,
@@ -91,13 +101,10 @@ def test_restore_brings_back_the_rows_of_the_snapshot(
         "CREATE TABLE later (x int); INSERT INTO fruit VALUES (4, 'fig', 40);",
     )
     assert sql(sandbox, A, "SELECT * FROM fruit ORDER BY id") != ORIGINAL
-    asked: list[str] = []
-    done = snapshots.restore(
-        target(A), compose_cmd, stacks, "e2e-base", yes=False,
-        confirm=lambda question: asked.append(question) is None,
-    )  # fmt: skip
-    assert len(asked) == 1 and f"slot {A}'s database has" in asked[0]
-    assert done.replaced_tables >= 3  # workers, fruit, later
+    refused = sandbox.inv("restore", f"--slot={A}", "e2e-base")
+    assert refused.returncode != 0 and "nothing done" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert_ok(sandbox.inv("restore", f"--slot={A}", "e2e-base", "--yes"))
     assert sql(sandbox, A, "SELECT * FROM fruit ORDER BY id") == ORIGINAL
     # Exactly the snapshot: a table created after it is gone, not kept beside it.
     assert sql(sandbox, A, "SELECT to_regclass('later') IS NULL, 1 AS one") == ["t|1"]
@@ -109,10 +116,12 @@ def test_clone_copies_a_into_b_and_leaves_a_alone(
     sandbox: Sandbox, stacks: dict[str, str], compose_cmd: list[str]
 ) -> None:
     asked: list[str] = []
-    snapshots.clone(
-        target(A), target(B), compose_cmd, stacks, yes=False,
-        confirm=lambda question: asked.append(question) is None,
-    )  # fmt: skip
+
+    def yes(question: str) -> bool:
+        asked.append(question)
+        return True
+
+    snapshots.clone(target(A), target(B), compose_cmd, stacks, yes=False, confirm=yes)
     assert len(asked) == 1 and f"slot {B}'s database has" in asked[0]  # B's workers table
     assert sql(sandbox, B, "SELECT * FROM fruit ORDER BY id") == ORIGINAL
     sql(sandbox, B, "UPDATE fruit SET name = 'changed in B'")
@@ -127,6 +136,9 @@ def test_restore_answered_no_changes_nothing(
     sandbox: Sandbox, stacks: dict[str, str], compose_cmd: list[str]
 ) -> None:
     before = sql(sandbox, B, "SELECT * FROM fruit ORDER BY id")
+    refused = sandbox.inv("clone", f"--from={A}", f"--to={B}")
+    assert refused.returncode != 0 and "nothing done" in refused.stderr
+    assert sql(sandbox, B, "SELECT * FROM fruit ORDER BY id") == before
     with pytest.raises(SandboxError, match="nothing done"):
         snapshots.restore(
             target(B), compose_cmd, stacks, "e2e-base", yes=False, confirm=lambda q: False
@@ -162,9 +174,13 @@ def test_snapshot_of_a_stopped_slot_is_one_line(
     sandbox: Sandbox, stacks: dict[str, str], compose_cmd: list[str]
 ) -> None:
     assert_ok(sandbox.inv("down", f"--slot={B}"))
-    with pytest.raises(SandboxError) as caught:
-        snapshots.snapshot(target(B), compose_cmd, stacks, name="never")
-    assert str(caught.value) == f"slot {B} is not running: `inv up --slot={B}` first"
+    refused = sandbox.inv("snapshot", f"--slot={B}", "--name=never")
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: slot {B} is not running: `inv up --slot={B}` first"
+    )
     assert [r.name for r in snapshots.list_snapshots(stacks)] == ["e2e-base"]
-    snapshots.delete(stacks, "e2e-base")
+    unknown = sandbox.inv("restore", f"--slot={A}", "no-such-snapshot", "--yes")
+    assert unknown.returncode == 2 and "no-such-snapshot" in unknown.stderr
+    assert_ok(sandbox.inv("snapshot", "--delete=e2e-base"))
     assert snapshots.list_snapshots(stacks) == []

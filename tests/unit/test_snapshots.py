@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import compose, envfiles, snapshots
+from sandbox import compose, envfiles, runner, snapshots
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
 from sandbox.snapshots import Drift, Manifest
@@ -271,7 +271,7 @@ def root(tmp_path: Path) -> Path:
 @pytest.fixture
 def engine(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
     fake = FakeEngine()
-    monkeypatch.setattr(snapshots, "run", fake.run)
+    monkeypatch.setattr(runner, "execute", fake.run)
     return fake
 
 
