@@ -20,6 +20,7 @@ SHELL_FILES = [
     "scripts/init-shared-data-dir.sh",
     "scripts/provision-docker.sh",
     "containers/images/postgres-debian/docker-entrypoint.sh",
+    "containers/app/http-ok.sh",
     ".ci/run",
 ]
 # Same pin as pyproject's dev extra: the real Compose v2 binary, for engines without the plugin.
