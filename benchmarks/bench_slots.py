@@ -46,6 +46,7 @@ STATUS_RUNS = 11
 TEN = tuple(range(1, 11))
 PG_USER = PG_DB = "ktrdr"
 DEFAULT_DB_IMAGE = "timescale/timescaledb:latest-pg16"
+FLOOR_PROJECT = "ktrdrbench-engine-floor"  # not ktrdr-sandbox-N: never taken for a slot
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 INV = str(Path(sys.executable).parent / "inv")
 
@@ -152,6 +153,44 @@ def bare_postgres(image: str, port: int) -> float:
         return time.monotonic() - start
     finally:
         run(["docker", "rm", "-f", "-v", name], env=dict(os.environ))
+
+
+def idle_stack_yaml(slot: int, image: str) -> str:
+    """A stack shaped like a slot - 9 containers, init, the slot's 11 published ports - whose
+    containers only sleep: what the engine alone needs to create and start a slot."""
+    p = slots.ports(slot)
+    published = {
+        "db": ["KTRDR_DB_PORT"],
+        "backend": ["KTRDR_API_PORT"],
+        "jaeger": [
+            "KTRDR_JAEGER_UI_PORT", "KTRDR_JAEGER_OTLP_GRPC_PORT", "KTRDR_JAEGER_OTLP_HTTP_PORT"
+        ],
+        "prometheus": ["KTRDR_PROMETHEUS_PORT"],
+        "grafana": ["KTRDR_GRAFANA_PORT"],
+        **{w.service: [w.port_variable] for w in slots.WORKERS},
+    }  # fmt: skip
+    rows = [f"name: {FLOOR_PROJECT}", "services:"]
+    for service, variables in published.items():
+        rows += [f"  {service}:", f"    image: {image}", '    command: ["sleep", "infinity"]']
+        rows += ["    init: true", "    stop_grace_period: 1s", "    ports:"]
+        rows += [f'      - "127.0.0.1:{p[v]}:{p[v]}"' for v in variables]
+    return "\n".join(rows) + "\n"
+
+
+def engine_floor(slot: int, image: str) -> float:
+    """Seconds for `docker compose up -d` of the idle stack (its `down` not counted)."""
+    compose_cmd = [*compose.find_compose(), "-f", "-"]
+    text = idle_stack_yaml(slot, image)
+    env = dict(os.environ)
+    start = time.monotonic()
+    try:
+        result = run([*compose_cmd, "up", "-d"], env=env, input_text=text)
+        spent = time.monotonic() - start
+        if not result.ok:
+            sys.exit(f"idle stack did not start:\n{result.tail(10)}")
+        return spent
+    finally:
+        run([*compose_cmd, "down", "-t", "1"], env=env, input_text=text)
 
 
 def timed_up(slot: int) -> dict[str, float]:
@@ -302,10 +341,15 @@ def main(argv: Sequence[str]) -> None:
         free(TEN)  # before anything runs, not after minutes of measuring
     image = compose.image_settings(ROOT).get("KTRDR_DB_IMAGE", DEFAULT_DB_IMAGE)
     db_port = slots.ports(a)["KTRDR_DB_PORT"]
+    idle_image = compose.image_settings(ROOT).get("KTRDR_APP_IMAGE", image)
     try:
-        base = [bare_postgres(image, db_port) for _ in range(RUNS)]
+        base, cold, floor_up = [], [], []
+        for _ in range(RUNS):  # interleaved, so that load changes hit every figure alike
+            inv("down", f"--slot={a}", "--volumes")  # its ports are the other two's
+            base.append(bare_postgres(image, db_port))
+            floor_up.append(engine_floor(a, idle_image))
+            cold.append(cold_up(a))
         baseline = median(base)
-        cold = [cold_up(a) for _ in range(RUNS)]
         warm = [warm_up(a) for _ in range(RUNS)]
         if not inv("up", f"--slot={b}").ok:
             sys.exit(f"inv up --slot={b} failed")
@@ -320,6 +364,9 @@ def main(argv: Sequence[str]) -> None:
     print(f"machine: {os.cpu_count()} cores; db image {image}; slots {a}, {b}")
     line("bare PostgreSQL cold start (initdb), baseline", baseline, "s", None, "-")
     print(f"  {spread(base)}")
+    floor_s = median(floor_up)
+    line("engine floor: `compose up -d`, 9 idle containers", floor_s, "s", floor_s / baseline, "-")
+    print(f"  {spread(floor_up)}; same 11 published ports, `sleep infinity`, image {idle_image}")
     line("fresh slot, cold `inv up`", cold_s, "s", cold_s / baseline, "<=1.0x")
     print(
         f"  {spread([c['returned'] for c in cold])}; watcher saw all ready at "
