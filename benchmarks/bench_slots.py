@@ -368,10 +368,9 @@ def main(argv: Sequence[str]) -> None:
     line("engine floor: `compose up -d`, 9 idle containers", floor_s, "s", floor_s / baseline, "-")
     print(f"  {spread(floor_up)}; same 11 published ports, `sleep infinity`, image {idle_image}")
     line("fresh slot, cold `inv up`", cold_s, "s", cold_s / baseline, "<=1.0x")
-    print(
-        f"  {spread([c['returned'] for c in cold])}; watcher saw all ready at "
-        f"{median([c.get('ready', float('nan')) for c in cold]):.2f} s (median)"
-    )
+    seen = [c["ready"] for c in cold if "ready" in c]
+    seen_text = f"{median(seen):.2f} s (median of {len(seen)})" if seen else "never"
+    print(f"  {spread([c['returned'] for c in cold])}; watcher saw all ready at {seen_text}")
     line("warm restart, `inv up` after `inv down`", warm_s, "s", warm_s / baseline, "<=0.6x")
     print(f"  {spread([w['returned'] for w in warm])}")
     if lags:
