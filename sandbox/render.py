@@ -285,7 +285,7 @@ class Renderer(ABC):
 
     def compose_up(self, cmd: Sequence[str]) -> None:
         """`on_compose` of `stack.up`: `docker compose up -d` is about to run."""
-        self.step("compose", "docker compose up -d (waits for the database and backend health)")
+        self.step("compose", "docker compose up -d (creates and starts the containers)")
 
     def images(self, built: Sequence[BuiltLike], offline: bool) -> None:
         """What `inv images` did, and which mode ./.env now records."""
