@@ -25,6 +25,7 @@ SHELL_FILES = [
     "scripts/init-shared-data-dir.sh",
     "scripts/provision-docker.sh",
     "containers/images/postgres-debian/docker-entrypoint.sh",
+    "containers/app/http-ok.sh",
     ".ci/run",
 ]
 

@@ -33,6 +33,7 @@ from sandbox import (
     runner,
     shared,
     slots,
+    snapshots,
     stack,
 )
 from sandbox.errors import Exit, SandboxError
@@ -334,3 +335,95 @@ def build_images(c: Context, offline: bool = False, online: bool = False) -> Non
             out.line("no registry reachable: building every image locally (--offline)")
     built = images.build(ROOT, offline, environ, on_step=lambda s: out.step("building", s.what))
     out.images(built, offline)
+
+
+# --- data between slots: snapshots, restore, clone -----------------------------------------
+
+
+def _confirm(question: str) -> bool:
+    """Ask on a terminal; with no terminal the answer is no (scripts pass --yes)."""
+    if not sys.stdin.isatty():
+        return False
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+@task(
+    help={
+        "slot": "the slot whose database to dump",
+        "name": "the snapshot's name (default: slot<N>-<UTC time>)",
+        "delete": "delete the snapshot of this name instead",
+    }
+)
+@handled
+def snapshot(
+    c: Context, slot: str | None = None, name: str | None = None, delete: str | None = None
+) -> None:
+    """Dump a slot's database into ~/.ktrdr/snapshots (or $KTRDR_SNAPSHOT_DIR)."""
+    environ = dict(os.environ)
+    if delete is not None:
+        gone = snapshots.delete(environ, delete)
+        out.line(f"deleted snapshot {gone.name} (slot {gone.source_slot}, {gone.app})")
+        return
+    target = _target(slot)
+    app, _ = snapshots.running_app(target.slot, environ)
+    made = snapshots.snapshot(
+        target, _compose(environ), environ, name=name, app=app, on_step=out.line
+    )
+    out.line(f"snapshot {made.name}: slot {made.source_slot}, {snapshots.human_size(made.size)}")
+
+
+@task(name="snapshots")
+@handled
+def list_snapshots(c: Context) -> None:
+    """List snapshots: name, source slot, app, size, age, migration."""
+    rows = snapshots.list_snapshots(dict(os.environ))
+    out.snapshots(rows)
+
+
+@task(
+    help={
+        "slot": "the slot whose database is replaced",
+        "name": "the snapshot to restore",
+        "yes": "replace a database that has tables without asking",
+    }
+)
+@handled
+def restore(c: Context, name: str, slot: str | None = None, yes: bool = False) -> None:
+    """Replace a slot's database with a snapshot (asks first when it has tables)."""
+    target = _target(slot)
+    environ = dict(os.environ)
+    app, chain = snapshots.running_app(target.slot, environ)
+    done = snapshots.restore(
+        target, _compose(environ), environ, name, yes=yes, confirm=_confirm, app=app,
+        migrations=chain, on_step=out.line,
+    )  # fmt: skip
+    _report_restored(done)
+
+
+@task(
+    name="clone",
+    help={
+        "from": "the slot to copy the database from",
+        "to": "the slot whose database is replaced",
+        "yes": "replace a database that has tables without asking",
+    },
+)
+@handled
+def clone_slot(
+    c: Context, from_: str | None = None, to: str | None = None, yes: bool = False
+) -> None:
+    """Copy one slot's database over another's (asks first when the target has tables)."""
+    source, destination = _target(from_), _target(to)
+    environ = dict(os.environ)
+    _, chain = snapshots.running_app(destination.slot, environ)
+    done = snapshots.clone(
+        source, destination, _compose(environ), environ, yes=yes, confirm=_confirm,
+        migrations=chain, on_step=out.line,
+    )  # fmt: skip
+    _report_restored(done)
+
+
+def _report_restored(done: snapshots.Restored) -> None:
+    out.line(f"slot {done.slot} now holds {done.source} ({snapshots.human_size(done.size)})")
+    if done.note():
+        out.line(done.note())

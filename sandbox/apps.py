@@ -82,6 +82,20 @@ def _python_probe(python: str) -> tuple[str, ...]:
     return (python, "-c", code)
 
 
+def _reloaded(module: str) -> tuple[str, ...]:
+    """`python3 -m module` under the reference image's reloader, watching the mounted source."""
+    return (
+        "python3",
+        "-m",
+        "reloader",
+        f"{APP_DIR}/ktrdr_reference",
+        "--",
+        "python3",
+        "-m",
+        module,
+    )
+
+
 REFERENCE = AppKind(
     name="reference",
     title="reference app source",
@@ -89,77 +103,33 @@ REFERENCE = AppKind(
     image="reference",
     # The image's own reloader (containers/shared/reloader.py) restarts the process when a
     # mounted .py file changes: the reference app has no uvicorn.
-    backend=(
-        "python3",
-        "-m",
-        "reloader",
-        "/app/ktrdr_reference",
-        "--",
-        "python3",
-        "-m",
-        "ktrdr_reference.backend",
-    ),
-    workers={
-        kind: (
-            "python3",
-            "-m",
-            "reloader",
-            "/app/ktrdr_reference",
-            "--",
-            "python3",
-            "-m",
-            "ktrdr_reference.worker",
-        )
-        for kind in ("backtesting", "training")
-    },
+    backend=_reloaded("ktrdr_reference.backend"),
+    workers={kind: _reloaded("ktrdr_reference.worker") for kind in ("backtesting", "training")},
     mounts=(Mount("ktrdr_reference", f"{APP_DIR}/ktrdr_reference"),),
     probe=_python_probe("python3"),
 )
+
+
+def _uvicorn(app: str, port: str, *more: str) -> tuple[str, ...]:
+    """uvicorn serving `app`, reloading on edits of the mounted package only: its default
+    (the working directory) would also walk the shared data, models and strategies under
+    /app."""
+    reload = ("--reload", "--reload-dir", f"{APP_DIR}/ktrdr")
+    return ("uvicorn", app, "--host", "0.0.0.0", "--port", port, *reload, *more)
+
 
 KTRDR = AppKind(
     name="ktrdr",
     title="KTRDR checkout",
     markers=("ktrdr/__init__.py", "pyproject.toml", "uv.lock", "alembic.ini"),
     image="uv",
-    # Only the package is watched: uvicorn's default (the working directory) would also walk
-    # the shared data, models and strategies mounted under /app.
-    backend=(
-        "uvicorn",
-        "ktrdr.api.main:app",
-        "--host",
-        "0.0.0.0",
-        "--port",
-        "8000",
-        "--reload",
-        "--reload-dir",
-        f"{APP_DIR}/ktrdr",
-        # As KTRDR's own dev image starts it: logs to stdout.
-        "--log-config",
-        f"{APP_DIR}/ktrdr/config/logging_config.json",
+    # As KTRDR's own dev image starts it: logs to stdout.
+    backend=_uvicorn(
+        "ktrdr.api.main:app", "8000", "--log-config", f"{APP_DIR}/ktrdr/config/logging_config.json"
     ),
     workers={
-        "backtesting": (
-            "uvicorn",
-            "ktrdr.backtesting.backtest_worker:app",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            "{port}",
-            "--reload",
-            "--reload-dir",
-            f"{APP_DIR}/ktrdr",
-        ),
-        "training": (
-            "uvicorn",
-            "ktrdr.training.training_worker:app",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            "{port}",
-            "--reload",
-            "--reload-dir",
-            f"{APP_DIR}/ktrdr",
-        ),
+        "backtesting": _uvicorn("ktrdr.backtesting.backtest_worker:app", "{port}"),
+        "training": _uvicorn("ktrdr.training.training_worker:app", "{port}"),
     },
     mounts=(
         Mount("ktrdr", f"{APP_DIR}/ktrdr"),

@@ -50,7 +50,8 @@ def _holder_pid(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _open(path: Path) -> int:
+def open_lock_file(path: Path) -> int:
+    """The lock file's descriptor, its directory made first; one line when it cannot be."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -108,7 +109,7 @@ def slot_lock(
             _held[path] = (pid, depth)
         return
 
-    fd = _open(path)
+    fd = open_lock_file(path)
     try:
         _acquire(fd, slot, wait, on_busy)
         try:

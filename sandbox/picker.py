@@ -202,18 +202,6 @@ def pick_lock_path(lock_dir: Path) -> Path:
     return lock_dir / PICK_LOCK
 
 
-def _open_lock(path: Path) -> int:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise SandboxError(
-            f"cannot open the lock file {path} ({exc.strerror}): set {lock.LOCK_DIR_VARIABLE} "
-            "to a writable directory, then re-run",
-            Exit.LOCKED,
-        ) from exc
-
-
 def _holder(fd: int) -> str:
     text = os.pread(fd, 32, 0).decode(errors="replace").strip()
     return f"another `inv` command (pid {text})" if text.isdigit() else "another `inv` command"
@@ -232,7 +220,7 @@ def file_lock(
     seconds for its holder ("<holder> <doing>" is what `on_busy` hears), then
     SandboxError(LOCKED) ending in `advice`. The kernel drops it when the holder dies, so it is
     never stale."""
-    fd = _open_lock(path)
+    fd = lock.open_lock_file(path)
     try:
         deadline, told = time.monotonic() + max(wait, 0.0), False
         while True:

@@ -22,6 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 from sandbox.gate import CheckResult, GateResult, State
+from sandbox.snapshots import Row as SnapshotRow
+from sandbox.snapshots import human_age, human_size
 from sandbox.status import SlotStatus
 from sandbox.verify import VerifyReport
 
@@ -84,6 +86,23 @@ def _status_cells(rows: Sequence[SlotStatus]) -> list[tuple[str, ...]]:
             r.api_url or "-",
             r.source or "-",
             f"orphaned: {r.checkout} is gone" if r.orphaned else (r.checkout or "-"),
+        )
+        for r in rows
+    ]
+
+
+SNAPSHOT_HEADER = ("name", "slot", "app", "size", "age", "migration")
+
+
+def _snapshot_cells(rows: Sequence[SnapshotRow]) -> list[tuple[str, ...]]:
+    return [
+        (
+            r.name,
+            str(r.source_slot),
+            r.app,
+            human_size(r.size),
+            human_age(r.age),
+            r.migration or "-",
         )
         for r in rows
     ]
@@ -266,7 +285,7 @@ class Renderer(ABC):
 
     def compose_up(self, cmd: Sequence[str]) -> None:
         """`on_compose` of `stack.up`: `docker compose up -d` is about to run."""
-        self.step("compose", "docker compose up -d (waits for the database and backend health)")
+        self.step("compose", "docker compose up -d (creates and starts the containers)")
 
     def images(self, built: Sequence[BuiltLike], offline: bool) -> None:
         """What `inv images` did, and which mode ./.env now records."""
@@ -330,6 +349,16 @@ class Renderer(ABC):
     @abstractmethod
     def status_table(self, rows: Sequence[SlotStatus]) -> None: ...
 
+    def snapshots(self, rows: Sequence[SnapshotRow]) -> None:
+        if not rows:
+            self.line("no snapshots yet: `inv snapshot --slot=N` takes one")
+            return
+        self.table(SNAPSHOT_HEADER, _snapshot_cells(rows))
+
+    @abstractmethod
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        """A plain table: a header and rows of text cells."""
+
     @abstractmethod
     def verify(self, reports: Sequence[VerifyReport]) -> None: ...
 
@@ -367,8 +396,11 @@ class PlainRenderer(Renderer):
             self.line(line)
 
     def status_table(self, rows: Sequence[SlotStatus]) -> None:
-        table = [STATUS_HEADER, *_status_cells(rows)]
-        widths = [max(len(row[i]) for row in table) for i in range(len(STATUS_HEADER))]
+        self.table(STATUS_HEADER, _status_cells(rows))
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        table = [header, *rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
         for row in table:
             self.line("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
@@ -435,6 +467,14 @@ class RichRenderer(Renderer):
                 row[5],
                 row[6],
             )
+        self.console.print(table)
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        table = Table(box=box.SIMPLE_HEAD)
+        for name in header:
+            table.add_column(name)
+        for row in rows:
+            table.add_row(*row)
         self.console.print(table)
 
     def verify(self, reports: Sequence[VerifyReport]) -> None:

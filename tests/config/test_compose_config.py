@@ -90,7 +90,11 @@ def test_services_are_isolated_and_healthchecked(compose_cmd: list[str], slot: i
     assert db["volumes"][0]["source"] == "db-data"
     assert config["volumes"]["db-data"]["name"] == f"ktrdr-sandbox-{slot}_db-data"
     assert not config["volumes"]["db-data"].get("external")
-    assert config["services"]["backend"]["depends_on"]["db"]["condition"] == "service_healthy"
+    # Nothing waits for a healthcheck: the app retries and the gate waits (issue 10).
+    assert config["services"]["backend"]["depends_on"]["db"]["condition"] == "service_started"
+    for name, service in config["services"].items():
+        for needed in service.get("depends_on", {}).values():
+            assert needed["condition"] == "service_started", name
     for worker in slots.WORKERS:
         env = config["services"][worker.service]["environment"]
         port = slots.ports(slot)[worker.port_variable]
@@ -98,6 +102,8 @@ def test_services_are_isolated_and_healthchecked(compose_cmd: list[str], slot: i
         assert env["WORKER_PUBLIC_BASE_URL"] == f"http://{worker.service}:{port}"
         assert env["WORKER_TYPE"] == worker.worker_type
         assert env["KTRDR_API_CLIENT_BASE_URL"] == "http://backend:8000/api/v1"
+        check = config["services"][worker.service]["healthcheck"]["test"]
+        assert check == ["CMD", "http-ok", str(port), "/health"]
 
 
 def test_no_env_file_is_slot_zero(compose_cmd: list[str]) -> None:

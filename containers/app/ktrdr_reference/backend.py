@@ -8,8 +8,11 @@ Endpoints (the interface of KTRDR's backend that the sandbox relies on, plus two
   GET  /metrics                  Prometheus text format
 
 Workers live in their own Postgres table. The server answers from the first second; the table
-is created by a background thread that retries until the database is reachable, and health
-stays 503 until then, so a database that starts late never makes the backend crash-loop.
+is created by a background thread that retries every SCHEMA_RETRY_SECONDS until the database
+is reachable, and health stays 503 until then, so a database that starts late never makes the
+backend crash-loop. A registration that arrives before the database was ever reachable is held
+(up to REGISTER_HOLD_SECONDS) until it is, so a worker that starts with the stack registers the
+moment the database answers instead of sleeping through a Retry-After.
 
 Environment: KTRDR_DB_HOST/PORT/NAME/USER/PASSWORD (db/5432/ktrdr/ktrdr/localdev),
 SLOT_NUMBER, COMPOSE_PROJECT_NAME, KTRDR_DATA_DIR/KTRDR_MODELS_DIR/KTRDR_STRATEGIES_DIR
@@ -60,7 +63,12 @@ COMPONENT = "backend"
 PORT = 8000
 API = "/api/v1"
 LIST_LIMIT = 1000  # entries per shared directory in GET /api/v1/data
-SCHEMA_RETRY_SECONDS = 1.0
+# Trying the database costs one refused or accepted connection: often enough that the backend
+# is ready a fraction of a second after Postgres, which starts in about a second.
+SCHEMA_RETRY_SECONDS = 0.2
+LOG_EVERY_N_ATTEMPTS = 25  # about every 5 s while waiting, besides every change of reason
+# Below the worker's 5 s request timeout, so a held registration gets an answer.
+REGISTER_HOLD_SECONDS = 3.0
 # After SIGTERM, answer 503 + Retry-After this long before closing the socket, so callers
 # see "shutting down" rather than "connection refused". Well inside Compose's 5 s grace.
 DRAIN_SECONDS = 0.5
@@ -71,7 +79,7 @@ TABLE = "ktrdr_reference_workers"
 # filters so that a client written for KTRDR gets an empty list, not an error.
 WORKER_STATUSES = ("available", "busy", "temporarily_unavailable")
 REGISTRATION_FIELDS = ("worker_id", "worker_type", "endpoint_url")
-DB_RETRY_AFTER = "2"
+DB_RETRY_AFTER = "1"
 QUIET_PATHS = (f"{API}/health", "/metrics", f"{API}/workers/register")
 
 
@@ -437,6 +445,9 @@ class Backend:
         self.settings = settings
         self.store = store
         self.metrics = metrics or Metrics()
+        # Set once the database answered (by prepare_database): until then a failed
+        # registration is start-up, not an outage, and is worth holding.
+        self.database_ready = threading.Event()
         self._known: dict[str, tuple[str, str, str]] = {}
         self._known_lock = threading.Lock()
         self._routes: dict[str, dict[str, Callable[[Request], Response]]] = {
@@ -496,7 +507,7 @@ class Backend:
         except RequestError as exc:
             return error_response(400, str(exc))
         try:
-            stored = self.store.upsert(registration)
+            stored = self._upsert_when_ready(registration)
         except StoreError as exc:
             return error_response(
                 503, f"database unavailable: {exc}", (("Retry-After", DB_RETRY_AFTER),)
@@ -504,6 +515,16 @@ class Backend:
         self.metrics.count_registration()
         self._log_if_new(registration)
         return json_response(200, stored)
+
+    def _upsert_when_ready(self, registration: Registration) -> dict[str, Any]:
+        try:
+            return self.store.upsert(registration)
+        except StoreError:
+            if self.database_ready.is_set():
+                raise  # a real outage: answer now, the worker retries
+            if not self.database_ready.wait(REGISTER_HOLD_SECONDS):
+                raise
+        return self.store.upsert(registration)
 
     def _log_if_new(self, r: Registration) -> None:
         # Workers renew every few seconds: log only first sightings and changes.
@@ -544,8 +565,14 @@ class Backend:
         return text_response(200, text, "text/plain; version=0.0.4; charset=utf-8")
 
 
-def prepare_database(store: WorkerStore, settings: Settings, stopping: threading.Event) -> None:
-    """Create the workers table, retrying until the database answers or we are stopping."""
+def prepare_database(
+    store: WorkerStore,
+    settings: Settings,
+    stopping: threading.Event,
+    ready: threading.Event | None = None,
+) -> None:
+    """Create the workers table, retrying until the database answers or we are stopping;
+    then set `ready`."""
     where = f"{settings.db_user}@{settings.db_host}:{settings.db_port}/{settings.db_name}"
     log(COMPONENT, f"waiting for database {where}")
     attempts = 0
@@ -555,13 +582,15 @@ def prepare_database(store: WorkerStore, settings: Settings, stopping: threading
         try:
             store.ensure_ready()
         except StoreError as exc:
-            # Say it when the reason changes and every 15th try, not every second.
-            if str(exc) != last_error or attempts % 15 == 0:
+            # Say it when the reason changes and every so often, not at every try.
+            if str(exc) != last_error or attempts % LOG_EVERY_N_ATTEMPTS == 0:
                 log(COMPONENT, f"database not ready (attempt {attempts}): {exc}")
             last_error = str(exc)
             stopping.wait(SCHEMA_RETRY_SECONDS)
             continue
         log(COMPONENT, f"database ready after {attempts} attempt(s); table {TABLE} present")
+        if ready is not None:
+            ready.set()
         return
 
 
@@ -589,7 +618,7 @@ def main() -> int:
     log(COMPONENT, f"shared directories: {dirs}")
     threading.Thread(
         target=prepare_database,
-        args=(store, settings, shutdown.stopping),
+        args=(store, settings, shutdown.stopping, backend.database_ready),
         name="prepare-database",
         daemon=True,
     ).start()

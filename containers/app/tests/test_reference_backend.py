@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from ktrdr_reference.backend import (
     list_files,
     parse_registration,
     parse_worker_filter,
+    prepare_database,
     render_metrics,
     shared_listing,
 )
@@ -303,13 +306,51 @@ def test_register_rejects_bad_input_with_400(backend: Backend) -> None:
     assert "missing field(s)" in response.json()["detail"]
 
 
-def test_register_without_database_is_503_with_retry_after(
+def test_register_during_an_outage_is_503_with_retry_after_at_once(
     backend: Backend, store: FakeStore
 ) -> None:
+    backend.database_ready.set()  # the database answered once: this is an outage
     store.error = "down"
+    started = time.monotonic()
     response = call(backend, "POST", "/api/v1/workers/register", VALID)
+    assert time.monotonic() - started < 1.0
     assert response.status == 503
-    assert dict(response.headers)["Retry-After"]
+    assert dict(response.headers)["Retry-After"] == "1"
+
+
+def test_register_before_the_database_was_ready_waits_for_it(
+    backend: Backend, store: FakeStore
+) -> None:
+    store.error = "connection refused"
+    stopping = threading.Event()
+
+    def database_comes_up() -> None:
+        time.sleep(0.3)
+        store.error = None
+
+    threading.Thread(target=database_comes_up, daemon=True).start()
+    preparing = threading.Thread(
+        target=prepare_database,
+        args=(store, backend.settings, stopping, backend.database_ready),
+        daemon=True,
+    )
+    preparing.start()
+    response = call(backend, "POST", "/api/v1/workers/register", VALID)
+    stopping.set()
+    preparing.join(timeout=5)
+    assert response.status == 200
+    assert backend.database_ready.is_set()
+    assert response.json()["worker_id"] == "backtest-worker-1"
+
+
+def test_prepare_database_stops_without_setting_ready_when_stopping(
+    backend: Backend, store: FakeStore
+) -> None:
+    store.error = "connection refused"
+    stopping = threading.Event()
+    stopping.set()
+    prepare_database(store, backend.settings, stopping, backend.database_ready)
+    assert not backend.database_ready.is_set()
 
 
 def test_workers_is_a_filtered_list(backend: Backend) -> None:

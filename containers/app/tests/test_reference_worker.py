@@ -11,12 +11,13 @@ from httpkit import Request
 from ktrdr_reference.common import ConfigError, HttpReply
 from ktrdr_reference.worker import (
     BACKOFF_MAX_SECONDS,
+    FAST_ATTEMPTS,
     RETRY_AFTER_MAX_SECONDS,
     Registrar,
     WorkerSettings,
+    backoff,
     judge_reply,
     make_app,
-    next_backoff,
     parse_retry_after,
     registration_payload,
 )
@@ -75,13 +76,11 @@ def test_registration_payload() -> None:
     assert payload["capabilities"]["reference_app"] is True
 
 
-def test_backoff_doubles_from_half_a_second_up_to_five() -> None:
-    delays: list[float] = []
-    delay = None
-    for _ in range(6):
-        delay = next_backoff(delay)
-        delays.append(delay)
-    assert delays == [0.5, 1.0, 2.0, 4.0, BACKOFF_MAX_SECONDS, BACKOFF_MAX_SECONDS]
+def test_backoff_is_quick_during_start_up_then_doubles_up_to_two_seconds() -> None:
+    assert [backoff(n) for n in (1, 2, FAST_ATTEMPTS)] == [0.25, 0.25, 0.25]
+    later = [backoff(FAST_ATTEMPTS + n) for n in range(1, 6)]
+    assert later == [0.5, 1.0, 2.0, BACKOFF_MAX_SECONDS, BACKOFF_MAX_SECONDS]
+    assert BACKOFF_MAX_SECONDS == 2.0
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,21 @@
 # all on a server that listens on the unix socket only, so that `pg_isready -h 127.0.0.1`
 # passes only once the final server is up. Existing $PGDATA: just start.
 # The server runs as user postgres and is exec'd, so Compose's stop signal reaches it.
+#
+# Preset cluster: the image is built with `docker-entrypoint.sh preset-cluster USER DB AUTH`,
+# which leaves a password-less cluster and a marker ($PRESET_MARKER) in $PGDATA; Docker copies
+# both into a new named volume. On that volume's first start the entrypoint sets
+# POSTGRES_PASSWORD in single-user mode (no socket, so no client can connect before it holds)
+# and removes the marker: a volume already started keeps its password, as with upstream images.
+# If POSTGRES_USER, POSTGRES_DB or POSTGRES_HOST_AUTH_METHOD differ from the preset, or init
+# scripts are mounted, the untouched preset cluster is wiped and initdb runs as usual.
 set -Eeuo pipefail
 
 : "${PGDATA:=/var/lib/postgresql/data}"
 export PGDATA
 INITDB_DIR=/docker-entrypoint-initdb.d
 MAJOR=15
+PRESET_MARKER=.ktrdr-sandbox-preset
 
 log() { printf '%s postgres-entrypoint: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%S)" "$*"; }
 die() { log "error: $*" >&2; exit 1; }
@@ -27,7 +36,7 @@ die() { log "error: $*" >&2; exit 1; }
 if [ "${1:-}" = "" ] || [ "${1:0:1}" = "-" ]; then
     set -- postgres "$@"
 fi
-if [ "$1" != postgres ]; then
+if [ "$1" != postgres ] && [ "$1" != preset-cluster ]; then
     exec "$@"
 fi
 
@@ -42,16 +51,26 @@ if [ "$(id -u)" = 0 ]; then
     exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
 
-init_cluster() {
-    local user="${POSTGRES_USER:-postgres}"
-    local db="${POSTGRES_DB:-$user}"
-    local auth="${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}"
-    local password="${POSTGRES_PASSWORD:-}"
+wanted_user() { printf '%s' "${POSTGRES_USER:-postgres}"; }
+wanted_db() { printf '%s' "${POSTGRES_DB:-$(wanted_user)}"; }
+wanted_auth() { printf '%s' "${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}"; }
 
-    if [ -z "$password" ] && [ "$auth" != trust ]; then
+require_password() {
+    if [ -z "${POSTGRES_PASSWORD:-}" ] && [ "$(wanted_auth)" != trust ]; then
         die "POSTGRES_PASSWORD is not set: set it, or POSTGRES_HOST_AUTH_METHOD=trust" \
             "for a throwaway database that anyone on the network may use"
     fi
+}
+
+init_cluster() {
+    require_password
+    make_cluster "$(wanted_user)" "$(wanted_db)" "$(wanted_auth)" "${POSTGRES_PASSWORD:-}"
+}
+
+# make_cluster USER DB AUTH PASSWORD: initdb into the empty $PGDATA, create DB, run init
+# scripts. An empty PASSWORD leaves the superuser without one (the preset, or trust).
+make_cluster() {
+    local user="$1" db="$2" auth="$3" password="$4"
 
     log "empty $PGDATA: initdb (superuser $user, database $db, host auth $auth)"
     local args=(--username="$user" --auth-local=trust --auth-host="$auth"
@@ -101,7 +120,58 @@ init_cluster() {
     log "initialisation done"
 }
 
-if [ -s "$PGDATA/PG_VERSION" ]; then
+# At image build: a cluster with no password, and the marker that says so.
+preset_cluster() {
+    local user="$1" db="$2" auth="$3"
+    if [ -e "$PGDATA/PG_VERSION" ]; then
+        die "preset-cluster: $PGDATA already holds a cluster"
+    fi
+    make_cluster "$user" "$db" "$auth" ""
+    printf 'user=%s\ndb=%s\nauth=%s\n' "$user" "$db" "$auth" >"$PGDATA/$PRESET_MARKER"
+    log "preset cluster ready; POSTGRES_PASSWORD is applied on a volume's first start"
+}
+
+# The volume's first start from a preset cluster: make it this container's cluster.
+adopt_preset() {
+    local preset
+    preset="$(cat "$PGDATA/$PRESET_MARKER")"
+    local wanted
+    wanted="$(printf 'user=%s\ndb=%s\nauth=%s' "$(wanted_user)" "$(wanted_db)" "$(wanted_auth)")"
+    local scripts=("$INITDB_DIR"/*)
+    if [ "$preset" != "$wanted" ] || [ -e "${scripts[0]}" ]; then
+        log "preset cluster ($(echo "$preset" | tr '\n' ' ')) does not fit this container" \
+            "(or init scripts are mounted): replacing it"
+        find "$PGDATA" -mindepth 1 -delete
+        init_cluster
+        return
+    fi
+    require_password
+    if [ -n "${POSTGRES_PASSWORD:-}" ]; then
+        log "first start of a preset cluster: setting the password of $(wanted_user)"
+        # Single-user mode listens on nothing; -j ends a statement at ";" + newline. The
+        # password goes through stdin (never argv) as a literal with its quotes doubled.
+        local literal="${POSTGRES_PASSWORD//\'/\'\'}"
+        local out
+        if ! out="$(printf 'ALTER ROLE "%s" WITH PASSWORD '"'"'%s'"'"';\n' \
+                "$(wanted_user)" "$literal" \
+                | postgres --single -j -D "$PGDATA" -c listen_addresses='' postgres 2>&1)" \
+            || grep -qE '(ERROR|FATAL|PANIC):' <<<"$out"; then
+            printf '%s\n' "$out" | grep -vF "$literal" >&2 || true
+            die "could not set the password of $(wanted_user) on the preset cluster"
+        fi
+    fi
+    rm -f "$PGDATA/$PRESET_MARKER"
+}
+
+if [ "$1" = preset-cluster ]; then
+    shift
+    preset_cluster "$@"
+    exit 0
+fi
+
+if [ -s "$PGDATA/PG_VERSION" ] && [ -e "$PGDATA/$PRESET_MARKER" ]; then
+    adopt_preset
+elif [ -s "$PGDATA/PG_VERSION" ]; then
     found="$(cat "$PGDATA/PG_VERSION")"
     if [ "$found" != "$MAJOR" ]; then
         die "$PGDATA holds PostgreSQL $found data and this image runs PostgreSQL $MAJOR;" \

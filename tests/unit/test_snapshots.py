@@ -1,0 +1,431 @@
+"""Snapshots without Docker: names, manifests, listing, migration order, and the snapshot /
+restore / clone orchestration against a fake db container (the commands it receives are
+asserted, and a `docker cp` that fills the disk halfway leaves no file behind)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox import compose, envfiles, runner, snapshots
+from sandbox.errors import Exit, SandboxError
+from sandbox.runner import Result
+from sandbox.snapshots import Drift, Manifest
+
+NOW = datetime(2026, 11, 27, 18, 0, 0, tzinfo=UTC)
+COMPOSE = ["docker", "compose"]
+
+
+def manifest(name: str = "base", **changes: Any) -> Manifest:
+    fields: dict[str, Any] = {
+        "name": name,
+        "source_slot": 3,
+        "app": "reference",
+        "migration": None,
+        "size": 2048,
+        "created": NOW.isoformat(),
+        "database": "ktrdr",
+        "pg_version": "15.18",
+        "database_size": 8_000_000,
+    }
+    fields.update(changes)
+    return Manifest(**fields)
+
+
+def store(directory: Path, m: Manifest, dump: bytes = b"PGDMP") -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    snapshots.dump_path(directory, m.name).write_bytes(dump)
+    snapshots.manifest_path(directory, m.name).write_text(m.to_json())
+
+
+# --- names, manifest, listing ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["base", "slot1-20261127-180000", "before.migration_2", "A"])
+def test_good_names_pass(name: str) -> None:
+    assert snapshots.check_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", ".hidden", "../etc", "a/b", "with space", "x.dump", "x.json", "-dash", "é", "a" * 81],
+)
+def test_bad_names_are_one_usage_line(name: str) -> None:
+    with pytest.raises(SandboxError) as caught:
+        snapshots.check_name(name)
+    assert caught.value.code is Exit.USAGE
+    assert "\n" not in str(caught.value)
+
+
+def test_default_name_is_the_slot_and_utc_time() -> None:
+    assert snapshots.default_name(3, NOW) == "slot3-20261127-180000"
+    assert snapshots.check_name(snapshots.default_name(10, NOW))
+
+
+def test_snapshot_dir_from_variable_else_home() -> None:
+    assert snapshots.snapshot_dir({"KTRDR_SNAPSHOT_DIR": "/srv/snaps", "HOME": "/h"}) == Path(
+        "/srv/snaps"
+    )
+    assert snapshots.snapshot_dir({"HOME": "/h"}) == Path("/h/.ktrdr/snapshots")
+
+
+def test_manifest_round_trips_through_json(tmp_path: Path) -> None:
+    m = manifest(migration="6bfcfd0a377f")
+    data = json.loads(m.to_json())
+    assert data["source_slot"] == 3 and data["migration"] == "6bfcfd0a377f"
+    assert Manifest.from_json(m.to_json(), tmp_path / "x.json") == m
+
+
+def test_broken_manifest_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(SandboxError) as caught:
+        Manifest.from_json('{"name": "x"}', tmp_path / "x.json")
+    assert "x.json" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_list_shows_complete_snapshots_newest_first(tmp_path: Path) -> None:
+    env = {"KTRDR_SNAPSHOT_DIR": str(tmp_path)}
+    store(tmp_path, manifest("old", created=(NOW - timedelta(days=2)).isoformat()))
+    store(tmp_path, manifest("new", created=(NOW - timedelta(minutes=5)).isoformat(), app="ktrdr"))
+    (tmp_path / "orphan.json").write_text(manifest("orphan").to_json())  # no dump
+    (tmp_path / ".half.dump.partial").write_bytes(b"PG")
+    rows = snapshots.list_snapshots(env, now=NOW)
+    assert [(r.name, r.app, r.age) for r in rows] == [
+        ("new", "ktrdr", timedelta(minutes=5)),
+        ("old", "reference", timedelta(days=2)),
+    ]
+    assert snapshots.list_snapshots({"KTRDR_SNAPSHOT_DIR": str(tmp_path / "none")}) == []
+
+
+def test_delete_removes_both_files_and_refuses_unknown(tmp_path: Path) -> None:
+    env = {"KTRDR_SNAPSHOT_DIR": str(tmp_path)}
+    store(tmp_path, manifest("gone"))
+    assert snapshots.delete(env, "gone").name == "gone"
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SandboxError, match=r"no snapshot named 'gone'.*inv snapshots") as caught:
+        snapshots.delete(env, "gone")
+    assert caught.value.code is Exit.USAGE
+
+
+@pytest.mark.parametrize(
+    ("size", "text"), [(0, "0 B"), (1023, "1023 B"), (2048, "2.0 KB"), (146_837_336, "140.0 MB")]
+)
+def test_human_size(size: int, text: str) -> None:
+    assert snapshots.human_size(size) == text
+
+
+@pytest.mark.parametrize(
+    ("age", "text"),
+    [
+        (timedelta(seconds=5), "5s ago"),
+        (timedelta(minutes=3), "3m ago"),
+        (timedelta(days=2), "2d ago"),
+    ],
+)
+def test_human_age(age: timedelta, text: str) -> None:
+    assert snapshots.human_age(age) == text
+
+
+# --- migration versions ----------------------------------------------------------------------
+
+CHAIN = ["aaa", "bbb", "ccc"]
+
+
+@pytest.mark.parametrize(
+    ("snap", "slot", "chain", "drift"),
+    [
+        ("bbb", "bbb", CHAIN, Drift.SAME),
+        (None, None, None, Drift.SAME),
+        ("aaa", "ccc", CHAIN, Drift.SLOT_NEWER),
+        ("ccc", "aaa", CHAIN, Drift.SLOT_OLDER),
+        (None, "aaa", CHAIN, Drift.SLOT_NEWER),
+        ("aaa", None, CHAIN, Drift.SLOT_OLDER),
+        ("aaa", "ccc", None, Drift.DIFFERENT),
+        ("aaa", "zzz", CHAIN, Drift.DIFFERENT),
+    ],
+)
+def test_compare_migrations(
+    snap: str | None, slot: str | None, chain: list[str] | None, drift: Drift
+) -> None:
+    assert snapshots.compare_migrations(snap, slot, chain).drift is drift
+
+
+def test_version_warning_says_newer_or_older() -> None:
+    newer = snapshots.compare_migrations("aaa", "ccc", CHAIN).describe(3, "snapshot base")
+    assert "slot 3's database has a newer schema than snapshot base (ccc vs aaa)" in newer
+    older = snapshots.compare_migrations("ccc", None, CHAIN).describe(3, "snapshot base")
+    assert "has an older schema than snapshot base (no migrations vs ccc)" in older
+    assert snapshots.compare_migrations("x", "x").describe(3, "s") == ""
+
+
+def test_alembic_chain_orders_revisions_oldest_first(tmp_path: Path) -> None:
+    (tmp_path / "2_second.py").write_text('revision = "bbb"\ndown_revision = "aaa"\n')
+    (tmp_path / "1_first.py").write_text(
+        'revision: str = "aaa"\ndown_revision: str | None = None\n'
+    )
+    (tmp_path / "3_third.py").write_text('"""doc"""\nrevision = "ccc"\ndown_revision = "bbb"\n')
+    assert snapshots.alembic_chain(tmp_path) == ["aaa", "bbb", "ccc"]
+
+
+def test_alembic_chain_with_a_branch_is_unordered(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text('revision = "aaa"\ndown_revision = None\n')
+    (tmp_path / "b.py").write_text('revision = "bbb"\ndown_revision = "aaa"\n')
+    (tmp_path / "c.py").write_text('revision = "ccc"\ndown_revision = "aaa"\n')
+    assert snapshots.alembic_chain(tmp_path) == []
+
+
+# --- orchestration against a fake db container ------------------------------------------------
+
+
+class FakeEngine:
+    """Answers the commands snapshots.py runs, as a running slot's db container would."""
+
+    def __init__(self, tables: int = 0, migration: str | None = None) -> None:
+        self.commands: list[list[str]] = []
+        self.running = {3: "c3", 4: "c4"}
+        self.tables = tables
+        self.migration = migration
+        self.container_files: set[str] = set()
+        self.disk_full_after: int | None = None  # docker cp to the host writes this much
+        self.fail_on: str | None = None  # a command naming this fails
+
+    def run(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, **_: Any) -> Result:
+        args = [str(part) for part in cmd]
+        self.commands.append(args)
+        assert env is not None, "every command gets an explicit environment"
+        # A program by name, or text in an SQL statement (paths hold the test's name).
+        fails = self.fail_on is not None and any(
+            arg == self.fail_on or (" " in arg and self.fail_on in arg) for arg in args
+        )
+        if fails:
+            return Result(tuple(args), 1, "", "ERROR: it went wrong")
+        if args[:2] == ["docker", "cp"]:
+            return self.copy(args[-2], args[-1])
+        project = args[args.index("--project-name") + 1]
+        slot = int(project.rsplit("-", 1)[1])
+        tail = args[args.index("-f") + 2 :]
+        if tail[0] == "ps":
+            return Result(tuple(args), 0, self.running.get(slot, "") + "\n")
+        assert tail[:3] == ["exec", "-T", "db"]
+        return self.exec(args, tail[3:])
+
+    def exec(self, args: list[str], inner: list[str]) -> Result:
+        if inner[0] == "psql":
+            return Result(tuple(args), 0, self.answer(inner[-1]) + "\n")
+        if inner[0] == "pg_dump":
+            self.container_files.add(inner[-1])
+        if inner[0] == "rm":
+            self.container_files.discard(inner[-1])
+        return Result(tuple(args), 0)
+
+    def answer(self, sql: str) -> str:
+        if "to_regclass" in sql:
+            return "t" if self.migration else "f"
+        if "alembic_version" in sql:
+            return self.migration or ""
+        if "pg_stat_user_tables" in sql:
+            return f"{self.tables}|{self.tables * 10}"
+        if sql.startswith("SHOW server_version"):
+            return "15.18"
+        if "pg_database_size" in sql:
+            return "8000000"
+        return ""
+
+    def copy(self, source: str, destination: str) -> Result:
+        if ":" in source:  # container -> host
+            data = b"PGDMP" + b"x" * 4000
+            if self.disk_full_after is not None:
+                Path(destination).write_bytes(data[: self.disk_full_after])
+                return Result(
+                    ("docker", "cp"), 1, "", f"write {destination}: no space left on device"
+                )
+            Path(destination).write_bytes(data)
+        else:
+            self.container_files.add(destination.split(":", 1)[1])
+        return Result(("docker", "cp"), 0)
+
+    def ran(self, program: str) -> list[list[str]]:
+        return [c for c in self.commands if program in c]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "HOME": str(tmp_path / "home"),
+        "KTRDR_SNAPSHOT_DIR": str(tmp_path / "snaps"),
+        "KTRDR_LOCK_DIR": str(tmp_path / "locks"),
+        "PATH": "/usr/bin",
+    }
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    envfiles.write_all(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
+    fake = FakeEngine()
+    monkeypatch.setattr(runner, "execute", fake.run)
+    return fake
+
+
+def never(question: str) -> bool:
+    raise AssertionError(f"asked {question!r} but should not have")
+
+
+def test_snapshot_writes_dump_and_manifest(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    engine.migration = "bbb"
+    m = snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="base", now=NOW)
+    directory = Path(env["KTRDR_SNAPSHOT_DIR"])
+    assert sorted(p.name for p in directory.iterdir()) == ["base.dump", "base.json"]
+    assert m == snapshots.load(env, "base")
+    assert (m.source_slot, m.migration, m.size, m.pg_version) == (3, "bbb", 4005, "15.18")
+    (dump,) = engine.ran("pg_dump")
+    assert dump[dump.index("pg_dump") :][:8] == [
+        "pg_dump",
+        "-U",
+        "ktrdr",
+        "-d",
+        "ktrdr",
+        "-Fc",
+        "-Z",
+        "0",
+    ]
+    assert engine.container_files == set(), "the container's copy is removed"
+
+
+def test_snapshot_refuses_a_name_in_use(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    store(Path(env["KTRDR_SNAPSHOT_DIR"]), manifest("base"))
+    with pytest.raises(SandboxError, match="named 'base' exists already") as caught:
+        snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="base")
+    assert caught.value.code is Exit.USAGE
+    assert engine.ran("pg_dump") == []
+
+
+def test_snapshot_of_a_stopped_slot_is_one_line(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    engine.running.pop(3)
+    with pytest.raises(SandboxError) as caught:
+        snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env)
+    assert str(caught.value) == "slot 3 is not running: `inv up --slot=3` first"
+    assert not Path(env["KTRDR_SNAPSHOT_DIR"]).exists(), "nothing created for a refused snapshot"
+
+
+def test_disk_full_during_copy_leaves_no_file(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    engine.disk_full_after = 1000  # the copy wrote 1000 bytes, then the disk was full
+    with pytest.raises(SandboxError, match=r"the disk is full.*partial file was removed"):
+        snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="big")
+    assert list(Path(env["KTRDR_SNAPSHOT_DIR"]).iterdir()) == []
+    assert engine.container_files == set()
+
+
+def test_restore_refuses_another_app_kind(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    store(Path(env["KTRDR_SNAPSHOT_DIR"]), manifest("real", app="ktrdr"))
+    with pytest.raises(SandboxError, match="of the 'ktrdr' app and slot 3 runs 'reference'"):
+        snapshots.restore(
+            compose.load_target(root, 3), COMPOSE, env, "real", yes=True, confirm=never
+        )
+    assert engine.commands == []
+
+
+def test_restore_asks_before_replacing_tables_and_stops_on_no(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    store(Path(env["KTRDR_SNAPSHOT_DIR"]), manifest("base", migration="aaa"))
+    engine.tables, engine.migration = 2, "ccc"
+    asked: list[str] = []
+
+    def say_no(question: str) -> bool:
+        asked.append(question)
+        return False
+
+    target = compose.load_target(root, 3)
+    with pytest.raises(SandboxError, match="nothing done: slot 3's database is unchanged"):
+        snapshots.restore(target, COMPOSE, env, "base", yes=False, confirm=say_no, migrations=CHAIN)
+    assert asked and "2 table(s)" in asked[0] and "newer schema" in asked[0]
+    assert engine.ran("pg_restore") == [] and engine.ran('DROP DATABASE "ktrdr" WITH (FORCE)') == []
+
+
+def test_restore_with_yes_swaps_a_side_database_in(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    store(Path(env["KTRDR_SNAPSHOT_DIR"]), manifest("base"))
+    engine.tables = 1
+    done = snapshots.restore(
+        compose.load_target(root, 3), COMPOSE, env, "base", yes=True, confirm=never
+    )
+    assert (done.slot, done.replaced_tables, done.note()) == (3, 1, "")
+    (restore_cmd,) = engine.ran("pg_restore")
+    assert restore_cmd[restore_cmd.index("-d") + 1] == "ktrdr_restoring"
+    statements = [c[-1] for c in engine.commands if "psql" in c]
+    drop = statements.index('DROP DATABASE "ktrdr" WITH (FORCE)')
+    assert statements[drop + 1] == 'ALTER DATABASE "ktrdr_restoring" RENAME TO "ktrdr"'
+    assert len(statements) == drop + 2, "the side database is not dropped after the swap"
+    assert engine.container_files == set()
+
+
+def test_clone_removes_its_temporary_archive(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    done = snapshots.clone(
+        compose.load_target(root, 3), compose.load_target(root, 4), COMPOSE, env,
+        yes=False, confirm=never,
+    )  # fmt: skip
+    assert (done.slot, done.source, done.size) == (4, "slot 3", 4005)
+    assert list(Path(env["KTRDR_SNAPSHOT_DIR"]).iterdir()) == []
+    (dump,) = engine.ran("pg_dump")
+    assert "--project-name" in dump and dump[dump.index("--project-name") + 1] == "ktrdr-sandbox-3"
+    (restore_cmd,) = engine.ran("pg_restore")
+    assert restore_cmd[restore_cmd.index("--project-name") + 1] == "ktrdr-sandbox-4"
+
+
+def test_clone_onto_itself_is_refused(root: Path, env: dict[str, str], engine: FakeEngine) -> None:
+    target = compose.load_target(root, 3)
+    with pytest.raises(SandboxError, match="both slot 3") as caught:
+        snapshots.clone(target, target, COMPOSE, env, yes=True, confirm=never)
+    assert caught.value.code is Exit.USAGE
+
+
+def test_failed_pg_restore_drops_the_side_database_only(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    store(Path(env["KTRDR_SNAPSHOT_DIR"]), manifest("base"))
+    engine.fail_on = "pg_restore"
+    with pytest.raises(
+        SandboxError, match="pg_restore into slot 3 failed; its database is unchanged"
+    ):
+        snapshots.restore(
+            compose.load_target(root, 3), COMPOSE, env, "base", yes=True, confirm=never
+        )
+    statements = [c[-1] for c in engine.commands if "psql" in c]
+    assert 'DROP DATABASE "ktrdr" WITH (FORCE)' not in statements
+    assert statements[-1] == 'DROP DATABASE IF EXISTS "ktrdr_restoring" WITH (FORCE)'
+    assert engine.container_files == set()
+
+
+def test_failed_rename_after_the_drop_keeps_the_side_database(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    store(Path(env["KTRDR_SNAPSHOT_DIR"]), manifest("base"))
+    engine.fail_on = "RENAME TO"
+    with pytest.raises(SandboxError, match="RENAME TO"):
+        snapshots.restore(
+            compose.load_target(root, 3), COMPOSE, env, "base", yes=True, confirm=never
+        )
+    statements = [c[-1] for c in engine.commands if "psql" in c]
+    assert statements[-1].startswith('ALTER DATABASE "ktrdr_restoring" RENAME'), statements
