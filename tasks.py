@@ -188,7 +188,7 @@ def down(c: Context, slot: str | None = None, volumes: bool = False) -> None:
 def status(c: Context, slot: str | None = None) -> None:
     """One table for every slot that has containers (one Docker call for all)."""
     only = None if slot is None else slots.parse_slot(slot)
-    out.status(collect_status(dict(os.environ), only), only_slot=only)
+    out.status(collect_status(dict(os.environ), only, ROOT), only_slot=only)
 
 
 @task(iterable=["slot"], help={"slot": "slot to verify; repeat for several: --slot=1 --slot=2"})

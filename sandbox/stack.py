@@ -125,13 +125,17 @@ def up(
             raise SandboxError(
                 f"kept slot {target.slot}'s database: nothing was changed", Exit.USAGE
             )
+        # After a start that did not finish, Compose runs again even over running containers:
+        # they may carry what made it fail (say a password since put right).
+        previous = lastup.read(target.root, target.slot)
+        unfinished = previous is not None and previous.outcome != lastup.READY
         lastup.write(target.root, target.slot, lastup.STARTING)
         try:
             result = _start(
                 target,
                 environ,
                 checked,
-                recreate,
+                recreate or unfinished,
                 build,
                 source,
                 app_image,

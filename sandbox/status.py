@@ -124,10 +124,40 @@ def summarize(
     return rows
 
 
-def collect(environ: Mapping[str, str], only_slot: int | None = None) -> list[SlotStatus]:
+def collect(
+    environ: Mapping[str, str], only_slot: int | None = None, root: Path | None = None
+) -> list[SlotStatus]:
     """Every slot's status from a single `docker ps` (SandboxError when the engine is down).
 
     `docker version` first: it answers at once or within ENGINE_ANSWER_TIMEOUT, where a
     `docker ps` of a wedged engine would wait out its longer timeout."""
     docker.check_engine(environ)
-    return summarize(docker.containers(environ), only_slot)
+    rows = summarize(docker.containers(environ), only_slot)
+    return rows if root is None else sorted(rows + unstarted(root, rows, only_slot), key=_slot)
+
+
+def _slot(row: SlotStatus) -> int:
+    return row.slot
+
+
+def unstarted(root: Path, rows: Sequence[SlotStatus], only_slot: int | None) -> list[SlotStatus]:
+    """Slots of checkout `root` whose last `up` failed before any container existed (a build
+    error, say): no `docker ps` row shows them, their record does."""
+    shown = {row.slot for row in rows}
+    found = []
+    for slot in slots.SLOTS if only_slot is None else (only_slot,):
+        why = "" if slot in shown else _unfinished_up(str(root), slot)
+        if why:
+            found.append(
+                SlotStatus(
+                    slot=slot,
+                    project=slots.project_name(slot),
+                    state="failed",
+                    healthy=0,
+                    total=len(slots.SERVICES),
+                    api_url=None,
+                    checkout=str(root),
+                    last_up=why,
+                )
+            )
+    return found

@@ -56,6 +56,11 @@ class Outcome:
     name: str
     held: bool
     seconds: float
+    refused_in: list[float] = field(default_factory=list)  # each refusal's time to fail
+
+
+# Every refusal's time to fail in the running case, for the summary (cases run in order).
+REFUSALS: list[float] = []
 
 
 @dataclass
@@ -166,6 +171,7 @@ def refusal_problems(
     result: Result, seconds: float, code: int, words: Sequence[str], limit: float = LIMIT
 ) -> list[str]:
     """Everything wrong with how a refusal looked; empty when it was as the issue asks."""
+    REFUSALS.append(seconds)
     problems = []
     text = result.stderr + result.stdout
     if "Traceback" in text:
@@ -251,7 +257,9 @@ def suite(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[Suite]:
 def summarize(state: Suite, config: pytest.Config) -> None:
     held = sum(o.held for o in state.outcomes)
     lines = [
-        f"  {'held ' if o.held else 'BROKE'} {o.seconds:7.1f}s  {o.name}" for o in state.outcomes
+        f"  {'held ' if o.held else 'BROKE'} {o.seconds:7.1f}s  {o.name}"
+        + (f"  (failed in {', '.join(f'{t:.1f}s' for t in o.refused_in)})" if o.refused_in else "")
+        for o in state.outcomes
     ]
     lines.append(f"faults: {held}/{len(state.outcomes)} held")
     reporter = config.pluginmanager.get_plugin("terminalreporter")
@@ -271,9 +279,11 @@ def outcome(suite: Suite, request: pytest.FixtureRequest) -> Iterator[None]:
     # The call phase has been reported (and counted) by the time this teardown runs.
     failed_before = request.session.testsfailed
     started = time.monotonic()
+    REFUSALS.clear()
     yield
     held = request.session.testsfailed == failed_before
-    suite.outcomes.append(Outcome(request.node.name, held, time.monotonic() - started))
+    seconds = time.monotonic() - started
+    suite.outcomes.append(Outcome(request.node.name, held, seconds, list(REFUSALS)))
 
 
 # --- the cases ------------------------------------------------------------------------------

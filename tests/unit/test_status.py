@@ -181,3 +181,13 @@ def test_a_stack_missing_services_is_partial() -> None:
     [row] = status.summarize([make(4, "db")])
     assert row.state == "partial"
     assert (row.healthy, row.total) == (1, 9)
+
+
+def test_a_start_that_failed_before_any_container_shows_from_its_checkout(tmp_path: Path) -> None:
+    root = Path(a_checkout(tmp_path / "here"))
+    lastup.write(root, 4, lastup.FAILED, "docker build failed")
+    [row] = status.unstarted(root, status.summarize(full_stack(1)), None)
+    assert (row.slot, row.state, row.checkout) == (4, "failed", str(root))
+    assert row.last_up.endswith(": docker build failed")
+    assert status.unstarted(root, status.summarize(full_stack(4)), None) == []  # shown already
+    assert status.unstarted(root, [], 5) == []
