@@ -79,7 +79,7 @@ def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> No
     assert worker["environment"]["KTRDR_WORKER_PUBLIC_BASE_URL"] == (
         "http://training-worker-2:${KTRDR_WORKER_PORT_4}"
     )
-    assert worker["healthcheck"]["test"][-1] == "http://127.0.0.1:${KTRDR_WORKER_PORT_4}/health"
+    assert worker["healthcheck"]["test"] == ["CMD", "http-ok", "${KTRDR_WORKER_PORT_4}", "/health"]
     labels = document["services"]["db"]["labels"]
     assert labels == {
         docker.APP_LABEL: "ktrdr",
