@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,8 +22,6 @@ SCHEMA = "ktrdr-sandbox/status"
 VERIFY_SCHEMA = "ktrdr-sandbox/verify"
 VERSION = 1
 STATES = ("running", "partial", "stopped", "failed", "orphaned")
-SOURCE_LABEL = "ktrdr.sandbox.source"
-APP_LABEL = "ktrdr.sandbox.app"
 DEFAULT_HOST = "127.0.0.1"
 WILDCARD_ADDRS = frozenset({"", "0.0.0.0", "::"})
 # Exit codes of a container stopped on purpose (clean exit, SIGINT, SIGKILL, SIGTERM): a slot
@@ -252,19 +250,13 @@ def describe_source(
 
 
 def slot_sources(
-    containers: Sequence[docker.Container],
-    labels_of: Callable[[docker.Container], Mapping[str, str]],
-    environ: Mapping[str, str] | None = None,
+    containers: Sequence[docker.Container], environ: Mapping[str, str] | None = None
 ) -> dict[int, SlotSource]:
-    """Every slot's source from its containers' labels (`labels_of`, e.g. `lambda c:
-    c.labels`): the first container that carries a label wins (one `up` labels them all)."""
+    """Every slot's source from its containers' `ktrdr.sandbox.*` labels (`Container.source`,
+    `.app`): the first container that carries one wins (one `up` labels them all)."""
     found = {}
     for slot, group in by_slot(containers).items():
-
-        def label(key: str, group: Sequence[docker.Container] = group) -> str | None:
-            return next((labels_of(c)[key] for c in group if labels_of(c).get(key)), None)
-
-        found[slot] = describe_source(
-            label(SOURCE_LABEL), label(APP_LABEL), _checkout(group), environ
-        )
+        source = next((c.source for c in group if c.source), None)
+        app = next((c.app for c in group if c.app), None)
+        found[slot] = describe_source(source, app, _checkout(group), environ)
     return found

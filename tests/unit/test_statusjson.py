@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -267,15 +268,14 @@ def test_describe_source_from_a_real_checkout(tmp_path: Path) -> None:
 
 
 def test_slot_sources_from_labels(tmp_path: Path) -> None:
-    labels = {
-        "ktrdr-sandbox-1-backend": {"ktrdr.sandbox.source": str(tmp_path), "ktrdr.sandbox.app": "x"}
+    db = make(1, "db", working_dir=str(tmp_path))
+    backend = replace(make(1, "backend", working_dir=str(tmp_path)), source=str(tmp_path), app="x")
+    builtin = replace(make(2, "backend", working_dir=str(tmp_path)), app="reference")
+    found = statusjson.slot_sources([db, backend, builtin], {})
+    assert found == {
+        1: SlotSource(str(tmp_path), "x", None, True, True),
+        2: SlotSource(None, "reference", None, True, True),
     }
-    containers = [
-        make(1, "db", working_dir=str(tmp_path)),
-        make(1, "backend", working_dir=str(tmp_path)),
-    ]
-    found = statusjson.slot_sources(containers, lambda c: labels.get(c.id, {}), {})
-    assert found == {1: SlotSource(str(tmp_path), "x", None, True, True)}
 
 
 def test_verify_document() -> None:
