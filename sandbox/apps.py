@@ -179,12 +179,18 @@ class Source:
 BUILT_IN = Source(REFERENCE, None)
 
 
-def detect(path: Path, torch: str = "none") -> Source:
-    """The kind of app at `path`, or a SandboxError naming what is missing."""
-    given = path
+def check_torch(torch: str) -> str:
+    """`torch` when it is one of TORCH_CHOICES, else SandboxError(USAGE)."""
     if torch not in TORCH_CHOICES:
         choices = ", ".join(TORCH_CHOICES)
         raise SandboxError(f"--torch must be one of {choices}, not {torch!r}", Exit.USAGE)
+    return torch
+
+
+def detect(path: Path, torch: str = "none") -> Source:
+    """The kind of app at `path`, or a SandboxError naming what is missing."""
+    given = path
+    check_torch(torch)
     path = path.expanduser()
     if not path.exists():
         raise SandboxError(f"--source {given}: no such directory; pass a checkout", Exit.USAGE)

@@ -191,7 +191,7 @@ def pick_free_slot(
     raise SandboxError(
         f"no free slot in {lowest}-{max(slots.SLOTS)} ({taken}): free one with `inv done "
         "BRANCH` or `inv down --slot=N --volumes`, then re-run",
-        Exit.FAILED,
+        Exit.NO_SLOT,
     )
 
 
@@ -344,3 +344,46 @@ def claim_free_slot(environ: Mapping[str, str], claim: Claim | None = None) -> I
                         raise
                     busy = busy | {slot}
         yield slot
+
+
+@contextmanager
+def claim_named_slot(
+    environ: Mapping[str, str], slot: int, claim: Claim | None = None
+) -> Iterator[int]:
+    """`claim_free_slot` for one slot the user named (`inv new --slot=N`): its lock taken
+    without waiting, and refused (NO_SLOT) unless the engine holds nothing of it, since a new
+    branch must not inherit another's containers or database."""
+    claim = claim or Claim()
+    directory = claim.lock_dir if claim.lock_dir is not None else lock.default_lock_dir(environ)
+    survey = claim.survey or engine_survey(environ)
+    with lock.slot_lock(slot, lock_dir=directory):
+        containers, volumes = survey()
+        held = occupancy(containers, volumes).get(slot)
+        if held is not None:
+            raise SandboxError(
+                f"slot {slot} is not free ({held.describe()}): pass --slot=auto for the lowest "
+                f"free one, or free it with `inv down --slot={slot} --volumes`",
+                Exit.NO_SLOT,
+            )
+        yield slot
+
+
+def claim_slot(
+    environ: Mapping[str, str], slot: int | None, claim: Claim | None = None
+) -> AbstractContextManager[int]:
+    """`claim_free_slot` when `slot` is None (auto), else `claim_named_slot`."""
+    if slot is None:
+        return claim_free_slot(environ, claim)
+    return claim_named_slot(environ, slot, claim)
+
+
+def parse_choice(value: str | None) -> int | None:
+    """`--slot=auto` (or no --slot) as None; a number as the slot (USAGE when it is not one)."""
+    text = "auto" if value is None else value.strip()
+    if text.lower() == "auto":
+        return None
+    if not text.lstrip("-").isdigit():
+        raise SandboxError(
+            f"--slot must be auto or a whole number from 0 to 10, not {text!r}", Exit.USAGE
+        )
+    return slots.parse_slot(text)

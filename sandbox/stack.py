@@ -5,6 +5,7 @@ Each function returns what happened; the task layer renders it.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +69,38 @@ def psql_command(compose_cmd: Sequence[str], target: Target, interactive: bool) 
     return compose.command(
         compose_cmd, target, *exec_args, "db", "psql", "-U", "ktrdr", "-d", "ktrdr"
     )
+
+
+# bash when the image has it (KTRDR's do), else sh: found inside the container, in one exec.
+SHELL = ["sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"]
+
+
+def exec_command(
+    compose_cmd: Sequence[str],
+    target: Target,
+    service: str,
+    argv: Sequence[str],
+    interactive: bool,
+) -> list[str]:
+    """`docker compose exec` of `argv` in `service`; -T (no terminal) when stdin is not one."""
+    if not argv:
+        raise SandboxError(
+            "which command? put it after `--`: `inv exec --slot=N --service=S -- CMD ARGS...`",
+            Exit.USAGE,
+        )
+    flags = [] if interactive else ["-T"]
+    return compose.command(compose_cmd, target, "exec", *flags, service, *argv)
+
+
+def after_double_dash(argv: Sequence[str], remainder: str) -> list[str]:
+    """The words after the first `--` of the command line, exactly as given. Invoke keeps them
+    only joined with spaces (`Context.remainder`), which loses quoting (`sh -c 'a b'`), so they
+    are taken from `argv` when that is the same command line, else split from `remainder`."""
+    if "--" in argv:
+        words = list(argv[list(argv).index("--") + 1 :])
+        if " ".join(words) == remainder:
+            return words
+    return shlex.split(remainder)
 
 
 def all_running(containers: Sequence[docker.Container]) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sandbox import docker, slots, worktrees
+from sandbox import docker, picker, slots, worktrees
 
 SCHEMA = "ktrdr-sandbox/status"
 VERIFY_SCHEMA = "ktrdr-sandbox/verify"
@@ -260,3 +260,11 @@ def slot_sources(
         app = next((c.app for c in group if c.app), None)
         found[slot] = describe_source(source, app, _checkout(group), environ)
     return found
+
+
+def collect(environ: Mapping[str, str], only_slot: int | None = None) -> dict[str, Any]:
+    """The `inv status --json` document of this engine: one `docker ps`, one `docker volume
+    ls`, and git for each source's branch."""
+    containers = docker.sandbox_containers(environ)
+    volumes = picker.volumes_by_slot(picker.sandbox_volumes(environ))
+    return document(containers, slot_sources(containers, environ), volumes, only_slot)

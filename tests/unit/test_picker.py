@@ -64,7 +64,7 @@ def test_no_free_slot_says_who_holds_what() -> None:
     with pytest.raises(SandboxError) as caught:
         picker.pick_free_slot(held, [volume(9), volume(10)], locked=frozenset({10}))
     message = str(caught.value)
-    assert caught.value.code == Exit.FAILED
+    assert caught.value.code == Exit.NO_SLOT
     assert "\n" not in message
     assert message.startswith("no free slot in 1-10 (slot 1: 1 containers (1 running); ")
     assert "slot 9: 1 containers (0 running) and volume ktrdr-sandbox-9_db-data" in message
