@@ -262,7 +262,10 @@ def new(
         except (SandboxError, InvokeExit):
             out.line(branchflow.kept_hint(plan, made.path))
             raise
-    out.steps(list(net.urls(target, environ).items()), f"slot {n}: {branch} at {made.path}")
+    urls = net.urls(target, environ)
+    if no_wait:  # the gate's summary lists them otherwise
+        out.steps(list(urls.items()), f"slot {n}")
+    out.line(f"slot {n} runs {branch} from {made.path}; API {urls['Backend API']}")
 
 
 @task(
@@ -277,7 +280,7 @@ def new(
 @handled
 def done(
     c: Context,
-    branch: str | None = None,
+    branch: str = "",  # not None: invoke requires a positional argument whose default is None
     slot: str | None = None,
     repo: str | None = None,
     force: bool = False,
@@ -285,10 +288,10 @@ def done(
     """Take a branch's slot down (volumes too) and remove its worktree; unsaved work: --force."""
     environ = dict(os.environ)
     number = None if slot is None else slots.parse_slot(slot)
-    target = branchflow.done_target(environ, branch, number, repo)
+    target = branchflow.done_target(environ, branch or None, number, repo)
     report = branchflow.check_done(target, force, environ)
     if not report.safe:
-        out.details("\n".join(["thrown away (--force):", *report.lines()]))
+        out.details("\n".join(["going on despite (--force):", *report.lines()]))
     if target.slot is not None:
         stack.down(compose.load_target(ROOT, target.slot), environ, volumes=True, on_busy=out.line)
         out.line(f"slot {target.slot} is down; its volumes and .env.sandbox removed")
