@@ -59,6 +59,10 @@ def done_target(
     repo: str | None = None,
 ) -> branches.DoneTarget:
     """The slot and worktree `inv done` acts on, from one `docker ps`."""
+    if (branch is None) == (slot is None):
+        raise SandboxError(
+            "name one branch or one slot: `inv done BRANCH` or `inv done --slot=N`", Exit.USAGE
+        )
     sources = statusjson.slot_sources(docker.sandbox_containers(environ), environ)
     where = Path(repo).expanduser() if repo else None
     return branches.resolve_done(sources, branch, slot, where, environ)

@@ -83,11 +83,6 @@ def exec_command(
     interactive: bool,
 ) -> list[str]:
     """`docker compose exec` of `argv` in `service`; -T (no terminal) when stdin is not one."""
-    if not argv:
-        raise SandboxError(
-            "which command? put it after `--`: `inv exec --slot=N --service=S -- CMD ARGS...`",
-            Exit.USAGE,
-        )
     flags = [] if interactive else ["-T"]
     return compose.command(compose_cmd, target, "exec", *flags, service, *argv)
 
@@ -95,12 +90,17 @@ def exec_command(
 def after_double_dash(argv: Sequence[str], remainder: str) -> list[str]:
     """The words after the first `--` of the command line, exactly as given. Invoke keeps them
     only joined with spaces (`Context.remainder`), which loses quoting (`sh -c 'a b'`), so they
-    are taken from `argv` when that is the same command line, else split from `remainder`."""
-    if "--" in argv:
-        words = list(argv[list(argv).index("--") + 1 :])
-        if " ".join(words) == remainder:
-            return words
-    return shlex.split(remainder)
+    are taken from `argv` when that is the same command line, else split from `remainder`.
+    No words at all: SandboxError(USAGE)."""
+    words = list(argv[list(argv).index("--") + 1 :]) if "--" in argv else []
+    if not words or " ".join(words) != remainder:
+        words = shlex.split(remainder)
+    if not words:
+        raise SandboxError(
+            "which command? put it after `--`: `inv exec --slot=N --service=S -- CMD ARGS...`",
+            Exit.USAGE,
+        )
+    return words
 
 
 def all_running(containers: Sequence[docker.Container]) -> bool:
