@@ -268,8 +268,9 @@ def new(
     out.line(f"slot {n} runs {branch} from {made.path}; API {urls['Backend API']}")
 
 
+# `--branch` is a flag, not a positional: invoke (3.0) has no optional positional arguments
+# (one left out is an error), and `inv done --slot=N` must work without a branch.
 @task(
-    positional=["branch"],
     help={
         "branch": "the branch whose worktree and slot go (or name the slot with --slot)",
         "slot": "the slot whose worktree and slot go",
@@ -280,7 +281,7 @@ def new(
 @handled
 def done(
     c: Context,
-    branch: str = "",  # not None: invoke requires a positional argument whose default is None
+    branch: str | None = None,
     slot: str | None = None,
     repo: str | None = None,
     force: bool = False,
@@ -288,7 +289,7 @@ def done(
     """Take a branch's slot down (volumes too) and remove its worktree; unsaved work: --force."""
     environ = dict(os.environ)
     number = None if slot is None else slots.parse_slot(slot)
-    target = branchflow.done_target(environ, branch or None, number, repo)
+    target = branchflow.done_target(environ, branch, number, repo)
     report = branchflow.check_done(target, force, environ)
     if not report.safe:
         out.details("\n".join(["going on despite (--force):", *report.lines()]))

@@ -5,7 +5,7 @@ is claimed; the slot (`picker.claim_slot`) before the worktree is made; the work
 stack starts. So bad input and "no free slot" leave nothing behind; a stack that fails to start
 leaves the worktree, and the task says how to remove it.
 
-`inv done BRANCH|--slot=N`: what to act on (`branches.resolve_done`), then every refusal
+`inv done --branch=BRANCH|--slot=N`: what to act on (`branches.resolve_done`), then every refusal
 (`check_done`: work that exists nowhere else, a worktree git would not remove), and only then
 the slot's `down --volumes`, its `.env.sandbox`, and `git worktree remove` of the path git
 recorded. The tasks in tasks.py call these in that order.
@@ -48,7 +48,7 @@ def kept_hint(plan: NewPlan, made: Path) -> str:
     """What to do with a worktree whose stack did not start."""
     return (
         f"the worktree {made} stays: fix the above and `inv up --slot=N --source={made}`, or "
-        f"remove it with `inv done {plan.branch} --repo={plan.repo}`"
+        f"remove it with `inv done --branch={plan.branch} --repo={plan.repo}`"
     )
 
 
@@ -61,7 +61,7 @@ def done_target(
     """The slot and worktree `inv done` acts on, from one `docker ps`."""
     if (branch is None) == (slot is None):
         raise SandboxError(
-            "name one branch or one slot: `inv done BRANCH` or `inv done --slot=N`", Exit.USAGE
+            "name one branch or one slot: `inv done --branch=BRANCH` or `inv done --slot=N`", Exit.USAGE
         )
     sources = statusjson.slot_sources(docker.sandbox_containers(environ), environ)
     where = Path(repo).expanduser() if repo else None

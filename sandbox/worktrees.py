@@ -395,7 +395,7 @@ def _check_free(repo: Path, branch: str, environ: Mapping[str, str] | None) -> P
     if existing is not None:
         raise SandboxError(
             f"branch {branch!r} is already checked out at {existing.path}: work there, or "
-            f"`inv done {branch}` first",
+            f"`inv done --branch={branch}` first",
             Exit.USAGE,
         )
     if os.path.lexists(path):

@@ -94,7 +94,7 @@ def started(sandbox: Sandbox, repo: Repo) -> Iterator[dict[int, Result]]:
     finally:
         for slot, branch in ((A, "feat/one"), (B, "feat/two")):
             if repo.worktree(branch).exists():
-                sandbox.inv("done", branch, f"--repo={repo.main}", "--force")
+                sandbox.inv("done", f"--branch={branch}", f"--repo={repo.main}", "--force")
             if project_containers(slot):
                 sandbox.inv("down", f"--slot={slot}", "--volumes")
 
@@ -139,7 +139,7 @@ def test_new_refuses_bad_input_and_creates_nothing(
         (("new", "feat/x", f"--repo={repo.main.parent}"), Exit.USAGE, "is not a git repository"),
         (("new", "feat/two", f"--repo={repo.main}"), Exit.USAGE, "already checked out"),
         (("new", "feat/x", f"--repo={repo.main}", f"--slot={A}"), Exit.NO_SLOT, "not free"),
-        (("done", "feat/none", f"--repo={repo.main}"), Exit.USAGE, "has no worktree"),
+        (("done", "--branch=feat/none", f"--repo={repo.main}"), Exit.USAGE, "has no worktree"),
     ]
     for args, code, words in cases:
         result = sandbox.inv(*args)
@@ -156,7 +156,7 @@ def test_done_refuses_untracked_files_and_unpushed_commits(
 ) -> None:
     one = repo.worktree("feat/one")
     (one / "notes.txt").write_text("mine\n")
-    refused = sandbox.inv("done", "feat/one")
+    refused = sandbox.inv("done", "--branch=feat/one")
     assert refused.returncode == Exit.UNSAVED_WORK, refused.stderr
     assert "  notes.txt" in refused.stdout and "1 untracked file" in refused.stderr
     (one / "notes.txt").unlink()
@@ -173,7 +173,7 @@ def test_done_with_force_leaves_the_sibling_running(
     started: dict[int, Result], repo: Repo, sandbox: Sandbox
 ) -> None:
     two_before = sorted(p.name for p in repo.worktree("feat/two").iterdir())
-    result = sandbox.inv("done", "feat/one", "--force")
+    result = sandbox.inv("done", "--branch=feat/one", "--force")
     assert_ok(result)
     assert "work nobody else has" in result.stdout  # what --force went on despite
     assert not repo.worktree("feat/one").exists()
@@ -209,7 +209,7 @@ def test_new_picks_the_lowest_free_slot(
         assert_ok(result)
         assert result.stdout.splitlines()[0] == f"slot {expected}: the lowest free slot"
     finally:
-        sandbox.inv("done", "feat/auto", f"--repo={repo.main}", "--force")
+        sandbox.inv("done", "--branch=feat/auto", f"--repo={repo.main}", "--force")
 
 
 @pytest.mark.skipif(not OWNS_MACHINE, reason="acts on every slot: CI or KTRDR_E2E_DOWN_ALL=1")

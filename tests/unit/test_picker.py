@@ -275,3 +275,43 @@ def test_the_race_is_real_without_the_lock(tmp_path: Path) -> None:
     picked = race(tmp_path, "unlocked")
     assert len(picked) == 4
     assert len(set(picked)) < len(picked)
+
+
+# ----------------------------------------------------------------------------- a named slot
+
+
+def test_a_named_slot_is_claimed_only_when_free(tmp_path: Path) -> None:
+    def survey() -> tuple[list[docker.Container], list[picker.Volume]]:
+        return [container(1)], [volume(2)]
+
+    claim = picker.Claim(lock_dir=tmp_path, survey=survey)
+    with picker.claim_named_slot({}, 3, claim) as slot:
+        assert slot == 3 and picker.locked_slots(tmp_path) == frozenset({3})
+    assert picker.locked_slots(tmp_path) == frozenset()
+    for held, words in ((1, "slot 1: 1 containers (1 running)"), (2, "volume ktrdr-sandbox-2")):
+        with pytest.raises(SandboxError) as caught, picker.claim_named_slot({}, held, claim):
+            pytest.fail("claimed a slot that is not free")
+        assert caught.value.code == Exit.NO_SLOT
+        assert words in str(caught.value) and "--slot=auto" in str(caught.value)
+
+
+def test_claim_slot_auto_or_named(tmp_path: Path) -> None:
+    claim = picker.Claim(lock_dir=tmp_path, survey=lambda: ([container(1)], []))
+    with picker.claim_slot({}, None, claim) as slot:
+        assert slot == 2
+    with picker.claim_slot({}, 7, claim) as slot:
+        assert slot == 7
+
+
+@pytest.mark.parametrize(
+    "value,expected", [(None, None), ("auto", None), (" AUTO ", None), ("0", 0), ("10", 10)]
+)
+def test_parse_choice(value: str | None, expected: int | None) -> None:
+    assert picker.parse_choice(value) == expected
+
+
+@pytest.mark.parametrize("value,words", [("x", "auto or a whole number"), ("11", "outside 0-10")])
+def test_parse_choice_refuses(value: str, words: str) -> None:
+    with pytest.raises(SandboxError, match=words) as caught:
+        picker.parse_choice(value)
+    assert caught.value.code == Exit.USAGE
