@@ -55,8 +55,8 @@ def _of_slot(
 ) -> DoneTarget:
     if slot not in sources:
         raise SandboxError(
-            f"slot {slot} has no containers: to remove a branch's worktree, `inv done --branch=BRANCH "
-            "--repo=PATH`",
+            f"slot {slot} has no containers: to remove a branch's worktree, `inv done "
+            "--branch=BRANCH --repo=PATH`",
             Exit.USAGE,
         )
     source = sources[slot].source

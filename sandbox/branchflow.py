@@ -61,7 +61,8 @@ def done_target(
     """The slot and worktree `inv done` acts on, from one `docker ps`."""
     if (branch is None) == (slot is None):
         raise SandboxError(
-            "name one branch or one slot: `inv done --branch=BRANCH` or `inv done --slot=N`", Exit.USAGE
+            "name one branch or one slot: `inv done --branch=BRANCH` or `inv done --slot=N`",
+            Exit.USAGE,
         )
     sources = statusjson.slot_sources(docker.sandbox_containers(environ), environ)
     where = Path(repo).expanduser() if repo else None
