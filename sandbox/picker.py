@@ -28,7 +28,8 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import docker, lock, runner, slots
+from sandbox import docker, lock, preflight, runner, slots
+from sandbox.compose import DEFAULT_BIND_ADDR
 from sandbox.errors import Exit, SandboxError
 
 PICK_LOCK = "pick.lock"
@@ -123,6 +124,7 @@ class Occupancy:
     volumes: tuple[str, ...] = ()
     checkouts: tuple[str, ...] = ()  # working dirs of the Compose project (label)
     locked: bool = False  # another `inv` holds the slot lock right now
+    ports_taken: bool = False  # a program outside the slot's project holds one of its ports
 
     def describe(self) -> str:
         parts = []
@@ -132,6 +134,8 @@ class Occupancy:
             parts.append(f"volume {', '.join(self.volumes)}")
         if self.locked:
             parts.append("an `inv` command working on it")
+        if self.ports_taken:
+            parts.append("its ports held by something else")
         return f"slot {self.slot}: {' and '.join(parts) or 'nothing'}"
 
 
@@ -139,8 +143,10 @@ def occupancy(
     containers: Sequence[docker.Container],
     volumes: Sequence[Volume],
     locked: frozenset[int] = frozenset(),
+    ports_taken: frozenset[int] = frozenset(),
 ) -> dict[int, Occupancy]:
-    """Every slot that has a container, a volume or a held lock, by slot (pure)."""
+    """Every slot that has a container, a volume, a held lock or a port held by something
+    else, by slot (pure)."""
     found: dict[int, dict[str, list[str]]] = {}
 
     def entry(slot: int) -> dict[str, list[str]]:
@@ -158,7 +164,7 @@ def occupancy(
         slot = _volume_slot(volume)
         if slot is not None:
             entry(slot)["volumes"].append(volume.name)
-    for slot in locked:
+    for slot in locked | ports_taken:
         entry(slot)
     return {
         slot: Occupancy(
@@ -168,6 +174,7 @@ def occupancy(
             volumes=tuple(sorted(e["volumes"])),
             checkouts=tuple(e["dirs"]),
             locked=slot in locked,
+            ports_taken=slot in ports_taken,
         )
         for slot, e in sorted(found.items())
     }
@@ -178,12 +185,14 @@ def pick_free_slot(
     volumes: Sequence[Volume],
     lowest: int = 1,
     locked: frozenset[int] = frozenset(),
+    ports_taken: frozenset[int] = frozenset(),
 ) -> int:
-    """The lowest slot from `lowest` to 10 with no container, no volume and no held lock;
-    SandboxError naming what holds every slot when there is none (pure)."""
+    """The lowest slot from `lowest` to 10 with no container, no volume, no held lock and no
+    port known to be held elsewhere; SandboxError naming what holds every slot when there is
+    none (pure)."""
     if lowest not in slots.SLOTS:
         raise SandboxError(f"lowest slot {lowest} is outside 0-10", Exit.USAGE)
-    held = occupancy(containers, volumes, locked)
+    held = occupancy(containers, volumes, locked, ports_taken)
     for slot in range(lowest, max(slots.SLOTS) + 1):
         if slot not in held:
             return slot
@@ -314,7 +323,19 @@ class Claim:
     lock_dir: Path | None = None
     wait: float = PICK_WAIT
     survey: Survey | None = None  # default: one `docker ps` and one `docker volume ls`
+    # Whether a slot's host ports can be bound now (default: `ports_free`); a slot with no
+    # container can still have its ports held by another program, and would fail preflight.
+    ports_free: Callable[[int], bool] | None = None
     on_busy: Callable[[str], None] | None = field(default=None, compare=False)
+
+
+def ports_free(slot: int, bind_addr: str = DEFAULT_BIND_ADDR) -> bool:
+    """Whether every host port of `slot` can be bound now (preflight's probe). Only asked of a
+    slot with no container and no volume, whose ports nothing of its own holds."""
+    addresses = preflight.probe_addresses(bind_addr)
+    return all(
+        preflight.can_bind(host, port) for port in slots.ports(slot).values() for host in addresses
+    )
 
 
 def engine_survey(environ: Mapping[str, str]) -> Survey:
@@ -332,8 +353,14 @@ def claim_free_slot(environ: Mapping[str, str], claim: Claim | None = None) -> I
         with machine_lock(environ, wait=claim.wait, lock_dir=directory, on_busy=claim.on_busy):
             containers, volumes = survey()
             busy = locked_slots(directory)
+            bind = environ.get("KTRDR_BIND_ADDR") or DEFAULT_BIND_ADDR
+            ports_ok = claim.ports_free or (lambda s: ports_free(s, bind))
+            taken: frozenset[int] = frozenset()
             while True:
-                slot = pick_free_slot(containers, volumes, claim.lowest, busy)
+                slot = pick_free_slot(containers, volumes, claim.lowest, busy, taken)
+                if not ports_ok(slot):
+                    taken = taken | {slot}
+                    continue
                 try:
                     held.enter_context(lock.slot_lock(slot, lock_dir=directory))
                     break

@@ -61,6 +61,7 @@ def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     envfiles.write_all(root)
     monkeypatch.setattr(tasks, "ROOT", root)
     monkeypatch.setattr(docker, "check_engine", lambda environ=None: "20.10")
+    monkeypatch.setattr(picker, "ports_free", lambda slot, bind="": True)
     return root
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -185,6 +186,37 @@ def test_machine_lock_busy_names_the_holder(tmp_path: Path) -> None:
     assert heard == ["another `inv` command (pid 4242) is picking a slot; waiting up to 0s"]
 
 
+def any_port(slot: int) -> bool:
+    return True  # the machine's real ports are someone else's business in these tests
+
+
+def test_claim_skips_a_slot_whose_ports_are_held_elsewhere(tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    def ports_free(slot: int) -> bool:
+        asked.append(slot)
+        return slot not in (1, 2)
+
+    claim = picker.Claim(lock_dir=tmp_path, survey=lambda: ([], []), ports_free=ports_free)
+    with picker.claim_free_slot({}, claim) as slot:
+        assert slot == 3 and asked == [1, 2, 3]
+    none = picker.Claim(lock_dir=tmp_path, survey=lambda: ([], []), ports_free=lambda s: False)
+    with pytest.raises(SandboxError) as caught, picker.claim_free_slot({}, none):
+        pytest.fail("claimed a slot whose ports are held")
+    assert caught.value.code == Exit.NO_SLOT
+    assert "slot 1: its ports held by something else" in str(caught.value)
+
+
+def test_ports_free_probes_the_slot_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        monkeypatch.setattr(slots, "ports", lambda slot: {"KTRDR_API_PORT": port})
+        assert not picker.ports_free(7)
+    assert picker.ports_free(7)
+
+
 def test_locked_slots_probe_creates_nothing(tmp_path: Path) -> None:
     with held_elsewhere(lock_path(3, tmp_path)):
         lock_path(5, tmp_path).touch()  # a lock file nobody holds
@@ -194,7 +226,9 @@ def test_locked_slots_probe_creates_nothing(tmp_path: Path) -> None:
 
 
 def test_claim_holds_the_slot_lock_not_the_machine_lock(tmp_path: Path) -> None:
-    claim = picker.Claim(lock_dir=tmp_path, survey=lambda: ([container(1)], []))
+    claim = picker.Claim(
+        lock_dir=tmp_path, survey=lambda: ([container(1)], []), ports_free=any_port
+    )
     with held_elsewhere(lock_path(2, tmp_path)), picker.claim_free_slot({}, claim) as slot:
         assert slot == 3  # 1 has containers, 2 is locked by another `inv`
         assert not is_free(lock_path(3, tmp_path))
@@ -229,7 +263,8 @@ ready.touch()
 while not go.exists():
     time.sleep(0.005)
 if mode == "locked":
-    with picker.claim_free_slot(os.environ, picker.Claim(survey=survey)) as slot:
+    claim = picker.Claim(survey=survey, ports_free=lambda slot: True)
+    with picker.claim_free_slot(os.environ, claim) as slot:
         time.sleep(0.2)  # `docker compose up -d` creating the containers
         create(slot)
 else:
@@ -296,7 +331,9 @@ def test_a_named_slot_is_claimed_only_when_free(tmp_path: Path) -> None:
 
 
 def test_claim_slot_auto_or_named(tmp_path: Path) -> None:
-    claim = picker.Claim(lock_dir=tmp_path, survey=lambda: ([container(1)], []))
+    claim = picker.Claim(
+        lock_dir=tmp_path, survey=lambda: ([container(1)], []), ports_free=any_port
+    )
     with picker.claim_slot({}, None, claim) as slot:
         assert slot == 2
     with picker.claim_slot({}, 7, claim) as slot:
