@@ -250,9 +250,10 @@ def new(
     """A worktree of BRANCH next to --repo, a free slot, and `inv up --source=WORKTREE` there."""
     environ = dict(os.environ)
     apps.check_torch(torch)
+    wanted = picker.parse_choice(slot)
     plan = branchflow.check_new(repo, branch, base, environ)
-    with picker.claim_slot(environ, picker.parse_choice(slot), picker.Claim(on_busy=out.line)) as n:
-        out.line(f"slot {n}: {'the lowest free slot' if slot == 'auto' else 'free'}")
+    with picker.claim_slot(environ, wanted, picker.Claim(on_busy=out.line)) as n:
+        out.line(f"slot {n}: {'the lowest free slot' if wanted is None else 'free'}")
         made = worktrees.create(plan.repo, branch, base, environ)
         out.step("worktree", f"{made.path} (branch {branch})")
         target = compose.load_target(ROOT, n)

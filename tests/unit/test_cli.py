@@ -50,6 +50,7 @@ def inv(*args: str, **env: str) -> Result:
         (["shell", "--slot=1", "--service=api"], Exit.USAGE, "unknown service"),
         (["down", "--all", "--slot=1"], Exit.USAGE, "pass --slot=N or --all, not both"),
         (["up", "--slot=any"], Exit.USAGE, "slot must be a whole number"),
+        (["new", "x", "--repo=/", "--slot=any"], Exit.USAGE, "--slot must be auto or a whole"),
     ],
 )
 def test_bad_input_is_one_line(args: list[str], code: Exit, message: str, tmp_path: Path) -> None:
