@@ -129,7 +129,7 @@ def backoff(failures: int) -> float:
     then doubling from 0.5 s, capped at 2 s."""
     if failures <= FAST_ATTEMPTS:
         return BACKOFF_FAST_SECONDS
-    return min(BACKOFF_FAST_SECONDS * 2 ** (failures - FAST_ATTEMPTS), BACKOFF_MAX_SECONDS)
+    return min(BACKOFF_FAST_SECONDS * 2.0 ** (failures - FAST_ATTEMPTS), BACKOFF_MAX_SECONDS)
 
 
 def parse_retry_after(value: str | None) -> float | None:
