@@ -22,7 +22,7 @@ from typing import Any
 
 from sandbox import slots
 from sandbox.appimages import TORCH_CHOICES
-from sandbox.docker import APP_LABEL, SOURCE_LABEL, TORCH_LABEL
+from sandbox.docker import APP_LABEL, CLIENT_LABEL, SOURCE_LABEL, TORCH_LABEL, client_name
 from sandbox.errors import Exit, SandboxError
 
 BUILTIN_SOURCE = ""  # the label value of a slot that runs the image's own code
@@ -248,9 +248,10 @@ def _volumes(source: Source) -> list[str]:
 
 
 def override(source: Source, image: str | None, environment: Mapping[str, str]) -> dict[str, Any]:
-    """The Compose override for `source`: labels on every service; for a checkout, the app
-    services' image, commands, read-only mounts, environment and healthchecks."""
-    labels = {APP_LABEL: source.kind.name, SOURCE_LABEL: source.label}
+    """The Compose override for `source`: labels on every service (the app, its source, the
+    client machine); for a checkout, the app services' image, commands, read-only mounts,
+    environment and healthchecks."""
+    labels = {APP_LABEL: source.kind.name, SOURCE_LABEL: source.label, CLIENT_LABEL: client_name()}
     if source.kind.image == "uv":
         labels[TORCH_LABEL] = source.torch
     services: dict[str, dict[str, Any]] = {s: {"labels": labels} for s in slots.SERVICES}

@@ -90,6 +90,28 @@ class Engine:
             return f"this machine ({self.endpoint})"
         return f"{self.host} ({self.endpoint}, from {self.source})"
 
+    @property
+    def where(self) -> str:
+        """The host a check on the engine's side ran on, in a few words."""
+        return "this machine" if self.local else self.host
+
+    def exposure(self, bind_address: str) -> str:
+        """What `inv up` exposes where: the bind on the engine's host, the host URLs use.
+
+        Local engines say nothing new (ports are this machine's, as always).
+        """
+        bind = bind_address.strip("[]") or "0.0.0.0"
+        reached = self.connect_host(bind_address)
+        if self.local:
+            return f"ports bound on {bind} of this machine, reached at {reached}"
+        wide = " (every network of that host)" if bind in ANY_ADDRESS else ""
+        return f"ports bound on {bind} on {self.host}{wide}, reached at {reached}"
+
+
+# A machine's own engine behind the default socket: what `detect` finds with no DOCKER_HOST
+# and no context, and what tests pass where an engine is needed but Docker is not.
+LOCAL = Engine(Kind.LOCAL, DEFAULT_SOCKET, "", "default")
+
 
 def _bad(endpoint: str, source: str, why: str) -> SandboxError:
     return SandboxError(
@@ -173,7 +195,7 @@ def detect(environ: Mapping[str, str] | None = None) -> Engine:
 HELPER_RUN = ("docker", "run", "--rm", "--pull=never")
 
 
-def _mount(source: str, target: str, readonly: bool = False) -> str:
+def bind_mount(source: str, target: str, readonly: bool = False) -> str:
     """A --mount value; CSV-quoted, since docker splits it on commas."""
     fields = ["type=bind", f"source={source}", f"target={target}"]
     if readonly:
@@ -201,7 +223,7 @@ def shared_dir_check_command(directory: str, image: str) -> list[str]:
     return [
         *HELPER_RUN,
         "--network=none",
-        f"--mount={_mount(directory, PROBE_MOUNT, readonly=True)}",
+        f"--mount={bind_mount(directory, PROBE_MOUNT, readonly=True)}",
         image,
         "sh",
         "-c",
@@ -341,15 +363,18 @@ def parse_port_probe(result: Result) -> list[PortProbe]:
     return found
 
 
-def stream_copy_command(source: str, destination: str, image: str) -> list[str]:
-    """Copy the client directory `source` into `destination` on the engine's host: a tar
-    stream over the engine's API (nothing mounted from the client). Files already there are
-    kept (--skip-old-files), as `inv init-shared --from` does locally.
+def stream_copy_command(
+    source: str, destination: str, image: str, names: Sequence[str] = (".",)
+) -> list[str]:
+    """Copy `names` (default: everything) of the client directory `source` into `destination`
+    on the engine's host: a tar stream over the engine's API (nothing mounted from the
+    client). Files already there are kept (--skip-old-files), as `inv init-shared --from`
+    does locally.
 
-    bash only joins the pipe; the paths and image arrive as "$1".."$3".
+    bash only joins the pipe; the paths and image arrive as "$1".."$3", the names after them.
     """
     script = (
-        'tar -C "$1" -cf - . | docker run -i --rm --pull=never --network=none '
+        'tar -C "$1" -cf - "${@:4}" | docker run -i --rm --pull=never --network=none '
         '--volume "$2:/probe" "$3" tar -x -C /probe --skip-old-files --no-same-owner'
     )
     if ":" in destination:
@@ -358,4 +383,4 @@ def stream_copy_command(source: str, destination: str, image: str) -> list[str]:
             "KTRDR_SHARED_DIR",
             Exit.SHARED_DIR,
         )
-    return ["bash", "-o", "pipefail", "-c", script, "stream", source, destination, image]
+    return ["bash", "-o", "pipefail", "-c", script, "stream", source, destination, image, *names]

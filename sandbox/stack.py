@@ -11,7 +11,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import appimages, apps, compose, docker, gate, images, net, preflight, runner, slots
+from sandbox import (
+    appimages,
+    apps,
+    compose,
+    docker,
+    engine,
+    gate,
+    images,
+    net,
+    preflight,
+    runner,
+    slots,
+)
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
@@ -144,7 +156,7 @@ def up(
         compose_seconds = (
             0.0 if already else _compose_up(target, checked, environ, on_compose, override)
         )
-        apps.write_env_sandbox(source, env_sandbox(target, environ))
+        apps.write_env_sandbox(source, env_sandbox(target, environ, checked.where))
         result = UpResult(checked, not already, None, compose_seconds=compose_seconds)
         if wait:
             result.gate, result.logs = _gate(
@@ -188,8 +200,11 @@ def write_override(target: Target, source: apps.Source, image: str | None) -> Pa
     return apps.write_override(target.root, target.slot, document)
 
 
-def env_sandbox(target: Target, environ: Mapping[str, str]) -> str:
-    return apps.env_sandbox_text(target.slot, target.values, net.urls(target, environ))
+def env_sandbox(
+    target: Target, environ: Mapping[str, str], where: engine.Engine | None = None
+) -> str:
+    urls = net.urls(target, environ, where)
+    return apps.env_sandbox_text(target.slot, target.values, urls)
 
 
 def _compose_up(
@@ -225,7 +240,13 @@ def _gate(
     """The gate's result, and when it did not pass what explains it: a failed step's own
     output (a migration's), then the failing services' last log lines."""
     outcome = gate.run_gate(
-        target, checked.compose, environ, timeout=timeout, on_update=on_gate, migration=migration
+        target,
+        checked.compose,
+        environ,
+        timeout=timeout,
+        on_update=on_gate,
+        migration=migration,
+        where=checked.where,
     )
     if outcome.passed:
         return outcome, {}

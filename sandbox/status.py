@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sandbox import docker, net, slots
+from sandbox import docker, engine, net, slots
 
 BACKEND_PORT = 8000  # the backend's port inside its container (KTRDR's contract)
 SEVERAL = "several"
@@ -33,7 +33,7 @@ def _healthy(container: docker.Container) -> bool:
     return container.health == "healthy" or (container.running and container.health == "none")
 
 
-def _api_url(containers: Sequence[docker.Container]) -> str | None:
+def _api_url(containers: Sequence[docker.Container], where: engine.Engine) -> str | None:
     ports = [
         port
         for c in containers
@@ -45,7 +45,7 @@ def _api_url(containers: Sequence[docker.Container]) -> str | None:
         return None
     # Prefer an IPv4 binding: Docker lists a wildcard bind twice, 0.0.0.0 and [::].
     port = sorted(ports, key=lambda p: ":" in p.host_ip)[0]
-    return f"http://{net.url_host(port.host_ip)}:{port.host_port}/api/v1"
+    return f"http://{net.connect_url_host(where, port.host_ip)}:{port.host_port}/api/v1"
 
 
 def _checkout(containers: Sequence[docker.Container]) -> str:
@@ -66,9 +66,12 @@ def _source(containers: Sequence[docker.Container]) -> str:
 
 
 def summarize(
-    containers: Sequence[docker.Container], only_slot: int | None = None
+    containers: Sequence[docker.Container],
+    only_slot: int | None = None,
+    where: engine.Engine = engine.LOCAL,
 ) -> list[SlotStatus]:
-    """One row per sandbox slot that has containers, by slot number; other projects ignored."""
+    """One row per sandbox slot that has containers, by slot number; other projects ignored.
+    API URLs reach the engine `where` (see `net.connect_url_host`)."""
     by_slot: dict[int, list[docker.Container]] = {}
     for container in containers:
         slot = container.slot
@@ -94,7 +97,7 @@ def summarize(
                 state=state,
                 healthy=sum(_healthy(c) for c in group),
                 total=max(len(group), len(services)),
-                api_url=_api_url(group),
+                api_url=_api_url(group, where),
                 checkout=_checkout(group),
                 source=_source(group),
             )
@@ -103,5 +106,6 @@ def summarize(
 
 
 def collect(environ: Mapping[str, str], only_slot: int | None = None) -> list[SlotStatus]:
-    """Every slot's status from a single `docker ps` (SandboxError when the engine is down)."""
-    return summarize(docker.containers(environ), only_slot)
+    """Every slot's status from a single `docker ps` (SandboxError when the engine is down),
+    on the engine `environ` names (DOCKER_HOST, else the current context)."""
+    return summarize(docker.containers(environ), only_slot, engine.detect(environ))

@@ -54,7 +54,13 @@ def test_builtin_override_only_labels_every_service() -> None:
     document = apps.override(apps.BUILT_IN, None, {})
     assert set(document["services"]) == set(slots.SERVICES)
     for service in document["services"].values():
-        assert service == {"labels": {docker.APP_LABEL: "reference", docker.SOURCE_LABEL: ""}}
+        assert service == {
+            "labels": {
+                docker.APP_LABEL: "reference",
+                docker.SOURCE_LABEL: "",
+                docker.CLIENT_LABEL: docker.client_name(),
+            }
+        }
 
 
 def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> None:
@@ -85,6 +91,7 @@ def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> No
         docker.APP_LABEL: "ktrdr",
         docker.SOURCE_LABEL: str(checkout),
         docker.TORCH_LABEL: "none",
+        docker.CLIENT_LABEL: docker.client_name(),
     }
 
 

@@ -313,9 +313,10 @@ def test_failed_port_probe_is_an_error() -> None:
 def test_stream_copy_pipes_tar_into_a_helper_container() -> None:
     cmd = engine.stream_copy_command("/home/me/ktrdr/data", "/srv/shared/data", IMAGE)
     assert cmd[:4] == ["bash", "-o", "pipefail", "-c"]
-    assert cmd[-4:] == ["stream", "/home/me/ktrdr/data", "/srv/shared/data", IMAGE]
+    assert cmd[-5:] == ["stream", "/home/me/ktrdr/data", "/srv/shared/data", IMAGE, "."]
     script = cmd[4]
     assert '"$1"' in script and '"$2:/probe"' in script and '"$3"' in script
+    assert '"${@:4}"' in script  # what to send: given names, or "." for everything
     assert "--skip-old-files" in script
     assert "/home/me" not in script  # paths travel as arguments, never as script text
 
@@ -342,6 +343,14 @@ def test_stream_copy_works_end_to_end_with_a_docker_that_extracts_here(tmp_path:
     assert result.ok, result.stderr
     assert (dest / "data" / "GBPUSD.csv").read_text() == "gbp"
     assert (dest / "data" / "EURUSD.csv").read_text() == "kept"
+    # Only the names given travel: the checkout's other files stay on the client.
+    (source / "src.py").write_text("code")
+    (source / "models").mkdir()
+    (source / "models" / "m.pt").write_text("model")
+    cmd = engine.stream_copy_command(str(source), str(dest), IMAGE, ["models"])
+    assert run(cmd, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}).ok
+    assert (dest / "models" / "m.pt").read_text() == "model"
+    assert not (dest / "src.py").exists()
 
 
 def test_stream_copy_of_a_missing_source_fails(tmp_path: Path) -> None:
