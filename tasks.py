@@ -27,6 +27,8 @@ from sandbox import (
     compose,
     docker,
     docs,
+    engine,
+    enginehost,
     envfiles,
     images,
     net,
@@ -460,9 +462,15 @@ def _print_env(target: compose.Target, export: bool) -> None:
 )
 @handled
 def init_shared(c: Context, from_: str | None = None) -> None:
-    """Create ~/.ktrdr/shared/{data,models,strategies}; optionally fill it from a checkout."""
+    """Create ~/.ktrdr/shared/{data,models,strategies}; optionally fill it from a checkout.
+    With a remote engine (DOCKER_HOST, a context): on that engine's host, same path."""
     target = envfiles.SHARED_DIR_DEFAULT
     source = shared.check_source(Path(from_).expanduser()) if from_ else None
+    environ = dict(os.environ)
+    where = engine.detect(environ)
+    if not where.local:
+        _init_remote_shared(str(target), source, environ, where)
+        return
     created = shared.ensure(target)
     out.line("created " + ", ".join(map(str, created)) if created else f"{target} already exists")
     if source is not None:
@@ -473,18 +481,40 @@ def init_shared(c: Context, from_: str | None = None) -> None:
         )
 
 
+def _init_remote_shared(
+    directory: str, source: Path | None, environ: Mapping[str, str], where: engine.Engine
+) -> None:
+    docker.check_engine(environ)
+    image = enginehost.helper_image(ROOT, environ)
+    done = enginehost.init_shared(directory, source, image, environ)
+    made = ", ".join(done.created) if done.created else "nothing (it exists)"
+    out.line(f"{directory} on {where.host}: created {made}")
+    if source is not None:
+        out.line(
+            f"streamed {', '.join(done.sent)} of {source} ({done.files} file(s)) into it; "
+            "files already there were kept"
+        )
+
+
 @task(
     name="images",
     help={
         "offline": "build every image locally with no registry (Debian base via debootstrap)",
         "online": "pull upstream images (fail rather than fall back to offline)",
+        "to-engine": "send this machine's images (docker save | docker load) to the remote "
+        "engine DOCKER_HOST or the current context names; builds nothing",
     },
 )
 @handled
-def build_images(c: Context, offline: bool = False, online: bool = False) -> None:
+def build_images(
+    c: Context, offline: bool = False, online: bool = False, to_engine: bool = False
+) -> None:
     """Get every image the compose file needs: pulled upstream, or built offline."""
     environ = dict(os.environ)
     docker.check_engine(environ)
+    if to_engine:
+        _send_images(environ)
+        return
     if offline and online:
         raise SandboxError("pick one of --offline and --online", Exit.USAGE)
     if not offline and not online:
@@ -493,6 +523,18 @@ def build_images(c: Context, offline: bool = False, online: bool = False) -> Non
             out.line("no registry reachable: building every image locally (--offline)")
     built = images.build(ROOT, offline, environ, on_step=lambda s: out.step("building", s.what))
     out.images(built, offline)
+
+
+def _send_images(environ: Mapping[str, str]) -> None:
+    loaded = images.to_engine(ROOT, environ)
+    for image in loaded.images:
+        out.step("sent", image)
+    for image in loaded.skipped:
+        out.step("there already", image)
+    out.line(
+        f"images: {len(loaded.images)} sent ({loaded.bytes / 1e6:.0f} MB in "
+        f"{loaded.seconds:.1f}s), {len(loaded.skipped)} already on the engine"
+    )
 
 
 # --- data between slots: snapshots, restore, clone -----------------------------------------

@@ -12,9 +12,11 @@ perl, tar), and a slot needs it on the engine anyway; nothing is ever pulled for
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from sandbox import compose, engine, runner
-from sandbox.engine import Engine, PortProbe, SharedDir
+from sandbox.engine import PortProbe, SharedDir
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import APP_IMAGE
 from sandbox.settings import CLI_TIMEOUT, ENGINE_QUERY_TIMEOUT, VERIFY_EXEC_TIMEOUT
@@ -23,9 +25,14 @@ from sandbox.settings import CLI_TIMEOUT, ENGINE_QUERY_TIMEOUT, VERIFY_EXEC_TIME
 STREAM_TIMEOUT = 3600.0
 
 
-def helper_image(target: compose.Target, environ: Mapping[str, str]) -> str:
-    """The image the helper containers run: the slot's app image."""
-    return compose.environment(target, environ).get("KTRDR_APP_IMAGE") or APP_IMAGE
+def helper_image(root: Path, environ: Mapping[str, str]) -> str:
+    """The image the helper containers run: the slots' app image, as Compose gets it (an
+    exported KTRDR_APP_IMAGE, else ./.env, else the compose file's default)."""
+    return (
+        environ.get("KTRDR_APP_IMAGE")
+        or compose.image_settings(root).get("KTRDR_APP_IMAGE")
+        or APP_IMAGE
+    )
 
 
 def missing_images(images: Sequence[str], environ: Mapping[str, str]) -> list[str]:
@@ -141,6 +148,24 @@ def stream_copy(
     )
 
 
-def describe(where: Engine) -> str:
-    """`on HOST` for a step's detail."""
-    return f"on {where.where}"
+@dataclass(frozen=True)
+class InitShared:
+    """What `inv init-shared` did on the engine's host."""
+
+    created: tuple[str, ...]  # subdirectories made
+    sent: tuple[str, ...]  # subdirectories of --from streamed there
+    files: int  # files in them (those already there were kept)
+
+
+def init_shared(
+    directory: str, source: Path | None, image: str, environ: Mapping[str, str]
+) -> InitShared:
+    """Create the shared directory on the engine's host and, with `source` (a checked KTRDR
+    checkout), stream its data/, models/ and strategies/ there; nothing is written here."""
+    created = create_shared(directory, image, environ)
+    if source is None:
+        return InitShared(created, (), 0)
+    names = tuple(n for n in engine.SHARED_SUBDIRS if (source / n).is_dir())
+    files = sum(1 for n in names for f in (source / n).rglob("*") if f.is_file())
+    stream_copy(str(source), names, directory, image, environ)
+    return InitShared(created, names, files)

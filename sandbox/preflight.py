@@ -493,7 +493,7 @@ def remote_ports_step(facts: Facts) -> Step:
     bind = compose.bind_address(target, facts.environ)
     own = _published_tcp(facts.own)
     candidates = [target.port(v) for v in slots.PORT_VARIABLES if target.port(v) not in own]
-    image = enginehost.helper_image(target, facts.environ)
+    image = enginehost.helper_image(target.root, facts.environ)
     busy = {p.port for p in enginehost.taken_ports(candidates, bind, image, facts.environ)}
     taken = classify_ports(target, everything, lambda host, port: port not in busy, bind_addr=bind)
     if taken:
@@ -509,7 +509,7 @@ def remote_shared_step(facts: Facts) -> Step:
     """The shared directory on the engine's host, where the mounts resolve; created there
     (through a helper container), last, as locally."""
     directory = str(facts.target.shared_dir)
-    image = enginehost.helper_image(facts.target, facts.environ)
+    image = enginehost.helper_image(facts.target.root, facts.environ)
     state = enginehost.shared_state(directory, image, facts.environ)
     if state.not_a_directory:
         raise SandboxError(

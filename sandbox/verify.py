@@ -268,7 +268,7 @@ def _remote_probe(
 ) -> tuple[str | None, WriteProbe, Callable[[], None]]:
     """The same on the engine's host, through helper containers."""
     directory = str(target.shared_dir)
-    image = enginehost.helper_image(target, environ)
+    image = enginehost.helper_image(target.root, environ)
     state = enginehost.shared_state(directory, image, environ)
     if not state.ready:
         lacking = ", ".join(state.missing) or "nothing (not a directory)"
