@@ -425,11 +425,38 @@ def load_images(host: RemoteHost, images: Sequence[str], environ: Mapping[str, s
     return transfer(images, host.client_env(environ, "tcp"))
 
 
+def reset(host: RemoteHost, environ: Mapping[str, str]) -> int:
+    """Empty the inner engine but for its images: every container, volume and Compose network
+    (an interrupted run's slots). The inner engine is this tool's alone, so a kept volume is
+    safe to reuse: images are compared by ID when loaded, everything else starts clean.
+    Returns how many objects were removed."""
+    env = host.client_env(environ, "tcp")
+    listings = (
+        (["ps", "--all", "--quiet"], ["rm", "--force", "--volumes"]),
+        (["volume", "ls", "--quiet"], ["volume", "rm", "--force"]),
+        (
+            ["network", "ls", "--quiet", "--filter", "label=com.docker.compose.project"],
+            ["network", "rm"],
+        ),
+    )
+    removed = 0
+    for listing, removal in listings:
+        found = _check(run(["docker", *listing], env=env, timeout=60), "listing", "").stdout
+        ids = found.split()
+        if ids:
+            _check(run(["docker", *removal, *ids], env=env, timeout=300), "removing", "")
+            removed += len(ids)
+    return removed
+
+
 def stop(environ: Mapping[str, str] | None = None, keep_volume: bool = False) -> list[str]:
-    """Remove the container (and its volume unless kept); what was removed."""
+    """Remove the container (and its volume unless kept); what was removed. The inner engine
+    gets a clean shutdown first when its volume is kept for the next start."""
     env = dict(os.environ if environ is None else environ)
     removed = []
     if _container_state(env) is not None:
+        if keep_volume:
+            _docker(["stop", "--time", "30", CONTAINER], env, 120)
         _check(_docker(["rm", "--force", "--volumes", CONTAINER], env, 120), "docker rm", "")
         removed.append(f"container {CONTAINER}")
     if not keep_volume and _docker(["volume", "inspect", VOLUME], env).ok:
