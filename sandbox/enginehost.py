@@ -50,9 +50,12 @@ def missing_images(images: Sequence[str], environ: Mapping[str, str]) -> list[st
 
 
 def slot_images(target: compose.Target, environ: Mapping[str, str]) -> list[str]:
-    """Every image the slot's stack runs, as Compose will see them."""
+    """Every image the slot's containers run, as Compose will see them; not the build-only
+    base (`images.engine_images` sends the same set)."""
     env = compose.environment(target, environ)
-    return [env[name] for name in compose.IMAGE_VARIABLES if env.get(name)] or [APP_IMAGE]
+    run_by_slots = [name for name in compose.IMAGE_VARIABLES if name != "KTRDR_BASE_IMAGE"]
+    found = [env[name] for name in run_by_slots if env.get(name)]
+    return found if "KTRDR_APP_IMAGE" in env else [*found, APP_IMAGE]
 
 
 def shared_state(directory: str, image: str, environ: Mapping[str, str]) -> SharedDir:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import apps, compose, docker, envfiles, preflight, runner
+from sandbox import apps, compose, docker, enginehost, envfiles, images, preflight, runner
 from sandbox import engine as engine_mod
 from sandbox import shared as shared_mod
 from sandbox.docker import Container, PublishedPort
@@ -721,6 +721,12 @@ def test_remote_preflight_asks_the_engines_host_and_creates_nothing_here(
     shared = home / ".ktrdr" / "shared"
     assert details["shared"] == (f"created {shared} with data, models, strategies [on 127.0.0.2]")
     assert not (home / ".ktrdr").exists()  # created on the engine's host only
+    # The images the slot runs are asked for; the build-only base is not.
+    asked = [c[-1] for c in engine.commands if c[:3] == ("docker", "image", "inspect")]
+    assert asked == [images.APP_IMAGE]
+    dotenv = "KTRDR_APP_IMAGE=app:1\nKTRDR_BASE_IMAGE=base:1\nKTRDR_DB_IMAGE=db:1\n"
+    (target.root / ".env").write_text(dotenv)
+    assert enginehost.slot_images(target, {}) == ["db:1", "app:1"]
     # DOCKER_HOST names the engine: no context is read.
     assert ("docker", "context", "inspect") not in [c[:3] for c in engine.commands]
     again = preflight.run_preflight(target, {**REMOTE, "KTRDR_DB_PASSWORD": "s3cret"})
