@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from sandbox.errors import Exit, SandboxError
@@ -171,10 +172,30 @@ def context_command() -> list[str]:
     return ["docker", "context", "inspect"]
 
 
+def context_name(environ: Mapping[str, str]) -> str:
+    """The context docker would use: DOCKER_CONTEXT, else the CLI config's currentContext
+    ($DOCKER_CONFIG/config.json, else ~/.docker/config.json), else "default"."""
+    named = environ.get("DOCKER_CONTEXT", "").strip()
+    if named:
+        return named
+    home = environ.get("HOME") or str(Path.home())
+    config = Path(environ.get("DOCKER_CONFIG") or Path(home) / ".docker") / "config.json"
+    try:
+        current = json.loads(config.read_text()).get("currentContext", "")
+    except (OSError, ValueError, AttributeError):
+        return "default"  # docker itself falls back to the default context
+    return str(current or "default")
+
+
 def detect(environ: Mapping[str, str] | None = None) -> Engine:
-    """The engine `docker` would talk to with `environ`."""
+    """The engine `docker` would talk to with `environ`.
+
+    `DOCKER_HOST` and the default context are answered here; only another context costs a
+    `docker context inspect` (most machines: none, so a local `inv status` stays one docker
+    call).
+    """
     env = dict(os.environ if environ is None else environ)
-    if env.get("DOCKER_HOST", "").strip():
+    if env.get("DOCKER_HOST", "").strip() or context_name(env) == "default":
         return resolve(env, None)
     result = run(context_command(), env=env, timeout=20)
     if not result.ok and env.get("DOCKER_CONTEXT", "").strip():

@@ -539,7 +539,6 @@ def test_preflight_passes_and_creates_the_shared_dir(
     assert details["ports"] == "11 host ports free on 127.0.0.1, 0.0.0.0, ::"
     # Read-only questions only, and one `docker ps`.
     assert [c[:3] for c in engine.commands] == [
-        ("docker", "context", "inspect"),
         ("docker", "version", "--format"),
         ("docker", "compose", "version"),
         tuple(docker.ps_command()[:3]),
@@ -588,10 +587,7 @@ def test_no_engine_stops_before_anything_else(engine: FakeEngine, target: compos
     with pytest.raises(SandboxError) as err:
         preflight.run_preflight(target, {})
     assert err.value.code is Exit.NO_ENGINE
-    assert engine.commands == [
-        ("docker", "context", "inspect"),
-        ("docker", "version", "--format", "{{.Server.Version}}"),
-    ]
+    assert engine.commands == [("docker", "version", "--format", "{{.Server.Version}}")]
 
 
 def test_bad_env_stops_before_the_shared_dir(engine: FakeEngine, root: Path, home: Path) -> None:
