@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sandbox import docker, picker, slots, worktrees
+from sandbox import docker, engine, net, picker, slots, worktrees
 
 SCHEMA = "ktrdr-sandbox/status"
 VERIFY_SCHEMA = "ktrdr-sandbox/verify"
@@ -93,9 +93,12 @@ def _ipv4_first(ports: Sequence[docker.PublishedPort]) -> docker.PublishedPort:
     return sorted(ports, key=lambda p: ":" in p.host_ip)[0]
 
 
-def ports_and_host(containers: Sequence[docker.Container], slot: int) -> tuple[dict[str, int], str]:
+def ports_and_host(
+    containers: Sequence[docker.Container], slot: int, where: engine.Engine = engine.LOCAL
+) -> tuple[dict[str, int], str]:
     """Host port by variable (what the containers publish, else the slot scheme's port), and
-    the address to reach them on (a published binding's, else 127.0.0.1)."""
+    the address to reach them on (a published binding's, else 127.0.0.1; on a remote engine
+    the engine's host, see `net.connect_url_host`)."""
     found: dict[str, int] = {}
     addrs: list[str] = []
     for spec in slots.PORTS:
@@ -107,6 +110,8 @@ def ports_and_host(containers: Sequence[docker.Container], slot: int) -> tuple[d
         else:
             found[spec.variable] = spec.host_port(slot)
     addr = next((a for a in addrs if a not in WILDCARD_ADDRS), DEFAULT_HOST)
+    if not where.local or where.connect_override:
+        return found, net.connect_url_host(where, addr)
     return found, f"[{addr}]" if ":" in addr else addr
 
 
@@ -134,10 +139,11 @@ def slot_entry(
     containers: Sequence[docker.Container],
     source: SlotSource,
     volumes: Sequence[str] = (),
+    where: engine.Engine = engine.LOCAL,
 ) -> dict[str, Any]:
     """One element of "slots" (see STATUS_JSON.md)."""
     orphaned = not (source.source_exists and source.checkout_exists)
-    ports, host = ports_and_host(containers, slot)
+    ports, host = ports_and_host(containers, slot, where)
     services = set(slots.SERVICES) | {c.service for c in containers}
     return {
         "slot": slot,
@@ -172,15 +178,16 @@ def document(
     sources: Mapping[int, SlotSource],
     volumes: Mapping[int, Sequence[str]] | None = None,
     only_slot: int | None = None,
+    where: engine.Engine = engine.LOCAL,
 ) -> dict[str, Any]:
     """The `inv status --json` document: every slot with a container or a volume, by slot.
     `sources` may lack a slot (nothing known about its source); `volumes` maps a slot to its
-    volume names (`picker.sandbox_volumes`)."""
+    volume names (`picker.sandbox_volumes`); URLs reach the engine `where`."""
     groups = by_slot(containers)
     volumes = volumes or {}
     numbers = sorted(set(groups) | {s for s, names in volumes.items() if names})
     entries = [
-        slot_entry(n, groups.get(n, []), sources.get(n, SlotSource()), volumes.get(n, ()))
+        slot_entry(n, groups.get(n, []), sources.get(n, SlotSource()), volumes.get(n, ()), where)
         for n in numbers
         if only_slot is None or n == only_slot
     ]

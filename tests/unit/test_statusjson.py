@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import ROOT, docker, slots, statusjson, verify, worktrees
+from sandbox import ROOT, docker, engine, slots, statusjson, verify, worktrees
 from sandbox.docker import PublishedPort
 from sandbox.runner import run
 from sandbox.statusjson import SlotSource
@@ -250,6 +250,10 @@ def test_url_host_from_the_binding() -> None:
     [wide] = statusjson.document(wildcard, {})["slots"]
     assert wide["urls"]["jaeger"] == "http://127.0.0.1:16687"
     assert wide["ports"] == slots.ports(1)
+    # On a remote engine the wildcard is that engine's host's.
+    where = engine.resolve({"DOCKER_HOST": "ssh://me@big-box"}, None)
+    [far] = statusjson.document(wildcard, {}, where=where)["slots"]
+    assert far["urls"]["backend"] == "http://big-box:8001/api/v1"
 
 
 # ----------------------------------------------------------------------------- sources, verify
