@@ -165,6 +165,12 @@ def init_shared(
 ) -> InitShared:
     """Create the shared directory on the engine's host and, with `source` (a checked KTRDR
     checkout), stream its data/, models/ and strategies/ there; nothing is written here."""
+    if missing_images([image], environ):
+        raise SandboxError(
+            f"the engine has no image {image} to work on its host with: run "
+            "`inv images --to-engine` first",
+            Exit.COMMAND,
+        )
     created = create_shared(directory, image, environ)
     if source is None:
         return InitShared(created, (), 0)
