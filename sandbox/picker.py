@@ -28,7 +28,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import docker, lock, preflight, runner, slots
+from sandbox import docker, engine, lock, preflight, runner, slots
 from sandbox.compose import DEFAULT_BIND_ADDR
 from sandbox.errors import Exit, SandboxError
 
@@ -338,6 +338,15 @@ def ports_free(slot: int, bind_addr: str = DEFAULT_BIND_ADDR) -> bool:
     )
 
 
+def default_ports_free(environ: Mapping[str, str], bind_addr: str) -> Callable[[int], bool]:
+    """`ports_free` on this machine. A remote engine's ports are on its host, where only its
+    containers (the survey) are seen from here; whatever else holds one there is found by
+    preflight's port probe on that host, which then refuses the slot."""
+    if not engine.detect(environ).local:
+        return lambda slot: True
+    return lambda slot: ports_free(slot, bind_addr)
+
+
 def engine_survey(environ: Mapping[str, str]) -> Survey:
     return lambda: (docker.sandbox_containers(environ), sandbox_volumes(environ))
 
@@ -354,7 +363,7 @@ def claim_free_slot(environ: Mapping[str, str], claim: Claim | None = None) -> I
             containers, volumes = survey()
             busy = locked_slots(directory)
             bind = environ.get("KTRDR_BIND_ADDR") or DEFAULT_BIND_ADDR
-            ports_ok = claim.ports_free or (lambda s: ports_free(s, bind))
+            ports_ok = claim.ports_free or default_ports_free(environ, bind)
             taken: frozenset[int] = frozenset()
             while True:
                 slot = pick_free_slot(containers, volumes, claim.lowest, busy, taken)

@@ -271,7 +271,8 @@ def slot_sources(
 
 def collect(environ: Mapping[str, str], only_slot: int | None = None) -> dict[str, Any]:
     """The `inv status --json` document of this engine: one `docker ps`, one `docker volume
-    ls`, and git for each source's branch."""
+    ls`, and git for each source's branch; URLs at the engine's host (DOCKER_HOST, context)."""
     containers = docker.sandbox_containers(environ)
     volumes = picker.volumes_by_slot(picker.sandbox_volumes(environ))
-    return document(containers, slot_sources(containers, environ), volumes, only_slot)
+    sources = slot_sources(containers, environ)
+    return document(containers, sources, volumes, only_slot, engine.detect(environ))

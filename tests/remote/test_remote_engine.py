@@ -111,6 +111,9 @@ def test_two_slots_over_tcp_through_inv(remote: Remote, started: list[tuple[int,
     for slot in TCP_SLOTS:
         assert f"http://{ADDRESS}:{port('KTRDR_API_PORT', slot)}/api/v1" in status.stdout
     assert "127.0.0.1" not in status.stdout
+    document = json.loads(check(remote.inv("tcp", "status", "--json")).stdout)
+    urls = {e["slot"]: e["urls"]["backend"] for e in document["slots"]}
+    assert urls == {s: f"http://{ADDRESS}:{port('KTRDR_API_PORT', s)}/api/v1" for s in TCP_SLOTS}
     verified = check(remote.inv("tcp", "verify", f"--slot={first}", f"--slot={second}"))
     assert "shared-dir" in verified.stdout
     # Isolation: one slot down leaves the other healthy.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, docker, picker, slots
+from sandbox import ROOT, docker, picker, preflight, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import lock_path
 from sandbox.runner import run
@@ -352,3 +352,17 @@ def test_parse_choice_refuses(value: str, words: str) -> None:
     with pytest.raises(SandboxError, match=words) as caught:
         picker.parse_choice(value)
     assert caught.value.code == Exit.USAGE
+
+
+def test_a_remote_engines_ports_are_not_probed_on_this_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_local_probe(host: str, port: int) -> bool:
+        raise AssertionError("probed this machine for a remote engine's port")
+
+    monkeypatch.setattr(preflight, "can_bind", no_local_probe)
+    remote = picker.default_ports_free({"DOCKER_HOST": "tcp://127.0.0.2:2375"}, "0.0.0.0")
+    assert remote(1)
+    local = picker.default_ports_free({"DOCKER_HOST": "unix:///var/run/docker.sock"}, "")
+    with pytest.raises(AssertionError):
+        local(1)
