@@ -1,7 +1,8 @@
 """Checks for ktrdr-sandbox: `nox -l` lists them, `nox` runs them all, `nox -s e2e` the E2E.
 
 Fast sessions need no Docker engine and run in seconds; `config` needs only the Compose CLI
-(rendering a file needs no engine); `e2e` needs a real engine and fails, never skips, without.
+(rendering a file needs no engine); `e2e` and `remote` need a real engine and fail, never skip,
+without one (`remote` also fails when its simulated remote host cannot start).
 Every session installs the project with one of its extras (pyproject.toml), never a list of its
 own. `nox -s lint -- sandbox/gate.py` and `nox -s typecheck -- tasks.py` check just those files.
 """
@@ -24,12 +25,14 @@ SHELL_FILES = [
     "scripts/build-debian-base.sh",
     "scripts/init-shared-data-dir.sh",
     "scripts/provision-docker.sh",
+    "scripts/remote-host.sh",
+    "containers/images/remote-host/entrypoint.sh",
     "containers/images/postgres-debian/docker-entrypoint.sh",
     "containers/app/http-ok.sh",
     ".ci/run",
 ]
 
-nox.options.sessions = ["lint", "typecheck", "tests", "config", "e2e"]
+nox.options.sessions = ["lint", "typecheck", "tests", "config", "e2e", "remote"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -80,6 +83,23 @@ def e2e(session: nox.Session) -> None:
     env = {"KTRDR_E2E": "1", "CI": os.environ.get("CI", "")}
     session.run("inv", "images", env=env)
     session.run("pytest", "-m", "docker", *(session.posargs or ["tests/e2e"]), env=env)
+
+
+@nox.session
+def remote(session: nox.Session) -> None:
+    """Slots on a simulated remote engine (Docker-in-Docker on 127.0.0.2) through `inv`."""
+    if shutil.which("docker") is None:
+        session.error("remote needs Docker: no `docker` CLI on PATH (run scripts/bootstrap.sh)")
+    install(session, "test")
+    # The remote host's volume keeps the inner engine's images for the next run (about 1.4 GB
+    # not streamed again); the suite empties it of everything else when it starts, and
+    # `scripts/remote-host.sh stop` removes it.
+    env = {
+        "CI": os.environ.get("CI", ""),
+        "KTRDR_REMOTE_KEEP_IMAGES": os.environ.get("KTRDR_REMOTE_KEEP_IMAGES", "1"),
+    }
+    session.run("inv", "images", env=env)
+    session.run("pytest", "-m", "remote", *(session.posargs or ["tests/remote"]), env=env)
 
 
 @nox.session(default=False)

@@ -23,11 +23,16 @@ from invoke.tasks import task
 from sandbox import (
     ROOT,
     apps,
+    branchflow,
     compose,
     docker,
     docs,
+    engine,
+    enginehost,
     envfiles,
     images,
+    net,
+    picker,
     provenance,
     render,
     runner,
@@ -35,6 +40,9 @@ from sandbox import (
     slots,
     snapshots,
     stack,
+    statusjson,
+    teardown,
+    worktrees,
 )
 from sandbox.errors import Exit, SandboxError
 from sandbox.status import collect as collect_status
@@ -83,17 +91,29 @@ def _compose(environ: Mapping[str, str]) -> list[str]:
     return compose.find_compose(environ)
 
 
+SOURCE_HELP = (
+    "run the app of this checkout (KTRDR, or a reference app source), mounted read-only with "
+    "hot reload; default: the reference app built into its image"
+)
+TORCH_HELP = (
+    "a --source checkout's torch: none (default: backend and backtest workers need none), "
+    "debian (Debian's CPU torch, offline) or locked (its uv.lock's, GBs)"
+)
+TIMEOUT_HELP = (
+    f"seconds the gate waits for readiness (default {stack.DEFAULT_TIMEOUT:.0f}, or "
+    "KTRDR_GATE_TIMEOUT)"
+)
+NO_WAIT_HELP = "return after `docker compose up -d`, without the startability gate"
+
+
 @task(
     help={
-        "slot": SLOT_HELP,
-        "source": "run the app of this checkout (KTRDR, or a reference app source), mounted "
-        "read-only with hot reload; default: the reference app built into its image",
-        "torch": "a --source checkout's torch: none (default: backend and backtest workers "
-        "need none), debian (Debian's CPU torch, offline) or locked (its uv.lock's, GBs)",
+        "slot": SLOT_HELP + "; auto: the lowest free one from 1 (printed before anything starts)",
+        "source": SOURCE_HELP,
+        "torch": TORCH_HELP,
         "build": "rebuild the reference app image before starting",
-        "no-wait": "return after `docker compose up -d`, without the startability gate",
-        "timeout": "seconds the gate waits for readiness "
-        f"(default {stack.DEFAULT_TIMEOUT:.0f}, or KTRDR_GATE_TIMEOUT)",
+        "no-wait": NO_WAIT_HELP,
+        "timeout": TIMEOUT_HELP,
         "fresh": "recreate the slot's database (everything in it is lost); asks first",
         "yes": "with --fresh: do not ask (for scripts)",
     }
@@ -111,24 +131,46 @@ def up(
     yes: bool = False,
 ) -> None:
     """Start a slot's stack: preflight, `docker compose up -d`, then the startability gate."""
-    target = _target(slot)
     chosen = apps.detect(Path(source), torch) if source else apps.BUILT_IN
     environ = dict(os.environ)
+    wipe = functools.partial(_confirm_fresh, yes) if fresh else None
+    if slot is None or slot.strip().lower() != "auto":
+        target = _target(slot)
+        _start(target, chosen, environ, build=build, wait=not no_wait, timeout=timeout, fresh=wipe)
+        return
+    with picker.claim_slot(environ, None, picker.Claim(on_busy=out.line)) as number:
+        out.line(f"slot {number}: the lowest free slot (--slot=auto)")
+        target = compose.load_target(ROOT, number)
+        _start(target, chosen, environ, build=build, wait=not no_wait, timeout=timeout)
+
+
+def _start(
+    target: compose.Target,
+    source: apps.Source,
+    environ: dict[str, str],
+    *,
+    build: bool = False,
+    wait: bool = True,
+    timeout: str | None = None,
+    fresh: Callable[[int], bool] | None = None,
+) -> None:
+    """`inv up`'s body for one slot: stack.up with the renderer's callbacks, then its report.
+    `fresh`: recreate the slot's database once preflight passed and it says yes."""
     with out.gate_progress(target.slot) as on_gate:
         result = stack.up(
             target,
             environ,
             recreate=build,
             build=functools.partial(_rebuild, environ) if build else None,
-            wait=not no_wait,
+            wait=wait,
             timeout=stack.gate_timeout(timeout, target, environ),
             on_preflight=out.preflight,
             on_gate=on_gate,
             on_busy=out.line,
             on_compose=out.compose_up,
-            source=chosen,
+            source=source,
             app_image=lambda src: stack.app_image(src, ROOT, environ, out.step),
-            fresh=functools.partial(_confirm_fresh, yes) if fresh else None,
+            fresh=fresh,
         )
     _report_up(target.slot, result)
 
@@ -164,10 +206,26 @@ def _report_up(slot: int, result: stack.UpResult) -> None:
         )
 
 
-@task(help={"slot": SLOT_HELP, "volumes": "also remove the slot's database volume (data lost)"})
+@task(
+    help={
+        "slot": SLOT_HELP,
+        "volumes": "also remove the database volume(s) (data lost)",
+        "all": "every slot of this engine, orphans included (lists them and asks first)",
+        "yes": "with --all: do not ask (for scripts; without a terminal it is required)",
+    }
+)
 @handled
-def down(c: Context, slot: str | None = None, volumes: bool = False) -> None:
-    """Stop and remove a slot's containers; its volumes only with --volumes."""
+def down(
+    c: Context,
+    slot: str | None = None,
+    volumes: bool = False,
+    all_: bool = False,
+    yes: bool = False,
+) -> None:
+    """Stop and remove a slot's containers (or every slot's, --all); volumes only with --volumes."""
+    if all_:
+        _down_all(slot, volumes, yes)
+        return
     target = _target(slot)
     stack.down(
         target,
@@ -183,28 +241,163 @@ def down(c: Context, slot: str | None = None, volumes: bool = False) -> None:
     out.line(f"slot {target.slot} ({target.project}) is down; {kept}")
 
 
-@task(help={"slot": "show only this slot"})
+def _down_all(slot: str | None, volumes: bool, yes: bool) -> None:
+    if slot is not None:
+        raise SandboxError("pass --slot=N or --all, not both", Exit.USAGE)
+    environ = dict(os.environ)
+    compose_cmd = _compose(environ)
+    entries = [e for e in teardown.survey(environ) if e.acts(volumes)]
+    if not entries:
+        out.line("no slot has containers" + ("" if volumes else " (volumes are kept)"))
+        return
+    for entry in entries:
+        out.line(entry.describe(volumes))
+    if not teardown.confirm_or_refuse(entries, yes, sys.stdin.isatty(), input):
+        raise InvokeExit("nothing taken down", code=int(Exit.FAILED))
+    for entry in entries:
+        teardown.take_down(entry, compose_cmd, environ, volumes=volumes, root=ROOT)
+        out.line(f"slot {entry.slot} ({entry.project}) is down")
+
+
+@task(
+    positional=["branch"],
+    help={
+        "branch": "the branch: new from --base, or an existing one checked out",
+        "repo": "the app repository (its main checkout, a worktree, or a bare clone)",
+        "slot": "auto (default: the lowest free slot from 1) or a free slot's number",
+        "base": "where a new branch starts (default: origin/HEAD, origin/main, ...)",
+        "torch": TORCH_HELP,
+        "no-wait": NO_WAIT_HELP,
+        "timeout": TIMEOUT_HELP,
+    },
+)
 @handled
-def status(c: Context, slot: str | None = None) -> None:
+def new(
+    c: Context,
+    branch: str,
+    repo: str | None = None,
+    slot: str = "auto",
+    base: str | None = None,
+    torch: str = "none",
+    no_wait: bool = False,
+    timeout: str | None = None,
+) -> None:
+    """A worktree of BRANCH next to --repo, a free slot, and `inv up --source=WORKTREE` there."""
+    environ = dict(os.environ)
+    apps.check_torch(torch)
+    wanted = picker.parse_choice(slot)
+    plan = branchflow.check_new(repo, branch, base, environ)
+    with picker.claim_slot(environ, wanted, picker.Claim(on_busy=out.line)) as n:
+        out.line(f"slot {n}: {'the lowest free slot' if wanted is None else 'free'}")
+        made = worktrees.create(plan.repo, branch, base, environ)
+        out.step("worktree", f"{made.path} (branch {branch})")
+        target = compose.load_target(ROOT, n)
+        try:
+            source = apps.detect(made.path, torch)
+            _start(target, source, environ, wait=not no_wait, timeout=timeout)
+        except (SandboxError, InvokeExit):
+            out.line(branchflow.kept_hint(plan, made.path))
+            raise
+    urls = net.urls(target, environ)
+    if no_wait:  # the gate's summary lists them otherwise
+        out.steps(list(urls.items()), f"slot {n}")
+    out.line(f"slot {n} runs {branch} from {made.path}; API {urls['Backend API']}")
+
+
+# `--branch` is a flag, not a positional: invoke (3.0) has no optional positional arguments
+# (one left out is an error), and `inv done --slot=N` must work without a branch.
+@task(
+    help={
+        "branch": "the branch whose worktree and slot go (or name the slot with --slot)",
+        "slot": "the slot whose worktree and slot go",
+        "repo": "the app repository, to find a branch whose slot is already down",
+        "force": "throw away uncommitted changes, untracked files and unpushed commits",
+    },
+)
+@handled
+def done(
+    c: Context,
+    branch: str | None = None,
+    slot: str | None = None,
+    repo: str | None = None,
+    force: bool = False,
+) -> None:
+    """Take a branch's slot down (volumes too) and remove its worktree; unsaved work: --force."""
+    environ = dict(os.environ)
+    number = None if slot is None else slots.parse_slot(slot)
+    target = branchflow.done_target(environ, branch, number, repo)
+    report = branchflow.check_done(target, force, environ)
+    if not report.safe:
+        out.details("\n".join(["going on despite (--force):", *report.lines()]))
+    if target.slot is not None:
+        stack.down(compose.load_target(ROOT, target.slot), environ, volumes=True, on_busy=out.line)
+        out.line(f"slot {target.slot} is down; its volumes and .env.sandbox removed")
+    removed = branchflow.remove_worktree(target, force, environ)
+    out.line(f"removed the worktree {removed}; the branch stays in {target.repo}")
+
+
+@task(help={"slot": SLOT_HELP, "service": "the service (default backend)"})
+@handled
+def shell(c: Context, slot: str | None = None, service: str = "backend") -> None:
+    """An interactive shell in a slot's service: bash, else sh."""
+    _exec(_target(slot), slots.parse_service(service), stack.SHELL)
+
+
+@task(
+    name="exec",
+    help={"slot": SLOT_HELP, "service": "the service (default backend)"},
+)
+@handled
+def exec_(c: Context, slot: str | None = None, service: str = "backend") -> None:
+    """Run a command in a slot's service: `inv exec --slot=N --service=S -- CMD ARGS...`."""
+    argv = stack.after_double_dash(sys.argv, c.remainder)
+    _exec(_target(slot), slots.parse_service(service), argv)
+
+
+def _exec(target: compose.Target, service: str, argv: list[str]) -> None:
+    environ = dict(os.environ)
+    cmd = stack.exec_command(_compose(environ), target, service, argv, sys.stdin.isatty())
+    result = runner.run(cmd, env=compose.environment(target, environ), capture=False)
+    if not result.ok:  # the command's own status; Compose or the command said why
+        raise InvokeExit(code=result.returncode if result.returncode > 0 else int(Exit.COMMAND))
+
+
+@task(help={"slot": "show only this slot", "json": "one JSON document (STATUS_JSON.md)"})
+@handled
+def status(c: Context, slot: str | None = None, json: bool = False) -> None:
     """One table for every slot that has containers (one Docker call for all)."""
     only = None if slot is None else slots.parse_slot(slot)
-    out.status(collect_status(dict(os.environ), only, ROOT), only_slot=only)
+    environ = dict(os.environ)
+    if json:
+        print(statusjson.dumps(statusjson.collect(environ, only)))
+        return
+    out.status(collect_status(environ, only, ROOT), only_slot=only)
 
 
-@task(iterable=["slot"], help={"slot": "slot to verify; repeat for several: --slot=1 --slot=2"})
+@task(
+    iterable=["slot"],
+    help={
+        "slot": "slot to verify; repeat for several: --slot=1 --slot=2",
+        "json": "one JSON document (STATUS_JSON.md); the exit status still says pass or fail",
+    },
+)
 @handled
-def verify(c: Context, slot: list[str]) -> None:
+def verify(c: Context, slot: list[str], json: bool = False) -> None:
     """Milestone 1's success criteria as named checks: health, own db, ports, shared dir."""
     if not slot:
         raise SandboxError("which slots? pass --slot=N, repeated for several", Exit.USAGE)
     targets = [_target(s) for s in dict.fromkeys(slot)]
     environ = dict(os.environ)
     reports = verify_slots(targets, _compose(environ), environ)
-    out.verify(reports)
+    if json:
+        print(statusjson.dumps(statusjson.verify_document(reports)))
+    else:
+        out.verify(reports)
     failed = [r.slot for r in reports if not r.passed]
     if failed:
+        where = "the JSON above" if json else "the table above"
         raise InvokeExit(
-            f"error: verify failed for slot {', '.join(map(str, failed))}; see the table above",
+            f"error: verify failed for slot {', '.join(map(str, failed))}; see {where}",
             code=int(Exit.FAILED),
         )
 
@@ -302,9 +495,15 @@ def _print_env(target: compose.Target, export: bool) -> None:
 )
 @handled
 def init_shared(c: Context, from_: str | None = None) -> None:
-    """Create ~/.ktrdr/shared/{data,models,strategies}; optionally fill it from a checkout."""
+    """Create ~/.ktrdr/shared/{data,models,strategies}; optionally fill it from a checkout.
+    With a remote engine (DOCKER_HOST, a context): on that engine's host, same path."""
     target = envfiles.SHARED_DIR_DEFAULT
     source = shared.check_source(Path(from_).expanduser()) if from_ else None
+    environ = dict(os.environ)
+    where = engine.detect(environ)
+    if not where.local:
+        _init_remote_shared(str(target), source, environ, where)
+        return
     created = shared.ensure(target)
     out.line("created " + ", ".join(map(str, created)) if created else f"{target} already exists")
     if source is not None:
@@ -315,18 +514,40 @@ def init_shared(c: Context, from_: str | None = None) -> None:
         )
 
 
+def _init_remote_shared(
+    directory: str, source: Path | None, environ: Mapping[str, str], where: engine.Engine
+) -> None:
+    docker.check_engine(environ)
+    image = enginehost.helper_image(ROOT, environ)
+    done = enginehost.init_shared(directory, source, image, environ)
+    made = ", ".join(done.created) if done.created else "nothing (it exists)"
+    out.line(f"{directory} on {where.host}: created {made}")
+    if source is not None:
+        out.line(
+            f"streamed {', '.join(done.sent)} of {source} ({done.files} file(s)) into it; "
+            "files already there were kept"
+        )
+
+
 @task(
     name="images",
     help={
         "offline": "build every image locally with no registry (Debian base via debootstrap)",
         "online": "pull upstream images (fail rather than fall back to offline)",
+        "to-engine": "send this machine's images (docker save | docker load) to the remote "
+        "engine DOCKER_HOST or the current context names; builds nothing",
     },
 )
 @handled
-def build_images(c: Context, offline: bool = False, online: bool = False) -> None:
+def build_images(
+    c: Context, offline: bool = False, online: bool = False, to_engine: bool = False
+) -> None:
     """Get every image the compose file needs: pulled upstream, or built offline."""
     environ = dict(os.environ)
     docker.check_engine(environ)
+    if to_engine:
+        _send_images(environ)
+        return
     if offline and online:
         raise SandboxError("pick one of --offline and --online", Exit.USAGE)
     if not offline and not online:
@@ -335,6 +556,18 @@ def build_images(c: Context, offline: bool = False, online: bool = False) -> Non
             out.line("no registry reachable: building every image locally (--offline)")
     built = images.build(ROOT, offline, environ, on_step=lambda s: out.step("building", s.what))
     out.images(built, offline)
+
+
+def _send_images(environ: Mapping[str, str]) -> None:
+    loaded = images.to_engine(ROOT, environ)
+    for image in loaded.images:
+        out.step("sent", image)
+    for image in loaded.skipped:
+        out.step("there already", image)
+    out.line(
+        f"images: {len(loaded.images)} sent ({loaded.bytes / 1e6:.0f} MB in "
+        f"{loaded.seconds:.1f}s), {len(loaded.skipped)} already on the engine"
+    )
 
 
 # --- data between slots: snapshots, restore, clone -----------------------------------------

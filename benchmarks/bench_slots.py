@@ -21,6 +21,7 @@ It refuses slots that have containers, and removes what it started (volumes incl
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import socket
@@ -37,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sandbox import compose, docker, slots  # noqa: E402
+from sandbox import compose, docker, engine, net, slots  # noqa: E402
 from sandbox.runner import Result, run  # noqa: E402
 
 WATCH_EVERY = 0.05
@@ -66,14 +67,21 @@ def get(url: str) -> tuple[int | None, bytes]:
 # --------------------------------------------------------------------------- readiness probes
 
 
-def pg_accepts(port: int) -> bool:
+@functools.cache
+def slot_host(slot: int) -> str:
+    """Where the slot's ports are reached (URL form): loopback locally, the engine's host for
+    a remote engine (DOCKER_HOST or a context), as the tasks reach them."""
+    return net.host(compose.load_target(ROOT, slot), os.environ, engine.detect(os.environ))
+
+
+def pg_accepts(port: int, host: str = "127.0.0.1") -> bool:
     """What pg_isready checks, over loopback TCP: the server answers a startup packet with an
     authentication request ('R'), not with an error such as "the database system is starting
     up" ('E') and not with silence."""
     params = f"user\0{PG_USER}\0database\0{PG_DB}\0\0".encode()
     packet = struct.pack("!ii", 8 + len(params), 196608) + params  # protocol 3.0
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+        with socket.create_connection((host.strip("[]"), port), timeout=1) as conn:
             conn.sendall(packet)
             return conn.recv(1)[:1] == b"R"
     except OSError:
@@ -81,24 +89,26 @@ def pg_accepts(port: int) -> bool:
 
 
 def health_ok(slot: int) -> bool:
-    code, body = get(f"http://127.0.0.1:{slots.ports(slot)['KTRDR_API_PORT']}/api/v1/health")
+    code, body = get(
+        f"http://{slot_host(slot)}:{slots.ports(slot)['KTRDR_API_PORT']}/api/v1/health"
+    )
     return code == 200 and json.loads(body).get("database", {}).get("reachable") is True
 
 
 def all_ready(slot: int) -> bool:
     """Every gate condition, checked from outside the gate."""
     p = slots.ports(slot)
-    if not (pg_accepts(p["KTRDR_DB_PORT"]) and health_ok(slot)):
+    if not (pg_accepts(p["KTRDR_DB_PORT"], slot_host(slot)) and health_ok(slot)):
         return False
-    code, body = get(f"http://127.0.0.1:{p['KTRDR_API_PORT']}/api/v1/workers")
+    code, body = get(f"http://{slot_host(slot)}:{p['KTRDR_API_PORT']}/api/v1/workers")
     if code != 200 or len(json.loads(body)) < len(slots.WORKERS):
         return False
     return all(
         get(url)[0] == 200
         for url in (
-            f"http://127.0.0.1:{p['KTRDR_JAEGER_UI_PORT']}/",
-            f"http://127.0.0.1:{p['KTRDR_PROMETHEUS_PORT']}/-/ready",
-            f"http://127.0.0.1:{p['KTRDR_GRAFANA_PORT']}/api/health",
+            f"http://{slot_host(slot)}:{p['KTRDR_JAEGER_UI_PORT']}/",
+            f"http://{slot_host(slot)}:{p['KTRDR_PROMETHEUS_PORT']}/-/ready",
+            f"http://{slot_host(slot)}:{p['KTRDR_GRAFANA_PORT']}/api/health",
         )
     )
 

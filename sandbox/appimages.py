@@ -38,6 +38,8 @@ DOCKERFILE = ROOT / "containers" / "images" / "uv-app" / "Dockerfile"
 # Python 3.13 from trixie packages, under our name.
 ONLINE_PYTHON_BASE = "python:3.13-slim"
 OFFLINE_PYTHON_BASE = "ktrdr-sandbox/python-debian:3.13-trixie"
+# The app containers' healthcheck, shared with the reference app's image.
+HTTP_OK = ROOT / "containers" / "app" / "http-ok.sh"
 PYTHON_BASE_DOCKERFILE = ROOT / "containers" / "images" / "python-trixie" / "Dockerfile"
 DEBIAN_SUITE = "trixie"
 OFFLINE_DEBIAN_BASE = f"ktrdr-sandbox/debian-base:{DEBIAN_SUITE}"
@@ -154,6 +156,7 @@ def deps_tag(source: Path, extras: Sequence[str], base: str, torch: str = "none"
     options = f"extras={' '.join(sorted(set(extras)))}\0base={base}\0torch={torch}\0"
     digest.update(options.encode())
     digest.update(DOCKERFILE.read_bytes())
+    digest.update(HTTP_OK.read_bytes())
     suffix = "" if torch == "none" else f"-torch-{torch}"
     return f"{DEPS_REPOSITORY}:{digest.hexdigest()[:12]}{suffix}"
 
@@ -185,6 +188,7 @@ def assemble_context(source: Path, tmpdir: Path, certs: Iterable[Path]) -> Path:
     context = tmpdir / "context"
     context.mkdir()
     shutil.copy2(DOCKERFILE, context / "Dockerfile")
+    shutil.copy2(HTTP_OK, context / "http-ok.sh")
     for name in REQUIRED_FILES:
         shutil.copy2(source / name, context / name)
     local = context / "local"

@@ -1,4 +1,4 @@
-"""Which slot runs which branch worktree: what `inv done BRANCH|--slot=N` acts on.
+"""Which slot runs which branch worktree: what `inv done --branch=BRANCH|--slot=N` acts on.
 
 A slot started with `--source=WORKTREE` carries the worktree's path in its containers' labels
 (`statusjson.slot_sources` reads them). `resolve_done` turns the user's words (a branch, or a
@@ -55,8 +55,8 @@ def _of_slot(
 ) -> DoneTarget:
     if slot not in sources:
         raise SandboxError(
-            f"slot {slot} has no containers: to remove a branch's worktree, `inv done BRANCH "
-            "--repo=PATH`",
+            f"slot {slot} has no containers: to remove a branch's worktree, `inv done "
+            "--branch=BRANCH --repo=PATH`",
             Exit.USAGE,
         )
     source = sources[slot].source
@@ -125,7 +125,7 @@ def resolve_done(
     repo: Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> DoneTarget:
-    """The slot and worktree of `inv done BRANCH [--repo=PATH]` or `inv done --slot=N`.
+    """The slot and worktree of `inv done --branch=BRANCH [--repo=PATH]` or `inv done --slot=N`.
 
     `sources` is every slot's `SlotSource` (`statusjson.slot_sources`). With a branch and no
     --repo, the branch is looked up among the running slots' sources; with --repo, in that
@@ -136,5 +136,5 @@ def resolve_done(
     if branch is not None and slot is None:
         return _of_branch(branch, repo, sources, environ)
     raise SandboxError(
-        "name one branch or one slot: `inv done BRANCH` or `inv done --slot=N`", Exit.USAGE
+        "name one branch or one slot: `inv done --branch=BRANCH` or `inv done --slot=N`", Exit.USAGE
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -24,6 +25,9 @@ WORKDIR_LABEL = "com.docker.compose.project.working_dir"
 APP_LABEL = "ktrdr.sandbox.app"
 SOURCE_LABEL = "ktrdr.sandbox.source"
 TORCH_LABEL = "ktrdr.sandbox.torch"
+# The host name of the client machine that started the slot: with a remote engine, a checkout
+# is (client, path), since two machines may have the same path.
+CLIENT_LABEL = "ktrdr.sandbox.client"
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Container:
     app: str = ""  # the app kind; "" for containers started before kinds were recorded
     source: str = ""  # the source checkout the app code is mounted from; "" for built-in code
     torch: str = ""  # which torch a source's image has: none, debian, locked; "" for no choice
+    client: str = ""  # the client machine's host name; "" for containers from before it was set
 
     @property
     def slot(self) -> int | None:
@@ -101,7 +106,8 @@ PS_FORMAT = (
     f'"WorkingDir":{{{{json (.Label "{WORKDIR_LABEL}")}}}},'
     f'"App":{{{{json (.Label "{APP_LABEL}")}}}},'
     f'"Source":{{{{json (.Label "{SOURCE_LABEL}")}}}},'
-    f'"Torch":{{{{json (.Label "{TORCH_LABEL}")}}}}}}'
+    f'"Torch":{{{{json (.Label "{TORCH_LABEL}")}}}},'
+    f'"Client":{{{{json (.Label "{CLIENT_LABEL}")}}}}}}'
 )
 
 
@@ -125,9 +131,15 @@ def parse_ps(output: str) -> list[Container]:
                 app=row.get("App", ""),
                 source=row.get("Source", ""),
                 torch=row.get("Torch", ""),
+                client=row.get("Client", ""),
             )
         )
     return found
+
+
+def client_name() -> str:
+    """This machine's host name, as the client label records it."""
+    return socket.gethostname()
 
 
 def ps_command() -> list[str]:

@@ -19,6 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from sandbox.errors import Exit, SandboxError
@@ -90,6 +91,28 @@ class Engine:
             return f"this machine ({self.endpoint})"
         return f"{self.host} ({self.endpoint}, from {self.source})"
 
+    @property
+    def where(self) -> str:
+        """The host a check on the engine's side ran on, in a few words."""
+        return "this machine" if self.local else self.host
+
+    def exposure(self, bind_address: str) -> str:
+        """What `inv up` exposes where: the bind on the engine's host, the host URLs use.
+
+        Local engines say nothing new (ports are this machine's, as always).
+        """
+        bind = bind_address.strip("[]") or "0.0.0.0"
+        reached = self.connect_host(bind_address)
+        if self.local:
+            return f"ports bound on {bind} of this machine, reached at {reached}"
+        wide = " (every network of that host)" if bind in ANY_ADDRESS else ""
+        return f"ports bound on {bind} on {self.host}{wide}, reached at {reached}"
+
+
+# A machine's own engine behind the default socket: what `detect` finds with no DOCKER_HOST
+# and no context, and what tests pass where an engine is needed but Docker is not.
+LOCAL = Engine(Kind.LOCAL, DEFAULT_SOCKET, "", "default")
+
 
 def _bad(endpoint: str, source: str, why: str) -> SandboxError:
     return SandboxError(
@@ -149,10 +172,30 @@ def context_command() -> list[str]:
     return ["docker", "context", "inspect"]
 
 
+def context_name(environ: Mapping[str, str]) -> str:
+    """The context docker would use: DOCKER_CONTEXT, else the CLI config's currentContext
+    ($DOCKER_CONFIG/config.json, else ~/.docker/config.json), else "default"."""
+    named = environ.get("DOCKER_CONTEXT", "").strip()
+    if named:
+        return named
+    home = environ.get("HOME") or str(Path.home())
+    config = Path(environ.get("DOCKER_CONFIG") or Path(home) / ".docker") / "config.json"
+    try:
+        current = json.loads(config.read_text()).get("currentContext", "")
+    except (OSError, ValueError, AttributeError):
+        return "default"  # docker itself falls back to the default context
+    return str(current or "default")
+
+
 def detect(environ: Mapping[str, str] | None = None) -> Engine:
-    """The engine `docker` would talk to with `environ`."""
+    """The engine `docker` would talk to with `environ`.
+
+    `DOCKER_HOST` and the default context are answered here; only another context costs a
+    `docker context inspect` (most machines: none, so a local `inv status` stays one docker
+    call).
+    """
     env = dict(os.environ if environ is None else environ)
-    if env.get("DOCKER_HOST", "").strip():
+    if env.get("DOCKER_HOST", "").strip() or context_name(env) == "default":
         return resolve(env, None)
     result = run(context_command(), env=env, timeout=20)
     if not result.ok and env.get("DOCKER_CONTEXT", "").strip():
@@ -173,7 +216,7 @@ def detect(environ: Mapping[str, str] | None = None) -> Engine:
 HELPER_RUN = ("docker", "run", "--rm", "--pull=never")
 
 
-def _mount(source: str, target: str, readonly: bool = False) -> str:
+def bind_mount(source: str, target: str, readonly: bool = False) -> str:
     """A --mount value; CSV-quoted, since docker splits it on commas."""
     fields = ["type=bind", f"source={source}", f"target={target}"]
     if readonly:
@@ -201,7 +244,7 @@ def shared_dir_check_command(directory: str, image: str) -> list[str]:
     return [
         *HELPER_RUN,
         "--network=none",
-        f"--mount={_mount(directory, PROBE_MOUNT, readonly=True)}",
+        f"--mount={bind_mount(directory, PROBE_MOUNT, readonly=True)}",
         image,
         "sh",
         "-c",
@@ -341,15 +384,18 @@ def parse_port_probe(result: Result) -> list[PortProbe]:
     return found
 
 
-def stream_copy_command(source: str, destination: str, image: str) -> list[str]:
-    """Copy the client directory `source` into `destination` on the engine's host: a tar
-    stream over the engine's API (nothing mounted from the client). Files already there are
-    kept (--skip-old-files), as `inv init-shared --from` does locally.
+def stream_copy_command(
+    source: str, destination: str, image: str, names: Sequence[str] = (".",)
+) -> list[str]:
+    """Copy `names` (default: everything) of the client directory `source` into `destination`
+    on the engine's host: a tar stream over the engine's API (nothing mounted from the
+    client). Files already there are kept (--skip-old-files), as `inv init-shared --from`
+    does locally.
 
-    bash only joins the pipe; the paths and image arrive as "$1".."$3".
+    bash only joins the pipe; the paths and image arrive as "$1".."$3", the names after them.
     """
     script = (
-        'tar -C "$1" -cf - . | docker run -i --rm --pull=never --network=none '
+        'tar -C "$1" -cf - "${@:4}" | docker run -i --rm --pull=never --network=none '
         '--volume "$2:/probe" "$3" tar -x -C /probe --skip-old-files --no-same-owner'
     )
     if ":" in destination:
@@ -358,4 +404,4 @@ def stream_copy_command(source: str, destination: str, image: str) -> list[str]:
             "KTRDR_SHARED_DIR",
             Exit.SHARED_DIR,
         )
-    return ["bash", "-o", "pipefail", "-c", script, "stream", source, destination, image]
+    return ["bash", "-o", "pipefail", "-c", script, "stream", source, destination, image, *names]

@@ -25,6 +25,8 @@ class Exit(IntEnum):
     COMMAND = 9  # an external command failed (docker build, compose up, ...)
     SHARED_DIR = 10  # the shared directory cannot be created or read
     OTHER_SOURCE = 11  # the slot runs another app source than the one asked for
+    NO_SLOT = 12  # --slot=auto found no free slot (the message says what holds each)
+    UNSAVED_WORK = 13  # `inv done`: the worktree holds work that exists nowhere else
     INTERRUPTED = 130  # Ctrl-C: the shell's own code for SIGINT (128 + 2)
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from sandbox import apps, compose, diagnose, docker, net, runner, slots
+from sandbox import apps, compose, diagnose, docker, engine, net, runner, slots
 from sandbox.errors import SandboxError
 from sandbox.runner import Result
 from sandbox.settings import (
@@ -299,13 +299,15 @@ def checks(
     environ: Mapping[str, str],
     probes: Probes,
     migration: apps.Migration | None = None,
+    where: engine.Engine | None = None,
 ) -> list[Check]:
     """The gate's checks for `target`, in display order; the app's migration step right after
-    the database when it has one."""
-    h = net.host(target, environ)
+    the database when it has one. URLs reach the engine `where` (detected when None)."""
+    where = where or engine.detect(environ)
+    h = net.host(target, environ, where)
     env = compose.environment(target, environ)
     pg_cmd = pg_isready_command(compose_cmd, target)
-    api = net.api_url(target, environ)
+    api = net.api_url(target, environ, where)
     workers = tuple(w.service for w in slots.WORKERS)
 
     def http(url: str) -> Callable[[], Outcome]:
@@ -514,6 +516,7 @@ def run_gate(
     sleep: Callable[[float], None] = time.sleep,
     probe_wait: float | None = None,
     migration: apps.Migration | None = None,
+    where: engine.Engine | None = None,
 ) -> GateResult:
     """Poll every check every `poll` seconds until all pass, one fails fast, or `timeout`.
 
@@ -524,7 +527,8 @@ def run_gate(
     every check whenever one changes.
     """
     probes = probes or default_probes(environ)
-    plan = checks(target, compose_cmd, environ, probes, migration)
+    where = where or engine.detect(environ)
+    plan = checks(target, compose_cmd, environ, probes, migration, where)
     results = {
         c.name: CheckResult(c.name, c.label, State.WAITING, WAITING_DETAIL, None, c.service)
         for c in plan
@@ -552,7 +556,7 @@ def run_gate(
         passed=all(r.state is State.PASSED for r in final),
         checks=final,
         elapsed=clock() - start,
-        urls=net.urls(target, environ),
+        urls=net.urls(target, environ, where),
     )
 
 

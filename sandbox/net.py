@@ -1,7 +1,10 @@
 """HTTP and addresses on the host side: where a slot's published ports are reached, and one
 small HTTP client for the probes of the gate and `inv verify`.
 
-Only loopback (or the slot's own bind address) is ever asked; nothing here goes through a proxy.
+Where ports are published (KTRDR_BIND_ADDR, on the engine's host) and where the client reaches
+them are two settings: with a local engine the second follows from the first; with a remote
+one it is the engine's host (sandbox/engine.py), or KTRDR_CONNECT_HOST. Only those addresses
+are ever asked; nothing here goes through a proxy.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 
-from sandbox import compose, slots
+from sandbox import compose, engine, slots
 
 MAX_BODY = 64 * 1024
 LOOPBACK = "127.0.0.1"
@@ -68,25 +71,52 @@ def url_host(addr: str) -> str:
     return f"[{addr}]" if ":" in addr else addr
 
 
-def host(target: compose.Target, environ: Mapping[str, str] | None = None) -> str:
+def connect_url_host(where: engine.Engine, bind_address: str) -> str:
+    """The URL host for a port published on `bind_address` by the engine `where`: the local
+    rule of `url_host` on this machine, the engine's host (or KTRDR_CONNECT_HOST) otherwise."""
+    if where.local and not where.connect_override:
+        return url_host(bind_address)
+    found = where.connect_host(bind_address)
+    return f"[{found}]" if ":" in found else found
+
+
+def _engine(environ: Mapping[str, str], where: engine.Engine | None) -> engine.Engine:
+    # Callers that run many probes resolve the engine once and pass it; the rest ask here.
+    return where if where is not None else engine.detect(environ)
+
+
+def host(
+    target: compose.Target,
+    environ: Mapping[str, str] | None = None,
+    where: engine.Engine | None = None,
+) -> str:
     """Where the slot's published ports are reached from this host.
 
     KTRDR_BIND_ADDR as Compose sees it (env file, else the exported machine-wide value, else
-    127.0.0.1), through `url_host`.
+    127.0.0.1), through `connect_url_host` for the engine `where` (detected when None).
     """
-    return url_host(compose.bind_address(target, environ or {}))
+    env = environ or {}
+    return connect_url_host(_engine(env, where), compose.bind_address(target, env))
 
 
-def api_url(target: compose.Target, environ: Mapping[str, str] | None = None) -> str:
+def api_url(
+    target: compose.Target,
+    environ: Mapping[str, str] | None = None,
+    where: engine.Engine | None = None,
+) -> str:
     """The base URL of the slot's backend API, e.g. http://127.0.0.1:8001/api/v1."""
-    return f"http://{host(target, environ)}:{target.port('KTRDR_API_PORT')}/api/v1"
+    return f"http://{host(target, environ, where)}:{target.port('KTRDR_API_PORT')}/api/v1"
 
 
-def urls(target: compose.Target, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def urls(
+    target: compose.Target,
+    environ: Mapping[str, str] | None = None,
+    where: engine.Engine | None = None,
+) -> dict[str, str]:
     """Label -> URL of everything a developer opens on this slot."""
-    h = host(target, environ)
+    h = host(target, environ, where)
     found = {
-        "Backend API": api_url(target, environ),
+        "Backend API": f"http://{h}:{target.port('KTRDR_API_PORT')}/api/v1",
         "Jaeger UI": f"http://{h}:{target.port('KTRDR_JAEGER_UI_PORT')}",
         "Prometheus": f"http://{h}:{target.port('KTRDR_PROMETHEUS_PORT')}",
         "Grafana": f"http://{h}:{target.port('KTRDR_GRAFANA_PORT')}",

@@ -28,7 +28,8 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import docker, lock, runner, slots
+from sandbox import docker, engine, lock, preflight, runner, slots
+from sandbox.compose import DEFAULT_BIND_ADDR
 from sandbox.errors import Exit, SandboxError
 
 PICK_LOCK = "pick.lock"
@@ -123,6 +124,7 @@ class Occupancy:
     volumes: tuple[str, ...] = ()
     checkouts: tuple[str, ...] = ()  # working dirs of the Compose project (label)
     locked: bool = False  # another `inv` holds the slot lock right now
+    ports_taken: bool = False  # a program outside the slot's project holds one of its ports
 
     def describe(self) -> str:
         parts = []
@@ -132,6 +134,8 @@ class Occupancy:
             parts.append(f"volume {', '.join(self.volumes)}")
         if self.locked:
             parts.append("an `inv` command working on it")
+        if self.ports_taken:
+            parts.append("its ports held by something else")
         return f"slot {self.slot}: {' and '.join(parts) or 'nothing'}"
 
 
@@ -139,8 +143,10 @@ def occupancy(
     containers: Sequence[docker.Container],
     volumes: Sequence[Volume],
     locked: frozenset[int] = frozenset(),
+    ports_taken: frozenset[int] = frozenset(),
 ) -> dict[int, Occupancy]:
-    """Every slot that has a container, a volume or a held lock, by slot (pure)."""
+    """Every slot that has a container, a volume, a held lock or a port held by something
+    else, by slot (pure)."""
     found: dict[int, dict[str, list[str]]] = {}
 
     def entry(slot: int) -> dict[str, list[str]]:
@@ -158,7 +164,7 @@ def occupancy(
         slot = _volume_slot(volume)
         if slot is not None:
             entry(slot)["volumes"].append(volume.name)
-    for slot in locked:
+    for slot in locked | ports_taken:
         entry(slot)
     return {
         slot: Occupancy(
@@ -168,6 +174,7 @@ def occupancy(
             volumes=tuple(sorted(e["volumes"])),
             checkouts=tuple(e["dirs"]),
             locked=slot in locked,
+            ports_taken=slot in ports_taken,
         )
         for slot, e in sorted(found.items())
     }
@@ -178,12 +185,14 @@ def pick_free_slot(
     volumes: Sequence[Volume],
     lowest: int = 1,
     locked: frozenset[int] = frozenset(),
+    ports_taken: frozenset[int] = frozenset(),
 ) -> int:
-    """The lowest slot from `lowest` to 10 with no container, no volume and no held lock;
-    SandboxError naming what holds every slot when there is none (pure)."""
+    """The lowest slot from `lowest` to 10 with no container, no volume, no held lock and no
+    port known to be held elsewhere; SandboxError naming what holds every slot when there is
+    none (pure)."""
     if lowest not in slots.SLOTS:
         raise SandboxError(f"lowest slot {lowest} is outside 0-10", Exit.USAGE)
-    held = occupancy(containers, volumes, locked)
+    held = occupancy(containers, volumes, locked, ports_taken)
     for slot in range(lowest, max(slots.SLOTS) + 1):
         if slot not in held:
             return slot
@@ -191,7 +200,7 @@ def pick_free_slot(
     raise SandboxError(
         f"no free slot in {lowest}-{max(slots.SLOTS)} ({taken}): free one with `inv done "
         "BRANCH` or `inv down --slot=N --volumes`, then re-run",
-        Exit.FAILED,
+        Exit.NO_SLOT,
     )
 
 
@@ -314,7 +323,28 @@ class Claim:
     lock_dir: Path | None = None
     wait: float = PICK_WAIT
     survey: Survey | None = None  # default: one `docker ps` and one `docker volume ls`
+    # Whether a slot's host ports can be bound now (default: `ports_free`); a slot with no
+    # container can still have its ports held by another program, and would fail preflight.
+    ports_free: Callable[[int], bool] | None = None
     on_busy: Callable[[str], None] | None = field(default=None, compare=False)
+
+
+def ports_free(slot: int, bind_addr: str = DEFAULT_BIND_ADDR) -> bool:
+    """Whether every host port of `slot` can be bound now (preflight's probe). Only asked of a
+    slot with no container and no volume, whose ports nothing of its own holds."""
+    addresses = preflight.probe_addresses(bind_addr)
+    return all(
+        preflight.can_bind(host, port) for port in slots.ports(slot).values() for host in addresses
+    )
+
+
+def default_ports_free(environ: Mapping[str, str], bind_addr: str) -> Callable[[int], bool]:
+    """`ports_free` on this machine. A remote engine's ports are on its host, where only its
+    containers (the survey) are seen from here; whatever else holds one there is found by
+    preflight's port probe on that host, which then refuses the slot."""
+    if not engine.detect(environ).local:
+        return lambda slot: True
+    return lambda slot: ports_free(slot, bind_addr)
 
 
 def engine_survey(environ: Mapping[str, str]) -> Survey:
@@ -332,8 +362,14 @@ def claim_free_slot(environ: Mapping[str, str], claim: Claim | None = None) -> I
         with machine_lock(environ, wait=claim.wait, lock_dir=directory, on_busy=claim.on_busy):
             containers, volumes = survey()
             busy = locked_slots(directory)
+            bind = environ.get("KTRDR_BIND_ADDR") or DEFAULT_BIND_ADDR
+            ports_ok = claim.ports_free or default_ports_free(environ, bind)
+            taken: frozenset[int] = frozenset()
             while True:
-                slot = pick_free_slot(containers, volumes, claim.lowest, busy)
+                slot = pick_free_slot(containers, volumes, claim.lowest, busy, taken)
+                if not ports_ok(slot):
+                    taken = taken | {slot}
+                    continue
                 try:
                     held.enter_context(lock.slot_lock(slot, lock_dir=directory))
                     break
@@ -344,3 +380,46 @@ def claim_free_slot(environ: Mapping[str, str], claim: Claim | None = None) -> I
                         raise
                     busy = busy | {slot}
         yield slot
+
+
+@contextmanager
+def claim_named_slot(
+    environ: Mapping[str, str], slot: int, claim: Claim | None = None
+) -> Iterator[int]:
+    """`claim_free_slot` for one slot the user named (`inv new --slot=N`): its lock taken
+    without waiting, and refused (NO_SLOT) unless the engine holds nothing of it, since a new
+    branch must not inherit another's containers or database."""
+    claim = claim or Claim()
+    directory = claim.lock_dir if claim.lock_dir is not None else lock.default_lock_dir(environ)
+    survey = claim.survey or engine_survey(environ)
+    with lock.slot_lock(slot, lock_dir=directory):
+        containers, volumes = survey()
+        held = occupancy(containers, volumes).get(slot)
+        if held is not None:
+            raise SandboxError(
+                f"slot {slot} is not free ({held.describe()}): pass --slot=auto for the lowest "
+                f"free one, or free it with `inv down --slot={slot} --volumes`",
+                Exit.NO_SLOT,
+            )
+        yield slot
+
+
+def claim_slot(
+    environ: Mapping[str, str], slot: int | None, claim: Claim | None = None
+) -> AbstractContextManager[int]:
+    """`claim_free_slot` when `slot` is None (auto), else `claim_named_slot`."""
+    if slot is None:
+        return claim_free_slot(environ, claim)
+    return claim_named_slot(environ, slot, claim)
+
+
+def parse_choice(value: str | None) -> int | None:
+    """`--slot=auto` (or no --slot) as None; a number as the slot (USAGE when it is not one)."""
+    text = "auto" if value is None else value.strip()
+    if text.lower() == "auto":
+        return None
+    if not text.lstrip("-").isdigit():
+        raise SandboxError(
+            f"--slot must be auto or a whole number from 0 to 10, not {text!r}", Exit.USAGE
+        )
+    return slots.parse_slot(text)

@@ -8,6 +8,12 @@ host (mkdir only, like scripts/init-shared-data-dir.sh).
 
 The decisions are pure functions (`other_checkout`, `classify_ports`, `port_holder`,
 `parse_proc_net`) and tested without Docker; `run_preflight` only gathers facts and calls them.
+
+A remote engine (DOCKER_HOST=tcp://... or ssh://..., or such a context) gets `REMOTE_STEPS`:
+the same questions asked where the engine is. Ports are probed and the shared directory
+checked and created on the engine's host through small containers (sandbox/enginehost.py), the
+bind address must be reachable from here, and nothing is created on this machine. Each step's
+detail then says which host it ran on.
 """
 
 from __future__ import annotations
@@ -20,7 +26,18 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sandbox import apps, compose, docker, envfiles, provenance, runner, shared, slots
+from sandbox import (
+    apps,
+    compose,
+    docker,
+    engine,
+    enginehost,
+    envfiles,
+    provenance,
+    runner,
+    shared,
+    slots,
+)
 from sandbox.docker import Container
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import display
@@ -50,6 +67,7 @@ class Preflight:
     compose: list[str]  # the Compose v2 CLI to run, e.g. ["docker", "compose"]
     steps: list[Step]
     running: list[Container]  # the slot's own existing containers, in any state
+    where: engine.Engine = engine.LOCAL  # the engine the slot runs on
     # What was found of the slot's database volume (None: not looked at).
     volume: provenance.Kind | None = None
 
@@ -104,10 +122,21 @@ def _same_dir(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def other_checkout(target_root: Path, project_containers: Sequence[Container]) -> str | None:
-    """The working directory of a container of this project started from another checkout,
-    or None. Containers in any state count: `compose up` here would take them over."""
+def other_checkout(
+    target_root: Path, project_containers: Sequence[Container], client: str | None = None
+) -> str | None:
+    """Where a container of this project was started from when that is another checkout
+    (`HOST:PATH` when another client machine started it, else its path), or None.
+
+    A checkout is (client host name, path): two machines may have the same path, and on a
+    remote engine their slots must not take each other over. Containers without the client
+    label (started before it was recorded, or by plain Compose) compare by path alone.
+    Containers in any state count: `compose up` here would take them over.
+    """
+    here = docker.client_name() if client is None else client
     for container in project_containers:
+        if container.client and container.client != here:
+            return f"{container.client}:{container.working_dir or '?'}"
         if container.working_dir and not _same_dir(container.working_dir, target_root):
             return container.working_dir
     return None
@@ -230,13 +259,17 @@ def port_holder(
     return f"process {listener.process or '?'} (pid {listener.pid})"
 
 
-def port_error(taken: Sequence[TakenPort], holder: str | None) -> SandboxError:
+def port_error(
+    taken: Sequence[TakenPort], holder: str | None, where: engine.Engine = engine.LOCAL
+) -> SandboxError:
     """One line: the first taken port in full, the others by number."""
     first = taken[0]
     more = ""
     if len(taken) > 1:
         rest = ", ".join(str(t.port) for t in taken[1:])
         more = f" (and {len(taken) - 1} more: {rest})"
+    if holder is None and not where.local:
+        holder = f"a process on {where.host} (`ss -ltnp 'sport = :{first.port}'` there names it)"
     if holder is None or holder == "an unknown process":
         # /proc names no holder (macOS, another user's process): say how to find it.
         holder = (
@@ -341,6 +374,7 @@ class Facts:
     environ: Mapping[str, str]
     create_shared: bool
     source: apps.Source = apps.BUILT_IN
+    where: engine.Engine = engine.LOCAL  # the engine, found by engine_step (the first)
     compose_cmd: list[str] = field(default_factory=list)
     everything: list[Container] = field(default_factory=list)  # every container on the engine
     own: list[Container] = field(default_factory=list)  # the slot's project's containers
@@ -349,8 +383,13 @@ class Facts:
 
 
 def engine_step(facts: Facts) -> Step:
+    facts.where = where = engine.detect(facts.environ)
     version = docker.check_engine(facts.environ)
-    return Step("engine", f"Docker engine {version} reachable")
+    if where.local:
+        return Step("engine", f"Docker engine {version} reachable")
+    return Step(
+        "engine", f"Docker engine {version} at {where.endpoint} (remote, from {where.source})"
+    )
 
 
 def compose_step(facts: Facts) -> Step:
@@ -503,6 +542,92 @@ def shared_step(facts: Facts) -> Step:
     return Step("shared", f"{shared_dir} has {', '.join(f'{n}/' for n in shared.SUBDIRS)}")
 
 
+# --- the same questions on a remote engine's host -------------------------------------------
+
+
+def exposure_step(facts: Facts) -> Step:
+    """What the slot exposes where; a bind the client cannot reach stops it here."""
+    bind = compose.bind_address(facts.target, facts.environ)
+    unreachable = facts.where.unreachable_bind(bind)
+    if unreachable is not None:
+        raise SandboxError(unreachable, Exit.BAD_ENV)
+    detail = facts.where.exposure(bind)
+    env = compose.environment(facts.target, facts.environ)
+    if bind.strip("[]") in engine.ANY_ADDRESS and not env.get("KTRDR_DB_PASSWORD"):
+        detail += "; the database has the default password (set KTRDR_DB_PASSWORD)"
+    return Step("exposure", detail)
+
+
+def remote_source_step(facts: Facts) -> Step:
+    """A --source checkout is mounted from this machine, which a remote engine cannot see."""
+    if facts.source.path is not None:
+        raise SandboxError(
+            f"--source mounts {facts.source.path} from this machine, which the engine on "
+            f"{facts.where.host} cannot see: start the slot without --source, or on a local "
+            "engine (unset DOCKER_HOST)",
+            Exit.USAGE,
+        )
+    return source_step(facts)
+
+
+def images_step(facts: Facts) -> Step:
+    """Every image of the slot is on the engine: Compose would try to pull a local build."""
+    wanted = enginehost.slot_images(facts.target, facts.environ)
+    missing = enginehost.missing_images(wanted, facts.environ)
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise SandboxError(
+            f"the engine on {facts.where.host} has no image {missing[0]}{more}: run "
+            "`inv images --to-engine` to send this machine's images there",
+            Exit.COMMAND,
+        )
+    return Step("images", f"{len(set(wanted))} images present on the engine")
+
+
+def remote_ports_step(facts: Facts) -> Step:
+    """The slot's ports, asked of the engine's host: its containers' published ports, and a
+    helper container on its network that tries to bind the rest."""
+    target, everything = facts.target, facts.everything
+    bind = compose.bind_address(target, facts.environ)
+    own = _published_tcp(facts.own)
+    candidates = [target.port(v) for v in slots.PORT_VARIABLES if target.port(v) not in own]
+    image = enginehost.helper_image(target.root, facts.environ)
+    busy = {p.port for p in enginehost.taken_ports(candidates, bind, image, facts.environ)}
+    taken = classify_ports(target, everything, lambda host, port: port not in busy, bind_addr=bind)
+    if taken:
+        raise port_error(taken, port_holder(taken[0].port, everything, {}), facts.where)
+    published = own & {target.port(v) for v in slots.PORT_VARIABLES}
+    free = f"{len(slots.PORTS) - len(published)} host ports free on {bind or '0.0.0.0'}"
+    if published:
+        return Step("ports", f"{free}, {len(published)} published by {target.project}")
+    return Step("ports", free)
+
+
+def remote_shared_step(facts: Facts) -> Step:
+    """The shared directory on the engine's host, where the mounts resolve; created there
+    (through a helper container), last, as locally."""
+    directory = str(facts.target.shared_dir)
+    image = enginehost.helper_image(facts.target.root, facts.environ)
+    state = enginehost.shared_state(directory, image, facts.environ)
+    if state.not_a_directory:
+        raise SandboxError(
+            f"{directory} on {facts.where.host} is not a directory: move it aside there, "
+            "then re-run",
+            Exit.SHARED_DIR,
+        )
+    if state.ready:
+        return Step("shared", f"{directory} has {', '.join(f'{n}/' for n in shared.SUBDIRS)}")
+    if not facts.create_shared:
+        lacking = ", ".join(f"{n}/" for n in state.missing)
+        raise SandboxError(
+            f"the shared directory {directory} on {facts.where.host} lacks {lacking}: "
+            "run `inv init-shared` with the same DOCKER_HOST to create it",
+            Exit.SHARED_DIR,
+        )
+    created = enginehost.create_shared(directory, image, facts.environ)
+    return Step("shared", f"created {directory} with {', '.join(created) or 'nothing new'}")
+
+
 # In order; each raises SandboxError for what stops the slot, so the first failure ends it.
 STEPS: tuple[Callable[[Facts], Step], ...] = (
     engine_step,
@@ -514,6 +639,28 @@ STEPS: tuple[Callable[[Facts], Step], ...] = (
     ports_step,
     shared_step,
 )
+# For a remote engine: engine_step decides which list runs, so both start with it.
+REMOTE_STEPS: tuple[Callable[[Facts], Step], ...] = (
+    engine_step,
+    compose_step,
+    env_step,
+    exposure_step,
+    checkout_step,
+    remote_source_step,
+    volume_step,
+    images_step,
+    remote_ports_step,
+    remote_shared_step,
+)
+# The remote steps that run on the engine's host (helper containers, its image store); the
+# others run here, asking its API at most.
+ON_ENGINE_HOST = frozenset({"images", "ports", "shared"})
+
+
+def where_ran(step: Step, where: engine.Engine) -> Step:
+    """`step` with the host it ran on in its detail, for a remote engine."""
+    host = where.host if step.name in ON_ENGINE_HOST else "this machine"
+    return Step(step.name, f"{step.detail} [on {host}]")
 
 
 def run_preflight(
@@ -530,5 +677,9 @@ def run_preflight(
     directory is created only once every other check has passed.
     """
     facts = Facts(target, environ, create_shared, source, fresh=fresh)
-    steps = [step(facts) for step in STEPS]
-    return Preflight(facts.compose_cmd, steps, facts.own, facts.volume)
+    steps = [STEPS[0](facts)]
+    plan = STEPS if facts.where.local else REMOTE_STEPS
+    steps += [step(facts) for step in plan[1:]]
+    if not facts.where.local:
+        steps = [where_ran(step, facts.where) for step in steps]
+    return Preflight(facts.compose_cmd, steps, facts.own, facts.where, facts.volume)

@@ -180,21 +180,37 @@ def find_ssh(host: RemoteHost, environ: Mapping[str, str]) -> str:
 
 
 def save_load_command(images: Sequence[str]) -> list[str]:
-    """`docker save | docker load` onto the remote engine, printing the bytes streamed.
+    """`docker save` on the local engine | `docker load` on the remote one, printing the bytes
+    streamed.
 
     bash only joins the pipe: the image names arrive as "$@" and the remote engine as $REMOTE
-    (`save_load_env`), never inside the script text. One `docker save` of all images sends
-    each shared layer (the Debian base) once.
+    and $REMOTE_CONTEXT (`save_load_env`), never inside the script text. The save side is the
+    `default` context (this machine's engine) even when the current context is the remote.
+    One `docker save` of all images sends each shared layer (the Debian base) once.
     """
     script = (
-        '{ docker save "$@" | tee /dev/fd/3 | DOCKER_HOST="$REMOTE" docker load >&2; } 3>&1 | wc -c'
+        '{ DOCKER_CONTEXT=default docker save "$@" | tee /dev/fd/3 | '
+        'DOCKER_HOST="$REMOTE" DOCKER_CONTEXT="$REMOTE_CONTEXT" docker load >&2; } 3>&1 | wc -c'
     )
     return ["bash", "-o", "pipefail", "-c", script, "save-load", *images]
 
 
-def save_load_env(environ: Mapping[str, str], remote_url: str) -> dict[str, str]:
+def save_load_env(remote: Mapping[str, str]) -> dict[str, str]:
+    """The pipe's environment from the remote engine's (`DOCKER_HOST`, or a `DOCKER_CONTEXT`,
+    or neither when the current context is the remote): those move to $REMOTE and
+    $REMOTE_CONTEXT, so only the load side sees them. PATH stays (an ssh:// wrapper)."""
+    env = {k: v for k, v in remote.items() if k not in ("DOCKER_CONTEXT", "DOCKER_HOST")}
+    return {
+        **env,
+        "REMOTE": remote.get("DOCKER_HOST", ""),
+        "REMOTE_CONTEXT": remote.get("DOCKER_CONTEXT", ""),
+    }
+
+
+def local_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` pointed at this machine's engine (the `default` context)."""
     env = {k: v for k, v in environ.items() if k not in ("DOCKER_CONTEXT", "DOCKER_HOST")}
-    return {**env, "REMOTE": remote_url}
+    return {**env, "DOCKER_CONTEXT": "default"}
 
 
 def _docker(args: Sequence[str], environ: Mapping[str, str], timeout: float = 60) -> Result:
@@ -380,10 +396,11 @@ def needed_images(root: Path, environ: Mapping[str, str]) -> list[str]:
     return sorted({line for line in listing.stdout.split() if line != IMAGE})
 
 
-def load_images(host: RemoteHost, images: Sequence[str], environ: Mapping[str, str]) -> Loaded:
-    """Stream `images` from the local engine into the remote one, skipping those it has."""
-    local = {k: v for k, v in environ.items() if k not in ("DOCKER_CONTEXT", "DOCKER_HOST")}
-    remote = host.client_env(environ, "tcp")
+def transfer(images: Sequence[str], remote: Mapping[str, str]) -> Loaded:
+    """Stream `images` from this machine's engine into the engine `remote` names (its
+    DOCKER_HOST or context), skipping those it has with the same image ID. Images are keyed by
+    ID, not tag: a stale image under the same tag is sent again."""
+    local = local_env(remote)
     todo: list[str] = []
     skipped: list[str] = []
     for image in images:
@@ -397,19 +414,49 @@ def load_images(host: RemoteHost, images: Sequence[str], environ: Mapping[str, s
     started = time.monotonic()
     streamed = 0
     if todo:
-        result = run(
-            save_load_command(todo), env=save_load_env(environ, host.tcp_url), timeout=1800
-        )
-        _check(result, "docker save | docker load", "is the remote host running?")
+        result = run(save_load_command(todo), env=save_load_env(remote), timeout=1800)
+        _check(result, "docker save | docker load", "is the remote engine reachable?")
         streamed = int(result.stdout.strip() or 0)
     return Loaded(tuple(todo), tuple(skipped), streamed, time.monotonic() - started)
 
 
+def load_images(host: RemoteHost, images: Sequence[str], environ: Mapping[str, str]) -> Loaded:
+    """Stream `images` from the local engine into the simulated remote host."""
+    return transfer(images, host.client_env(environ, "tcp"))
+
+
+def reset(host: RemoteHost, environ: Mapping[str, str]) -> int:
+    """Empty the inner engine but for its images: every container, volume and Compose network
+    (an interrupted run's slots). The inner engine is this tool's alone, so a kept volume is
+    safe to reuse: images are compared by ID when loaded, everything else starts clean.
+    Returns how many objects were removed."""
+    env = host.client_env(environ, "tcp")
+    listings = (
+        (["ps", "--all", "--quiet"], ["rm", "--force", "--volumes"]),
+        (["volume", "ls", "--quiet"], ["volume", "rm", "--force"]),
+        (
+            ["network", "ls", "--quiet", "--filter", "label=com.docker.compose.project"],
+            ["network", "rm"],
+        ),
+    )
+    removed = 0
+    for listing, removal in listings:
+        found = _check(run(["docker", *listing], env=env, timeout=60), "listing", "").stdout
+        ids = found.split()
+        if ids:
+            _check(run(["docker", *removal, *ids], env=env, timeout=300), "removing", "")
+            removed += len(ids)
+    return removed
+
+
 def stop(environ: Mapping[str, str] | None = None, keep_volume: bool = False) -> list[str]:
-    """Remove the container (and its volume unless kept); what was removed."""
+    """Remove the container (and its volume unless kept); what was removed. The inner engine
+    gets a clean shutdown first when its volume is kept for the next start."""
     env = dict(os.environ if environ is None else environ)
     removed = []
     if _container_state(env) is not None:
+        if keep_volume:
+            _docker(["stop", "--time", "30", CONTAINER], env, 120)
         _check(_docker(["rm", "--force", "--volumes", CONTAINER], env, 120), "docker rm", "")
         removed.append(f"container {CONTAINER}")
     if not keep_volume and _docker(["volume", "inspect", VOLUME], env).ok:

@@ -5,6 +5,7 @@ Each function returns what happened; the task layer renders it.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from sandbox import (
     compose,
     diagnose,
     docker,
+    engine,
     gate,
     images,
     lastup,
@@ -82,6 +84,38 @@ def psql_command(compose_cmd: Sequence[str], target: Target, interactive: bool) 
     return compose.command(
         compose_cmd, target, *exec_args, "db", "psql", "-U", "ktrdr", "-d", "ktrdr"
     )
+
+
+# bash when the image has it (KTRDR's do), else sh: found inside the container, in one exec.
+SHELL = ["sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"]
+
+
+def exec_command(
+    compose_cmd: Sequence[str],
+    target: Target,
+    service: str,
+    argv: Sequence[str],
+    interactive: bool,
+) -> list[str]:
+    """`docker compose exec` of `argv` in `service`; -T (no terminal) when stdin is not one."""
+    flags = [] if interactive else ["-T"]
+    return compose.command(compose_cmd, target, "exec", *flags, service, *argv)
+
+
+def after_double_dash(argv: Sequence[str], remainder: str) -> list[str]:
+    """The words after the first `--` of the command line, exactly as given. Invoke keeps them
+    only joined with spaces (`Context.remainder`), which loses quoting (`sh -c 'a b'`), so they
+    are taken from `argv` when that is the same command line, else split from `remainder`.
+    No words at all: SandboxError(USAGE)."""
+    words = list(argv[list(argv).index("--") + 1 :]) if "--" in argv else []
+    if not words or " ".join(words) != remainder:
+        words = shlex.split(remainder)
+    if not words:
+        raise SandboxError(
+            "which command? put it after `--`: `inv exec --slot=N --service=S -- CMD ARGS...`",
+            Exit.USAGE,
+        )
+    return words
 
 
 def all_running(containers: Sequence[docker.Container]) -> bool:
@@ -181,7 +215,7 @@ def _start(
     compose_seconds = (
         0.0 if already else _compose_up(target, checked, environ, on_compose, override)
     )
-    apps.write_env_sandbox(source, env_sandbox(target, environ))
+    apps.write_env_sandbox(source, env_sandbox(target, environ, checked.where))
     return UpResult(checked, not already, None, compose_seconds=compose_seconds)
 
 
@@ -256,8 +290,11 @@ def write_override(target: Target, source: apps.Source, image: str | None) -> Pa
     return apps.write_override(target.root, target.slot, document)
 
 
-def env_sandbox(target: Target, environ: Mapping[str, str]) -> str:
-    return apps.env_sandbox_text(target.slot, target.values, net.urls(target, environ))
+def env_sandbox(
+    target: Target, environ: Mapping[str, str], where: engine.Engine | None = None
+) -> str:
+    urls = net.urls(target, environ, where)
+    return apps.env_sandbox_text(target.slot, target.values, urls)
 
 
 def _compose_up(
@@ -293,7 +330,13 @@ def _gate(
     """The gate's result, and when it did not pass what explains it: a failed step's own
     output (a migration's), then the failing services' last log lines."""
     outcome = gate.run_gate(
-        target, checked.compose, environ, timeout=timeout, on_update=on_gate, migration=migration
+        target,
+        checked.compose,
+        environ,
+        timeout=timeout,
+        on_update=on_gate,
+        migration=migration,
+        where=checked.where,
     )
     if outcome.passed:
         return outcome, {}

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import compose, docker, lastup, net, slots
+from sandbox import compose, docker, engine, lastup, net, slots
 
 BACKEND_PORT = 8000  # the backend's port inside its container (KTRDR's contract)
 SEVERAL = "several"
@@ -36,7 +36,7 @@ def _healthy(container: docker.Container) -> bool:
     return container.health == "healthy" or (container.running and container.health == "none")
 
 
-def _api_url(containers: Sequence[docker.Container]) -> str | None:
+def _api_url(containers: Sequence[docker.Container], where: engine.Engine) -> str | None:
     ports = [
         port
         for c in containers
@@ -48,7 +48,7 @@ def _api_url(containers: Sequence[docker.Container]) -> str | None:
         return None
     # Prefer an IPv4 binding: Docker lists a wildcard bind twice, 0.0.0.0 and [::].
     port = sorted(ports, key=lambda p: ":" in p.host_ip)[0]
-    return f"http://{net.url_host(port.host_ip)}:{port.host_port}/api/v1"
+    return f"http://{net.connect_url_host(where, port.host_ip)}:{port.host_port}/api/v1"
 
 
 def _checkout(containers: Sequence[docker.Container]) -> str:
@@ -84,9 +84,12 @@ def _unfinished_up(checkout: str, slot: int) -> str:
 
 
 def summarize(
-    containers: Sequence[docker.Container], only_slot: int | None = None
+    containers: Sequence[docker.Container],
+    only_slot: int | None = None,
+    where: engine.Engine = engine.LOCAL,
 ) -> list[SlotStatus]:
-    """One row per sandbox slot that has containers, by slot number; other projects ignored."""
+    """One row per sandbox slot that has containers, by slot number; other projects ignored.
+    API URLs reach the engine `where` (see `net.connect_url_host`)."""
     by_slot: dict[int, list[docker.Container]] = {}
     for container in containers:
         slot = container.slot
@@ -114,7 +117,7 @@ def summarize(
                 state="failed" if why else state,
                 healthy=sum(_healthy(c) for c in group),
                 total=max(len(group), len(services)),
-                api_url=_api_url(group),
+                api_url=_api_url(group, where),
                 checkout=checkout,
                 source=_source(group),
                 orphaned=_orphaned(checkout),
@@ -127,12 +130,14 @@ def summarize(
 def collect(
     environ: Mapping[str, str], only_slot: int | None = None, root: Path | None = None
 ) -> list[SlotStatus]:
-    """Every slot's status from a single `docker ps` (SandboxError when the engine is down).
+    """Every slot's status from a single `docker ps` (SandboxError when the engine is down),
+    on the engine `environ` names (DOCKER_HOST, else the current context); with `root`, also
+    the slots of that checkout whose last start failed before any container existed.
 
     `docker version` first: it answers at once or within ENGINE_ANSWER_TIMEOUT, where a
     `docker ps` of a wedged engine would wait out its longer timeout."""
     docker.check_engine(environ)
-    rows = summarize(docker.containers(environ), only_slot)
+    rows = summarize(docker.containers(environ), only_slot, engine.detect(environ))
     return rows if root is None else sorted(rows + unstarted(root, rows, only_slot), key=_slot)
 
 

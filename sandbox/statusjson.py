@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sandbox import docker, slots, worktrees
+from sandbox import docker, engine, net, picker, slots, worktrees
 
 SCHEMA = "ktrdr-sandbox/status"
 VERIFY_SCHEMA = "ktrdr-sandbox/verify"
 VERSION = 1
 STATES = ("running", "partial", "stopped", "failed", "orphaned")
-SOURCE_LABEL = "ktrdr.sandbox.source"
-APP_LABEL = "ktrdr.sandbox.app"
 DEFAULT_HOST = "127.0.0.1"
 WILDCARD_ADDRS = frozenset({"", "0.0.0.0", "::"})
 # Exit codes of a container stopped on purpose (clean exit, SIGINT, SIGKILL, SIGTERM): a slot
@@ -95,9 +93,12 @@ def _ipv4_first(ports: Sequence[docker.PublishedPort]) -> docker.PublishedPort:
     return sorted(ports, key=lambda p: ":" in p.host_ip)[0]
 
 
-def ports_and_host(containers: Sequence[docker.Container], slot: int) -> tuple[dict[str, int], str]:
+def ports_and_host(
+    containers: Sequence[docker.Container], slot: int, where: engine.Engine = engine.LOCAL
+) -> tuple[dict[str, int], str]:
     """Host port by variable (what the containers publish, else the slot scheme's port), and
-    the address to reach them on (a published binding's, else 127.0.0.1)."""
+    the address to reach them on (a published binding's, else 127.0.0.1; on a remote engine
+    the engine's host, see `net.connect_url_host`)."""
     found: dict[str, int] = {}
     addrs: list[str] = []
     for spec in slots.PORTS:
@@ -109,6 +110,8 @@ def ports_and_host(containers: Sequence[docker.Container], slot: int) -> tuple[d
         else:
             found[spec.variable] = spec.host_port(slot)
     addr = next((a for a in addrs if a not in WILDCARD_ADDRS), DEFAULT_HOST)
+    if not where.local or where.connect_override:
+        return found, net.connect_url_host(where, addr)
     return found, f"[{addr}]" if ":" in addr else addr
 
 
@@ -136,10 +139,11 @@ def slot_entry(
     containers: Sequence[docker.Container],
     source: SlotSource,
     volumes: Sequence[str] = (),
+    where: engine.Engine = engine.LOCAL,
 ) -> dict[str, Any]:
     """One element of "slots" (see STATUS_JSON.md)."""
     orphaned = not (source.source_exists and source.checkout_exists)
-    ports, host = ports_and_host(containers, slot)
+    ports, host = ports_and_host(containers, slot, where)
     services = set(slots.SERVICES) | {c.service for c in containers}
     return {
         "slot": slot,
@@ -174,15 +178,16 @@ def document(
     sources: Mapping[int, SlotSource],
     volumes: Mapping[int, Sequence[str]] | None = None,
     only_slot: int | None = None,
+    where: engine.Engine = engine.LOCAL,
 ) -> dict[str, Any]:
     """The `inv status --json` document: every slot with a container or a volume, by slot.
     `sources` may lack a slot (nothing known about its source); `volumes` maps a slot to its
-    volume names (`picker.sandbox_volumes`)."""
+    volume names (`picker.sandbox_volumes`); URLs reach the engine `where`."""
     groups = by_slot(containers)
     volumes = volumes or {}
     numbers = sorted(set(groups) | {s for s, names in volumes.items() if names})
     entries = [
-        slot_entry(n, groups.get(n, []), sources.get(n, SlotSource()), volumes.get(n, ()))
+        slot_entry(n, groups.get(n, []), sources.get(n, SlotSource()), volumes.get(n, ()), where)
         for n in numbers
         if only_slot is None or n == only_slot
     ]
@@ -252,19 +257,22 @@ def describe_source(
 
 
 def slot_sources(
-    containers: Sequence[docker.Container],
-    labels_of: Callable[[docker.Container], Mapping[str, str]],
-    environ: Mapping[str, str] | None = None,
+    containers: Sequence[docker.Container], environ: Mapping[str, str] | None = None
 ) -> dict[int, SlotSource]:
-    """Every slot's source from its containers' labels (`labels_of`, e.g. `lambda c:
-    c.labels`): the first container that carries a label wins (one `up` labels them all)."""
+    """Every slot's source from its containers' `ktrdr.sandbox.*` labels (`Container.source`,
+    `.app`): the first container that carries one wins (one `up` labels them all)."""
     found = {}
     for slot, group in by_slot(containers).items():
-
-        def label(key: str, group: Sequence[docker.Container] = group) -> str | None:
-            return next((labels_of(c)[key] for c in group if labels_of(c).get(key)), None)
-
-        found[slot] = describe_source(
-            label(SOURCE_LABEL), label(APP_LABEL), _checkout(group), environ
-        )
+        source = next((c.source for c in group if c.source), None)
+        app = next((c.app for c in group if c.app), None)
+        found[slot] = describe_source(source, app, _checkout(group), environ)
     return found
+
+
+def collect(environ: Mapping[str, str], only_slot: int | None = None) -> dict[str, Any]:
+    """The `inv status --json` document of this engine: one `docker ps`, one `docker volume
+    ls`, and git for each source's branch; URLs at the engine's host (DOCKER_HOST, context)."""
+    containers = docker.sandbox_containers(environ)
+    volumes = picker.volumes_by_slot(picker.sandbox_volumes(environ))
+    sources = slot_sources(containers, environ)
+    return document(containers, sources, volumes, only_slot, engine.detect(environ))

@@ -7,6 +7,8 @@
   container publishes it too.
 - `shared-dir`: a file written into the host's shared data/, models/ and strategies/ is
   visible at /app/data, /app/models and /app/strategies inside the backend and every worker.
+  The host is the engine's: on a remote engine the probe file is written there, by a helper
+  container (sandbox/enginehost.py), never on this machine.
 
 The comparisons are pure functions over container lists and mounts; `verify` gathers the facts
 with one `docker ps` and one `docker inspect` for all slots, plus the probes that must touch
@@ -17,11 +19,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sandbox import compose, docker, gate, net, runner, shared, slots
+from sandbox import compose, docker, engine, enginehost, gate, net, runner, shared, slots
+from sandbox.errors import SandboxError
 from sandbox.runner import Result
 from sandbox.settings import ENGINE_QUERY_TIMEOUT, VERIFY_EXEC_TIMEOUT, VERIFY_HTTP_TIMEOUT
 
@@ -232,22 +235,81 @@ def inspect_mounts(ids: Sequence[str], environ: Mapping[str, str]) -> dict[str, 
     )
 
 
+# Writes the probe file into data/, models/ and strategies/: None, or why it could not.
+WriteProbe = Callable[[], str | None]
+
+
+def _local_probe(
+    target: compose.Target, name: str
+) -> tuple[str | None, WriteProbe, Callable[[], None]]:
+    """(why the shared directory is unusable or None, write, remove) on this machine."""
+    missing = shared.missing(target.shared_dir)
+    if missing:
+        lacking = ", ".join(p.name for p in missing)
+        return f"{target.shared_dir} lacks {lacking}/: run `inv init-shared`", _none, _nothing
+    paths = [target.shared_dir / sub / name for sub in shared.SUBDIRS]
+
+    def write() -> str | None:
+        try:
+            for path in paths:
+                path.write_text(f"ktrdr-sandbox verify probe for slot {target.slot}\n")
+        except OSError as exc:
+            return str(exc)
+        return None
+
+    def remove() -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
+
+    return None, write, remove
+
+
+def _remote_probe(
+    target: compose.Target, name: str, environ: Mapping[str, str], where: engine.Engine
+) -> tuple[str | None, WriteProbe, Callable[[], None]]:
+    """The same on the engine's host, through helper containers."""
+    directory = str(target.shared_dir)
+    image = enginehost.helper_image(target.root, environ)
+    state = enginehost.shared_state(directory, image, environ)
+    if not state.ready:
+        lacking = ", ".join(state.missing) or "nothing (not a directory)"
+        why = f"{directory} on {where.host} lacks {lacking}/: run `inv init-shared`"
+        return why, _none, _nothing
+    return (
+        None,
+        lambda: enginehost.write_probe(directory, name, image, environ),
+        lambda: enginehost.remove_probe(directory, name, image, environ),
+    )
+
+
+def _none() -> str | None:
+    return None
+
+
+def _nothing() -> None:
+    return None
+
+
 def shared_dir(
     target: compose.Target,
     compose_cmd: Sequence[str],
     environ: Mapping[str, str],
     containers: Sequence[docker.Container],
+    where: engine.Engine = engine.LOCAL,
 ) -> VerifyCheck:
-    """Write a probe file into data/, models/ and strategies/ on the host, look for all three
-    in every service, always delete them."""
-    missing = shared.missing(target.shared_dir)
-    if missing:
-        lacking = ", ".join(p.name for p in missing)
-        return VerifyCheck(
-            "shared-dir", False, f"{target.shared_dir} lacks {lacking}/: run `inv init-shared`"
-        )
+    """Write a probe file into data/, models/ and strategies/ on the engine's host, look for
+    all three in every service, always delete them."""
     name = probe_name(target.slot)
-    paths = [target.shared_dir / sub / name for sub in shared.SUBDIRS]
+    try:
+        unusable, write, remove = (
+            _local_probe(target, name)
+            if where.local
+            else _remote_probe(target, name, environ, where)
+        )
+    except SandboxError as exc:
+        return VerifyCheck("shared-dir", False, exc.message)
+    if unusable is not None:
+        return VerifyCheck("shared-dir", False, unusable)
     running = {c.service for c in containers if c.project == target.project and c.running}
     env = compose.environment(target, environ)
 
@@ -258,15 +320,13 @@ def shared_dir(
         return exec_seen(runner.run(cmd, env=env, timeout=VERIFY_EXEC_TIMEOUT))
 
     try:
-        for path in paths:
-            path.write_text(f"ktrdr-sandbox verify probe for slot {target.slot}\n")
+        failed = write()
+        if failed is not None:
+            return VerifyCheck("shared-dir", False, f"cannot write a probe file: {failed}")
         with ThreadPoolExecutor(max_workers=len(SHARED_SERVICES)) as pool:
             seen = dict(zip(SHARED_SERVICES, pool.map(look, SHARED_SERVICES), strict=True))
-    except OSError as exc:
-        return VerifyCheck("shared-dir", False, f"cannot write a probe file: {exc}")
     finally:
-        for path in paths:
-            path.unlink(missing_ok=True)
+        remove()
     return check_shared_dir(f"/app/{{{','.join(shared.SUBDIRS)}}}/{name}", seen)
 
 
@@ -294,20 +354,23 @@ def verify(
     environ: Mapping[str, str],
     *,
     http_get: net.HttpGet = net.http_get,
+    where: engine.Engine | None = None,
 ) -> list[VerifyReport]:
-    """Each target's checks; one `docker ps` and one `docker inspect` serve every slot."""
+    """Each target's checks; one `docker ps` and one `docker inspect` serve every slot. URLs
+    and the shared directory are the engine `where`'s (detected when None)."""
+    where = where or engine.detect(environ)
     containers = docker.containers(environ)
     db_ids = [c.id for c in containers if c.slot is not None and c.service == "db"]
     mounts = inspect_mounts(db_ids, environ)
     reports = []
     for target in targets:
         env = published_bind(target, containers, environ)
-        api = net.api_url(target, env)
+        api = net.api_url(target, env, where)
         checks = [
             check_health(*http_get(f"{api}/health", VERIFY_HTTP_TIMEOUT)),
             check_own_database(target.slot, containers, mounts),
             check_ports(target, containers),
-            shared_dir(target, compose_cmd, env, containers),
+            shared_dir(target, compose_cmd, env, containers, where),
         ]
         reports.append(VerifyReport(target.slot, checks))
     return reports

@@ -351,30 +351,22 @@ def create(
         return _create_locked(repo, branch, base, environ)
 
 
+def check_new(
+    repo: Path, branch: str, base: str | None = None, environ: Mapping[str, str] | None = None
+) -> Path:
+    """The path `create` would make, after every check it makes, changing nothing: `inv new`
+    refuses bad input before it claims a slot. (`create` checks again under its lock.)"""
+    repo = check_repo(repo, environ)
+    validate_branch(repo, branch, environ)
+    path = _check_free(repo, branch, environ)
+    _add_command(repo, branch, path, base, environ)
+    return path
+
+
 def _create_locked(
     repo: Path, branch: str, base: str | None, environ: Mapping[str, str] | None
 ) -> Worktree:
-    path = worktree_path(repo, branch)
-    existing = find(repo, branch, environ)
-    if existing is not None:
-        raise SandboxError(
-            f"branch {branch!r} is already checked out at {existing.path}: work there, or "
-            f"`inv done {branch}` first",
-            Exit.USAGE,
-        )
-    if os.path.lexists(path):
-        other = find_path(repo, path, environ)
-        if other is not None:
-            raise SandboxError(
-                f"{path} is already the worktree of {other.branch or 'a detached HEAD'!r} (the "
-                f"names map to one directory): pick another name for {branch!r}",
-                Exit.USAGE,
-            )
-        raise SandboxError(
-            f"{path} already exists (the worktree path for {branch!r}): move it away or pick "
-            "another branch name",
-            Exit.USAGE,
-        )
+    path = _check_free(repo, branch, environ)
     args, creates_branch = _add_command(repo, branch, path, base, environ)
     result = _git(repo, args, environ)
     if not result.ok:
@@ -393,6 +385,33 @@ def _create_locked(
             Exit.COMMAND,
         )
     return made
+
+
+def _check_free(repo: Path, branch: str, environ: Mapping[str, str] | None) -> Path:
+    """The naming rule's path for `branch`, refused when the branch is checked out somewhere
+    or the path exists."""
+    path = worktree_path(repo, branch)
+    existing = find(repo, branch, environ)
+    if existing is not None:
+        raise SandboxError(
+            f"branch {branch!r} is already checked out at {existing.path}: work there, or "
+            f"`inv done --branch={branch}` first",
+            Exit.USAGE,
+        )
+    if os.path.lexists(path):
+        other = find_path(repo, path, environ)
+        if other is not None:
+            raise SandboxError(
+                f"{path} is already the worktree of {other.branch or 'a detached HEAD'!r} (the "
+                f"names map to one directory): pick another name for {branch!r}",
+                Exit.USAGE,
+            )
+        raise SandboxError(
+            f"{path} already exists (the worktree path for {branch!r}): move it away or pick "
+            "another branch name",
+            Exit.USAGE,
+        )
+    return path
 
 
 def _roll_back(
@@ -477,6 +496,20 @@ def remove(
     stays. Refused when the path is not one of `repo`'s linked worktrees, is the main
     worktree, is locked, or holds `cwd` (default: this process's working directory). Returns
     the removed path. Check `unsafe_to_remove` first: with `force` git discards changes."""
+    entry = check_removable(repo, worktree_path, environ, cwd)
+    args = ["worktree", "remove", *(["--force"] if force else []), str(entry.path)]
+    _checked(check_repo(repo, environ), args, environ, f"removing the worktree {entry.path}")
+    return entry.path
+
+
+def check_removable(
+    repo: Path,
+    worktree_path: Path,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Worktree:
+    """`remove`'s refusals, changing nothing: `inv done` runs them before it takes the slot
+    down, so a refused removal leaves the slot as it was. Returns git's entry."""
     repo = check_repo(repo, environ)
     entry = find_path(repo, worktree_path, environ)
     if entry is None:
@@ -508,6 +541,4 @@ def remove(
             "(e.g. `cd ~`) and re-run",
             Exit.USAGE,
         )
-    args = ["worktree", "remove", *(["--force"] if force else []), str(entry.path)]
-    _checked(repo, args, environ, f"removing the worktree {entry.path}")
-    return entry.path
+    return entry

@@ -119,3 +119,29 @@ def test_bind_address_can_be_widened_on_request(compose_cmd: list[str], tmp_path
     env_file.write_text(envfiles.render(1) + "KTRDR_BIND_ADDR=0.0.0.0\n")
     config = render(compose_cmd, env_file)
     assert {p["host_ip"] for p in published(config, "db")} == {"0.0.0.0"}
+
+
+def test_prometheus_config_is_inline_and_equal_to_the_file(compose_cmd: list[str]) -> None:
+    """Compose `configs:` with inline content reach any engine (a bind mount of a client file
+    does not exist on a remote one); the inline copy is containers/prometheus/prometheus.yml."""
+    config = render(compose_cmd, envfiles.env_path(ROOT, 1))
+    prometheus = config["services"]["prometheus"]
+    assert prometheus["configs"] == [
+        {"source": "prometheus", "target": "/etc/prometheus/prometheus.yml"}
+    ]
+    expected = (ROOT / "containers" / "prometheus" / "prometheus.yml").read_text()
+    assert config["configs"]["prometheus"]["content"] == expected, (
+        "copy containers/prometheus/prometheus.yml into docker-compose.sandbox.yml's "
+        "configs.prometheus.content (indented six spaces; `$` written `$$`)"
+    )
+
+
+def test_no_service_bind_mounts_a_checkout_file(compose_cmd: list[str]) -> None:
+    """Only the shared directory is bind-mounted: anything else from the checkout would be a
+    client path that a remote engine's host does not have."""
+    config = render(compose_cmd, envfiles.env_path(ROOT, 1))
+    shared = str(HOME / ".ktrdr" / "shared")
+    for name, service in config["services"].items():
+        for volume in service.get("volumes", []):
+            if volume["type"] == "bind":
+                assert volume["source"].startswith(shared + "/"), (name, volume["source"])

@@ -1,9 +1,10 @@
 """Fixtures for the remote-engine suite: a simulated remote Docker host, started once.
 
 `scripts/remote-host.sh`'s machinery (sandbox/remotehost.py) starts a Docker-in-Docker
-container whose API, sshd and slot ports are published on 127.0.0.2; the tests drive plain
-`docker compose` through `DOCKER_HOST=tcp://127.0.0.2:2375` and `ssh://root@127.0.0.2:2222`.
-When the remote host cannot start, every test fails with the reason; nothing skips.
+container whose API, sshd and slot ports are published on 127.0.0.2; the tests drive `inv` (and
+plain `docker compose`) through `DOCKER_HOST=tcp://127.0.0.2:2375` and
+`ssh://root@127.0.0.2:2222`. When the remote host cannot start, every test fails with the
+reason; nothing skips.
 
 HOME points at a directory that does not exist on the client: the slots' shared directory
 (`${HOME}/.ktrdr/shared` in the env files) resolves on the remote host, and the tests check
@@ -13,28 +14,27 @@ that the client never gets it.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, compose, remotehost
+from sandbox import ROOT, compose, images, remotehost
 from sandbox.errors import SandboxError
 from sandbox.remotehost import RemoteHost
+from sandbox.runner import Result, run
 
 # The slots the suite takes on the remote engine (its own engine: no other helper's slots
 # live there). Two over tcp://, one over ssh://; the remote host publishes exactly these.
 TCP_SLOTS = (1, 2)
 SSH_SLOT = 3
+# KTRDR_REMOTE_KEEP=1 leaves the remote host running afterwards (to look at it); otherwise its
+# container goes, and its volume (the inner engine's images) goes too unless
+# KTRDR_REMOTE_KEEP_IMAGES=1 (the nox session's default: the next run skips the 1.4 GB load).
 KEEP = os.environ.get("KTRDR_REMOTE_KEEP", "") not in ("", "0")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Registered here, not in pyproject, so the suite stands alone; --strict-markers holds.
-    config.addinivalue_line(
-        "markers", "remote: needs the simulated remote Docker host (Docker-in-Docker on 127.0.0.2)"
-    )
+KEEP_IMAGES = os.environ.get("KTRDR_REMOTE_KEEP_IMAGES", "") not in ("", "0")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,19 @@ class Remote:
     client_home: Path  # never created on the client
 
     def env(self, transport: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The client's environment over "tcp" or "ssh"; "context": no DOCKER_HOST at all
+        (`extra` then names a DOCKER_CONFIG whose current context is the remote)."""
+        if transport == "context":
+            return {**self.base_env, **(extra or {})}
         return {**self.host.client_env(self.base_env, transport), **(extra or {})}
+
+    def inv(self, transport: str, *args: str, extra: Mapping[str, str] | None = None) -> Result:
+        """`inv ARGS` as a user runs it with DOCKER_HOST pointed at the remote host, the slots'
+        ports bound on all of its addresses (the only ones the outer engine forwards)."""
+        env = self.env(transport, {"KTRDR_BIND_ADDR": "0.0.0.0", **(extra or {})})
+        inv = Path(sys.executable).parent / "inv"
+        cmd = [str(inv), "--search-root", str(ROOT), *args]
+        return run(cmd, env=env, cwd=ROOT, timeout=900)
 
 
 def _client_env(home: Path, state_dir: Path) -> dict[str, str]:
@@ -57,7 +69,14 @@ def _client_env(home: Path, state_dir: Path) -> dict[str, str]:
         and key != "SLOT_NUMBER"
     }
     env["DOCKER_CONFIG"] = os.environ.get("DOCKER_CONFIG", str(Path.home() / ".docker"))
-    env.update(HOME=str(home), KTRDR_REMOTE_DIR=str(state_dir))
+    # The slot locks are the client's own business: kept out of the client HOME, which the
+    # tests hold empty.
+    env.update(
+        HOME=str(home),
+        KTRDR_REMOTE_DIR=str(state_dir),
+        KTRDR_LOCK_DIR=str(state_dir.parent / "locks"),
+        KTRDR_GATE_TIMEOUT="300",
+    )
     # Machine-wide image choices (./.env from `inv images --offline`) reach Compose the way a
     # user's exports would: the slot's env file carries no image names.
     env.update(compose.image_settings(ROOT))
@@ -78,15 +97,18 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Remote]:
         )
     try:
         started = remotehost.start(ROOT, (*TCP_SLOTS, SSH_SLOT), env)
-        loaded = remotehost.load_images(started.host, remotehost.needed_images(ROOT, env), env)
+        leftovers = remotehost.reset(started.host, env)  # a kept volume's earlier slots
+        # Only what the slots run (./.env), not the build-only Debian base.
+        loaded = remotehost.load_images(started.host, images.engine_images(ROOT), env)
     except SandboxError as error:
         pytest.fail(
             f"the remote host could not start: {error.message}\n{error.details}", pytrace=False
         )
     print(
         f"\nremote host: engine after {started.seconds_to_engine:.1f}s; images: "
-        f"{len(loaded.images)} loaded, {loaded.bytes} bytes in {loaded.seconds:.1f}s"
+        f"{len(loaded.images)} loaded, {loaded.bytes} bytes in {loaded.seconds:.1f}s, "
+        f"{len(loaded.skipped)} already there; {leftovers} leftover objects removed"
     )
     yield Remote(started.host, env, home)
     if not KEEP:
-        remotehost.stop(env)
+        remotehost.stop(env, keep_volume=KEEP_IMAGES)

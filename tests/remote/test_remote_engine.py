@@ -1,9 +1,10 @@
-"""Slots on a remote Docker engine, driven by plain `docker compose` from the client.
+"""Slots on a remote Docker engine, driven from the client by `inv` as a user runs it.
 
 The remote engine is the simulated remote host (conftest): published ports are reached at
-127.0.0.2, never at a container's bridge address. These tests cover what works with today's
-compose file; the one known gap (Prometheus' config is a bind mount of a client file) is a
-strict xfail that turns into a failure the day the compose file is fixed, so it gets removed.
+127.0.0.2, never at a container's bridge address. Two slots go through tcp://, one through
+ssh:// (the private ssh wrapper); each passes the gate (Prometheus included: its config reaches
+the remote as Compose `configs:` content), `inv status` and `inv verify` use 127.0.0.2, taking
+one slot down leaves the other healthy, and nothing is created on the client's filesystem.
 """
 
 from __future__ import annotations
@@ -13,72 +14,44 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, docker, engine, slots
-from sandbox.compose import COMPOSE_FILE
+from sandbox import ROOT, docker, engine, enginehost, slots
+from sandbox.errors import Exit
 from sandbox.runner import Result, display, run
 from tests.remote.conftest import SSH_SLOT, TCP_SLOTS, Remote
 
 pytestmark = [pytest.mark.docker, pytest.mark.remote]
 
 ADDRESS = "127.0.0.2"
-# Every service but prometheus: its config is a bind mount of ./containers/prometheus, a
-# client path the remote host does not have (see test_prometheus_config_reaches_the_remote).
-SERVICES_WITHOUT_CLIENT_FILES = tuple(s for s in slots.SERVICES if s != "prometheus")
-HEALTH_TIMEOUT = 240.0
-BASE_IMAGE = "ktrdr-sandbox/debian-base:bookworm"
 
 
 def port(variable: str, slot: int) -> int:
     return next(spec.host_port(slot) for spec in slots.PORTS if spec.variable == variable)
 
 
-def compose_cmd(slot: int, *args: str) -> list[str]:
-    """Plain Compose, as the README shows it, for one slot."""
-    return [
-        "docker",
-        "compose",
-        "--env-file",
-        str(ROOT / "env" / f"slot-{slot}.env"),
-        "-f",
-        str(ROOT / COMPOSE_FILE),
-        "-p",
-        slots.project_name(slot),
-        *args,
-    ]
-
-
 def check(result: Result) -> Result:
-    assert result.ok, f"{display(result.args)} failed:\n{result.tail(30)}"
+    assert result.ok, f"{display(result.args)} failed:\n{result.tail(40)}"
     return result
 
 
-def http_get(port: int, path: str, timeout: float = 5) -> tuple[int, str]:
-    url = f"http://{ADDRESS}:{port}{path}"
+def health(slot: int, timeout: float = 5) -> dict[str, object]:
+    url = f"http://{ADDRESS}:{port('KTRDR_API_PORT', slot)}/api/v1/health"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        assert response.status == 200
+        payload: dict[str, object] = json.loads(response.read())
+        return payload
+
+
+def answers(slot: int) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def wait_healthy(port: int, timeout: float = HEALTH_TIMEOUT) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            status, body = http_get(port, "/api/v1/health")
-            if status == 200:
-                payload: dict[str, object] = json.loads(body)
-                return payload
-            last = f"HTTP {status}"
-        except OSError as error:
-            last = str(error)
-        time.sleep(0.5)
-    pytest.fail(f"health on {ADDRESS}:{port} not 200 after {timeout}s: {last}", pytrace=False)
+        health(slot)
+    except (OSError, urllib.error.URLError):
+        return False
+    return True
 
 
 def remote_containers(remote: Remote, transport: str, slot: int) -> list[docker.Container]:
@@ -86,28 +59,28 @@ def remote_containers(remote: Remote, transport: str, slot: int) -> list[docker.
 
 
 @pytest.fixture
-def up(remote: Remote) -> Iterator[list[tuple[int, str]]]:
-    """Slots a test started (slot, transport); taken down with their volumes afterwards."""
-    started: list[tuple[int, str]] = []
-    yield started
-    for slot, transport in started:
-        run(compose_cmd(slot, "down", "--volumes", "--timeout", "5"), env=remote.env(transport))
+def started(remote: Remote) -> Iterator[list[tuple[int, str]]]:
+    """Slots a test started (slot, transport); removed with their volumes afterwards by plain
+    Compose (whatever state `inv` left them in)."""
+    slots_started: list[tuple[int, str]] = []
+    yield slots_started
+    for slot, transport in slots_started:
+        cmd = ["docker", "compose", "-p", slots.project_name(slot), "down", "--volumes"]
+        run([*cmd, "--timeout", "5"], env=remote.env(transport), timeout=300)
 
 
-def start_slot(
-    remote: Remote, up: list[tuple[int, str]], slot: int, transport: str
-) -> dict[str, object]:
-    env = remote.env(transport, {"KTRDR_BIND_ADDR": "0.0.0.0"})
-    up.append((slot, transport))
-    started = time.monotonic()
-    check(run(compose_cmd(slot, "up", "-d", *SERVICES_WITHOUT_CLIENT_FILES), env=env, timeout=600))
-    health = wait_healthy(port("KTRDR_API_PORT", slot))
-    print(f"slot {slot} over {transport}: health 200 after {time.monotonic() - started:.1f}s")
-    return health
+def up(remote: Remote, started: list[tuple[int, str]], slot: int, transport: str) -> Result:
+    started.append((slot, transport))
+    began = time.monotonic()
+    result = check(remote.inv(transport, "up", f"--slot={slot}"))
+    print(f"inv up --slot={slot} over {transport}: {time.monotonic() - began:.1f}s")
+    return result
 
 
-def published(container: docker.Container) -> set[int]:
-    return {p.host_port for p in container.ports}
+def assert_remote_urls(text: str) -> None:
+    """URLs name the remote host, never this machine's loopback."""
+    assert f"http://{ADDRESS}:" in text
+    assert "127.0.0.1" not in text
 
 
 def test_the_engine_is_seen_as_remote(remote: Remote) -> None:
@@ -119,91 +92,129 @@ def test_the_engine_is_seen_as_remote(remote: Remote) -> None:
         assert found.unreachable_bind("127.0.0.1") is not None
 
 
-def test_two_slots_over_tcp_side_by_side(remote: Remote, up: list[tuple[int, str]]) -> None:
+def test_two_slots_over_tcp_through_inv(remote: Remote, started: list[tuple[int, str]]) -> None:
     first, second = TCP_SLOTS
-    health = {slot: start_slot(remote, up, slot, "tcp") for slot in TCP_SLOTS}
-    for slot in TCP_SLOTS:
-        assert health[slot]["slot"] == slot
-        assert health[slot]["project"] == slots.project_name(slot)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outputs = list(pool.map(lambda s: up(remote, started, s, "tcp").stdout, TCP_SLOTS))
+    for slot, out in zip(TCP_SLOTS, outputs, strict=True):
+        assert "remote, from DOCKER_HOST" in out
+        assert f"ports bound on 0.0.0.0 on {ADDRESS} (every network of that host)" in out
+        assert f"[on {ADDRESS}]" in out  # ports, shared dir, images checked there
+        assert_remote_urls(out.split("exposure:", 1)[1])
+        assert health(slot)["slot"] == slot
         containers = remote_containers(remote, "tcp", slot)
-        assert {c.service for c in containers} == set(SERVICES_WITHOUT_CLIENT_FILES)
-        assert all(c.running for c in containers)
-        # Every port the scheme gives the slot answers at 127.0.0.2 from the client.
-        ports = set().union(*(published(c) for c in containers))
-        expected = {s.host_port(slot) for s in slots.PORTS if s.service != "prometheus"}
-        assert ports == expected
+        assert {c.service for c in containers} == set(slots.SERVICES)
+        assert {c.client for c in containers} == {docker.client_name()}
+        ports = {p.host_port for c in containers for p in c.ports}
+        assert ports == {s.host_port(slot) for s in slots.PORTS}
+    status = check(remote.inv("tcp", "status"))
+    for slot in TCP_SLOTS:
+        assert f"http://{ADDRESS}:{port('KTRDR_API_PORT', slot)}/api/v1" in status.stdout
+    assert "127.0.0.1" not in status.stdout
+    document = json.loads(check(remote.inv("tcp", "status", "--json")).stdout)
+    urls = {e["slot"]: e["urls"]["backend"] for e in document["slots"]}
+    assert urls == {s: f"http://{ADDRESS}:{port('KTRDR_API_PORT', s)}/api/v1" for s in TCP_SLOTS}
+    verified = check(remote.inv("tcp", "verify", f"--slot={first}", f"--slot={second}"))
+    assert "shared-dir" in verified.stdout
     # Isolation: one slot down leaves the other healthy.
-    check(run(compose_cmd(first, "down", "--volumes"), env=remote.env("tcp")))
+    check(remote.inv("tcp", "down", f"--slot={first}", "--volumes"))
     assert remote_containers(remote, "tcp", first) == []
-    assert http_get(port("KTRDR_API_PORT", second), "/api/v1/health")[0] == 200
+    assert not answers(first)
+    assert health(second)["slot"] == second
     # Nothing reached the client: the shared directory lives on the remote host.
     assert not remote.client_home.exists()
 
 
-def test_one_slot_over_ssh(remote: Remote, up: list[tuple[int, str]]) -> None:
-    health = start_slot(remote, up, SSH_SLOT, "ssh")
-    assert health["slot"] == SSH_SLOT
-    ps = check(run(compose_cmd(SSH_SLOT, "ps", "--format", "json"), env=remote.env("ssh")))
-    assert ps.stdout.strip()
+def test_one_slot_over_ssh_through_inv(remote: Remote, started: list[tuple[int, str]]) -> None:
+    out = up(remote, started, SSH_SLOT, "ssh").stdout
+    assert "remote, from DOCKER_HOST" in out
+    assert_remote_urls(out.split("exposure:", 1)[1])
+    assert health(SSH_SLOT)["slot"] == SSH_SLOT
+    status = check(remote.inv("ssh", "status", f"--slot={SSH_SLOT}"))
+    assert f"http://{ADDRESS}:{port('KTRDR_API_PORT', SSH_SLOT)}/api/v1" in status.stdout
+    check(remote.inv("ssh", "verify", f"--slot={SSH_SLOT}"))
+    check(remote.inv("ssh", "down", f"--slot={SSH_SLOT}", "--volumes"))
+    assert remote_containers(remote, "ssh", SSH_SLOT) == []
+    assert not remote.client_home.exists()
+
+
+def test_a_loopback_bind_on_the_remote_is_refused(remote: Remote) -> None:
+    slot = TCP_SLOTS[0]
+    result = remote.inv("tcp", "up", f"--slot={slot}", extra={"KTRDR_BIND_ADDR": "127.0.0.1"})
+    assert result.returncode == int(Exit.BAD_ENV), result.tail(10)
+    assert f"ports bound to 127.0.0.1 on {ADDRESS} are reachable only on that host" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
+    assert remote_containers(remote, "tcp", slot) == []
+
+
+def test_init_shared_streams_a_checkout_to_the_remote_host(remote: Remote, tmp_path: Path) -> None:
+    source = tmp_path / "ktrdr-checkout"
+    (source / "data").mkdir(parents=True)
+    (source / "data" / "EURUSD_1h.csv").write_text("timestamp,open\n")
+    (source / "README.md").write_text("not shared data")
+    out = check(remote.inv("tcp", "init-shared", f"--from={source}")).stdout
+    assert f"on {ADDRESS}: created" in out
+    assert "streamed data" in out
+    shared = str(remote.client_home / ".ktrdr" / "shared")
+    image = enginehost.helper_image(ROOT, remote.base_env)
+    listing = check(
+        run(
+            [*engine.HELPER_RUN, "-v", f"{shared}:/s", image, "sh", "-c", "cat /s/data/*; ls /s"],
+            env=remote.env("tcp"),
+        )
+    )
+    assert listing.stdout.split("\n")[0] == "timestamp,open"
+    assert "README.md" not in listing.stdout
     assert not remote.client_home.exists()
 
 
 def test_engine_helpers_run_on_the_remote_host(remote: Remote, tmp_path: Path) -> None:
     env = remote.env("tcp")
+    image = enginehost.helper_image(ROOT, remote.base_env)
     # A path of its own: the slots' shared directory may already exist on the remote host.
     client_side = tmp_path / "remote-only" / "shared"
     shared = str(client_side)
-    state = engine.parse_shared_check(
-        run(engine.shared_dir_check_command(shared, BASE_IMAGE), env=env), shared
-    )
-    assert not state.exists
-    created = check(run(engine.shared_dir_create_command(shared, BASE_IMAGE), env=env))
-    assert engine.parse_created(created.stdout) == engine.SHARED_SUBDIRS
-    source = tmp_path / "ktrdr-data"
-    (source / "data").mkdir(parents=True)
-    (source / "data" / "EURUSD_1h.csv").write_text("timestamp,open\n")
-    check(run(engine.stream_copy_command(str(source), shared, BASE_IMAGE), env=env, timeout=120))
-    listing = check(
-        run(
-            [
-                "docker",
-                "run",
-                "--rm",
-                "-v",
-                f"{shared}:/s",
-                BASE_IMAGE,
-                "cat",
-                "/s/data/EURUSD_1h.csv",
-            ],
-            env=env,
-        )
-    )
-    assert listing.stdout == "timestamp,open\n"
-    probes = engine.parse_port_probe(
-        run(engine.port_probe_command([2375, 8009], "0.0.0.0", BASE_IMAGE), env=env)
-    )
-    assert [(p.port, p.free) for p in probes] == [(2375, False), (8009, True)]
+    assert not enginehost.shared_state(shared, image, env).exists
+    assert enginehost.create_shared(shared, image, env) == engine.SHARED_SUBDIRS
+    assert enginehost.shared_state(shared, image, env).ready
+    taken = enginehost.taken_ports([2375, 8009], "0.0.0.0", image, env)
+    assert [p.port for p in taken] == [2375]
     assert not client_side.parent.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # only the known gap: a remote host that fails to start is an error
-    reason="issue 13: prometheus.yml is a bind mount of a client path; the compose file needs "
-    "`configs:` with inline `content` (measured working against a remote engine)",
-)
-def test_prometheus_config_reaches_the_remote(remote: Remote, up: list[tuple[int, str]]) -> None:
+def test_a_docker_context_names_the_remote_engine(
+    remote: Remote, started: list[tuple[int, str]], tmp_path: Path
+) -> None:
+    """`docker context use` instead of DOCKER_HOST: the same up, status and image check. The
+    context lives in a private DOCKER_CONFIG (the Compose plugin linked in), never the user's."""
+    config = tmp_path / "docker-config"
+    (config / "cli-plugins").mkdir(parents=True)
+    real = Path(remote.base_env["DOCKER_CONFIG"]) / "cli-plugins" / "docker-compose"
+    if real.exists():
+        (config / "cli-plugins" / "docker-compose").symlink_to(real)
+    env = {**remote.base_env, "DOCKER_CONFIG": str(config)}
+    create = ["docker", "context", "create", "ktrdr-remote", "--docker"]
+    check(run([*create, f"host={remote.host.tcp_url}"], env=env))
+    check(run(["docker", "context", "use", "ktrdr-remote"], env=env))
+    found = engine.detect(env)
+    assert (found.kind, found.host, found.source) == (
+        engine.Kind.TCP,
+        ADDRESS,
+        "context ktrdr-remote",
+    )
+    as_user = {"DOCKER_CONFIG": str(config)}
+    # Whatever changed locally since the suite loaded the images is sent (compared by image
+    # ID, not tag: on a shared engine a tag can move); a second run then sends nothing.
+    first = check(remote.inv("context", "images", "--to-engine", extra=as_user)).stdout
+    assert "already on the engine" in first.splitlines()[-1]
+    again = check(remote.inv("context", "images", "--to-engine", extra=as_user)).stdout
+    assert again.splitlines()[-1].startswith("images: 0 sent"), again
     slot = TCP_SLOTS[0]
-    env = remote.env("tcp", {"KTRDR_BIND_ADDR": "0.0.0.0"})
-    up.append((slot, "tcp"))
-    check(run(compose_cmd(slot, "up", "-d", "prometheus"), env=env, timeout=300))
-    prometheus = port("KTRDR_PROMETHEUS_PORT", slot)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if http_get(prometheus, "/-/ready")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"prometheus on {ADDRESS}:{prometheus} never ready")
+    started.append((slot, "tcp"))
+    out = check(remote.inv("context", "up", f"--slot={slot}", extra=as_user)).stdout
+    assert "remote, from context ktrdr-remote" in out
+    assert_remote_urls(out.split("exposure:", 1)[1])
+    check(remote.inv("context", "down", f"--slot={slot}", "--volumes", extra=as_user))
+    assert not remote.client_home.exists()

@@ -189,6 +189,7 @@ def test_context_holds_only_what_the_build_needs(tmp_path: Path) -> None:
         "ca-certificates/00-ca.crt",
         "ca-certificates/01-ca.crt",
         "ca-certificates/02-bundle.pem.crt",
+        "http-ok.sh",
         "local/libs/lib/pyproject.toml",
         "pyproject.toml",
         "uv.lock",

@@ -54,7 +54,13 @@ def test_builtin_override_only_labels_every_service() -> None:
     document = apps.override(apps.BUILT_IN, None, {})
     assert set(document["services"]) == set(slots.SERVICES)
     for service in document["services"].values():
-        assert service == {"labels": {docker.APP_LABEL: "reference", docker.SOURCE_LABEL: ""}}
+        assert service == {
+            "labels": {
+                docker.APP_LABEL: "reference",
+                docker.SOURCE_LABEL: "",
+                docker.CLIENT_LABEL: docker.client_name(),
+            }
+        }
 
 
 def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> None:
@@ -79,12 +85,13 @@ def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> No
     assert worker["environment"]["KTRDR_WORKER_PUBLIC_BASE_URL"] == (
         "http://training-worker-2:${KTRDR_WORKER_PORT_4}"
     )
-    assert worker["healthcheck"]["test"][-1] == "http://127.0.0.1:${KTRDR_WORKER_PORT_4}/health"
+    assert worker["healthcheck"]["test"] == ["CMD", "http-ok", "${KTRDR_WORKER_PORT_4}", "/health"]
     labels = document["services"]["db"]["labels"]
     assert labels == {
         docker.APP_LABEL: "ktrdr",
         docker.SOURCE_LABEL: str(checkout),
         docker.TORCH_LABEL: "none",
+        docker.CLIENT_LABEL: docker.client_name(),
     }
 
 

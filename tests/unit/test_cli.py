@@ -39,6 +39,18 @@ def inv(*args: str, **env: str) -> Result:
         (["verify"], Exit.USAGE, "which slots?"),
         (["status", "--slot=x"], Exit.USAGE, "slot must be a whole number"),
         (["init-shared", "--from=/nonexistent/ktrdr"], Exit.USAGE, "is not a directory"),
+        (["new", "feature/x"], Exit.USAGE, "which repository? pass --repo=PATH"),
+        (["new", "x", "--repo=/nonexistent"], Exit.USAGE, "is not a directory"),
+        (["new", "x", "--repo=/", "--torch=cuda"], Exit.USAGE, "--torch must be one of"),
+        (["done"], Exit.USAGE, "name one branch or one slot"),
+        (["done", "--branch=x", "--slot=1"], Exit.USAGE, "name one branch or one slot"),
+        (["done", "--slot=12"], Exit.USAGE, "slot 12 is outside 0-10"),
+        (["exec", "--slot=1"], Exit.USAGE, "which command? put it after `--`"),
+        (["exec", "--slot=1", "--service=api", "--", "ls"], Exit.USAGE, "unknown service"),
+        (["shell", "--slot=1", "--service=api"], Exit.USAGE, "unknown service"),
+        (["down", "--all", "--slot=1"], Exit.USAGE, "pass --slot=N or --all, not both"),
+        (["up", "--slot=any"], Exit.USAGE, "slot must be a whole number"),
+        (["new", "x", "--repo=/", "--slot=any"], Exit.USAGE, "--slot must be auto or a whole"),
     ],
 )
 def test_bad_input_is_one_line(args: list[str], code: Exit, message: str, tmp_path: Path) -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from sandbox import engine
+from sandbox import engine, runner
 from sandbox.engine import Engine, Kind
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result, run
@@ -162,6 +162,40 @@ def test_detect_does_not_ask_docker_when_docker_host_is_set() -> None:
     # answer must come from DOCKER_HOST alone.
     found = engine.detect({"DOCKER_HOST": "ssh://me@box", "PATH": ""})
     assert found == Engine(Kind.SSH, "ssh://me@box", "box", "DOCKER_HOST")
+
+
+def test_the_current_context_comes_from_the_cli_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "docker"
+    config.mkdir()
+    env = {"DOCKER_CONFIG": str(config), "PATH": ""}
+    assert engine.context_name(env) == "default"  # no config.json
+    (config / "config.json").write_text('{"auths": {}}')
+    assert engine.context_name(env) == "default"
+    # The default context is the local socket: answered without docker (PATH is empty).
+    assert engine.detect(env) == engine.LOCAL
+    (config / "config.json").write_text('{"currentContext": "big-box"}')
+    assert engine.context_name(env) == "big-box"
+    assert engine.context_name({**env, "DOCKER_CONTEXT": "other"}) == "other"
+    (config / "config.json").write_text("not json")
+    assert engine.context_name(env) == "default"
+    home = tmp_path / "home"
+    (home / ".docker").mkdir(parents=True)
+    (home / ".docker" / "config.json").write_text('{"currentContext": "from-home"}')
+    assert engine.context_name({"HOME": str(home)}) == "from-home"
+    # Another context is docker's to resolve.
+    calls: list[tuple[str, ...]] = []
+
+    def inspect(cmd: Sequence[str], **_: object) -> Result:
+        calls.append(tuple(cmd))
+        return Result(tuple(cmd), 0, context_output("ssh://me@big-box", name="big-box"))
+
+    monkeypatch.setattr(runner, "execute", inspect)
+    (config / "config.json").write_text('{"currentContext": "big-box"}')
+    found = engine.detect(env)
+    assert (found.host, found.source) == ("big-box", "context big-box")
+    assert calls == [("docker", "context", "inspect")]
 
 
 def test_detect_with_an_unreadable_named_context_is_one_clear_error() -> None:
@@ -313,9 +347,10 @@ def test_failed_port_probe_is_an_error() -> None:
 def test_stream_copy_pipes_tar_into_a_helper_container() -> None:
     cmd = engine.stream_copy_command("/home/me/ktrdr/data", "/srv/shared/data", IMAGE)
     assert cmd[:4] == ["bash", "-o", "pipefail", "-c"]
-    assert cmd[-4:] == ["stream", "/home/me/ktrdr/data", "/srv/shared/data", IMAGE]
+    assert cmd[-5:] == ["stream", "/home/me/ktrdr/data", "/srv/shared/data", IMAGE, "."]
     script = cmd[4]
     assert '"$1"' in script and '"$2:/probe"' in script and '"$3"' in script
+    assert '"${@:4}"' in script  # what to send: given names, or "." for everything
     assert "--skip-old-files" in script
     assert "/home/me" not in script  # paths travel as arguments, never as script text
 
@@ -342,6 +377,14 @@ def test_stream_copy_works_end_to_end_with_a_docker_that_extracts_here(tmp_path:
     assert result.ok, result.stderr
     assert (dest / "data" / "GBPUSD.csv").read_text() == "gbp"
     assert (dest / "data" / "EURUSD.csv").read_text() == "kept"
+    # Only the names given travel: the checkout's other files stay on the client.
+    (source / "src.py").write_text("code")
+    (source / "models").mkdir()
+    (source / "models" / "m.pt").write_text("model")
+    cmd = engine.stream_copy_command(str(source), str(dest), IMAGE, ["models"])
+    assert run(cmd, env={"PATH": f"{bin_dir}:/usr/bin:/bin"}).ok
+    assert (dest / "models" / "m.pt").read_text() == "model"
+    assert not (dest / "src.py").exists()
 
 
 def test_stream_copy_of_a_missing_source_fails(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import apps, compose, docker, envfiles, gate, net, runner, settings, slots
+from sandbox import apps, compose, docker, engine, envfiles, gate, net, runner, settings, slots
 from sandbox.gate import CheckResult, State
 from sandbox.runner import Result
 
@@ -143,6 +143,7 @@ def run(
         on_update=updates.append if updates is not None else None,
         timeout=timeout,
         poll=poll,
+        where=engine.LOCAL,
     )
 
 
@@ -410,12 +411,31 @@ def test_wildcard_bind_address_is_probed_on_loopback(tmp_path: Path) -> None:
     envfiles.write_all(tmp_path)
     base = compose.load_target(tmp_path, 1)
     wild = compose.Target(1, tmp_path, {**base.values, "KTRDR_BIND_ADDR": "0.0.0.0"})
-    assert net.host(wild) == "127.0.0.1"
+    local = engine.LOCAL
+    assert net.host(wild, {}, local) == "127.0.0.1"
     v6 = compose.Target(1, tmp_path, {**base.values, "KTRDR_BIND_ADDR": "::1"})
-    assert net.urls(v6)["Grafana"] == "http://[::1]:3001"
+    assert net.urls(v6, {}, local)["Grafana"] == "http://[::1]:3001"
     # The exported machine-wide value counts when the env file does not set one.
-    assert net.host(base, {"KTRDR_BIND_ADDR": "10.0.0.5"}) == "10.0.0.5"
-    assert net.host(base) == "127.0.0.1"
+    assert net.host(base, {"KTRDR_BIND_ADDR": "10.0.0.5"}, local) == "10.0.0.5"
+    assert net.host(base, {}, local) == "127.0.0.1"
+
+
+def test_a_remote_engines_ports_are_reached_at_its_host(tmp_path: Path) -> None:
+    envfiles.write_all(tmp_path)
+    base = compose.load_target(tmp_path, 1)
+    wild = {"KTRDR_BIND_ADDR": "0.0.0.0"}
+    # DOCKER_HOST names the engine: no docker call needed to find it.
+    tcp = {**wild, "DOCKER_HOST": "tcp://127.0.0.2:2375"}
+    assert net.api_url(base, tcp) == "http://127.0.0.2:8001/api/v1"
+    assert net.urls(base, {**wild, "DOCKER_HOST": "ssh://me@[fd00::5]:22"})["Grafana"] == (
+        "http://[fd00::5]:3001"
+    )
+    # KTRDR_CONNECT_HOST (ports forwarded, say) wins, also over a local engine's bind.
+    forwarded = {**tcp, "KTRDR_CONNECT_HOST": "localhost"}
+    assert net.host(base, forwarded) == "localhost"
+    where = engine.resolve({"KTRDR_CONNECT_HOST": "10.1.1.1"}, None)
+    assert net.host(base, {}, where) == "10.1.1.1"
+    assert net.connect_url_host(engine.LOCAL, "0.0.0.0") == "127.0.0.1"
 
 
 def test_url_host_reaches_wildcards_on_loopback_and_brackets_ipv6() -> None:
@@ -425,7 +445,7 @@ def test_url_host_reaches_wildcards_on_loopback_and_brackets_ipv6() -> None:
 
 
 def test_urls(target: compose.Target) -> None:
-    assert net.urls(target) == {
+    assert net.urls(target, {}, engine.LOCAL) == {
         "Backend API": "http://127.0.0.1:8001/api/v1",
         "Jaeger UI": "http://127.0.0.1:16687",
         "Prometheus": "http://127.0.0.1:9091",
@@ -507,6 +527,7 @@ def migrating(
         probe_wait=WAIT,
         timeout=30,
         migration=MIGRATION,
+        where=engine.LOCAL,
     )
     return result, ran
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, docker, picker, slots
+from sandbox import ROOT, docker, picker, preflight, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import lock_path
 from sandbox.runner import run
@@ -64,7 +65,7 @@ def test_no_free_slot_says_who_holds_what() -> None:
     with pytest.raises(SandboxError) as caught:
         picker.pick_free_slot(held, [volume(9), volume(10)], locked=frozenset({10}))
     message = str(caught.value)
-    assert caught.value.code == Exit.FAILED
+    assert caught.value.code == Exit.NO_SLOT
     assert "\n" not in message
     assert message.startswith("no free slot in 1-10 (slot 1: 1 containers (1 running); ")
     assert "slot 9: 1 containers (0 running) and volume ktrdr-sandbox-9_db-data" in message
@@ -185,6 +186,37 @@ def test_machine_lock_busy_names_the_holder(tmp_path: Path) -> None:
     assert heard == ["another `inv` command (pid 4242) is picking a slot; waiting up to 0s"]
 
 
+def any_port(slot: int) -> bool:
+    return True  # the machine's real ports are someone else's business in these tests
+
+
+def test_claim_skips_a_slot_whose_ports_are_held_elsewhere(tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    def ports_free(slot: int) -> bool:
+        asked.append(slot)
+        return slot not in (1, 2)
+
+    claim = picker.Claim(lock_dir=tmp_path, survey=lambda: ([], []), ports_free=ports_free)
+    with picker.claim_free_slot({}, claim) as slot:
+        assert slot == 3 and asked == [1, 2, 3]
+    none = picker.Claim(lock_dir=tmp_path, survey=lambda: ([], []), ports_free=lambda s: False)
+    with pytest.raises(SandboxError) as caught, picker.claim_free_slot({}, none):
+        pytest.fail("claimed a slot whose ports are held")
+    assert caught.value.code == Exit.NO_SLOT
+    assert "slot 1: its ports held by something else" in str(caught.value)
+
+
+def test_ports_free_probes_the_slot_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        monkeypatch.setattr(slots, "ports", lambda slot: {"KTRDR_API_PORT": port})
+        assert not picker.ports_free(7)
+    assert picker.ports_free(7)
+
+
 def test_locked_slots_probe_creates_nothing(tmp_path: Path) -> None:
     with held_elsewhere(lock_path(3, tmp_path)):
         lock_path(5, tmp_path).touch()  # a lock file nobody holds
@@ -194,7 +226,9 @@ def test_locked_slots_probe_creates_nothing(tmp_path: Path) -> None:
 
 
 def test_claim_holds_the_slot_lock_not_the_machine_lock(tmp_path: Path) -> None:
-    claim = picker.Claim(lock_dir=tmp_path, survey=lambda: ([container(1)], []))
+    claim = picker.Claim(
+        lock_dir=tmp_path, survey=lambda: ([container(1)], []), ports_free=any_port
+    )
     with held_elsewhere(lock_path(2, tmp_path)), picker.claim_free_slot({}, claim) as slot:
         assert slot == 3  # 1 has containers, 2 is locked by another `inv`
         assert not is_free(lock_path(3, tmp_path))
@@ -229,7 +263,8 @@ ready.touch()
 while not go.exists():
     time.sleep(0.005)
 if mode == "locked":
-    with picker.claim_free_slot(os.environ, picker.Claim(survey=survey)) as slot:
+    claim = picker.Claim(survey=survey, ports_free=lambda slot: True)
+    with picker.claim_free_slot(os.environ, claim) as slot:
         time.sleep(0.2)  # `docker compose up -d` creating the containers
         create(slot)
 else:
@@ -275,3 +310,59 @@ def test_the_race_is_real_without_the_lock(tmp_path: Path) -> None:
     picked = race(tmp_path, "unlocked")
     assert len(picked) == 4
     assert len(set(picked)) < len(picked)
+
+
+# ----------------------------------------------------------------------------- a named slot
+
+
+def test_a_named_slot_is_claimed_only_when_free(tmp_path: Path) -> None:
+    def survey() -> tuple[list[docker.Container], list[picker.Volume]]:
+        return [container(1)], [volume(2)]
+
+    claim = picker.Claim(lock_dir=tmp_path, survey=survey)
+    with picker.claim_named_slot({}, 3, claim) as slot:
+        assert slot == 3 and picker.locked_slots(tmp_path) == frozenset({3})
+    assert picker.locked_slots(tmp_path) == frozenset()
+    for held, words in ((1, "slot 1: 1 containers (1 running)"), (2, "volume ktrdr-sandbox-2")):
+        with pytest.raises(SandboxError) as caught, picker.claim_named_slot({}, held, claim):
+            pytest.fail("claimed a slot that is not free")
+        assert caught.value.code == Exit.NO_SLOT
+        assert words in str(caught.value) and "--slot=auto" in str(caught.value)
+
+
+def test_claim_slot_auto_or_named(tmp_path: Path) -> None:
+    claim = picker.Claim(
+        lock_dir=tmp_path, survey=lambda: ([container(1)], []), ports_free=any_port
+    )
+    with picker.claim_slot({}, None, claim) as slot:
+        assert slot == 2
+    with picker.claim_slot({}, 7, claim) as slot:
+        assert slot == 7
+
+
+@pytest.mark.parametrize(
+    "value,expected", [(None, None), ("auto", None), (" AUTO ", None), ("0", 0), ("10", 10)]
+)
+def test_parse_choice(value: str | None, expected: int | None) -> None:
+    assert picker.parse_choice(value) == expected
+
+
+@pytest.mark.parametrize("value,words", [("x", "auto or a whole number"), ("11", "outside 0-10")])
+def test_parse_choice_refuses(value: str, words: str) -> None:
+    with pytest.raises(SandboxError, match=words) as caught:
+        picker.parse_choice(value)
+    assert caught.value.code == Exit.USAGE
+
+
+def test_a_remote_engines_ports_are_not_probed_on_this_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_local_probe(host: str, port: int) -> bool:
+        raise AssertionError("probed this machine for a remote engine's port")
+
+    monkeypatch.setattr(preflight, "can_bind", no_local_probe)
+    remote = picker.default_ports_free({"DOCKER_HOST": "tcp://127.0.0.2:2375"}, "0.0.0.0")
+    assert remote(1)
+    local = picker.default_ports_free({"DOCKER_HOST": "unix:///var/run/docker.sock"}, "")
+    with pytest.raises(AssertionError):
+        local(1)

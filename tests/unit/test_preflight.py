@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from sandbox import apps, compose, docker, envfiles, preflight, runner
+from sandbox import apps, compose, docker, enginehost, envfiles, images, preflight, runner
+from sandbox import engine as engine_mod
 from sandbox import shared as shared_mod
 from sandbox.docker import Container, PublishedPort
 from sandbox.errors import Exit, SandboxError
@@ -464,18 +465,38 @@ def ps_line(c: Container) -> str:
     return json.dumps(row)
 
 
+LOCAL_CONTEXT = json.dumps(
+    [{"Name": "default", "Endpoints": {"docker": {"Host": "unix:///var/run/docker.sock"}}}]
+)
+
+
 class FakeEngine:
-    """Stands in for `runner.run` in docker.py and compose.py; records every command."""
+    """Stands in for `runner.run` in docker.py and compose.py; records every command.
+
+    As a remote engine's host (`DOCKER_HOST` set by the test) it also answers the helper
+    containers: `taken` ports fail to bind, `shared` holds the subdirectories that exist
+    there (None: not even the directory), `images` the images its store has.
+    """
 
     def __init__(self, containers: Sequence[Container] = (), *, engine: bool = True) -> None:
         self.containers = list(containers)
         self.engine = engine
         self.volume: str | None = None  # `docker volume inspect` output; None: no volume
         self.commands: list[tuple[str, ...]] = []
+        self.taken: set[int] = set()
+        self.shared: set[str] | None = None
+        self.images: set[str] | None = None  # None: every image
 
     def __call__(self, cmd: Sequence[Any], **kwargs: Any) -> Result:
         args = tuple(str(a) for a in cmd)
         self.commands.append(args)
+        if args[:3] == ("docker", "context", "inspect"):
+            return Result(args, 0, LOCAL_CONTEXT)
+        if args[:3] == ("docker", "image", "inspect"):
+            present = self.images is None or args[-1] in self.images
+            return Result(args, 0 if present else 1, "sha256:1\n" if present else "")
+        if args[:2] == ("docker", "run"):
+            return self.helper(args)
         if args[:2] == ("docker", "version"):
             if not self.engine:
                 return Result(args, 1, "", "Cannot connect to the Docker daemon")
@@ -489,6 +510,27 @@ class FakeEngine:
                 return Result(args, 1, "[]\n", f"Error: No such volume: {args[3]}")
             return Result(args, 0, self.volume)
         raise AssertionError(f"preflight ran an unexpected command: {args}")
+
+    def helper(self, args: tuple[str, ...]) -> Result:
+        """A helper container on the engine's host (sandbox/engine.py's commands)."""
+        if "perl" in args:
+            ports = [int(p) for p in args[args.index("perl") + 4 :]]
+            lines = [f"taken {p} Address in use" if p in self.taken else f"free {p}" for p in ports]
+            return Result(args, 0, "\n".join(lines))
+        if engine_mod.CHECK_SCRIPT in args:
+            if self.shared is None:
+                return Result(
+                    args, 125, "", "invalid mount config: bind source path does not exist"
+                )
+            found = [
+                f"{'present' if d in self.shared else 'missing'} {d}" for d in shared_mod.SUBDIRS
+            ]
+            return Result(args, 0, "\n".join(found))
+        if engine_mod.CREATE_SCRIPT in args:
+            made = [d for d in shared_mod.SUBDIRS if d not in (self.shared or set())]
+            self.shared = set(shared_mod.SUBDIRS)
+            return Result(args, 0, "\n".join(f"created {d}" for d in made))
+        raise AssertionError(f"an unexpected helper container: {args}")
 
 
 @pytest.fixture
@@ -715,3 +757,136 @@ def test_a_bind_address_that_is_not_an_ip_is_refused_in_preflight(
         preflight.run_preflight(target, {"KTRDR_BIND_ADDR": "not-an-ip"})
     assert err.value.code is Exit.BAD_ENV
     assert err.value.message.startswith("KTRDR_BIND_ADDR='not-an-ip' is not an IP address")
+
+
+# --- a remote engine: the same questions, asked on its host ---------------------------------
+
+REMOTE = {"DOCKER_HOST": "tcp://127.0.0.2:2375", "KTRDR_BIND_ADDR": "0.0.0.0"}
+
+
+def test_remote_preflight_asks_the_engines_host_and_creates_nothing_here(
+    engine: FakeEngine, target: compose.Target, home: Path
+) -> None:
+    result = preflight.run_preflight(target, REMOTE)
+    details = {step.name: step.detail for step in result.steps}
+    assert list(details) == [
+        "engine",
+        "compose",
+        "env",
+        "exposure",
+        "checkout",
+        "source",
+        "volume",
+        "images",
+        "ports",
+        "shared",
+    ]
+    assert result.where.host == "127.0.0.2"
+    assert details["engine"] == (
+        "Docker engine 27.3.1 at tcp://127.0.0.2:2375 (remote, from DOCKER_HOST) [on this machine]"
+    )
+    assert details["exposure"] == (
+        "ports bound on 0.0.0.0 on 127.0.0.2 (every network of that host), reached at "
+        "127.0.0.2; the database has the default password (set KTRDR_DB_PASSWORD) "
+        "[on this machine]"
+    )
+    assert details["ports"] == "11 host ports free on 0.0.0.0 [on 127.0.0.2]"
+    shared = home / ".ktrdr" / "shared"
+    assert details["shared"] == (f"created {shared} with data, models, strategies [on 127.0.0.2]")
+    assert not (home / ".ktrdr").exists()  # created on the engine's host only
+    # The images the slot runs are asked for; the build-only base is not.
+    asked = [c[-1] for c in engine.commands if c[:3] == ("docker", "image", "inspect")]
+    assert asked == [images.APP_IMAGE]
+    dotenv = "KTRDR_APP_IMAGE=app:1\nKTRDR_BASE_IMAGE=base:1\nKTRDR_DB_IMAGE=db:1\n"
+    (target.root / ".env").write_text(dotenv)
+    assert enginehost.slot_images(target, {}) == ["db:1", "app:1"]
+    # DOCKER_HOST names the engine: no context is read.
+    assert ("docker", "context", "inspect") not in [c[:3] for c in engine.commands]
+    again = preflight.run_preflight(target, {**REMOTE, "KTRDR_DB_PASSWORD": "s3cret"})
+    details = {step.name: step.detail for step in again.steps}
+    assert "default password" not in details["exposure"]
+    assert details["shared"] == f"{shared} has data/, models/, strategies/ [on 127.0.0.2]"
+
+
+def test_remote_loopback_bind_is_refused_before_anything_runs_there(
+    engine: FakeEngine, target: compose.Target
+) -> None:
+    with pytest.raises(SandboxError) as caught:
+        preflight.run_preflight(target, {"DOCKER_HOST": "ssh://me@big-box"})
+    assert caught.value.code is Exit.BAD_ENV
+    assert caught.value.message.startswith(
+        "ports bound to 127.0.0.1 on big-box are reachable only on that host: "
+        "set KTRDR_BIND_ADDR=0.0.0.0"
+    )
+    assert not [c for c in engine.commands if c[:2] == ("docker", "run")]
+    # Forwarded ports: the client reaches them where KTRDR_CONNECT_HOST says.
+    forwarded = {"DOCKER_HOST": "ssh://me@big-box", "KTRDR_CONNECT_HOST": "127.0.0.1"}
+    steps = {s.name: s.detail for s in preflight.run_preflight(target, forwarded).steps}
+    assert steps["exposure"].startswith("ports bound on 127.0.0.1 on big-box, reached at 127.0.0.1")
+
+
+def test_remote_taken_port_is_named_on_the_engines_host(
+    engine: FakeEngine, target: compose.Target, home: Path
+) -> None:
+    engine.taken = {9091}
+    engine.containers = [container("ktrdr-sandbox-2", "backend", 8001, working_dir="/srv/b")]
+    with pytest.raises(SandboxError) as caught:
+        preflight.run_preflight(target, REMOTE)
+    assert caught.value.code is Exit.PORT_TAKEN
+    assert caught.value.message == (
+        "port 8001 (backend, KTRDR_API_PORT) is taken by slot 2 (ktrdr-sandbox-2, service "
+        "backend) (and 1 more: 9091): stop it or pick another slot"
+    )
+    engine.containers = []
+    with pytest.raises(SandboxError) as caught:
+        preflight.run_preflight(target, REMOTE)
+    assert caught.value.message == (
+        "port 9091 (prometheus, KTRDR_PROMETHEUS_PORT) is taken by a process on 127.0.0.2 "
+        "(`ss -ltnp 'sport = :9091'` there names it): stop it or pick another slot"
+    )
+    assert not (home / ".ktrdr").exists()
+
+
+def test_remote_engine_without_the_images_says_how_to_send_them(
+    engine: FakeEngine, target: compose.Target
+) -> None:
+    engine.images = set()
+    with pytest.raises(SandboxError) as caught:
+        preflight.run_preflight(target, REMOTE)
+    assert caught.value.code is Exit.COMMAND
+    assert "`inv images --to-engine`" in caught.value.message
+    assert caught.value.message.startswith("the engine on 127.0.0.2 has no image ")
+
+
+def test_remote_engine_refuses_a_source_checkout(
+    engine: FakeEngine, target: compose.Target, tmp_path: Path
+) -> None:
+    asked = apps.Source(apps.KTRDR, tmp_path / "ktrdr")
+    with pytest.raises(SandboxError) as caught:
+        preflight.run_preflight(target, REMOTE, source=asked)
+    assert caught.value.code is Exit.USAGE
+    assert "which the engine on 127.0.0.2 cannot see" in caught.value.message
+
+
+def test_remote_missing_shared_dir_without_create(
+    engine: FakeEngine, target: compose.Target, home: Path
+) -> None:
+    engine.shared = {"data"}
+    with pytest.raises(SandboxError) as caught:
+        preflight.run_preflight(target, REMOTE, create_shared=False)
+    assert caught.value.code is Exit.SHARED_DIR
+    assert caught.value.message == (
+        f"the shared directory {home}/.ktrdr/shared on 127.0.0.2 lacks models/, strategies/: "
+        "run `inv init-shared` with the same DOCKER_HOST to create it"
+    )
+
+
+def test_a_checkout_is_a_client_and_a_path() -> None:
+    here = Path("/checkouts/a")
+    mine = replace(container("p", "db", working_dir=str(here)), client="laptop")
+    theirs = replace(mine, client="desktop")
+    unlabelled = replace(mine, client="")
+    assert preflight.other_checkout(here, [mine, unlabelled], client="laptop") is None
+    assert preflight.other_checkout(here, [theirs], client="laptop") == "desktop:/checkouts/a"
+    moved = replace(mine, working_dir="/checkouts/b")
+    assert preflight.other_checkout(here, [moved], client="laptop") == "/checkouts/b"

@@ -101,12 +101,15 @@ def test_save_load_pipe_counts_the_bytes_it_streams(tmp_path: Path) -> None:
     fake = tmp_path / "docker"
     fake.write_text(
         "#!/bin/sh\n"
-        'if [ "$1" = save ]; then shift; echo "$@" >"$OUT.names"; head -c 1000 /dev/zero; fi\n'
+        'if [ "$1" = save ]; then shift; echo "$@" >"$OUT.names"; echo "$DOCKER_CONTEXT" '
+        '>"$OUT.saved-from"; head -c 1000 /dev/zero; fi\n'
         'if [ "$1" = load ]; then echo "$DOCKER_HOST" >"$OUT.host"; wc -c >"$OUT"; fi\n'
     )
     fake.chmod(0o755)
     out = tmp_path / "loaded"
-    env = remotehost.save_load_env({"PATH": f"{tmp_path}:/usr/bin:/bin"}, "tcp://127.0.0.2:2375")
+    remote = {"PATH": f"{tmp_path}:/usr/bin:/bin", "DOCKER_HOST": "tcp://127.0.0.2:2375"}
+    env = remotehost.save_load_env(remote)
+    assert "DOCKER_HOST" not in env
     cmd = remotehost.save_load_command(["a:1", "b:2"])
     result = run(cmd, env={**env, "OUT": str(out)})
     assert result.ok, result.stderr
@@ -114,6 +117,8 @@ def test_save_load_pipe_counts_the_bytes_it_streams(tmp_path: Path) -> None:
     assert out.read_text().strip() == "1000"
     assert Path(f"{out}.names").read_text().strip() == "a:1 b:2"
     assert Path(f"{out}.host").read_text().strip() == "tcp://127.0.0.2:2375"
+    # Saved from this machine's engine, whatever context is current.
+    assert Path(f"{out}.saved-from").read_text().strip() == "default"
 
 
 def test_bad_slots_option_is_a_usage_error() -> None:

@@ -192,7 +192,9 @@ def test_fresh_recreates_only_this_slots_database_after_asking(
     target: compose.Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fakes = Fakes(monkeypatch, [])
-    checked = preflight.Preflight(["docker", "compose"], [], [], provenance.Kind.OTHER_PASSWORD)
+    checked = preflight.Preflight(
+        ["docker", "compose"], [], [], volume=provenance.Kind.OTHER_PASSWORD
+    )
     monkeypatch.setattr(preflight, "run_preflight", lambda *args, **kwargs: checked)
     with pytest.raises(SandboxError) as caught:
         stack.up(target, {}, fresh=lambda slot: False)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import compose, docker, lastup, slots, status
+from sandbox import compose, docker, engine, lastup, slots, status
 from sandbox.docker import PublishedPort
 
 
@@ -172,9 +172,23 @@ def test_collect_asks_docker_once(monkeypatch: pytest.MonkeyPatch) -> None:
         return [*full_stack(0), *full_stack(1), *full_stack(2)]
 
     monkeypatch.setattr(docker, "containers", fake)
-    rows = status.collect({"PATH": "/bin"})
+    local = {"PATH": "/bin", "DOCKER_HOST": "unix:///var/run/docker.sock"}
+    rows = status.collect(local)
     assert [r.slot for r in rows] == [0, 1, 2]
-    assert calls == [{"PATH": "/bin"}]
+    assert calls == [local]
+    assert rows[1].api_url == "http://127.0.0.1:8001/api/v1"
+
+
+def test_a_remote_engines_api_urls_use_its_host() -> None:
+    wild = docker.Container(
+        "id", "n", "ktrdr-sandbox-2", "backend", "running", "Up", "/c",
+        (PublishedPort("0.0.0.0", 8002, 8000), PublishedPort("::", 8002, 8000)),
+    )  # fmt: skip
+    remote = engine.resolve({"DOCKER_HOST": "tcp://127.0.0.2:2375"}, None)
+    [row] = status.summarize([wild], where=remote)
+    assert row.api_url == "http://127.0.0.2:8002/api/v1"
+    [row] = status.summarize([wild])
+    assert row.api_url == "http://127.0.0.1:8002/api/v1"
 
 
 def test_a_stack_missing_services_is_partial() -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sandbox import ROOT, docker, slots, statusjson, verify, worktrees
+from sandbox import ROOT, docker, engine, slots, statusjson, verify, worktrees
 from sandbox.docker import PublishedPort
 from sandbox.runner import run
 from sandbox.statusjson import SlotSource
@@ -249,6 +250,10 @@ def test_url_host_from_the_binding() -> None:
     [wide] = statusjson.document(wildcard, {})["slots"]
     assert wide["urls"]["jaeger"] == "http://127.0.0.1:16687"
     assert wide["ports"] == slots.ports(1)
+    # On a remote engine the wildcard is that engine's host's.
+    where = engine.resolve({"DOCKER_HOST": "ssh://me@big-box"}, None)
+    [far] = statusjson.document(wildcard, {}, where=where)["slots"]
+    assert far["urls"]["backend"] == "http://big-box:8001/api/v1"
 
 
 # ----------------------------------------------------------------------------- sources, verify
@@ -267,15 +272,14 @@ def test_describe_source_from_a_real_checkout(tmp_path: Path) -> None:
 
 
 def test_slot_sources_from_labels(tmp_path: Path) -> None:
-    labels = {
-        "ktrdr-sandbox-1-backend": {"ktrdr.sandbox.source": str(tmp_path), "ktrdr.sandbox.app": "x"}
+    db = make(1, "db", working_dir=str(tmp_path))
+    backend = replace(make(1, "backend", working_dir=str(tmp_path)), source=str(tmp_path), app="x")
+    builtin = replace(make(2, "backend", working_dir=str(tmp_path)), app="reference")
+    found = statusjson.slot_sources([db, backend, builtin], {})
+    assert found == {
+        1: SlotSource(str(tmp_path), "x", None, True, True),
+        2: SlotSource(None, "reference", None, True, True),
     }
-    containers = [
-        make(1, "db", working_dir=str(tmp_path)),
-        make(1, "backend", working_dir=str(tmp_path)),
-    ]
-    found = statusjson.slot_sources(containers, lambda c: labels.get(c.id, {}), {})
-    assert found == {1: SlotSource(str(tmp_path), "x", None, True, True)}
 
 
 def test_verify_document() -> None:

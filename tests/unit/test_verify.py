@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from sandbox import compose, docker, envfiles, runner, slots, verify
+from sandbox import compose, docker, engine, envfiles, runner, slots, verify
 from sandbox.docker import PublishedPort
 from sandbox.runner import Result
+from sandbox.runner import execute as real_run
 from sandbox.verify import Mount
 
 
@@ -265,6 +266,44 @@ def test_shared_dir_probe_is_seen_and_always_removed(
         verify.shared_dir(target, ["docker", "compose"], {}, stack(1))
     for sub in ("data", "models", "strategies"):
         assert list((shared / sub).iterdir()) == []  # removed even then
+
+
+def test_shared_dir_probe_on_a_remote_engine_is_written_there(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The helper containers' scripts run for real, on a directory standing for the remote
+    host's; the slot's shared path (a client path) never appears on the client."""
+    client_path = tmp_path / "client-home" / "shared"
+    remote_disk = tmp_path / "remote-host"
+    remote_dir = remote_disk / str(client_path).lstrip("/")
+    for sub in ("data", "models", "strategies"):
+        (remote_dir / sub).mkdir(parents=True)
+    target = target_for(root, 1, KTRDR_SHARED_DIR=str(client_path))
+    helpers: list[str] = []
+
+    def on_remote(cmd: Sequence[str], *, env: Mapping[str, str], **_: Any) -> Result:
+        assert env["DOCKER_HOST"] == "tcp://127.0.0.2:2375"
+        if list(cmd[:2]) == ["docker", "run"]:
+            script_at = list(cmd).index("-c") + 1
+            helpers.append(cmd[-1] if cmd[-1] in ("write", "remove") else "check")
+            return real_run(["sh", "-c", cmd[script_at], str(remote_dir), *cmd[script_at + 2 :]])
+        wanted = [a.removeprefix("/app/") for a in cmd if a.startswith("/app/")]
+        return Result(tuple(cmd), 0 if all((remote_dir / w).is_file() for w in wanted) else 1)
+
+    monkeypatch.setattr(runner, "execute", on_remote)
+    where = engine.resolve({"DOCKER_HOST": "tcp://127.0.0.2:2375"}, None)
+    env = {"DOCKER_HOST": "tcp://127.0.0.2:2375"}
+    check = verify.shared_dir(target, ["docker", "compose"], env, stack(1), where)
+    assert check.passed, check.detail
+    assert helpers == ["check", "write", "remove"]
+    for sub in ("data", "models", "strategies"):
+        assert list((remote_dir / sub).iterdir()) == []
+    assert not client_path.parent.exists()
+    # Missing there: says so, and writes nothing.
+    (remote_dir / "models").rmdir()
+    check = verify.shared_dir(target, ["docker", "compose"], env, stack(1), where)
+    assert not check.passed
+    assert check.detail == f"{client_path} on 127.0.0.2 lacks models/: run `inv init-shared`"
 
 
 def test_shared_dir_missing(root: Path, tmp_path: Path) -> None:

@@ -1,0 +1,94 @@
+"""`inv new` and `inv done`: the order of their steps, so that a refusal changes nothing.
+
+`inv new BRANCH --repo=PATH`: every check of the worktree (`worktrees.check_new`) before a slot
+is claimed; the slot (`picker.claim_slot`) before the worktree is made; the worktree before the
+stack starts. So bad input and "no free slot" leave nothing behind; a stack that fails to start
+leaves the worktree, and the task says how to remove it.
+
+`inv done --branch=BRANCH|--slot=N`: what to act on (`branches.resolve_done`), then every refusal
+(`check_done`: work that exists nowhere else, a worktree git would not remove), and only then
+the slot's `down --volumes`, its `.env.sandbox`, and `git worktree remove` of the path git
+recorded. The tasks in tasks.py call these in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox import apps, branches, docker, statusjson, worktrees
+from sandbox.errors import Exit, SandboxError
+
+
+@dataclass(frozen=True)
+class NewPlan:
+    """What `inv new` will make, every check passed."""
+
+    repo: Path  # the app repository's main checkout
+    branch: str
+    path: Path  # the worktree's path (naming rule)
+
+
+def check_new(
+    repo: str | None, branch: str, base: str | None, environ: Mapping[str, str]
+) -> NewPlan:
+    """Every refusal of `inv new` that does not need a slot: --repo given and a repository,
+    the branch name, the path free, the branch not checked out elsewhere, --base a commit."""
+    if not repo:
+        raise SandboxError(
+            "which repository? pass --repo=PATH with PATH a checkout of the app", Exit.USAGE
+        )
+    main = worktrees.check_repo(Path(repo).expanduser(), environ)
+    path = worktrees.check_new(main, branch, base, environ)
+    return NewPlan(main, branch, path)
+
+
+def kept_hint(plan: NewPlan, made: Path) -> str:
+    """What to do with a worktree whose stack did not start."""
+    return (
+        f"the worktree {made} stays: fix the above and `inv up --slot=N --source={made}`, or "
+        f"remove it with `inv done --branch={plan.branch} --repo={plan.repo}`"
+    )
+
+
+def done_target(
+    environ: Mapping[str, str],
+    branch: str | None = None,
+    slot: int | None = None,
+    repo: str | None = None,
+) -> branches.DoneTarget:
+    """The slot and worktree `inv done` acts on, from one `docker ps`."""
+    if (branch is None) == (slot is None):
+        raise SandboxError(
+            "name one branch or one slot: `inv done --branch=BRANCH` or `inv done --slot=N`",
+            Exit.USAGE,
+        )
+    sources = statusjson.slot_sources(docker.sandbox_containers(environ), environ)
+    where = Path(repo).expanduser() if repo else None
+    return branches.resolve_done(sources, branch, slot, where, environ)
+
+
+def check_done(
+    target: branches.DoneTarget, force: bool, environ: Mapping[str, str], cwd: Path | None = None
+) -> worktrees.Report:
+    """`done`'s refusals, changing nothing: git would not remove the worktree (main checkout,
+    locked, holds the current directory), or - unless `force` - it holds uncommitted changes,
+    untracked files or commits on no remote (UNSAVED_WORK, the list as details). Returns what
+    `force` will throw away."""
+    path = target.worktree.path
+    worktrees.check_removable(target.repo, path, environ, cwd)
+    ours = apps.ours(path / apps.ENV_SANDBOX)
+    report = worktrees.unsafe_to_remove(path, environ, (apps.ENV_SANDBOX,) if ours else ())
+    if not report.safe and not force:
+        raise SandboxError(report.summary(), Exit.UNSAVED_WORK, details="\n".join(report.lines()))
+    return report
+
+
+def remove_worktree(
+    target: branches.DoneTarget, force: bool, environ: Mapping[str, str], cwd: Path | None = None
+) -> Path:
+    """After the slot is down: the `.env.sandbox` this tool wrote (a slot already down left
+    it), then `git worktree remove [--force]` of git's recorded path."""
+    apps.remove_env_sandbox(target.worktree.path)
+    return worktrees.remove(target.repo, target.worktree.path, force, environ, cwd)

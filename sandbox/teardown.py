@@ -1,0 +1,143 @@
+"""`inv down --all`: every slot of this engine, orphans included, scoped by Compose's labels.
+
+`plan` is pure: from one `docker ps` and one `docker volume ls` it lists each slot that holds
+something, and what `down --all` would remove there. `take_down` removes one slot with
+`docker compose --project-name ktrdr-sandbox-N down`, which works from the project's labels
+alone: it needs neither the compose file nor the checkout that started the slot, so a slot
+whose checkout was deleted (an orphan) goes the same way. Only projects named
+`ktrdr-sandbox-0` to `-10` are ever named; there is no prune anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sandbox import apps, docker, lock, picker, runner, slots
+from sandbox.errors import Exit, SandboxError
+from sandbox.runner import display
+from sandbox.settings import LOCK_WAIT
+
+# Compose looks for a compose file in its working directory and upwards; a project-only `down`
+# must not find one (nor a .env), so it runs from the root directory with no COMPOSE_* set.
+NEUTRAL_DIR = Path("/")
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """One slot that `down --all` acts on."""
+
+    slot: int
+    containers: int
+    running: int
+    volumes: tuple[str, ...]
+    checkouts: tuple[str, ...]  # ktrdr-sandbox checkouts that started it (Compose's label)
+    sources: tuple[str, ...]  # app checkouts it runs (label ktrdr.sandbox.source)
+
+    @property
+    def project(self) -> str:
+        return slots.project_name(self.slot)
+
+    def orphaned(self) -> bool:
+        """A checkout or a source that started it is gone: only a project-wide `down` helps."""
+        return any(not Path(p).is_dir() for p in (*self.checkouts, *self.sources))
+
+    def describe(self, volumes: bool) -> str:
+        """One line: what goes, and what stays."""
+        parts = []
+        if self.containers:
+            parts.append(f"{self.containers} container(s), {self.running} running")
+        if self.volumes:
+            verb = "removed" if volumes else "kept"
+            parts.append(f"volume {', '.join(self.volumes)} ({verb})")
+        where = f" from {', '.join(self.checkouts)}" if self.checkouts else ""
+        runs = f"; runs {', '.join(self.sources)}" if self.sources else ""
+        orphan = " [orphaned]" if self.orphaned() else ""
+        return f"slot {self.slot} ({self.project}){orphan}: {'; '.join(parts)}{where}{runs}"
+
+    def acts(self, volumes: bool) -> bool:
+        """Whether `down` has anything to do here (a volume alone stays without --volumes)."""
+        return bool(self.containers or (volumes and self.volumes))
+
+
+def plan(
+    containers: Sequence[docker.Container], volumes: Sequence[picker.Volume]
+) -> list[SlotPlan]:
+    """Every slot holding a container or a volume, by slot number (pure)."""
+    held = picker.occupancy(containers, volumes)
+    found = []
+    for slot, occupied in held.items():
+        sources = dict.fromkeys(c.source for c in containers if c.slot == slot and c.source)
+        found.append(
+            SlotPlan(
+                slot,
+                occupied.containers,
+                occupied.running,
+                occupied.volumes,
+                occupied.checkouts,
+                tuple(sources),
+            )
+        )
+    return found
+
+
+def survey(environ: Mapping[str, str]) -> list[SlotPlan]:
+    """`plan` of what the engine holds now: one `docker ps`, one `docker volume ls`."""
+    return plan(docker.sandbox_containers(environ), picker.sandbox_volumes(environ))
+
+
+def down_command(compose_cmd: Sequence[str], slot: int, volumes: bool) -> list[str]:
+    """A project-only `down`: Compose finds the containers, network and volumes by label."""
+    args = ["down", "--remove-orphans", *(["--volumes"] if volumes else [])]
+    return [*compose_cmd, "--project-name", slots.project_name(slot), *args]
+
+
+def neutral_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The caller's environment without COMPOSE_* (a COMPOSE_FILE or COMPOSE_PROJECT_NAME
+    exported in the shell would point Compose at another project)."""
+    return {k: v for k, v in environ.items() if not k.startswith("COMPOSE_")}
+
+
+def take_down(
+    entry: SlotPlan,
+    compose_cmd: Sequence[str],
+    environ: Mapping[str, str],
+    *,
+    volumes: bool,
+    root: Path,
+    on_busy: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Remove one slot's containers and network (and volumes with `volumes`) under its slot
+    lock; with `volumes` also the `.env.sandbox` files this tool wrote into its sources and
+    this checkout's state of the slot, as `inv down --volumes` does. Returns the files removed."""
+    cmd = down_command(compose_cmd, entry.slot, volumes)
+    with lock.slot_lock(entry.slot, wait=LOCK_WAIT, on_busy=on_busy):
+        runner.run(
+            cmd,
+            env=neutral_env(environ),
+            cwd=NEUTRAL_DIR,
+            check=f"`{display(cmd)}` failed for slot {entry.slot}; the rest were not touched",
+        )
+    if not volumes:
+        return []
+    sources = set(entry.sources) | ({apps.recorded_source(root, entry.slot)} - {""})
+    removed = [p for s in sources if (p := apps.remove_env_sandbox(Path(s))) is not None]
+    return removed + apps.remove_state(root, entry.slot)
+
+
+def confirm_or_refuse(
+    entries: Sequence[SlotPlan], yes: bool, interactive: bool, ask: Callable[[str], str]
+) -> bool:
+    """Whether to go on: `--yes`, else a "y" typed on a terminal; with neither a terminal nor
+    --yes, SandboxError(USAGE) in one line (a script must say --yes)."""
+    if yes or not entries:
+        return True
+    if not interactive:
+        raise SandboxError(
+            f"`inv down --all` would take down {len(entries)} slot(s) and there is no terminal "
+            "to ask: re-run with --yes",
+            Exit.USAGE,
+        )
+    answer = ask(f"take down these {len(entries)} slot(s)? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")

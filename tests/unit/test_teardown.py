@@ -1,0 +1,184 @@
+"""`inv down --all`: the plan from a fabricated engine, the question, and what gets run.
+
+The E2E suite runs the real `down --all` only where the machine is its own (CI); here a fake
+engine stands in, through the real `inv down` task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from invoke.context import Context
+from invoke.exceptions import Exit as InvokeExit
+
+import tasks
+from sandbox import apps, compose, docker, envfiles, picker, runner, slots, teardown
+from sandbox.errors import Exit, SandboxError
+from sandbox.runner import Result
+
+
+def container(
+    slot: int | str,
+    service: str = "db",
+    state: str = "running",
+    source: str = "",
+    working_dir: str = "/",
+) -> docker.Container:
+    project = slots.project_name(slot) if isinstance(slot, int) else slot
+    return docker.Container(
+        id=f"{project}-{service}",
+        name=f"{project}-{service}-1",
+        project=project,
+        service=service,
+        state=state,
+        status="Up 1 minute",
+        working_dir=working_dir,
+        source=source,
+    )
+
+
+def volume(slot: int) -> picker.Volume:
+    return picker.Volume(picker.db_volume_name(slot), slots.project_name(slot), "db-data")
+
+
+def test_plan_lists_every_slot_with_something(tmp_path: Path) -> None:
+    engine = [
+        container(2, "db"),
+        container(2, "backend", source=str(tmp_path)),
+        container(4, "db", state="exited", working_dir=str(tmp_path / "gone")),
+        container("myapp", "web"),  # not a slot: never listed
+    ]
+    found = teardown.plan(engine, [volume(2), volume(7)])
+    assert [e.slot for e in found] == [2, 4, 7]
+    two, four, seven = found
+    assert (two.containers, two.running, two.sources) == (2, 2, (str(tmp_path),))
+    assert not two.orphaned() and four.orphaned()  # its checkout is gone
+    assert "[orphaned]" in four.describe(volumes=False)
+    assert seven.containers == 0 and seven.volumes == ("ktrdr-sandbox-7_db-data",)
+    # A volume alone is kept without --volumes: nothing to do there then.
+    assert not seven.acts(volumes=False) and seven.acts(volumes=True)
+    assert "(kept)" in seven.describe(False) and "(removed)" in seven.describe(True)
+
+
+def test_down_command_names_only_the_project() -> None:
+    assert teardown.down_command(["docker", "compose"], 3, volumes=True) == [
+        "docker",
+        "compose",
+        "--project-name",
+        "ktrdr-sandbox-3",
+        "down",
+        "--remove-orphans",
+        "--volumes",
+    ]
+    assert "--volumes" not in teardown.down_command(["docker", "compose"], 3, volumes=False)
+
+
+def test_no_terminal_and_no_yes_is_refused() -> None:
+    entries = teardown.plan([container(1)], [])
+
+    def never(prompt: str) -> str:
+        raise AssertionError("asked without a terminal")
+
+    with pytest.raises(SandboxError, match="re-run with --yes") as caught:
+        teardown.confirm_or_refuse(entries, yes=False, interactive=False, ask=never)
+    assert caught.value.code == Exit.USAGE
+    assert teardown.confirm_or_refuse(entries, yes=True, interactive=False, ask=never)
+    assert teardown.confirm_or_refuse(entries, False, True, lambda prompt: "y\n")
+    assert not teardown.confirm_or_refuse(entries, False, True, lambda prompt: "")
+    assert not teardown.confirm_or_refuse(entries, False, True, lambda prompt: "no")
+
+
+class FakeEngine:
+    """One `docker ps` and one `docker volume ls` worth of slots; records every command."""
+
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        containers: list[docker.Container],
+        volumes: list[picker.Volume],
+    ) -> None:
+        self.commands: list[tuple[list[str], dict[str, Any]]] = []
+        monkeypatch.setattr(docker, "check_engine", lambda environ=None: "20.10")
+        monkeypatch.setattr(docker, "sandbox_containers", lambda environ=None: containers)
+        monkeypatch.setattr(picker, "sandbox_volumes", lambda environ=None: volumes)
+        monkeypatch.setattr(compose, "find_compose", lambda environ=None: ["docker", "compose"])
+        monkeypatch.setattr(runner, "execute", self.execute)
+
+    def execute(self, cmd: Sequence[str], **options: Any) -> Result:
+        self.commands.append((list(cmd), options))
+        return Result(tuple(cmd), 0)
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ktrdr-sandbox checkout of its own (env files, state) and private locks."""
+    envfiles.write_all(tmp_path)
+    monkeypatch.setattr(tasks, "ROOT", tmp_path)
+    monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setenv("COMPOSE_FILE", "/somewhere/else.yml")  # must not reach Compose
+    return tmp_path
+
+
+def test_down_all_takes_down_every_slot_and_their_files(
+    isolated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, foreign = tmp_path / "branch", tmp_path / "theirs"
+    source.mkdir()
+    foreign.mkdir()
+    (source / apps.ENV_SANDBOX).write_text(f"{apps.ENV_SANDBOX_HEADER} for slot 2\n")
+    (foreign / apps.ENV_SANDBOX).write_text("MINE=1\n")  # not ours: stays
+    state = apps.write_override(isolated, 2, {"services": {}})
+    engine = FakeEngine(
+        monkeypatch,
+        [container(2, "backend", source=str(source)), container(9, source=str(foreign))],
+        [volume(2), volume(5)],
+    )
+    tasks.down(Context(), all_=True, volumes=True, yes=True)
+    ran = [cmd for cmd, _ in engine.commands]
+    assert ran == [teardown.down_command(["docker", "compose"], s, True) for s in (2, 5, 9)]
+    for _, options in engine.commands:
+        assert options["cwd"] == teardown.NEUTRAL_DIR
+        assert not any(k.startswith("COMPOSE_") for k in options["env"])
+    assert not (source / apps.ENV_SANDBOX).exists() and not state.exists()
+    assert (foreign / apps.ENV_SANDBOX).read_text() == "MINE=1\n"
+
+
+def test_down_all_keeps_volume_only_slots_without_volumes(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine(monkeypatch, [container(3)], [volume(3), volume(4)])
+    tasks.down(Context(), all_=True, yes=True)
+    assert [cmd for cmd, _ in engine.commands] == [
+        teardown.down_command(["docker", "compose"], 3, False)
+    ]
+
+
+def test_down_all_without_a_terminal_or_yes_touches_nothing(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine(monkeypatch, [container(1)], [])
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    with pytest.raises(InvokeExit) as caught:
+        tasks.down(Context(), all_=True)
+    assert caught.value.code == Exit.USAGE and "--yes" in str(caught.value.message)
+    assert engine.commands == []
+
+
+def test_down_all_answered_no_touches_nothing(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine(monkeypatch, [container(1)], [])
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    with pytest.raises(InvokeExit) as caught:
+        tasks.down(Context(), all_=True)
+    assert caught.value.code == Exit.FAILED
+    assert engine.commands == []
+
+
+def test_down_all_with_a_slot_is_refused(isolated: Path) -> None:
+    with pytest.raises(InvokeExit, match="not both"):
+        tasks.down(Context(), slot="1", all_=True)
