@@ -49,6 +49,7 @@ class World:
         self.containers = [container(s) for s in slots.SERVICES]
         self.calls: list[str] = []
         self.exec_calls: list[tuple[list[str], dict[str, str]]] = []
+        self.pg_calls: list[tuple[str, int]] = []
         self.ps_calls = 0
 
     def elapsed(self) -> float:
@@ -79,9 +80,14 @@ class World:
 
     def exec(self, cmd: Sequence[str], env: Mapping[str, str]) -> Result:
         self.exec_calls.append((list(cmd), dict(env)))
+        raise AssertionError(f"the gate ran a command it should not: {cmd}")
+
+    def pg(self, host: str, port: int, timeout: float) -> tuple[bool, str]:
+        assert timeout <= 2.0
+        self.pg_calls.append((host, port))
         if self.ready("database"):
-            return Result(tuple(cmd), 0, "127.0.0.1:5432 - accepting connections\n")
-        return Result(tuple(cmd), 1, "127.0.0.1:5432 - no response\n")
+            return True, "accepting connections"
+        return False, "the database system is starting up"
 
     def set_container(self, service: str, state: str, status: str = "") -> None:
         self.containers = [c for c in self.containers if c.service != service]
@@ -92,7 +98,7 @@ class World:
         return self.containers
 
     def probes(self) -> gate.Probes:
-        return gate.Probes(http_get=self.http_get, exec=self.exec, containers=self.ps)
+        return gate.Probes(self.http_get, self.exec, self.ps, pg=self.pg)
 
 
 URLS = {
@@ -189,7 +195,7 @@ def test_a_passed_check_is_not_polled_again(target: compose.Target) -> None:
     run(target, world, clock, poll=0.5)
     assert world.calls.count("http://127.0.0.1:8001/api/v1/health") == 1
     assert world.calls.count(URLS["grafana"]) == 11  # t = 0, 0.5, ..., 5.0
-    assert len(world.exec_calls) == 1
+    assert len(world.pg_calls) == 1
 
 
 def test_never_ready_fails_at_timeout_with_last_error(target: compose.Target) -> None:
@@ -207,28 +213,16 @@ def test_never_ready_fails_at_timeout_with_last_error(target: compose.Target) ->
     assert [c.name for c in result.failed] == ["grafana"]
 
 
-def test_database_check_runs_pg_isready_in_the_db_container(target: compose.Target) -> None:
+def test_database_check_asks_postgres_on_the_slot_published_port(
+    target: compose.Target,
+) -> None:
     clock = FakeClock()
     world = World(clock, {"database": 1e9})
     result = run(target, world, clock, timeout=1.0)
-    cmd, env = world.exec_calls[0]
-    assert cmd == compose.command(
-        ["docker", "compose"],
-        target,
-        "exec",
-        "-T",
-        "db",
-        "pg_isready",
-        "-U",
-        "ktrdr",
-        "-d",
-        "ktrdr",
-        "-h",
-        "127.0.0.1",
-    )
-    assert env["KTRDR_API_PORT"] == "8001"  # the slot's file wins over the calling shell
-    assert env["PATH"] == "/usr/bin"
-    assert by_name(result)["database"].detail == "127.0.0.1:5432 - no response"
+    # The slot's own db port from its env file, at the bind address; no command is run.
+    assert set(world.pg_calls) == {("127.0.0.1", 5433)}
+    assert world.exec_calls == []
+    assert by_name(result)["database"].detail == "the database system is starting up"
 
 
 def test_workers_detail_counts_registrations_while_waiting(target: compose.Target) -> None:
@@ -390,10 +384,10 @@ def test_a_probe_that_raises_is_a_failed_check(target: compose.Target) -> None:
     clock = FakeClock()
     world = World(clock)
 
-    def broken(cmd: Sequence[str], env: Mapping[str, str]) -> Result:
+    def broken(host: str, port: int, timeout: float) -> tuple[bool, str]:
         raise RuntimeError("bug")
 
-    world.exec = broken  # type: ignore[method-assign]
+    world.pg = broken  # type: ignore[method-assign]
     result = run(target, world, clock, timeout=0.5)
     assert by_name(result)["database"].detail == "probe error: RuntimeError: bug"
 
@@ -516,7 +510,7 @@ def migrating(
         ran.append(list(cmd))
         return answers[min(len(ran), len(answers)) - 1]
 
-    probes = gate.Probes(world.http_get, world.exec, world.ps, migrate=migrate)
+    probes = gate.Probes(world.http_get, world.exec, world.ps, migrate=migrate, pg=world.pg)
     result = gate.run_gate(
         target,
         ["docker", "compose"],
