@@ -526,6 +526,8 @@ def test_preflight_passes_and_creates_the_shared_dir(
         "env",
         "checkout",
         "source",
+        "layout",
+        "observability",
         "ports",
         "shared",
     ]
