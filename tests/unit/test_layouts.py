@@ -23,7 +23,7 @@ from sandbox import (
 )
 from sandbox.docker import PublishedPort
 from sandbox.errors import Exit, SandboxError
-from tests.unit.test_gate import FakeClock, World, run
+from tests.unit.test_gate import FakeClock, World
 
 LIGHT = slots.Layout("light")
 NONE_SHARED = slots.Layout("none", "shared")
@@ -175,19 +175,6 @@ def test_ktrdr_on_shared_gets_the_shared_grpc_endpoint(tmp_path: Path) -> None:
 
 def test_up_command_scales_out_what_the_layout_leaves_out(target: compose.Target) -> None:
     cmd = stack.up_command(["docker", "compose"], target, [Path("/o.json")], LIGHT_SHARED)
-    assert (
-        cmd[-7:]
-        == [
-            "up",
-            "-d",
-            "--remove-orphans",
-            "--scale=backtest-worker-2=0",
-            "--scale=training-worker-2=0",
-            "--scale=jaeger=0",
-            "--scale=prometheus=0",
-        ][:7]
-        or True
-    )
     tail = cmd[cmd.index("up") :]
     assert tail == [
         "up",
@@ -242,7 +229,6 @@ def test_light_slot_passes_its_gate(target: compose.Target) -> None:
     assert workers.label == "Workers registered (light: 2)"
     assert set(result.urls) >= {"backtest-worker-1", "training-worker-1"}
     assert "backtest-worker-2" not in result.urls
-    assert run  # the full-profile helper stays importable for the gate's own tests
 
 
 def test_shared_gate_checks_the_shared_stack_not_the_slots(target: compose.Target) -> None:
@@ -260,11 +246,12 @@ def test_shared_gate_checks_the_shared_stack_not_the_slots(target: compose.Targe
         "grafana-shared",
     ]
     asked: list[str] = []
-    probes_seen = gate.Probes(
-        http_get=lambda url, timeout: (asked.append(url), (200, "ok"))[1],
-        exec=world.exec,
-        containers=world.ps,
-    )
+
+    def http_get(url: str, timeout: float) -> tuple[int | None, str]:
+        asked.append(url)
+        return 200, "ok"
+
+    probes_seen = gate.Probes(http_get=http_get, exec=world.exec, containers=world.ps)
     plan = gate.checks(target, ["docker", "compose"], {}, probes_seen, None, NONE_SHARED)
     for check in plan[3:]:
         assert check.probe().passed
@@ -285,9 +272,9 @@ def test_a_light_slot_with_seven_containers_is_running() -> None:
     assert (row.workers, row.observability) == ("light", "own")
 
 
-def test_a_shared_light_slot_with_six_containers_is_running() -> None:
+def test_a_shared_light_slot_with_four_containers_is_running() -> None:
     [row] = status.summarize(stack_of(4, LIGHT_SHARED))
-    assert (row.state, row.total, row.observability) == ("running", 6, "shared")
+    assert (row.state, row.total, row.observability) == ("running", 4, "shared")
 
 
 def test_a_full_slot_missing_two_workers_is_partial() -> None:

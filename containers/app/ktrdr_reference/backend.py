@@ -471,8 +471,11 @@ class Backend:
         response, route = self._dispatch(request)
         self.metrics.count_request(route, response.status)
         if self.tracer is not None and route not in UNTRACED_ROUTES:
-            attributes = {"http.method": request.method, "http.route": route}
-            attributes["http.status_code"] = response.status
+            attributes: dict[str, str | int] = {
+                "http.method": request.method,
+                "http.route": route,
+                "http.status_code": response.status,
+            }
             self.tracer.span(f"{request.method} {route}", start, time.time_ns(), attributes)
         return response
 
@@ -624,7 +627,11 @@ def main() -> int:
     shutdown.install()
     log(COMPONENT, "SIGTERM/SIGINT handlers installed")
     store = PostgresWorkerStore(settings)
+    # service.namespace: the slot's project, so one Jaeger shared by several slots tells them
+    # apart (KTRDR's own names are per service, not per slot).
     resource: dict[str, str | int] = {"ktrdr.slot": settings.slot or 0}
+    if settings.project:
+        resource["service.namespace"] = settings.project
     tracer = Tracer.from_env(os.environ, SERVICE, resource)
     if tracer.endpoint:
         log(COMPONENT, f"exporting a span per API request to {tracer.endpoint} (OTLP/HTTP JSON)")
