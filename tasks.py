@@ -474,7 +474,7 @@ def _write_env_files() -> None:
     changed = envfiles.write_all(ROOT)
     out.line(f"rewrote {len(changed)} env file(s)" if changed else "env files are up to date")
     if docs.sync(ROOT):
-        out.line(f"rewrote the port table in {docs.MANUAL}")
+        out.line(f"rewrote the port tables in {docs.MANUAL} and {docs.README}")
 
 
 def _check_env_files() -> None:
