@@ -9,6 +9,11 @@
   visible at /app/data, /app/models and /app/strategies inside the backend and every worker.
   The host is the engine's: on a remote engine the probe file is written there, by a helper
   container (sandbox/enginehost.py), never on this machine.
+- `shared-observability` (slots on `--observability=shared` only): the shared Prometheus
+  reports the backend and every worker of the slot's profile as an up target.
+
+Each slot is checked against the layout its containers recorded: a light slot's ports and
+services are those of its two workers, a shared slot has no Jaeger, Prometheus or Grafana ports.
 
 The comparisons are pure functions over container lists and mounts; `verify` gathers the facts
 with one `docker ps` and one `docker inspect` for all slots, plus the probes that must touch
