@@ -3,8 +3,9 @@
 Six named checks poll independently and concurrently: the database accepts connections, the
 backend answers its health endpoint, every worker of the slot's profile registered (four for
 `full`, two for `light`, none for `none`), and Jaeger, Prometheus and Grafana answer: the
-slot's own, or the shared stack's on `--observability=shared`. The gate ends as soon as every check passed, when a watched container exited
-or is missing (no point waiting for it), or at the timeout. It returns a `GateResult`; it
+slot's own, or the shared stack's on `--observability=shared`. The gate ends as soon as every
+check passed, when a watched container exited or is missing (no point waiting for it), or at
+the timeout. It returns a `GateResult`; it
 never raises for a stack that is not ready. Drawing progress is the caller's business
 (`on_update`).
 
