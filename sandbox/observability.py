@@ -29,9 +29,10 @@ PROJECT = slots.OBSERVABILITY_PROJECT
 NETWORK = slots.OBSERVABILITY_NETWORK
 NETWORK_LABEL = "ktrdr.sandbox.network=observability"
 COMPOSE_FILE = "docker-compose.observability.yml"
-# Where Prometheus' file_sd looks (the compose file's config): inside its writable storage.
-TARGETS_DIR = "/prometheus/targets"
-TARGETS_FILE = f"{TARGETS_DIR}/slots.json"
+# Where Prometheus' file_sd looks (the compose file's config): its storage directory, which
+# exists from the start (a directory made later is not watched until a refresh).
+TARGETS_DIR = "/prometheus"
+TARGETS_FILE = f"{TARGETS_DIR}/ktrdr-slots.json"
 SCRAPE_JOB = "ktrdr-slots"
 BACKEND_PORT = 8000
 # How long `observability up` waits for the three to be healthy.
@@ -111,10 +112,7 @@ def scrape_targets(containers: Sequence[docker.Container]) -> list[dict[str, Any
 
 def write_targets_command(container_id: str) -> list[str]:
     # Written next to the file and renamed: Prometheus never reads half a file.
-    script = (
-        f"mkdir -p {TARGETS_DIR} && cat > {TARGETS_DIR}/.slots.tmp && "
-        f"mv -f {TARGETS_DIR}/.slots.tmp {TARGETS_FILE}"
-    )
+    script = f"cat > {TARGETS_DIR}/.ktrdr-slots.tmp && mv -f {TARGETS_DIR}/.ktrdr-slots.tmp {TARGETS_FILE}"
     return ["docker", "exec", "-i", container_id, "sh", "-c", script]
 
 

@@ -186,4 +186,4 @@ def test_the_observability_stack_renders_on_its_fixed_ports(compose_cmd: list[st
     assert found == {(p.service, p.port, p.container_port) for p in slots.OBSERVABILITY_PORTS}
     # No file of the checkout is mounted: config arrives as inline content.
     assert all(not spec.get("volumes") for spec in config["services"].values())
-    assert "file_sd_configs" in config["configs"]["prometheus"]["content"]
+    assert observability.TARGETS_FILE in config["configs"]["prometheus"]["content"]

@@ -366,7 +366,7 @@ def test_scrape_targets_are_the_running_shared_slots_app_services() -> None:
 def test_targets_are_written_whole_into_the_container() -> None:
     cmd = observability.write_targets_command("abc")
     assert cmd[:5] == ["docker", "exec", "-i", "abc", "sh"]
-    assert "mv -f /prometheus/targets/.slots.tmp /prometheus/targets/slots.json" in cmd[-1]
+    assert "mv -f /prometheus/.ktrdr-slots.tmp /prometheus/ktrdr-slots.json" in cmd[-1]
 
 
 API_TARGETS = {
