@@ -112,7 +112,8 @@ def scrape_targets(containers: Sequence[docker.Container]) -> list[dict[str, Any
 
 def write_targets_command(container_id: str) -> list[str]:
     # Written next to the file and renamed: Prometheus never reads half a file.
-    script = f"cat > {TARGETS_DIR}/.ktrdr-slots.tmp && mv -f {TARGETS_DIR}/.ktrdr-slots.tmp {TARGETS_FILE}"
+    partial = f"{TARGETS_DIR}/.ktrdr-slots.tmp"
+    script = f"cat > {partial} && mv -f {partial} {TARGETS_FILE}"
     return ["docker", "exec", "-i", container_id, "sh", "-c", script]
 
 

@@ -4,8 +4,8 @@ Serves GET /health and GET /metrics (Prometheus text, as KTRDR's workers do) on
 0.0.0.0:WORKER_PORT and registers with the backend from a background thread: retries every
 0.25 s during start-up, then with a growing backoff (or the backend's Retry-After) until it
 succeeds, then renews every RENEW_SECONDS, so a backend that lost its registrations
-(restarted, database wiped) has this worker back within seconds. /health answers 200 whether registered or not:
-the worker is alive either way, and `registered` says the rest.
+(restarted, database wiped) has this worker back within seconds. /health answers 200 whether
+registered or not: the worker is alive either way, and `registered` says the rest.
 
 Environment (missing or bad -> one line on stderr, exit status 2):
   WORKER_ID                  required, e.g. backtest-worker-1
