@@ -66,7 +66,7 @@ def published_ports(slot: int) -> set[int]:
 def lighter(sandbox: Sandbox) -> Iterator[Sandbox]:
     claim_slots((A, B), sandbox.env)
     if observability_containers():
-        # Machine-wide: refused (exit 12) while a slot uses it, which fails the suite loudly.
+        # Machine-wide: refused (exit 14) while a slot uses it, which fails the suite loudly.
         assert_ok(sandbox.inv("observability", "down"))
     try:
         yield sandbox
