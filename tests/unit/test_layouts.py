@@ -235,7 +235,7 @@ def test_shared_gate_checks_the_shared_stack_not_the_slots(target: compose.Targe
     clock = FakeClock()
     world = World(clock)
     probes = world.probes()
-    plan = gate.checks(target, ["docker", "compose"], {}, probes, None, NONE_SHARED)
+    plan = gate.checks(target, ["docker", "compose"], {}, probes, None, layout=NONE_SHARED)
     rows = {c.name: c for c in plan}
     assert list(rows) == [
         "database",
@@ -252,7 +252,7 @@ def test_shared_gate_checks_the_shared_stack_not_the_slots(target: compose.Targe
         return 200, "ok"
 
     probes_seen = gate.Probes(http_get=http_get, exec=world.exec, containers=world.ps)
-    plan = gate.checks(target, ["docker", "compose"], {}, probes_seen, None, NONE_SHARED)
+    plan = gate.checks(target, ["docker", "compose"], {}, probes_seen, None, layout=NONE_SHARED)
     for check in plan[3:]:
         assert check.probe().passed
         assert check.watch == ()  # another project's containers: nothing of the slot to watch
@@ -289,7 +289,7 @@ def test_a_full_slot_missing_two_workers_is_partial() -> None:
 def facts(
     target: compose.Target, layout: slots.Layout, *containers: docker.Container
 ) -> preflight.Facts:
-    found = preflight.Facts(target, {}, True, apps.BUILT_IN, layout)
+    found = preflight.Facts(target, {}, True, apps.BUILT_IN, layout=layout)
     found.everything = list(containers)
     found.own = [c for c in containers if c.project == target.project]
     return found

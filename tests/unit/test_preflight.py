@@ -702,6 +702,8 @@ def test_remote_preflight_asks_the_engines_host_and_creates_nothing_here(
         "exposure",
         "checkout",
         "source",
+        "layout",
+        "observability",
         "images",
         "ports",
         "shared",
