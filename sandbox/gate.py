@@ -263,6 +263,7 @@ def checks(
     the database when it has one; the layout's workers; the slot's own observability, or the
     shared stack's when the slot uses it. URLs reach the engine `where` (detected when None)."""
     where = where or engine.detect(environ)
+    h = net.host(target, environ, where)
     env = compose.environment(target, environ)
     db_port = target.port("KTRDR_DB_PORT")
     api = net.api_url(target, environ, where)
