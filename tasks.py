@@ -32,6 +32,7 @@ from sandbox import (
     envfiles,
     images,
     net,
+    observability,
     picker,
     provenance,
     render,
@@ -111,6 +112,10 @@ NO_WAIT_HELP = "return after `docker compose up -d`, without the startability ga
         "slot": SLOT_HELP + "; auto: the lowest free one from 1 (printed before anything starts)",
         "source": SOURCE_HELP,
         "torch": TORCH_HELP,
+        "workers": "worker profile: full (default: two backtest and two training workers), "
+        "light (one of each) or none",
+        "observability": "own (default: the slot runs its own Jaeger, Prometheus, Grafana) or "
+        "shared (the machine's one stack; `inv observability up` first)",
         "build": "rebuild the reference app image before starting",
         "no-wait": NO_WAIT_HELP,
         "timeout": TIMEOUT_HELP,
@@ -124,6 +129,8 @@ def up(
     slot: str | None = None,
     source: str | None = None,
     torch: str = "none",
+    workers: str | None = None,
+    observability: str | None = None,
     build: bool = False,
     no_wait: bool = False,
     timeout: str | None = None,
@@ -131,17 +138,29 @@ def up(
     yes: bool = False,
 ) -> None:
     """Start a slot's stack: preflight, `docker compose up -d`, then the startability gate."""
+    layout = slots.parse_layout(workers, observability)
     chosen = apps.detect(Path(source), torch) if source else apps.BUILT_IN
     environ = dict(os.environ)
     wipe = functools.partial(_confirm_fresh, yes) if fresh else None
     if slot is None or slot.strip().lower() != "auto":
         target = _target(slot)
-        _start(target, chosen, environ, build=build, wait=not no_wait, timeout=timeout, fresh=wipe)
+        _start(
+            target,
+            chosen,
+            environ,
+            build=build,
+            wait=not no_wait,
+            timeout=timeout,
+            layout=layout,
+            fresh=wipe,
+        )
         return
     with picker.claim_slot(environ, None, picker.Claim(on_busy=out.line)) as number:
         out.line(f"slot {number}: the lowest free slot (--slot=auto)")
         target = compose.load_target(ROOT, number)
-        _start(target, chosen, environ, build=build, wait=not no_wait, timeout=timeout)
+        _start(
+            target, chosen, environ, build=build, wait=not no_wait, timeout=timeout, layout=layout
+        )
 
 
 def _start(
@@ -152,6 +171,7 @@ def _start(
     build: bool = False,
     wait: bool = True,
     timeout: str | None = None,
+    layout: slots.Layout = slots.DEFAULT_LAYOUT,
     fresh: Callable[[int], bool] | None = None,
 ) -> None:
     """`inv up`'s body for one slot: stack.up with the renderer's callbacks, then its report.
@@ -170,6 +190,7 @@ def _start(
             on_compose=out.compose_up,
             source=source,
             app_image=lambda src: stack.app_image(src, ROOT, environ, out.step),
+            layout=layout,
             fresh=fresh,
         )
     _report_up(target.slot, result)
@@ -204,6 +225,29 @@ def _report_up(slot: int, result: stack.UpResult) -> None:
             f"are above (`inv logs --slot={slot}` for more)",
             code=int(Exit.FAILED),
         )
+
+
+@task(
+    name="observability",
+    positional=["action"],
+    help={"action": "up, down or status"},
+)
+@handled
+def observability_task(c: Context, action: str) -> None:
+    """The machine's one shared Jaeger, Prometheus and Grafana (for --observability=shared)."""
+    environ = dict(os.environ)
+    if action == "up":
+        observability.up(ROOT, environ)
+    elif action == "down":
+        observability.down(ROOT, environ)
+        out.line(f"{observability.PROJECT} is down")
+        return
+    elif action != "status":
+        raise SandboxError(
+            f"unknown action {action!r}: use `inv observability up`, `down` or `status`",
+            Exit.USAGE,
+        )
+    out.observability(observability.status(environ))
 
 
 @task(
@@ -469,7 +513,7 @@ def _write_env_files() -> None:
     changed = envfiles.write_all(ROOT)
     out.line(f"rewrote {len(changed)} env file(s)" if changed else "env files are up to date")
     if docs.sync(ROOT):
-        out.line(f"rewrote the port table in {docs.MANUAL}")
+        out.line(f"rewrote the port tables in {docs.MANUAL} and {docs.README}")
 
 
 def _check_env_files() -> None:

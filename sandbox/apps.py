@@ -22,7 +22,15 @@ from typing import Any
 
 from sandbox import slots
 from sandbox.appimages import TORCH_CHOICES
-from sandbox.docker import APP_LABEL, CLIENT_LABEL, SOURCE_LABEL, TORCH_LABEL, client_name
+from sandbox.docker import (
+    APP_LABEL,
+    CLIENT_LABEL,
+    OBSERVABILITY_LABEL,
+    SOURCE_LABEL,
+    TORCH_LABEL,
+    WORKERS_LABEL,
+    client_name,
+)
 from sandbox.errors import Exit, SandboxError
 
 BUILTIN_SOURCE = ""  # the label value of a slot that runs the image's own code
@@ -76,6 +84,9 @@ class AppKind:
     writes_env_sandbox: bool = False
     # Variables that get a random value of their own per slot, kept across `up`s.
     secrets: tuple[str, ...] = ()
+    # Sends its traces as OTLP/HTTP to OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (the reference app);
+    # KTRDR reads KTRDR_OTEL_OTLP_ENDPOINT (gRPC) only.
+    otlp_http: bool = False
 
 
 def _reloaded(module: str) -> tuple[str, ...]:
@@ -102,6 +113,7 @@ REFERENCE = AppKind(
     backend=_reloaded("ktrdr_reference.backend"),
     workers={kind: _reloaded("ktrdr_reference.worker") for kind in ("backtesting", "training")},
     mounts=(Mount("ktrdr_reference", f"{APP_DIR}/ktrdr_reference"),),
+    otlp_http=True,
 )
 
 
@@ -247,18 +259,43 @@ def _volumes(source: Source) -> list[str]:
     return found
 
 
-def override(source: Source, image: str | None, environment: Mapping[str, str]) -> dict[str, Any]:
-    """The Compose override for `source`: labels on every service (the app, its source, the
-    client machine); for a checkout, the app services' image, commands, read-only mounts,
-    environment and healthchecks."""
-    labels = {APP_LABEL: source.kind.name, SOURCE_LABEL: source.label, CLIENT_LABEL: client_name()}
+def override(
+    source: Source,
+    image: str | None,
+    environment: Mapping[str, str],
+    layout: slots.Layout = slots.DEFAULT_LAYOUT,
+) -> dict[str, Any]:
+    """The Compose override for `source` and `layout`: labels on every service (the app, its
+    source, the client machine, the layout); for a
+    checkout, the app services' image, commands, read-only mounts, environment and
+    healthchecks; for shared observability, the app services on the shared network with
+    their traces sent there. Which services run at all is `up`'s `--scale` (sandbox/stack.py)."""
+    labels = {
+        APP_LABEL: source.kind.name,
+        SOURCE_LABEL: source.label,
+        WORKERS_LABEL: layout.workers,
+        OBSERVABILITY_LABEL: layout.observability,
+        CLIENT_LABEL: client_name(),
+    }
     if source.kind.image == "uv":
         labels[TORCH_LABEL] = source.torch
     services: dict[str, dict[str, Any]] = {s: {"labels": labels} for s in slots.SERVICES}
+    document: dict[str, Any] = {"services": services}
+    traces = _trace_environment(source.kind, layout)
+    if layout.shared:
+        # `default` listed too: a service given `networks` is on those networks only.
+        document["networks"] = {
+            "observability": {"external": True, "name": slots.OBSERVABILITY_NETWORK}
+        }
+        for service in ("backend", *(w.service for w in slots.WORKERS)):
+            services[service]["networks"] = ["default", "observability"]
     if source.path is None:
-        return {"services": services}
+        for service in ("backend", *(w.service for w in slots.WORKERS)):
+            if traces:
+                services[service]["environment"] = traces
+        return document
     kind = source.kind
-    env = {**kind.environment, **environment}
+    env = {**kind.environment, **environment, **traces}
     mounts = _volumes(source)
     app: dict[str, Any] = {"volumes": mounts, "environment": env}
     if image:
@@ -286,7 +323,19 @@ def override(source: Source, image: str | None, environment: Mapping[str, str]) 
             command=_command(kind.workers[worker.worker_type], port),
             healthcheck=_healthcheck(kind, port, "/health"),
         )
-    return {"services": services}
+    return document
+
+
+def _trace_environment(kind: AppKind, layout: slots.Layout) -> dict[str, str]:
+    """Where the app services send traces: the shared Jaeger on shared observability; the
+    slot's own for an app that needs telling (the compose file names it for KTRDR)."""
+    env: dict[str, str] = {}
+    if layout.shared:
+        env["KTRDR_OTEL_OTLP_ENDPOINT"] = f"http://{slots.SHARED_JAEGER_HOST}:4317"
+    if kind.otlp_http:
+        host = slots.SHARED_JAEGER_HOST if layout.shared else "jaeger"
+        env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = f"http://{host}:4318/v1/traces"
+    return env
 
 
 def override_path(root: Path, slot: int) -> Path:

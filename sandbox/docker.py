@@ -28,6 +28,9 @@ TORCH_LABEL = "ktrdr.sandbox.torch"
 # The host name of the client machine that started the slot: with a remote engine, a checkout
 # is (client, path), since two machines may have the same path.
 CLIENT_LABEL = "ktrdr.sandbox.client"
+# Which services the slot runs: its worker profile and its observability (own or shared).
+WORKERS_LABEL = "ktrdr.sandbox.workers"
+OBSERVABILITY_LABEL = "ktrdr.sandbox.observability"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,12 @@ class Container:
     source: str = ""  # the source checkout the app code is mounted from; "" for built-in code
     torch: str = ""  # which torch a source's image has: none, debian, locked; "" for no choice
     client: str = ""  # the client machine's host name; "" for containers from before it was set
+    workers: str = ""  # the slot's worker profile; "" before profiles were recorded (full)
+    observability: str = ""  # own or shared; "" before it was recorded (own)
+
+    @property
+    def layout(self) -> slots.Layout:
+        return slots.recorded_layout(self.workers, self.observability)
 
     @property
     def slot(self) -> int | None:
@@ -107,7 +116,9 @@ PS_FORMAT = (
     f'"App":{{{{json (.Label "{APP_LABEL}")}}}},'
     f'"Source":{{{{json (.Label "{SOURCE_LABEL}")}}}},'
     f'"Torch":{{{{json (.Label "{TORCH_LABEL}")}}}},'
-    f'"Client":{{{{json (.Label "{CLIENT_LABEL}")}}}}}}'
+    f'"Client":{{{{json (.Label "{CLIENT_LABEL}")}}}},'
+    f'"Workers":{{{{json (.Label "{WORKERS_LABEL}")}}}},'
+    f'"Observability":{{{{json (.Label "{OBSERVABILITY_LABEL}")}}}}}}'
 )
 
 
@@ -132,6 +143,8 @@ def parse_ps(output: str) -> list[Container]:
                 source=row.get("Source", ""),
                 torch=row.get("Torch", ""),
                 client=row.get("Client", ""),
+                workers=row.get("Workers", ""),
+                observability=row.get("Observability", ""),
             )
         )
     return found

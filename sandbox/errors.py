@@ -27,6 +27,8 @@ class Exit(IntEnum):
     OTHER_SOURCE = 11  # the slot runs another app source than the one asked for
     NO_SLOT = 12  # --slot=auto found no free slot (the message says what holds each)
     UNSAVED_WORK = 13  # `inv done`: the worktree holds work that exists nowhere else
+    OTHER_LAYOUT = 14  # the slot runs another worker profile / observability than asked for
+    NO_SHARED_OBSERVABILITY = 15  # --observability=shared, but the shared stack is not up
     INTERRUPTED = 130  # Ctrl-C: the shell's own code for SIGINT (128 + 2)
 
 

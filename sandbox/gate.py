@@ -1,9 +1,11 @@
 """The startability gate: after `docker compose up -d`, wait until the slot really works.
 
 Six named checks poll independently and concurrently: the database accepts connections, the
-backend answers its health endpoint, all four workers registered, and Jaeger, Prometheus and
-Grafana answer. The gate ends as soon as every check passed, when a watched container exited
-or is missing (no point waiting for it), or at the timeout. It returns a `GateResult`; it
+backend answers its health endpoint, every worker of the slot's profile registered (four for
+`full`, two for `light`, none for `none`), and Jaeger, Prometheus and Grafana answer: the
+slot's own, or the shared stack's on `--observability=shared`. The gate ends as soon as every
+check passed, when a watched container exited or is missing (no point waiting for it), or at
+the timeout. It returns a `GateResult`; it
 never raises for a stack that is not ready. Drawing progress is the caller's business
 (`on_update`).
 
@@ -194,8 +196,11 @@ def http_outcome(status: int | None, body: str) -> Outcome:
     return Outcome(False, _one_line(f"HTTP {status}: {body}") if body.strip() else f"HTTP {status}")
 
 
-def workers_outcome(status: int | None, body: str) -> Outcome:
-    """`GET /api/v1/workers` must be a JSON list holding every expected worker, right type."""
+def workers_outcome(
+    status: int | None, body: str, workers: Sequence[slots.Worker] = slots.WORKERS
+) -> Outcome:
+    """`GET /api/v1/workers` must be a JSON list holding every expected worker (the slot's
+    profile's), right type."""
     if status != 200:
         return http_outcome(status, body)
     try:
@@ -211,7 +216,7 @@ def workers_outcome(status: int | None, body: str) -> Outcome:
             registered[item["worker_id"]] = str(item.get("worker_type", ""))
     problems: list[str] = []
     missing: list[str] = []
-    for worker in slots.WORKERS:
+    for worker in workers:
         as_type = registered.get(worker.service)
         if as_type is None:
             missing.append(worker.service)
@@ -220,7 +225,7 @@ def workers_outcome(status: int | None, body: str) -> Outcome:
             problems.append(
                 f"{worker.service} registered as {as_type!r}, not {worker.worker_type!r}"
             )
-    count = f"{len(slots.WORKERS) - len(missing)}/{len(slots.WORKERS)} registered"
+    count = f"{len(workers) - len(missing)}/{len(workers)} registered"
     if not missing:
         return Outcome(True, count)
     absent = [s for s in missing if s not in registered]
@@ -280,18 +285,21 @@ def checks(
     probes: Probes,
     migration: apps.Migration | None = None,
     where: engine.Engine | None = None,
+    layout: slots.Layout = slots.DEFAULT_LAYOUT,
 ) -> list[Check]:
     """The gate's checks for `target`, in display order; the app's migration step right after
-    the database when it has one. URLs reach the engine `where` (detected when None)."""
+    the database when it has one; the layout's workers; the slot's own observability, or the
+    shared stack's when the slot uses it. URLs reach the engine `where` (detected when None)."""
     where = where or engine.detect(environ)
     h = net.host(target, environ, where)
     env = compose.environment(target, environ)
     db_port = target.port("KTRDR_DB_PORT")
     api = net.api_url(target, environ, where)
-    workers = tuple(w.service for w in slots.WORKERS)
+    workers = layout.worker_list
+    services = tuple(w.service for w in workers)
 
-    def http(url: str) -> Callable[[], Outcome]:
-        return lambda: http_outcome(*probes.http_get(url, GATE_HTTP_TIMEOUT))
+    def listed(status: int | None, body: str) -> Outcome:
+        return workers_outcome(status, body, workers)
 
     def backend() -> Outcome:
         status, body = probes.http_get(f"{api}/health", GATE_HTTP_TIMEOUT)
@@ -320,33 +328,48 @@ def checks(
         Check("backend", "Backend API health", "backend", backend, ("backend",)),
         Check(
             "workers",
-            "Workers registered",
+            f"Workers registered ({layout.workers}: {len(workers)})",
             "backend",
-            lambda: workers_outcome(*probes.http_get(f"{api}/workers", GATE_HTTP_TIMEOUT)),
-            ("backend", *workers),
+            lambda: listed(*probes.http_get(f"{api}/workers", GATE_HTTP_TIMEOUT)),
+            ("backend", *services),
         ),
-        Check(
-            "jaeger",
-            "Jaeger UI",
-            "jaeger",
-            http(f"http://{h}:{target.port('KTRDR_JAEGER_UI_PORT')}/"),
-            ("jaeger",),
-        ),
-        Check(
-            "prometheus",
-            "Prometheus ready",
-            "prometheus",
-            http(f"http://{h}:{target.port('KTRDR_PROMETHEUS_PORT')}/-/ready"),
-            ("prometheus",),
-        ),
-        Check(
-            "grafana",
-            "Grafana health",
-            "grafana",
-            http(f"http://{h}:{target.port('KTRDR_GRAFANA_PORT')}/api/health"),
-            ("grafana",),
-        ),
+        *observability_checks(target, environ, probes, layout, where),
     ]
+
+
+def _http(probes: Probes, url: str) -> Callable[[], Outcome]:
+    return lambda: http_outcome(*probes.http_get(url, GATE_HTTP_TIMEOUT))
+
+
+def observability_checks(
+    target: compose.Target,
+    environ: Mapping[str, str],
+    probes: Probes,
+    layout: slots.Layout,
+    where: engine.Engine,
+) -> list[Check]:
+    """Jaeger, Prometheus and Grafana answer: the slot's own (their containers watched), or
+    the shared stack's on its fixed ports (another project's: nothing of this slot to watch)."""
+    if layout.shared:
+        urls = net.shared_urls(environ, where)
+        jaeger, prometheus = urls["Shared Jaeger UI"], urls["Shared Prometheus"]
+        grafana = urls["Shared Grafana"]
+    else:
+        h = net.host(target, environ, where)
+        jaeger = f"http://{h}:{target.port('KTRDR_JAEGER_UI_PORT')}"
+        prometheus = f"http://{h}:{target.port('KTRDR_PROMETHEUS_PORT')}"
+        grafana = f"http://{h}:{target.port('KTRDR_GRAFANA_PORT')}"
+    rows = (
+        ("jaeger", "Jaeger UI", f"{jaeger}/"),
+        ("prometheus", "Prometheus ready", f"{prometheus}/-/ready"),
+        ("grafana", "Grafana health", f"{grafana}/api/health"),
+    )
+    if layout.shared:
+        return [
+            Check(f"{name}-shared", f"Shared {label}", name, _http(probes, url))
+            for name, label, url in rows
+        ]
+    return [Check(name, label, name, _http(probes, url), (name,)) for name, label, url in rows]
 
 
 def gone(
@@ -499,6 +522,7 @@ def run_gate(
     probe_wait: float | None = None,
     migration: apps.Migration | None = None,
     where: engine.Engine | None = None,
+    layout: slots.Layout = slots.DEFAULT_LAYOUT,
 ) -> GateResult:
     """Poll every check every `poll` seconds until all pass, one fails fast, or `timeout`.
 
@@ -510,7 +534,7 @@ def run_gate(
     """
     probes = probes or default_probes(environ)
     where = where or engine.detect(environ)
-    plan = checks(target, compose_cmd, environ, probes, migration, where)
+    plan = checks(target, compose_cmd, environ, probes, migration, where, layout)
     results = {
         c.name: CheckResult(c.name, c.label, State.WAITING, WAITING_DETAIL, None, c.service)
         for c in plan
@@ -538,7 +562,7 @@ def run_gate(
         passed=all(r.state is State.PASSED for r in final),
         checks=final,
         elapsed=clock() - start,
-        urls=net.urls(target, environ, where),
+        urls=net.urls(target, environ, where, layout),
     )
 
 

@@ -143,16 +143,37 @@ def urls(
     target: compose.Target,
     environ: Mapping[str, str] | None = None,
     where: engine.Engine | None = None,
+    layout: slots.Layout = slots.DEFAULT_LAYOUT,
 ) -> dict[str, str]:
-    """Label -> URL of everything a developer opens on this slot."""
+    """Label -> URL of everything a developer opens on this slot (its layout's services; the
+    shared stack's UIs on shared observability)."""
     h = host(target, environ, where)
-    found = {
-        "Backend API": f"http://{h}:{target.port('KTRDR_API_PORT')}/api/v1",
-        "Jaeger UI": f"http://{h}:{target.port('KTRDR_JAEGER_UI_PORT')}",
-        "Prometheus": f"http://{h}:{target.port('KTRDR_PROMETHEUS_PORT')}",
-        "Grafana": f"http://{h}:{target.port('KTRDR_GRAFANA_PORT')}",
-        "PostgreSQL": f"postgresql://ktrdr@{h}:{target.port('KTRDR_DB_PORT')}/ktrdr",
-    }
-    for worker in slots.WORKERS:
+    found = {"Backend API": f"http://{h}:{target.port('KTRDR_API_PORT')}/api/v1"}
+    if layout.shared:
+        shared = shared_urls(environ or {}, where)
+        found |= {k: v for k, v in shared.items() if "OTLP" not in k}
+    else:
+        found |= {
+            "Jaeger UI": f"http://{h}:{target.port('KTRDR_JAEGER_UI_PORT')}",
+            "Prometheus": f"http://{h}:{target.port('KTRDR_PROMETHEUS_PORT')}",
+            "Grafana": f"http://{h}:{target.port('KTRDR_GRAFANA_PORT')}",
+        }
+    found["PostgreSQL"] = f"postgresql://ktrdr@{h}:{target.port('KTRDR_DB_PORT')}/ktrdr"
+    for worker in layout.worker_list:
         found[worker.service] = f"http://{h}:{target.port(worker.port_variable)}/health"
     return found
+
+
+def shared_urls(environ: Mapping[str, str], where: engine.Engine | None = None) -> dict[str, str]:
+    """Label -> URL of the shared observability stack (its ports are the engine's, fixed), on
+    the machine-wide bind address, at the engine's host like a slot's."""
+    bind = (environ.get("KTRDR_BIND_ADDR") or compose.DEFAULT_BIND_ADDR).strip("[]")
+    h = connect_url_host(_engine(environ, where), bind)
+    ports = slots.observability_ports()
+    return {
+        "Shared Jaeger UI": f"http://{h}:{ports['KTRDR_OBS_JAEGER_UI_PORT']}",
+        "Shared OTLP gRPC": f"http://{h}:{ports['KTRDR_OBS_OTLP_GRPC_PORT']}",
+        "Shared OTLP HTTP": f"http://{h}:{ports['KTRDR_OBS_OTLP_HTTP_PORT']}/v1/traces",
+        "Shared Prometheus": f"http://{h}:{ports['KTRDR_OBS_PROMETHEUS_PORT']}",
+        "Shared Grafana": f"http://{h}:{ports['KTRDR_OBS_GRAFANA_PORT']}",
+    }

@@ -33,6 +33,7 @@ from sandbox import (
     engine,
     enginehost,
     envfiles,
+    observability,
     provenance,
     runner,
     shared,
@@ -208,8 +209,9 @@ def classify_ports(
     probe: Probe,
     *,
     bind_addr: str = compose.DEFAULT_BIND_ADDR,
+    specs: Sequence[slots.PortSpec] = slots.PORTS,
 ) -> list[TakenPort]:
-    """The slot's host ports that are taken, in `slots.PORTS` order.
+    """The slot's host ports (`specs`: those its layout publishes) that are taken, in order.
 
     A port published by this slot's own containers is fine (the stack is up already). A port
     published by any other container is taken even when it binds (an engine without the
@@ -220,7 +222,7 @@ def classify_ports(
     others = _published_tcp([c for c in containers if c.project != target.project])
     addresses = probe_addresses(bind_addr)
     taken = []
-    for spec in slots.PORTS:
+    for spec in specs:
         port = target.port(spec.variable)
         if port in own:
             continue
@@ -375,6 +377,7 @@ class Facts:
     create_shared: bool
     source: apps.Source = apps.BUILT_IN
     where: engine.Engine = engine.LOCAL  # the engine, found by engine_step (the first)
+    layout: slots.Layout = slots.DEFAULT_LAYOUT
     compose_cmd: list[str] = field(default_factory=list)
     everything: list[Container] = field(default_factory=list)  # every container on the engine
     own: list[Container] = field(default_factory=list)  # the slot's project's containers
@@ -506,22 +509,48 @@ def volume_step(facts: Facts) -> Step:
     return Step("volume", f"{name} was created by this checkout with this password")
 
 
+def layout_step(facts: Facts) -> Step:
+    """A slot keeps its worker profile and observability while it has containers: `up` with
+    another layout is refused like another source (`inv down` first), so a running slot never
+    changes shape under a test that relies on it."""
+    target, wanted = facts.target, facts.layout
+    for container in facts.own:
+        if container.layout != wanted:
+            raise SandboxError(
+                f"slot {target.slot} runs {container.layout.describe()}, not "
+                f"{wanted.describe()}: `inv down --slot={target.slot}` first, or pick "
+                "another slot",
+                Exit.OTHER_LAYOUT,
+            )
+    return Step("layout", wanted.describe())
+
+
+def observability_step(facts: Facts) -> Step:
+    """Shared observability needs the shared stack running: the slot's traces and scrapes
+    would otherwise go nowhere."""
+    if not facts.layout.shared:
+        return Step("observability", "the slot's own Jaeger, Prometheus and Grafana")
+    if not observability.is_up(facts.everything):
+        raise observability.not_up_error()
+    return Step("observability", f"shared: {observability.PROJECT} is up")
+
+
 def ports_step(facts: Facts) -> Step:
-    target, everything = facts.target, facts.everything
+    target, everything, specs = facts.target, facts.everything, facts.layout.ports
     bind = compose.bind_address(target, facts.environ)
-    taken = classify_ports(target, everything, can_bind, bind_addr=bind)
+    taken = classify_ports(target, everything, can_bind, bind_addr=bind, specs=specs)
     if taken:
         holder = port_holder(taken[0].port, everything, read_listeners({taken[0].port}))
         raise port_error(taken, holder)
-    published = _published_tcp(facts.own) & {target.port(v) for v in slots.PORT_VARIABLES}
+    published = _published_tcp(facts.own) & {target.port(s.variable) for s in specs}
     where = ", ".join(probe_addresses(bind))
     if published:
         return Step(
             "ports",
-            f"{len(slots.PORTS) - len(published)} host ports free on {where}, "
+            f"{len(specs) - len(published)} host ports free on {where}, "
             f"{len(published)} published by {target.project}",
         )
-    return Step("ports", f"{len(slots.PORTS)} host ports free on {where}")
+    return Step("ports", f"{len(specs)} host ports free on {where}")
 
 
 def shared_step(facts: Facts) -> Step:
@@ -585,19 +614,23 @@ def images_step(facts: Facts) -> Step:
 
 
 def remote_ports_step(facts: Facts) -> Step:
-    """The slot's ports, asked of the engine's host: its containers' published ports, and a
-    helper container on its network that tries to bind the rest."""
-    target, everything = facts.target, facts.everything
+    """The slot's ports (those its layout publishes), asked of the engine's host: its
+    containers' published ports, and a helper container on its network that tries to bind
+    the rest."""
+    target, everything, specs = facts.target, facts.everything, facts.layout.ports
     bind = compose.bind_address(target, facts.environ)
     own = _published_tcp(facts.own)
-    candidates = [target.port(v) for v in slots.PORT_VARIABLES if target.port(v) not in own]
+    wanted = [target.port(s.variable) for s in specs]
+    candidates = [port for port in wanted if port not in own]
     image = enginehost.helper_image(target.root, facts.environ)
     busy = {p.port for p in enginehost.taken_ports(candidates, bind, image, facts.environ)}
-    taken = classify_ports(target, everything, lambda host, port: port not in busy, bind_addr=bind)
+    taken = classify_ports(
+        target, everything, lambda host, port: port not in busy, bind_addr=bind, specs=specs
+    )
     if taken:
         raise port_error(taken, port_holder(taken[0].port, everything, {}), facts.where)
-    published = own & {target.port(v) for v in slots.PORT_VARIABLES}
-    free = f"{len(slots.PORTS) - len(published)} host ports free on {bind or '0.0.0.0'}"
+    published = own & set(wanted)
+    free = f"{len(specs) - len(published)} host ports free on {bind or '0.0.0.0'}"
     if published:
         return Step("ports", f"{free}, {len(published)} published by {target.project}")
     return Step("ports", free)
@@ -636,6 +669,8 @@ STEPS: tuple[Callable[[Facts], Step], ...] = (
     checkout_step,
     source_step,
     volume_step,
+    layout_step,
+    observability_step,
     ports_step,
     shared_step,
 )
@@ -648,6 +683,8 @@ REMOTE_STEPS: tuple[Callable[[Facts], Step], ...] = (
     checkout_step,
     remote_source_step,
     volume_step,
+    layout_step,
+    observability_step,
     images_step,
     remote_ports_step,
     remote_shared_step,
@@ -669,6 +706,7 @@ def run_preflight(
     *,
     create_shared: bool = True,
     source: apps.Source = apps.BUILT_IN,
+    layout: slots.Layout = slots.DEFAULT_LAYOUT,
     fresh: bool = False,
 ) -> Preflight:
     """Check that `target` can start; raise SandboxError naming the first thing that stops it.
@@ -676,7 +714,7 @@ def run_preflight(
     `create_shared=False` refuses a missing shared directory instead of creating it. The
     directory is created only once every other check has passed.
     """
-    facts = Facts(target, environ, create_shared, source, fresh=fresh)
+    facts = Facts(target, environ, create_shared, source, layout=layout, fresh=fresh)
     steps = [STEPS[0](facts)]
     plan = STEPS if facts.where.local else REMOTE_STEPS
     steps += [step(facts) for step in plan[1:]]

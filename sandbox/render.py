@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sandbox.gate import CheckResult, GateResult, State
+from sandbox.slots import OBSERVABILITY_PROJECT
 from sandbox.snapshots import Row as SnapshotRow
 from sandbox.snapshots import human_age, human_size
 from sandbox.status import SlotStatus
@@ -60,6 +61,34 @@ class PreflightLike(Protocol):
     def steps(self) -> Sequence[NamedStep]: ...
 
 
+class TargetLike(Protocol):
+    @property
+    def slot(self) -> str: ...
+    @property
+    def service(self) -> str: ...
+    @property
+    def health(self) -> str: ...
+    @property
+    def error(self) -> str: ...
+
+
+class ObservabilityLike(Protocol):
+    """`inv observability status` (sandbox.observability.Status)."""
+
+    @property
+    def up(self) -> bool: ...
+    @property
+    def services(self) -> Mapping[str, str]: ...
+    @property
+    def urls(self) -> Mapping[str, str]: ...
+    @property
+    def slots(self) -> Sequence[int]: ...
+    @property
+    def targets(self) -> Sequence[TargetLike]: ...
+    @property
+    def spans(self) -> int | None: ...
+
+
 class BuiltLike(Protocol):
     """One image `inv images` got (sandbox.images.Built)."""
 
@@ -73,7 +102,17 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}s"
 
 
-STATUS_HEADER = ("slot", "project", "state", "healthy", "API URL", "source", "checkout")
+STATUS_HEADER = (
+    "slot",
+    "project",
+    "state",
+    "healthy",
+    "workers",
+    "observability",
+    "API URL",
+    "source",
+    "checkout",
+)
 
 
 def _status_cells(rows: Sequence[SlotStatus]) -> list[tuple[str, ...]]:
@@ -83,6 +122,8 @@ def _status_cells(rows: Sequence[SlotStatus]) -> list[tuple[str, ...]]:
             r.project,
             f"{r.state}: {r.last_up}" if r.last_up else r.state,
             f"{r.healthy}/{r.total}",
+            r.workers,
+            r.observability,
             r.api_url or "-",
             r.source or "-",
             f"orphaned: {r.checkout} is gone" if r.orphaned else (r.checkout or "-"),
@@ -359,6 +400,25 @@ class Renderer(ABC):
     def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         """A plain table: a header and rows of text cells."""
 
+    def observability(self, status: ObservabilityLike) -> None:
+        """`inv observability status`: plain lines on a terminal too (a handful of facts)."""
+        state = "up" if status.up else "not up"
+        self.line(f"shared observability ({OBSERVABILITY_PROJECT}): {state}")
+        for service, seen in status.services.items():
+            self.line(f"  {service}: {seen}")
+        for label, url in status.urls.items():
+            self.line(f"  {label}: {url}")
+        users = ", ".join(map(str, status.slots)) or "none"
+        self.line(f"  slots on shared observability: {users}")
+        if status.up:
+            up = sum(t.health == "up" for t in status.targets)
+            self.line(f"  scrape targets: {up} of {len(status.targets)} up")
+            for t in status.targets:
+                why = f" ({t.error})" if t.error else ""
+                self.line(f"    slot {t.slot} {t.service}: {t.health}{why}")
+        if status.spans is not None:
+            self.line(f"  spans received (Jaeger stand-in's own count): {status.spans}")
+
     @abstractmethod
     def verify(self, reports: Sequence[VerifyReport]) -> None: ...
 
@@ -463,9 +523,11 @@ class RichRenderer(Renderer):
                 row[1],
                 Text(row[2], style=STATE_STYLE.get(status.state, "")),
                 row[3],
-                Text(row[4], style="cyan"),
+                row[4],
                 row[5],
-                row[6],
+                Text(row[6], style="cyan"),
+                row[7],
+                row[8],
             )
         self.console.print(table)
 

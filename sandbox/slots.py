@@ -172,3 +172,140 @@ def parse_service(value: str) -> str:
             f"unknown service {value!r}: use one of {', '.join(SERVICES)}", Exit.USAGE
         )
     return value
+
+
+# --- what a slot runs: its worker profile and where its observability lives ----------------
+
+# Worker profile -> the worker services it runs. `full` is the stack as it always was; `light`
+# keeps one worker of each type, so backtests and training still have somewhere to go.
+WORKER_PROFILES: dict[str, tuple[str, ...]] = {
+    "full": tuple(w.service for w in WORKERS),
+    "light": ("backtest-worker-1", "training-worker-1"),
+    "none": (),
+}
+DEFAULT_WORKERS = "full"
+# `own`: the slot runs its own Jaeger, Prometheus and Grafana; `shared`: it uses the machine's
+# one observability stack (sandbox/observability.py).
+OBSERVABILITY_MODES = ("own", "shared")
+DEFAULT_OBSERVABILITY = "own"
+OBSERVABILITY_SERVICES: tuple[str, ...] = ("jaeger", "prometheus", "grafana")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which of the stack's services a slot runs: every `up` records it on the containers."""
+
+    workers: str = DEFAULT_WORKERS
+    observability: str = DEFAULT_OBSERVABILITY
+
+    @property
+    def worker_list(self) -> tuple[Worker, ...]:
+        wanted = WORKER_PROFILES[self.workers]
+        return tuple(w for w in WORKERS if w.service in wanted)
+
+    @property
+    def shared(self) -> bool:
+        return self.observability == "shared"
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services that run, in the stack's order."""
+        left_out = set(self.left_out)
+        return tuple(s for s in SERVICES if s not in left_out)
+
+    @property
+    def left_out(self) -> tuple[str, ...]:
+        """Services of the compose file this slot does not run (scaled to 0)."""
+        wanted = WORKER_PROFILES[self.workers]
+        workers = tuple(w.service for w in WORKERS if w.service not in wanted)
+        return workers + (OBSERVABILITY_SERVICES if self.shared else ())
+
+    @property
+    def app_services(self) -> tuple[str, ...]:
+        """The services that run the app's code (backend and this profile's workers)."""
+        return ("backend", *(w.service for w in self.worker_list))
+
+    @property
+    def ports(self) -> tuple[PortSpec, ...]:
+        """The host ports this slot publishes."""
+        running = set(self.services)
+        return tuple(spec for spec in PORTS if spec.service in running)
+
+    def describe(self) -> str:
+        count = len(self.worker_list)
+        shown = f"{self.workers} ({count} worker{'s' if count != 1 else ''})"
+        return f"{shown}, shared observability" if self.shared else shown
+
+
+DEFAULT_LAYOUT = Layout()
+
+
+def parse_workers(value: str) -> str:
+    if value not in WORKER_PROFILES:
+        raise SandboxError(
+            f"unknown worker profile {value!r}: use one of {', '.join(WORKER_PROFILES)} "
+            "(e.g. --workers=light)",
+            Exit.USAGE,
+        )
+    return value
+
+
+def parse_observability(value: str) -> str:
+    if value not in OBSERVABILITY_MODES:
+        raise SandboxError(
+            f"unknown observability {value!r}: use one of {', '.join(OBSERVABILITY_MODES)} "
+            "(e.g. --observability=shared)",
+            Exit.USAGE,
+        )
+    return value
+
+
+def parse_layout(workers: str | None, observability: str | None) -> Layout:
+    return Layout(
+        parse_workers(workers or DEFAULT_WORKERS),
+        parse_observability(observability or DEFAULT_OBSERVABILITY),
+    )
+
+
+def recorded_layout(workers: str, observability: str) -> Layout:
+    """The layout labels recorded on a container; containers from before profiles existed
+    (no labels) ran the full stack with their own observability. A label this version does
+    not know reads as the default rather than failing `status`."""
+    return Layout(
+        workers if workers in WORKER_PROFILES else DEFAULT_WORKERS,
+        observability if observability in OBSERVABILITY_MODES else DEFAULT_OBSERVABILITY,
+    )
+
+
+# --- the machine's one shared observability stack ---------------------------------------------
+
+OBSERVABILITY_PROJECT = f"{PROJECT_PREFIX}observability"
+# The external network shared slots and the stack meet on, and the stack's names there
+# (unique, unlike a slot's own `jaeger`).
+OBSERVABILITY_NETWORK = "ktrdr-sandbox-observability"
+SHARED_JAEGER_HOST = "ktrdr-observability-jaeger"
+
+
+@dataclass(frozen=True)
+class FixedPort:
+    """A host port of the shared observability stack: one per machine, outside every slot's
+    range (a test holds it there)."""
+
+    variable: str
+    service: str
+    label: str
+    port: int
+    container_port: int
+
+
+OBSERVABILITY_PORTS: tuple[FixedPort, ...] = (
+    FixedPort("KTRDR_OBS_JAEGER_UI_PORT", "jaeger", "Shared Jaeger UI", 16680, 16686),
+    FixedPort("KTRDR_OBS_OTLP_GRPC_PORT", "jaeger", "Shared OTLP gRPC", 4300, 4317),
+    FixedPort("KTRDR_OBS_OTLP_HTTP_PORT", "jaeger", "Shared OTLP HTTP", 4301, 4318),
+    FixedPort("KTRDR_OBS_PROMETHEUS_PORT", "prometheus", "Shared Prometheus", 9080, 9090),
+    FixedPort("KTRDR_OBS_GRAFANA_PORT", "grafana", "Shared Grafana", 3080, 3000),
+)
+
+
+def observability_ports() -> dict[str, int]:
+    return {p.variable: p.port for p in OBSERVABILITY_PORTS}

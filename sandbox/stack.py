@@ -5,6 +5,7 @@ Each function returns what happened; the task layer renders it.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ from sandbox import (
     images,
     lastup,
     net,
+    observability,
     preflight,
     provenance,
     runner,
@@ -54,11 +56,19 @@ def gate_timeout(cli: str | None, target: Target, environ: Mapping[str, str]) ->
 
 
 def up_command(
-    compose_cmd: Sequence[str], target: Target, overrides: Sequence[Path] = ()
+    compose_cmd: Sequence[str],
+    target: Target,
+    overrides: Sequence[Path] = (),
+    layout: slots.Layout = slots.DEFAULT_LAYOUT,
 ) -> list[str]:
     # Images are built by `inv images` (or `inv up --build`), not by Compose: Debian's engine
-    # has no BuildKit, which Compose's own builder needs.
-    return compose.command(compose_cmd, target, "up", "-d", "--remove-orphans", overrides=overrides)
+    # has no BuildKit, which Compose's own builder needs. Services the layout leaves out are
+    # scaled to 0: the compose file stays one file for every profile, and a container left
+    # from an earlier profile is removed.
+    scale = [f"--scale={service}=0" for service in layout.left_out]
+    return compose.command(
+        compose_cmd, target, "up", "-d", "--remove-orphans", *scale, overrides=overrides
+    )
 
 
 def down_command(compose_cmd: Sequence[str], target: Target, volumes: bool) -> list[str]:
@@ -118,10 +128,12 @@ def after_double_dash(argv: Sequence[str], remainder: str) -> list[str]:
     return words
 
 
-def all_running(containers: Sequence[docker.Container]) -> bool:
-    """Every service of the stack has a running container."""
+def all_running(
+    containers: Sequence[docker.Container], layout: slots.Layout = slots.DEFAULT_LAYOUT
+) -> bool:
+    """Every service of the layout has a running container."""
     running = {c.service for c in containers if c.running}
-    return running >= set(slots.SERVICES)
+    return running >= set(layout.services)
 
 
 def up(
@@ -138,6 +150,7 @@ def up(
     build: Callable[[], object] | None = None,
     source: apps.Source = apps.BUILT_IN,
     app_image: Callable[[apps.Source], str | None] | None = None,
+    layout: slots.Layout = slots.DEFAULT_LAYOUT,
     fresh: Callable[[int], bool] | None = None,
 ) -> UpResult:
     """Start `target` running `source` and wait until it is really ready.
@@ -152,7 +165,9 @@ def up(
     is recorded for `inv status` (sandbox/lastup.py).
     """
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
-        checked = preflight.run_preflight(target, environ, source=source, fresh=fresh is not None)
+        checked = preflight.run_preflight(
+            target, environ, source=source, layout=layout, fresh=fresh is not None
+        )
         if on_preflight:
             on_preflight(checked)
         if fresh is not None and not fresh(target.slot):
@@ -175,10 +190,11 @@ def up(
                 app_image,
                 on_compose,
                 fresh is not None,
+                layout,
             )
             if wait:
                 result.gate, result.logs = _gate(
-                    target, checked, environ, timeout, on_gate, source.kind.migration
+                    target, checked, environ, timeout, on_gate, source.kind.migration, layout
                 )
         except KeyboardInterrupt:
             lastup.write(target.root, target.slot, lastup.INTERRUPTED)
@@ -204,17 +220,20 @@ def _start(
     app_image: Callable[[apps.Source], str | None] | None,
     on_compose: Callable[[list[str]], None] | None,
     fresh: bool,
+    layout: slots.Layout,
 ) -> UpResult:
     """Everything of `up` between preflight and the gate."""
     if build is not None:
         build()  # after preflight and under the lock: a refused slot rebuilds nothing
     image = app_image(source) if app_image is not None else None
-    override = write_override(target, source, image)
+    override = write_override(target, source, image, layout)
     ensure_volume(target, environ, checked, source, fresh)
-    already = all_running(checked.running) and not recreate and not fresh
+    already = all_running(checked.running, layout) and not recreate and not fresh
     compose_seconds = (
-        0.0 if already else _compose_up(target, checked, environ, on_compose, override)
+        0.0 if already else _compose_up(target, checked, environ, on_compose, override, layout)
     )
+    if layout.shared:
+        observability.refresh_targets(environ)  # the shared Prometheus scrapes this slot
     apps.write_env_sandbox(source, env_sandbox(target, environ, checked.where))
     return UpResult(checked, not already, None, compose_seconds=compose_seconds)
 
@@ -283,10 +302,15 @@ def app_image(
     return ensured.tag
 
 
-def write_override(target: Target, source: apps.Source, image: str | None) -> Path:
+def write_override(
+    target: Target,
+    source: apps.Source,
+    image: str | None,
+    layout: slots.Layout = slots.DEFAULT_LAYOUT,
+) -> Path:
     """The app kind's Compose override for this slot, with the slot's own secrets."""
     secrets = {name: apps.secret(target.root, target.slot, name) for name in source.kind.secrets}
-    document = apps.override(source, image, secrets)
+    document = apps.override(source, image, secrets, layout)
     return apps.write_override(target.root, target.slot, document)
 
 
@@ -303,9 +327,10 @@ def _compose_up(
     environ: Mapping[str, str],
     on_compose: Callable[[list[str]], None] | None,
     override: Path,
+    layout: slots.Layout,
 ) -> float:
     """`docker compose up -d`; how long it took. SandboxError with its output when it fails."""
-    cmd = up_command(checked.compose, target, [override])
+    cmd = up_command(checked.compose, target, [override], layout)
     if on_compose:
         on_compose(cmd)
     started = time.monotonic()
@@ -326,6 +351,7 @@ def _gate(
     timeout: float,
     on_gate: Callable[[list[gate.CheckResult]], None] | None,
     migration: apps.Migration | None,
+    layout: slots.Layout,
 ) -> tuple[gate.GateResult, dict[str, str]]:
     """The gate's result, and when it did not pass what explains it: a failed step's own
     output (a migration's), then the failing services' last log lines."""
@@ -337,6 +363,7 @@ def _gate(
         on_update=on_gate,
         migration=migration,
         where=checked.where,
+        layout=layout,
     )
     if outcome.passed:
         return outcome, {}
@@ -388,6 +415,11 @@ def down(
         lastup.clear(target.root, target.slot)
         if volumes:
             forget(target, own)
+        if any(c.layout.shared for c in own):
+            # Stop scraping what is gone; the slot is down either way, so a shared stack that
+            # cannot be told only keeps a stale target (the next shared `up` rewrites them).
+            with contextlib.suppress(SandboxError):
+                observability.refresh_targets(environ)
     return cmd
 
 

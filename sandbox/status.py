@@ -27,6 +27,8 @@ class SlotStatus:
     api_url: str | None
     checkout: str  # the checkout the containers were started from; "several" if they disagree
     source: str = ""  # what the app runs: "reference (built in)", "ktrdr: /path", ...
+    workers: str = slots.DEFAULT_WORKERS  # the worker profile; "several" if they disagree
+    observability: str = slots.DEFAULT_OBSERVABILITY  # own or shared; "several" likewise
     orphaned: bool = False  # its checkout is gone (deleted, or moved away)
     last_up: str = ""  # why the slot's last `inv up` did not finish ("" when it did)
 
@@ -83,6 +85,14 @@ def _unfinished_up(checkout: str, slot: int) -> str:
     return "" if record is None or record.finished else record.explain()
 
 
+def layout_of(containers: Sequence[docker.Container]) -> slots.Layout | None:
+    """The layout one `up` recorded on a slot's containers; None when they disagree."""
+    found = {c.layout for c in containers}
+    if len(found) > 1:
+        return None
+    return next(iter(found), slots.DEFAULT_LAYOUT)
+
+
 def summarize(
     containers: Sequence[docker.Container],
     only_slot: int | None = None,
@@ -100,11 +110,14 @@ def summarize(
     for slot in sorted(by_slot):
         group = by_slot[slot]
         running = sum(c.running for c in group)
-        # A stack is its nine services: one that has no container at all makes it partial.
-        services = set(slots.SERVICES) | {c.service for c in group}
+        layout = layout_of(group)
+        # A stack is its layout's services (nine for the full one, with its own observability):
+        # one that has no container at all makes it partial.
+        expected = set(layout.services if layout else slots.SERVICES)
+        services = expected | {c.service for c in group}
         if running == 0:
             state = "stopped"
-        elif running == len(group) and {c.service for c in group} >= set(slots.SERVICES):
+        elif layout and running == len(group) and {c.service for c in group} >= expected:
             state = "running"
         else:
             state = "partial"
@@ -120,6 +133,8 @@ def summarize(
                 api_url=_api_url(group, where),
                 checkout=checkout,
                 source=_source(group),
+                workers=layout.workers if layout else SEVERAL,
+                observability=layout.observability if layout else SEVERAL,
                 orphaned=_orphaned(checkout),
                 last_up=why,
             )

@@ -70,7 +70,9 @@ def slot_state(containers: Sequence[docker.Container], orphaned: bool) -> str:
     running = [c for c in containers if c.running]
     if not running:
         return "stopped"
-    if len(running) == len(containers) and {c.service for c in running} >= set(slots.SERVICES):
+    layouts = {c.layout for c in containers}
+    expected = set(layouts.pop().services) if len(layouts) == 1 else set(slots.SERVICES)
+    if len(running) == len(containers) and {c.service for c in running} >= expected:
         return "running"
     return "partial"
 
@@ -144,7 +146,9 @@ def slot_entry(
     """One element of "slots" (see STATUS_JSON.md)."""
     orphaned = not (source.source_exists and source.checkout_exists)
     ports, host = ports_and_host(containers, slot, where)
-    services = set(slots.SERVICES) | {c.service for c in containers}
+    layouts = {c.layout for c in containers}
+    layout = layouts.pop() if len(layouts) == 1 else slots.DEFAULT_LAYOUT
+    services = set(layout.services) | {c.service for c in containers}
     return {
         "slot": slot,
         "project": slots.project_name(slot),
@@ -154,6 +158,8 @@ def slot_entry(
         "branch": source.branch,
         "checkout": _checkout(containers),
         "orphaned": orphaned,
+        "workers": layout.workers,
+        "observability": layout.observability,
         "ports": ports,
         "urls": urls(ports, host),
         "services": {

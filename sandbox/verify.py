@@ -9,6 +9,11 @@
   visible at /app/data, /app/models and /app/strategies inside the backend and every worker.
   The host is the engine's: on a remote engine the probe file is written there, by a helper
   container (sandbox/enginehost.py), never on this machine.
+- `shared-observability` (slots on `--observability=shared` only): the shared Prometheus
+  reports the backend and every worker of the slot's profile as an up target.
+
+Each slot is checked against the layout its containers recorded: a light slot's ports and
+services are those of its two workers, a shared slot has no Jaeger, Prometheus or Grafana ports.
 
 The comparisons are pure functions over container lists and mounts; `verify` gathers the facts
 with one `docker ps` and one `docker inspect` for all slots, plus the probes that must touch
@@ -23,15 +28,26 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sandbox import compose, docker, engine, enginehost, gate, net, runner, shared, slots
+from sandbox import (
+    compose,
+    docker,
+    engine,
+    enginehost,
+    gate,
+    net,
+    observability,
+    runner,
+    shared,
+    slots,
+)
 from sandbox.errors import SandboxError
 from sandbox.runner import Result
 from sandbox.settings import ENGINE_QUERY_TIMEOUT, VERIFY_EXEC_TIMEOUT, VERIFY_HTTP_TIMEOUT
+from sandbox.status import layout_of
 
 SHARED_MOUNTS = tuple(f"/app/{sub}" for sub in shared.SUBDIRS)
 BACKEND_PORT = 8000  # the backend inside its container (KTRDR's contract)
 DB_VOLUME = "db-data"  # the compose file's volume; Compose names it <project>_db-data
-SHARED_SERVICES: tuple[str, ...] = ("backend", *(w.service for w in slots.WORKERS))
 
 
 @dataclass(frozen=True)
@@ -152,13 +168,18 @@ def check_own_database(
     )
 
 
-def check_ports(target: compose.Target, containers: Sequence[docker.Container]) -> VerifyCheck:
-    """Every env-file port is published by its service; no other project publishes one too."""
+def check_ports(
+    target: compose.Target,
+    containers: Sequence[docker.Container],
+    layout: slots.Layout = slots.DEFAULT_LAYOUT,
+) -> VerifyCheck:
+    """Every env-file port of the layout's services is published by its service; no other
+    project publishes one too."""
     name = "ports"
     ours = [c for c in containers if c.project == target.project and c.running]
     problems: list[str] = []
     not_running: list[str] = []
-    for spec in slots.PORTS:
+    for spec in layout.ports:
         host_port = target.port(spec.variable)
         # Workers register their own port with the backend: inside and outside must agree.
         inner = spec.container_port if spec.container_port is not None else host_port
@@ -184,7 +205,7 @@ def check_ports(target: compose.Target, containers: Sequence[docker.Container]) 
     return VerifyCheck(
         name,
         True,
-        f"{len(slots.PORTS)} ports as in {target.env_file.name}, none published by another slot",
+        f"{len(layout.ports)} ports as in {target.env_file.name}, none published by another slot",
     )
 
 
@@ -198,6 +219,30 @@ def check_shared_dir(probe: str, seen: Mapping[str, str | None]) -> VerifyCheck:
         listed = "; ".join(f"{service}: {why}" for service, why in missing.items())
         return VerifyCheck(name, False, f"{probe} not visible in {listed}")
     return VerifyCheck(name, True, f"{probe} visible in {', '.join(seen)}")
+
+
+def check_scraped(slot: int, layout: slots.Layout, status: int | None, body: str) -> VerifyCheck:
+    """On shared observability: the shared Prometheus scrapes the slot's backend and every
+    worker of its profile, and its last scrape of each succeeded (its /api/v1/targets)."""
+    name = "shared-observability"
+    if status != 200:
+        return VerifyCheck(
+            name, False, f"shared Prometheus: {gate.http_outcome(status, body).detail}"
+        )
+    mine = {t.service: t for t in observability.parse_targets(body) if t.slot == str(slot)}
+    problems = []
+    for service in layout.app_services:
+        target = mine.get(service)
+        if target is None:
+            problems.append(f"{service}: not a target")
+        elif target.health != "up":
+            why = f": {target.error}" if target.error else ""
+            problems.append(f"{service}: {target.health}{why}")
+    if problems:
+        return VerifyCheck(name, False, "; ".join(problems))
+    return VerifyCheck(
+        name, True, f"{len(layout.app_services)} targets up in the shared Prometheus"
+    )
 
 
 def exec_seen(result: Result) -> str | None:
@@ -296,9 +341,10 @@ def shared_dir(
     environ: Mapping[str, str],
     containers: Sequence[docker.Container],
     where: engine.Engine = engine.LOCAL,
+    layout: slots.Layout = slots.DEFAULT_LAYOUT,
 ) -> VerifyCheck:
     """Write a probe file into data/, models/ and strategies/ on the engine's host, look for
-    all three in every service, always delete them."""
+    all three in every app service of the layout, always delete them."""
     name = probe_name(target.slot)
     try:
         unusable, write, remove = (
@@ -323,8 +369,9 @@ def shared_dir(
         failed = write()
         if failed is not None:
             return VerifyCheck("shared-dir", False, f"cannot write a probe file: {failed}")
-        with ThreadPoolExecutor(max_workers=len(SHARED_SERVICES)) as pool:
-            seen = dict(zip(SHARED_SERVICES, pool.map(look, SHARED_SERVICES), strict=True))
+        services = layout.app_services
+        with ThreadPoolExecutor(max_workers=len(services)) as pool:
+            seen = dict(zip(services, pool.map(look, services), strict=True))
     finally:
         remove()
     return check_shared_dir(f"/app/{{{','.join(shared.SUBDIRS)}}}/{name}", seen)
@@ -364,13 +411,18 @@ def verify(
     mounts = inspect_mounts(db_ids, environ)
     reports = []
     for target in targets:
+        own = [c for c in containers if c.project == target.project]
+        layout = layout_of(own) or slots.DEFAULT_LAYOUT
         env = published_bind(target, containers, environ)
         api = net.api_url(target, env, where)
         checks = [
             check_health(*http_get(f"{api}/health", VERIFY_HTTP_TIMEOUT)),
             check_own_database(target.slot, containers, mounts),
-            check_ports(target, containers),
-            shared_dir(target, compose_cmd, env, containers, where),
+            check_ports(target, containers, layout),
+            shared_dir(target, compose_cmd, env, containers, where, layout),
         ]
+        if layout.shared:
+            url = f"{net.shared_urls(environ, where)['Shared Prometheus']}/api/v1/targets"
+            checks.append(check_scraped(target.slot, layout, *http_get(url, VERIFY_HTTP_TIMEOUT)))
         reports.append(VerifyReport(target.slot, checks))
     return reports

@@ -3,7 +3,8 @@
 No registry reachable from this workplace ships Jaeger, so offline slots run this instead.
 It stores nothing; it counts what it receives and shows the counts:
   16686  UI: GET / (a page saying this is a stand-in), GET /api/services (empty, Jaeger's
-         shape), GET /api/standin/stats (counters as JSON)
+         shape), GET /api/standin/stats (counters as JSON; OTLP/JSON spans also by service,
+         "service.namespace/service.name", so a test can tell which slot's traces arrived)
   4318   OTLP/HTTP: POST /v1/traces with JSON or protobuf (optionally gzip) -> 200 and an
          empty ExportTraceServiceResponse in the request's encoding
   4317   OTLP/gRPC: just enough HTTP/2 (cleartext, prior knowledge) to answer every call with
@@ -57,15 +58,29 @@ class Stats:
             "grpc_calls": 0,
             "grpc_spans": 0,
         }
+        # Only OTLP/JSON exports are read this far (protobuf and gRPC are counted, not parsed
+        # for their resource): spans by "service.namespace/service.name".
+        self.json_spans_by_service: dict[str, int] = {}
 
     def add(self, **increments: int) -> None:
         with self._lock:
             for key, value in increments.items():
                 self.counts[key] += value
 
+    def add_services(self, spans: dict[str, int]) -> None:
+        with self._lock:
+            for service, count in spans.items():
+                self.json_spans_by_service[service] = (
+                    self.json_spans_by_service.get(service, 0) + count
+                )
+
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self.counts)
+
+    def services(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.json_spans_by_service)
 
 
 STATS = Stats()
@@ -92,6 +107,36 @@ def count_spans_json(document: Any) -> int:
             if isinstance(scope, dict):
                 spans += len(scope.get("spans") or [])
     return spans
+
+
+def _resource_service(resource: dict[str, Any]) -> str:
+    """ "namespace/name" from a resource's service.namespace and service.name ("?" unnamed)."""
+    found: dict[str, str] = {}
+    attributes = (resource.get("resource") or {}).get("attributes") or []
+    for attribute in attributes if isinstance(attributes, list) else []:
+        if isinstance(attribute, dict) and attribute.get("key") in (
+            "service.name",
+            "service.namespace",
+        ):
+            value = (attribute.get("value") or {}).get("stringValue")
+            if isinstance(value, str):
+                found[attribute["key"]] = value
+    name = found.get("service.name", "?")
+    return f"{found['service.namespace']}/{name}" if "service.namespace" in found else name
+
+
+def spans_by_service_json(document: Any) -> dict[str, int]:
+    """Spans of an OTLP/JSON export by their resource's service (see `_resource_service`)."""
+    found: dict[str, int] = {}
+    if not isinstance(document, dict):
+        return found
+    for resource in document.get("resourceSpans") or document.get("resource_spans") or []:
+        if isinstance(resource, dict):
+            spans = count_spans_json({"resourceSpans": [resource]})
+            if spans:
+                service = _resource_service(resource)
+                found[service] = found.get(service, 0) + spans
+    return found
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -165,7 +210,9 @@ def otlp_http_route(request: Request) -> Response:
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     try:
         if content_type in JSON_TYPES:
-            spans = count_spans_json(json.loads(request.body or b"{}"))
+            document = json.loads(request.body or b"{}")
+            spans = count_spans_json(document)
+            STATS.add_services(spans_by_service_json(document))
             reply = Response(200, b"{}", "application/json")
         elif content_type in PROTOBUF_TYPES:
             spans = count_spans_protobuf(request.body)
@@ -206,9 +253,10 @@ def ui_route(request: Request) -> Response:
     if request.path == "/api/services":
         return json_response(200, {"data": [], "total": 0, "limit": 0, "offset": 0, "errors": None})
     if request.path == "/api/standin/stats":
-        return json_response(
-            200, {"standin": True, "imitates": "Jaeger all-in-one", **STATS.snapshot()}
-        )
+        stats: dict[str, Any] = {"standin": True, "imitates": "Jaeger all-in-one"}
+        stats |= STATS.snapshot()
+        stats["otlp_http_json_spans_by_service"] = STATS.services()
+        return json_response(200, stats)
     return message_error(404, "not found (Jaeger stand-in)")
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import ROOT, compose, envfiles, slots
+from sandbox import ROOT, apps, compose, envfiles, observability, slots, stack
 from sandbox.runner import run
 
 HOME = Path("/home/sandbox-config-test")
@@ -145,3 +145,45 @@ def test_no_service_bind_mounts_a_checkout_file(compose_cmd: list[str]) -> None:
         for volume in service.get("volumes", []):
             if volume["type"] == "bind":
                 assert volume["source"].startswith(shared + "/"), (name, volume["source"])
+
+
+def test_a_shared_light_override_renders_on_the_shared_network(
+    compose_cmd: list[str], tmp_path: Path
+) -> None:
+    layout = slots.Layout("light", "shared")
+    override = tmp_path / "slot-3.compose.json"
+    override.write_text(json.dumps(apps.override(apps.BUILT_IN, None, {}, layout)))
+    target = compose.load_target(ROOT, 3)
+    up = stack.up_command(compose_cmd, target, [override], layout)
+    # The same files and flags `inv up` uses, rendered instead of started.
+    cmd = [*up[: up.index("up")], "config", "--format", "json"]
+    result = run(cmd, env=ENV, cwd=ROOT, timeout=60)
+    assert result.ok, result.stderr
+    config = json.loads(result.stdout)
+    network = config["networks"]["observability"]
+    assert (network["name"], network["external"]) == ("ktrdr-sandbox-observability", True)
+    for service in layout.app_services:
+        assert set(config["services"][service]["networks"]) == {"default", "observability"}
+    assert "networks" not in config["services"]["db"] or set(
+        config["services"]["db"]["networks"]
+    ) == {"default"}
+    env = config["services"]["backend"]["environment"]
+    assert env["KTRDR_OTEL_OTLP_ENDPOINT"] == "http://ktrdr-observability-jaeger:4317"
+
+
+def test_the_observability_stack_renders_on_its_fixed_ports(compose_cmd: list[str]) -> None:
+    cmd = observability.command(compose_cmd, ROOT, "config", "--format", "json")
+    result = run(cmd, env=ENV, cwd=ROOT, timeout=60)
+    assert result.ok, result.stderr
+    config = json.loads(result.stdout)
+    assert config["name"] == observability.PROJECT
+    assert sorted(config["services"]) == sorted(slots.OBSERVABILITY_SERVICES)
+    found = {
+        (service, int(p["published"]), p["target"])
+        for service, spec in config["services"].items()
+        for p in spec["ports"]
+    }
+    assert found == {(p.service, p.port, p.container_port) for p in slots.OBSERVABILITY_PORTS}
+    # No file of the checkout is mounted: config arrives as inline content.
+    assert all(not spec.get("volumes") for spec in config["services"].values())
+    assert observability.TARGETS_FILE in config["configs"]["prometheus"]["content"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sandbox import ROOT, docs, envfiles, slots
@@ -25,3 +27,10 @@ def test_committed_files_are_valid() -> None:
 def test_docs_port_table_matches_the_scheme() -> None:
     text = (ROOT / docs.MANUAL).read_text()
     assert docs.current_table(text) == docs.port_table(), "run `inv env --write`"
+
+
+@pytest.mark.parametrize("doc", [docs.MANUAL, docs.README])
+def test_docs_observability_ports_match_the_scheme(doc: Path) -> None:
+    text = (ROOT / doc).read_text()
+    found = docs.current_table(text, docs.OBS_BEGIN, docs.OBS_END)
+    assert found == docs.observability_table(), "run `inv env --write`"

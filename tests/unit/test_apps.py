@@ -50,17 +50,23 @@ def test_not_a_checkout_is_one_usage_error(tmp_path: Path, kind: str) -> None:
     assert "\n" not in str(caught.value)
 
 
-def test_builtin_override_only_labels_every_service() -> None:
+def test_builtin_override_labels_every_service_and_points_traces_at_its_own_jaeger() -> None:
     document = apps.override(apps.BUILT_IN, None, {})
+    assert set(document) == {"services"}
     assert set(document["services"]) == set(slots.SERVICES)
-    for service in document["services"].values():
-        assert service == {
-            "labels": {
-                docker.APP_LABEL: "reference",
-                docker.SOURCE_LABEL: "",
-                docker.CLIENT_LABEL: docker.client_name(),
-            }
-        }
+    labels = {
+        docker.APP_LABEL: "reference",
+        docker.SOURCE_LABEL: "",
+        docker.WORKERS_LABEL: "full",
+        docker.OBSERVABILITY_LABEL: "own",
+        docker.CLIENT_LABEL: docker.client_name(),
+    }
+    traces = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://jaeger:4318/v1/traces"}
+    for name, service in document["services"].items():
+        if name in ("backend", *(w.service for w in slots.WORKERS)):
+            assert service == {"labels": labels, "environment": traces}
+        else:
+            assert service == {"labels": labels}
 
 
 def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> None:
@@ -92,7 +98,11 @@ def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> No
         docker.SOURCE_LABEL: str(checkout),
         docker.TORCH_LABEL: "none",
         docker.CLIENT_LABEL: docker.client_name(),
+        docker.WORKERS_LABEL: "full",
+        docker.OBSERVABILITY_LABEL: "own",
     }
+    # KTRDR speaks OTLP/gRPC to the compose file's own jaeger: nothing to add on `own`.
+    assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" not in backend["environment"]
 
 
 def test_a_secret_is_made_once_per_slot(tmp_path: Path) -> None:

@@ -554,6 +554,8 @@ def test_preflight_passes_and_creates_the_shared_dir(
         "checkout",
         "source",
         "volume",
+        "layout",
+        "observability",
         "ports",
         "shared",
     ]
@@ -777,6 +779,8 @@ def test_remote_preflight_asks_the_engines_host_and_creates_nothing_here(
         "checkout",
         "source",
         "volume",
+        "layout",
+        "observability",
         "images",
         "ports",
         "shared",

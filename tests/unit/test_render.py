@@ -108,7 +108,18 @@ STATUSES = [
         "/w/main",
         "ktrdr: /code/ktrdr-x",
     ),
-    SlotStatus(10, "ktrdr-sandbox-10", "stopped", 0, 9, None, "several", "reference (built in)"),
+    SlotStatus(
+        10,
+        "ktrdr-sandbox-10",
+        "stopped",
+        0,
+        6,
+        None,
+        "several",
+        "reference (built in)",
+        workers="light",
+        observability="shared",
+    ),
 ]
 
 
@@ -116,12 +127,12 @@ def test_plain_status_is_an_aligned_table_without_boxes() -> None:
     out, buffer = plain()
     out.status(STATUSES)
     assert buffer.getvalue().splitlines() == [
-        "slot  project           state    healthy  API URL                       source"
-        "                checkout",
-        "1     ktrdr-sandbox-1   running  9/9      http://127.0.0.1:8001/api/v1  "
-        "ktrdr: /code/ktrdr-x  /w/main",
-        "10    ktrdr-sandbox-10  stopped  0/9      -                             "
-        "reference (built in)  several",
+        "slot  project           state    healthy  workers  observability  API URL         "
+        "              source                checkout",
+        "1     ktrdr-sandbox-1   running  9/9      full     own            "
+        "http://127.0.0.1:8001/api/v1  ktrdr: /code/ktrdr-x  /w/main",
+        "10    ktrdr-sandbox-10  stopped  0/6      light    shared         -               "
+        "              reference (built in)  several",
     ]
 
 

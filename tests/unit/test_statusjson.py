@@ -31,6 +31,8 @@ SLOT: dict[str, Kind] = {
     "branch": OPT_STR,
     "checkout": OPT_STR,
     "orphaned": bool,
+    "workers": str,
+    "observability": str,
     "ports": dict,
     "urls": dict,
     "services": dict,
@@ -114,6 +116,8 @@ def test_running_slot_document() -> None:
         "branch": "feature/x",
         "checkout": "/home/dev/ktrdr-sandbox",
         "orphaned": False,
+        "workers": "full",
+        "observability": "own",
         "ports": slots.ports(2),
         "urls": {
             "backend": "http://127.0.0.1:8002/api/v1",

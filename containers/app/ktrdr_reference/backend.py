@@ -57,6 +57,7 @@ from ktrdr_reference.common import (
     env_text,
     fail_config,
 )
+from ktrdr_reference.tracing import Tracer
 
 SERVICE = "ktrdr-reference-backend"
 COMPONENT = "backend"
@@ -81,6 +82,8 @@ WORKER_STATUSES = ("available", "busy", "temporarily_unavailable")
 REGISTRATION_FIELDS = ("worker_id", "worker_type", "endpoint_url")
 DB_RETRY_AFTER = "1"
 QUIET_PATHS = (f"{API}/health", "/metrics", f"{API}/workers/register")
+# Probes, polled every few seconds by healthchecks and scrapers: no span each.
+UNTRACED_ROUTES = (f"{API}/health", "/metrics", "other")
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -440,7 +443,11 @@ class Backend:
     """The endpoints, as a function from Request to Response (see `handle`)."""
 
     def __init__(
-        self, settings: Settings, store: WorkerStore, metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        store: WorkerStore,
+        metrics: Metrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -448,6 +455,7 @@ class Backend:
         # Set once the database answered (by prepare_database): until then a failed
         # registration is start-up, not an outage, and is worth holding.
         self.database_ready = threading.Event()
+        self.tracer = tracer
         self._known: dict[str, tuple[str, str, str]] = {}
         self._known_lock = threading.Lock()
         self._routes: dict[str, dict[str, Callable[[Request], Response]]] = {
@@ -459,6 +467,19 @@ class Backend:
         }
 
     def handle(self, request: Request) -> Response:
+        start = time.time_ns()
+        response, route = self._dispatch(request)
+        self.metrics.count_request(route, response.status)
+        if self.tracer is not None and route not in UNTRACED_ROUTES:
+            attributes: dict[str, str | int] = {
+                "http.method": request.method,
+                "http.route": route,
+                "http.status_code": response.status,
+            }
+            self.tracer.span(f"{request.method} {route}", start, time.time_ns(), attributes)
+        return response
+
+    def _dispatch(self, request: Request) -> tuple[Response, str]:
         path = request.path.rstrip("/") or "/"
         methods = self._routes.get(path)
         if methods is None:
@@ -469,8 +490,7 @@ class Backend:
             response = error_response(405, "Method Not Allowed", (("Allow", allow),))
         else:
             route, response = path, methods[request.method](request)
-        self.metrics.count_request(route, response.status)
-        return response
+        return response, route
 
     def _database_error(self) -> str | None:
         try:
@@ -607,7 +627,15 @@ def main() -> int:
     shutdown.install()
     log(COMPONENT, "SIGTERM/SIGINT handlers installed")
     store = PostgresWorkerStore(settings)
-    backend = Backend(settings, store)
+    # service.namespace: the slot's project, so one Jaeger shared by several slots tells them
+    # apart (KTRDR's own names are per service, not per slot).
+    resource: dict[str, str | int] = {"ktrdr.slot": settings.slot or 0}
+    if settings.project:
+        resource["service.namespace"] = settings.project
+    tracer = Tracer.from_env(os.environ, SERVICE, resource)
+    if tracer.endpoint:
+        log(COMPONENT, f"exporting a span per API request to {tracer.endpoint} (OTLP/HTTP JSON)")
+    backend = Backend(settings, store, tracer=tracer)
     try:
         server = serve_http(backend.handle, PORT, shutdown, COMPONENT, QUIET_PATHS)
     except OSError as exc:

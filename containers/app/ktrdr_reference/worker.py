@@ -1,11 +1,11 @@
 """A reference KTRDR worker: `python3 -m ktrdr_reference.worker`.
 
-Serves GET /health on 0.0.0.0:WORKER_PORT and registers with the backend from a background
-thread: retries every 0.25 s during start-up, then with a growing backoff (or the backend's
-Retry-After) until it succeeds, then
-renews every RENEW_SECONDS, so a backend that lost its registrations (restarted, database
-wiped) has this worker back within seconds. /health answers 200 whether registered or not:
-the worker is alive either way, and `registered` says the rest.
+Serves GET /health and GET /metrics (Prometheus text, as KTRDR's workers do) on
+0.0.0.0:WORKER_PORT and registers with the backend from a background thread: retries every
+0.25 s during start-up, then with a growing backoff (or the backend's Retry-After) until it
+succeeds, then renews every RENEW_SECONDS, so a backend that lost its registrations
+(restarted, database wiped) has this worker back within seconds. /health answers 200 whether
+registered or not: the worker is alive either way, and `registered` says the rest.
 
 Environment (missing or bad -> one line on stderr, exit status 2):
   WORKER_ID                  required, e.g. backtest-worker-1
@@ -37,6 +37,7 @@ from httpkit import (
     one_line,
     serve_http,
     stop_servers,
+    text_response,
 )
 
 from ktrdr_reference import __version__
@@ -234,12 +235,30 @@ class Registrar:
             self.stopping.wait(delay)
 
 
+def render_metrics(settings: WorkerSettings, registered: bool) -> str:
+    """Prometheus text exposition format 0.0.4: the worker is up, and whether it registered."""
+    labels = f'worker_id="{settings.worker_id}",worker_type="{settings.worker_type}"'
+    lines = [
+        "# HELP ktrdr_reference_worker_up 1 while the worker serves HTTP.",
+        "# TYPE ktrdr_reference_worker_up gauge",
+        f"ktrdr_reference_worker_up{{{labels}}} 1",
+        "# HELP ktrdr_reference_worker_registered Whether its last registration succeeded.",
+        "# TYPE ktrdr_reference_worker_registered gauge",
+        f"ktrdr_reference_worker_registered{{{labels}}} {1 if registered else 0}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def make_app(settings: WorkerSettings, registrar: Registrar) -> Callable[[Request], Response]:
     def app(request: Request) -> Response:
-        if request.path.rstrip("/") != "/health":
+        path = request.path.rstrip("/")
+        if path not in ("/health", "/metrics"):
             return error_response(404, "Not Found")
         if request.method != "GET":
             return error_response(405, "Method Not Allowed", (("Allow", "GET"),))
+        if path == "/metrics":
+            text = render_metrics(settings, registrar.registered)
+            return text_response(200, text, "text/plain; version=0.0.4; charset=utf-8")
         return json_response(
             200,
             {
@@ -270,7 +289,7 @@ def main() -> int:
     registrar = Registrar(settings, shutdown.stopping)
     try:
         app = make_app(settings, registrar)
-        server = serve_http(app, settings.port, shutdown, component, ["/health"])
+        server = serve_http(app, settings.port, shutdown, component, ["/health", "/metrics"])
     except OSError as exc:
         log(component, f"cannot listen on 0.0.0.0:{settings.port}: {exc}")
         return 1

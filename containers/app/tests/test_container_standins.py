@@ -69,6 +69,22 @@ def test_count_spans_json() -> None:
         count_spans_json([])
 
 
+def test_json_spans_are_counted_by_service_and_shown_in_the_stats() -> None:
+    def resource(name: str, namespace: str | None, spans: int) -> dict[str, object]:
+        attributes = [{"key": "service.name", "value": {"stringValue": name}}]
+        if namespace:
+            attributes.append({"key": "service.namespace", "value": {"stringValue": namespace}})
+        return {"resource": {"attributes": attributes}, "scopeSpans": [{"spans": [{}] * spans}]}
+
+    doc = {"resourceSpans": [resource("api", "ktrdr-sandbox-3", 2), resource("cli", None, 1)]}
+    assert jaeger_standin.spans_by_service_json(doc) == {"ktrdr-sandbox-3/api": 2, "cli": 1}
+    before = jaeger_standin.STATS.services().get("ktrdr-sandbox-3/api", 0)
+    assert post(json.dumps(doc).encode(), "application/json").status == 200
+    stats = json.loads(jaeger_standin.ui_route(Request("GET", "/api/standin/stats", {}, b"")).body)
+    assert stats["otlp_http_json_spans_by_service"]["ktrdr-sandbox-3/api"] == before + 2
+    assert stats["standin"] is True
+
+
 def post(body: bytes, content_type: str, path: str = "/v1/traces") -> Response:
     return otlp_http_route(Request("POST", path, {"content-type": content_type}, body))
 

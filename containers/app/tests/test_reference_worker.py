@@ -176,3 +176,19 @@ def test_health_says_whether_registered() -> None:
     assert app(Request.from_target("GET", "/health")).json()["registered"] is True
     assert app(Request.from_target("GET", "/other")).status == 404
     assert app(Request.from_target("POST", "/health")).status == 405
+
+
+def test_metrics_say_up_and_whether_registered() -> None:
+    settings = WorkerSettings.from_env(ENV)
+    registrar = Registrar(settings, threading.Event())
+    app = make_app(settings, registrar)
+    response = app(Request.from_target("GET", "/metrics"))
+    assert response.status == 200
+    assert response.content_type.startswith("text/plain; version=0.0.4")
+    text = response.body.decode()
+    labels = f'worker_id="{settings.worker_id}",worker_type="{settings.worker_type}"'
+    assert f"ktrdr_reference_worker_up{{{labels}}} 1" in text
+    assert f"ktrdr_reference_worker_registered{{{labels}}} 0" in text
+    registrar.registered = True
+    text = app(Request.from_target("GET", "/metrics")).body.decode()
+    assert f"ktrdr_reference_worker_registered{{{labels}}} 1" in text
