@@ -259,6 +259,9 @@ def _volumes(source: Source) -> list[str]:
     return found
 
 
+APP_SERVICES = ("backend", *(w.service for w in slots.WORKERS))
+
+
 def override(
     source: Source,
     image: str | None,
@@ -266,10 +269,31 @@ def override(
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
 ) -> dict[str, Any]:
     """The Compose override for `source` and `layout`: labels on every service (the app, its
-    source, the client machine, the layout); for a
-    checkout, the app services' image, commands, read-only mounts, environment and
-    healthchecks; for shared observability, the app services on the shared network with
-    their traces sent there. Which services run at all is `up`'s `--scale` (sandbox/stack.py)."""
+    source, the client machine, the layout); for a checkout, the app services' image,
+    commands, read-only mounts, environment and healthchecks; for shared observability, the
+    app services on the shared network with their traces sent there. Which services run at
+    all is `up`'s `--scale` (sandbox/stack.py)."""
+    labels = _labels(source, layout)
+    services: dict[str, dict[str, Any]] = {s: {"labels": labels} for s in slots.SERVICES}
+    document: dict[str, Any] = {"services": services}
+    traces = _trace_environment(source.kind, layout)
+    if layout.shared:
+        # `default` listed too: a service given `networks` is on those networks only.
+        document["networks"] = {
+            "observability": {"external": True, "name": slots.OBSERVABILITY_NETWORK}
+        }
+        for service in APP_SERVICES:
+            services[service]["networks"] = ["default", "observability"]
+    if source.path is None:
+        for service in APP_SERVICES:
+            if traces:
+                services[service]["environment"] = traces
+        return document
+    _run_checkout(services, source, image, {**environment, **traces})
+    return document
+
+
+def _labels(source: Source, layout: slots.Layout) -> dict[str, str]:
     labels = {
         APP_LABEL: source.kind.name,
         SOURCE_LABEL: source.label,
@@ -279,25 +303,19 @@ def override(
     }
     if source.kind.image == "uv":
         labels[TORCH_LABEL] = source.torch
-    services: dict[str, dict[str, Any]] = {s: {"labels": labels} for s in slots.SERVICES}
-    document: dict[str, Any] = {"services": services}
-    traces = _trace_environment(source.kind, layout)
-    if layout.shared:
-        # `default` listed too: a service given `networks` is on those networks only.
-        document["networks"] = {
-            "observability": {"external": True, "name": slots.OBSERVABILITY_NETWORK}
-        }
-        for service in ("backend", *(w.service for w in slots.WORKERS)):
-            services[service]["networks"] = ["default", "observability"]
-    if source.path is None:
-        for service in ("backend", *(w.service for w in slots.WORKERS)):
-            if traces:
-                services[service]["environment"] = traces
-        return document
+    return labels
+
+
+def _run_checkout(
+    services: dict[str, dict[str, Any]],
+    source: Source,
+    image: str | None,
+    environment: Mapping[str, str],
+) -> None:
+    """The app services run the checkout's code: image, commands, mounts, env, healthchecks."""
     kind = source.kind
-    env = {**kind.environment, **environment, **traces}
-    mounts = _volumes(source)
-    app: dict[str, Any] = {"volumes": mounts, "environment": env}
+    env = {**kind.environment, **environment}
+    app: dict[str, Any] = {"volumes": _volumes(source), "environment": env}
     if image:
         app["image"] = image
     services["backend"].update(
@@ -323,7 +341,6 @@ def override(
             command=_command(kind.workers[worker.worker_type], port),
             healthcheck=_healthcheck(kind, port, "/health"),
         )
-    return document
 
 
 def _trace_environment(kind: AppKind, layout: slots.Layout) -> dict[str, str]:
