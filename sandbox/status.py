@@ -70,11 +70,22 @@ def _source(containers: Sequence[docker.Container]) -> str:
     return f"{shown} ({TORCH_SHOWN.get(torch, torch)})" if torch else shown
 
 
-def _orphaned(checkout: str) -> bool:
+def checkout_gone(checkout: str) -> bool:
     """The checkout the containers name has no compose file any more (gone, or moved)."""
     if not checkout or checkout == SEVERAL:
         return False
     return not (Path(checkout) / compose.COMPOSE_FILE).is_file()
+
+
+def source_gone(source: str) -> bool:
+    """The app checkout the slot runs (`--source`) is gone, or moved."""
+    return bool(source) and not Path(source).is_dir()
+
+
+def orphaned(containers: Sequence[docker.Container]) -> bool:
+    """The slot's checkout or its source is gone: one rule for the table and the JSON."""
+    sources = {c.source for c in containers if c.source}
+    return checkout_gone(_checkout(containers)) or any(source_gone(s) for s in sources)
 
 
 def _unfinished_up(checkout: str, slot: int) -> str:
@@ -135,7 +146,7 @@ def summarize(
                 source=_source(group),
                 workers=layout.workers if layout else SEVERAL,
                 observability=layout.observability if layout else SEVERAL,
-                orphaned=_orphaned(checkout),
+                orphaned=orphaned(group),
                 last_up=why,
             )
         )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sandbox import docker, engine, net, picker, slots, worktrees
+from sandbox import docker, engine, net, picker, slots, status, worktrees
 
 SCHEMA = "ktrdr-sandbox/status"
 VERIFY_SCHEMA = "ktrdr-sandbox/verify"
@@ -257,8 +257,8 @@ def describe_source(
         source=source,
         app=app,
         branch=worktrees.current_branch(Path(source), environ) if source else None,
-        source_exists=Path(source).is_dir() if source else True,
-        checkout_exists=Path(checkout).is_dir() if checkout else True,
+        source_exists=not status.source_gone(source or ""),
+        checkout_exists=not status.checkout_gone(checkout or ""),
     )
 
 

@@ -266,6 +266,7 @@ def test_url_host_from_the_binding() -> None:
 def test_describe_source_from_a_real_checkout(tmp_path: Path) -> None:
     app, checkout = tmp_path / "app", tmp_path / "sandbox"
     checkout.mkdir()
+    (checkout / "docker-compose.sandbox.yml").write_text("")  # what makes it a checkout
     env = worktrees.git_env({"HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"})
     assert run(["git", "init", "-q", "-b", "feature/y", str(app)], env=env).ok
     found = statusjson.describe_source(str(app), "ktrdr", str(checkout), env)
@@ -276,6 +277,7 @@ def test_describe_source_from_a_real_checkout(tmp_path: Path) -> None:
 
 
 def test_slot_sources_from_labels(tmp_path: Path) -> None:
+    (tmp_path / "docker-compose.sandbox.yml").write_text("")  # a live ktrdr-sandbox checkout
     db = make(1, "db", working_dir=str(tmp_path))
     backend = replace(make(1, "backend", working_dir=str(tmp_path)), source=str(tmp_path), app="x")
     builtin = replace(make(2, "backend", working_dir=str(tmp_path)), app="reference")
