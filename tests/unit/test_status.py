@@ -75,6 +75,16 @@ def test_a_slot_whose_checkout_is_gone_is_orphaned(tmp_path: Path) -> None:
     assert row.orphaned
 
 
+def test_a_slot_whose_source_checkout_is_gone_is_orphaned(tmp_path: Path) -> None:
+    here = a_checkout(tmp_path / "here")
+    branch = tmp_path / "ktrdr-feature-x"
+    branch.mkdir()
+    stack = [replace(c, app="ktrdr", source=str(branch)) for c in full_stack(1, working_dir=here)]
+    assert not status.summarize(stack)[0].orphaned
+    branch.rmdir()
+    assert status.summarize(stack)[0].orphaned
+
+
 def test_an_up_that_did_not_finish_shows_as_failed_with_its_reason(tmp_path: Path) -> None:
     here = a_checkout(tmp_path / "here")
     root = Path(here)
