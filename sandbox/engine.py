@@ -285,10 +285,13 @@ def parse_shared_check(result: Result, directory: str) -> SharedDir:
 
 
 # Makes each missing subdirectory of $0 (and hands it to $OWNER when set); "created NAME".
+# Two `inv up` of different slots may create the same directory at once: one that appeared
+# meanwhile is fine (the second mkdir only runs to print why a real failure failed).
 CREATE_SCRIPT = (
-    'for d in "$@"; do if [ ! -d "$0/$d" ]; then mkdir "$0/$d" || exit 1; '
-    'if [ -n "${OWNER:-}" ]; then chown "$OWNER" "$0/$d" || exit 1; fi; '
-    'echo "created $d"; fi; done'
+    'for d in "$@"; do if [ ! -d "$0/$d" ]; then '
+    'if mkdir "$0/$d" 2>/dev/null; then '
+    'if [ -n "${OWNER:-}" ]; then chown "$OWNER" "$0/$d" || exit 1; fi; echo "created $d"; '
+    'elif [ ! -d "$0/$d" ]; then mkdir "$0/$d" || exit 1; fi; fi; done'
 )
 
 

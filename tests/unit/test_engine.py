@@ -277,6 +277,21 @@ def test_create_command_and_script_make_only_what_is_missing(tmp_path: Path) -> 
     assert engine.parse_created(sh(engine.CREATE_SCRIPT, tmp_path).stdout) == ()
 
 
+def test_create_accepts_a_directory_another_up_made_meanwhile(tmp_path: Path) -> None:
+    """Two slots' `inv up` create the same shared directory at once: the loser's mkdir fails
+    with "File exists" and that is fine. A mkdir shim plays the winner."""
+    shims, shared = tmp_path / "bin", tmp_path / "shared"
+    shims.mkdir()
+    shared.mkdir()
+    shim = shims / "mkdir"
+    shim.write_text('#!/bin/sh\n/bin/mkdir "$@"\necho "mkdir: File exists" >&2\nexit 1\n')
+    shim.chmod(0o755)
+    result = sh(engine.CREATE_SCRIPT, shared, {"PATH": f"{shims}:/usr/bin:/bin"})
+    assert result.ok, result.stderr
+    assert engine.parse_created(result.stdout) == ()  # this run made none of them
+    assert all((shared / name).is_dir() for name in engine.SHARED_SUBDIRS)
+
+
 def test_create_hands_new_directories_to_the_owner(tmp_path: Path) -> None:
     cmd = engine.shared_dir_create_command("/srv/shared", IMAGE, owner="1000:1000")
     assert cmd[cmd.index("--env") + 1] == "OWNER=1000:1000"
