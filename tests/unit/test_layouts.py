@@ -23,6 +23,7 @@ from sandbox import (
 )
 from sandbox.docker import PublishedPort
 from sandbox.errors import Exit, SandboxError
+from tests.unit.factories import container as fabricate
 from tests.unit.test_gate import FakeClock, World
 
 LIGHT = slots.Layout("light")
@@ -43,19 +44,10 @@ def make(
     state: str = "running",
     ports: tuple[PublishedPort, ...] = (),
 ) -> docker.Container:
-    project = slots.project_name(slot) if isinstance(slot, int) else slot
-    return docker.Container(
-        id=f"{project}-{service}",
-        name=f"{project}-{service}-1",
-        project=project,
-        service=service,
-        state=state,
-        status="Up 1 minute (healthy)",
-        working_dir="/checkout",
-        ports=ports,
-        workers=layout.workers,
-        observability=layout.observability,
-    )
+    return fabricate(
+        slot, service, state=state, status="Up 1 minute (healthy)", working_dir="/checkout",
+        ports=ports, workers=layout.workers, observability=layout.observability,
+    )  # fmt: skip
 
 
 def stack_of(slot: int, layout: slots.Layout) -> list[docker.Container]:

@@ -16,19 +16,11 @@ from sandbox import ROOT, docker, picker, preflight, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import lock_path
 from sandbox.runner import run
+from tests.unit.factories import container as fabricate
 
 
 def container(slot: int | str, service: str = "db", state: str = "running") -> docker.Container:
-    project = slots.project_name(slot) if isinstance(slot, int) else slot
-    return docker.Container(
-        id=f"{project}-{service}",
-        name=f"{project}-{service}-1",
-        project=project,
-        service=service,
-        state=state,
-        status="Up 1 minute",
-        working_dir="/home/dev/ktrdr-sandbox",
-    )
+    return fabricate(slot, service, state=state)
 
 
 def volume(slot: int) -> picker.Volume:

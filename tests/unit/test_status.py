@@ -10,6 +10,7 @@ import pytest
 
 from sandbox import compose, docker, engine, lastup, slots, status
 from sandbox.docker import PublishedPort
+from tests.unit.factories import container as fabricate
 
 
 def make(
@@ -20,16 +21,8 @@ def make(
     ports: tuple[PublishedPort, ...] = (),
     working_dir: str = "/home/dev/ktrdr-sandbox",
 ) -> docker.Container:
-    project = slots.project_name(slot) if isinstance(slot, int) else slot
-    return docker.Container(
-        id=f"{project}-{service}",
-        name=f"{project}-{service}-1",
-        project=project,
-        service=service,
-        state=state,
-        status=status_text,
-        working_dir=working_dir,
-        ports=ports,
+    return fabricate(
+        slot, service, state=state, status=status_text, ports=ports, working_dir=working_dir
     )
 
 

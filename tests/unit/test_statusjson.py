@@ -14,6 +14,7 @@ from sandbox import ROOT, docker, engine, slots, statusjson, verify, worktrees
 from sandbox.docker import PublishedPort
 from sandbox.runner import run
 from sandbox.statusjson import SlotSource
+from tests.unit.factories import container as fabricate
 
 DOC = ROOT / "docs" / "designs" / "Sandbox" / "STATUS_JSON.md"
 
@@ -72,16 +73,8 @@ def make(
     ports: tuple[PublishedPort, ...] = (),
     working_dir: str = "/home/dev/ktrdr-sandbox",
 ) -> docker.Container:
-    project = slots.project_name(slot) if isinstance(slot, int) else slot
-    return docker.Container(
-        f"{project}-{service}",
-        f"{project}-{service}-1",
-        project,
-        service,
-        state,
-        status_text,
-        working_dir,
-        ports,
+    return fabricate(
+        slot, service, state=state, status=status_text, ports=ports, working_dir=working_dir
     )
 
 

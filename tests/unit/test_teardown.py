@@ -18,6 +18,7 @@ import tasks
 from sandbox import apps, compose, docker, envfiles, picker, runner, slots, teardown
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
+from tests.unit.factories import container as fabricate
 
 
 def container(
@@ -27,17 +28,7 @@ def container(
     source: str = "",
     working_dir: str = "/",
 ) -> docker.Container:
-    project = slots.project_name(slot) if isinstance(slot, int) else slot
-    return docker.Container(
-        id=f"{project}-{service}",
-        name=f"{project}-{service}-1",
-        project=project,
-        service=service,
-        state=state,
-        status="Up 1 minute",
-        working_dir=working_dir,
-        source=source,
-    )
+    return fabricate(slot, service, state=state, source=source, working_dir=working_dir)
 
 
 def volume(slot: int) -> picker.Volume:
