@@ -33,3 +33,17 @@ def container(
         workers=workers,
         observability=observability,
     )
+
+
+def make(
+    slot: int | str,
+    service: str,
+    state: str = "running",
+    status_text: str = "Up 2 minutes (healthy)",
+    ports: tuple[PublishedPort, ...] = (),
+    working_dir: str = "/home/dev/ktrdr-sandbox",
+) -> docker.Container:
+    """A healthy container by position, as `inv status` tests describe them."""
+    return container(
+        slot, service, state=state, status=status_text, ports=ports, working_dir=working_dir
+    )

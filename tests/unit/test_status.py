@@ -10,20 +10,7 @@ import pytest
 
 from sandbox import compose, docker, engine, lastup, slots, status
 from sandbox.docker import PublishedPort
-from tests.unit.factories import container as fabricate
-
-
-def make(
-    slot: int | str,
-    service: str,
-    state: str = "running",
-    status_text: str = "Up 2 minutes (healthy)",
-    ports: tuple[PublishedPort, ...] = (),
-    working_dir: str = "/home/dev/ktrdr-sandbox",
-) -> docker.Container:
-    return fabricate(
-        slot, service, state=state, status=status_text, ports=ports, working_dir=working_dir
-    )
+from tests.unit.factories import make
 
 
 def full_stack(slot: int, **kwargs: str) -> list[docker.Container]:

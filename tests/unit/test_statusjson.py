@@ -14,7 +14,7 @@ from sandbox import ROOT, docker, engine, slots, statusjson, verify, worktrees
 from sandbox.docker import PublishedPort
 from sandbox.runner import run
 from sandbox.statusjson import SlotSource
-from tests.unit.factories import container as fabricate
+from tests.unit.factories import make
 
 DOC = ROOT / "docs" / "designs" / "Sandbox" / "STATUS_JSON.md"
 
@@ -63,19 +63,6 @@ def check_shape(doc: dict[str, Any]) -> None:
         ]
         assert all(isinstance(v, str) for v in entry["urls"].values())
         assert all(isinstance(v, str) for v in entry["volumes"])
-
-
-def make(
-    slot: int | str,
-    service: str,
-    state: str = "running",
-    status_text: str = "Up 2 minutes (healthy)",
-    ports: tuple[PublishedPort, ...] = (),
-    working_dir: str = "/home/dev/ktrdr-sandbox",
-) -> docker.Container:
-    return fabricate(
-        slot, service, state=state, status=status_text, ports=ports, working_dir=working_dir
-    )
 
 
 def published(slot: int, service: str, ip: str = "127.0.0.1") -> tuple[PublishedPort, ...]:
