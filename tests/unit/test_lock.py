@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from sandbox import ROOT
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import busy_message, default_lock_dir, lock_path, slot_lock
 from sandbox.runner import Result, run
+from tests.unit.flocks import held_elsewhere, is_free
 
 # Another process tries the lock once and prints the outcome: "ok" or "<code> <message>".
 CHILD = """
@@ -37,30 +35,6 @@ def other_process(slot: int, lock_dir: Path, wait: float = 0.0) -> str:
     result: Result = run([sys.executable, "-c", CHILD, str(slot), str(wait)], env=env, timeout=60)
     assert result.ok, result.tail()
     return result.stdout.strip()
-
-
-@contextmanager
-def held_elsewhere(path: Path, pid: str = "4242") -> Iterator[int]:
-    """Hold `path` the way another process would: its own open file, flock, its pid inside."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, f"{pid}\n".encode())
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def is_free(path: Path) -> bool:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
 
 
 def test_lock_dir_from_environment(tmp_path: Path) -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +14,7 @@ from sandbox.errors import Exit, SandboxError
 from sandbox.lock import lock_path
 from sandbox.runner import run
 from tests.unit.factories import container as fabricate
+from tests.unit.flocks import held_elsewhere, is_free
 
 
 def container(slot: int | str, service: str = "db", state: str = "running") -> docker.Container:
@@ -132,30 +130,6 @@ def test_db_volume_by_name_alone_counts() -> None:
 
 
 # ----------------------------------------------------------------------------- locks
-
-
-@contextmanager
-def held_elsewhere(path: Path, pid: str = "4242") -> Iterator[None]:
-    """Hold `path` as another process would: its own open file description, its pid inside."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, f"{pid}\n".encode())
-        yield
-    finally:
-        os.close(fd)
-
-
-def is_free(path: Path) -> bool:
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
 
 
 def test_machine_lock_in_the_lock_dir(tmp_path: Path) -> None:
