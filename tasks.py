@@ -24,6 +24,7 @@ from sandbox import (
     ROOT,
     apps,
     branchflow,
+    codesync,
     compose,
     docker,
     docs,
@@ -46,6 +47,8 @@ from sandbox import (
     worktrees,
 )
 from sandbox.errors import Exit, SandboxError
+from sandbox.lock import slot_lock
+from sandbox.settings import LOCK_WAIT
 from sandbox.status import collect as collect_status
 from sandbox.verify import verify as verify_slots
 
@@ -192,6 +195,7 @@ def _start(
             app_image=lambda src: stack.app_image(src, ROOT, environ, out.step),
             layout=layout,
             fresh=fresh,
+            on_step=out.step,
         )
     _report_up(target.slot, result)
 
@@ -404,6 +408,36 @@ def _exec(target: compose.Target, service: str, argv: list[str]) -> None:
     result = runner.run(cmd, env=compose.environment(target, environ), capture=False)
     if not result.ok:  # the command's own status; Compose or the command said why
         raise InvokeExit(code=result.returncode if result.returncode > 0 else int(Exit.COMMAND))
+
+
+@task(help={"slot": SLOT_HELP, "watch": "keep sending every change until Ctrl-C"})
+@handled
+def sync(c: Context, slot: str | None = None, watch: bool = False) -> None:
+    """Send a remote slot's --source checkout to the engine's host again; the app reloads."""
+    target = _target(slot)
+    environ = dict(os.environ)
+    where = engine.detect(environ)
+    if where.local:
+        out.line(
+            f"slot {target.slot} runs on this machine's engine: it mounts the checkout, so "
+            "edits reach it as they are saved; nothing to sync"
+        )
+        return
+    source = codesync.slot_source(target)
+    image = enginehost.helper_image(ROOT, environ)
+
+    def report(synced: codesync.Synced) -> None:
+        out.step("source", synced.describe(where.host))
+
+    if not watch:
+        with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=out.line):
+            report(codesync.send(target, environ, source, image))
+        return
+    out.line(f"watching {source.path} for slot {target.slot} on {where.host} (Ctrl-C stops)")
+    try:
+        codesync.watch(target, environ, source, image, report)
+    except KeyboardInterrupt:
+        out.line("stopped watching")
 
 
 @task(help={"slot": "show only this slot", "json": "one JSON document (STATUS_JSON.md)"})

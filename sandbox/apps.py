@@ -41,6 +41,11 @@ ENV_SANDBOX = ".env.sandbox"
 ENV_SANDBOX_HEADER = "# Written by ktrdr-sandbox"
 # The app's container paths, as in KTRDR's own images.
 APP_DIR = "/app"
+# On a remote engine the checkout's mounted files are copied into this per-slot volume
+# (sandbox/codesync.py); the app services also mount the volume itself here, read-only, so
+# Compose counts it as the project's (`down --volumes` removes it).
+SOURCE_VOLUME = "source"
+SOURCE_VOLUME_TARGET = "/opt/ktrdr-sandbox/source"
 
 
 @dataclass(frozen=True)
@@ -248,14 +253,19 @@ def _healthcheck(kind: AppKind, port: str, path: str) -> dict[str, Any]:
     return {"test": ["CMD", *kind.probe, port, path]}
 
 
-def _volumes(source: Source) -> list[str]:
+def _volumes(source: Source, copied_to: str | None = None) -> list[str]:
+    """The read-only binds of the kind's mounts: of the checkout itself, or, on a remote
+    engine, of its copy at `copied_to` on the engine's host (plus the copy's volume)."""
     if source.path is None:
         return []
     found = []
     for mount in source.kind.mounts:
         if mount.optional and not (source.path / mount.source).exists():
             continue
-        found.append(f"{source.path / mount.source}:{mount.target}:ro")
+        where = f"{copied_to}/{mount.source}" if copied_to else str(source.path / mount.source)
+        found.append(f"{where}:{mount.target}:ro")
+    if copied_to:
+        found.append(f"{SOURCE_VOLUME}:{SOURCE_VOLUME_TARGET}:ro")
     return found
 
 
@@ -267,12 +277,14 @@ def override(
     image: str | None,
     environment: Mapping[str, str],
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
+    copied_to: str | None = None,
 ) -> dict[str, Any]:
     """The Compose override for `source` and `layout`: labels on every service (the app, its
     source, the client machine, the layout); for a checkout, the app services' image,
     commands, read-only mounts, environment and healthchecks; for shared observability, the
     app services on the shared network with their traces sent there. Which services run at
-    all is `up`'s `--scale` (sandbox/stack.py)."""
+    all is `up`'s `--scale` (sandbox/stack.py). `copied_to`: the checkout's copy on a remote
+    engine's host (sandbox/codesync.py), bound instead of the checkout."""
     labels = _labels(source, layout)
     services: dict[str, dict[str, Any]] = {s: {"labels": labels} for s in slots.SERVICES}
     document: dict[str, Any] = {"services": services}
@@ -289,7 +301,9 @@ def override(
             if traces:
                 services[service]["environment"] = traces
         return document
-    _run_checkout(services, source, image, {**environment, **traces})
+    _run_checkout(services, source, image, {**environment, **traces}, copied_to)
+    if copied_to:
+        document["volumes"] = {SOURCE_VOLUME: {}}
     return document
 
 
@@ -311,11 +325,12 @@ def _run_checkout(
     source: Source,
     image: str | None,
     environment: Mapping[str, str],
+    copied_to: str | None = None,
 ) -> None:
     """The app services run the checkout's code: image, commands, mounts, env, healthchecks."""
     kind = source.kind
     env = {**kind.environment, **environment}
-    app: dict[str, Any] = {"volumes": _volumes(source), "environment": env}
+    app: dict[str, Any] = {"volumes": _volumes(source, copied_to), "environment": env}
     if image:
         app["image"] = image
     services["backend"].update(

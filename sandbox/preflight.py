@@ -588,15 +588,17 @@ def exposure_step(facts: Facts) -> Step:
 
 
 def remote_source_step(facts: Facts) -> Step:
-    """A --source checkout is mounted from this machine, which a remote engine cannot see."""
-    if facts.source.path is not None:
-        raise SandboxError(
-            f"--source mounts {facts.source.path} from this machine, which the engine on "
-            f"{facts.where.host} cannot see: start the slot without --source, or on a local "
-            "engine (unset DOCKER_HOST)",
-            Exit.USAGE,
-        )
-    return source_step(facts)
+    """As locally; a checkout is copied to the engine's host, which cannot see this machine's
+    files (sandbox/codesync.py), and `inv sync` sends later edits."""
+    step = source_step(facts)
+    if facts.source.path is None:
+        return step
+    slot = facts.target.slot
+    return Step(
+        step.name,
+        f"{step.detail}, copied to {facts.where.host} "
+        f"(edits: `inv sync --slot={slot}`, or `--watch`)",
+    )
 
 
 def images_step(facts: Facts) -> Step:

@@ -420,6 +420,20 @@ def transfer(images: Sequence[str], remote: Mapping[str, str]) -> Loaded:
     return Loaded(tuple(todo), tuple(skipped), streamed, time.monotonic() - started)
 
 
+def send_if_local(image: str, remote: Mapping[str, str]) -> Loaded | None:
+    """`image` sent from this machine's engine to the remote one when this machine has it,
+    built for the remote engine's architecture (a laptop's arm64 image is no use on an amd64
+    host); None otherwise, and the caller builds it on the remote engine instead."""
+    inspect = ["docker", "image", "inspect", "--format", "{{.Architecture}}", image]
+    built_for = run(inspect, env=local_env(remote), timeout=60)
+    if not built_for.ok:
+        return None
+    engine_arch = run(["docker", "version", "--format", "{{.Server.Arch}}"], env=remote, timeout=60)
+    if not engine_arch.ok or engine_arch.stdout.strip() != built_for.stdout.strip():
+        return None
+    return transfer([image], remote)
+
+
 def load_images(host: RemoteHost, images: Sequence[str], environ: Mapping[str, str]) -> Loaded:
     """Stream `images` from the local engine into the simulated remote host."""
     return transfer(images, host.client_env(environ, "tcp"))

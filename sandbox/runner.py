@@ -10,6 +10,7 @@ alone, and the checking still runs as it does for real.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -61,6 +62,7 @@ def run(
     cwd: Path | None = None,
     timeout: float | None = None,
     input_text: str | None = None,
+    stdin: Path | None = None,
     check: str | None = None,
     code: Exit = Exit.COMMAND,
 ) -> Result:
@@ -68,10 +70,16 @@ def run(
 
     `env` replaces the inherited environment when given (pass `os.environ` explicitly to keep
     it). With `capture=False` the command shares this terminal (logs --follow, psql).
+    `stdin` is a file read as the command's standard input, byte for byte (a tar stream).
     A missing program or a timeout comes back as a failed `Result`, not an exception, unless
     `check` is given: then a failure raises `SandboxError(check, code)` (see `check_result`).
     """
-    result = execute(cmd, env=env, capture=capture, cwd=cwd, timeout=timeout, input_text=input_text)
+    options: Options = {"env": env, "capture": capture, "cwd": cwd, "timeout": timeout}
+    if input_text is not None:
+        options["input_text"] = input_text
+    if stdin is not None:
+        options["stdin"] = stdin
+    result = execute(cmd, **options)
     if check is not None:
         check_result(result, check, code)
     return result
@@ -92,6 +100,7 @@ class Options(TypedDict, total=False):
     cwd: Path | None
     timeout: float | None
     input_text: str | None
+    stdin: Path | None
 
 
 def execute(cmd: Command, **options: Unpack[Options]) -> Result:
@@ -99,17 +108,21 @@ def execute(cmd: Command, **options: Unpack[Options]) -> Result:
     args = tuple(str(part) for part in cmd)
     env, timeout = options.get("env"), options.get("timeout")
     log.debug("run: %s", display(args))
+    stdin_path = options.get("stdin")
     try:
-        proc = subprocess.run(
-            args,
-            env=dict(env) if env is not None else dict(os.environ),
-            cwd=options.get("cwd"),
-            capture_output=options.get("capture", True),
-            text=True,
-            timeout=timeout,
-            input=options.get("input_text"),
-            check=False,
-        )
+        with contextlib.ExitStack() as stack:
+            stdin = stack.enter_context(stdin_path.open("rb")) if stdin_path else None
+            proc = subprocess.run(
+                args,
+                env=dict(env) if env is not None else dict(os.environ),
+                cwd=options.get("cwd"),
+                capture_output=options.get("capture", True),
+                text=True,
+                timeout=timeout,
+                input=options.get("input_text"),
+                stdin=stdin,
+                check=False,
+            )
     except FileNotFoundError:
         return Result(args, 127, "", f"{args[0]}: command not found")
     except subprocess.TimeoutExpired:

@@ -15,10 +15,12 @@ from pathlib import Path
 from sandbox import (
     appimages,
     apps,
+    codesync,
     compose,
     diagnose,
     docker,
     engine,
+    enginehost,
     gate,
     images,
     lastup,
@@ -26,6 +28,7 @@ from sandbox import (
     observability,
     preflight,
     provenance,
+    remotehost,
     runner,
     slots,
 )
@@ -152,13 +155,16 @@ def up(
     app_image: Callable[[apps.Source], str | None] | None = None,
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
     fresh: Callable[[int], bool] | None = None,
+    on_step: Callable[[str, str], None] | None = None,
 ) -> UpResult:
     """Start `target` running `source` and wait until it is really ready.
 
     `build`, when given, rebuilds images once preflight has passed; `app_image` gets (or
     builds) the image a source checkout runs on. A stack whose services all run already only
     gets the gate, unless `recreate` (after such a rebuild). With `wait=False` the gate does
-    not run (`.gate` is None). `fresh`, when given, recreates the slot's database volume once
+    not run (`.gate` is None). On a remote engine a source checkout is copied to its host
+    first (sandbox/codesync.py); `on_step` hears how. `fresh`, when given, recreates the
+    slot's database volume once
     preflight has passed and `fresh(slot)` confirmed it. Raises SandboxError for a refused
     preflight, a failed build or a failed `compose up` (and for Ctrl-C, Exit.INTERRUPTED);
     a failed gate is a result (`.gate.passed`). Whatever ends a start once preflight passed
@@ -191,6 +197,7 @@ def up(
                 on_compose,
                 fresh is not None,
                 layout,
+                on_step,
             )
             if wait:
                 result.gate, result.logs = _gate(
@@ -221,12 +228,20 @@ def _start(
     on_compose: Callable[[list[str]], None] | None,
     fresh: bool,
     layout: slots.Layout,
+    on_step: Callable[[str, str], None] | None = None,
 ) -> UpResult:
     """Everything of `up` between preflight and the gate."""
     if build is not None:
         build()  # after preflight and under the lock: a refused slot rebuilds nothing
     image = app_image(source) if app_image is not None else None
-    override = write_override(target, source, image, layout)
+    copied_to = None
+    if source.path is not None and not checked.where.local:
+        helper = enginehost.helper_image(target.root, environ)
+        synced = codesync.send(target, environ, source, helper)
+        if on_step:
+            on_step("source", synced.describe(checked.where.host))
+        copied_to = synced.volume.mountpoint
+    override = write_override(target, source, image, layout, copied_to)
     ensure_volume(target, environ, checked, source, fresh)
     already = all_running(checked.running, layout) and not recreate and not fresh
     compose_seconds = (
@@ -281,12 +296,16 @@ def app_image(
     on_step: Callable[[str, str], None] | None = None,
 ) -> str | None:
     """The image a source checkout runs on: its dependency image, reused when its lock is
-    unchanged, else built (offline when `inv images` chose local images). None: the image
-    ./.env names (the reference app)."""
+    unchanged, else built (offline when `inv images` chose local images). On a remote engine
+    that lacks it, this machine's copy is sent when there is one, else it is built there (the
+    build context goes over the API). None: the image ./.env names (the reference app)."""
     if source.path is None or source.kind.image != "uv":
         return None
     offline = images.offline_selected(root)
     say = on_step or (lambda name, detail: None)
+    where = engine.detect(environ)
+    if not where.local:
+        _send_deps_image(source.path, source.torch, offline, environ, where, say)
     ensured = appimages.ensure_deps_image(
         source.path,
         environ,
@@ -295,6 +314,8 @@ def app_image(
         torch=source.torch,
     )
     world = "offline: no registry" if offline else "online"
+    if not where.local:
+        world += f"; on the engine at {where.host}"
     if ensured.built:
         say("image", f"built {ensured.tag} in {ensured.seconds:.1f} s ({world})")
     else:
@@ -302,15 +323,38 @@ def app_image(
     return ensured.tag
 
 
+def _send_deps_image(
+    checkout: Path,
+    torch: str,
+    offline: bool,
+    environ: Mapping[str, str],
+    where: engine.Engine,
+    say: Callable[[str, str], None],
+) -> None:
+    """A remote engine without the checkout's dependency image gets this machine's copy."""
+    base = appimages.python_base(offline, torch)
+    tag = appimages.deps_tag(checkout.resolve(), (), base, torch)
+    if appimages.image_exists(tag, environ):
+        return
+    sent = remotehost.send_if_local(tag, environ)
+    if sent is not None and sent.images:
+        say(
+            "image",
+            f"sent {tag} from this machine's engine to {where.host} "
+            f"({sent.bytes / 1e6:.0f} MB in {sent.seconds:.1f} s)",
+        )
+
+
 def write_override(
     target: Target,
     source: apps.Source,
     image: str | None,
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
+    copied_to: str | None = None,
 ) -> Path:
     """The app kind's Compose override for this slot, with the slot's own secrets."""
     secrets = {name: apps.secret(target.root, target.slot, name) for name in source.kind.secrets}
-    document = apps.override(source, image, secrets, layout)
+    document = apps.override(source, image, secrets, layout, copied_to)
     return apps.write_override(target.root, target.slot, document)
 
 
@@ -414,6 +458,7 @@ def down(
         )
         lastup.clear(target.root, target.slot)
         if volumes:
+            codesync.remove_volume(target, environ)
             forget(target, own)
         if any(c.layout.shared for c in own):
             # Stop scraping what is gone; the slot is down either way, so a shared stack that

@@ -10,6 +10,10 @@ one slot down leaves the other healthy, and nothing is created on the client's f
 from __future__ import annotations
 
 import json
+import shutil
+import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, docker, engine, enginehost, slots
+from sandbox import ROOT, appimages, docker, engine, enginehost, images, slots
 from sandbox.errors import Exit
 from sandbox.runner import Result, display, run
 from tests.remote.conftest import SSH_SLOT, TCP_SLOTS, Remote
@@ -217,4 +221,80 @@ def test_a_docker_context_names_the_remote_engine(
     assert "remote, from context ktrdr-remote" in out
     assert_remote_urls(out.split("exposure:", 1)[1])
     check(remote.inv("context", "down", f"--slot={slot}", "--volumes", extra=as_user))
+    assert not remote.client_home.exists()
+
+
+FIXTURE = ROOT / "containers" / "fixtures" / "ktrdr-fixture"
+
+
+def version_after(slot: int, wanted: str, seconds: float = 60.0) -> float:
+    """Seconds until the slot's health reports `wanted` (the app reloaded the copy)."""
+    began = time.monotonic()
+    seen: object = None
+    while time.monotonic() - began < seconds:
+        try:
+            seen = health(slot).get("version")
+        except (OSError, urllib.error.URLError) as exc:  # restarting: not an answer yet
+            seen = exc
+        if seen == wanted:
+            return time.monotonic() - began
+        time.sleep(0.25)
+    pytest.fail(f"slot {slot} still reports {seen!r}, not {wanted!r}, after {seconds}s")
+
+
+def set_version(checkout: Path, version: str) -> None:
+    (checkout / "ktrdr" / "version.py").write_text(f'VERSION = "{version}"\n')
+
+
+def test_a_source_checkout_is_copied_to_the_remote_and_kept_in_step(
+    remote: Remote, started: list[tuple[int, str]], tmp_path: Path
+) -> None:
+    """`inv up --source` over tcp://: the KTRDR-shaped fixture's code goes to the remote host
+    as a copy (its dependency image sent from this machine), migrations run, and `inv sync`,
+    then `inv sync --watch`, bring edits that the app reloads; `down --volumes` removes the
+    copy with the database."""
+    checkout = tmp_path / "ktrdr-remote"
+    shutil.copytree(FIXTURE, checkout, ignore=shutil.ignore_patterns("__pycache__", ".env*"))
+    set_version(checkout, "remote-1")
+    # The dependency image is built here when this machine lacks it (a run without the E2E
+    # suite before it), then sent.
+    appimages.ensure_deps_image(checkout, remote.base_env, images.offline_selected(ROOT))
+    slot = TCP_SLOTS[0]
+    started.append((slot, "tcp"))
+    out = check(remote.inv("tcp", "up", f"--slot={slot}", f"--source={checkout}")).stdout
+    assert f"ktrdr: {checkout}, copied to {ADDRESS}" in out
+    assert f"files (" in out and f": ktrdr-sandbox-{slot}_source on {ADDRESS}, " in out
+    assert "migrations passed" in out
+    assert health(slot)["version"] == "remote-1"
+    assert f"KTRDR_API_URL=http://{ADDRESS}:" in (checkout / ".env.sandbox").read_text()
+
+    set_version(checkout, "remote-2")
+    synced = check(remote.inv("tcp", "sync", f"--slot={slot}")).stdout
+    assert synced.startswith("source: sent 1 file ("), synced
+    print(f"inv sync: reloaded after {version_after(slot, 'remote-2'):.1f}s")
+
+    inv = Path(sys.executable).parent / "inv"
+    env = remote.env("tcp", {"KTRDR_BIND_ADDR": "0.0.0.0"})
+    watcher = subprocess.Popen(
+        [str(inv), "--search-root", str(ROOT), "sync", f"--slot={slot}", "--watch"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2)  # its first round: the copy already matches
+        set_version(checkout, "remote-3")
+        print(f"inv sync --watch: reloaded after {version_after(slot, 'remote-3'):.1f}s")
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        watched, errors = watcher.communicate(timeout=30)
+    assert watcher.returncode == 0, errors
+    assert "sent 1 file" in watched and watched.rstrip().endswith("stopped watching")
+
+    check(remote.inv("tcp", "down", f"--slot={slot}", "--volumes"))
+    volumes = check(run(["docker", "volume", "ls", "-q"], env=remote.env("tcp"))).stdout
+    assert f"ktrdr-sandbox-{slot}_source" not in volumes.split()
+    assert not (checkout / ".env.sandbox").exists()
     assert not remote.client_home.exists()

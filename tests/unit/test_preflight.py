@@ -862,14 +862,16 @@ def test_remote_engine_without_the_images_says_how_to_send_them(
     assert caught.value.message.startswith("the engine on 127.0.0.2 has no image ")
 
 
-def test_remote_engine_refuses_a_source_checkout(
+def test_remote_engine_takes_a_source_checkout_as_a_copy(
     engine: FakeEngine, target: compose.Target, tmp_path: Path
 ) -> None:
     asked = apps.Source(apps.KTRDR, tmp_path / "ktrdr")
-    with pytest.raises(SandboxError) as caught:
-        preflight.run_preflight(target, REMOTE, source=asked)
-    assert caught.value.code is Exit.USAGE
-    assert "which the engine on 127.0.0.2 cannot see" in caught.value.message
+    checked = preflight.run_preflight(target, REMOTE, source=asked)
+    step = next(s for s in checked.steps if s.name == "source")
+    assert step.detail == (
+        f"ktrdr: {tmp_path / 'ktrdr'}, copied to 127.0.0.2 (edits: `inv sync --slot=1`, or "
+        "`--watch`) [on this machine]"
+    )
 
 
 def test_remote_missing_shared_dir_without_create(
