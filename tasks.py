@@ -46,6 +46,7 @@ from sandbox import (
     teardown,
     worktrees,
 )
+from sandbox import tunnel as forwarding
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
 from sandbox.settings import LOCK_WAIT
@@ -438,6 +439,34 @@ def sync(c: Context, slot: str | None = None, watch: bool = False) -> None:
         codesync.watch(target, environ, source, image, report)
     except KeyboardInterrupt:
         out.line("stopped watching")
+
+
+@task(help={"slot": SLOT_HELP})
+@handled
+def tunnel(c: Context, slot: str | None = None) -> None:
+    """Forward a slot's ports from an ssh:// engine's loopback to this machine's (Ctrl-C)."""
+    target = _target(slot)
+    environ = dict(os.environ)
+    where = engine.detect(environ)
+    ports = forwarding.slot_ports(target)
+    cmd = forwarding.command(where, ports)
+    forwarding.check_free(ports)
+    out.line(
+        f"forwarding slot {target.slot}'s {len(ports)} ports from {where.host}'s loopback to "
+        f"127.0.0.1 (same numbers); with KTRDR_CONNECT_HOST=127.0.0.1 the tasks use them. "
+        "Ctrl-C closes the tunnel"
+    )
+    try:
+        result = runner.run(cmd, env=environ, capture=False)
+    except KeyboardInterrupt:
+        out.line("tunnel closed")
+        return
+    if not result.ok:
+        raise SandboxError(
+            f"the tunnel to {where.host} ended (ssh exit status {result.returncode}): ssh's "
+            f"lines above say why ({runner.display(cmd[:4])} ...)",
+            Exit.COMMAND,
+        )
 
 
 @task(help={"slot": "show only this slot", "json": "one JSON document (STATUS_JSON.md)"})

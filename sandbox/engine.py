@@ -72,18 +72,26 @@ class Engine:
             return "::1" if bare == "::" else "127.0.0.1"
         return bare
 
-    def unreachable_bind(self, bind_address: str) -> str | None:
+    def unreachable_bind(self, bind_address: str, slot: int | None = None) -> str | None:
         """Why ports bound to `bind_address` on this engine cannot be reached from the client,
-        or None when they can. A loopback bind on a remote host is local to that host."""
+        or None when they can. A loopback bind on a remote host is local to that host; on an
+        ssh:// engine `inv tunnel` (for `slot`) forwards them."""
         if self.local or self.connect_override:
             return None
-        if bind_address.strip("[]") in LOOPBACK:
+        if bind_address.strip("[]") not in LOOPBACK:
+            return None
+        where = f"ports bound to {bind_address} on {self.host} are reachable only on that host"
+        wide = (
+            f"set KTRDR_BIND_ADDR=0.0.0.0 (exposes them, the database included, to "
+            f"{self.host}'s network)"
+        )
+        if self.kind is Kind.SSH:
             return (
-                f"ports bound to {bind_address} on {self.host} are reachable only on that host: "
-                f"set KTRDR_BIND_ADDR=0.0.0.0 (exposes them, the database included, to "
-                f"{self.host}'s network) or forward them and set {CONNECT_HOST_VARIABLE}"
+                f"{where}: forward them with `inv tunnel --slot={'N' if slot is None else slot}` "
+                "and set "
+                f"{CONNECT_HOST_VARIABLE}=127.0.0.1 (they stay on that host's loopback), or {wide}"
             )
-        return None
+        return f"{where}: {wide} or forward them and set {CONNECT_HOST_VARIABLE}"
 
     def describe(self) -> str:
         """One line for preflight's output: which host a check ran on."""

@@ -577,10 +577,12 @@ def shared_step(facts: Facts) -> Step:
 def exposure_step(facts: Facts) -> Step:
     """What the slot exposes where; a bind the client cannot reach stops it here."""
     bind = compose.bind_address(facts.target, facts.environ)
-    unreachable = facts.where.unreachable_bind(bind)
+    unreachable = facts.where.unreachable_bind(bind, facts.target.slot)
     if unreachable is not None:
         raise SandboxError(unreachable, Exit.BAD_ENV)
     detail = facts.where.exposure(bind)
+    if facts.where.kind is engine.Kind.SSH and facts.where.connect_override in engine.LOOPBACK:
+        detail += f" (through `inv tunnel --slot={facts.target.slot}`)"
     env = compose.environment(facts.target, facts.environ)
     if bind.strip("[]") in engine.ANY_ADDRESS and not env.get("KTRDR_DB_PASSWORD"):
         detail += "; the database has the default password (set KTRDR_DB_PASSWORD)"

@@ -246,6 +246,29 @@ def set_version(checkout: Path, version: str) -> None:
     (checkout / "ktrdr" / "version.py").write_text(f'VERSION = "{version}"\n')
 
 
+def running_inv(remote: Remote, transport: str, *args: str) -> subprocess.Popen[str]:
+    """`inv ARGS` left running (a watch, a tunnel), stopped by `interrupt`. SIGINT is
+    restored to its default in the child: a CI shell may have started us ignoring it."""
+    inv = Path(sys.executable).parent / "inv"
+    return subprocess.Popen(
+        [str(inv), "--search-root", str(ROOT), *args],
+        env=remote.env(transport, {"KTRDR_BIND_ADDR": "0.0.0.0"}),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def interrupt(process: subprocess.Popen[str]) -> str:
+    """Ctrl-C for a running `inv`: it must end by itself, with status 0; its output."""
+    process.send_signal(signal.SIGINT)
+    out, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors
+    return out
+
+
 def test_a_source_checkout_is_copied_to_the_remote_and_kept_in_step(
     remote: Remote, started: list[tuple[int, str]], tmp_path: Path
 ) -> None:
@@ -263,7 +286,7 @@ def test_a_source_checkout_is_copied_to_the_remote_and_kept_in_step(
     started.append((slot, "tcp"))
     out = check(remote.inv("tcp", "up", f"--slot={slot}", f"--source={checkout}")).stdout
     assert f"ktrdr: {checkout}, copied to {ADDRESS}" in out
-    assert f"files (" in out and f": ktrdr-sandbox-{slot}_source on {ADDRESS}, " in out
+    assert "files (" in out and f": ktrdr-sandbox-{slot}_source on {ADDRESS}, " in out
     assert "migrations passed" in out
     assert health(slot)["version"] == "remote-1"
     assert f"KTRDR_API_URL=http://{ADDRESS}:" in (checkout / ".env.sandbox").read_text()
@@ -273,24 +296,13 @@ def test_a_source_checkout_is_copied_to_the_remote_and_kept_in_step(
     assert synced.startswith("source: sent 1 file ("), synced
     print(f"inv sync: reloaded after {version_after(slot, 'remote-2'):.1f}s")
 
-    inv = Path(sys.executable).parent / "inv"
-    env = remote.env("tcp", {"KTRDR_BIND_ADDR": "0.0.0.0"})
-    watcher = subprocess.Popen(
-        [str(inv), "--search-root", str(ROOT), "sync", f"--slot={slot}", "--watch"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    watcher = running_inv(remote, "tcp", "sync", f"--slot={slot}", "--watch")
     try:
         time.sleep(2)  # its first round: the copy already matches
         set_version(checkout, "remote-3")
         print(f"inv sync --watch: reloaded after {version_after(slot, 'remote-3'):.1f}s")
     finally:
-        watcher.send_signal(signal.SIGINT)
-        watched, errors = watcher.communicate(timeout=30)
-    assert watcher.returncode == 0, errors
+        watched = interrupt(watcher)
     assert "sent 1 file" in watched and watched.rstrip().endswith("stopped watching")
 
     check(remote.inv("tcp", "down", f"--slot={slot}", "--volumes"))
@@ -298,3 +310,32 @@ def test_a_source_checkout_is_copied_to_the_remote_and_kept_in_step(
     assert f"ktrdr-sandbox-{slot}_source" not in volumes.split()
     assert not (checkout / ".env.sandbox").exists()
     assert not remote.client_home.exists()
+
+
+def test_an_ssh_tunnel_keeps_the_ports_on_the_remote_loopback(
+    remote: Remote, started: list[tuple[int, str]]
+) -> None:
+    """Over ssh:// the slot binds the remote host's loopback (the default); `inv tunnel`
+    forwards its ports to this machine's, and KTRDR_CONNECT_HOST=127.0.0.1 sends the gate,
+    verify and URLs through it. The remote host's own address answers nothing."""
+    slot = SSH_SLOT
+    through = {"KTRDR_BIND_ADDR": "127.0.0.1", "KTRDR_CONNECT_HOST": "127.0.0.1"}
+    tunnel = running_inv(remote, "ssh", "tunnel", f"--slot={slot}")
+    try:
+        started.append((slot, "ssh"))
+        out = check(remote.inv("ssh", "up", f"--slot={slot}", extra=through)).stdout
+        assert (
+            f"ports bound on 127.0.0.1 on {ADDRESS}, reached at 127.0.0.1 (through `inv tunnel "
+            f"--slot={slot}`)"
+        ) in out
+        api = port("KTRDR_API_PORT", slot)
+        assert f"http://127.0.0.1:{api}/api/v1" in out
+        with urllib.request.urlopen(f"http://127.0.0.1:{api}/api/v1/health", timeout=5) as got:
+            assert json.loads(got.read())["slot"] == slot
+        assert not answers(slot)  # nothing on the remote host's network
+        check(remote.inv("ssh", "verify", f"--slot={slot}", extra=through))
+        check(remote.inv("ssh", "down", f"--slot={slot}", "--volumes", extra=through))
+    finally:
+        closed = interrupt(tunnel)
+    assert f"forwarding slot {slot}'s 11 ports from {ADDRESS}'s loopback" in closed
+    assert closed.rstrip().endswith("tunnel closed")

@@ -818,15 +818,20 @@ def test_remote_loopback_bind_is_refused_before_anything_runs_there(
     with pytest.raises(SandboxError) as caught:
         preflight.run_preflight(target, {"DOCKER_HOST": "ssh://me@big-box"})
     assert caught.value.code is Exit.BAD_ENV
-    assert caught.value.message.startswith(
-        "ports bound to 127.0.0.1 on big-box are reachable only on that host: "
-        "set KTRDR_BIND_ADDR=0.0.0.0"
+    assert caught.value.message == (
+        "ports bound to 127.0.0.1 on big-box are reachable only on that host: forward them with "
+        "`inv tunnel --slot=1` and set KTRDR_CONNECT_HOST=127.0.0.1 (they stay on that host's "
+        "loopback), or set KTRDR_BIND_ADDR=0.0.0.0 (exposes them, the database included, to "
+        "big-box's network)"
     )
     assert not [c for c in engine.commands if c[:2] == ("docker", "run")]
     # Forwarded ports: the client reaches them where KTRDR_CONNECT_HOST says.
     forwarded = {"DOCKER_HOST": "ssh://me@big-box", "KTRDR_CONNECT_HOST": "127.0.0.1"}
     steps = {s.name: s.detail for s in preflight.run_preflight(target, forwarded).steps}
-    assert steps["exposure"].startswith("ports bound on 127.0.0.1 on big-box, reached at 127.0.0.1")
+    assert steps["exposure"] == (
+        "ports bound on 127.0.0.1 on big-box, reached at 127.0.0.1 (through `inv tunnel "
+        "--slot=1`) [on this machine]"
+    )
 
 
 def test_remote_taken_port_is_named_on_the_engines_host(
