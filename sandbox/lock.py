@@ -40,12 +40,17 @@ def lock_path(slot: int, lock_dir: Path) -> Path:
     return lock_dir / f"slot-{slot}.lock"
 
 
+def holder(pid: int | None) -> str:
+    """Who holds a lock, in a few words, by its pid when known."""
+    return f"another `inv` command (pid {pid})" if pid else "another `inv` command"
+
+
 def busy_message(slot: int, pid: int | None) -> str:
-    holder = f"another `inv` command (pid {pid})" if pid else "another `inv` command"
-    return f"slot {slot} is busy: {holder} is working on it; wait for it or retry"
+    return f"slot {slot} is busy: {holder(pid)} is working on it; wait for it or retry"
 
 
-def _holder_pid(fd: int) -> int | None:
+def holder_pid(fd: int) -> int | None:
+    """The pid the lock's holder wrote into the file, when there is one."""
     text = os.pread(fd, 32, 0).decode(errors="replace").strip()
     return int(text) if text.isdigit() else None
 
@@ -63,7 +68,15 @@ def open_lock_file(path: Path) -> int:
         ) from exc
 
 
-def _acquire(fd: int, slot: int, wait: float, on_busy: Callable[[str], None] | None = None) -> None:
+def acquire(
+    fd: int,
+    wait: float,
+    refusal: Callable[[int | None], SandboxError],
+    on_busy: Callable[[int | None, float], None] | None = None,
+) -> None:
+    """Take an exclusive flock on `fd`, retrying for up to `wait` seconds. While another
+    process holds it, `on_busy(its pid, seconds left)` hears it once; past `wait`,
+    `refusal(its pid)` is raised."""
     deadline = time.monotonic() + max(wait, 0.0)
     told = False
     while True:
@@ -73,13 +86,25 @@ def _acquire(fd: int, slot: int, wait: float, on_busy: Callable[[str], None] | N
         except BlockingIOError:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise SandboxError(busy_message(slot, _holder_pid(fd)), Exit.LOCKED) from None
+                raise refusal(holder_pid(fd)) from None
             if on_busy is not None and not told:
-                pid = _holder_pid(fd)
-                holder = f"another `inv` command (pid {pid})" if pid else "another `inv` command"
-                on_busy(f"slot {slot} is busy: {holder}; waiting up to {remaining:.0f}s for it")
+                on_busy(holder_pid(fd), remaining)
                 told = True
             time.sleep(min(POLL_SECONDS, remaining))
+
+
+@contextmanager
+def signed(fd: int) -> Iterator[None]:
+    """With the flock on `fd` taken: our pid in the file for the block (so a refused command
+    can name us), emptied before the lock is released (a pid left behind would name a process
+    that no longer holds it)."""
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 @contextmanager
@@ -109,19 +134,23 @@ def slot_lock(
             _held[path] = (pid, depth)
         return
 
+    def refusal(holder_pid: int | None) -> SandboxError:
+        return SandboxError(busy_message(slot, holder_pid), Exit.LOCKED)
+
+    def waiting(holder_pid: int | None, remaining: float) -> None:
+        if on_busy is not None:
+            on_busy(
+                f"slot {slot} is busy: {holder(holder_pid)}; waiting up to {remaining:.0f}s for it"
+            )
+
     fd = open_lock_file(path)
     try:
-        _acquire(fd, slot, wait, on_busy)
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{pid}\n".encode(), 0)
+        acquire(fd, wait, refusal, waiting)
+        with signed(fd):
             _held[path] = (pid, 1)
-            yield
-        finally:
-            _held.pop(path, None)
-            # Empty the file before unlocking: a pid left behind would name a process that
-            # no longer holds the lock.
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            try:
+                yield
+            finally:
+                _held.pop(path, None)
     finally:
         os.close(fd)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -211,11 +210,6 @@ def pick_lock_path(lock_dir: Path) -> Path:
     return lock_dir / PICK_LOCK
 
 
-def _holder(fd: int) -> str:
-    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    return f"another `inv` command (pid {text})" if text.isdigit() else "another `inv` command"
-
-
 @contextmanager
 def file_lock(
     path: Path,
@@ -229,31 +223,21 @@ def file_lock(
     seconds for its holder ("<holder> <doing>" is what `on_busy` hears), then
     SandboxError(LOCKED) ending in `advice`. The kernel drops it when the holder dies, so it is
     never stale."""
+
+    def refusal(pid: int | None) -> SandboxError:
+        return SandboxError(
+            f"{lock.holder(pid)} {doing} and does not finish: {advice} (lock {path})", Exit.LOCKED
+        )
+
+    def waiting(pid: int | None, remaining: float) -> None:
+        if on_busy is not None:
+            on_busy(f"{lock.holder(pid)} {doing}; waiting up to {remaining:.0f}s")
+
     fd = lock.open_lock_file(path)
     try:
-        deadline, told = time.monotonic() + max(wait, 0.0), False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise SandboxError(
-                        f"{_holder(fd)} {doing} and does not finish: {advice} (lock {path})",
-                        Exit.LOCKED,
-                    ) from None
-                if on_busy is not None and not told:
-                    on_busy(f"{_holder(fd)} {doing}; waiting up to {remaining:.0f}s")
-                    told = True
-                time.sleep(min(lock.POLL_SECONDS, remaining))
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        lock.acquire(fd, wait, refusal, waiting)
+        with lock.signed(fd):
             yield
-        finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
 
