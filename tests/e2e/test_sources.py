@@ -119,6 +119,19 @@ def test_two_branches_run_their_own_code(branches: dict[int, Result]) -> None:
     assert health(B)["version"] == "branch-b"
 
 
+def test_the_fixture_serves_metrics_like_ktrdr(branches: dict[int, Result]) -> None:
+    """A scrape target of a fixture slot is up (shared observability scrapes these)."""
+    ports = slots.ports(A)
+    backend = f"http://127.0.0.1:{ports['KTRDR_API_PORT']}/metrics"
+    worker = f"http://127.0.0.1:{ports['KTRDR_WORKER_PORT_1']}/metrics"
+    with urllib.request.urlopen(backend, timeout=5) as response:
+        text = response.read().decode()
+    assert 'ktrdr_fixture_info{version="branch-a"} 1' in text
+    assert "ktrdr_fixture_workers_registered 4" in text
+    with urllib.request.urlopen(worker, timeout=5) as response:
+        assert response.read().decode() == "ktrdr_fixture_worker_registered 1\n"
+
+
 def test_each_slot_ran_its_migration_in_its_own_database(
     branches: dict[int, Result], sandbox: Sandbox
 ) -> None:
