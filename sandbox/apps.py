@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox import slots
+from sandbox import STATE_DIR, slots
 from sandbox.appimages import TORCH_CHOICES
 from sandbox.docker import (
     APP_LABEL,
@@ -34,8 +34,6 @@ from sandbox.docker import (
 from sandbox.errors import Exit, SandboxError
 
 BUILTIN_SOURCE = ""  # the label value of a slot that runs the image's own code
-# Where the override and the per-slot secret live: in this checkout, never in the source's.
-STATE_DIR = ".sandbox"
 # The file KTRDR's CLI reads to find its slot's API (KTRDR's .gitignore ignores it).
 ENV_SANDBOX = ".env.sandbox"
 ENV_SANDBOX_HEADER = "# Written by ktrdr-sandbox"

@@ -15,11 +15,10 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from sandbox import envfiles, runner, slots
+from sandbox import COMPOSE_FILE, envfiles, runner, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.settings import CLI_TIMEOUT
 
-COMPOSE_FILE = "docker-compose.sandbox.yml"
 # Written by `inv images`: which images this machine runs. Compose reads it by itself when no
 # --env-file is given (the manual "exports" way); the tasks read it as data.
 IMAGES_ENV = ".env"

@@ -177,13 +177,17 @@ def engine_address(environ: Mapping[str, str]) -> str:
     return environ.get("DOCKER_HOST") or f"{DEFAULT_ENGINE} (or the current `docker context`)"
 
 
-def engine_error(result: Result, environ: Mapping[str, str] | None = None) -> SandboxError:
+def engine_error(
+    result: Result,
+    environ: Mapping[str, str] | None = None,
+    waited: float = ENGINE_ANSWER_TIMEOUT,
+) -> SandboxError:
+    """Why a docker call that needed the engine failed; `waited`: the timeout it had."""
     if result.returncode == TIMED_OUT:
         where = engine_address(os.environ if environ is None else environ)
         return SandboxError(
             f"the Docker engine at {where} does not answer (no reply within "
-            f"{ENGINE_ANSWER_TIMEOUT:.0f} s): restart Docker, or point DOCKER_HOST at an "
-            "engine that runs",
+            f"{waited:.0f} s): restart Docker, or point DOCKER_HOST at an engine that runs",
             Exit.NO_ENGINE,
         )
     if "permission denied" in result.stderr.lower():
@@ -200,17 +204,25 @@ def engine_error(result: Result, environ: Mapping[str, str] | None = None) -> Sa
     )
 
 
-def containers(environ: Mapping[str, str] | None = None) -> list[Container]:
-    """Every Compose-managed container on this engine, in one `docker ps` call."""
+def containers(
+    environ: Mapping[str, str] | None = None, *, timeout: float = ENGINE_QUERY_TIMEOUT
+) -> list[Container]:
+    """Every Compose-managed container on this engine, in one `docker ps` call.
+
+    With `timeout=ENGINE_ANSWER_TIMEOUT` the call is the engine check as well (`inv status`):
+    an engine lists its containers from memory as fast as it tells its version, so a wedged
+    one is told apart within that time without a `docker version` first."""
     env = dict(os.environ if environ is None else environ)
-    result = runner.run(ps_command(), env=env, timeout=ENGINE_QUERY_TIMEOUT)
+    result = runner.run(ps_command(), env=env, timeout=timeout)
     if not result.ok:
-        raise engine_error(result, env)
+        raise engine_error(result, env, waited=timeout)
     return parse_ps(result.stdout)
 
 
-def sandbox_containers(environ: Mapping[str, str] | None = None) -> list[Container]:
-    return [c for c in containers(environ) if c.slot is not None]
+def sandbox_containers(
+    environ: Mapping[str, str] | None = None, *, timeout: float = ENGINE_QUERY_TIMEOUT
+) -> list[Container]:
+    return [c for c in containers(environ, timeout=timeout) if c.slot is not None]
 
 
 def check_engine(environ: Mapping[str, str] | None = None) -> str:

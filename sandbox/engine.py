@@ -122,6 +122,28 @@ class Engine:
 LOCAL = Engine(Kind.LOCAL, DEFAULT_SOCKET, "", "default")
 
 
+# A port published on a wildcard is reached on loopback. Docker lists such a bind as
+# "0.0.0.0" and "::"; Compose takes "[::]" too; an empty host ip means all addresses.
+WILDCARD_ADDRS = ("0.0.0.0", "::", "[::]", "")
+
+
+def url_host(addr: str) -> str:
+    """A bind address as the host part of a URL: a wildcard is reached on loopback, IPv6
+    comes back in brackets."""
+    if addr in WILDCARD_ADDRS:
+        return "127.0.0.1"
+    return f"[{addr}]" if ":" in addr else addr
+
+
+def connect_url_host(where: Engine, bind_address: str) -> str:
+    """The URL host for a port published on `bind_address` by the engine `where`: the local
+    rule of `url_host` on this machine, the engine's host (or KTRDR_CONNECT_HOST) otherwise."""
+    if where.local and not where.connect_override:
+        return url_host(bind_address)
+    found = where.connect_host(bind_address)
+    return f"[{found}]" if ":" in found else found
+
+
 def _bad(endpoint: str, source: str, why: str) -> SandboxError:
     return SandboxError(
         f"{source}={endpoint!r} {why}: use unix:///path, tcp://HOST:PORT or ssh://[USER@]HOST[:PORT]",

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.apps import STATE_DIR
+from sandbox import STATE_DIR
 
 STARTING = "starting"
 READY = "ready"

@@ -21,10 +21,6 @@ from sandbox import compose, engine, slots
 MAX_BODY = 64 * 1024
 PG_PROTOCOL_3 = 196608  # 3 << 16: the startup packet's protocol version
 MAX_PG_ERROR = 2048
-LOOPBACK = "127.0.0.1"
-# A port published on a wildcard is reached on loopback. Docker lists such a bind as
-# "0.0.0.0" and "::"; Compose takes "[::]" too; an empty host ip means all addresses.
-WILDCARD_ADDRS = ("0.0.0.0", "::", "[::]", "")
 
 # `http_get(url, timeout)` -> (status, body) for any HTTP answer, (None, why) for none.
 HttpGet = Callable[[str, float], tuple[int | None, str]]
@@ -94,23 +90,6 @@ def _pg_error(body: bytes) -> str:
     return "refused"
 
 
-def url_host(addr: str) -> str:
-    """A bind address as the host part of a URL: a wildcard is reached on loopback, IPv6
-    comes back in brackets."""
-    if addr in WILDCARD_ADDRS:
-        return LOOPBACK
-    return f"[{addr}]" if ":" in addr else addr
-
-
-def connect_url_host(where: engine.Engine, bind_address: str) -> str:
-    """The URL host for a port published on `bind_address` by the engine `where`: the local
-    rule of `url_host` on this machine, the engine's host (or KTRDR_CONNECT_HOST) otherwise."""
-    if where.local and not where.connect_override:
-        return url_host(bind_address)
-    found = where.connect_host(bind_address)
-    return f"[{found}]" if ":" in found else found
-
-
 def _engine(environ: Mapping[str, str], where: engine.Engine | None) -> engine.Engine:
     # Callers that run many probes resolve the engine once and pass it; the rest ask here.
     return where if where is not None else engine.detect(environ)
@@ -124,10 +103,10 @@ def host(
     """Where the slot's published ports are reached from this host.
 
     KTRDR_BIND_ADDR as Compose sees it (env file, else the exported machine-wide value, else
-    127.0.0.1), through `connect_url_host` for the engine `where` (detected when None).
+    127.0.0.1), through `engine.connect_url_host` for the engine `where` (detected when None).
     """
     env = environ or {}
-    return connect_url_host(_engine(env, where), compose.bind_address(target, env))
+    return engine.connect_url_host(_engine(env, where), compose.bind_address(target, env))
 
 
 def api_url(
@@ -168,7 +147,7 @@ def shared_urls(environ: Mapping[str, str], where: engine.Engine | None = None) 
     """Label -> URL of the shared observability stack (its ports are the engine's, fixed), on
     the machine-wide bind address, at the engine's host like a slot's."""
     bind = (environ.get("KTRDR_BIND_ADDR") or compose.DEFAULT_BIND_ADDR).strip("[]")
-    h = connect_url_host(_engine(environ, where), bind)
+    h = engine.connect_url_host(_engine(environ, where), bind)
     ports = slots.observability_ports()
     return {
         "Shared Jaeger UI": f"http://{h}:{ports['KTRDR_OBS_JAEGER_UI_PORT']}",

@@ -39,9 +39,10 @@ VERIFY_EXEC_TIMEOUT = 20.0
 
 # A question the CLI answers locally or from the engine at once (version, image inspect).
 CLI_TIMEOUT = 20.0
-# `docker version` of an engine that is up answers in well under a second (a remote one over
-# ssh in one or two); one that accepts connections and never answers (a wedged daemon) must
-# be told apart from a slow one within the issue's 15 s, with time left to say so.
+# `docker version` (or `inv status`'s one `docker ps`) of an engine that is up answers in well
+# under a second (a remote one over ssh in one or two); one that accepts connections and never
+# answers (a wedged daemon) must be told apart from a slow one within the issue's 15 s, with
+# time left to say so.
 ENGINE_ANSWER_TIMEOUT = 8.0
 # One call about every container on the engine (`docker ps`, `docker inspect`, `compose logs`).
 ENGINE_QUERY_TIMEOUT = 30.0

@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import compose, docker, engine, lastup, net, slots
+from sandbox import COMPOSE_FILE, docker, engine, lastup, slots
+from sandbox.settings import ENGINE_ANSWER_TIMEOUT
 
 BACKEND_PORT = 8000  # the backend's port inside its container (KTRDR's contract)
 SEVERAL = "several"
@@ -50,7 +51,7 @@ def _api_url(containers: Sequence[docker.Container], where: engine.Engine) -> st
         return None
     # Prefer an IPv4 binding: Docker lists a wildcard bind twice, 0.0.0.0 and [::].
     port = sorted(ports, key=lambda p: ":" in p.host_ip)[0]
-    return f"http://{net.connect_url_host(where, port.host_ip)}:{port.host_port}/api/v1"
+    return f"http://{engine.connect_url_host(where, port.host_ip)}:{port.host_port}/api/v1"
 
 
 def _checkout(containers: Sequence[docker.Container]) -> str:
@@ -74,7 +75,7 @@ def checkout_gone(checkout: str) -> bool:
     """The checkout the containers name has no compose file any more (gone, or moved)."""
     if not checkout or checkout == SEVERAL:
         return False
-    return not (Path(checkout) / compose.COMPOSE_FILE).is_file()
+    return not (Path(checkout) / COMPOSE_FILE).is_file()
 
 
 def source_gone(source: str) -> bool:
@@ -110,7 +111,7 @@ def summarize(
     where: engine.Engine = engine.LOCAL,
 ) -> list[SlotStatus]:
     """One row per sandbox slot that has containers, by slot number; other projects ignored.
-    API URLs reach the engine `where` (see `net.connect_url_host`)."""
+    API URLs reach the engine `where` (see `engine.connect_url_host`)."""
     by_slot: dict[int, list[docker.Container]] = {}
     for container in containers:
         slot = container.slot
@@ -160,10 +161,10 @@ def collect(
     on the engine `environ` names (DOCKER_HOST, else the current context); with `root`, also
     the slots of that checkout whose last start failed before any container existed.
 
-    `docker version` first: it answers at once or within ENGINE_ANSWER_TIMEOUT, where a
-    `docker ps` of a wedged engine would wait out its longer timeout."""
-    docker.check_engine(environ)
-    rows = summarize(docker.containers(environ), only_slot, engine.detect(environ))
+    The `docker ps` is the engine check too: it gets `docker version`'s short timeout, so a
+    wedged engine is reported within ENGINE_ANSWER_TIMEOUT without a second call first."""
+    found = docker.containers(environ, timeout=ENGINE_ANSWER_TIMEOUT)
+    rows = summarize(found, only_slot, engine.detect(environ))
     return rows if root is None else sorted(rows + unstarted(root, rows, only_slot), key=_slot)
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sandbox import docker, engine, net, picker, slots, status, worktrees
+from sandbox import docker, engine, picker, slots, status, worktrees
+from sandbox.settings import ENGINE_ANSWER_TIMEOUT
 
 SCHEMA = "ktrdr-sandbox/status"
 VERIFY_SCHEMA = "ktrdr-sandbox/verify"
@@ -100,7 +101,7 @@ def ports_and_host(
 ) -> tuple[dict[str, int], str]:
     """Host port by variable (what the containers publish, else the slot scheme's port), and
     the address to reach them on (a published binding's, else 127.0.0.1; on a remote engine
-    the engine's host, see `net.connect_url_host`)."""
+    the engine's host, see `engine.connect_url_host`)."""
     found: dict[str, int] = {}
     addrs: list[str] = []
     for spec in slots.PORTS:
@@ -113,7 +114,7 @@ def ports_and_host(
             found[spec.variable] = spec.host_port(slot)
     addr = next((a for a in addrs if a not in WILDCARD_ADDRS), DEFAULT_HOST)
     if not where.local or where.connect_override:
-        return found, net.connect_url_host(where, addr)
+        return found, engine.connect_url_host(where, addr)
     return found, f"[{addr}]" if ":" in addr else addr
 
 
@@ -278,7 +279,7 @@ def slot_sources(
 def collect(environ: Mapping[str, str], only_slot: int | None = None) -> dict[str, Any]:
     """The `inv status --json` document of this engine: one `docker ps`, one `docker volume
     ls`, and git for each source's branch; URLs at the engine's host (DOCKER_HOST, context)."""
-    containers = docker.sandbox_containers(environ)
+    containers = docker.sandbox_containers(environ, timeout=ENGINE_ANSWER_TIMEOUT)
     volumes = picker.volumes_by_slot(picker.sandbox_volumes(environ))
     sources = slot_sources(containers, environ)
     return document(containers, sources, volumes, only_slot, engine.detect(environ))

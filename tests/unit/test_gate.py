@@ -429,13 +429,13 @@ def test_a_remote_engines_ports_are_reached_at_its_host(tmp_path: Path) -> None:
     assert net.host(base, forwarded) == "localhost"
     where = engine.resolve({"KTRDR_CONNECT_HOST": "10.1.1.1"}, None)
     assert net.host(base, {}, where) == "10.1.1.1"
-    assert net.connect_url_host(engine.LOCAL, "0.0.0.0") == "127.0.0.1"
+    assert engine.connect_url_host(engine.LOCAL, "0.0.0.0") == "127.0.0.1"
 
 
 def test_url_host_reaches_wildcards_on_loopback_and_brackets_ipv6() -> None:
-    assert [net.url_host(a) for a in ("", "0.0.0.0", "::", "[::]")] == ["127.0.0.1"] * 4
-    assert net.url_host("::1") == "[::1]"
-    assert net.url_host("127.0.0.2") == "127.0.0.2"
+    assert [engine.url_host(a) for a in ("", "0.0.0.0", "::", "[::]")] == ["127.0.0.1"] * 4
+    assert engine.url_host("::1") == "[::1]"
+    assert engine.url_host("127.0.0.2") == "127.0.0.2"
 
 
 def test_urls(target: compose.Target) -> None:

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import compose, docker, engine, lastup, slots, status
+from sandbox import compose, docker, engine, lastup, runner, slots, status
 from sandbox.docker import PublishedPort
+from sandbox.errors import Exit, SandboxError
+from sandbox.runner import Result
+from sandbox.settings import ENGINE_ANSWER_TIMEOUT
 from tests.unit.factories import make
 
 
@@ -155,18 +158,57 @@ def test_only_slot_and_foreign_projects() -> None:
 
 
 def test_collect_asks_docker_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[object] = []
+    calls: list[tuple[object, float]] = []
 
-    def fake(environ: object = None) -> list[docker.Container]:
-        calls.append(environ)
+    def fake(environ: object = None, *, timeout: float = 0.0) -> list[docker.Container]:
+        calls.append((environ, timeout))
         return [*full_stack(0), *full_stack(1), *full_stack(2)]
 
     monkeypatch.setattr(docker, "containers", fake)
     local = {"PATH": "/bin", "DOCKER_HOST": "unix:///var/run/docker.sock"}
     rows = status.collect(local)
     assert [r.slot for r in rows] == [0, 1, 2]
-    assert calls == [local]
+    assert calls == [(local, ENGINE_ANSWER_TIMEOUT)]
     assert rows[1].api_url == "http://127.0.0.1:8001/api/v1"
+
+
+def fake_engine(monkeypatch: pytest.MonkeyPatch, answer: Result) -> list[tuple[str, ...]]:
+    """Every command run, each answered with `answer`'s return code and output."""
+    commands: list[tuple[str, ...]] = []
+
+    def execute(cmd: runner.Command, **options: object) -> Result:
+        commands.append(tuple(str(part) for part in cmd))
+        assert options.get("timeout") == ENGINE_ANSWER_TIMEOUT
+        return replace(answer, args=commands[-1])
+
+    monkeypatch.setattr(runner, "execute", execute)
+    return commands
+
+
+def test_status_is_one_docker_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    commands = fake_engine(monkeypatch, Result((), 0, ""))
+    assert status.collect({"DOCKER_HOST": "unix:///var/run/docker.sock"}) == []
+    assert commands == [tuple(docker.ps_command())]
+
+
+def test_a_wedged_engine_is_one_line_within_the_answer_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake_engine(monkeypatch, Result((), docker.TIMED_OUT, "", "timed out after 8.0s"))
+    with pytest.raises(SandboxError) as err:
+        status.collect({"DOCKER_HOST": "unix:///tmp/wedged.sock"})
+    assert err.value.code is Exit.NO_ENGINE
+    assert str(err.value).startswith(
+        "the Docker engine at unix:///tmp/wedged.sock does not answer (no reply within 8 s)"
+    )
+
+
+def test_no_engine_is_told_by_the_one_docker_ps(monkeypatch: pytest.MonkeyPatch) -> None:
+    refused = "Cannot connect to the Docker daemon at unix:///nowhere. Is the daemon running?"
+    fake_engine(monkeypatch, Result((), 1, "", refused))
+    with pytest.raises(SandboxError) as err:
+        status.collect({"DOCKER_HOST": "unix:///nowhere"})
+    assert err.value.code is Exit.NO_ENGINE and "not reachable" in str(err.value)
 
 
 def test_a_remote_engines_api_urls_use_its_host() -> None:
