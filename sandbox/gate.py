@@ -25,6 +25,7 @@ from enum import Enum
 from typing import Any
 
 from sandbox import apps, compose, diagnose, docker, engine, net, runner, slots
+from sandbox.checks import CheckResult, GateResult, State
 from sandbox.errors import SandboxError
 from sandbox.runner import Result
 from sandbox.settings import (
@@ -44,44 +45,6 @@ DB_LOG_LINES = 50
 # Only exited and dead are final: "created" is a worker waiting for a healthy backend.
 EXITED_STATES = ("exited", "dead")
 WAITING_DETAIL = "waiting"
-
-
-class State(Enum):
-    WAITING = "waiting"
-    PASSED = "passed"
-    FAILED = "failed"
-    # The gate stopped before this check was decided (another check failed fast): neither
-    # passed nor failed, so its service's logs are not blamed.
-    NOT_WAITED = "not waited for"
-
-
-@dataclass
-class CheckResult:
-    """One check as the gate currently sees it."""
-
-    name: str
-    label: str
-    state: State
-    detail: str
-    elapsed: float | None  # seconds from the gate's start until it passed (or failed fast)
-    service: str  # the compose service whose logs explain a failure
-    # Further services whose logs help (e.g. every worker that did not register).
-    log_services: tuple[str, ...] = ()
-    # What a failed one-shot step said (a migration's output), shown in place of logs.
-    output: str = ""
-
-
-@dataclass(frozen=True)
-class GateResult:
-    slot: int
-    passed: bool
-    checks: list[CheckResult]
-    elapsed: float
-    urls: dict[str, str]  # label -> URL of the slot's UIs and APIs
-
-    @property
-    def failed(self) -> list[CheckResult]:
-        return [c for c in self.checks if c.state is State.FAILED]
 
 
 HttpGet = net.HttpGet

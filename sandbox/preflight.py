@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sandbox import (
+    COMPOSE_FILE,
     apps,
     compose,
     docker,
@@ -146,7 +147,7 @@ def other_checkout(
 def orphaned(working_dir: str) -> bool:
     """Whether the checkout a slot was started from is gone (deleted, or moved away): its
     compose file is no longer where the containers say their project directory is."""
-    return bool(working_dir) and not (Path(working_dir) / compose.COMPOSE_FILE).is_file()
+    return bool(working_dir) and not (Path(working_dir) / COMPOSE_FILE).is_file()
 
 
 def other_checkout_error(target: compose.Target, working_dir: str) -> SandboxError:

@@ -21,7 +21,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from sandbox.gate import CheckResult, GateResult, State
+from sandbox.checks import CheckResult, GateResult, State
 from sandbox.slots import OBSERVABILITY_PROJECT
 from sandbox.snapshots import Row as SnapshotRow
 from sandbox.snapshots import human_age, human_size

@@ -15,6 +15,7 @@ from pathlib import Path
 from sandbox import (
     appimages,
     apps,
+    checks,
     codesync,
     compose,
     diagnose,
@@ -45,7 +46,7 @@ DEFAULT_TIMEOUT = GATE_TIMEOUT  # kept under this name: callers and tests use it
 class UpResult:
     preflight: preflight.Preflight
     started: bool  # False when the stack was already running and only the gate ran
-    gate: gate.GateResult | None  # None with `wait=False`: the gate did not run
+    gate: checks.GateResult | None  # None with `wait=False`: the gate did not run
     logs: dict[str, str] = field(default_factory=dict)  # failing service -> last log lines
     compose_seconds: float = 0.0
 
@@ -147,7 +148,7 @@ def up(
     wait: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
     on_preflight: Callable[[preflight.Preflight], None] | None = None,
-    on_gate: Callable[[list[gate.CheckResult]], None] | None = None,
+    on_gate: Callable[[list[checks.CheckResult]], None] | None = None,
     on_busy: Callable[[str], None] | None = None,
     on_compose: Callable[[list[str]], None] | None = None,
     build: Callable[[], object] | None = None,
@@ -253,7 +254,7 @@ def _start(
     return UpResult(checked, not already, None, compose_seconds=compose_seconds)
 
 
-def _record_gate(target: Target, outcome: gate.GateResult | None) -> None:
+def _record_gate(target: Target, outcome: checks.GateResult | None) -> None:
     if outcome is None or outcome.passed:
         lastup.write(target.root, target.slot, lastup.READY)
         return
@@ -393,10 +394,10 @@ def _gate(
     checked: preflight.Preflight,
     environ: Mapping[str, str],
     timeout: float,
-    on_gate: Callable[[list[gate.CheckResult]], None] | None,
+    on_gate: Callable[[list[checks.CheckResult]], None] | None,
     migration: apps.Migration | None,
     layout: slots.Layout,
-) -> tuple[gate.GateResult, dict[str, str]]:
+) -> tuple[checks.GateResult, dict[str, str]]:
     """The gate's result, and when it did not pass what explains it: a failed step's own
     output (a migration's), then the failing services' last log lines."""
     outcome = gate.run_gate(

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import ROOT, apps, compose, envfiles, observability, slots, stack
+from sandbox import COMPOSE_FILE, ROOT, apps, compose, envfiles, observability, slots, stack
 from sandbox.runner import run
 
 HOME = Path("/home/sandbox-config-test")
@@ -36,7 +36,7 @@ def render(compose_cmd: list[str], env_file: Path | None) -> dict[str, Any]:
     # Without --env-file Compose also reads ./.env, which holds only image names (written by
     # `inv images`), so ports and mounts are the compose file's and the env file's own.
     env = ENV
-    args = [*compose_cmd, "-f", str(ROOT / compose.COMPOSE_FILE)]
+    args = [*compose_cmd, "-f", str(ROOT / COMPOSE_FILE)]
     if env_file is not None:
         args += ["--env-file", str(env_file)]
     result = run([*args, "config", "--format", "json"], env=env, cwd=ROOT, timeout=60)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, apps, docker, slots
+from sandbox import ROOT, STATE_DIR, apps, docker, slots
 from sandbox.errors import Exit, SandboxError
 
 
@@ -110,7 +110,7 @@ def test_a_secret_is_made_once_per_slot(tmp_path: Path) -> None:
     assert len(first) >= 32
     assert apps.secret(tmp_path, 3, "KTRDR_AUTH_JWT_SECRET") == first
     assert apps.secret(tmp_path, 4, "KTRDR_AUTH_JWT_SECRET") != first
-    path = tmp_path / apps.STATE_DIR / "slot-3.KTRDR_AUTH_JWT_SECRET"
+    path = tmp_path / STATE_DIR / "slot-3.KTRDR_AUTH_JWT_SECRET"
     assert path.stat().st_mode & 0o077 == 0
 
 

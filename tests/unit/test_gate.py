@@ -12,8 +12,20 @@ from typing import Any
 
 import pytest
 
-from sandbox import apps, compose, docker, engine, envfiles, gate, net, runner, settings, slots
-from sandbox.gate import CheckResult, State
+from sandbox import (
+    apps,
+    checks,
+    compose,
+    docker,
+    engine,
+    envfiles,
+    gate,
+    net,
+    runner,
+    settings,
+    slots,
+)
+from sandbox.checks import CheckResult, State
 from sandbox.runner import Result
 
 ALL_WORKERS = [
@@ -137,7 +149,7 @@ def run(
     timeout: float = settings.GATE_TIMEOUT,
     poll: float = settings.GATE_POLL,
     probe_wait: float = WAIT,
-) -> gate.GateResult:
+) -> checks.GateResult:
     return gate.run_gate(
         target,
         ["docker", "compose"],
@@ -153,7 +165,7 @@ def run(
     )
 
 
-def by_name(result: gate.GateResult) -> dict[str, CheckResult]:
+def by_name(result: checks.GateResult) -> dict[str, CheckResult]:
     return {c.name: c for c in result.checks}
 
 
@@ -502,7 +514,7 @@ MIGRATION = apps.Migration("backend", ("alembic", "upgrade", "head"), "alembic u
 
 def migrating(
     target: compose.Target, world: World, clock: FakeClock, answers: list[Result]
-) -> tuple[gate.GateResult, list[list[str]]]:
+) -> tuple[checks.GateResult, list[list[str]]]:
     """The gate with a migration whose runs answer `answers` in turn (the last repeats)."""
     ran: list[list[str]] = []
 

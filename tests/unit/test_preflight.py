@@ -12,7 +12,17 @@ from typing import Any
 
 import pytest
 
-from sandbox import apps, compose, docker, enginehost, envfiles, images, preflight, runner
+from sandbox import (
+    COMPOSE_FILE,
+    apps,
+    compose,
+    docker,
+    enginehost,
+    envfiles,
+    images,
+    preflight,
+    runner,
+)
 from sandbox import engine as engine_mod
 from sandbox import shared as shared_mod
 from sandbox.docker import Container, PublishedPort
@@ -167,7 +177,7 @@ def test_other_checkout(tmp_path: Path) -> None:
 def a_checkout(path: Path) -> str:
     """A directory that is a checkout as far as orphan detection can tell: its compose file."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / compose.COMPOSE_FILE).write_text("services: {}\n")
+    (path / COMPOSE_FILE).write_text("services: {}\n")
     return str(path)
 
 

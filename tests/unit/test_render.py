@@ -7,7 +7,7 @@ from io import StringIO
 
 from rich.console import Console
 
-from sandbox.gate import CheckResult, GateResult, State
+from sandbox.checks import CheckResult, GateResult, State
 from sandbox.render import Renderer
 from sandbox.status import SlotStatus
 from sandbox.verify import VerifyCheck, VerifyReport

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from sandbox import (
+    COMPOSE_FILE,
     apps,
+    checks,
     compose,
     docker,
     envfiles,
@@ -65,8 +67,8 @@ class Fakes:
     ) -> preflight.Preflight:
         return preflight.Preflight(["docker", "compose"], [], self.running)
 
-    def gate(self, target: compose.Target, *args: Any, **kwargs: Any) -> gate.GateResult:
-        return gate.GateResult(target.slot, True, [], 0.1, {})
+    def gate(self, target: compose.Target, *args: Any, **kwargs: Any) -> checks.GateResult:
+        return checks.GateResult(target.slot, True, [], 0.1, {})
 
 
 def test_up_starts_a_stopped_slot_then_runs_the_gate(
@@ -96,7 +98,7 @@ def test_up_without_wait_starts_the_stack_and_runs_no_gate(
 ) -> None:
     fakes = Fakes(monkeypatch, [])
 
-    def no_gate(*args: Any, **kwargs: Any) -> gate.GateResult:
+    def no_gate(*args: Any, **kwargs: Any) -> checks.GateResult:
         raise AssertionError("the gate ran with wait=False")
 
     monkeypatch.setattr(gate, "run_gate", no_gate)
@@ -145,7 +147,7 @@ def test_down_refuses_a_slot_of_another_checkout(
 ) -> None:
     other = target.root.parent / "other-checkout"
     other.mkdir()
-    (other / compose.COMPOSE_FILE).write_text("services: {}\n")
+    (other / COMPOSE_FILE).write_text("services: {}\n")
     fakes = Fakes(monkeypatch, [container("db", 3, str(other))])
     with pytest.raises(SandboxError) as caught:
         stack.down(target, {}, volumes=True)
@@ -164,15 +166,15 @@ def test_up_records_its_outcome_and_a_refused_login_is_one_line(
     stack.up(target, {})
     record = lastup.read(target.root, 3)
     assert record is not None and record.outcome == lastup.READY
-    refused = gate.CheckResult(
+    refused = checks.CheckResult(
         "backend",
         "Backend API health",
-        gate.State.FAILED,
+        checks.State.FAILED,
         'database refused the login: password authentication failed for user "ktrdr"',
         0.5,
         "db",
     )
-    failed = gate.GateResult(3, False, [refused], 0.5, {})
+    failed = checks.GateResult(3, False, [refused], 0.5, {})
     monkeypatch.setattr(gate, "run_gate", lambda *args, **kwargs: failed)
     with pytest.raises(SandboxError) as caught:
         stack.up(target, {})

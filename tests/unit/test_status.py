@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import compose, docker, engine, lastup, runner, slots, status
+from sandbox import COMPOSE_FILE, docker, engine, lastup, runner, slots, status
 from sandbox.docker import PublishedPort
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
@@ -46,7 +46,7 @@ def test_running_slot() -> None:
 
 def a_checkout(path: Path) -> str:
     path.mkdir(parents=True)
-    (path / compose.COMPOSE_FILE).write_text("services: {}\n")
+    (path / COMPOSE_FILE).write_text("services: {}\n")
     return str(path)
 
 
