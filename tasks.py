@@ -14,48 +14,81 @@ import shlex
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from invoke.context import Context
 from invoke.exceptions import Exit as InvokeExit
 from invoke.tasks import task
 
-from sandbox import (
-    ROOT,
-    apps,
-    branchflow,
-    codesync,
-    compose,
-    docker,
-    docs,
-    engine,
-    enginehost,
-    envfiles,
-    images,
-    net,
-    observability,
-    picker,
-    provenance,
-    render,
-    runner,
-    shared,
-    slots,
-    snapshots,
-    stack,
-    statusjson,
-    teardown,
-    worktrees,
-)
-from sandbox import tunnel as forwarding
+from sandbox import ROOT, lazy, slots
 from sandbox.errors import Exit, SandboxError
-from sandbox.lock import slot_lock
-from sandbox.settings import LOCK_WAIT
-from sandbox.status import collect as collect_status
-from sandbox.verify import verify as verify_slots
+from sandbox.settings import GATE_TIMEOUT, LOCK_WAIT
+
+if TYPE_CHECKING:
+    from sandbox import (
+        apps,
+        branchflow,
+        codesync,
+        compose,
+        docker,
+        docs,
+        engine,
+        enginehost,
+        envfiles,
+        images,
+        lock,
+        net,
+        observability,
+        picker,
+        provenance,
+        render,
+        runner,
+        shared,
+        snapshots,
+        stack,
+        statusjson,
+        teardown,
+        worktrees,
+    )
+    from sandbox import status as slot_status
+    from sandbox import tunnel as forwarding
+    from sandbox import verify as slot_verify
+else:  # each imported at its first use: `inv status` loads only what it touches (issue 10)
+    apps = lazy.Module("sandbox.apps")
+    branchflow = lazy.Module("sandbox.branchflow")
+    codesync = lazy.Module("sandbox.codesync")
+    compose = lazy.Module("sandbox.compose")
+    docker = lazy.Module("sandbox.docker")
+    docs = lazy.Module("sandbox.docs")
+    engine = lazy.Module("sandbox.engine")
+    enginehost = lazy.Module("sandbox.enginehost")
+    envfiles = lazy.Module("sandbox.envfiles")
+    forwarding = lazy.Module("sandbox.tunnel")
+    images = lazy.Module("sandbox.images")
+    lock = lazy.Module("sandbox.lock")
+    net = lazy.Module("sandbox.net")
+    observability = lazy.Module("sandbox.observability")
+    picker = lazy.Module("sandbox.picker")
+    provenance = lazy.Module("sandbox.provenance")
+    render = lazy.Module("sandbox.render")
+    runner = lazy.Module("sandbox.runner")
+    shared = lazy.Module("sandbox.shared")
+    slot_status = lazy.Module("sandbox.status")
+    slot_verify = lazy.Module("sandbox.verify")
+    snapshots = lazy.Module("sandbox.snapshots")
+    stack = lazy.Module("sandbox.stack")
+    statusjson = lazy.Module("sandbox.statusjson")
+    teardown = lazy.Module("sandbox.teardown")
+    worktrees = lazy.Module("sandbox.worktrees")
 
 F = TypeVar("F", bound=Callable[..., Any])
-out = render.Renderer.for_stdout()
 SLOT_HELP = "slot number, 0-10 (slot 0 uses KTRDR's standard ports)"
+
+
+@functools.cache
+def out() -> render.Renderer:
+    """The renderer of stdout, chosen at the first thing shown (plain output loads no rich)."""
+    return render.for_stdout()
 
 
 def handled(body: F) -> F:
@@ -69,7 +102,7 @@ def handled(body: F) -> F:
             return body(c, *args, **kwargs)
         except SandboxError as exc:
             if exc.details:
-                out.details(exc.details)
+                out().details(exc.details)
             raise InvokeExit(f"error: {exc}", code=int(exc.code)) from None
         except KeyboardInterrupt:
             raise InvokeExit("interrupted", code=130) from None
@@ -105,8 +138,7 @@ TORCH_HELP = (
     "debian (Debian's CPU torch, offline) or locked (its uv.lock's, GBs)"
 )
 TIMEOUT_HELP = (
-    f"seconds the gate waits for readiness (default {stack.DEFAULT_TIMEOUT:.0f}, or "
-    "KTRDR_GATE_TIMEOUT)"
+    f"seconds the gate waits for readiness (default {GATE_TIMEOUT:.0f}, or KTRDR_GATE_TIMEOUT)"
 )
 NO_WAIT_HELP = "return after `docker compose up -d`, without the startability gate"
 
@@ -159,8 +191,8 @@ def up(
             fresh=wipe,
         )
         return
-    with picker.claim_slot(environ, None, picker.Claim(on_busy=out.line)) as number:
-        out.line(f"slot {number}: the lowest free slot (--slot=auto)")
+    with picker.claim_slot(environ, None, picker.Claim(on_busy=out().line)) as number:
+        out().line(f"slot {number}: the lowest free slot (--slot=auto)")
         target = compose.load_target(ROOT, number)
         _start(
             target, chosen, environ, build=build, wait=not no_wait, timeout=timeout, layout=layout
@@ -180,7 +212,7 @@ def _start(
 ) -> None:
     """`inv up`'s body for one slot: stack.up with the renderer's callbacks, then its report.
     `fresh`: recreate the slot's database once preflight passed and it says yes."""
-    with out.gate_progress(target.slot) as on_gate:
+    with out().gate_progress(target.slot) as on_gate:
         result = stack.up(
             target,
             environ,
@@ -188,15 +220,15 @@ def _start(
             build=functools.partial(_rebuild, environ) if build else None,
             wait=wait,
             timeout=stack.gate_timeout(timeout, target, environ),
-            on_preflight=out.preflight,
+            on_preflight=out().preflight,
             on_gate=on_gate,
-            on_busy=out.line,
-            on_compose=out.compose_up,
+            on_busy=out().line,
+            on_compose=out().compose_up,
             source=source,
-            app_image=lambda src: stack.app_image(src, ROOT, environ, out.step),
+            app_image=lambda src: stack.app_image(src, ROOT, environ, out().step),
             layout=layout,
             fresh=fresh,
-            on_step=out.step,
+            on_step=out().step,
         )
     _report_up(target.slot, result)
 
@@ -215,15 +247,15 @@ def _confirm_fresh(yes: bool, slot: int) -> bool:
 
 
 def _rebuild(environ: Mapping[str, str]) -> None:
-    out.step("build", "reference app image")
+    out().step("build", "reference app image")
     images.build_app(ROOT, environ)
 
 
 def _report_up(slot: int, result: stack.UpResult) -> None:
     if result.gate is None:
-        out.line(f"slot {slot} started without waiting; check it with `inv verify`")
+        out().line(f"slot {slot} started without waiting; check it with `inv verify`")
         return
-    out.up_result(result)
+    out().up_result(result)
     if not result.gate.passed:
         raise InvokeExit(
             f"error: slot {slot} did not become ready; failing checks and their logs "
@@ -245,14 +277,14 @@ def observability_task(c: Context, action: str) -> None:
         observability.up(ROOT, environ)
     elif action == "down":
         observability.down(ROOT, environ)
-        out.line(f"{observability.PROJECT} is down")
+        out().line(f"{observability.PROJECT} is down")
         return
     elif action != "status":
         raise SandboxError(
             f"unknown action {action!r}: use `inv observability up`, `down` or `status`",
             Exit.USAGE,
         )
-    out.observability(observability.status(environ))
+    out().observability(observability.status(environ))
 
 
 @task(
@@ -280,14 +312,14 @@ def down(
         target,
         dict(os.environ),
         volumes=volumes,
-        on_busy=out.line,
-        on_orphan=lambda old: out.line(
+        on_busy=out().line,
+        on_orphan=lambda old: out().line(
             f"slot {target.slot} was started from {old}, which no longer exists (orphaned); "
             "taking it down from here"
         ),
     )
     kept = "removed its volumes" if volumes else "kept its volumes"
-    out.line(f"slot {target.slot} ({target.project}) is down; {kept}")
+    out().line(f"slot {target.slot} ({target.project}) is down; {kept}")
 
 
 def _down_all(slot: str | None, volumes: bool, yes: bool) -> None:
@@ -297,15 +329,15 @@ def _down_all(slot: str | None, volumes: bool, yes: bool) -> None:
     compose_cmd = _compose(environ)
     entries = [e for e in teardown.survey(environ) if e.acts(volumes)]
     if not entries:
-        out.line("no slot has containers" + ("" if volumes else " (volumes are kept)"))
+        out().line("no slot has containers" + ("" if volumes else " (volumes are kept)"))
         return
     for entry in entries:
-        out.line(entry.describe(volumes))
+        out().line(entry.describe(volumes))
     if not teardown.confirm_or_refuse(entries, yes, sys.stdin.isatty(), input):
         raise InvokeExit("nothing taken down", code=int(Exit.FAILED))
     for entry in entries:
         teardown.take_down(entry, compose_cmd, environ, volumes=volumes, root=ROOT)
-        out.line(f"slot {entry.slot} ({entry.project}) is down")
+        out().line(f"slot {entry.slot} ({entry.project}) is down")
 
 
 @task(
@@ -336,21 +368,21 @@ def new(
     apps.check_torch(torch)
     wanted = picker.parse_choice(slot)
     plan = branchflow.check_new(repo, branch, base, environ)
-    with picker.claim_slot(environ, wanted, picker.Claim(on_busy=out.line)) as n:
-        out.line(f"slot {n}: {'the lowest free slot' if wanted is None else 'free'}")
+    with picker.claim_slot(environ, wanted, picker.Claim(on_busy=out().line)) as n:
+        out().line(f"slot {n}: {'the lowest free slot' if wanted is None else 'free'}")
         made = worktrees.create(plan.repo, branch, base, environ)
-        out.step("worktree", f"{made.path} (branch {branch})")
+        out().step("worktree", f"{made.path} (branch {branch})")
         target = compose.load_target(ROOT, n)
         try:
             source = apps.detect(made.path, torch)
             _start(target, source, environ, wait=not no_wait, timeout=timeout)
         except (SandboxError, InvokeExit):
-            out.line(branchflow.kept_hint(plan, made.path))
+            out().line(branchflow.kept_hint(plan, made.path))
             raise
     urls = net.urls(target, environ)
     if no_wait:  # the gate's summary lists them otherwise
-        out.steps(list(urls.items()), f"slot {n}")
-    out.line(f"slot {n} runs {branch} from {made.path}; API {urls['Backend API']}")
+        out().steps(list(urls.items()), f"slot {n}")
+    out().line(f"slot {n} runs {branch} from {made.path}; API {urls['Backend API']}")
 
 
 # `--branch` is a flag, not a positional: invoke (3.0) has no optional positional arguments
@@ -377,12 +409,14 @@ def done(
     target = branchflow.done_target(environ, branch, number, repo)
     report = branchflow.check_done(target, force, environ)
     if not report.safe:
-        out.details("\n".join(["going on despite (--force):", *report.lines()]))
+        out().details("\n".join(["going on despite (--force):", *report.lines()]))
     if target.slot is not None:
-        stack.down(compose.load_target(ROOT, target.slot), environ, volumes=True, on_busy=out.line)
-        out.line(f"slot {target.slot} is down; its volumes and .env.sandbox removed")
+        stack.down(
+            compose.load_target(ROOT, target.slot), environ, volumes=True, on_busy=out().line
+        )
+        out().line(f"slot {target.slot} is down; its volumes and .env.sandbox removed")
     removed = branchflow.remove_worktree(target, force, environ)
-    out.line(f"removed the worktree {removed}; the branch stays in {target.repo}")
+    out().line(f"removed the worktree {removed}; the branch stays in {target.repo}")
 
 
 @task(help={"slot": SLOT_HELP, "service": "the service (default backend)"})
@@ -419,7 +453,7 @@ def sync(c: Context, slot: str | None = None, watch: bool = False) -> None:
     environ = dict(os.environ)
     where = engine.detect(environ)
     if where.local:
-        out.line(
+        out().line(
             f"slot {target.slot} runs on this machine's engine: it mounts the checkout, so "
             "edits reach it as they are saved; nothing to sync"
         )
@@ -428,17 +462,17 @@ def sync(c: Context, slot: str | None = None, watch: bool = False) -> None:
     image = enginehost.helper_image(ROOT, environ)
 
     def report(synced: codesync.Synced) -> None:
-        out.step("source", synced.describe(where.host))
+        out().step("source", synced.describe(where.host))
 
     if not watch:
-        with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=out.line):
+        with lock.slot_lock(target.slot, wait=LOCK_WAIT, on_busy=out().line):
             report(codesync.send(target, environ, source, image))
         return
-    out.line(f"watching {source.path} for slot {target.slot} on {where.host} (Ctrl-C stops)")
+    out().line(f"watching {source.path} for slot {target.slot} on {where.host} (Ctrl-C stops)")
     try:
         codesync.watch(target, environ, source, image, report)
     except KeyboardInterrupt:
-        out.line("stopped watching")
+        out().line("stopped watching")
 
 
 @task(help={"slot": SLOT_HELP})
@@ -451,7 +485,7 @@ def tunnel(c: Context, slot: str | None = None) -> None:
     ports = forwarding.slot_ports(target)
     cmd = forwarding.command(where, ports)
     forwarding.check_free(ports)
-    out.line(
+    out().line(
         f"forwarding slot {target.slot}'s {len(ports)} ports from {where.host}'s loopback to "
         f"127.0.0.1 (same numbers); with KTRDR_CONNECT_HOST=127.0.0.1 the tasks use them. "
         "Ctrl-C closes the tunnel"
@@ -459,7 +493,7 @@ def tunnel(c: Context, slot: str | None = None) -> None:
     try:
         result = runner.run(cmd, env=environ, capture=False)
     except KeyboardInterrupt:
-        out.line("tunnel closed")
+        out().line("tunnel closed")
         return
     if not result.ok:
         raise SandboxError(
@@ -478,7 +512,7 @@ def status(c: Context, slot: str | None = None, json: bool = False) -> None:
     if json:
         print(statusjson.dumps(statusjson.collect(environ, only)))
         return
-    out.status(collect_status(environ, only, ROOT), only_slot=only)
+    out().status(slot_status.collect(environ, only, ROOT), only_slot=only)
 
 
 @task(
@@ -495,11 +529,11 @@ def verify(c: Context, slot: list[str], json: bool = False) -> None:
         raise SandboxError("which slots? pass --slot=N, repeated for several", Exit.USAGE)
     targets = [_target(s) for s in dict.fromkeys(slot)]
     environ = dict(os.environ)
-    reports = verify_slots(targets, _compose(environ), environ)
+    reports = slot_verify.verify(targets, _compose(environ), environ)
     if json:
         print(statusjson.dumps(statusjson.verify_document(reports)))
     else:
-        out.verify(reports)
+        out().verify(reports)
     failed = [r.slot for r in reports if not r.passed]
     if failed:
         where = "the JSON above" if json else "the table above"
@@ -574,26 +608,26 @@ def env(
 
 def _write_env_files() -> None:
     changed = envfiles.write_all(ROOT)
-    out.line(f"rewrote {len(changed)} env file(s)" if changed else "env files are up to date")
+    out().line(f"rewrote {len(changed)} env file(s)" if changed else "env files are up to date")
     if docs.sync(ROOT):
-        out.line(f"rewrote the port tables in {docs.MANUAL} and {docs.README}")
+        out().line(f"rewrote the port tables in {docs.MANUAL} and {docs.README}")
 
 
 def _check_env_files() -> None:
     problems = envfiles.check_all(ROOT)
     for problem in problems:
-        out.line(str(problem))
+        out().line(str(problem))
     if problems:
         raise InvokeExit(f"error: {len(problems)} problem(s) in env/", code=int(Exit.BAD_ENV))
-    out.line(f"env/: {len(slots.SLOTS)} files valid, no port shared between slots")
+    out().line(f"env/: {len(slots.SLOTS)} files valid, no port shared between slots")
 
 
 def _print_env(target: compose.Target, export: bool) -> None:
     if not export:
-        out.line(target.env_file.read_text().rstrip("\n"))
+        out().line(target.env_file.read_text().rstrip("\n"))
         return
     for name, value in target.values.items():
-        out.line(f"export {name}={shlex.quote(value)}")
+        out().line(f"export {name}={shlex.quote(value)}")
 
 
 @task(
@@ -612,10 +646,10 @@ def init_shared(c: Context, from_: str | None = None) -> None:
         _init_remote_shared(str(target), source, environ, where)
         return
     created = shared.ensure(target)
-    out.line("created " + ", ".join(map(str, created)) if created else f"{target} already exists")
+    out().line("created " + ", ".join(map(str, created)) if created else f"{target} already exists")
     if source is not None:
         report = shared.copy_missing(source, target)
-        out.line(
+        out().line(
             f"copied {len(report.copied)} file(s) into {target}; "
             f"left {len(report.skipped)} existing file(s) as they were"
         )
@@ -628,9 +662,9 @@ def _init_remote_shared(
     image = enginehost.helper_image(ROOT, environ)
     done = enginehost.init_shared(directory, source, image, environ)
     made = ", ".join(done.created) if done.created else "nothing (it exists)"
-    out.line(f"{directory} on {where.host}: created {made}")
+    out().line(f"{directory} on {where.host}: created {made}")
     if source is not None:
-        out.line(
+        out().line(
             f"streamed {', '.join(done.sent)} of {source} ({done.files} file(s)) into it; "
             "files already there were kept"
         )
@@ -660,18 +694,18 @@ def build_images(
     if not offline and not online:
         offline = not images.registry_reachable(environ)
         if offline:
-            out.line("no registry reachable: building every image locally (--offline)")
-    built = images.build(ROOT, offline, environ, on_step=lambda s: out.step("building", s.what))
-    out.images(built, offline)
+            out().line("no registry reachable: building every image locally (--offline)")
+    built = images.build(ROOT, offline, environ, on_step=lambda s: out().step("building", s.what))
+    out().images(built, offline)
 
 
 def _send_images(environ: Mapping[str, str]) -> None:
     loaded = images.to_engine(ROOT, environ)
     for image in loaded.images:
-        out.step("sent", image)
+        out().step("sent", image)
     for image in loaded.skipped:
-        out.step("there already", image)
-    out.line(
+        out().step("there already", image)
+    out().line(
         f"images: {len(loaded.images)} sent ({loaded.bytes / 1e6:.0f} MB in "
         f"{loaded.seconds:.1f}s), {len(loaded.skipped)} already on the engine"
     )
@@ -702,14 +736,14 @@ def snapshot(
     environ = dict(os.environ)
     if delete is not None:
         gone = snapshots.delete(environ, delete)
-        out.line(f"deleted snapshot {gone.name} (slot {gone.source_slot}, {gone.app})")
+        out().line(f"deleted snapshot {gone.name} (slot {gone.source_slot}, {gone.app})")
         return
     target = _target(slot)
     app, _ = snapshots.running_app(target.slot, environ)
     made = snapshots.snapshot(
-        target, _compose(environ), environ, name=name, app=app, on_step=out.line
+        target, _compose(environ), environ, name=name, app=app, on_step=out().line
     )
-    out.line(f"snapshot {made.name}: slot {made.source_slot}, {snapshots.human_size(made.size)}")
+    out().line(f"snapshot {made.name}: slot {made.source_slot}, {snapshots.human_size(made.size)}")
 
 
 @task(name="snapshots")
@@ -717,7 +751,7 @@ def snapshot(
 def list_snapshots(c: Context) -> None:
     """List snapshots: name, source slot, app, size, age, migration."""
     rows = snapshots.list_snapshots(dict(os.environ))
-    out.snapshots(rows)
+    out().snapshots(rows)
 
 
 @task(
@@ -735,7 +769,7 @@ def restore(c: Context, name: str, slot: str | None = None, yes: bool = False) -
     app, chain = snapshots.running_app(target.slot, environ)
     done = snapshots.restore(
         target, _compose(environ), environ, name, yes=yes, confirm=_confirm, app=app,
-        migrations=chain, on_step=out.line,
+        migrations=chain, on_step=out().line,
     )  # fmt: skip
     _report_restored(done)
 
@@ -758,12 +792,12 @@ def clone_slot(
     _, chain = snapshots.running_app(destination.slot, environ)
     done = snapshots.clone(
         source, destination, _compose(environ), environ, yes=yes, confirm=_confirm,
-        migrations=chain, on_step=out.line,
+        migrations=chain, on_step=out().line,
     )  # fmt: skip
     _report_restored(done)
 
 
 def _report_restored(done: snapshots.Restored) -> None:
-    out.line(f"slot {done.slot} now holds {done.source} ({snapshots.human_size(done.size)})")
+    out().line(f"slot {done.slot} now holds {done.source} ({snapshots.human_size(done.size)})")
     if done.note():
-        out.line(done.note())
+        out().line(done.note())

@@ -1,32 +1,31 @@
-"""Drawing only: turns the dataclasses of gate, status and verify into rich output.
+"""Drawing only: turns the dataclasses of gate, status and verify into output.
 
-On a terminal (`RichRenderer`): tables, colours and a live gate table. When stdout is not a
-terminal (`PlainRenderer`: CI, a pipe, a log file): plain lines, no boxes, no colours, no
-redrawing, one line per event, so the output greps and diffs well. `Renderer.for_console`
-chooses one, once. Nothing here decides anything; it only shows what it is given.
+When stdout is not a terminal (`PlainRenderer`: CI, a pipe, a log file): plain lines, no
+boxes, no colours, no redrawing, one line per event, so the output greps and diffs well. On a
+terminal (`sandbox.richrender.RichRenderer`): tables, colours and a live gate table.
+`for_stdout` chooses one, once.
+
+Nothing here imports rich or the modules whose results it draws (gate, snapshots, verify):
+`inv status` with its output in a pipe pays for neither (issue 10). Nothing here decides
+anything; it only shows what it is given.
 """
 
 from __future__ import annotations
 
-import time
+import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Protocol
-
-from rich import box
-from rich.console import Console, RenderableType
-from rich.live import Live
-from rich.spinner import Spinner
-from rich.table import Table
-from rich.text import Text
+from typing import IO, TYPE_CHECKING, Protocol
 
 from sandbox.checks import CheckResult, GateResult, State
 from sandbox.slots import OBSERVABILITY_PROJECT
-from sandbox.snapshots import Row as SnapshotRow
-from sandbox.snapshots import human_age, human_size
-from sandbox.status import SlotStatus
-from sandbox.verify import VerifyReport
+
+if TYPE_CHECKING:
+    from sandbox.snapshots import Row as SnapshotRow
+    from sandbox.status import SlotStatus
+    from sandbox.verify import VerifyReport
 
 PASS, FAIL = "✓", "✗"
 STATE_STYLE = {"running": "green", "partial": "yellow", "stopped": "red", "failed": "red"}
@@ -98,7 +97,7 @@ class BuiltLike(Protocol):
     def seconds(self) -> float: ...
 
 
-def _seconds(value: float | None) -> str:
+def shown_seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}s"
 
 
@@ -115,7 +114,7 @@ STATUS_HEADER = (
 )
 
 
-def _status_cells(rows: Sequence[SlotStatus]) -> list[tuple[str, ...]]:
+def status_cells(rows: Sequence[SlotStatus]) -> list[tuple[str, ...]]:
     return [
         (
             str(r.slot),
@@ -136,6 +135,8 @@ SNAPSHOT_HEADER = ("name", "slot", "app", "size", "age", "migration")
 
 
 def _snapshot_cells(rows: Sequence[SnapshotRow]) -> list[tuple[str, ...]]:
+    from sandbox.snapshots import human_age, human_size  # loaded already: rows come from it
+
     return [
         (
             r.name,
@@ -149,21 +150,21 @@ def _snapshot_cells(rows: Sequence[SnapshotRow]) -> list[tuple[str, ...]]:
     ]
 
 
-def _verdict(report: VerifyReport) -> str:
+def verdict_line(report: VerifyReport) -> str:
     failed = sum(not c.passed for c in report.checks)
     if not failed:
         return f"slot {report.slot}: all {len(report.checks)} checks passed"
     return f"slot {report.slot}: {failed} of {len(report.checks)} checks failed"
 
 
-def _passed_headline(result: GateResult) -> str:
+def passed_headline(result: GateResult) -> str:
     return (
         f"slot {result.slot} is ready: all {len(result.checks)} checks passed "
         f"in {result.elapsed:.1f}s"
     )
 
 
-def _failed_headline(result: GateResult) -> str:
+def failed_headline(result: GateResult) -> str:
     return (
         f"slot {result.slot} is not ready after {result.elapsed:.1f}s: "
         f"{len(result.failed)} of {len(result.checks)} checks failed"
@@ -210,98 +211,45 @@ class PlainGateProgress(GateProgress):
     @staticmethod
     def _outcome(check: CheckResult) -> str:
         if check.state is State.PASSED:
-            return f"gate: {check.name} passed after {_seconds(check.elapsed)}"
+            return f"gate: {check.name} passed after {shown_seconds(check.elapsed)}"
         if check.state is State.NOT_WAITED:
             return f"gate: {check.name} not decided: {check.detail}"
         return f"gate: {check.name} FAILED: {check.detail}"
 
 
-class RichGateProgress(GateProgress):
-    """A live table, redrawn as checks change.
+def is_terminal(stream: IO[str], environ: Mapping[str, str]) -> bool:
+    """Whether `stream` gets tables and colours: rich's own rule (`Console.is_terminal`:
+    TTY_COMPATIBLE, then FORCE_COLOR, then isatty), asked without importing rich."""
+    compatible = environ.get("TTY_COMPATIBLE", "")
+    if compatible in ("0", "1"):
+        return compatible == "1"
+    if "FORCE_COLOR" in environ:
+        return environ["FORCE_COLOR"] != ""
+    try:
+        return stream.isatty()
+    except ValueError:  # a closed stream is no terminal
+        return False
 
-    The table starts with the first update, so whatever prints before the gate (preflight)
-    is not drawn under an empty table, and `--no-wait` draws nothing.
-    """
 
-    def __init__(self, renderer: Renderer, slot: int) -> None:
-        super().__init__(renderer, slot)
-        self.live: Live | None = None
-        self.started = time.monotonic()  # only for the "waiting 12s" title
-        self.spinners: dict[str, Spinner] = {}
+def for_stdout() -> Renderer:
+    """Tables and colours on a terminal, plain lines anywhere else; rich only on a terminal."""
+    if not is_terminal(sys.stdout, os.environ):
+        return PlainRenderer()
+    from sandbox.richrender import RichRenderer
 
-    def __call__(self, checks: list[CheckResult]) -> None:
-        self.checks = checks
-        if self.live is None:
-            self.started = time.monotonic()
-            self.live = Live(
-                self, console=self.renderer.console, refresh_per_second=8, transient=False
-            )
-            self.live.start()
-        else:
-            self.live.refresh()
-
-    def __rich__(self) -> RenderableType:
-        done = all(c.state is not State.WAITING for c in self.checks)
-        waited = time.monotonic() - self.started
-        title = (
-            f"slot {self.slot}: startability gate"
-            if done
-            else f"slot {self.slot}: waiting for the stack ({waited:.0f}s)"
-        )
-        table = Table(title=title, box=box.SIMPLE, title_justify="left")
-        for column in ("", "check", "what", "detail"):
-            table.add_column(column)
-        table.add_column("after", justify="right")
-        for check in self.checks:
-            style = "red" if check.state is State.FAILED else ""
-            table.add_row(
-                self._icon(check),
-                Text(check.name, style="bold"),
-                Text(check.label, style="dim"),
-                Text(check.detail, style=style),
-                _seconds(check.elapsed),
-            )
-        return table
-
-    def _icon(self, check: CheckResult) -> RenderableType:
-        if check.state is State.PASSED:
-            return Text(PASS, style="green")
-        if check.state is State.FAILED:
-            return Text(FAIL, style="red")
-        if check.state is State.NOT_WAITED:
-            return Text("-", style="dim")
-        return self.spinners.setdefault(check.name, Spinner("dots", style="cyan"))
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.refresh()
-            self.live.stop()
-            self.live = None
+    return RichRenderer.for_stdout()
 
 
 class Renderer(ABC):
-    """What both kinds of output share; `for_console` picks the kind once."""
+    """What both kinds of output share; `for_stdout` picks the kind once."""
 
     plain: bool
-    progress_class: type[GateProgress]
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-
-    @staticmethod
-    def for_console(console: Console) -> Renderer:
-        """Tables and colours on a terminal, plain lines anywhere else."""
-        return RichRenderer(console) if console.is_terminal else PlainRenderer(console)
-
-    @classmethod
-    def for_stdout(cls) -> Renderer:
-        return Renderer.for_console(Console())
 
     # -- generic ------------------------------------------------------------------------
 
+    @abstractmethod
     def line(self, text: str) -> None:
-        """One line of text, never read as markup."""
-        self.console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+        """One line of text, as it is (never read as markup)."""
 
     @abstractmethod
     def details(self, text: str) -> None:
@@ -336,10 +284,14 @@ class Renderer(ABC):
 
     # -- gate ---------------------------------------------------------------------------
 
+    @abstractmethod
+    def progress(self, slot: int) -> GateProgress:
+        """The `on_update` of slot `slot`'s gate, in this kind of output."""
+
     @contextmanager
     def gate_progress(self, slot: int) -> Iterator[GateProgress]:
         """`with out.gate_progress(slot) as on_update: run_gate(..., on_update=on_update)`."""
-        progress = self.progress_class(self, slot)
+        progress = self.progress(slot)
         try:
             yield progress
         finally:
@@ -427,7 +379,21 @@ class PlainRenderer(Renderer):
     """Plain lines: no boxes, no colours, no redrawing."""
 
     plain = True
-    progress_class = PlainGateProgress
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._stream = stream
+
+    @property
+    def stream(self) -> IO[str]:
+        """The stream given, else sys.stdout as it is at each write (as rich's Console does),
+        so that a redirection made after the renderer is followed."""
+        return sys.stdout if self._stream is None else self._stream
+
+    def line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+
+    def progress(self, slot: int) -> GateProgress:
+        return PlainGateProgress(self, slot)
 
     def details(self, text: str) -> None:
         for line in text.splitlines():
@@ -440,13 +406,13 @@ class PlainRenderer(Renderer):
         self.line(text)
 
     def gate_passed(self, result: GateResult) -> None:
-        self.line(f"gate: {_passed_headline(result)}")
+        self.line(f"gate: {passed_headline(result)}")
         width = max((len(label) for label in result.urls), default=0)
         for label, url in result.urls.items():
             self.line(f"  {label.ljust(width)}  {url}")
 
     def gate_failed(self, result: GateResult) -> None:
-        self.line(f"gate: {_failed_headline(result)}")
+        self.line(f"gate: {failed_headline(result)}")
         for check in result.failed:
             self.line(f"  {check.name}: {check.detail}")
 
@@ -456,7 +422,7 @@ class PlainRenderer(Renderer):
             self.line(line)
 
     def status_table(self, rows: Sequence[SlotStatus]) -> None:
-        self.table(STATUS_HEADER, _status_cells(rows))
+        self.table(STATUS_HEADER, status_cells(rows))
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         table = [header, *rows]
@@ -469,91 +435,4 @@ class PlainRenderer(Renderer):
             for check in report.checks:
                 verdict = "pass" if check.passed else "FAIL"
                 self.line(f"verify: slot {report.slot} {check.name}: {verdict}: {check.detail}")
-            self.line(_verdict(report))
-
-
-class RichRenderer(Renderer):
-    """Tables, colours and a live gate table, for a terminal."""
-
-    plain = False
-    progress_class = RichGateProgress
-
-    def details(self, text: str) -> None:
-        self.console.print(Text(text, style="dim"), soft_wrap=True)
-
-    def step(self, name: str, detail: str) -> None:
-        self.console.print(Text.assemble(("• ", "cyan"), (name, "bold"), " ", detail))
-
-    def title(self, text: str) -> None:
-        self.console.print(Text(text, style="bold"))
-
-    def gate_passed(self, result: GateResult) -> None:
-        headline = _passed_headline(result)
-        self.console.print(Text.assemble((f"{PASS} ", "green bold"), (headline, "bold")))
-        table = Table(box=box.SIMPLE, show_header=True)
-        table.add_column("service")
-        table.add_column("URL")
-        for label, url in result.urls.items():
-            table.add_row(label, Text(url, style="cyan"))
-        self.console.print(table)
-
-    def gate_failed(self, result: GateResult) -> None:
-        headline = _failed_headline(result)
-        self.console.print(Text.assemble((f"{FAIL} ", "red bold"), (headline, "bold")))
-        table = Table(box=box.SIMPLE)
-        table.add_column("check")
-        table.add_column("detail", style="red")
-        table.add_column("logs of")
-        for check in result.failed:
-            services = ", ".join((check.service, *check.log_services))
-            table.add_row(check.name, check.detail, services)
-        self.console.print(table)
-
-    def log_tail(self, service: str, text: str) -> None:
-        self.console.rule(Text(f"{service}: last log lines", style="bold"), align="left")
-        self.console.print(Text(text), soft_wrap=True)
-
-    def status_table(self, rows: Sequence[SlotStatus]) -> None:
-        table = Table(box=box.SIMPLE_HEAD)
-        for name in STATUS_HEADER:
-            table.add_column(name, justify="right" if name in ("slot", "healthy") else "left")
-        for row, status in zip(_status_cells(rows), rows, strict=True):
-            table.add_row(
-                row[0],
-                row[1],
-                Text(row[2], style=STATE_STYLE.get(status.state, "")),
-                row[3],
-                row[4],
-                row[5],
-                Text(row[6], style="cyan"),
-                row[7],
-                row[8],
-            )
-        self.console.print(table)
-
-    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-        table = Table(box=box.SIMPLE_HEAD)
-        for name in header:
-            table.add_column(name)
-        for row in rows:
-            table.add_row(*row)
-        self.console.print(table)
-
-    def verify(self, reports: Sequence[VerifyReport]) -> None:
-        table = Table(box=box.SIMPLE_HEAD)
-        table.add_column("slot", justify="right")
-        for column in ("check", "", "detail"):
-            table.add_column(column)
-        for report in reports:
-            for check in report.checks:
-                table.add_row(
-                    str(report.slot),
-                    check.name,
-                    Text(PASS, style="green") if check.passed else Text(FAIL, style="red"),
-                    Text(check.detail, style="" if check.passed else "red"),
-                )
-            table.add_section()
-        self.console.print(table)
-        for report in reports:
-            style = "green" if report.passed else "red bold"
-            self.console.print(Text(_verdict(report), style=style))
+            self.line(verdict_line(report))

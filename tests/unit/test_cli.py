@@ -123,3 +123,27 @@ def test_init_shared_creates_and_never_overwrites(tmp_path: Path) -> None:
     assert (shared / "strategies" / "s.yaml").read_text() == "name: s\n"
     assert (shared / "models").is_dir()
     assert "copied 1 file(s)" in result.stdout and "left 1 existing" in result.stdout
+
+
+# `inv status` on a pipe, on an engine with no slots: what it imports of ours and of rich.
+STATUS_IMPORTS = """
+import sys
+import tasks
+from invoke.context import Context
+from sandbox import runner
+runner.execute = lambda cmd, **options: runner.Result(tuple(map(str, cmd)), 0, "")
+tasks.status(Context())
+print(" ".join(sorted(m for m in sys.modules if m.split(".")[0] in ("sandbox", "rich"))))
+"""
+
+
+def test_status_loads_only_what_it_uses() -> None:
+    """Each module is milliseconds of every `inv status` (issue 10: at most 1.2x importing
+    invoke plus one `docker ps`): no rich on a pipe, nothing that runs Compose or HTTP."""
+    result = run([sys.executable, "-c", STATUS_IMPORTS], env=dict(os.environ), cwd=ROOT)
+    assert result.ok, result.stderr
+    said, loaded = result.stdout.strip().splitlines()
+    assert said == "no sandbox slots have containers"
+    ours = {"checks", "docker", "engine", "errors", "lastup", "lazy", "render", "runner"}
+    ours |= {"settings", "shared", "slots", "status"}
+    assert set(loaded.split()) == {"sandbox", *(f"sandbox.{name}" for name in ours)}

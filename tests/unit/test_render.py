@@ -7,20 +7,22 @@ from io import StringIO
 
 from rich.console import Console
 
+from sandbox import render
 from sandbox.checks import CheckResult, GateResult, State
-from sandbox.render import Renderer
+from sandbox.render import PlainRenderer, Renderer
+from sandbox.richrender import RichRenderer
 from sandbox.status import SlotStatus
 from sandbox.verify import VerifyCheck, VerifyReport
 
 
 def plain() -> tuple[Renderer, StringIO]:
     buffer = StringIO()
-    return Renderer.for_console(Console(file=buffer, force_terminal=False, width=60)), buffer
+    return PlainRenderer(buffer), buffer
 
 
 def terminal() -> tuple[Renderer, StringIO]:
     buffer = StringIO()
-    return Renderer.for_console(Console(file=buffer, force_terminal=True, width=140)), buffer
+    return RichRenderer(Console(file=buffer, force_terminal=True, width=140)), buffer
 
 
 def waiting(name: str, service: str = "") -> CheckResult:
@@ -231,3 +233,19 @@ def test_plain_preflight_and_images() -> None:
         "ktrdr-sandbox/reference-app:latest: 12.3s",
         "images: 1 ready; ./.env now selects local stand-ins (offline)",
     ]
+
+
+class Tty(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_terminal_or_not_follows_rich_without_importing_it() -> None:
+    assert render.is_terminal(Tty(), {}) and not render.is_terminal(StringIO(), {})
+    assert render.is_terminal(StringIO(), {"FORCE_COLOR": "1"})
+    assert not render.is_terminal(Tty(), {"FORCE_COLOR": ""})
+    assert not render.is_terminal(Tty(), {"TTY_COMPATIBLE": "0", "FORCE_COLOR": "1"})
+    assert render.is_terminal(StringIO(), {"TTY_COMPATIBLE": "1"})
+    for environ in ({}, {"FORCE_COLOR": "1"}, {"TTY_COMPATIBLE": "1"}):
+        console = Console(file=Tty(), _environ=environ)  # rich's own answer, for comparison
+        assert render.is_terminal(Tty(), environ) == console.is_terminal
