@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from sandbox import engine, remotehost, runner
 from sandbox.compose import IMAGE_VARIABLES, IMAGES_ENV, image_settings
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import display
-from sandbox.settings import CLI_TIMEOUT, REGISTRY_PROBE_TIMEOUT
+from sandbox.settings import BUILD_WORKERS, CLI_TIMEOUT, REGISTRY_PROBE_TIMEOUT
 
 CONTEXT = "containers"
 BASE_SCRIPT = "scripts/build-debian-base.sh"
@@ -46,7 +47,8 @@ class LocalImage:
     what: str
 
 
-# Offline replacements, in build order. The app comes last: it is the one that changes.
+# Offline replacements, each built FROM the offline base. The app comes last: it is the one
+# that changes.
 OFFLINE: tuple[LocalImage, ...] = (
     LocalImage(
         "KTRDR_DB_IMAGE",
@@ -89,11 +91,12 @@ def app_image(root: Path) -> LocalImage:
 
 @dataclass(frozen=True)
 class Step:
-    """One command of an image build, with what it produces."""
+    """One command of an image build, with what it produces and what it builds on."""
 
     what: str
     cmd: list[str]
     env: dict[str, str]
+    after: tuple[str, ...] = ()  # the steps (by `what`) whose images this one starts FROM
 
 
 @dataclass(frozen=True)
@@ -150,14 +153,15 @@ def docker_build(root: Path, image: LocalImage, base: str) -> list[str]:
 
 
 def plan(root: Path, offline: bool, environ: Mapping[str, str], buildkit: bool) -> list[Step]:
-    """Every command `inv images` runs, in order."""
+    """Every command `inv images` runs; a step starts once those it comes `after` are done."""
     env = build_env(environ, buildkit)
     app = app_image(root)
     if offline:
         base_env = {**environ, "KTRDR_DEBIAN_SUITE": DEBIAN_SUITE}
         steps = [Step(OFFLINE_BASE, ["bash", str(root / BASE_SCRIPT)], base_env)]
-        steps += [Step(i.tag, docker_build(root, i, OFFLINE_BASE), env) for i in OFFLINE]
-        return [*steps, Step(app.tag, docker_build(root, app, OFFLINE_BASE), env)]
+        on_base = (OFFLINE_BASE,)
+        steps += [Step(i.tag, docker_build(root, i, OFFLINE_BASE), env, on_base) for i in OFFLINE]
+        return [*steps, Step(app.tag, docker_build(root, app, OFFLINE_BASE), env, on_base)]
     steps = [Step(tag, ["docker", "pull", tag], dict(environ)) for tag in UPSTREAM.values()]
     return [*steps, Step(app.tag, docker_build(root, app, UPSTREAM_BASE), env)]
 
@@ -189,13 +193,12 @@ def build(
     environ: Mapping[str, str],
     on_step: Callable[[Step], None] | None = None,
 ) -> list[Built]:
-    """Run the plan, stop at the first failure, then record the selection in ./.env."""
-    done = []
-    for step in plan(root, offline, environ, buildkit_available(environ)):
-        if on_step:
-            on_step(step)
+    """Run the plan, BUILD_WORKERS steps at a time; after a failure start nothing more, then
+    record the selection in ./.env."""
+    again = "inv images --offline" if offline else "inv images"
+
+    def run_step(step: Step) -> Built:
         started = time.monotonic()
-        again = "inv images --offline" if offline else "inv images"
         runner.run(
             step.cmd,
             env=step.env,
@@ -203,9 +206,62 @@ def build(
             check=f"building {step.what} failed ({display(step.cmd)}); "
             f"the output above says why: fix it and re-run `{again}`",
         )
-        done.append(Built(step.what, time.monotonic() - started, display(step.cmd)))
+        return Built(step.what, time.monotonic() - started, display(step.cmd))
+
+    steps = plan(root, offline, environ, buildkit_available(environ))
+    done = run_steps(steps, run_step, BUILD_WORKERS, on_step)
     (root / IMAGES_ENV).write_text(render_env(offline, root))
     return done
+
+
+def ready(waiting: Sequence[Step], finished: Mapping[str, Built]) -> list[Step]:
+    """The steps of `waiting` whose every `after` step has finished, in plan order."""
+    return [step for step in waiting if all(name in finished for name in step.after)]
+
+
+def run_steps(
+    steps: Sequence[Step],
+    run_step: Callable[[Step], Built],
+    workers: int,
+    on_step: Callable[[Step], None] | None = None,
+) -> list[Built]:
+    """Run each step once those it comes after are done, at most `workers` at once (the base
+    first, then the images built FROM it side by side), and return what each built, in plan
+    order. After a failure nothing new starts; the first failure is raised once the running
+    steps end. `on_step` is told of each start, from this thread."""
+    unknown = {name for step in steps for name in step.after} - {step.what for step in steps}
+    if unknown:
+        raise ValueError(f"steps come after steps the plan does not have: {sorted(unknown)}")
+    waiting, finished = list(steps), dict[str, Built]()
+    running: dict[futures.Future[Built], Step] = {}
+    failure: SandboxError | None = None
+    with futures.ThreadPoolExecutor(workers) as pool:
+        while True:
+            for step in [] if failure else ready(waiting, finished)[: workers - len(running)]:
+                waiting.remove(step)
+                if on_step:
+                    on_step(step)
+                running[pool.submit(run_step, step)] = step
+            if not running:
+                break
+            ended, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for future in ended:
+                failed = _finish(running.pop(future), future, finished)
+                failure = failure or failed
+    if failure:
+        raise failure
+    return [finished[step.what] for step in steps]
+
+
+def _finish(
+    step: Step, future: futures.Future[Built], finished: dict[str, Built]
+) -> SandboxError | None:
+    """Record a step that ended: what it built, or its failure (returned, not raised)."""
+    try:
+        finished[step.what] = future.result()
+    except SandboxError as exc:
+        return exc
+    return None
 
 
 def build_app(root: Path, environ: Mapping[str, str]) -> Built:

@@ -49,6 +49,12 @@ ENGINE_QUERY_TIMEOUT = 30.0
 # Pulling the small Debian base to learn whether a registry answers at all.
 REGISTRY_PROBE_TIMEOUT = 120.0
 
+# --- `inv images` ---------------------------------------------------------------------------
+
+# Image builds at once once the base is there: apt downloads and dpkg unpacks overlap well on
+# 2 cores; more than 3 only queue on the CPU and make each build's output arrive later.
+BUILD_WORKERS = 3
+
 # --- slot locks -----------------------------------------------------------------------------
 
 # How long a second `inv up`/`down` of the same slot waits for the first before refusing.
