@@ -57,18 +57,34 @@ LOCAL_PREFIX = "ktrdr-sandbox/"
 
 
 @dataclass(frozen=True)
+class Place:
+    """Which container runs a simulated remote host, which volume holds its inner engine's
+    /var/lib/docker, and the loopback address its ports are published on. The default is the
+    remote tests' own; another place runs a second host beside it (benchmarks/bench_images.py
+    measures image builds on an empty engine without touching theirs)."""
+
+    container: str = CONTAINER
+    volume: str = VOLUME
+    address: str = ADDRESS
+
+
+DEFAULT_PLACE = Place()
+
+
+@dataclass(frozen=True)
 class RemoteHost:
     """Where the simulated remote host answers, and the client files that reach it."""
 
     state_dir: Path
+    place: Place = DEFAULT_PLACE
 
     @property
     def tcp_url(self) -> str:
-        return f"tcp://{ADDRESS}:{API_PORT}"
+        return f"tcp://{self.place.address}:{API_PORT}"
 
     @property
     def ssh_url(self) -> str:
-        return f"ssh://root@{ADDRESS}:{SSH_PORT}"
+        return f"ssh://root@{self.place.address}:{SSH_PORT}"
 
     @property
     def key(self) -> Path:
@@ -118,18 +134,20 @@ def published_ports(slot_numbers: Iterable[int]) -> list[int]:
     return sorted({spec.host_port(slot) for slot in slot_numbers for spec in slots.PORTS})
 
 
-def run_command(public_key: str, slot_numbers: Iterable[int]) -> list[str]:
+def run_command(
+    public_key: str, slot_numbers: Iterable[int], place: Place = DEFAULT_PLACE
+) -> list[str]:
     """The `docker run` that starts the remote host (on the local engine)."""
-    publish = [f"--publish={ADDRESS}:{port}:{port}" for port in (API_PORT, SSH_PORT)]
-    publish += [f"--publish={ADDRESS}:{port}:{port}" for port in published_ports(slot_numbers)]
+    ports = [API_PORT, SSH_PORT, *published_ports(slot_numbers)]
+    publish = [f"--publish={place.address}:{port}:{port}" for port in ports]
     return [
         "docker",
         "run",
         "--detach",
-        f"--name={CONTAINER}",
-        f"--hostname={CONTAINER}",
+        f"--name={place.container}",
+        f"--hostname={place.container}",
         *SECURITY,
-        f"--volume={VOLUME}:/var/lib/docker",
+        f"--volume={place.volume}:/var/lib/docker",
         f"--env=KTRDR_AUTHORIZED_KEY={public_key}",
         *publish,
         IMAGE,
@@ -141,8 +159,8 @@ def ssh_config_text(host: RemoteHost) -> str:
     ssh://ktrdr-remote and ssh://root@127.0.0.2:2222 find the key."""
     return (
         f"# Written by sandbox/remotehost.py for the simulated remote host; not ~/.ssh.\n"
-        f"Host {SSH_ALIAS} {ADDRESS}\n"
-        f"  HostName {ADDRESS}\n"
+        f"Host {SSH_ALIAS} {host.place.address}\n"
+        f"  HostName {host.place.address}\n"
         f"  Port {SSH_PORT}\n"
         f"  User root\n"
         f"  IdentityFile {host.key}\n"
@@ -298,14 +316,14 @@ def write_client_files(host: RemoteHost, environ: Mapping[str, str]) -> str:
     return host.key.with_suffix(".pub").read_text().strip()
 
 
-def _container_state(environ: Mapping[str, str]) -> str | None:
+def _container_state(environ: Mapping[str, str], container: str = CONTAINER) -> str | None:
     """running, exited, ... or None when there is no remote-host container."""
-    result = _docker(["container", "inspect", "--format", "{{.State.Status}}", CONTAINER], environ)
+    result = _docker(["container", "inspect", "--format", "{{.State.Status}}", container], environ)
     return result.stdout.strip() if result.ok else None
 
 
-def _logs_tail(environ: Mapping[str, str]) -> str:
-    return _docker(["logs", "--tail", "15", CONTAINER], environ).tail(15)
+def _logs_tail(environ: Mapping[str, str], container: str = CONTAINER) -> str:
+    return _docker(["logs", "--tail", "15", container], environ).tail(15)
 
 
 def wait_for_engine(host: RemoteHost, environ: Mapping[str, str], timeout: float) -> str:
@@ -316,14 +334,15 @@ def wait_for_engine(host: RemoteHost, environ: Mapping[str, str], timeout: float
         result = run(["docker", "version", "--format", "{{.Server.Version}}"], env=env, timeout=10)
         if result.ok and result.stdout.strip():
             return result.stdout.strip()
-        state = _container_state(environ)
+        container = host.place.container
+        state = _container_state(environ, container)
         if state != "running" or time.monotonic() > deadline:
             why = f"its container is {state}" if state != "running" else f"no answer in {timeout}s"
             raise SandboxError(
                 f"the remote host did not start: {why}; its log above says why "
-                f"(`docker logs {CONTAINER}`)",
+                f"(`docker logs {container}`)",
                 Exit.NO_ENGINE,
-                details=_logs_tail(environ),
+                details=_logs_tail(environ, container),
             )
         time.sleep(POLL_INTERVAL)
 
@@ -463,19 +482,24 @@ def reset(host: RemoteHost, environ: Mapping[str, str]) -> int:
     return removed
 
 
-def stop(environ: Mapping[str, str] | None = None, keep_volume: bool = False) -> list[str]:
+def stop(
+    environ: Mapping[str, str] | None = None,
+    keep_volume: bool = False,
+    place: Place = DEFAULT_PLACE,
+) -> list[str]:
     """Remove the container (and its volume unless kept); what was removed. The inner engine
     gets a clean shutdown first when its volume is kept for the next start."""
     env = dict(os.environ if environ is None else environ)
     removed = []
-    if _container_state(env) is not None:
+    if _container_state(env, place.container) is not None:
         if keep_volume:
-            _docker(["stop", "--time", "30", CONTAINER], env, 120)
-        _check(_docker(["rm", "--force", "--volumes", CONTAINER], env, 120), "docker rm", "")
-        removed.append(f"container {CONTAINER}")
-    if not keep_volume and _docker(["volume", "inspect", VOLUME], env).ok:
-        _check(_docker(["volume", "rm", VOLUME], env, 120), "docker volume rm", "")
-        removed.append(f"volume {VOLUME}")
+            _docker(["stop", "--time", "30", place.container], env, 120)
+        rm = ["rm", "--force", "--volumes", place.container]
+        _check(_docker(rm, env, 120), "docker rm", "")
+        removed.append(f"container {place.container}")
+    if not keep_volume and _docker(["volume", "inspect", place.volume], env).ok:
+        _check(_docker(["volume", "rm", place.volume], env, 120), "docker volume rm", "")
+        removed.append(f"volume {place.volume}")
     return removed
 
 

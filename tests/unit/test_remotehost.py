@@ -35,6 +35,16 @@ def test_run_command_publishes_on_127_0_0_2_only_and_avoids_privileged() -> None
     assert cmd[-1] == remotehost.IMAGE
 
 
+def test_a_second_place_runs_beside_the_default_one(tmp_path: Path) -> None:
+    place = remotehost.Place("ktrdr-bench-x", "ktrdr-bench-x-docker", "127.0.0.3")
+    cmd = remotehost.run_command("key", [], place)
+    assert "--name=ktrdr-bench-x" in cmd and "--volume=ktrdr-bench-x-docker:/var/lib/docker" in cmd
+    publishes = [arg for arg in cmd if arg.startswith("--publish=")]
+    assert publishes == ["--publish=127.0.0.3:2375:2375", "--publish=127.0.0.3:2222:2222"]
+    assert RemoteHost(tmp_path, place).tcp_url == "tcp://127.0.0.3:2375"
+    assert RemoteHost(tmp_path).tcp_url == "tcp://127.0.0.2:2375"  # the default stays
+
+
 def test_names_carry_the_helper_prefix() -> None:
     assert remotehost.CONTAINER.startswith("ktrdr-remote-")
     assert remotehost.VOLUME.startswith("ktrdr-remote-")
