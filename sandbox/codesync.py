@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import apps, compose, engine, runner
+from sandbox import STATE_DIR, apps, compose, engine, runner
 from sandbox.docker import CLIENT_LABEL, client_name
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
@@ -69,7 +69,7 @@ def volume_name(project: str) -> str:
 
 
 def state_path(root: Path, slot: int) -> Path:
-    return root / apps.STATE_DIR / f"slot-{slot}.sync.json"
+    return root / STATE_DIR / f"slot-{slot}.sync.json"
 
 
 def listing(source: apps.Source) -> Listing:
