@@ -2,8 +2,8 @@
 
 When stdout is not a terminal (`PlainRenderer`: CI, a pipe, a log file): plain lines, no
 boxes, no colours, no redrawing, one line per event, so the output greps and diffs well. On a
-terminal (`sandbox.richrender.RichRenderer`): tables, colours and a live gate table.
-`for_stdout` chooses one, once.
+terminal (`TerminalRenderer`, drawing with `sandbox.richrender.RichRenderer`): tables, colours
+and a live gate table. `for_stdout` chooses one, once.
 
 Nothing here imports rich or the modules whose results it draws (gate, snapshots, verify):
 `inv status` with its output in a pipe pays for neither (issue 10). Nothing here decides
@@ -12,6 +12,7 @@ anything; it only shows what it is given.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from abc import ABC, abstractmethod
@@ -233,11 +234,7 @@ def is_terminal(stream: IO[str], environ: Mapping[str, str]) -> bool:
 
 def for_stdout() -> Renderer:
     """Tables and colours on a terminal, plain lines anywhere else; rich only on a terminal."""
-    if not is_terminal(sys.stdout, os.environ):
-        return PlainRenderer()
-    from sandbox.richrender import RichRenderer
-
-    return RichRenderer.for_stdout()
+    return TerminalRenderer() if is_terminal(sys.stdout, os.environ) else PlainRenderer()
 
 
 class Renderer(ABC):
@@ -436,3 +433,53 @@ class PlainRenderer(Renderer):
                 verdict = "pass" if check.passed else "FAIL"
                 self.line(f"verify: slot {report.slot} {check.name}: {verdict}: {check.detail}")
             self.line(verdict_line(report))
+
+
+class TerminalRenderer(Renderer):
+    """Stdout on a terminal: rich's renderer (`sandbox.richrender`), imported at the first
+    thing drawn with it. Until then a line is only a line, so an answer of one line (`inv
+    status` with no slots, `inv env`, `inv down`) does not load rich (about 30 ms)."""
+
+    plain = False
+
+    @functools.cached_property
+    def rich(self) -> Renderer:
+        from sandbox.richrender import RichRenderer
+
+        return RichRenderer.for_stdout()
+
+    def line(self, text: str) -> None:
+        if "rich" in self.__dict__:  # through rich once it draws: a live table stays whole
+            self.rich.line(text)
+        else:
+            sys.stdout.write(text + "\n")
+
+    def details(self, text: str) -> None:
+        self.rich.details(text)
+
+    def step(self, name: str, detail: str) -> None:
+        self.rich.step(name, detail)
+
+    def title(self, text: str) -> None:
+        self.rich.title(text)
+
+    def progress(self, slot: int) -> GateProgress:
+        return self.rich.progress(slot)
+
+    def gate_passed(self, result: GateResult) -> None:
+        self.rich.gate_passed(result)
+
+    def gate_failed(self, result: GateResult) -> None:
+        self.rich.gate_failed(result)
+
+    def log_tail(self, service: str, text: str) -> None:
+        self.rich.log_tail(service, text)
+
+    def status_table(self, rows: Sequence[SlotStatus]) -> None:
+        self.rich.status_table(rows)
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        self.rich.table(header, rows)
+
+    def verify(self, reports: Sequence[VerifyReport]) -> None:
+        self.rich.verify(reports)

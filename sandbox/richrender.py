@@ -1,7 +1,8 @@
 """Drawing on a terminal: tables, colours and a live gate table, with rich.
 
-The one module that imports rich, and only `render.for_stdout` imports it, when stdout is a
-terminal: plain output never loads rich (about 30 ms of `inv status`).
+The one module that imports rich; only `render.TerminalRenderer` imports it, at the first
+thing it draws: plain output, and a one-line answer on a terminal, never load rich (about
+30 ms of `inv status`).
 """
 
 from __future__ import annotations

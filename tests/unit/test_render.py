@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, replace
 from io import StringIO
 
 from rich.console import Console
 
-from sandbox import render
+from sandbox import ROOT, render
 from sandbox.checks import CheckResult, GateResult, State
 from sandbox.render import PlainRenderer, Renderer
 from sandbox.richrender import RichRenderer
+from sandbox.runner import run
 from sandbox.status import SlotStatus
 from sandbox.verify import VerifyCheck, VerifyReport
 
@@ -249,3 +252,24 @@ def test_terminal_or_not_follows_rich_without_importing_it() -> None:
     for environ in ({}, {"FORCE_COLOR": "1"}, {"TTY_COMPATIBLE": "1"}):
         console = Console(file=Tty(), _environ=environ)  # rich's own answer, for comparison
         assert render.is_terminal(Tty(), environ) == console.is_terminal
+
+
+# stdout taken for a terminal (rich's TTY_COMPATIBLE=1) in a fresh interpreter: is rich loaded?
+ON_A_TERMINAL = """
+import sys
+from sandbox import render
+out = render.for_stdout()
+out.status([])
+print("rich loaded:", "rich" in sys.modules)
+out.table(["slot"], [["1"]])
+print("rich loaded:", "rich" in sys.modules)
+"""
+
+
+def test_on_a_terminal_rich_is_loaded_at_the_first_thing_drawn() -> None:
+    env = {**os.environ, "TTY_COMPATIBLE": "1"}
+    result = run([sys.executable, "-c", ON_A_TERMINAL], env=env, cwd=ROOT)
+    assert result.ok, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["no sandbox slots have containers", "rich loaded: False"]
+    assert "\x1b[" in result.stdout and lines[-1] == "rich loaded: True"  # a table, in colour
