@@ -510,7 +510,7 @@ def status(c: Context, slot: str | None = None, json: bool = False) -> None:
     only = None if slot is None else slots.parse_slot(slot)
     environ = dict(os.environ)
     if json:
-        print(statusjson.dumps(statusjson.collect(environ, only)))
+        print(statusjson.dumps(statusjson.collect(environ, only, ROOT)))
         return
     out().status(slot_status.collect(environ, only, ROOT), only_slot=only)
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sandbox import docker, engine, picker, slots, status, worktrees
+from sandbox import docker, engine, lastup, picker, slots, status, worktrees
 from sandbox.settings import ENGINE_ANSWER_TIMEOUT
 
 SCHEMA = "ktrdr-sandbox/status"
@@ -62,11 +63,30 @@ def _healthy(container: docker.Container) -> bool:
     return container.health == "healthy" or (container.running and container.health == "none")
 
 
-def slot_state(containers: Sequence[docker.Container], orphaned: bool) -> str:
-    """One of STATES: orphaned first (the user must act), then failed, then how much runs."""
+# What "last_up" says of a start that is not ready: still at work, or ended without the gate.
+UNFINISHED = ("failed", "interrupted", "killed")
+
+
+def last_up(record: lastup.LastUp | None) -> dict[str, str] | None:
+    """The slot's last `inv up` unless it ended ready: what became of it, why (as `inv
+    status` words it) and when (UTC); None when it was ready or nothing was recorded."""
+    if record is None or record.outcome == lastup.READY:
+        return None
+    outcome = record.outcome
+    if outcome == lastup.STARTING and not lastup.pid_alive(record.pid):
+        outcome = "killed"
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.at))
+    return {"outcome": outcome, "reason": record.explain(), "at": at}
+
+
+def slot_state(
+    containers: Sequence[docker.Container], orphaned: bool, last: dict[str, str] | None = None
+) -> str:
+    """One of STATES: orphaned first (the user must act), then failed (a container, or the
+    last `inv up` that did not finish), then how much runs."""
     if orphaned:
         return "orphaned"
-    if any(_failed(c) for c in containers):
+    if any(_failed(c) for c in containers) or (last and last["outcome"] in UNFINISHED):
         return "failed"
     running = [c for c in containers if c.running]
     if not running:
@@ -143,9 +163,11 @@ def slot_entry(
     source: SlotSource,
     volumes: Sequence[str] = (),
     where: engine.Engine = engine.LOCAL,
+    record: lastup.LastUp | None = None,
 ) -> dict[str, Any]:
-    """One element of "slots" (see STATUS_JSON.md)."""
+    """One element of "slots" (see STATUS_JSON.md); `record`: how its last `up` ended."""
     orphaned = not (source.source_exists and source.checkout_exists)
+    last = last_up(record)
     ports, host = ports_and_host(containers, slot, where)
     layouts = {c.layout for c in containers}
     layout = layouts.pop() if len(layouts) == 1 else slots.DEFAULT_LAYOUT
@@ -153,7 +175,7 @@ def slot_entry(
     return {
         "slot": slot,
         "project": slots.project_name(slot),
-        "state": slot_state(containers, orphaned),
+        "state": slot_state(containers, orphaned, last),
         "app": source.app,
         "source": source.source,
         "branch": source.branch,
@@ -169,6 +191,7 @@ def slot_entry(
             "healthy": sum(_healthy(c) for c in containers),
         },
         "volumes": sorted(volumes),
+        "last_up": last,
     }
 
 
@@ -186,15 +209,25 @@ def document(
     volumes: Mapping[int, Sequence[str]] | None = None,
     only_slot: int | None = None,
     where: engine.Engine = engine.LOCAL,
+    records: Mapping[int, lastup.LastUp] | None = None,
 ) -> dict[str, Any]:
     """The `inv status --json` document: every slot with a container or a volume, by slot.
     `sources` may lack a slot (nothing known about its source); `volumes` maps a slot to its
-    volume names (`picker.sandbox_volumes`); URLs reach the engine `where`."""
+    volume names (`picker.sandbox_volumes`); `records` a slot to how its last `up` ended;
+    URLs reach the engine `where`."""
     groups = by_slot(containers)
     volumes = volumes or {}
+    records = records or {}
     numbers = sorted(set(groups) | {s for s, names in volumes.items() if names})
     entries = [
-        slot_entry(n, groups.get(n, []), sources.get(n, SlotSource()), volumes.get(n, ()), where)
+        slot_entry(
+            n,
+            groups.get(n, []),
+            sources.get(n, SlotSource()),
+            volumes.get(n, ()),
+            where,
+            records.get(n),
+        )
         for n in numbers
         if only_slot is None or n == only_slot
     ]
@@ -276,10 +309,30 @@ def slot_sources(
     return found
 
 
-def collect(environ: Mapping[str, str], only_slot: int | None = None) -> dict[str, Any]:
+def last_ups(
+    containers: Sequence[docker.Container], slot_numbers: Iterable[int], root: Path | None
+) -> dict[int, lastup.LastUp]:
+    """How each slot's last `up` ended, as the checkout that started it recorded it (a slot
+    without containers: as `root`, this checkout, did)."""
+    groups = by_slot(containers)
+    found = {}
+    for slot in slot_numbers:
+        checkout = _checkout(groups.get(slot, [])) or (str(root) if root else None)
+        record = lastup.read(checkout, slot) if checkout else None
+        if record is not None:
+            found[slot] = record
+    return found
+
+
+def collect(
+    environ: Mapping[str, str], only_slot: int | None = None, root: Path | None = None
+) -> dict[str, Any]:
     """The `inv status --json` document of this engine: one `docker ps`, one `docker volume
-    ls`, and git for each source's branch; URLs at the engine's host (DOCKER_HOST, context)."""
+    ls`, and git for each source's branch; URLs at the engine's host (DOCKER_HOST, context).
+    `root`: this checkout, whose records explain slots that have no container."""
     containers = docker.sandbox_containers(environ, timeout=ENGINE_ANSWER_TIMEOUT)
     volumes = picker.volumes_by_slot(picker.sandbox_volumes(environ))
     sources = slot_sources(containers, environ)
-    return document(containers, sources, volumes, only_slot, engine.detect(environ))
+    records = last_ups(containers, set(by_slot(containers)) | set(volumes), root)
+    where = engine.detect(environ)
+    return document(containers, sources, volumes, only_slot, where, records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import ROOT, docker, engine, slots, statusjson, verify, worktrees
+from sandbox import ROOT, docker, engine, lastup, slots, statusjson, verify, worktrees
 from sandbox.docker import PublishedPort
 from sandbox.runner import run
 from sandbox.statusjson import SlotSource
@@ -38,7 +39,9 @@ SLOT: dict[str, Kind] = {
     "urls": dict,
     "services": dict,
     "volumes": list,
+    "last_up": (dict, type(None)),
 }
+LAST_UP = {"outcome": str, "reason": str, "at": str}
 SERVICES = {"total": int, "running": int, "healthy": int}
 
 
@@ -63,6 +66,10 @@ def check_shape(doc: dict[str, Any]) -> None:
         ]
         assert all(isinstance(v, str) for v in entry["urls"].values())
         assert all(isinstance(v, str) for v in entry["volumes"])
+        if entry["last_up"] is not None:
+            assert list(entry["last_up"]) == list(LAST_UP)
+            assert entry["last_up"]["outcome"] in ("starting", *statusjson.UNFINISHED)
+            assert all(isinstance(v, str) for v in entry["last_up"].values())
 
 
 def published(slot: int, service: str, ip: str = "127.0.0.1") -> tuple[PublishedPort, ...]:
@@ -112,6 +119,7 @@ def test_running_slot_document() -> None:
         },
         "services": {"total": 9, "running": 9, "healthy": 9},
         "volumes": [],
+        "last_up": None,
     }
 
 
@@ -294,3 +302,47 @@ def test_verify_document() -> None:
         ],
     }
     assert statusjson.verify_document([])["passed"] is True
+
+
+# ----------------------------------------------------------------------------- last up
+
+
+def record(outcome: str, reason: str = "", pid: int = 0) -> lastup.LastUp:
+    return lastup.LastUp(outcome, reason, pid, 1_800_000_000.0)
+
+
+def test_a_ready_start_says_nothing() -> None:
+    [entry] = statusjson.document(stack(1), {}, records={1: record(lastup.READY)})["slots"]
+    assert (entry["state"], entry["last_up"]) == ("running", None)
+
+
+def test_a_failed_start_fails_the_slot_and_says_why() -> None:
+    failed = record(lastup.FAILED, "gate: backend: HTTP 503")
+    doc = statusjson.document(stack(1), {}, records={1: failed})
+    check_shape(doc)
+    [entry] = doc["slots"]
+    assert entry["state"] == "failed"
+    assert entry["last_up"]["outcome"] == "failed"
+    assert entry["last_up"]["reason"].endswith(": gate: backend: HTTP 503")
+    assert entry["last_up"]["at"] == "2027-01-15T08:00:00Z"
+
+
+def test_a_start_at_work_is_not_a_failure_and_a_killed_one_is() -> None:
+    working = record(lastup.STARTING, pid=os.getpid())
+    [entry] = statusjson.document(stack(1), {}, records={1: working})["slots"]
+    assert entry["state"] == "running"
+    assert entry["last_up"]["outcome"] == "starting"
+    killed = record(lastup.STARTING, pid=2**22 + 12345)  # above Linux's pid_max
+    [entry] = statusjson.document(stack(1), {}, records={1: killed})["slots"]
+    assert (entry["state"], entry["last_up"]["outcome"]) == ("failed", "killed")
+
+
+def test_records_come_from_the_checkout_that_started_the_slot(tmp_path: Path) -> None:
+    started_here = tmp_path / "sandbox"
+    lastup.write(started_here, 3, lastup.FAILED, "compose: no space left")
+    lastup.write(started_here, 4, lastup.INTERRUPTED)
+    containers = [make(3, s, working_dir=str(started_here)) for s in slots.SERVICES]
+    found = statusjson.last_ups(containers, [3, 4, 5], started_here)
+    assert found[3].reason == "compose: no space left"
+    assert found[4].outcome == lastup.INTERRUPTED  # a volume only: this checkout's record
+    assert 5 not in found
