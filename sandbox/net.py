@@ -126,20 +126,20 @@ def urls(
 ) -> dict[str, str]:
     """Label -> URL of everything a developer opens on this slot (its layout's services; the
     shared stack's UIs on shared observability)."""
-    h = host(target, environ, where)
-    found = {"Backend API": f"http://{h}:{target.port('KTRDR_API_PORT')}/api/v1"}
+    by_service = slots.service_urls(host(target, environ, where), target.port)
+    found = {"Backend API": by_service["backend"]}
     if layout.shared:
         shared = shared_urls(environ or {}, where)
         found |= {k: v for k, v in shared.items() if "OTLP" not in k}
     else:
         found |= {
-            "Jaeger UI": f"http://{h}:{target.port('KTRDR_JAEGER_UI_PORT')}",
-            "Prometheus": f"http://{h}:{target.port('KTRDR_PROMETHEUS_PORT')}",
-            "Grafana": f"http://{h}:{target.port('KTRDR_GRAFANA_PORT')}",
+            "Jaeger UI": by_service["jaeger"],
+            "Prometheus": by_service["prometheus"],
+            "Grafana": by_service["grafana"],
         }
-    found["PostgreSQL"] = f"postgresql://ktrdr@{h}:{target.port('KTRDR_DB_PORT')}/ktrdr"
+    found["PostgreSQL"] = by_service["db"]
     for worker in layout.worker_list:
-        found[worker.service] = f"http://{h}:{target.port(worker.port_variable)}/health"
+        found[worker.service] = by_service[worker.service]
     return found
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sandbox.errors import Exit, SandboxError
@@ -278,6 +279,22 @@ def recorded_layout(workers: str, observability: str) -> Layout:
 
 
 # --- the machine's one shared observability stack ---------------------------------------------
+
+
+def service_urls(host: str, port: Callable[[str], int]) -> dict[str, str]:
+    """URL by service of one slot, at `host` (an IPv6 address in brackets): the API root, the
+    database, the UIs and each worker's /health. `port` gives the host port of a variable."""
+    found = {
+        "backend": f"http://{host}:{port('KTRDR_API_PORT')}/api/v1",
+        "db": f"postgresql://ktrdr@{host}:{port('KTRDR_DB_PORT')}/ktrdr",
+        "jaeger": f"http://{host}:{port('KTRDR_JAEGER_UI_PORT')}",
+        "prometheus": f"http://{host}:{port('KTRDR_PROMETHEUS_PORT')}",
+        "grafana": f"http://{host}:{port('KTRDR_GRAFANA_PORT')}",
+    }
+    for worker in WORKERS:
+        found[worker.service] = f"http://{host}:{port(worker.port_variable)}/health"
+    return found
+
 
 OBSERVABILITY_PROJECT = f"{PROJECT_PREFIX}observability"
 # The external network shared slots and the stack meet on, and the stack's names there

@@ -138,20 +138,6 @@ def ports_and_host(
     return found, f"[{addr}]" if ":" in addr else addr
 
 
-def urls(ports: Mapping[str, int], host: str) -> dict[str, str]:
-    """URL by service name: what a developer or an agent opens on the slot."""
-    found = {
-        "backend": f"http://{host}:{ports['KTRDR_API_PORT']}/api/v1",
-        "db": f"postgresql://ktrdr@{host}:{ports['KTRDR_DB_PORT']}/ktrdr",
-        "jaeger": f"http://{host}:{ports['KTRDR_JAEGER_UI_PORT']}",
-        "prometheus": f"http://{host}:{ports['KTRDR_PROMETHEUS_PORT']}",
-        "grafana": f"http://{host}:{ports['KTRDR_GRAFANA_PORT']}",
-    }
-    for worker in slots.WORKERS:
-        found[worker.service] = f"http://{host}:{ports[worker.port_variable]}/health"
-    return found
-
-
 def _checkout(containers: Sequence[docker.Container]) -> str | None:
     dirs = {c.working_dir for c in containers if c.working_dir}
     return next(iter(dirs)) if len(dirs) == 1 else None
@@ -184,7 +170,7 @@ def slot_entry(
         "workers": layout.workers,
         "observability": layout.observability,
         "ports": ports,
-        "urls": urls(ports, host),
+        "urls": slots.service_urls(host, ports.__getitem__),
         "services": {
             "total": max(len(containers), len(services)),
             "running": sum(c.running for c in containers),
