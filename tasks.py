@@ -213,22 +213,25 @@ def _start(
     """`inv up`'s body for one slot: stack.up with the renderer's callbacks, then its report.
     `fresh`: recreate the slot's database once preflight passed and it says yes."""
     with out().gate_progress(target.slot) as on_gate:
+        hooks = stack.Hooks(
+            preflight=out().preflight,
+            busy=out().line,
+            compose=out().compose_up,
+            gate=on_gate,
+            step=out().step,
+            build=functools.partial(_rebuild, environ) if build else None,
+            app_image=lambda src: stack.app_image(src, ROOT, environ, out().step),
+            fresh=fresh,
+        )
         result = stack.up(
             target,
             environ,
+            source=source,
+            layout=layout,
             recreate=build,
-            build=functools.partial(_rebuild, environ) if build else None,
             wait=wait,
             timeout=stack.gate_timeout(timeout, target, environ),
-            on_preflight=out().preflight,
-            on_gate=on_gate,
-            on_busy=out().line,
-            on_compose=out().compose_up,
-            source=source,
-            app_image=lambda src: stack.app_image(src, ROOT, environ, out().step),
-            layout=layout,
-            fresh=fresh,
-            on_step=out().step,
+            hooks=hooks,
         )
     _report_up(target.slot, result)
 

@@ -266,7 +266,7 @@ class Renderer(ABC):
             self.step(name, detail)
 
     def preflight(self, checked: PreflightLike) -> None:
-        """What preflight checked, one step a line (`on_preflight` of `stack.up`)."""
+        """What preflight checked, one step a line (`stack.Hooks.preflight`)."""
         self.steps([(step.name, step.detail) for step in checked.steps])
 
     def compose_up(self, cmd: Sequence[str]) -> None:

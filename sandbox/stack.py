@@ -140,69 +140,69 @@ def all_running(
     return running >= set(layout.services)
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """What `up` tells its caller as it goes, and what it asks of it; all optional.
+
+    `preflight` hears the checks, `busy` that another command holds the slot, `compose` the
+    command it runs, `gate` each round of the gate, `step` any other step (a copy to a remote
+    engine). `build` rebuilds images once preflight has passed; `app_image` gets (or builds)
+    the image a source checkout runs on; `fresh(slot)` confirms recreating the database.
+    """
+
+    preflight: Callable[[preflight.Preflight], None] | None = None
+    busy: Callable[[str], None] | None = None
+    compose: Callable[[list[str]], None] | None = None
+    gate: Callable[[list[checks.CheckResult]], None] | None = None
+    step: Callable[[str, str], None] | None = None
+    build: Callable[[], object] | None = None
+    app_image: Callable[[apps.Source], str | None] | None = None
+    fresh: Callable[[int], bool] | None = None
+
+
 def up(
     target: Target,
     environ: Mapping[str, str],
     *,
+    source: apps.Source = apps.BUILT_IN,
+    layout: slots.Layout = slots.DEFAULT_LAYOUT,
     recreate: bool = False,
     wait: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
-    on_preflight: Callable[[preflight.Preflight], None] | None = None,
-    on_gate: Callable[[list[checks.CheckResult]], None] | None = None,
-    on_busy: Callable[[str], None] | None = None,
-    on_compose: Callable[[list[str]], None] | None = None,
-    build: Callable[[], object] | None = None,
-    source: apps.Source = apps.BUILT_IN,
-    app_image: Callable[[apps.Source], str | None] | None = None,
-    layout: slots.Layout = slots.DEFAULT_LAYOUT,
-    fresh: Callable[[int], bool] | None = None,
-    on_step: Callable[[str, str], None] | None = None,
+    hooks: Hooks = Hooks(),
 ) -> UpResult:
     """Start `target` running `source` and wait until it is really ready.
 
-    `build`, when given, rebuilds images once preflight has passed; `app_image` gets (or
-    builds) the image a source checkout runs on. A stack whose services all run already only
-    gets the gate, unless `recreate` (after such a rebuild). With `wait=False` the gate does
-    not run (`.gate` is None). On a remote engine a source checkout is copied to its host
-    first (sandbox/codesync.py); `on_step` hears how. `fresh`, when given, recreates the
-    slot's database volume once
-    preflight has passed and `fresh(slot)` confirmed it. Raises SandboxError for a refused
-    preflight, a failed build or a failed `compose up` (and for Ctrl-C, Exit.INTERRUPTED);
-    a failed gate is a result (`.gate.passed`). Whatever ends a start once preflight passed
-    is recorded for `inv status` (sandbox/lastup.py).
+    A stack whose services all run already only gets the gate, unless `recreate` (after a
+    rebuild, `hooks.build`). With `wait=False` the gate does not run (`.gate` is None). On a
+    remote engine a source checkout is copied to its host first (sandbox/codesync.py).
+    `hooks.fresh`, when given, recreates the slot's database volume once preflight has passed
+    and it confirmed. Raises SandboxError for a refused preflight, a failed build or a failed
+    `compose up` (and for Ctrl-C, Exit.INTERRUPTED); a failed gate is a result
+    (`.gate.passed`). Whatever ends a start once preflight passed is recorded for `inv status`
+    (sandbox/lastup.py).
     """
-    with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
+    with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=hooks.busy):
+        fresh = hooks.fresh is not None
         checked = preflight.run_preflight(
-            target, environ, source=source, layout=layout, fresh=fresh is not None
+            target, environ, source=source, layout=layout, fresh=fresh
         )
-        if on_preflight:
-            on_preflight(checked)
-        if fresh is not None and not fresh(target.slot):
+        if hooks.preflight:
+            hooks.preflight(checked)
+        if hooks.fresh is not None and not hooks.fresh(target.slot):
             raise SandboxError(
                 f"kept slot {target.slot}'s database: nothing was changed", Exit.USAGE
             )
         # After a start that did not finish, Compose runs again even over running containers:
         # they may carry what made it fail (say a password since put right).
         previous = lastup.read(target.root, target.slot)
-        unfinished = previous is not None and previous.outcome != lastup.READY
+        recreate = recreate or (previous is not None and previous.outcome != lastup.READY)
         lastup.write(target.root, target.slot, lastup.STARTING)
         try:
-            result = _start(
-                target,
-                environ,
-                checked,
-                recreate or unfinished,
-                build,
-                source,
-                app_image,
-                on_compose,
-                fresh is not None,
-                layout,
-                on_step,
-            )
+            result = _start(target, environ, checked, source, layout, recreate, hooks)
             if wait:
                 result.gate, result.logs = _gate(
-                    target, checked, environ, timeout, on_gate, source.kind.migration, layout
+                    target, checked, environ, timeout, hooks.gate, source.kind.migration, layout
                 )
         except KeyboardInterrupt:
             lastup.write(target.root, target.slot, lastup.INTERRUPTED)
@@ -222,36 +222,45 @@ def _start(
     target: Target,
     environ: Mapping[str, str],
     checked: preflight.Preflight,
-    recreate: bool,
-    build: Callable[[], object] | None,
     source: apps.Source,
-    app_image: Callable[[apps.Source], str | None] | None,
-    on_compose: Callable[[list[str]], None] | None,
-    fresh: bool,
     layout: slots.Layout,
-    on_step: Callable[[str, str], None] | None = None,
+    recreate: bool,
+    hooks: Hooks,
 ) -> UpResult:
     """Everything of `up` between preflight and the gate."""
-    if build is not None:
-        build()  # after preflight and under the lock: a refused slot rebuilds nothing
-    image = app_image(source) if app_image is not None else None
-    copied_to = None
-    if source.path is not None and not checked.where.local:
-        helper = enginehost.helper_image(target.root, environ)
-        synced = codesync.send(target, environ, source, helper)
-        if on_step:
-            on_step("source", synced.describe(checked.where.host))
-        copied_to = synced.volume.mountpoint
+    if hooks.build is not None:
+        hooks.build()  # after preflight and under the lock: a refused slot rebuilds nothing
+    image = hooks.app_image(source) if hooks.app_image is not None else None
+    copied_to = _copy_source(target, environ, checked, source, hooks.step)
     override = write_override(target, source, image, layout, copied_to)
+    fresh = hooks.fresh is not None
     ensure_volume(target, environ, checked, source, fresh)
     already = all_running(checked.running, layout) and not recreate and not fresh
     compose_seconds = (
-        0.0 if already else _compose_up(target, checked, environ, on_compose, override, layout)
+        0.0 if already else _compose_up(target, checked, environ, hooks.compose, override, layout)
     )
     if layout.shared:
         observability.refresh_targets(environ)  # the shared Prometheus scrapes this slot
     apps.write_env_sandbox(source, env_sandbox(target, environ, checked.where))
     return UpResult(checked, not already, None, compose_seconds=compose_seconds)
+
+
+def _copy_source(
+    target: Target,
+    environ: Mapping[str, str],
+    checked: preflight.Preflight,
+    source: apps.Source,
+    on_step: Callable[[str, str], None] | None,
+) -> str | None:
+    """On a remote engine, the checkout's copy on its host (sandbox/codesync.py), brought up
+    to date: where the override binds from. None on this machine's engine."""
+    if source.path is None or checked.where.local:
+        return None
+    helper = enginehost.helper_image(target.root, environ)
+    synced = codesync.send(target, environ, source, helper)
+    if on_step:
+        on_step("source", synced.describe(checked.where.host))
+    return synced.volume.mountpoint
 
 
 def _record_gate(target: Target, outcome: checks.GateResult | None) -> None:

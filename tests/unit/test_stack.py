@@ -199,10 +199,10 @@ def test_fresh_recreates_only_this_slots_database_after_asking(
     )
     monkeypatch.setattr(preflight, "run_preflight", lambda *args, **kwargs: checked)
     with pytest.raises(SandboxError) as caught:
-        stack.up(target, {}, fresh=lambda slot: False)
+        stack.up(target, {}, hooks=stack.Hooks(fresh=lambda slot: False))
     assert str(caught.value) == "kept slot 3's database: nothing was changed"
     assert fakes.commands == []
-    stack.up(target, {}, fresh=lambda slot: slot == 3)
+    stack.up(target, {}, hooks=stack.Hooks(fresh=lambda slot: slot == 3))
     down, remove, create = fakes.commands[:3]
     assert down == stack.down_command(["docker", "compose"], target, volumes=False)
     assert remove == ["docker", "volume", "rm", "ktrdr-sandbox-3_db-data"]
