@@ -455,6 +455,12 @@ def sync(c: Context, slot: str | None = None, watch: bool = False) -> None:
     target = _target(slot)
     environ = dict(os.environ)
     where = engine.detect(environ)
+    if where.local and apps.recorded_copy(ROOT, target.slot):
+        raise SandboxError(
+            f"slot {target.slot} was started on a remote engine, which holds its copy: set "
+            "DOCKER_HOST (or the context) as for that `inv up`, then re-run",
+            Exit.USAGE,
+        )
     if where.local:
         out().line(
             f"slot {target.slot} runs on this machine's engine: it mounts the checkout, so "
@@ -473,7 +479,7 @@ def sync(c: Context, slot: str | None = None, watch: bool = False) -> None:
         return
     out().line(f"watching {source.path} for slot {target.slot} on {where.host} (Ctrl-C stops)")
     try:
-        codesync.watch(target, environ, source, image, report)
+        codesync.watch(target, environ, source, image, report, on_busy=out().line)
     except KeyboardInterrupt:
         out().line("stopped watching")
 
@@ -498,10 +504,16 @@ def tunnel(c: Context, slot: str | None = None) -> None:
     except KeyboardInterrupt:
         out().line("tunnel closed")
         return
+    if result.returncode == 127:
+        raise SandboxError(
+            "no `ssh` on PATH: install OpenSSH's client (the one Docker uses for ssh:// "
+            "engines), then re-run",
+            Exit.COMMAND,
+        )
     if not result.ok:
         raise SandboxError(
-            f"the tunnel to {where.host} ended (ssh exit status {result.returncode}): ssh's "
-            f"lines above say why ({runner.display(cmd[:4])} ...)",
+            f"the tunnel to {forwarding.destination(where)[-1]} ended (ssh exit status "
+            f"{result.returncode}): ssh's lines above say why",
             Exit.COMMAND,
         )
 

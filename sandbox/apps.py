@@ -41,7 +41,7 @@ ENV_SANDBOX_HEADER = "# Written by ktrdr-sandbox"
 APP_DIR = "/app"
 # On a remote engine the checkout's mounted files are copied into this per-slot volume
 # (sandbox/codesync.py); the app services also mount the volume itself here, read-only, so
-# Compose counts it as the project's (`down --volumes` removes it).
+# nothing prunes it while the slot runs.
 SOURCE_VOLUME = "source"
 SOURCE_VOLUME_TARGET = "/opt/ktrdr-sandbox/source"
 
@@ -390,6 +390,16 @@ def recorded_source(root: Path, slot: int) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         return ""
     return source if isinstance(source, str) else ""
+
+
+def recorded_copy(root: Path, slot: int) -> bool:
+    """Whether the slot's last `up` from this checkout bound a copy of its source on a remote
+    engine's host (its override declares the copy's volume)."""
+    try:
+        document = json.loads(override_path(root, slot).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and SOURCE_VOLUME in (document.get("volumes") or {})
 
 
 def remove_state(root: Path, slot: int) -> list[Path]:

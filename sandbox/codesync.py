@@ -6,41 +6,40 @@ not there. So the files the app kind mounts (`AppKind.mounts`: for KTRDR ktrdr/,
 alembic/, alembic.ini) are copied, as a tar stream over the engine's API, into a volume of the
 slot's own (`ktrdr-sandbox-N_source`), and the app services bind the copy at the same targets,
 read-only, exactly as they bind the checkout locally. The volume's directory on the engine's
-host (its `Mountpoint`) is what the binds name; the services also mount the volume itself, so
-Compose counts it as the project's and `inv down --volumes` removes it.
+host (its `Mountpoint`) is what the binds name. The services also mount the volume itself, so
+nothing prunes it while the slot runs; the compose file does not declare it, so `inv down
+--volumes` removes it by name (`remove_volume`), and `inv down --all --volumes` by its Compose
+project label.
 
-`inv up` copies what changed since the last copy; `inv sync --slot=N [--watch]` does the same
-on demand or on every change, and the app reloads as it does for a local edit (uvicorn
---reload, the reference app's reloader). What was last sent is recorded in this checkout's
-`.sandbox/slot-N.sync.json` (path -> size and modification time), tied to the volume it went
-into by a random id on the volume's labels: with no record for that volume (a volume made
-anew, another checkout, a lost record) everything is sent, and what the volume holds beyond
-the checkout's files is removed.
+What to send is decided against the volume itself, never a record kept here: a helper lists
+it (size and modification time of each file, to the nanosecond, which the tar carries
+exactly), so another checkout's copy, a copy cut short or a volume made anew are all seen as
+they are. `inv up` and `inv sync --slot=N` send the difference; `--watch` lists the volume
+once, then sends each change as it happens; the app reloads as it does for a local edit
+(uvicorn --reload, the reference app's reloader).
 
-Nothing a container binds is ever replaced, only rewritten: a bind mount holds on to the inode
-it was given, so a directory or file removed and made again would leave the container looking
-at the old one. Files are extracted in place (`tar --overwrite`: the bind-mounted alembic.ini
-keeps its inode) and directories are never removed.
+Nothing a container binds is replaced, only rewritten: a bind mount holds on to the inode it
+was given, so a directory or file removed and made again would leave the container looking at
+the old one. Files are extracted in place (`tar --overwrite`: the bound alembic.ini keeps its
+inode), and a directory goes only when a file of the checkout now has its path.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import io
 import os
-import secrets
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import STATE_DIR, apps, compose, engine, runner
+from sandbox import apps, compose, engine, runner
 from sandbox.docker import CLIENT_LABEL, client_name
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
-from sandbox.settings import CLI_TIMEOUT, ENGINE_QUERY_TIMEOUT, LOCK_WAIT
+from sandbox.settings import CLI_TIMEOUT, ENGINE_QUERY_TIMEOUT
 
 # Not code the app runs, and rewritten by tools all the time.
 SKIP_DIRS = frozenset({"__pycache__", ".git", ".mypy_cache", ".pytest_cache", ".ruff_cache"})
@@ -49,50 +48,66 @@ SKIP_SUFFIXES = (".pyc", ".pyo")
 SEND_TIMEOUT = 900.0
 WATCH_INTERVAL = 0.5
 
-# Relative path -> (size, modification time in ns): what changed since the last copy.
+# Relative path -> (size, modification time in ns) of each file or link.
 Listing = dict[str, tuple[int, int]]
 
-# The tar stream comes on stdin; the arguments are paths (relative, from our own listing or
-# the volume's) removed since the last copy.
+# The arguments are paths (relative, from the listings) to remove first, "--", then the tar
+# stream on stdin. Removing first lets a file take the path of a directory and the reverse.
 EXTRACT_SCRIPT = (
-    'set -e; cd /dest; tar -x --overwrite --no-same-owner -f -; for f do rm -f -- "./$f"; done'
+    'set -e; cd /dest; while [ "$1" != -- ]; do rm -rf -- "./$1"; shift; done; '
+    "tar -x --overwrite --no-same-owner -f -"
 )
-# Every file and link in the volume, NUL-separated, relative ("./a/b").
-LIST_SCRIPT = "cd /dest && find . -mindepth 1 ! -type d -print0"
-# The label a source volume gets at creation, a random value: the record of what was sent
-# names it (a volume's CreatedAt moves with its contents, so it cannot say which volume).
-COPY_LABEL = "io.ktrdr.sandbox.copy-id"
+# Every entry of the volume, NUL-separated: type (f file, l link, d directory), size,
+# modification time (seconds.nanoseconds), path relative to the volume.
+LIST_SCRIPT = r"cd /dest && find . -mindepth 1 -printf '%y %s %T@ %P\0'"
 
 
 def volume_name(project: str) -> str:
     return f"{project}_{apps.SOURCE_VOLUME}"
 
 
-def state_path(root: Path, slot: int) -> Path:
-    return root / STATE_DIR / f"slot-{slot}.sync.json"
+# ----------------------------------------------------------------------------- the checkout
 
 
 def listing(source: apps.Source) -> Listing:
-    """Every file of `source` its kind mounts, relative to the checkout; caches left out."""
+    """Every file and link of `source` its kind mounts, relative to the checkout; caches left
+    out. A mount the kind needs that is not there (moved away, the checkout gone) or cannot be
+    read is an error: an empty listing would empty the copy."""
     if source.path is None:
         return {}
     found: Listing = {}
     for mount in source.kind.mounts:
         top = source.path / mount.source
-        if top.is_file():
+        if not top.exists():
+            if mount.optional:
+                continue
+            raise SandboxError(
+                f"{source.path} has no {mount.source} any more: nothing was sent (put it "
+                "back, or `inv down` the slot)",
+                Exit.USAGE,
+            )
+        if not top.is_dir() or top.is_symlink():
             found[mount.source] = _stamp(top)
             continue
-        for directory, subdirs, files in os.walk(top):
-            subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS)
-            for name in files:
+        for directory, subdirs, files in os.walk(top, onerror=_unreadable):
+            # A link to a directory is listed as the link (tar stores it as one), not walked.
+            links = [d for d in subdirs if Path(directory, d).is_symlink()]
+            subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS and d not in links)
+            for name in [*files, *links]:
                 if name.endswith(SKIP_SUFFIXES):
                     continue
                 path = Path(directory, name)
                 try:
                     found[path.relative_to(source.path).as_posix()] = _stamp(path)
-                except OSError:
+                except FileNotFoundError:
                     continue  # gone between listing and stat: the next round sees it
     return found
+
+
+def _unreadable(error: OSError) -> None:
+    raise SandboxError(
+        f"cannot read {error.filename} ({error.strerror}): nothing was sent", Exit.USAGE
+    )
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -100,68 +115,72 @@ def _stamp(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What a copy sends and removes; `full`: everything (nothing known of what was sent)."""
+def write_tar(checkout: Path, names: tuple[str, ...], into: Path) -> tuple[list[str], int]:
+    """A tar of `names` (files and links of `checkout`, relative paths), owned by root, each
+    with its modification time to the nanosecond; the names written (a file gone meanwhile is
+    left out) and the bytes. A file is read whole before its header is written, so one that
+    changes meanwhile cannot break the archive (its newer time sends it again)."""
+    written = []
+    with tarfile.open(into, "w", format=tarfile.PAX_FORMAT) as archive:
+        for name in names:
+            path = checkout / name
+            try:
+                stat = path.lstat()
+                info = archive.gettarinfo(str(path), arcname=name)
+                data = path.read_bytes() if info.isreg() else b""
+            except FileNotFoundError:
+                continue
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.size = len(data)
+            seconds, nanoseconds = divmod(stat.st_mtime_ns, 1_000_000_000)
+            info.mtime = seconds
+            info.pax_headers = {"mtime": f"{seconds}.{nanoseconds:09d}"}
+            archive.addfile(info, io.BytesIO(data) if info.isreg() else None)
+            written.append(name)
+    return written, into.stat().st_size
 
-    send: tuple[str, ...]
-    remove: tuple[str, ...]
-    full: bool
 
-    @property
-    def empty(self) -> bool:
-        return not (self.send or self.remove)
-
-
-def plan(before: Listing, now: Listing) -> Plan:
-    """The copy that takes a volume holding `before` (our record of it) to `now`."""
-    send = tuple(sorted(p for p, stamp in now.items() if before.get(p) != stamp))
-    remove = tuple(sorted(p for p in before if p not in now))
-    return Plan(send, remove, False)
-
-
-def full_plan(present: Iterable[str], now: Listing) -> Plan:
-    """Everything of `now`, and the removal of what else the volume holds (`present`)."""
-    remove = tuple(sorted(p for p in set(present) if p not in now))
-    return Plan(tuple(sorted(now)), remove, True)
+# ----------------------------------------------------------------------------- the volume
 
 
 @dataclass(frozen=True)
 class Volume:
-    """The slot's source volume on the engine: its name, its directory on the engine's host,
-    and the id it was made with ("" for a volume made by someone else); `new`: made just now,
-    so it holds nothing."""
+    """The slot's source volume on the engine: its name and its directory on that host."""
 
     name: str
     mountpoint: str
-    copy_id: str
-    new: bool = False
 
 
-def _inspect(name: str, environ: Mapping[str, str]) -> Volume | None:
-    template = f'{{{{.Mountpoint}}}}|{{{{index .Labels "{COPY_LABEL}"}}}}'
-    cmd = ["docker", "volume", "inspect", "--format", template, name]
+def find_volume(target: compose.Target, environ: Mapping[str, str]) -> Volume | None:
+    """The slot's source volume, or None when the engine has none."""
+    name = volume_name(target.project)
+    cmd = ["docker", "volume", "inspect", "--format", "{{.Mountpoint}}", name]
     result = runner.run(cmd, env=environ, timeout=ENGINE_QUERY_TIMEOUT)
     if not result.ok:
         if "no such volume" in result.stderr.lower():
             return None
         runner.check_result(result, f"asking the engine about volume {name} failed")
-    mountpoint, _, copy_id = result.stdout.strip().partition("|")
-    return Volume(name, mountpoint, "" if copy_id == "<no value>" else copy_id)
+    mountpoint = result.stdout.strip()
+    if not mountpoint.startswith("/"):
+        raise SandboxError(
+            f"volume {name} has no directory on the engine's host (Mountpoint "
+            f"{mountpoint!r}): the copy needs Docker's local volume driver",
+            Exit.COMMAND,
+        )
+    return Volume(name, mountpoint)
 
 
-def ensure_volume(target: compose.Target, environ: Mapping[str, str]) -> Volume:
-    """The slot's source volume, created with Compose's project labels (so `compose up`
-    adopts it and `down --volumes` removes it) when it does not exist."""
-    name = volume_name(target.project)
-    found = _inspect(name, environ)
+def create_volume(target: compose.Target, environ: Mapping[str, str]) -> Volume:
+    """The slot's source volume, created with Compose's project labels when missing."""
+    found = find_volume(target, environ)
     if found is not None:
         return found
+    name = volume_name(target.project)
     labels = {
         "com.docker.compose.project": target.project,
         "com.docker.compose.volume": apps.SOURCE_VOLUME,
         CLIENT_LABEL: client_name(),
-        COPY_LABEL: secrets.token_hex(8),
     }
     create = ["docker", "volume", "create"]
     create += [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
@@ -171,15 +190,14 @@ def ensure_volume(target: compose.Target, environ: Mapping[str, str]) -> Volume:
         timeout=ENGINE_QUERY_TIMEOUT,
         check=f"creating slot {target.slot}'s source volume {name} failed",
     )
-    made = _inspect(name, environ)
+    made = find_volume(target, environ)
     if made is None:
         raise SandboxError(f"the engine lost volume {name} as it was made: re-run", Exit.COMMAND)
-    return dataclasses.replace(made, new=True)
+    return made
 
 
 def remove_volume(target: compose.Target, environ: Mapping[str, str]) -> bool:
-    """Remove the slot's source volume (after `down --volumes`); whether there was one. The
-    compose file does not declare it, so Compose's own `down --volumes` leaves it."""
+    """Remove the slot's source volume (after `down --volumes`); whether there was one."""
     name = volume_name(target.project)
     result = runner.run(["docker", "volume", "rm", name], env=environ, timeout=CLI_TIMEOUT)
     if result.ok:
@@ -190,59 +208,35 @@ def remove_volume(target: compose.Target, environ: Mapping[str, str]) -> bool:
     return False
 
 
-def read_state(root: Path, slot: int, volume: Volume, source: Path) -> Listing | None:
-    """What was last sent into `volume` from `source`; None when unknown (another volume,
-    another checkout, no record)."""
-    if not volume.copy_id:
-        return None
-    try:
-        state = json.loads(state_path(root, slot).read_text())
-        if (state["volume"], state["copy_id"], state["source"]) != (
-            volume.name,
-            volume.copy_id,
-            str(source),
-        ):
-            return None
-        return {path: (int(s[0]), int(s[1])) for path, s in state["files"].items()}
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        return None
+@dataclass(frozen=True)
+class Contents:
+    """What a volume holds: its files and links with their stamps, and its directories."""
+
+    files: Listing
+    directories: frozenset[str]
 
 
-def write_state(root: Path, slot: int, volume: Volume, source: Path, files: Listing) -> None:
-    path = state_path(root, slot)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        "volume": volume.name,
-        "copy_id": volume.copy_id,
-        "source": str(source),
-        "files": {p: list(stamp) for p, stamp in sorted(files.items())},
-    }
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(state) + "\n")
-    partial.replace(path)
+def parse_contents(output: str) -> Contents:
+    """`LIST_SCRIPT`'s output: NUL-separated "TYPE SIZE SECONDS.NANOSECONDS PATH" entries."""
+    files: Listing = {}
+    directories = set()
+    for entry in output.split("\0"):
+        kind, _, rest = entry.partition(" ")
+        size, _, rest = rest.partition(" ")
+        when, _, path = rest.partition(" ")
+        if not path:
+            continue
+        if kind == "d":
+            directories.add(path)
+            continue
+        seconds, _, fraction = when.partition(".")
+        nanoseconds = int(seconds) * 1_000_000_000 + int((fraction + "0" * 9)[:9])
+        files[path] = (int(size), nanoseconds)
+    return Contents(files, frozenset(directories))
 
 
-def extract_command(volume: str, image: str, todo: Plan) -> list[str]:
-    """A helper container on the engine's host that unpacks stdin's tar into `volume`."""
-    return [
-        *engine.HELPER_RUN,
-        "-i",
-        "--network=none",
-        "--volume",
-        f"{volume}:/dest",
-        image,
-        "sh",
-        "-c",
-        EXTRACT_SCRIPT,
-        "sync",
-        *todo.remove,
-    ]
-
-
-def present(volume: Volume, image: str, environ: Mapping[str, str]) -> list[str]:
-    """The files the volume holds (relative paths), from a helper container on its host."""
-    if volume.new:
-        return []
+def contents(volume: Volume, image: str, environ: Mapping[str, str]) -> Contents:
+    """What the volume holds, from a helper container on its host (read-only, no network)."""
     cmd = [
         *engine.HELPER_RUN,
         "--network=none",
@@ -259,46 +253,70 @@ def present(volume: Volume, image: str, environ: Mapping[str, str]) -> list[str]
         timeout=ENGINE_QUERY_TIMEOUT,
         check=f"listing {volume.name} on the engine's host failed",
     )
-    return [name.removeprefix("./") for name in result.stdout.split("\0") if name]
+    return parse_contents(result.stdout)
 
 
-def write_tar(checkout: Path, names: tuple[str, ...], into: Path) -> int:
-    """A tar of `names` (files of `checkout`, relative paths), owned by nobody in particular;
-    the bytes written."""
-    with tarfile.open(into, "w", format=tarfile.PAX_FORMAT) as archive:
-        for name in names:
-            try:
-                info = archive.gettarinfo(str(checkout / name), arcname=name)
-            except FileNotFoundError:
-                continue  # removed since the listing: the next copy removes it there too
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if info.isreg():
-                with (checkout / name).open("rb") as handle:
-                    archive.addfile(info, handle)
-            else:
-                archive.addfile(info)
-    return into.stat().st_size
+# ----------------------------------------------------------------------------- a copy
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a copy sends, and what it removes first (files the checkout no longer has, and
+    directories whose path a file of the checkout now takes)."""
+
+    send: tuple[str, ...]
+    remove: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.send or self.remove)
+
+
+def plan(held: Contents, now: Listing) -> Plan:
+    """The copy that takes a volume holding `held` to the checkout's `now`."""
+    send = tuple(sorted(p for p, stamp in now.items() if held.files.get(p) != stamp))
+    stale = {p for p in held.files if p not in now}
+    stale |= {p for p in send if p in held.directories}
+    return Plan(send, tuple(sorted(stale)))
+
+
+def extract_command(volume: str, image: str, todo: Plan) -> list[str]:
+    """A helper container on the engine's host that unpacks stdin's tar into `volume`."""
+    return [
+        *engine.HELPER_RUN,
+        "-i",
+        "--network=none",
+        "--volume",
+        f"{volume}:/dest",
+        image,
+        "sh",
+        "-c",
+        EXTRACT_SCRIPT,
+        "sync",
+        *todo.remove,
+        "--",
+    ]
 
 
 @dataclass(frozen=True)
 class Synced:
-    """One copy: what went, how big, how long, into which volume."""
+    """One copy: what went, how big, how long, into which volume, and what the volume holds
+    afterwards (the next copy of a watch plans against it)."""
 
     volume: Volume
     sent: int
     removed: int
     bytes: int
     seconds: float
-    full: bool
+    held: Contents
 
     def describe(self, host: str) -> str:
         if not (self.sent or self.removed):
             return f"{self.volume.name} on {host} already matches the checkout"
         size = f"{self.bytes / 1e6:.1f} MB" if self.bytes >= 1e6 else f"{self.bytes / 1e3:.0f} KB"
-        done = [f"{'copied' if self.full else 'sent'} {_count(self.sent)} ({size})"]
+        done = [f"sent {_count(self.sent)} ({size})"] if self.sent else []
         if self.removed:
-            done = [*done[: 1 if self.sent else 0], f"removed {_count(self.removed)}"]
+            done.append(f"removed {_count(self.removed)}")
         return f"{', '.join(done)}: {self.volume.name} on {host}, {self.seconds:.1f} s"
 
 
@@ -311,21 +329,33 @@ def send(
     environ: Mapping[str, str],
     source: apps.Source,
     image: str,
+    *,
+    create: bool = False,
+    held: Contents | None = None,
 ) -> Synced:
-    """Copy what changed in `source` since the last copy into the slot's source volume on
-    the engine's host (the volume is created when missing)."""
+    """Copy what differs between `source` and the slot's source volume into it. `create`
+    (`inv up`): make the volume when missing; else a missing volume is an error. `held`: what
+    the volume holds, when known (a watch's last copy); else it is listed."""
     if source.path is None:
         raise SandboxError("a built-in app has no checkout to copy", Exit.USAGE)
     started = time.monotonic()
-    volume = ensure_volume(target, environ)
+    volume = create_volume(target, environ) if create else find_volume(target, environ)
+    if volume is None:
+        raise SandboxError(
+            f"slot {target.slot} has no copy of its checkout on the engine's host: "
+            f"`inv up --slot={target.slot} --source={source.path}` makes it",
+            Exit.USAGE,
+        )
     now = listing(source)
-    before = read_state(target.root, target.slot, volume, source.path)
-    todo = full_plan(present(volume, image, environ), now) if before is None else plan(before, now)
-    sent_bytes = 0
+    if held is None:
+        held = contents(volume, image, environ)
+    todo = plan(held, now)
+    sent: list[str] = []
+    size = 0
     if not todo.empty:
         with tempfile.TemporaryDirectory(prefix="ktrdr-sync-") as tmp:
             archive = Path(tmp) / "source.tar"
-            sent_bytes = write_tar(source.path, todo.send, archive)
+            sent, size = write_tar(source.path, todo.send, archive)
             runner.run(
                 extract_command(volume.name, image, todo),
                 env=environ,
@@ -333,10 +363,14 @@ def send(
                 timeout=SEND_TIMEOUT,
                 check=f"copying {source.path} into {volume.name} on the engine's host failed",
             )
-    if before is None or not todo.empty:
-        write_state(target.root, target.slot, volume, source.path, now)
+    files = {p: s for p, s in held.files.items() if p not in todo.remove}
+    files |= {p: now[p] for p in sent}
+    after = Contents(files, held.directories - set(todo.remove))
     seconds = time.monotonic() - started
-    return Synced(volume, len(todo.send), len(todo.remove), sent_bytes, seconds, todo.full)
+    return Synced(volume, len(sent), len(todo.remove), size, seconds, after)
+
+
+# ----------------------------------------------------------------------------- inv sync
 
 
 def slot_source(target: compose.Target) -> apps.Source:
@@ -372,11 +406,15 @@ def watch(
     image: str,
     on_sync: Callable[[Synced], None],
     ticks: Iterator[None] | None = None,
+    on_busy: Callable[[str], None] | None = None,
 ) -> None:
     """Send every change of `source` as it happens until Ctrl-C: a stat of each mounted file
-    every half second, and a copy (under the slot's lock, so never beside an `inv up`) only
-    when something changed; `on_sync` hears each copy that sent something."""
+    every half second, and a copy only when something changed, under the slot's lock (a round
+    that finds it held by an `inv up` or `down` waits for the next; `on_busy` hears it once).
+    The volume is listed once; later copies plan against what the last one left."""
     last: Listing | None = None
+    held: Contents | None = None
+    told = False
     for _ in ticks if ticks is not None else rounds():
         if source.path is None or not source.path.is_dir():
             raise SandboxError(
@@ -386,8 +424,19 @@ def watch(
         now = listing(source)
         if now == last:
             continue
-        with slot_lock(target.slot, wait=LOCK_WAIT):
-            synced = send(target, environ, source, image)
-        last = now
+        try:
+            with slot_lock(target.slot):
+                synced = send(target, environ, source, image, held=held)
+        except SandboxError as error:
+            if error.code is not Exit.LOCKED:
+                raise
+            if on_busy is not None and not told:
+                on_busy(f"slot {target.slot} is busy ({error.message}); sending when it is free")
+            told = True
+            held = None  # the other command may change the volume: list it again
+            continue
+        # A file that vanished before it was sent is not counted as sent: back, it goes.
+        last = {p: stamp for p, stamp in now.items() if synced.held.files.get(p) == stamp}
+        held, told = synced.held, False
         if synced.sent or synced.removed:
             on_sync(synced)

@@ -29,6 +29,7 @@ from sandbox import ROOT, slots
 from sandbox.compose import image_settings
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result, display, run
+from sandbox.settings import CLI_TIMEOUT
 
 IMAGE = "ktrdr-sandbox/remote-host:1"
 BASE_IMAGE = "ktrdr-sandbox/debian-base:bookworm"
@@ -444,10 +445,11 @@ def send_if_local(image: str, remote: Mapping[str, str]) -> Loaded | None:
     built for the remote engine's architecture (a laptop's arm64 image is no use on an amd64
     host); None otherwise, and the caller builds it on the remote engine instead."""
     inspect = ["docker", "image", "inspect", "--format", "{{.Architecture}}", image]
-    built_for = run(inspect, env=local_env(remote), timeout=60)
+    built_for = run(inspect, env=local_env(remote), timeout=CLI_TIMEOUT)
     if not built_for.ok:
         return None
-    engine_arch = run(["docker", "version", "--format", "{{.Server.Arch}}"], env=remote, timeout=60)
+    arch = ["docker", "version", "--format", "{{.Server.Arch}}"]
+    engine_arch = run(arch, env=remote, timeout=CLI_TIMEOUT)
     if not engine_arch.ok or engine_arch.stdout.strip() != built_for.stdout.strip():
         return None
     return transfer([image], remote)

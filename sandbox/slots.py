@@ -101,6 +101,21 @@ def ports(slot: int) -> dict[str, int]:
     return {spec.variable: spec.host_port(slot) for spec in PORTS}
 
 
+def service_urls(host: str, port: Callable[[str], int]) -> dict[str, str]:
+    """URL by service of one slot, at `host` (an IPv6 address in brackets): the API root, the
+    database, the UIs and each worker's /health. `port` gives the host port of a variable."""
+    found = {
+        "backend": f"http://{host}:{port('KTRDR_API_PORT')}/api/v1",
+        "db": f"postgresql://ktrdr@{host}:{port('KTRDR_DB_PORT')}/ktrdr",
+        "jaeger": f"http://{host}:{port('KTRDR_JAEGER_UI_PORT')}",
+        "prometheus": f"http://{host}:{port('KTRDR_PROMETHEUS_PORT')}",
+        "grafana": f"http://{host}:{port('KTRDR_GRAFANA_PORT')}",
+    }
+    for worker in WORKERS:
+        found[worker.service] = f"http://{host}:{port(worker.port_variable)}/health"
+    return found
+
+
 # Every number a user types (a flag, an env file) is at most this many ASCII digits: enough
 # for any port, count or timeout, and short of Python's 4300-digit `int()` limit by far.
 MAX_DIGITS = 9
@@ -279,21 +294,6 @@ def recorded_layout(workers: str, observability: str) -> Layout:
 
 
 # --- the machine's one shared observability stack ---------------------------------------------
-
-
-def service_urls(host: str, port: Callable[[str], int]) -> dict[str, str]:
-    """URL by service of one slot, at `host` (an IPv6 address in brackets): the API root, the
-    database, the UIs and each worker's /health. `port` gives the host port of a variable."""
-    found = {
-        "backend": f"http://{host}:{port('KTRDR_API_PORT')}/api/v1",
-        "db": f"postgresql://ktrdr@{host}:{port('KTRDR_DB_PORT')}/ktrdr",
-        "jaeger": f"http://{host}:{port('KTRDR_JAEGER_UI_PORT')}",
-        "prometheus": f"http://{host}:{port('KTRDR_PROMETHEUS_PORT')}",
-        "grafana": f"http://{host}:{port('KTRDR_GRAFANA_PORT')}",
-    }
-    for worker in WORKERS:
-        found[worker.service] = f"http://{host}:{port(worker.port_variable)}/health"
-    return found
 
 
 OBSERVABILITY_PROJECT = f"{PROJECT_PREFIX}observability"

@@ -257,7 +257,7 @@ def _copy_source(
     if source.path is None or checked.where.local:
         return None
     helper = enginehost.helper_image(target.root, environ)
-    synced = codesync.send(target, environ, source, helper)
+    synced = codesync.send(target, environ, source, helper, create=True)
     if on_step:
         on_step("source", synced.describe(checked.where.host))
     return synced.volume.mountpoint

@@ -197,14 +197,16 @@ def document(
     where: engine.Engine = engine.LOCAL,
     records: Mapping[int, lastup.LastUp] | None = None,
 ) -> dict[str, Any]:
-    """The `inv status --json` document: every slot with a container or a volume, by slot.
+    """The `inv status --json` document: every slot with a container, a volume or a start
+    that did not end ready, by slot.
     `sources` may lack a slot (nothing known about its source); `volumes` maps a slot to its
     volume names (`picker.sandbox_volumes`); `records` a slot to how its last `up` ended;
     URLs reach the engine `where`."""
     groups = by_slot(containers)
     volumes = volumes or {}
     records = records or {}
-    numbers = sorted(set(groups) | {s for s, names in volumes.items() if names})
+    unfinished = {n for n, r in records.items() if last_up(r) is not None}
+    numbers = sorted(set(groups) | {s for s, names in volumes.items() if names} | unfinished)
     entries = [
         slot_entry(
             n,
@@ -303,7 +305,8 @@ def last_ups(
     groups = by_slot(containers)
     found = {}
     for slot in slot_numbers:
-        checkout = _checkout(groups.get(slot, [])) or (str(root) if root else None)
+        group = groups.get(slot, [])
+        checkout = _checkout(group) if group else (str(root) if root else None)
         record = lastup.read(checkout, slot) if checkout else None
         if record is not None:
             found[slot] = record
@@ -319,6 +322,8 @@ def collect(
     containers = docker.sandbox_containers(environ, timeout=ENGINE_ANSWER_TIMEOUT)
     volumes = picker.volumes_by_slot(picker.sandbox_volumes(environ))
     sources = slot_sources(containers, environ)
-    records = last_ups(containers, set(by_slot(containers)) | set(volumes), root)
+    # A start that failed before anything existed (an image build) is listed too, as in
+    # the table.
+    records = last_ups(containers, slots.SLOTS, root)
     where = engine.detect(environ)
     return document(containers, sources, volumes, only_slot, where, records)

@@ -7,7 +7,7 @@ checked file by file, inodes included.
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -20,6 +20,7 @@ import pytest
 from sandbox import apps, codesync, compose, envfiles, runner
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
+from tests.unit.flocks import held_elsewhere
 
 IMAGE = "helper:1"
 
@@ -41,8 +42,7 @@ class FakeEngine:
             name = args[-1]
             if name not in self.volumes:
                 return Result(tuple(args), 1, "", f"Error: No such volume: {name}")
-            copy_id = self.volumes[name].get(codesync.COPY_LABEL, "<no value>")
-            return Result(tuple(args), 0, f"{self.directory(name)}|{copy_id}\n")
+            return Result(tuple(args), 0, f"{self.directory(name)}\n")
         if args[:3] == ["docker", "volume", "create"]:
             labels = dict(v.split("=", 1) for v in args[4:-1:2])
             self.volumes[args[-1]] = labels
@@ -124,24 +124,38 @@ def test_the_listing_is_what_the_kind_mounts_without_caches(tmp_path: Path) -> N
     assert codesync.listing(apps.BUILT_IN) == {}
 
 
-def test_plans_send_what_changed_and_remove_what_went() -> None:
-    before = {"a.py": (1, 10), "b.py": (2, 20), "gone.py": (3, 30)}
-    now = {"a.py": (1, 10), "b.py": (2, 21), "new.py": (4, 40)}
-    assert codesync.plan(before, now) == codesync.Plan(("b.py", "new.py"), ("gone.py",), False)
-    assert codesync.plan(now, now).empty
-    full = codesync.full_plan(["a.py", "stray.py"], now)
-    assert full == codesync.Plan(("a.py", "b.py", "new.py"), ("stray.py",), True)
+def test_plans_send_what_differs_and_remove_what_went_first() -> None:
+    held = codesync.Contents(
+        {"a.py": (1, 10), "b.py": (2, 20), "gone.py": (3, 30)}, frozenset({"pkg", "conf"})
+    )
+    now = {"a.py": (1, 10), "b.py": (2, 21), "new.py": (4, 40), "conf": (5, 50)}
+    # conf was a directory there and is a file here: it goes before the file arrives.
+    assert codesync.plan(held, now) == codesync.Plan(
+        ("b.py", "conf", "new.py"), ("conf", "gone.py")
+    )
+    same = codesync.Contents(dict(now), frozenset())
+    assert codesync.plan(same, now).empty
+
+
+def test_the_volume_listing_is_parsed_to_the_nanosecond() -> None:
+    output = "d 4096 1800000000.5000000000 ktrdr\0f 8 1800000000.1234567890 ktrdr/a b.py\0"
+    output += "l 7 1800000001.0000000010 ktrdr/link\0"
+    held = codesync.parse_contents(output)
+    assert held.directories == {"ktrdr"}
+    assert held.files == {
+        "ktrdr/a b.py": (8, 1_800_000_000_123_456_789),
+        "ktrdr/link": (7, 1_800_000_001_000_000_001),
+    }
 
 
 def test_the_first_copy_creates_a_labelled_volume_and_fills_it(
     engine: FakeEngine, target: compose.Target, tmp_path: Path
 ) -> None:
     source = ktrdr_checkout(tmp_path / "co")
-    synced = codesync.send(target, {}, source, IMAGE)
+    synced = codesync.send(target, {}, source, IMAGE, create=True)
     labels = engine.volumes["ktrdr-sandbox-2_source"]
     assert labels["com.docker.compose.project"] == "ktrdr-sandbox-2"
     assert labels["com.docker.compose.volume"] == "source"
-    assert len(labels[codesync.COPY_LABEL]) == 16
     volume = engine.directory("ktrdr-sandbox-2_source")
     assert files_in(volume) == {
         "alembic.ini": "[alembic]\n",
@@ -149,14 +163,28 @@ def test_the_first_copy_creates_a_labelled_volume_and_fills_it(
         "ktrdr/__init__.py": "",
         "ktrdr/api/main.py": "app = 1\n",
     }
-    assert (synced.sent, synced.removed, synced.full) == (4, 0, True)
+    assert (synced.sent, synced.removed) == (4, 0)
     assert synced.volume.mountpoint == str(volume)
-    # A new volume is known to be empty: no helper lists it first.
-    assert len(engine.runs) == 1
-    assert synced.describe("127.0.0.2").startswith("copied 4 files (")
-    assert synced.describe("127.0.0.2").endswith(
-        ": ktrdr-sandbox-2_source on 127.0.0.2, " + (f"{synced.seconds:.1f} s")
+    # Modification times arrive to the nanosecond: the next listing finds nothing to send.
+    assert synced.held.files == codesync.listing(source)
+    assert codesync.contents(synced.volume, IMAGE, {}).files == codesync.listing(source)
+    described = synced.describe("127.0.0.2")
+    assert described.startswith("sent 4 files (")
+    assert described.endswith(f": ktrdr-sandbox-2_source on 127.0.0.2, {synced.seconds:.1f} s")
+
+
+def test_sync_never_creates_the_volume(
+    engine: FakeEngine, target: compose.Target, tmp_path: Path
+) -> None:
+    source = ktrdr_checkout(tmp_path / "co")
+    with pytest.raises(SandboxError) as caught:
+        codesync.send(target, {}, source, IMAGE)
+    assert caught.value.code is Exit.USAGE
+    assert caught.value.message == (
+        "slot 2 has no copy of its checkout on the engine's host: "
+        f"`inv up --slot=2 --source={source.path}` makes it"
     )
+    assert engine.volumes == {}
 
 
 def test_later_copies_send_changes_in_place(
@@ -164,7 +192,7 @@ def test_later_copies_send_changes_in_place(
 ) -> None:
     checkout = tmp_path / "co"
     source = ktrdr_checkout(checkout)
-    codesync.send(target, {}, source, IMAGE)
+    codesync.send(target, {}, source, IMAGE, create=True)
     volume = engine.directory("ktrdr-sandbox-2_source")
     ini, package = (volume / "alembic.ini").stat().st_ino, (volume / "ktrdr").stat().st_ino
     # An editor that saves by rename: a new inode here, the same one there.
@@ -172,7 +200,7 @@ def test_later_copies_send_changes_in_place(
     (checkout / "alembic.ini.new").replace(checkout / "alembic.ini")
     (checkout / "alembic" / "env.py").unlink()
     synced = codesync.send(target, {}, source, IMAGE)
-    assert (synced.sent, synced.removed, synced.full) == (1, 1, False)
+    assert (synced.sent, synced.removed) == (1, 1)
     assert (volume / "alembic.ini").read_text() == "[alembic]\nedited\n"
     assert (volume / "alembic.ini").stat().st_ino == ini  # a bound file keeps its inode
     assert (volume / "ktrdr").stat().st_ino == package
@@ -182,83 +210,120 @@ def test_later_copies_send_changes_in_place(
     unchanged = codesync.send(target, {}, source, IMAGE)
     assert (unchanged.sent, unchanged.removed) == (0, 0)
     assert unchanged.describe("h") == "ktrdr-sandbox-2_source on h already matches the checkout"
-    assert len(engine.runs) == 2  # nothing to do: no helper at all
 
 
-def test_without_a_record_everything_is_sent_and_strays_removed(
+def test_the_volume_itself_decides_what_is_sent(
     engine: FakeEngine, target: compose.Target, tmp_path: Path
 ) -> None:
+    """Another checkout's copy (or anything else) in the volume is seen as it is: its stray
+    files go, the files that differ are sent, whatever this machine sent before."""
     source = ktrdr_checkout(tmp_path / "co")
+    codesync.send(target, {}, source, IMAGE, create=True)
+    other = ktrdr_checkout(tmp_path / "other")
+    assert other.path is not None
+    (other.path / "ktrdr" / "api" / "main.py").write_text("app = 'other'\n")
+    (other.path / "alembic" / "stray.py").write_text("a migration of the other branch\n")
+    codesync.send(target, {}, other, IMAGE)
+    volume = engine.directory("ktrdr-sandbox-2_source")
+    package = (volume / "ktrdr").stat().st_ino
+    synced = codesync.send(target, {}, source, IMAGE)
+    assert files_in(volume)["ktrdr/api/main.py"] == "app = 1\n"
+    assert not (volume / "alembic" / "stray.py").exists()
+    assert synced.removed == 1
+    assert (volume / "ktrdr").stat().st_ino == package  # directories are kept
+
+
+def test_a_path_may_change_from_file_to_directory_and_back(
+    engine: FakeEngine, target: compose.Target, tmp_path: Path
+) -> None:
+    checkout = tmp_path / "co"
+    source = ktrdr_checkout(checkout)
+    (checkout / "ktrdr" / "conf").write_text("a file first\n")
+    codesync.send(target, {}, source, IMAGE, create=True)
+    (checkout / "ktrdr" / "conf").unlink()
+    (checkout / "ktrdr" / "conf").mkdir()
+    (checkout / "ktrdr" / "conf" / "a.py").write_text("then a package\n")
     codesync.send(target, {}, source, IMAGE)
     volume = engine.directory("ktrdr-sandbox-2_source")
-    (volume / "ktrdr" / "stray.py").write_text("from another checkout\n")
-    package = (volume / "ktrdr").stat().st_ino
-    codesync.state_path(target.root, target.slot).unlink()
-    synced = codesync.send(target, {}, source, IMAGE)
-    assert (synced.sent, synced.removed, synced.full) == (4, 1, True)
-    assert not (volume / "ktrdr" / "stray.py").exists()
-    assert (volume / "ktrdr").stat().st_ino == package  # directories are never removed
-    assert "sh" in engine.runs[1] and codesync.LIST_SCRIPT in engine.runs[1]
+    assert (volume / "ktrdr" / "conf" / "a.py").read_text() == "then a package\n"
+    (checkout / "ktrdr" / "conf" / "a.py").unlink()
+    (checkout / "ktrdr" / "conf").rmdir()
+    (checkout / "ktrdr" / "conf").write_text("a file again\n")
+    codesync.send(target, {}, source, IMAGE)
+    assert (volume / "ktrdr" / "conf").read_text() == "a file again\n"
 
 
-def test_the_record_belongs_to_one_volume_and_one_checkout(
+def test_a_missing_mount_is_an_error_not_an_empty_copy(
     engine: FakeEngine, target: compose.Target, tmp_path: Path
 ) -> None:
+    checkout = tmp_path / "co"
+    source = ktrdr_checkout(checkout)
+    codesync.send(target, {}, source, IMAGE, create=True)
+    (checkout / "ktrdr").rename(checkout / "ktrdr.bak")
+    with pytest.raises(SandboxError) as caught:
+        codesync.send(target, {}, source, IMAGE)
+    assert caught.value.message == (
+        f"{checkout} has no ktrdr any more: nothing was sent (put it back, or `inv down` the slot)"
+    )
+    assert "ktrdr/api/main.py" in files_in(engine.directory("ktrdr-sandbox-2_source"))
+    (checkout / "alembic").rename(checkout / "alembic.bak")  # optional: its files go
+    (checkout / "ktrdr.bak").rename(checkout / "ktrdr")
+    assert codesync.send(target, {}, source, IMAGE).removed == 1
+
+
+def test_links_are_copied_as_links(tmp_path: Path) -> None:
     source = ktrdr_checkout(tmp_path / "co")
-    codesync.send(target, {}, source, IMAGE)
     assert source.path is not None
-    record = json.loads(codesync.state_path(target.root, target.slot).read_text())
-    assert record["source"] == str(source.path)
-    assert record["files"]["alembic.ini"][0] == len("[alembic]\n")
-    volume = codesync.ensure_volume(target, {})
-    assert codesync.read_state(target.root, target.slot, volume, source.path) is not None
-    assert codesync.read_state(target.root, target.slot, volume, tmp_path / "other") is None
-    renewed = codesync.Volume(volume.name, volume.mountpoint, "another-id")
-    assert codesync.read_state(target.root, target.slot, renewed, source.path) is None
-    foreign = codesync.Volume(volume.name, volume.mountpoint, "")
-    assert codesync.read_state(target.root, target.slot, foreign, source.path) is None
-    codesync.state_path(target.root, target.slot).write_text("{not json")
-    assert codesync.read_state(target.root, target.slot, volume, source.path) is None
+    (source.path / "ktrdr" / "real").mkdir()
+    (source.path / "ktrdr" / "real" / "m.py").write_text("x\n")
+    (source.path / "ktrdr" / "alias").symlink_to("real")
+    found = codesync.listing(source)
+    assert "ktrdr/alias" in found and "ktrdr/real/m.py" in found
+    assert not any(p.startswith("ktrdr/alias/") for p in found)
 
 
-def test_the_tar_is_owned_by_root_and_skips_files_gone_meanwhile(tmp_path: Path) -> None:
+def test_the_tar_carries_exact_times_and_skips_files_gone_meanwhile(tmp_path: Path) -> None:
     (tmp_path / "co").mkdir()
     (tmp_path / "co" / "a.py").write_text("a\n")
+    os.utime(tmp_path / "co" / "a.py", ns=(0, 1_800_000_000_123_456_789))
     archive = tmp_path / "out.tar"
-    assert codesync.write_tar(tmp_path / "co", ("a.py", "vanished.py"), archive) > 0
+    written, size = codesync.write_tar(tmp_path / "co", ("a.py", "vanished.py"), archive)
+    assert written == ["a.py"] and size > 0
     with tarfile.open(archive) as opened:
         (member,) = opened.getmembers()
     assert (member.name, member.uid, member.uname) == ("a.py", 0, "")
+    assert member.pax_headers["mtime"] == "1800000000.123456789"
 
 
-def test_a_failed_copy_is_one_error_and_keeps_the_old_record(
+def test_a_failed_copy_is_one_error(
     engine: FakeEngine, target: compose.Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checkout = tmp_path / "co"
     source = ktrdr_checkout(checkout)
-    codesync.send(target, {}, source, IMAGE)
-    record = codesync.state_path(target.root, target.slot).read_text()
+    codesync.send(target, {}, source, IMAGE, create=True)
     (checkout / "ktrdr" / "api" / "main.py").write_text("app = 2\n")
     monkeypatch.setattr(codesync, "EXTRACT_SCRIPT", "echo 'tar: no space left' >&2; exit 2")
     with pytest.raises(SandboxError) as caught:
         codesync.send(target, {}, source, IMAGE)
     assert caught.value.message.startswith(f"copying {checkout} into ktrdr-sandbox-2_source")
     assert "no space left" in caught.value.details
-    assert codesync.state_path(target.root, target.slot).read_text() == record
+    monkeypatch.undo()
+    monkeypatch.setattr(runner, "execute", engine.execute)
+    assert codesync.send(target, {}, source, IMAGE).sent == 1  # the next copy sends it
 
 
 def test_the_helper_runs_without_network_or_pulls() -> None:
-    todo = codesync.Plan(("a.py",), ("-odd name.py",), False)
+    todo = codesync.Plan(("a.py",), ("-odd name.py",))
     cmd = codesync.extract_command("v_source", IMAGE, todo)
     assert cmd[:4] == ["docker", "run", "--rm", "--pull=never"]
     assert "-i" in cmd and "--network=none" in cmd
     assert cmd[cmd.index("--volume") + 1] == "v_source:/dest"
-    assert cmd[-2:] == ["sync", "-odd name.py"]  # $0, then the removals as arguments
+    assert cmd[-3:] == ["sync", "-odd name.py", "--"]  # $0, the removals, then the tar
 
 
 def test_removing_the_volume_after_down(engine: FakeEngine, target: compose.Target) -> None:
     assert codesync.remove_volume(target, {}) is False
-    codesync.ensure_volume(target, {})
+    codesync.create_volume(target, {})
     assert codesync.remove_volume(target, {}) is True
     assert engine.volumes == {}
 
@@ -283,29 +348,37 @@ def test_sync_needs_a_recorded_checkout_that_still_exists(
     assert codesync.slot_source(target) == source
 
 
-def test_watch_sends_only_when_something_changed(
+def test_watch_lists_the_volume_once_and_sends_only_changes(
     engine: FakeEngine, target: compose.Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path / "locks"))
     checkout = tmp_path / "co"
     source = ktrdr_checkout(checkout)
+    codesync.send(target, {}, source, IMAGE, create=True)
+    engine.runs.clear()
     heard: list[codesync.Synced] = []
-    inspected: list[int] = []
+    busy: list[str] = []
+    helpers: list[int] = []
 
     def rounds() -> Iterator[None]:
-        yield  # the first round: everything
-        inspected.append(len(engine.runs))
-        yield  # nothing changed: no helper runs
-        inspected.append(len(engine.runs))
+        yield  # the first round: the volume is listed, nothing to send
+        helpers.append(len(engine.runs))
+        yield  # nothing changed: no helper at all
+        helpers.append(len(engine.runs))
         (checkout / "ktrdr" / "api" / "main.py").write_text("app = 3\n")
-        yield
+        with held_elsewhere(tmp_path / "locks" / "slot-2.lock"):
+            yield  # an `inv up` holds the slot: this round waits for the next
+        helpers.append(len(engine.runs))
+        yield  # sent, against what the first listing found: one helper, the copy
+        helpers.append(len(engine.runs))
         checkout.rename(tmp_path / "moved")
         yield
 
     with pytest.raises(SandboxError) as caught:
-        codesync.watch(target, {}, source, IMAGE, heard.append, rounds())
-    assert [(s.sent, s.removed, s.full) for s in heard] == [(4, 0, True), (1, 0, False)]
-    assert inspected == [1, 1]
+        codesync.watch(target, {}, source, IMAGE, heard.append, rounds(), busy.append)
+    assert [(s.sent, s.removed) for s in heard] == [(1, 0)]
+    assert helpers == [1, 1, 1, 3]  # listed again after the other command: it may have copied
+    assert len(busy) == 1 and busy[0].startswith("slot 2 is busy (")
     assert caught.value.code is Exit.USAGE
     assert caught.value.message == f"slot 2's checkout {checkout} is gone: stopped watching"
 

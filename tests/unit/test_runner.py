@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,11 @@ def test_a_missing_program_is_a_result_or_a_checked_error() -> None:
     assert runner.run(["/nonexistent/program"]).returncode == 127
     with pytest.raises(SandboxError, match="missing"):
         runner.run(["/nonexistent/program"], check="missing")
+
+
+def test_stdin_is_a_file_read_byte_for_byte(tmp_path: Path) -> None:
+    """The real `execute` (no fake): a tar stream reaches the command unchanged."""
+    data = bytes(range(256)) * 64
+    (tmp_path / "stream").write_bytes(data)
+    result = runner.run(["wc", "-c"], stdin=tmp_path / "stream", timeout=30)
+    assert result.ok and result.stdout.strip() == str(len(data))

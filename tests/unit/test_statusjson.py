@@ -338,11 +338,27 @@ def test_a_start_at_work_is_not_a_failure_and_a_killed_one_is() -> None:
 
 
 def test_records_come_from_the_checkout_that_started_the_slot(tmp_path: Path) -> None:
-    started_here = tmp_path / "sandbox"
-    lastup.write(started_here, 3, lastup.FAILED, "compose: no space left")
-    lastup.write(started_here, 4, lastup.INTERRUPTED)
-    containers = [make(3, s, working_dir=str(started_here)) for s in slots.SERVICES]
-    found = statusjson.last_ups(containers, [3, 4, 5], started_here)
-    assert found[3].reason == "compose: no space left"
-    assert found[4].outcome == lastup.INTERRUPTED  # a volume only: this checkout's record
+    started_there = tmp_path / "other-sandbox"
+    here = tmp_path / "sandbox"
+    lastup.write(started_there, 3, lastup.FAILED, "compose: no space left")
+    lastup.write(here, 3, lastup.READY)
+    lastup.write(here, 4, lastup.INTERRUPTED)
+    containers = [make(3, s, working_dir=str(started_there)) for s in slots.SERVICES]
+    found = statusjson.last_ups(containers, [3, 4, 5], here)
+    assert found[3].reason == "compose: no space left"  # not this checkout's READY
+    assert found[4].outcome == lastup.INTERRUPTED  # no container: this checkout's record
     assert 5 not in found
+    several = [
+        make(6, "db", working_dir=str(started_there)),
+        make(6, "backend", working_dir="/elsewhere"),
+    ]
+    lastup.write(here, 6, lastup.FAILED, "not about these containers")
+    assert 6 not in statusjson.last_ups(several, [6], here)
+
+
+def test_a_start_that_failed_before_anything_existed_is_listed() -> None:
+    failed = record(lastup.FAILED, "building the image failed")
+    doc = statusjson.document([], {}, records={7: failed, 8: record(lastup.READY)})
+    check_shape(doc)
+    [entry] = doc["slots"]
+    assert (entry["slot"], entry["state"], entry["volumes"]) == (7, "failed", [])
