@@ -15,7 +15,7 @@ from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import engine, remotehost, runner
+from sandbox import engine, imagesend, runner
 from sandbox.compose import IMAGE_VARIABLES, IMAGES_ENV, image_settings
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import display
@@ -300,7 +300,7 @@ def engine_images(root: Path) -> list[str]:
     return sorted(set(chosen.values()))
 
 
-def to_engine(root: Path, environ: Mapping[str, str]) -> remotehost.Loaded:
+def to_engine(root: Path, environ: Mapping[str, str]) -> imagesend.Loaded:
     """`inv images --to-engine`: send the slot images from this machine's engine to the remote
     engine `environ` names, skipping those it has with the same image ID."""
     where = engine.detect(environ)
@@ -310,4 +310,4 @@ def to_engine(root: Path, environ: Mapping[str, str]) -> remotehost.Loaded:
             "(tcp://HOST:PORT or ssh://USER@HOST) or a Docker context at it, then re-run",
             Exit.USAGE,
         )
-    return remotehost.transfer(engine_images(root), environ)
+    return imagesend.transfer(engine_images(root), environ)

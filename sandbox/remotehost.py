@@ -28,8 +28,8 @@ from pathlib import Path
 from sandbox import ROOT, slots
 from sandbox.compose import image_settings
 from sandbox.errors import Exit, SandboxError
+from sandbox.imagesend import Loaded, checked, transfer
 from sandbox.runner import Result, display, run
-from sandbox.settings import CLI_TIMEOUT
 
 IMAGE = "ktrdr-sandbox/remote-host:1"
 BASE_IMAGE = "ktrdr-sandbox/debian-base:bookworm"
@@ -198,40 +198,6 @@ def find_ssh(host: RemoteHost, environ: Mapping[str, str]) -> str:
     return found
 
 
-def save_load_command(images: Sequence[str]) -> list[str]:
-    """`docker save` on the local engine | `docker load` on the remote one, printing the bytes
-    streamed.
-
-    bash only joins the pipe: the image names arrive as "$@" and the remote engine as $REMOTE
-    and $REMOTE_CONTEXT (`save_load_env`), never inside the script text. The save side is the
-    `default` context (this machine's engine) even when the current context is the remote.
-    One `docker save` of all images sends each shared layer (the Debian base) once.
-    """
-    script = (
-        '{ DOCKER_CONTEXT=default docker save "$@" | tee /dev/fd/3 | '
-        'DOCKER_HOST="$REMOTE" DOCKER_CONTEXT="$REMOTE_CONTEXT" docker load >&2; } 3>&1 | wc -c'
-    )
-    return ["bash", "-o", "pipefail", "-c", script, "save-load", *images]
-
-
-def save_load_env(remote: Mapping[str, str]) -> dict[str, str]:
-    """The pipe's environment from the remote engine's (`DOCKER_HOST`, or a `DOCKER_CONTEXT`,
-    or neither when the current context is the remote): those move to $REMOTE and
-    $REMOTE_CONTEXT, so only the load side sees them. PATH stays (an ssh:// wrapper)."""
-    env = {k: v for k, v in remote.items() if k not in ("DOCKER_CONTEXT", "DOCKER_HOST")}
-    return {
-        **env,
-        "REMOTE": remote.get("DOCKER_HOST", ""),
-        "REMOTE_CONTEXT": remote.get("DOCKER_CONTEXT", ""),
-    }
-
-
-def local_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """`environ` pointed at this machine's engine (the `default` context)."""
-    env = {k: v for k, v in environ.items() if k not in ("DOCKER_CONTEXT", "DOCKER_HOST")}
-    return {**env, "DOCKER_CONTEXT": "default"}
-
-
 def _docker(args: Sequence[str], environ: Mapping[str, str], timeout: float = 60) -> Result:
     env = {k: v for k, v in environ.items() if k not in ("DOCKER_CONTEXT", "DOCKER_HOST")}
     return run(["docker", *args], env=env, timeout=timeout)
@@ -247,16 +213,6 @@ def _reason(result: Result) -> str:
     return lines[0] if lines else f"exit status {result.returncode}"
 
 
-def _check(result: Result, what: str, next_step: str) -> Result:
-    if not result.ok:
-        raise SandboxError(
-            f"{what} failed ({display(result.args)}): {next_step}",
-            Exit.COMMAND,
-            details=result.tail(20),
-        )
-    return result
-
-
 @dataclass(frozen=True)
 class Started:
     host: RemoteHost
@@ -265,19 +221,11 @@ class Started:
     version: str
 
 
-@dataclass(frozen=True)
-class Loaded:
-    images: tuple[str, ...]
-    skipped: tuple[str, ...]  # already on the remote engine, same image ID
-    bytes: int
-    seconds: float
-
-
 def ensure_image(root: Path, environ: Mapping[str, str]) -> None:
     """Build the remote-host image (on the local engine) over the shared Debian base."""
     if not _docker(["image", "inspect", BASE_IMAGE], environ).ok:
         result = run(["bash", str(root / BASE_SCRIPT)], env=dict(environ), timeout=1800)
-        _check(result, f"building {BASE_IMAGE}", f"run `bash {BASE_SCRIPT}` as root and read why")
+        checked(result, f"building {BASE_IMAGE}", f"run `bash {BASE_SCRIPT}` as root and read why")
     build = [
         "build",
         "--quiet",
@@ -287,7 +235,7 @@ def ensure_image(root: Path, environ: Mapping[str, str]) -> None:
         str(root / "containers"),
     ]
     env = {**environ, "DOCKER_BUILDKIT": "0"}
-    _check(_docker(build, env, timeout=1800), f"building {IMAGE}", "read the build output above")
+    checked(_docker(build, env, timeout=1800), f"building {IMAGE}", "read the build output above")
 
 
 def write_client_files(host: RemoteHost, environ: Mapping[str, str]) -> str:
@@ -307,7 +255,7 @@ def write_client_files(host: RemoteHost, environ: Mapping[str, str]) -> str:
             "-f",
             str(host.key),
         ]
-        _check(run(keygen, env=dict(environ), timeout=30), "ssh-keygen", "install openssh-client")
+        checked(run(keygen, env=dict(environ), timeout=30), "ssh-keygen", "install openssh-client")
     host.ssh_config.write_text(ssh_config_text(host))
     host.known_hosts.write_text("")  # the new container has new host keys
     host.bin_dir.mkdir(exist_ok=True)
@@ -373,7 +321,7 @@ def start(
     ensure_image(root, env)
     public_key = write_client_files(host, env)
     if _container_state(env) is not None:
-        _check(_docker(["rm", "--force", CONTAINER], env), "removing the old remote host", "")
+        checked(_docker(["rm", "--force", CONTAINER], env), "removing the old remote host", "")
     started = time.monotonic()
     result = _docker(run_command(public_key, slot_numbers)[1:], env)
     if not result.ok:
@@ -389,11 +337,6 @@ def start(
     seconds = time.monotonic() - started
     wait_for_ssh(host, env, READY_TIMEOUT)
     return Started(host, ran, seconds, version)
-
-
-def _image_id(image: str, environ: Mapping[str, str]) -> str:
-    result = run(["docker", "image", "inspect", "--format", "{{.Id}}", image], env=environ)
-    return result.stdout.strip() if result.ok else ""
 
 
 def needed_images(root: Path, environ: Mapping[str, str]) -> list[str]:
@@ -412,47 +355,8 @@ def needed_images(root: Path, environ: Mapping[str, str]) -> list[str]:
         ],
         environ,
     )
-    _check(listing, "listing local images", "is the local engine running?")
+    checked(listing, "listing local images", "is the local engine running?")
     return sorted({line for line in listing.stdout.split() if line != IMAGE})
-
-
-def transfer(images: Sequence[str], remote: Mapping[str, str]) -> Loaded:
-    """Stream `images` from this machine's engine into the engine `remote` names (its
-    DOCKER_HOST or context), skipping those it has with the same image ID. Images are keyed by
-    ID, not tag: a stale image under the same tag is sent again."""
-    local = local_env(remote)
-    todo: list[str] = []
-    skipped: list[str] = []
-    for image in images:
-        local_id = _image_id(image, local)
-        if not local_id:
-            raise SandboxError(
-                f"{image} is not on the local engine: build it (`inv images --offline`) first",
-                Exit.COMMAND,
-            )
-        (skipped if _image_id(image, remote) == local_id else todo).append(image)
-    started = time.monotonic()
-    streamed = 0
-    if todo:
-        result = run(save_load_command(todo), env=save_load_env(remote), timeout=1800)
-        _check(result, "docker save | docker load", "is the remote engine reachable?")
-        streamed = int(result.stdout.strip() or 0)
-    return Loaded(tuple(todo), tuple(skipped), streamed, time.monotonic() - started)
-
-
-def send_if_local(image: str, remote: Mapping[str, str]) -> Loaded | None:
-    """`image` sent from this machine's engine to the remote one when this machine has it,
-    built for the remote engine's architecture (a laptop's arm64 image is no use on an amd64
-    host); None otherwise, and the caller builds it on the remote engine instead."""
-    inspect = ["docker", "image", "inspect", "--format", "{{.Architecture}}", image]
-    built_for = run(inspect, env=local_env(remote), timeout=CLI_TIMEOUT)
-    if not built_for.ok:
-        return None
-    arch = ["docker", "version", "--format", "{{.Server.Arch}}"]
-    engine_arch = run(arch, env=remote, timeout=CLI_TIMEOUT)
-    if not engine_arch.ok or engine_arch.stdout.strip() != built_for.stdout.strip():
-        return None
-    return transfer([image], remote)
 
 
 def load_images(host: RemoteHost, images: Sequence[str], environ: Mapping[str, str]) -> Loaded:
@@ -476,10 +380,10 @@ def reset(host: RemoteHost, environ: Mapping[str, str]) -> int:
     )
     removed = 0
     for listing, removal in listings:
-        found = _check(run(["docker", *listing], env=env, timeout=60), "listing", "").stdout
+        found = checked(run(["docker", *listing], env=env, timeout=60), "listing", "").stdout
         ids = found.split()
         if ids:
-            _check(run(["docker", *removal, *ids], env=env, timeout=300), "removing", "")
+            checked(run(["docker", *removal, *ids], env=env, timeout=300), "removing", "")
             removed += len(ids)
     return removed
 
@@ -497,10 +401,10 @@ def stop(
         if keep_volume:
             _docker(["stop", "--time", "30", place.container], env, 120)
         rm = ["rm", "--force", "--volumes", place.container]
-        _check(_docker(rm, env, 120), "docker rm", "")
+        checked(_docker(rm, env, 120), "docker rm", "")
         removed.append(f"container {place.container}")
     if not keep_volume and _docker(["volume", "inspect", place.volume], env).ok:
-        _check(_docker(["volume", "rm", place.volume], env, 120), "docker volume rm", "")
+        checked(_docker(["volume", "rm", place.volume], env, 120), "docker volume rm", "")
         removed.append(f"volume {place.volume}")
     return removed
 

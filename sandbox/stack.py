@@ -24,12 +24,12 @@ from sandbox import (
     enginehost,
     gate,
     images,
+    imagesend,
     lastup,
     net,
     observability,
     preflight,
     provenance,
-    remotehost,
     runner,
     slots,
 )
@@ -346,7 +346,7 @@ def _send_deps_image(
     tag = appimages.deps_tag(checkout.resolve(), (), base, torch)
     if appimages.image_exists(tag, environ):
         return
-    sent = remotehost.send_if_local(tag, environ)
+    sent = imagesend.send_if_local(tag, environ)
     if sent is not None and sent.images:
         say(
             "image",

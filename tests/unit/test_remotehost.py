@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import remotehost, slots
+from sandbox import imagesend, remotehost, slots
 from sandbox.errors import SandboxError
 from sandbox.remotehost import RemoteHost
 from sandbox.runner import run
@@ -118,9 +118,9 @@ def test_save_load_pipe_counts_the_bytes_it_streams(tmp_path: Path) -> None:
     fake.chmod(0o755)
     out = tmp_path / "loaded"
     remote = {"PATH": f"{tmp_path}:/usr/bin:/bin", "DOCKER_HOST": "tcp://127.0.0.2:2375"}
-    env = remotehost.save_load_env(remote)
+    env = imagesend.save_load_env(remote)
     assert "DOCKER_HOST" not in env
-    cmd = remotehost.save_load_command(["a:1", "b:2"])
+    cmd = imagesend.save_load_command(["a:1", "b:2"])
     result = run(cmd, env={**env, "OUT": str(out)})
     assert result.ok, result.stderr
     assert result.stdout.strip() == "1000"
