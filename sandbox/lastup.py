@@ -24,6 +24,8 @@ STARTING = "starting"
 READY = "ready"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
+# Not written: what a STARTING record is once the `inv up` that wrote it no longer runs.
+KILLED = "killed"
 
 
 @dataclass(frozen=True)
@@ -34,16 +36,24 @@ class LastUp:
     at: float  # time.time() of writing
 
     @property
+    def state(self) -> str:
+        """The outcome as it stands now: a STARTING whose `inv up` is gone is KILLED."""
+        if self.outcome == STARTING and not pid_alive(self.pid):
+            return KILLED
+        return self.outcome
+
+    @property
     def finished(self) -> bool:
         """Whether the start it records completed: ready, or still being worked on."""
-        return self.outcome == READY or (self.outcome == STARTING and pid_alive(self.pid))
+        return self.state in (READY, STARTING)
 
     def explain(self) -> str:
         """Why the slot is not (yet) ready, in words for `inv status`; "" when it is."""
         when = time.strftime("%H:%M", time.localtime(self.at))
-        if self.outcome == STARTING:
-            if pid_alive(self.pid):
-                return f"starting (inv up, pid {self.pid})"
+        state = self.state
+        if state == STARTING:
+            return f"starting (inv up, pid {self.pid})"
+        if state == KILLED:
             return f"last up did not finish: inv up (pid {self.pid}) was killed at or after {when}"
         if self.outcome == INTERRUPTED:
             return f"last up interrupted at {when}"

@@ -63,30 +63,24 @@ def _healthy(container: docker.Container) -> bool:
     return container.health == "healthy" or (container.running and container.health == "none")
 
 
-# What "last_up" says of a start that is not ready: still at work, or ended without the gate.
-UNFINISHED = ("failed", "interrupted", "killed")
-
-
 def last_up(record: lastup.LastUp | None) -> dict[str, str] | None:
-    """The slot's last `inv up` unless it ended ready: what became of it, why (as `inv
-    status` words it) and when (UTC); None when it was ready or nothing was recorded."""
+    """The slot's last `inv up` unless it ended ready: what became of it (`LastUp.state`),
+    why (as `inv status` words it) and when (UTC); None when it was ready or nothing was
+    recorded."""
     if record is None or record.outcome == lastup.READY:
         return None
-    outcome = record.outcome
-    if outcome == lastup.STARTING and not lastup.pid_alive(record.pid):
-        outcome = "killed"
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.at))
-    return {"outcome": outcome, "reason": record.explain(), "at": at}
+    return {"outcome": record.state, "reason": record.explain(), "at": at}
 
 
 def slot_state(
-    containers: Sequence[docker.Container], orphaned: bool, last: dict[str, str] | None = None
+    containers: Sequence[docker.Container], orphaned: bool, unfinished: bool = False
 ) -> str:
     """One of STATES: orphaned first (the user must act), then failed (a container, or the
     last `inv up` that did not finish), then how much runs."""
     if orphaned:
         return "orphaned"
-    if any(_failed(c) for c in containers) or (last and last["outcome"] in UNFINISHED):
+    if unfinished or any(_failed(c) for c in containers):
         return "failed"
     running = [c for c in containers if c.running]
     if not running:
@@ -161,7 +155,7 @@ def slot_entry(
     return {
         "slot": slot,
         "project": slots.project_name(slot),
-        "state": slot_state(containers, orphaned, last),
+        "state": slot_state(containers, orphaned, record is not None and not record.finished),
         "app": source.app,
         "source": source.source,
         "branch": source.branch,
