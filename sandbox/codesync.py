@@ -208,6 +208,27 @@ def remove_volume(target: compose.Target, environ: Mapping[str, str]) -> bool:
     return False
 
 
+def helper_command(
+    volume: str, image: str, script: str, *args: str, readonly: bool = False, stdin: bool = False
+) -> list[str]:
+    """`sh -c script args...` in a helper container on the engine's host (no network, nothing
+    pulled), with `volume` at /dest; `stdin`: fed from ours."""
+    mount = f"{volume}:/dest:ro" if readonly else f"{volume}:/dest"
+    interactive = ["-i"] if stdin else []
+    return [
+        *engine.HELPER_RUN,
+        *interactive,
+        "--network=none",
+        "--volume",
+        mount,
+        image,
+        "sh",
+        "-c",
+        script,
+        *args,
+    ]
+
+
 @dataclass(frozen=True)
 class Contents:
     """What a volume holds: its files and links with their stamps, and its directories."""
@@ -237,18 +258,8 @@ def parse_contents(output: str) -> Contents:
 
 def contents(volume: Volume, image: str, environ: Mapping[str, str]) -> Contents:
     """What the volume holds, from a helper container on its host (read-only, no network)."""
-    cmd = [
-        *engine.HELPER_RUN,
-        "--network=none",
-        "--volume",
-        f"{volume.name}:/dest:ro",
-        image,
-        "sh",
-        "-c",
-        LIST_SCRIPT,
-    ]
     result = runner.run(
-        cmd,
+        helper_command(volume.name, image, LIST_SCRIPT, readonly=True),
         env=environ,
         timeout=ENGINE_QUERY_TIMEOUT,
         check=f"listing {volume.name} on the engine's host failed",
@@ -282,20 +293,7 @@ def plan(held: Contents, now: Listing) -> Plan:
 
 def extract_command(volume: str, image: str, todo: Plan) -> list[str]:
     """A helper container on the engine's host that unpacks stdin's tar into `volume`."""
-    return [
-        *engine.HELPER_RUN,
-        "-i",
-        "--network=none",
-        "--volume",
-        f"{volume}:/dest",
-        image,
-        "sh",
-        "-c",
-        EXTRACT_SCRIPT,
-        "sync",
-        *todo.remove,
-        "--",
-    ]
+    return helper_command(volume, image, EXTRACT_SCRIPT, "sync", *todo.remove, "--", stdin=True)
 
 
 @dataclass(frozen=True)
@@ -332,10 +330,12 @@ def send(
     *,
     create: bool = False,
     held: Contents | None = None,
+    now: Listing | None = None,
 ) -> Synced:
     """Copy what differs between `source` and the slot's source volume into it. `create`
     (`inv up`): make the volume when missing; else a missing volume is an error. `held`: what
-    the volume holds, when known (a watch's last copy); else it is listed."""
+    the volume holds, when known (a watch's last copy); else it is listed. `now`: the
+    checkout's listing, when the caller has just made it."""
     if source.path is None:
         raise SandboxError("a built-in app has no checkout to copy", Exit.USAGE)
     started = time.monotonic()
@@ -346,7 +346,8 @@ def send(
             f"`inv up --slot={target.slot} --source={source.path}` makes it",
             Exit.USAGE,
         )
-    now = listing(source)
+    if now is None:
+        now = listing(source)
     if held is None:
         held = contents(volume, image, environ)
     todo = plan(held, now)
@@ -426,7 +427,7 @@ def watch(
             continue
         try:
             with slot_lock(target.slot):
-                synced = send(target, environ, source, image, held=held)
+                synced = send(target, environ, source, image, held=held, now=now)
         except SandboxError as error:
             if error.code is not Exit.LOCKED:
                 raise
