@@ -149,19 +149,25 @@ def run(
     timeout: float = settings.GATE_TIMEOUT,
     poll: float = settings.GATE_POLL,
     probe_wait: float = WAIT,
+    probes: gate.Probes | None = None,
+    migration: apps.Migration | None = None,
+    layout: slots.Layout = slots.DEFAULT_LAYOUT,
 ) -> checks.GateResult:
+    """The gate against `world` on the fake clock (`probes`: other probes than the world's)."""
     return gate.run_gate(
         target,
         ["docker", "compose"],
         {"PATH": "/usr/bin", "KTRDR_API_PORT": "9999"},
         clock=clock,
         sleep=clock.sleep,
-        probes=world.probes(),
+        probes=probes or world.probes(),
         probe_wait=probe_wait,
         on_update=updates.append if updates is not None else None,
         timeout=timeout,
         poll=poll,
         where=engine.LOCAL,
+        migration=migration,
+        layout=layout,
     )
 
 
@@ -523,19 +529,7 @@ def migrating(
         return answers[min(len(ran), len(answers)) - 1]
 
     probes = gate.Probes(world.http_get, world.exec, world.ps, migrate=migrate, pg=world.pg)
-    result = gate.run_gate(
-        target,
-        ["docker", "compose"],
-        {"PATH": "/usr/bin"},
-        clock=clock,
-        sleep=clock.sleep,
-        probes=probes,
-        probe_wait=WAIT,
-        timeout=30,
-        migration=MIGRATION,
-        where=engine.LOCAL,
-    )
-    return result, ran
+    return run(target, world, clock, timeout=30, probes=probes, migration=MIGRATION), ran
 
 
 def test_the_migration_runs_once_after_the_database_is_ready(target: compose.Target) -> None:
@@ -594,16 +588,7 @@ def test_a_refused_database_login_fails_the_gate_at_once_in_its_own_words(
         logs.append(project)
         return f"database system is ready to accept connections\n{REFUSED}\n"
 
-    probes = replace(world.probes(), db_log=db_log)
-    result = gate.run_gate(
-        target,
-        ["docker", "compose"],
-        {"PATH": "/usr/bin"},
-        clock=clock,
-        sleep=clock.sleep,
-        probes=probes,
-        probe_wait=WAIT,
-    )
+    result = run(target, world, clock, probes=replace(world.probes(), db_log=db_log))
     backend = by_name(result)["backend"]
     assert not result.passed and result.elapsed < 1.0
     assert backend.state is State.FAILED

@@ -25,6 +25,7 @@ from sandbox.docker import PublishedPort
 from sandbox.errors import Exit, SandboxError
 from tests.unit.factories import container as fabricate
 from tests.unit.test_gate import FakeClock, World
+from tests.unit.test_gate import run as run_gate
 
 LIGHT = slots.Layout("light")
 NONE_SHARED = slots.Layout("none", "shared")
@@ -205,16 +206,7 @@ def test_light_slot_passes_its_gate(target: compose.Target) -> None:
     world = World(clock)
     world.registered_at = {w.service: 0.0 if w in LIGHT.worker_list else 1e9 for w in slots.WORKERS}
     world.containers = [c for c in world.containers if c.service in LIGHT.services]
-    result = gate.run_gate(
-        target,
-        ["docker", "compose"],
-        {"PATH": "/usr/bin"},
-        clock=clock,
-        sleep=clock.sleep,
-        probes=world.probes(),
-        probe_wait=5.0,
-        layout=LIGHT,
-    )
+    result = run_gate(target, world, clock, probe_wait=5.0, layout=LIGHT)
     assert result.passed, [(c.name, c.detail) for c in result.checks]
     workers = {c.name: c for c in result.checks}["workers"]
     assert workers.detail == "2/2 registered"
