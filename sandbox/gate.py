@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from sandbox import apps, compose, diagnose, docker, engine, net, runner, slots
+from sandbox import apps, compose, crashes, diagnose, docker, engine, net, runner, slots
 from sandbox.checks import CheckResult, GateResult, State
 from sandbox.errors import SandboxError
 from sandbox.runner import Result
@@ -42,6 +42,7 @@ from sandbox.settings import (
 DETAIL_CHARS = 160
 DB_LOG_EVERY = 2.0  # seconds between two reads of the db's log while the backend is not up
 DB_LOG_LINES = 50
+APP_LOG_LINES = 80  # enough for a traceback through an import chain
 # Only exited and dead are final: "created" is a worker waiting for a healthy backend.
 EXITED_STATES = ("exited", "dead")
 WAITING_DETAIL = "waiting"
@@ -71,6 +72,9 @@ class Probes:
     pg: PgProbe = net.pg_ready
     # `db_log(project)` -> the last lines the project's database logged ("" for none).
     db_log: Callable[[str], str] | None = None
+    # `app_log(container name)` -> its last log lines in the order written ([] for none):
+    # how the gate sees an app process that died under a reloader that keeps running.
+    app_log: Callable[[str], list[str]] | None = None
 
 
 # ----------------------------------------------------------------------------- real probes
@@ -93,6 +97,7 @@ def default_probes(environ: Mapping[str, str]) -> Probes:
         containers=containers,
         migrate=_migrate,
         db_log=_db_log(environ),
+        app_log=_app_log(environ),
     )
 
 
@@ -110,6 +115,15 @@ def _db_log(environ: Mapping[str, str]) -> Callable[[str], str]:
         text = result.stdout + result.stderr if result.ok else ""
         last[project] = (now, text)
         return text
+
+    return read
+
+
+def _app_log(environ: Mapping[str, str]) -> Callable[[str], list[str]]:
+    def read(name: str) -> list[str]:
+        cmd = ["docker", "logs", "--timestamps", "--tail", str(APP_LOG_LINES), name]
+        result = runner.run(cmd, env=dict(environ), timeout=GATE_EXEC_TIMEOUT)
+        return crashes.merge_streams(result.stdout, result.stderr) if result.ok else []
 
     return read
 
@@ -335,6 +349,45 @@ def observability_checks(
     return [Check(name, label, name, _http(probes, url), (name,)) for name, label, url in rows]
 
 
+def crashed(
+    containers: Sequence[docker.Container],
+    project: str,
+    services: Sequence[str],
+    app_log: Callable[[str], list[str]] | None,
+) -> dict[str, str]:
+    """Services of `project` whose app process died under a running container: service ->
+    what it died of. Only running containers that are not healthy are read (a healthy one
+    answers its own healthcheck); one `docker logs` each."""
+    if app_log is None:
+        return {}
+    found: dict[str, str] = {}
+    for container in containers:
+        if container.project != project or container.service not in services:
+            continue
+        if container.state != "running" or container.health == "healthy":
+            continue
+        crash = crashes.find_crash(app_log(container.name))
+        if crash is not None:
+            found[container.service] = crash.describe()
+    return found
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One poll of the engine: every container, and the app processes found dead."""
+
+    containers: Sequence[docker.Container]
+    crashes: Mapping[str, str]
+
+
+def look(probes: Probes, project: str, services: Sequence[str]) -> Seen | None:
+    """The container poll: None when the engine could not be asked this time."""
+    containers = probes.containers()
+    if containers is None:
+        return None
+    return Seen(containers, crashed(containers, project, services, probes.app_log))
+
+
 def gone(
     containers: Sequence[docker.Container], project: str, watch: Sequence[str]
 ) -> tuple[str, str] | None:
@@ -376,8 +429,9 @@ class _Round:
     start: float
     results: dict[str, CheckResult]
     in_flight: dict[str, futures.Future[tuple[Outcome, float]]] = field(default_factory=dict)
-    ps: futures.Future[Sequence[docker.Container] | None] | None = None
+    ps: futures.Future[Seen | None] | None = None
     next_ps: float = 0.0
+    app_services: tuple[str, ...] = ()
 
     def submit(self, pool: futures.Executor, now: float) -> list[futures.Future[Any]]:
         """Start a probe for every undecided check without one in flight, and the container
@@ -388,7 +442,7 @@ class _Round:
                     continue
                 self.in_flight[check.name] = pool.submit(_timed, check.probe, self.clock)
         if self.ps is None and now >= self.next_ps:
-            self.ps = pool.submit(self.probes.containers)
+            self.ps = pool.submit(look, self.probes, self.target.project, self.app_services)
             self.next_ps = now + CONTAINER_POLL
         return [*self.in_flight.values(), *([self.ps] if self.ps is not None else [])]
 
@@ -406,7 +460,8 @@ class _Round:
         return changed
 
     def apply_containers(self) -> bool:
-        """Fail at once every undecided check whose watched container is gone; whether any."""
+        """Fail at once every undecided check whose watched container is gone or whose app
+        process died under a running container; whether any."""
         if self.ps is None or not self.ps.done():
             return False
         # None: the engine could not be asked this time; the checks speak for now.
@@ -417,7 +472,7 @@ class _Round:
         changed = False
         for check in self.plan:
             result = self.results[check.name]
-            lost = gone(seen, self.target.project, check.watch)
+            lost = gone(seen.containers, self.target.project, check.watch) or _died(seen, check)
             if result.state is not State.WAITING or lost is None:
                 continue
             service, why = lost
@@ -426,6 +481,11 @@ class _Round:
             result.service, result.log_services = service, ()
             changed = True
         return changed
+
+
+def _died(seen: Seen, check: Check) -> tuple[str, str] | None:
+    """The first watched service whose app process died: (service, what it died of)."""
+    return next(((s, seen.crashes[s]) for s in check.watch if s in seen.crashes), None)
 
 
 def _apply(check: Check, result: CheckResult, outcome: Outcome, at: float, start: float) -> bool:
@@ -508,7 +568,16 @@ def run_gate(
             on_update([replace(r) for r in results.values()])
 
     start = clock()
-    state = _Round(target, plan, probes, clock, start, results, next_ps=start)
+    state = _Round(
+        target,
+        plan,
+        probes,
+        clock,
+        start,
+        results,
+        next_ps=start,
+        app_services=layout.app_services,
+    )
     wait_limit = poll if probe_wait is None else probe_wait
     pool = futures.ThreadPoolExecutor(max_workers=len(plan) + 1, thread_name_prefix="gate")
     try:

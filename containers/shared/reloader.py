@@ -83,6 +83,7 @@ def main(argv: Sequence[str]) -> int:
     seen = snapshot(dirs)
     child = subprocess.Popen(command)
     say(f"watching {', '.join(map(str, dirs))}; started {' '.join(command)} (pid {child.pid})")
+    reported = False
     while not stopping:
         time.sleep(POLL_SECONDS)
         now = snapshot(dirs)
@@ -92,9 +93,12 @@ def main(argv: Sequence[str]) -> int:
             say(f"{len(edits)} file(s) changed ({os.path.basename(edits[0])}...): restarting")
             stop(child)
             child = subprocess.Popen(command)
-        elif child.poll() is not None:
-            # Crashed: wait for an edit rather than restarting in a loop (as uvicorn does).
-            continue
+            reported = False
+        elif child.poll() is not None and not reported:
+            # Crashed: wait for an edit rather than restarting in a loop (as uvicorn does),
+            # and say so once: `inv up`'s gate reads this line (sandbox/crashes.py).
+            say(f"pid {child.pid} exited with status {child.returncode}: waiting for an edit")
+            reported = True
     return stop(child)
 
 

@@ -607,3 +607,39 @@ def test_a_database_log_without_a_refusal_keeps_the_gate_waiting(target: compose
         probe_wait=WAIT,
     )  # fmt: skip
     assert result.passed
+
+
+def test_an_app_process_that_died_under_a_running_container_fails_at_once(
+    target: compose.Target,
+) -> None:
+    clock = FakeClock()
+    world = World(clock)
+    world.registered_at["training-worker-2"] = 1e9
+    world.set_container("training-worker-2", "running", "Up 9 seconds (unhealthy)")
+    world.set_container("backend", "running", "Up 9 seconds (healthy)")
+    read: list[str] = []
+    died = [
+        "Process SpawnProcess-1:",
+        "Traceback (most recent call last):",
+        '  File "/app/ktrdr/training/training_worker.py", line 3, in <module>',
+        "ImportError: cannot import name 'x'",
+    ]
+
+    def app_log(name: str) -> list[str]:
+        read.append(name)
+        return died if name.endswith("-training-worker-2-1") else ["INFO: Started server process"]
+
+    probes = replace(world.probes(), app_log=app_log)
+    result = run(target, world, clock, probes=probes)
+    workers = by_name(result)["workers"]
+    assert not result.passed
+    assert result.elapsed < 3.0
+    assert workers.state is State.FAILED
+    assert workers.detail == (
+        "training-worker-2: process died: ImportError: cannot import name 'x' "
+        "(ktrdr/training/training_worker.py:3 in <module>)"
+    )
+    assert workers.service == "training-worker-2"
+    # Healthy containers and services that run no app code are not read.
+    assert "ktrdr-sandbox-1-backend-1" not in read
+    assert not any(name.endswith(("-db-1", "-jaeger-1")) for name in read)
