@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         envfiles,
         images,
         lock,
+        mcpserver,
         net,
         observability,
         picker,
@@ -66,6 +67,7 @@ else:  # each imported at its first use: `inv status` loads only what it touches
     forwarding = lazy.Module("sandbox.tunnel")
     images = lazy.Module("sandbox.images")
     lock = lazy.Module("sandbox.lock")
+    mcpserver = lazy.Module("sandbox.mcpserver")  # loads the MCP SDK: only `inv mcp` does
     net = lazy.Module("sandbox.net")
     observability = lazy.Module("sandbox.observability")
     picker = lazy.Module("sandbox.picker")
@@ -446,6 +448,13 @@ def _exec(target: compose.Target, service: str, argv: list[str]) -> None:
     result = runner.run(cmd, env=compose.environment(target, environ), capture=False)
     if not result.ok:  # the command's own status; Compose or the command said why
         raise InvokeExit(code=result.returncode if result.returncode > 0 else int(Exit.COMMAND))
+
+
+@task(name="mcp")
+@handled
+def mcp_server(c: Context) -> None:
+    """An MCP server on stdin/stdout: the slot life cycle as tools (README: registering it)."""
+    mcpserver.serve()
 
 
 @task(help={"slot": SLOT_HELP, "watch": "keep sending every change until Ctrl-C"})
