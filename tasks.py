@@ -8,6 +8,7 @@ the noxfile never sees one (its sessions run `inv` and pytest as subprocesses).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shlex
@@ -122,7 +123,7 @@ def _slot(value: str | None) -> int:
 
 
 def _target(value: str | None) -> compose.Target:
-    return compose.load_target(ROOT, _slot(value))
+    return compose.load_target(ROOT, _slot(value), os.environ)
 
 
 def _compose(environ: Mapping[str, str]) -> list[str]:
@@ -136,13 +137,19 @@ SOURCE_HELP = (
     "hot reload; default: the reference app built into its image"
 )
 TORCH_HELP = (
-    "a --source checkout's torch: none (default: backend and backtest workers need none), "
-    "debian (Debian's CPU torch, offline) or locked (its uv.lock's, GBs)"
+    "a --source checkout's torch, for its training workers: debian (default: Debian's CPU "
+    "build), locked (exactly what its uv.lock pins: CUDA wheels, GBs) or none (a lighter "
+    "image that cannot train)"
 )
 TIMEOUT_HELP = (
     f"seconds the gate waits for readiness (default {GATE_TIMEOUT:.0f}, or KTRDR_GATE_TIMEOUT)"
 )
 NO_WAIT_HELP = "return after `docker compose up -d`, without the startability gate"
+MODELS_HELP = (
+    "where the slot's models live: shared (default: the shared directory's models/, seen by "
+    "every slot) or slot (its own, under the shared directory's slots/; a `*_latest` model "
+    "is then this slot's)"
+)
 
 
 @task(
@@ -150,6 +157,7 @@ NO_WAIT_HELP = "return after `docker compose up -d`, without the startability ga
         "slot": SLOT_HELP + "; auto: the lowest free one from 1 (printed before anything starts)",
         "source": SOURCE_HELP,
         "torch": TORCH_HELP,
+        "models": MODELS_HELP,
         "workers": "worker profile: full (default: two backtest and two training workers), "
         "light (one of each) or none",
         "observability": "own (default: the slot runs its own Jaeger, Prometheus, Grafana) or "
@@ -166,7 +174,8 @@ def up(
     c: Context,
     slot: str | None = None,
     source: str | None = None,
-    torch: str = "none",
+    torch: str | None = None,
+    models: str = "shared",
     workers: str | None = None,
     observability: str | None = None,
     build: bool = False,
@@ -178,6 +187,7 @@ def up(
     """Start a slot's stack: preflight, `docker compose up -d`, then the startability gate."""
     layout = slots.parse_layout(workers, observability)
     chosen = apps.detect(Path(source), torch) if source else apps.BUILT_IN
+    chosen = dataclasses.replace(chosen, models=apps.check_models(models))
     environ = dict(os.environ)
     wipe = functools.partial(_confirm_fresh, yes) if fresh else None
     if slot is None or slot.strip().lower() != "auto":
@@ -195,7 +205,7 @@ def up(
         return
     with picker.claim_slot(environ, None, picker.Claim(on_busy=out().line)) as number:
         out().line(f"slot {number}: the lowest free slot (--slot=auto)")
-        target = compose.load_target(ROOT, number)
+        target = compose.load_target(ROOT, number, environ)
         _start(
             target, chosen, environ, build=build, wait=not no_wait, timeout=timeout, layout=layout
         )
@@ -353,6 +363,7 @@ def _down_all(slot: str | None, volumes: bool, yes: bool) -> None:
         "slot": "auto (default: the lowest free slot from 1) or a free slot's number",
         "base": "where a new branch starts (default: origin/HEAD, origin/main, ...)",
         "torch": TORCH_HELP,
+        "models": MODELS_HELP,
         "no-wait": NO_WAIT_HELP,
         "timeout": TIMEOUT_HELP,
     },
@@ -364,22 +375,25 @@ def new(
     repo: str | None = None,
     slot: str = "auto",
     base: str | None = None,
-    torch: str = "none",
+    torch: str | None = None,
+    models: str = "shared",
     no_wait: bool = False,
     timeout: str | None = None,
 ) -> None:
     """A worktree of BRANCH next to --repo, a free slot, and `inv up --source=WORKTREE` there."""
     environ = dict(os.environ)
-    apps.check_torch(torch)
+    if torch is not None:
+        apps.check_torch(torch)
+    apps.check_models(models)
     wanted = picker.parse_choice(slot)
     plan = branchflow.check_new(repo, branch, base, environ)
     with picker.claim_slot(environ, wanted, picker.Claim(on_busy=out().line)) as n:
         out().line(f"slot {n}: {'the lowest free slot' if wanted is None else 'free'}")
         made = worktrees.create(plan.repo, branch, base, environ)
         out().step("worktree", f"{made.path} (branch {branch})")
-        target = compose.load_target(ROOT, n)
+        target = compose.load_target(ROOT, n, environ)
         try:
-            source = apps.detect(made.path, torch)
+            source = dataclasses.replace(apps.detect(made.path, torch), models=models)
             _start(target, source, environ, wait=not no_wait, timeout=timeout)
         except (SandboxError, InvokeExit):
             out().line(branchflow.kept_hint(plan, made.path))

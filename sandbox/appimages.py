@@ -15,6 +15,7 @@ engine without buildx lacks; containers/images/uv-app/Dockerfile builds with DOC
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from sandbox import ROOT, runner
+from sandbox import ROOT, lock, runner
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import display
 from sandbox.settings import CLI_TIMEOUT
@@ -56,6 +57,13 @@ EXTRA_CA_VARIABLE = "KTRDR_EXTRA_CA_CERTS"
 # none: skip torch and its CUDA wheels; debian: Debian's CPU-only python3-torch through
 # system site packages; locked: what uv.lock pins (PyPI's CUDA build on Linux x86_64).
 TORCH_CHOICES = ("none", "debian", "locked")
+# Training needs torch, and a slot must train with the defaults. Debian's build is CPU-only
+# (these machines and laptops have no GPU), the same package online and offline, on amd64
+# and arm64, and a fraction of PyPI's CUDA wheels (figures in docs/designs/Sandbox/DESIGN.md).
+DEFAULT_TORCH = "debian"
+TORCH_PACKAGE = "torch"
+# Another command building the same image: wait this long for it rather than build twice.
+BUILD_LOCK_WAIT = 3600.0
 REQUIRED_FILES = ("pyproject.toml", "uv.lock")
 _EXTRA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 IGNORED_DIRS = frozenset({".git", ".venv", "__pycache__", "node_modules"})
@@ -63,11 +71,14 @@ _COPY_IGNORE = shutil.ignore_patterns(*IGNORED_DIRS)
 
 
 class Ensured(NamedTuple):
-    """What `ensure_deps_image` did: the tag, whether it built anything, and how long it took."""
+    """What `ensure_deps_image` did: the tag, whether it built anything, how long it took,
+    the torch choice that applies, and how long it waited for another command's build."""
 
     tag: str
     built: bool
     seconds: float
+    torch: str = "none"
+    waited: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,63 @@ def check_options(extras: Sequence[str], torch: str) -> None:
         raise SandboxError(f"torch must be one of {choices}, not {torch!r}", Exit.USAGE)
 
 
+def _lock_packages(source: Path) -> list[dict[str, object]]:
+    try:
+        lock = tomllib.loads((source / "uv.lock").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SandboxError(f"cannot read {source / 'uv.lock'}: {exc}", Exit.USAGE) from exc
+    return [p for p in lock.get("package", []) if isinstance(p, dict)]
+
+
+def _names(entries: object) -> list[str]:
+    """Package names of a lock entry's dependency list (`[{ name = "x" }, ...]`)."""
+    if not isinstance(entries, list):
+        return []
+    return [e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
+
+
+def locked_closure(source: Path, extras: Sequence[str]) -> set[str]:
+    """Every package name `uv sync --extra ...` installs from the checkout's lock: the
+    project's dependencies and those of the extras, followed through the lock (markers are
+    not evaluated: a package for any platform counts)."""
+    packages = _lock_packages(source)
+    by_name = {str(p.get("name")): p for p in packages}
+    project = next((p for p in packages if _is_project(p)), None)
+    if project is None:
+        return set()
+    wanted: list[str] = _names(project.get("dependencies"))
+    optional = project.get("optional-dependencies")
+    if isinstance(optional, dict):
+        for extra in extras:
+            wanted += _names(optional.get(extra))
+    seen: set[str] = set()
+    while wanted:
+        name = wanted.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        entry = by_name.get(name, {})
+        wanted += _names(entry.get("dependencies"))
+        extras_of = entry.get("optional-dependencies")
+        if isinstance(extras_of, dict):  # `pkg[extra]` requirements (e.g. sqlalchemy[asyncio])
+            for group in extras_of.values():
+                wanted += _names(group)
+    return seen
+
+
+def _is_project(package: Mapping[str, object]) -> bool:
+    where = package.get("source")
+    return isinstance(where, dict) and (where.get("editable") == "." or where.get("virtual") == ".")
+
+
+def effective_torch(source: Path, extras: Sequence[str], torch: str) -> str:
+    """The torch choice that applies: "none" when nothing the image installs needs torch
+    (then no choice changes the image, and none is recorded as made)."""
+    if torch == "none" or TORCH_PACKAGE in locked_closure(source, extras):
+        return torch
+    return "none"
+
+
 def python_base(offline: bool, torch: str = "none") -> str:
     """Debian's Python when no registry answers, and always for Debian's torch, which is built
     for /usr/bin/python3 (python:3.13-slim's Python in /usr/local would not see it)."""
@@ -110,13 +178,9 @@ def python_base(offline: bool, torch: str = "none") -> str:
 def local_sources(source: Path) -> list[str]:
     """Relative paths of local packages the lock installs besides the project itself
     (path dependencies, workspace members): `uv sync` needs their files in the context."""
-    try:
-        lock = tomllib.loads((source / "uv.lock").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise SandboxError(f"cannot read {source / 'uv.lock'}: {exc}", Exit.USAGE) from exc
     found: set[str] = set()
-    for package in lock.get("package", []):
-        where = package.get("source", {}) if isinstance(package, dict) else {}
+    for package in _lock_packages(source):
+        where = package.get("source", {})
         for key in ("path", "directory", "editable", "virtual"):
             value = where.get(key) if isinstance(where, dict) else None
             if isinstance(value, str) and Path(value) != Path("."):
@@ -277,18 +341,68 @@ def ensure_deps_image(
     on_step: Callable[[str], None] | None = None,
     extras: Sequence[str] = (),
     torch: str = "none",
+    on_wait: Callable[[str], None] | None = None,
 ) -> Ensured:
     """The dependency image for `source`: reused when its tag exists, else built (and the
-    Debian Python base before it when that is missing). Raises with the build's last lines."""
+    Debian Python base before it when that is missing). Raises with the build's last lines.
+
+    One build per tag on this machine: commands that need the same image while another
+    builds it wait for that build (`on_wait` hears it once) and then reuse its image.
+    """
     source = source.resolve()
     check_source(source)
     check_options(extras, torch)
+    torch = effective_torch(source, extras, torch)
     base = python_base(offline, torch)
     tag = deps_tag(source, extras, base, torch)
     if image_exists(tag, environ):
-        return Ensured(tag, False, 0.0)
-    say = on_step or (lambda _: None)
+        return Ensured(tag, False, 0.0, torch)
     started = time.monotonic()
+    with build_lock(tag, environ, on_wait):
+        if image_exists(tag, environ):  # built by the command we waited for
+            return Ensured(tag, False, 0.0, torch, waited=time.monotonic() - started)
+        _build(source, environ, offline, on_step or (lambda _: None), extras, torch, tag)
+    return Ensured(tag, True, time.monotonic() - started, torch)
+
+
+@contextlib.contextmanager
+def build_lock(
+    tag: str, environ: Mapping[str, str], on_wait: Callable[[str], None] | None
+) -> Iterator[None]:
+    """This machine's lock on building `tag` (a flock in the lock directory, dropped by the
+    kernel however its holder ends)."""
+    name = tag.rsplit(":", 1)[-1]
+    fd = lock.open_lock_file(lock.default_lock_dir(environ) / f"image-{name}.lock")
+
+    def refusal(pid: int | None) -> SandboxError:
+        return SandboxError(
+            f"{lock.holder(pid)} has been building {tag} for over {BUILD_LOCK_WAIT:.0f} s: "
+            "stop it or wait for it, then run the same command again",
+            Exit.LOCKED,
+        )
+
+    def waiting(pid: int | None, _left: float) -> None:
+        if on_wait is not None:
+            on_wait(f"{lock.holder(pid)} is building {tag}: waiting for it, then reusing it")
+
+    try:
+        lock.acquire(fd, BUILD_LOCK_WAIT, refusal, waiting)
+        with lock.signed(fd):
+            yield
+    finally:
+        os.close(fd)
+
+
+def _build(
+    source: Path,
+    environ: Mapping[str, str],
+    offline: bool,
+    say: Callable[[str], None],
+    extras: Sequence[str],
+    torch: str,
+    tag: str,
+) -> None:
+    base = python_base(offline, torch)
     if base == OFFLINE_PYTHON_BASE and not image_exists(base, environ):
         for step in python_base_steps(offline, environ):
             if step.what == OFFLINE_DEBIAN_BASE and image_exists(step.what, environ):
@@ -298,8 +412,10 @@ def ensure_deps_image(
     certs = extra_certs(environ)
     with tempfile.TemporaryDirectory(prefix="ktrdr-uv-app-") as tmp:
         context = assemble_context(source, Path(tmp), certs)
-        what = f"{tag} from {source / 'uv.lock'} on {base}, {len(certs)} extra CA certificate(s)"
-        say(what)
+        shown = f"extras: {' '.join(extras) or 'none'}, torch: {torch}"
+        say(
+            f"{tag} from {source / 'uv.lock'} ({shown}) on {base}, "
+            f"{len(certs)} extra CA certificate(s)"
+        )
         step = Step(tag, build_command(tag, context, base, extras, torch), build_env(environ))
         run_step(step, "the lines above say why: fix it and run the same command again")
-    return Ensured(tag, True, time.monotonic() - started)

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import STATE_DIR, slots
-from sandbox.appimages import TORCH_CHOICES
+from sandbox.appimages import DEFAULT_TORCH, TORCH_CHOICES
 from sandbox.docker import (
     APP_LABEL,
     CLIENT_LABEL,
+    MODELS_LABEL,
     OBSERVABILITY_LABEL,
+    SHARED_LABEL,
     SOURCE_LABEL,
     TORCH_LABEL,
     WORKERS_LABEL,
@@ -77,6 +79,12 @@ class AppKind:
     # Worker type ("backtesting", "training") -> command; "{port}" is the worker's port.
     workers: Mapping[str, tuple[str, ...]]
     mounts: tuple[Mount, ...]
+    # Optional extras of the app's pyproject.toml its dependency image installs (uv kinds):
+    # what its workers import to do their work (KTRDR's training needs `ml`).
+    extras: tuple[str, ...] = ()
+    # Directories of the checkout copied into an empty one of the shared directory on `up`
+    # (never overwriting): a new machine's first slot finds the branch's strategies.
+    seeds: tuple[str, ...] = ()
     environment: Mapping[str, str] = field(default_factory=dict)
     worker_environment: Mapping[str, str] = field(default_factory=dict)
     migration: Migration | None = None
@@ -147,6 +155,9 @@ KTRDR = AppKind(
         Mount("alembic", f"{APP_DIR}/alembic", optional=True),
         Mount("alembic.ini", f"{APP_DIR}/alembic.ini"),
     ),
+    # torch and scikit-learn: the training workers import both (torch as --torch chooses).
+    extras=("ml",),
+    seeds=("strategies",),
     environment={
         "KTRDR_API_ENVIRONMENT": "development",
         # KTRDR's start-up reconciliation reads the legacy name and is skipped without it.
@@ -177,8 +188,10 @@ class Source:
 
     kind: AppKind
     path: Path | None
-    # Which torch the image has (uv kinds): "none" (the default), "debian" or "locked".
-    torch: str = "none"
+    # Which torch the image has (uv kinds): "debian" (the default), "none" or "locked".
+    torch: str = DEFAULT_TORCH
+    # Where its models live: "shared" (every slot's, the default) or "slot" (its own).
+    models: str = "shared"
 
     @property
     def label(self) -> str:
@@ -194,6 +207,27 @@ class Source:
 BUILT_IN = Source(REFERENCE, None)
 
 
+MODELS_CHOICES = ("shared", "slot")
+MODELS_TARGET = f"{APP_DIR}/models"
+
+
+def check_models(models: str) -> str:
+    """`models` when it is one of MODELS_CHOICES, else SandboxError(USAGE)."""
+    if models not in MODELS_CHOICES:
+        choices = ", ".join(MODELS_CHOICES)
+        raise SandboxError(f"--models must be one of {choices}, not {models!r}", Exit.USAGE)
+    return models
+
+
+def models_dir(shared_dir: Path, slot: int, models: str) -> Path:
+    """The host directory of a slot's models: the shared one's models/, or with `slot` the
+    slot's own under the shared directory (beside, not inside, models/: a slot's directory
+    must not look like a strategy to another slot listing models/)."""
+    if models == "slot":
+        return shared_dir / "slots" / f"slot-{slot}" / "models"
+    return shared_dir / "models"
+
+
 def check_torch(torch: str) -> str:
     """`torch` when it is one of TORCH_CHOICES, else SandboxError(USAGE)."""
     if torch not in TORCH_CHOICES:
@@ -202,10 +236,12 @@ def check_torch(torch: str) -> str:
     return torch
 
 
-def detect(path: Path, torch: str = "none") -> Source:
-    """The kind of app at `path`, or a SandboxError naming what is missing."""
+def detect(path: Path, torch: str | None = None) -> Source:
+    """The kind of app at `path`, or a SandboxError naming what is missing. `torch`: the
+    image's torch choice (None: the default, for the kinds that have one)."""
     given = path
-    check_torch(torch)
+    if torch is not None:
+        check_torch(torch)
     path = path.expanduser()
     if not path.exists():
         raise SandboxError(f"--source {given}: no such directory; pass a checkout", Exit.USAGE)
@@ -214,11 +250,13 @@ def detect(path: Path, torch: str = "none") -> Source:
     path = path.resolve()
     for kind in KINDS:
         if all((path / marker).exists() for marker in kind.markers):
-            if torch != "none" and kind.image != "uv":
-                raise SandboxError(
-                    f"--torch is for KTRDR checkouts, not a {kind.title}", Exit.USAGE
-                )
-            return Source(kind, path, torch)
+            if kind.image != "uv":
+                if torch is not None:
+                    raise SandboxError(
+                        f"--torch is for KTRDR checkouts, not a {kind.title}", Exit.USAGE
+                    )
+                return Source(kind, path, "none")
+            return Source(kind, path, DEFAULT_TORCH if torch is None else torch)
     for kind in KINDS:
         if (path / kind.markers[0]).exists():
             missing = [m for m in kind.markers if not (path / m).exists()]
@@ -276,6 +314,7 @@ def override(
     environment: Mapping[str, str],
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
     copied_to: str | None = None,
+    place: Place | None = None,
 ) -> dict[str, Any]:
     """The Compose override for `source` and `layout`: labels on every service (the app, its
     source, the client machine, the layout); for a checkout, the app services' image,
@@ -283,9 +322,10 @@ def override(
     app services on the shared network with their traces sent there. Which services run at
     all is `up`'s `--scale` (sandbox/stack.py). `copied_to`: the checkout's copy on a remote
     engine's host (sandbox/codesync.py), bound instead of the checkout."""
-    labels = _labels(source, layout)
+    labels = _labels(source, layout, place)
     services: dict[str, dict[str, Any]] = {s: {"labels": labels} for s in slots.SERVICES}
     document: dict[str, Any] = {"services": services}
+    own_models = _own_models(source, place)
     traces = _trace_environment(source.kind, layout)
     if layout.shared:
         # `default` listed too: a service given `networks` is on those networks only.
@@ -298,14 +338,43 @@ def override(
         for service in APP_SERVICES:
             if traces:
                 services[service]["environment"] = traces
+            if own_models:
+                services[service]["volumes"] = own_models[service]
         return document
     _run_checkout(services, source, image, {**environment, **traces}, copied_to)
+    for service, volumes in own_models.items():
+        services[service]["volumes"] = [*services[service]["volumes"], *volumes]
     if copied_to:
         document["volumes"] = {SOURCE_VOLUME: {}}
     return document
 
 
-def _labels(source: Source, layout: slots.Layout) -> dict[str, str]:
+@dataclass(frozen=True)
+class Place:
+    """Where a slot keeps its files on the engine's host: its number and shared directory."""
+
+    slot: int
+    shared_dir: Path
+
+    def models(self, source: Source) -> Path:
+        return models_dir(self.shared_dir, self.slot, source.models)
+
+
+def _own_models(source: Source, place: Place | None) -> dict[str, list[str]]:
+    """With `--models=slot`, each app service's bind of the slot's own models directory at
+    the path the compose file binds the shared one (Compose merges binds by their target);
+    read-only for backtest workers, as the shared one is."""
+    if place is None or source.models != "slot":
+        return {}
+    where = place.models(source)
+    read_only = {w.service for w in slots.WORKERS if w.worker_type == "backtesting"}
+    return {
+        service: [f"{where}:{MODELS_TARGET}{':ro' if service in read_only else ''}"]
+        for service in APP_SERVICES
+    }
+
+
+def _labels(source: Source, layout: slots.Layout, place: Place | None) -> dict[str, str]:
     labels = {
         APP_LABEL: source.kind.name,
         SOURCE_LABEL: source.label,
@@ -315,6 +384,9 @@ def _labels(source: Source, layout: slots.Layout) -> dict[str, str]:
     }
     if source.kind.image == "uv":
         labels[TORCH_LABEL] = source.torch
+    if place is not None:
+        labels[SHARED_LABEL] = str(place.shared_dir)
+        labels[MODELS_LABEL] = str(place.models(source))
     return labels
 
 
@@ -411,16 +483,34 @@ def remove_state(root: Path, slot: int) -> list[Path]:
     return found
 
 
-def env_sandbox_text(slot: int, values: Mapping[str, str], urls: Mapping[str, str]) -> str:
-    """`.env.sandbox` for a checkout: the slot's ports and URLs, for KTRDR's CLI."""
+def env_sandbox_text(
+    slot: int,
+    values: Mapping[str, str],
+    urls: Mapping[str, str],
+    source: Source = BUILT_IN,
+    place: Place | None = None,
+) -> str:
+    """`.env.sandbox` for a checkout: the slot's ports and URLs for KTRDR's CLI (it reads
+    KTRDR_API_PORT), its Compose project for `ktrdr sandbox status` (which runs `docker
+    compose ps` with this file's variables), and the directories KTRDR's own sandbox names.
+    Values unquoted: KTRDR's reader does not strip quotes."""
     lines = [
         f"{ENV_SANDBOX_HEADER} for slot {slot}; removed by `inv down --slot={slot} --volumes`.",
         f"COMPOSE_PROJECT_NAME={slots.project_name(slot)}",
         f"SLOT_NUMBER={slot}",
     ]
+    if source.path is not None:
+        lines.append(f"INSTANCE_ID={source.path.name}")
     lines += [f"{name}={values[name]}" for name in slots.PORT_VARIABLES if name in values]
     if "Backend API" in urls:
         lines.append(f"KTRDR_API_URL={urls['Backend API']}")
+    if place is not None:
+        lines += [
+            f"KTRDR_SHARED_DIR={place.shared_dir}",
+            f"KTRDR_DATA_DIR={place.shared_dir / 'data'}",
+            f"KTRDR_MODELS_DIR={place.models(source)}",
+            f"KTRDR_STRATEGIES_DIR={place.shared_dir / 'strategies'}",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -74,8 +74,22 @@ class Target:
         return path if path.is_absolute() else self.root / path
 
 
-def load_target(root: Path, slot: int) -> Target:
-    return Target(slot, root, envfiles.load_slot(root, slot))
+# Machine-wide settings that live in the env files but that a user exports for every slot at
+# once: exported in the calling shell (non-empty), they win over the env file. A relative
+# path is taken from the directory `inv` runs in, as the shell meant it.
+MACHINE_WIDE = ("KTRDR_SHARED_DIR",)
+
+
+def load_target(root: Path, slot: int, environ: Mapping[str, str] | None = None) -> Target:
+    """Slot `slot` of the checkout at `root`: its env file, with the MACHINE_WIDE settings
+    `environ` exports laid over it."""
+    values = envfiles.load_slot(root, slot)
+    exported = {
+        name: str(Path(environ[name]).expanduser().absolute())
+        for name in MACHINE_WIDE
+        if environ is not None and environ.get(name)
+    }
+    return Target(slot, root, {**values, **exported} if exported else values)
 
 
 def find_compose(environ: Mapping[str, str] | None = None) -> list[str]:

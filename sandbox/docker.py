@@ -31,6 +31,10 @@ CLIENT_LABEL = "ktrdr.sandbox.client"
 # Which services the slot runs: its worker profile and its observability (own or shared).
 WORKERS_LABEL = "ktrdr.sandbox.workers"
 OBSERVABILITY_LABEL = "ktrdr.sandbox.observability"
+# The host directory the slot's containers mount at /app/data and /app/strategies, and
+# where its models live: the shared one, or the slot's own under it (`--models=slot`).
+SHARED_LABEL = "ktrdr.sandbox.shared"
+MODELS_LABEL = "ktrdr.sandbox.models"
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ class Container:
     client: str = ""  # the client machine's host name; "" for containers from before it was set
     workers: str = ""  # the slot's worker profile; "" before profiles were recorded (full)
     observability: str = ""  # own or shared; "" before it was recorded (own)
+    shared: str = ""  # the shared directory it mounts; "" before it was recorded
+    models: str = ""  # the host directory of its models; "" before it was recorded (shared)
 
     @property
     def layout(self) -> slots.Layout:
@@ -118,7 +124,9 @@ PS_FORMAT = (
     f'"Torch":{{{{json (.Label "{TORCH_LABEL}")}}}},'
     f'"Client":{{{{json (.Label "{CLIENT_LABEL}")}}}},'
     f'"Workers":{{{{json (.Label "{WORKERS_LABEL}")}}}},'
-    f'"Observability":{{{{json (.Label "{OBSERVABILITY_LABEL}")}}}}}}'
+    f'"Observability":{{{{json (.Label "{OBSERVABILITY_LABEL}")}}}},'
+    f'"Shared":{{{{json (.Label "{SHARED_LABEL}")}}}},'
+    f'"Models":{{{{json (.Label "{MODELS_LABEL}")}}}}}}'
 )
 
 
@@ -145,6 +153,8 @@ def parse_ps(output: str) -> list[Container]:
                 client=row.get("Client", ""),
                 workers=row.get("Workers", ""),
                 observability=row.get("Observability", ""),
+                shared=row.get("Shared", ""),
+                models=row.get("Models", ""),
             )
         )
     return found

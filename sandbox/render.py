@@ -111,8 +111,23 @@ STATUS_HEADER = (
     "observability",
     "API URL",
     "source",
+    "shared dir",
     "checkout",
 )
+
+
+def shared_cell(row: SlotStatus, home: str | None = None) -> str:
+    """The shared directory (`~` for the home directory: the table is wide), and whether the
+    slot keeps models of its own (`--models=slot`; `--json` has the path)."""
+    if not row.shared_dir:
+        return "-"
+    home = os.path.expanduser("~") if home is None else home
+    shown = row.shared_dir
+    if home not in ("", "/") and (shown == home or shown.startswith(home + "/")):
+        shown = "~" + shown[len(home) :]
+    if row.models_dir and row.models_dir != f"{row.shared_dir}/models":
+        return f"{shown}, own models"
+    return shown
 
 
 def status_cells(rows: Sequence[SlotStatus]) -> list[tuple[str, ...]]:
@@ -126,6 +141,7 @@ def status_cells(rows: Sequence[SlotStatus]) -> list[tuple[str, ...]]:
             r.observability,
             r.api_url or "-",
             r.source or "-",
+            shared_cell(r),
             f"orphaned: {r.checkout} is gone" if r.orphaned else (r.checkout or "-"),
         )
         for r in rows

@@ -168,8 +168,7 @@ class RichRenderer(Renderer):
                 row[4],
                 row[5],
                 Text(row[6], style="cyan"),
-                row[7],
-                row[8],
+                *row[7:],
             )
         self.console.print(table)
 

@@ -53,6 +53,18 @@ def check_home(shared_dir: Path, environ: Mapping[str, str]) -> None:
         )
 
 
+def ensure_directory(path: Path) -> None:
+    """`mkdir -p path`, or one line saying why it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot create {path} ({exc.strerror}): `mkdir -p {path}` as a user who may, "
+            "then re-run",
+            Exit.SHARED_DIR,
+        ) from exc
+
+
 def missing(path: Path) -> list[Path]:
     """The sub-directories of `path` that `ensure` would create."""
     return [path / name for name in SUBDIRS if not (path / name).is_dir()]
@@ -128,14 +140,38 @@ def copy_missing(source: Path, target: Path) -> CopyReport:
     present = [name for name in SUBDIRS if (source / name).is_dir()]
     report = CopyReport()
     for name in present:
-        for file in sorted((source / name).rglob("*")):
-            if not file.is_file():
-                continue
-            dest = target / name / file.relative_to(source / name)
-            if dest.exists():
-                report.skipped.append(dest)
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(file, dest)
-            report.copied.append(dest)
+        _copy_files(source / name, target / name, report)
+    return report
+
+
+def _copy_files(source: Path, target: Path, report: CopyReport) -> None:
+    """Every regular file under `source` into `target` at the same relative path, unless one
+    is there already. Links are not followed: a checkout's `x.yaml -> /etc/shadow` must not
+    bring a host file into the directory every slot mounts."""
+    for file in sorted(source.rglob("*")):
+        if file.is_symlink() or not file.is_file():
+            continue
+        if any(parent.is_symlink() for parent in file.relative_to(source).parents if parent.name):
+            continue
+        dest = target / file.relative_to(source)
+        if dest.exists() or dest.is_symlink():
+            report.skipped.append(dest)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(file, dest)
+        report.copied.append(dest)
+
+
+def seed(checkout: Path, shared_dir: Path, names: tuple[str, ...]) -> CopyReport:
+    """For each of `names` (e.g. strategies) that holds no file yet in the shared directory:
+    copy the checkout's files in, never overwriting. A shared directory with even one file
+    there is the user's own and is left alone."""
+    report = CopyReport()
+    for name in names:
+        if not (checkout / name).is_dir() or (checkout / name).is_symlink():
+            continue
+        present = shared_dir / name
+        if present.is_dir() and any(p.is_file() for p in present.rglob("*")):
+            continue
+        _copy_files(checkout / name, present, report)
     return report

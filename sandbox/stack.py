@@ -6,6 +6,7 @@ Each function returns what happened; the task layer renders it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,7 @@ from sandbox import (
     preflight,
     provenance,
     runner,
+    shared,
     slots,
 )
 from sandbox.compose import Target
@@ -231,7 +233,9 @@ def _start(
     if hooks.build is not None:
         hooks.build()  # after preflight and under the lock: a refused slot rebuilds nothing
     image = hooks.app_image(source) if hooks.app_image is not None else None
+    source = applied_torch(source)
     copied_to = _copy_source(target, environ, checked, source, hooks.step)
+    _prepare_files(target, source, checked.where, hooks.step)
     override = write_override(target, source, image, layout, copied_to)
     fresh = hooks.fresh is not None
     ensure_volume(target, environ, checked, source, fresh)
@@ -241,8 +245,48 @@ def _start(
     )
     if layout.shared:
         observability.refresh_targets(environ)  # the shared Prometheus scrapes this slot
-    apps.write_env_sandbox(source, env_sandbox(target, environ, checked.where))
+    apps.write_env_sandbox(source, env_sandbox(target, environ, checked.where, source))
     return UpResult(checked, not already, None, compose_seconds=compose_seconds)
+
+
+def place(target: Target) -> apps.Place:
+    return apps.Place(target.slot, target.shared_dir)
+
+
+def _prepare_files(
+    target: Target,
+    source: apps.Source,
+    where: engine.Engine,
+    on_step: Callable[[str, str], None] | None,
+) -> None:
+    """The slot's files in the shared directory: its own models directory (`--models=slot`,
+    made here so that it belongs to the user, not to the engine's root), and the checkout's
+    strategies when the shared directory has none yet. Says what it did; on a remote engine
+    the shared directory is on the engine's host and only the models line is said (Docker
+    makes the directory there)."""
+    say = on_step or (lambda name, detail: None)
+    models = place(target).models(source)
+    if source.models == "slot":
+        if where.local:
+            shared.ensure_directory(models)
+        say("models", f"{models} (this slot's own: --models=slot)")
+    else:
+        say("models", f"{models} (shared by every slot: a `*_latest` model may be another's)")
+    if source.path is None or not source.kind.seeds or not where.local:
+        return
+    copied = shared.seed(source.path, target.shared_dir, source.kind.seeds).copied
+    if copied:
+        names = ", ".join(source.kind.seeds)
+        say("seeded", f"{len(copied)} file(s) of {names} from {source.path} (none were there)")
+
+
+def applied_torch(source: apps.Source) -> apps.Source:
+    """`source` with the torch choice that applies to its image (sandbox/appimages.py): what
+    the slot's label records and `inv status` shows."""
+    if source.path is None or source.kind.image != "uv":
+        return source
+    torch = appimages.effective_torch(source.path, source.kind.extras, source.torch)
+    return dataclasses.replace(source, torch=torch)
 
 
 def _copy_source(
@@ -314,27 +358,34 @@ def app_image(
     offline = images.offline_selected(root)
     say = on_step or (lambda name, detail: None)
     where = engine.detect(environ)
+    extras = source.kind.extras
     if not where.local:
-        _send_deps_image(source.path, source.torch, offline, environ, where, say)
+        _send_deps_image(source.path, extras, source.torch, offline, environ, where, say)
     ensured = appimages.ensure_deps_image(
         source.path,
         environ,
         offline,
         lambda what: say("build", what),
+        extras=extras,
         torch=source.torch,
+        on_wait=lambda what: say("build", what),
     )
     world = "offline: no registry" if offline else "online"
     if not where.local:
         world += f"; on the engine at {where.host}"
+    made = f"extras: {' '.join(extras) or 'none'}, torch: {ensured.torch}"
     if ensured.built:
-        say("image", f"built {ensured.tag} in {ensured.seconds:.1f} s ({world})")
+        say("image", f"built {ensured.tag} in {ensured.seconds:.1f} s ({made}; {world})")
+    elif ensured.waited:
+        say("image", f"{ensured.tag}, built by the command waited for ({made}; {world})")
     else:
-        say("image", f"{ensured.tag} (dependencies unchanged: not rebuilt; {world})")
+        say("image", f"{ensured.tag} (dependencies unchanged: not rebuilt; {made}; {world})")
     return ensured.tag
 
 
 def _send_deps_image(
     checkout: Path,
+    extras: Sequence[str],
     torch: str,
     offline: bool,
     environ: Mapping[str, str],
@@ -342,8 +393,9 @@ def _send_deps_image(
     say: Callable[[str, str], None],
 ) -> None:
     """A remote engine without the checkout's dependency image gets this machine's copy."""
+    torch = appimages.effective_torch(checkout.resolve(), extras, torch)
     base = appimages.python_base(offline, torch)
-    tag = appimages.deps_tag(checkout.resolve(), (), base, torch)
+    tag = appimages.deps_tag(checkout.resolve(), extras, base, torch)
     if appimages.image_exists(tag, environ):
         return
     sent = imagesend.send_if_local(tag, environ)
@@ -364,15 +416,18 @@ def write_override(
 ) -> Path:
     """The app kind's Compose override for this slot, with the slot's own secrets."""
     secrets = {name: apps.secret(target.root, target.slot, name) for name in source.kind.secrets}
-    document = apps.override(source, image, secrets, layout, copied_to)
+    document = apps.override(source, image, secrets, layout, copied_to, place(target))
     return apps.write_override(target.root, target.slot, document)
 
 
 def env_sandbox(
-    target: Target, environ: Mapping[str, str], where: engine.Engine | None = None
+    target: Target,
+    environ: Mapping[str, str],
+    where: engine.Engine | None = None,
+    source: apps.Source = apps.BUILT_IN,
 ) -> str:
     urls = net.urls(target, environ, where)
-    return apps.env_sandbox_text(target.slot, target.values, urls)
+    return apps.env_sandbox_text(target.slot, target.values, urls, source, place(target))
 
 
 def _compose_up(

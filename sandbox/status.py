@@ -32,6 +32,8 @@ class SlotStatus:
     observability: str = slots.DEFAULT_OBSERVABILITY  # own or shared; "several" likewise
     orphaned: bool = False  # its checkout is gone (deleted, or moved away)
     last_up: str = ""  # why the slot's last `inv up` did not finish ("" when it did)
+    shared_dir: str = ""  # the shared directory its containers mount; "" when not recorded
+    models_dir: str = ""  # where its models live; "" when not recorded
 
 
 def _healthy(container: docker.Container) -> bool:
@@ -52,6 +54,14 @@ def _api_url(containers: Sequence[docker.Container], where: engine.Engine) -> st
     # Prefer an IPv4 binding: Docker lists a wildcard bind twice, 0.0.0.0 and [::].
     port = sorted(ports, key=lambda p: ":" in p.host_ip)[0]
     return f"http://{engine.connect_url_host(where, port.host_ip)}:{port.host_port}/api/v1"
+
+
+def one_label(values: set[str]) -> str:
+    """The value every container of a slot records; "several" when they differ, "" for none."""
+    values.discard("")
+    if len(values) > 1:
+        return SEVERAL
+    return next(iter(values), "")
 
 
 def _checkout(containers: Sequence[docker.Container]) -> str:
@@ -149,6 +159,8 @@ def summarize(
                 observability=layout.observability if layout else SEVERAL,
                 orphaned=orphaned(group),
                 last_up=why,
+                shared_dir=one_label({c.shared for c in group}),
+                models_dir=one_label({c.models for c in group}),
             )
         )
     return rows

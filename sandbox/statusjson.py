@@ -163,6 +163,8 @@ def slot_entry(
         "orphaned": orphaned,
         "workers": layout.workers,
         "observability": layout.observability,
+        "shared_dir": _recorded({c.shared for c in containers}),
+        "models_dir": _recorded({c.models for c in containers}),
         "ports": ports,
         "urls": slots.service_urls(host, ports.__getitem__),
         "services": {
@@ -173,6 +175,12 @@ def slot_entry(
         "volumes": sorted(volumes),
         "last_up": last,
     }
+
+
+def _recorded(values: set[str]) -> str | None:
+    """A label every container of the slot records alike; None when absent or they differ."""
+    values.discard("")
+    return values.pop() if len(values) == 1 else None
 
 
 def by_slot(containers: Sequence[docker.Container]) -> dict[int, list[docker.Container]]:

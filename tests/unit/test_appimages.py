@@ -279,7 +279,9 @@ def test_an_existing_tag_is_reused_without_building(
     app = make_app(tmp_path)
     tag = appimages.deps_tag(app, [], appimages.ONLINE_PYTHON_BASE)
     engine = fake(monkeypatch, {tag})
-    assert appimages.ensure_deps_image(app, {}, offline=False) == (tag, False, 0.0)
+    assert appimages.ensure_deps_image(app, {}, offline=False) == appimages.Ensured(
+        tag, False, 0.0, "none"
+    )
     assert engine.builds == []
 
 
@@ -289,7 +291,7 @@ def test_online_build_is_one_legacy_docker_build(
     app = make_app(tmp_path / "app")
     engine = fake(monkeypatch, set())
     steps: list[str] = []
-    tag, built, seconds = appimages.ensure_deps_image(
+    tag, built, seconds, _, _ = appimages.ensure_deps_image(
         app, {"PATH": "/bin"}, offline=False, on_step=steps.append, extras=["ml"]
     )
     assert built and seconds >= 0
@@ -297,7 +299,10 @@ def test_online_build_is_one_legacy_docker_build(
     assert cmd[:2] == ["docker", "build"] and cmd[cmd.index("-t") + 1] == tag
     assert "BASE_IMAGE=python:3.13-slim" in cmd and "EXTRAS=ml" in cmd and "TORCH=none" in cmd
     assert env == {"PATH": "/bin", "DOCKER_BUILDKIT": "0"}
-    assert steps == [f"{tag} from {app / 'uv.lock'} on python:3.13-slim, 0 extra CA certificate(s)"]
+    assert steps == [
+        f"{tag} from {app / 'uv.lock'} (extras: ml, torch: none) on python:3.13-slim, "
+        "0 extra CA certificate(s)"
+    ]
     assert not engine.contexts[0].exists()  # the temporary context is gone afterwards
 
 
@@ -305,7 +310,7 @@ def test_offline_build_makes_the_missing_bases_first(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, no_host_certs: None
 ) -> None:
     engine = fake(monkeypatch, set())
-    tag, built, _ = appimages.ensure_deps_image(make_app(tmp_path), {}, offline=True)
+    tag, built, *_ = appimages.ensure_deps_image(make_app(tmp_path), {}, offline=True)
     produced = [cmd[cmd.index("-t") + 1] if "-t" in cmd else cmd[0] for cmd, _ in engine.builds]
     assert produced == ["bash", appimages.OFFLINE_PYTHON_BASE, tag]
     assert built
@@ -347,4 +352,99 @@ def test_bad_input_is_refused_before_the_engine_is_asked(
         appimages.ensure_deps_image(tmp_path, {}, offline=True)
     with pytest.raises(SandboxError, match="torch must be"):
         appimages.ensure_deps_image(make_app(tmp_path / "a"), {}, offline=True, torch="rocm")
+    assert engine.builds == []
+
+
+# --- which torch applies, and one build per tag -------------------------------------------
+
+TORCH_LOCK = """version = 1
+
+[[package]]
+name = "app"
+version = "1"
+source = { editable = "." }
+dependencies = [{ name = "httpx" }]
+
+[package.optional-dependencies]
+ml = [{ name = "trainer" }]
+plain = [{ name = "tomli-w" }]
+
+[[package]]
+name = "trainer"
+version = "1"
+dependencies = [{ name = "torch", marker = "sys_platform == 'linux'" }]
+
+[[package]]
+name = "torch"
+version = "2"
+
+[[package]]
+name = "httpx"
+version = "1"
+
+[[package]]
+name = "tomli-w"
+version = "1"
+"""
+
+
+def test_the_lock_closure_follows_the_extras_and_their_dependencies(tmp_path: Path) -> None:
+    app = make_app(tmp_path, TORCH_LOCK)
+    assert appimages.locked_closure(app, ()) == {"httpx"}
+    assert appimages.locked_closure(app, ("ml",)) == {"httpx", "trainer", "torch"}
+    assert appimages.locked_closure(app, ("plain", "nope")) == {"httpx", "tomli-w"}
+
+
+@pytest.mark.parametrize(
+    ("extras", "torch", "applies"),
+    [
+        (("ml",), "debian", "debian"),  # torch comes in through the extra, transitively
+        (("ml",), "locked", "locked"),
+        (("plain",), "debian", "none"),  # nothing installed needs torch: no choice made
+        ((), "locked", "none"),
+        (("ml",), "none", "none"),
+    ],
+)
+def test_the_torch_choice_applies_only_when_the_image_installs_torch(
+    tmp_path: Path, extras: tuple[str, ...], torch: str, applies: str
+) -> None:
+    app = make_app(tmp_path, TORCH_LOCK)
+    assert appimages.effective_torch(app, extras, torch) == applies
+
+
+def test_the_fixture_extra_needs_no_torch_and_ktrdr_kind_installs_it() -> None:
+    from sandbox import apps
+
+    assert apps.KTRDR.extras == ("ml",)
+    closure = appimages.locked_closure(FIXTURE, apps.KTRDR.extras)
+    assert "tomli-w" in closure and "torch" not in closure
+    assert appimages.effective_torch(FIXTURE, ("ml",), appimages.DEFAULT_TORCH) == "none"
+
+
+def test_a_second_command_waits_for_the_build_of_the_same_tag_and_reuses_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import threading
+
+    app = make_app(tmp_path / "app")
+    environ = {"KTRDR_LOCK_DIR": str(tmp_path / "locks")}
+    engine = fake(monkeypatch, set())
+    tag = appimages.deps_tag(app.resolve(), [], appimages.ONLINE_PYTHON_BASE)
+    waits: list[str] = []
+    with appimages.build_lock(tag, environ, None):
+        # The holder "builds": the image exists once it lets go.
+        waiter = threading.Thread(
+            target=lambda: waits.append(
+                repr(appimages.ensure_deps_image(app, environ, False, on_wait=waits.append))
+            )
+        )
+        waiter.start()
+        for _ in range(100):
+            if waits:
+                break
+            threading.Event().wait(0.05)
+        engine.images.add(tag)
+    waiter.join(10)
+    assert waits[0].startswith("another `inv` command (pid ") and f"is building {tag}" in waits[0]
+    assert "built=False" in waits[1] and "waited=0.0" not in waits[1]
     assert engine.builds == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,7 @@ def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> No
     assert labels == {
         docker.APP_LABEL: "ktrdr",
         docker.SOURCE_LABEL: str(checkout),
-        docker.TORCH_LABEL: "none",
+        docker.TORCH_LABEL: "debian",  # the default; `up` records the one that applies
         docker.CLIENT_LABEL: docker.client_name(),
         docker.WORKERS_LABEL: "full",
         docker.OBSERVABILITY_LABEL: "own",
@@ -153,3 +154,62 @@ def test_the_fixture_has_every_module_and_file_the_ktrdr_kind_names() -> None:
         assert (fixture / mount.source).exists(), mount.source
     log_config = apps.KTRDR.backend[apps.KTRDR.backend.index("--log-config") + 1]
     assert (fixture / log_config.removeprefix("/app/")).is_file()
+
+
+def test_env_sandbox_names_what_ktrdrs_own_tools_read(tmp_path: Path) -> None:
+    checkout = make_ktrdr(tmp_path / "feature-x")
+    source = replace(apps.detect(checkout), models="slot")
+    ports = {name: str(port) for name, port in slots.ports(3).items()}
+    place = apps.Place(3, Path("/data/shared"))
+    text = apps.env_sandbox_text(3, ports, {"Backend API": "http://h:8003"}, source, place)
+    values = dict(line.split("=", 1) for line in text.splitlines()[1:])
+    assert values["COMPOSE_PROJECT_NAME"] == "ktrdr-sandbox-3"  # `ktrdr sandbox status`
+    assert values["SLOT_NUMBER"] == "3"
+    assert values["INSTANCE_ID"] == "feature-x"
+    assert values["KTRDR_API_PORT"] == "8003"  # KTRDR's CLI
+    assert values["KTRDR_SHARED_DIR"] == "/data/shared"
+    assert values["KTRDR_DATA_DIR"] == "/data/shared/data"
+    assert values["KTRDR_STRATEGIES_DIR"] == "/data/shared/strategies"
+    assert values["KTRDR_MODELS_DIR"] == "/data/shared/slots/slot-3/models"
+    assert not any(v.startswith(("'", '"')) for v in values.values())  # read without unquoting
+
+
+def test_own_models_rebind_the_models_path_of_every_app_service(tmp_path: Path) -> None:
+    checkout = make_ktrdr(tmp_path / "checkout")
+    place = apps.Place(4, tmp_path / "shared")
+    own = replace(apps.detect(checkout), models="slot")
+    document = apps.override(own, "img", {}, place=place)
+    where = tmp_path / "shared" / "slots" / "slot-4" / "models"
+    services = document["services"]
+    assert f"{where}:/app/models" in services["training-worker-1"]["volumes"]
+    assert f"{where}:/app/models" in services["backend"]["volumes"]
+    # Backtest workers only read models, as the compose file mounts the shared ones.
+    assert f"{where}:/app/models:ro" in services["backtest-worker-2"]["volumes"]
+    assert "volumes" not in services["db"]
+    assert services["db"]["labels"][docker.MODELS_LABEL] == str(where)
+    assert services["db"]["labels"][docker.SHARED_LABEL] == str(tmp_path / "shared")
+    # Shared models: the compose file's bind stays; only the labels say where.
+    shared = apps.override(apps.detect(checkout), "img", {}, place=place)
+    assert not any("/app/models" in v for v in shared["services"]["backend"]["volumes"])
+    labels = shared["services"]["backend"]["labels"]
+    assert labels[docker.MODELS_LABEL] == str(tmp_path / "shared" / "models")
+    # The built-in app gets its own models too.
+    builtin = apps.override(replace(apps.BUILT_IN, models="slot"), None, {}, place=place)
+    assert builtin["services"]["backend"]["volumes"] == [f"{where}:/app/models"]
+
+
+def test_a_bad_models_choice_is_one_usage_line() -> None:
+    with pytest.raises(SandboxError, match="--models must be one of shared, slot") as err:
+        apps.check_models("branch")
+    assert err.value.code == Exit.USAGE
+
+
+def test_the_default_torch_is_for_ktrdr_checkouts_only(tmp_path: Path) -> None:
+    assert apps.detect(make_ktrdr(tmp_path / "k")).torch == "debian"
+    assert apps.detect(make_ktrdr(tmp_path / "k"), "none").torch == "none"
+    reference = tmp_path / "ref" / "ktrdr_reference"
+    reference.mkdir(parents=True)
+    (reference / "__init__.py").write_text("")
+    assert apps.detect(tmp_path / "ref").torch == "none"
+    with pytest.raises(SandboxError, match="--torch is for KTRDR checkouts"):
+        apps.detect(tmp_path / "ref", "debian")

@@ -163,3 +163,14 @@ def test_each_checkout_builds_its_own_app_tag(tmp_path: Path) -> None:
     assert all(t.startswith("ktrdr-sandbox/reference-app:checkout-") for t in tags)
     assert images.app_image(one).tag == images.app_image(tmp_path / "one" / ".." / "one").tag
     assert images.selection(False, one)["KTRDR_APP_IMAGE"] == images.app_image(one).tag
+
+
+def test_an_exported_shared_dir_wins_over_the_env_file(tmp_path: Path) -> None:
+    envfiles.write_all(tmp_path)
+    assert compose.load_target(tmp_path, 2).shared_dir == Path.home() / ".ktrdr" / "shared"
+    exported = compose.load_target(tmp_path, 2, {"KTRDR_SHARED_DIR": "/srv/ktrdr"})
+    assert exported.shared_dir == Path("/srv/ktrdr")
+    assert compose.environment(exported, {})["KTRDR_SHARED_DIR"] == "/srv/ktrdr"
+    # Empty is not a choice; other slot settings exported in the shell still do not leak.
+    leaked = compose.load_target(tmp_path, 2, {"KTRDR_SHARED_DIR": "", "KTRDR_API_PORT": "1"})
+    assert leaked.values == compose.load_target(tmp_path, 2).values

@@ -112,6 +112,8 @@ STATUSES = [
         "http://127.0.0.1:8001/api/v1",
         "/w/main",
         "ktrdr: /code/ktrdr-x",
+        shared_dir="/s",
+        models_dir="/s/slots/slot-1/models",
     ),
     SlotStatus(
         10,
@@ -124,6 +126,8 @@ STATUSES = [
         "reference (built in)",
         workers="light",
         observability="shared",
+        shared_dir="/s",
+        models_dir="/s/models",
     ),
 ]
 
@@ -133,11 +137,11 @@ def test_plain_status_is_an_aligned_table_without_boxes() -> None:
     out.status(STATUSES)
     assert buffer.getvalue().splitlines() == [
         "slot  project           state    healthy  workers  observability  API URL         "
-        "              source                checkout",
+        "              source                shared dir      checkout",
         "1     ktrdr-sandbox-1   running  9/9      full     own            "
-        "http://127.0.0.1:8001/api/v1  ktrdr: /code/ktrdr-x  /w/main",
+        "http://127.0.0.1:8001/api/v1  ktrdr: /code/ktrdr-x  /s, own models  /w/main",
         "10    ktrdr-sandbox-10  stopped  0/6      light    shared         -               "
-        "              reference (built in)  several",
+        "              reference (built in)  /s              several",
     ]
 
 
@@ -273,3 +277,10 @@ def test_on_a_terminal_rich_is_loaded_at_the_first_thing_drawn() -> None:
     lines = result.stdout.splitlines()
     assert lines[:2] == ["no sandbox slots have containers", "rich loaded: False"]
     assert "\x1b[" in result.stdout and lines[-1] == "rich loaded: True"  # a table, in colour
+
+
+def test_the_shared_dir_cell_shortens_the_home_directory() -> None:
+    row = replace(STATUSES[1], shared_dir="/home/ana/.ktrdr/shared", models_dir="")
+    assert render.shared_cell(row, home="/home/ana") == "~/.ktrdr/shared"
+    assert render.shared_cell(row, home="/home/an") == "/home/ana/.ktrdr/shared"
+    assert render.shared_cell(replace(row, shared_dir=""), home="/home/ana") == "-"

@@ -35,6 +35,8 @@ SLOT: dict[str, Kind] = {
     "orphaned": bool,
     "workers": str,
     "observability": str,
+    "shared_dir": OPT_STR,
+    "models_dir": OPT_STR,
     "ports": dict,
     "urls": dict,
     "services": dict,
@@ -105,6 +107,8 @@ def test_running_slot_document() -> None:
         "orphaned": False,
         "workers": "full",
         "observability": "own",
+        "shared_dir": None,
+        "models_dir": None,
         "ports": slots.ports(2),
         "urls": {
             "backend": "http://127.0.0.1:8002/api/v1",
