@@ -14,6 +14,7 @@ directory). Every git call goes through `sandbox.runner.run` with an explicit en
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,18 @@ from sandbox.runner import Result, display
 REMOTE = "origin"
 GIT_TIMEOUT = 60.0
 SHOWN_COMMITS = 20  # an unpushed list longer than this is cut, with a count of the rest
+SHOWN_IGNORED = 20  # likewise for ignored files that are not caches
+
+# Ignored paths that are build caches: made again by a build or a test run, so `inv done`
+# removes them without asking. Everything else git ignores (`models/*.pt`, `prod.secret`,
+# `*.log`) may be work that exists nowhere else: listed, and removed only with --force.
+# A path is a cache when one of its directories is named in CACHE_DIRS, or its file name
+# matches CACHE_FILES. Kept short on purpose: a missing entry costs a --force, a wrong one
+# costs someone's file.
+CACHE_DIRS = frozenset(
+    {"__pycache__", ".venv", ".pytest_cache", ".mypy_cache", ".ruff_cache", "node_modules", ".nox"}
+)
+CACHE_FILES = ("*.pyc", "*.pyo")
 
 # Variables that point git at another repository or index (`git rev-parse --local-env-vars`).
 # A task started from a git hook inherits them; they would make every call below act on the
@@ -79,38 +92,46 @@ class Report:
     untracked: tuple[str, ...] = ()  # untracked files, ignored ones excluded
     unpushed: tuple[str, ...] = ()  # commits on no remote, "abc1234 subject"
     unpushed_total: int = 0  # unpushed may be cut at SHOWN_COMMITS; this is the full count
+    ignored: tuple[str, ...] = ()  # ignored files that are not caches ("models/", "a.secret")
+    ignored_total: int = 0  # ignored may be cut at SHOWN_IGNORED; this is the full count
 
     @property
     def safe(self) -> bool:
-        return not (self.changes or self.untracked or self.unpushed_total)
+        return not (self.changes or self.untracked or self.unpushed_total or self.ignored_total)
+
+    def at_risk(self) -> list[str]:
+        """Each guard that fires, counted: "2 untracked files", "1 ignored file (not a
+        cache)". `inv done --force` names exactly these as what it overrides."""
+        parts = [
+            _count(len(self.changes), "uncommitted change"),
+            _count(len(self.untracked), "untracked file"),
+            _count(self.ignored_total, "ignored file (not a cache)", "ignored files (not caches)"),
+            _count(self.unpushed_total, "commit on no remote", "commits on no remote"),
+        ]
+        return [part for part in parts if part]
 
     def lines(self) -> list[str]:
         """Everything at risk, grouped under headings, for the terminal."""
         found: list[str] = []
-        for heading, entries in (
-            ("uncommitted changes:", self.changes),
-            ("untracked files:", self.untracked),
-            ("commits on no remote:", self.unpushed),
+        for heading, entries, total in (
+            ("uncommitted changes:", self.changes, len(self.changes)),
+            ("untracked files:", self.untracked, len(self.untracked)),
+            ("ignored files that are not caches:", self.ignored, self.ignored_total),
+            ("commits on no remote:", self.unpushed, self.unpushed_total),
         ):
             if entries:
                 found.append(heading)
                 found.extend(f"  {entry}" for entry in entries)
-        hidden = self.unpushed_total - len(self.unpushed)
-        if hidden > 0:
-            found.append(f"  ... and {hidden} more")
+            if total > len(entries):
+                found.append(f"  ... and {total - len(entries)} more")
         return found
 
     def summary(self) -> str:
         """One line: what is at risk, and what to do."""
-        parts = [
-            _count(len(self.changes), "uncommitted change"),
-            _count(len(self.untracked), "untracked file"),
-            _count(self.unpushed_total, "commit on no remote", "commits on no remote"),
-        ]
-        at_risk = ", ".join(part for part in parts if part)
         return (
-            f"the worktree {self.path} has {at_risk}: commit and push them (or delete what you "
-            "do not need), or re-run with --force to throw them away"
+            f"the worktree {self.path} has {', '.join(self.at_risk())}: commit and push them, "
+            "move them out (or delete what you do not need), or re-run with --force to throw "
+            "them away"
         )
 
 
@@ -448,14 +469,63 @@ def parse_status(output: str) -> tuple[list[str], list[str]]:
     return changes, untracked
 
 
+def is_cache(name: str) -> bool:
+    """An ignored path (relative, "/"-separated; a directory ends in "/") that a build or a
+    test run makes again: one of its directories is in CACHE_DIRS, or its file name matches
+    CACHE_FILES."""
+    parts = name.rstrip("/").split("/")
+    directories = parts if name.endswith("/") else parts[:-1]
+    if any(part in CACHE_DIRS for part in directories):
+        return True
+    return not name.endswith("/") and any(fnmatch.fnmatchcase(parts[-1], p) for p in CACHE_FILES)
+
+
+def ignored_work(
+    path: Path, environ: Mapping[str, str] | None = None, disposable: Collection[str] = ()
+) -> list[str]:
+    """The ignored files of the worktree at `path` that are not caches (`is_cache`) nor
+    `disposable`: what `git worktree remove` would delete without a word. `--ignored=matching`
+    shows a directory that an ignore pattern names as one entry ("models/", ".venv/"), so a
+    large `.venv` costs one line, and lists the files of a directory that is only full of
+    ignored files ("pkg/__pycache__/", not "pkg/")."""
+    listing = _checked(
+        path,
+        ["status", "--porcelain=v1", "-z", "--ignored=matching", "--untracked-files=all",
+         "--ignore-submodules=all"],
+        environ,
+        f"listing the ignored files of {path}",
+    )  # fmt: skip
+    names = [field[3:] for field in listing.stdout.split("\0") if field.startswith("!! ")]
+    return sorted(n for n in names if not is_cache(n) and n.rstrip("/") not in disposable)
+
+
+def saved_elsewhere(path: Path, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The `git rev-list` arguments, after "HEAD --not", naming where a commit counts as saved.
+
+    With remote-tracking branches: those (`--remotes`), as before. A repository with none is
+    the bare-clone layout (`git clone --bare` keeps origin's branches as its own
+    `refs/heads/*`): there a commit is saved when another branch or a tag reaches it, i.e.
+    everything the worktree's branch was made from; only what was committed on it alone
+    counts."""
+    remotes = _git(path, ["for-each-ref", "--count=1", "--format=%(refname)", "refs/remotes/"],
+                   environ)  # fmt: skip
+    if remotes.ok and remotes.stdout.strip():
+        return ["--remotes"]
+    branch = current_branch(path, environ)
+    # --exclude takes a name without refs/heads/ for --branches; branch names cannot hold
+    # glob characters (git check-ref-format), so this excludes exactly one branch.
+    own = [f"--exclude={branch}"] if branch else []
+    return [*own, "--branches", "--tags"]
+
+
 def unsafe_to_remove(
     path: Path, environ: Mapping[str, str] | None = None, disposable: Collection[str] = ()
 ) -> Report:
     """What `git worktree remove --force` of `path` would lose: uncommitted changes, untracked
-    files (not ignored ones, nor the `disposable` paths, relative to `path`, that the sandbox
-    itself wrote there, e.g. ".env.sandbox"), and commits of its HEAD that no remote-tracking
-    branch has. A worktree whose directory is gone has nothing left to lose in files; its
-    commits are still in the repository."""
+    files and ignored files that are not caches (neither counting the `disposable` paths,
+    relative to `path`, that the sandbox itself wrote there, e.g. ".env.sandbox"), and commits
+    of its HEAD saved nowhere else (`saved_elsewhere`). A worktree whose directory is gone has
+    nothing left to lose in files; its commits are still in the repository."""
     if not path.is_dir():
         return Report(path)
     status = _checked(
@@ -466,9 +536,10 @@ def unsafe_to_remove(
     )
     changes, untracked = parse_status(status.stdout)
     untracked = [name for name in untracked if name not in disposable]
+    ignored = ignored_work(path, environ, disposable)
     total, shown = 0, []
     if _ref_exists(path, "HEAD", environ):
-        spec = ["HEAD", "--not", "--remotes"]
+        spec = ["HEAD", "--not", *saved_elsewhere(path, environ)]
         count = _checked(path, ["rev-list", "--count", *spec], environ, "counting commits")
         total = int(count.stdout.strip() or 0)
         log = _checked(
@@ -478,7 +549,15 @@ def unsafe_to_remove(
             "listing commits",
         )
         shown = log.stdout.splitlines()
-    return Report(path, tuple(changes), tuple(untracked), tuple(shown), total)
+    return Report(
+        path,
+        tuple(changes),
+        tuple(untracked),
+        tuple(shown),
+        total,
+        tuple(ignored[:SHOWN_IGNORED]),
+        len(ignored),
+    )
 
 
 def _inside(path: Path, directory: Path) -> bool:

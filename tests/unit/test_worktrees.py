@@ -251,21 +251,119 @@ def test_untracked_file_and_unpushed_commit_are_listed(repo: Path) -> None:
     report = worktrees.unsafe_to_remove(made.path)
     assert not report.safe
     assert report.changes == (" M README",)
-    assert report.untracked == ("notes.txt",)  # debug.log is ignored: not at risk
+    assert report.untracked == ("notes.txt",)
+    assert report.ignored == ("debug.log",)  # ignored, but not a cache: someone's work
     assert report.unpushed == (f"{sha[:7]} add work.py",)
     assert report.lines() == [
         "uncommitted changes:",
         "   M README",
         "untracked files:",
         "  notes.txt",
+        "ignored files that are not caches:",
+        "  debug.log",
         "commits on no remote:",
         f"  {sha[:7]} add work.py",
     ]
     assert report.summary() == (
-        f"the worktree {made.path} has 1 uncommitted change, 1 untracked file, 1 commit on no "
-        "remote: commit and push them (or delete what you do not need), or re-run with --force "
-        "to throw them away"
+        f"the worktree {made.path} has 1 uncommitted change, 1 untracked file, 1 ignored file "
+        "(not a cache), 1 commit on no remote: commit and push them, move them out (or delete "
+        "what you do not need), or re-run with --force to throw them away"
     )
+
+
+def ignoring(path: Path, *patterns: str) -> None:
+    """Ignore `patterns` in the worktree without a commit (.git/info/exclude is shared)."""
+    exclude = Path(git(path, "rev-parse", "--git-path", "info/exclude"))
+    exclude = exclude if exclude.is_absolute() else path / exclude
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    exclude.write_text("\n".join(patterns) + "\n")
+
+
+def test_ignored_work_is_listed_but_caches_are_not(repo: Path) -> None:
+    made = worktrees.create(repo, "ignored")
+    ignoring(made.path, "models/", "*.secret", "__pycache__/", ".venv/", "*.pyc", "node_modules/")
+    (made.path / "models").mkdir()
+    (made.path / "models" / "net.pt").write_bytes(b"\0" * 1024)
+    (made.path / "prod.secret").write_text("token\n")
+    for cache in ("__pycache__/a.cpython-311.pyc", ".venv/bin/python", "pkg/__pycache__/b.pyc",
+                  "loose.pyc", "web/node_modules/x/index.js"):  # fmt: skip
+        (made.path / cache).parent.mkdir(parents=True, exist_ok=True)
+        (made.path / cache).write_text("cache\n")
+    report = worktrees.unsafe_to_remove(made.path)
+    assert report.ignored == ("models/", "prod.secret")
+    assert report.ignored_total == 2
+    assert not report.safe
+    assert report.at_risk() == ["2 ignored files (not caches)"]
+    for cache in ("__pycache__/a.pyc", "pkg/__pycache__/", ".venv/", "x.pyo", "a/node_modules/"):
+        assert worktrees.is_cache(cache), cache
+    for work in ("models/", "prod.secret", "pyc/", "venv.pt", "a.pyc.bak", ".venvs/"):
+        assert not worktrees.is_cache(work), work
+
+
+def test_only_caches_ignored_is_safe(repo: Path) -> None:
+    made = worktrees.create(repo, "caches")
+    ignoring(made.path, "__pycache__/", ".pytest_cache/")
+    (made.path / "__pycache__").mkdir()
+    (made.path / "__pycache__" / "m.pyc").write_text("x")
+    (made.path / ".pytest_cache").mkdir()
+    assert worktrees.unsafe_to_remove(made.path).safe
+
+
+def test_long_ignored_list_is_cut(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worktrees, "SHOWN_IGNORED", 2)
+    made = worktrees.create(repo, "lots")
+    for n in range(5):
+        (made.path / f"run{n}.log").write_text("x\n")
+    report = worktrees.unsafe_to_remove(made.path)
+    assert report.ignored == ("run0.log", "run1.log")
+    assert report.ignored_total == 5
+    assert report.lines()[-1] == "  ... and 3 more"
+
+
+def bare_layout(tmp_path: Path, origin: Path) -> Path:
+    """The documented bare-clone layout: `git clone --bare`, no remote-tracking refs."""
+    bare = tmp_path / "src" / "ktrdr.git"
+    git(tmp_path, "clone", "-q", "--bare", str(origin), str(bare))
+    assert git(bare, "for-each-ref", "refs/remotes/") == ""
+    return bare
+
+
+def test_bare_layout_counts_only_the_branchs_own_commits(tmp_path: Path, origin: Path) -> None:
+    bare = bare_layout(tmp_path, origin)
+    made = worktrees.create(bare, "feature/x", base="main")
+    assert worktrees.unsafe_to_remove(made.path).safe  # origin's own commits are not "unpushed"
+    sha = commit(made.path, "mine.py")
+    report = worktrees.unsafe_to_remove(made.path)
+    assert report.unpushed == (f"{sha[:7]} add mine.py",)
+    assert report.unpushed_total == 1
+
+
+def test_bare_layout_a_commit_another_branch_has_is_saved(tmp_path: Path, origin: Path) -> None:
+    bare = bare_layout(tmp_path, origin)
+    made = worktrees.create(bare, "topic", base="main")
+    sha = commit(made.path, "shared.py")
+    git(bare, "branch", "keep", sha)
+    assert worktrees.unsafe_to_remove(made.path).safe
+    git(bare, "branch", "-D", "keep")
+    git(bare, "tag", "v1", sha)
+    assert worktrees.unsafe_to_remove(made.path).safe
+
+
+def test_bare_layout_detached_head_counts_every_unreached_commit(
+    tmp_path: Path, origin: Path
+) -> None:
+    bare = bare_layout(tmp_path, origin)
+    made = worktrees.create(bare, "loose", base="main")
+    git(made.path, "checkout", "-q", "--detach")
+    commit(made.path, "a.py")
+    assert worktrees.unsafe_to_remove(made.path).unpushed_total == 1
+
+
+def test_with_remote_refs_a_local_branch_is_not_a_remote(repo: Path) -> None:
+    made = worktrees.create(repo, "local")
+    sha = commit(made.path, "l.py")
+    git(repo, "branch", "copy", sha)  # a second local branch is not a push
+    assert worktrees.unsafe_to_remove(made.path).unpushed_total == 1
 
 
 def test_files_the_sandbox_wrote_are_disposable(repo: Path) -> None:
