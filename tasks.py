@@ -186,7 +186,7 @@ def up(
 ) -> None:
     """Start a slot's stack: preflight, `docker compose up -d`, then the startability gate."""
     layout = slots.parse_layout(workers, observability)
-    chosen = apps.detect(Path(source), torch) if source else apps.BUILT_IN
+    chosen = apps.from_flag(source, torch)
     chosen = dataclasses.replace(chosen, models=apps.check_models(models))
     environ = dict(os.environ)
     wipe = functools.partial(_confirm_fresh, yes) if fresh else None
@@ -411,7 +411,8 @@ def new(
         "branch": "the branch whose worktree and slot go (or name the slot with --slot)",
         "slot": "the slot whose worktree and slot go",
         "repo": "the app repository, to find a branch whose slot is already down",
-        "force": "throw away uncommitted changes, untracked files and unpushed commits",
+        "force": "throw away what the refusal listed (uncommitted changes, untracked files, "
+        "ignored files that are not caches, unpushed commits); names each guard it overrides",
     },
 )
 @handled
@@ -428,7 +429,8 @@ def done(
     target = branchflow.done_target(environ, branch, number, repo)
     report = branchflow.check_done(target, force, environ)
     if not report.safe:
-        out().details("\n".join(["going on despite (--force):", *report.lines()]))
+        overrides = f"--force overrides: {'; '.join(report.at_risk())}; throwing away:"
+        out().details("\n".join([overrides, *report.lines()]))
     if target.slot is not None:
         stack.down(
             compose.load_target(ROOT, target.slot), environ, volumes=True, on_busy=out().line

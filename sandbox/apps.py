@@ -14,8 +14,10 @@ docker-compose.sandbox.yml with a second `-f`; everything else in the stack stay
 from __future__ import annotations
 
 import json
+import os
 import secrets
-from collections.abc import Mapping
+import stat
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,9 +238,33 @@ def check_torch(torch: str) -> str:
     return torch
 
 
+def from_flag(value: str | None, torch: str | None = None) -> Source:
+    """What `--source=VALUE` runs: left out (None), the built-in app; a path, its checkout.
+    An empty value is refused: `--source=$CHECKOUT` with the variable unset must not
+    quietly start the built-in app."""
+    if value is None:
+        if torch is not None:
+            check_torch(torch)
+        return BUILT_IN
+    if not value.strip():
+        raise SandboxError(
+            "--source is empty (an unset variable?): pass a checkout's path, or leave "
+            "--source out to run the built-in reference app",
+            Exit.USAGE,
+        )
+    return detect(Path(value), torch)
+
+
 def detect(path: Path, torch: str | None = None) -> Source:
     """The kind of app at `path`, or a SandboxError naming what is missing. `torch`: the
-    image's torch choice (None: the default, for the kinds that have one)."""
+    image's torch choice (None: the default, for the kinds that have one). A checkout that
+    would expose files outside itself is refused too (`check_checkout`)."""
+    found = _detect_kind(path, torch)
+    check_checkout(found)
+    return found
+
+
+def _detect_kind(path: Path, torch: str | None) -> Source:
     given = path
     if torch is not None:
         check_torch(torch)
@@ -268,6 +294,97 @@ def detect(path: Path, torch: str | None = None) -> Source:
     raise SandboxError(f"--source {given} is not an app checkout ({wanted})", Exit.USAGE)
 
 
+# --- what a checkout may expose -------------------------------------------------------------
+#
+# A bind mount's source is resolved by Docker on the engine's host: `config -> /etc` in a
+# checkout (a branch from someone else's pull request is enough) would give the root backend
+# the host's /etc. Links inside a mounted tree are resolved by the container, in its own
+# filesystem, so they expose nothing of the host; they are refused all the same when they
+# leave the checkout, because the remote copy (sandbox/codesync.py) sends them as links, and
+# one such link made into a mount root later would be followed there. One rule, everywhere:
+# no link of a mounted path may resolve outside the checkout.
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _links(top: Path) -> Iterator[Path]:
+    """`top` when it is a link, and every link under it (directories behind links are not
+    entered: the link itself is what counts)."""
+    if top.is_symlink():
+        yield top
+    if not top.is_dir():
+        return
+    pending = [top]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue  # unreadable: nothing in it can be mounted into a container by us either
+        for entry in entries:
+            if entry.is_symlink():
+                yield Path(entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+
+
+def outside_links(checkout: Path, mounts: tuple[Mount, ...]) -> Iterator[tuple[str, str]]:
+    """(path relative to `checkout`, where it leads) for each link in a mounted path whose
+    real path is outside the checkout; dangling links are judged by where they point."""
+    root = os.path.realpath(checkout)
+    for mount in mounts:
+        for link in _links(checkout / mount.source):
+            real = os.path.realpath(link)
+            if not _inside(real, root):
+                yield link.relative_to(checkout).as_posix(), real
+
+
+def check_links(source: Source) -> None:
+    """SandboxError(USAGE) naming the first mounted link that leads outside the checkout."""
+    if source.path is None:
+        return
+    for name, real in outside_links(source.path, source.kind.mounts):
+        raise SandboxError(
+            f"--source {source.path}: {name} is a link to {real}, outside the checkout, which "
+            "a container would read: remove or replace the link (e.g. `git checkout` a clean "
+            "branch), then re-run",
+            Exit.USAGE,
+        )
+
+
+def check_env_sandbox(source: Source) -> None:
+    """The checkout's `.env.sandbox`, which `up` writes and `down` removes, must be absent or
+    a regular file this tool wrote: a link is never followed (a committed `.env.sandbox ->
+    ~/.bashrc` would have `up` write there), nor is someone else's file replaced."""
+    if source.path is None or not source.kind.writes_env_sandbox:
+        return
+    path = source.path / ENV_SANDBOX
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise SandboxError(
+            f"{path} is a symbolic link (to {os.readlink(path)}), which ktrdr-sandbox will not "
+            "follow: remove it from the checkout (`git rm` if committed), then re-run",
+            Exit.USAGE,
+        )
+    if not stat.S_ISREG(mode) or not ours(path):
+        raise SandboxError(
+            f"{path} exists and was not written by ktrdr-sandbox: move it away, then re-run",
+            Exit.USAGE,
+        )
+
+
+def check_checkout(source: Source) -> None:
+    """Everything a checkout must satisfy before a slot runs it: no mounted link leaves it,
+    and its `.env.sandbox` is ours to write. Refused in one line, before anything starts."""
+    check_links(source)
+    check_env_sandbox(source)
+
+
 def secret(root: Path, slot: int, name: str) -> str:
     """The slot's own value of secret `name`, made once and kept in this checkout's state
     directory (private to the user) until `inv down --volumes`."""
@@ -294,6 +411,9 @@ def _volumes(source: Source, copied_to: str | None = None) -> list[str]:
     engine, of its copy at `copied_to` on the engine's host (plus the copy's volume)."""
     if source.path is None:
         return []
+    # The last word before Docker resolves these binds on the host: preflight checked, but a
+    # checkout can change between preflight and here.
+    check_links(source)
     found = []
     for mount in source.kind.mounts:
         if mount.optional and not (source.path / mount.source).exists():
@@ -519,27 +639,39 @@ def write_env_sandbox(source: Source, text: str) -> Path | None:
     file that ktrdr-sandbox did not write."""
     if source.path is None or not source.kind.writes_env_sandbox:
         return None
+    check_env_sandbox(source)
     path = source.path / ENV_SANDBOX
-    if path.exists() and not ours(path):
+    # O_NOFOLLOW: a link that appeared since the check is refused by the kernel, not followed.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
         raise SandboxError(
-            f"{path} exists and was not written by ktrdr-sandbox: move it away, then re-run",
+            f"cannot write {path} ({exc.strerror}): remove it from the checkout, then re-run",
             Exit.USAGE,
-        )
-    path.write_text(text)
+        ) from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
     return path
 
 
 def ours(path: Path) -> bool:
+    """Whether `path` is a regular file (not a link to one) that this tool wrote."""
     try:
-        return path.read_text().startswith(ENV_SANDBOX_HEADER)
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return False
+    with os.fdopen(fd) as handle:
+        return handle.read(len(ENV_SANDBOX_HEADER)) == ENV_SANDBOX_HEADER
 
 
 def remove_env_sandbox(checkout: Path) -> Path | None:
-    """Remove the `.env.sandbox` this tool wrote into `checkout`; anything else stays."""
+    """Remove the `.env.sandbox` this tool wrote into `checkout`; anything else stays (a link,
+    even one to a file of ours, is the checkout's: it may be tracked)."""
     path = checkout / ENV_SANDBOX
-    if path.is_file() and ours(path):
+    if ours(path):
         path.unlink()
         return path
     return None

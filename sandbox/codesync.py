@@ -75,6 +75,9 @@ def listing(source: apps.Source) -> Listing:
     read is an error: an empty listing would empty the copy."""
     if source.path is None:
         return {}
+    # Links are sent as links, and the engine's host resolves a bound one there: a link that
+    # leaves the checkout is refused here, before anything is sent (apps.check_links).
+    apps.check_links(source)
     found: Listing = {}
     for mount in source.kind.mounts:
         top = source.path / mount.source

@@ -446,8 +446,11 @@ def running_source(container: Container) -> tuple[str, str]:
 
 
 def source_step(facts: Facts) -> Step:
-    """A running slot keeps its source: `up` with another one would silently swap its code."""
+    """A running slot keeps its source: `up` with another one would silently swap its code.
+    A checkout with a mounted link leading outside it, or a `.env.sandbox` not ours to
+    write, is refused here too (`apps.check_checkout`), before anything starts."""
     target, wanted = facts.target, facts.source
+    apps.check_checkout(wanted)
     for container in facts.own:
         kind, source = running_source(container)
         if (kind, source) != (wanted.kind.name, wanted.label):

@@ -213,3 +213,126 @@ def test_the_default_torch_is_for_ktrdr_checkouts_only(tmp_path: Path) -> None:
     assert apps.detect(tmp_path / "ref").torch == "none"
     with pytest.raises(SandboxError, match="--torch is for KTRDR checkouts"):
         apps.detect(tmp_path / "ref", "debian")
+
+
+# ----------------------------------------------------------------------------- exposure
+
+
+def one_line_usage(caught: pytest.ExceptionInfo[SandboxError]) -> str:
+    assert caught.value.code is Exit.USAGE
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("mount", ["config", "alembic", "alembic.ini"])
+def test_a_mount_root_linked_outside_the_checkout_is_refused(tmp_path: Path, mount: str) -> None:
+    checkout = make_ktrdr(tmp_path / "co")
+    (checkout / mount).unlink(missing_ok=True)
+    (checkout / mount).symlink_to("/etc" if mount != "alembic.ini" else "/etc/passwd")
+    with pytest.raises(SandboxError) as caught:
+        apps.detect(checkout)
+    message = one_line_usage(caught)
+    assert f"{mount} is a link to /etc" in message and "outside the checkout" in message
+
+
+def test_a_link_deep_in_a_mounted_tree_leading_outside_is_refused(tmp_path: Path) -> None:
+    checkout = make_ktrdr(tmp_path / "co")
+    (checkout / "ktrdr" / "deep" / "er").mkdir(parents=True)
+    (checkout / "ktrdr" / "deep" / "er" / "shadow").symlink_to("../" * 20 + "etc/shadow")
+    with pytest.raises(SandboxError, match="ktrdr/deep/er/shadow is a link to /etc/shadow"):
+        apps.detect(checkout)
+    (checkout / "ktrdr" / "deep" / "er" / "shadow").unlink()
+    (checkout / "ktrdr" / "gone").symlink_to(tmp_path / "nowhere")  # dangling, still outside
+    with pytest.raises(SandboxError, match="ktrdr/gone is a link to"):
+        apps.detect(checkout)
+
+
+def test_links_inside_the_checkout_are_fine(tmp_path: Path) -> None:
+    checkout = make_ktrdr(tmp_path / "co")
+    (checkout / "settings").mkdir()
+    (checkout / "settings" / "a.yaml").write_text("a: 1\n")
+    (checkout / "config").symlink_to("settings")  # a mount root linked within the checkout
+    (checkout / "ktrdr" / "alias.py").symlink_to("__init__.py")
+    (checkout / "ktrdr" / "up").symlink_to("..")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x").symlink_to("/etc")  # not mounted: not looked at
+    source = apps.detect(checkout)
+    assert list(apps.outside_links(checkout, apps.KTRDR.mounts)) == []
+    volumes = apps.override(source, "img", {})["services"]["backend"]["volumes"]
+    assert f"{source.path}/config:/app/config:ro" in volumes
+
+
+def test_a_checkout_reached_through_a_link_is_judged_by_its_real_path(tmp_path: Path) -> None:
+    checkout = make_ktrdr(tmp_path / "real")
+    (tmp_path / "via").symlink_to(checkout)
+    (checkout / "config").symlink_to(checkout / "ktrdr")  # absolute, but inside
+    assert apps.detect(tmp_path / "via").path == checkout.resolve()
+
+
+def test_the_override_builder_refuses_a_link_that_appeared_after_the_check(
+    tmp_path: Path,
+) -> None:
+    checkout = make_ktrdr(tmp_path / "co")
+    source = apps.detect(checkout)
+    (checkout / "config").symlink_to("/etc")
+    with pytest.raises(SandboxError, match="config is a link to /etc"):
+        apps.override(source, "img", {})
+
+
+def test_env_sandbox_that_is_a_link_is_refused_and_never_followed(tmp_path: Path) -> None:
+    checkout = make_ktrdr(tmp_path / "co")
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    (checkout / ".env.sandbox").symlink_to(victim)
+    with pytest.raises(SandboxError) as caught:
+        apps.detect(checkout)
+    message = one_line_usage(caught)
+    assert "is a symbolic link" in message and "will not follow" in message
+    source = apps.Source(apps.KTRDR, checkout.resolve())
+    with pytest.raises(SandboxError, match="symbolic link"):
+        apps.write_env_sandbox(source, f"{apps.ENV_SANDBOX_HEADER}\n")
+    assert victim.read_text() == "keep me\n"
+    # A link to a file that looks like ours is still not ours: `down` leaves the link.
+    victim.write_text(f"{apps.ENV_SANDBOX_HEADER} for slot 3\n")
+    assert not apps.ours(checkout / ".env.sandbox")
+    assert apps.remove_env_sandbox(checkout) is None
+    assert (checkout / ".env.sandbox").is_symlink() and victim.exists()
+
+
+def test_env_sandbox_dangling_link_is_refused(tmp_path: Path) -> None:
+    checkout = make_ktrdr(tmp_path / "co")
+    (checkout / ".env.sandbox").symlink_to(tmp_path / "would-be-created")
+    with pytest.raises(SandboxError, match="symbolic link"):
+        apps.detect(checkout)
+    assert not (tmp_path / "would-be-created").exists()
+
+
+def test_env_sandbox_that_is_a_directory_is_refused(tmp_path: Path) -> None:
+    checkout = make_ktrdr(tmp_path / "co")
+    (checkout / ".env.sandbox").mkdir()
+    with pytest.raises(SandboxError, match="not written by ktrdr-sandbox"):
+        apps.detect(checkout)
+
+
+def test_a_link_made_between_check_and_write_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkout = make_ktrdr(tmp_path / "co")
+    source = apps.detect(checkout)
+    monkeypatch.setattr(apps, "check_env_sandbox", lambda source: None)  # lose the race
+    (checkout / ".env.sandbox").symlink_to(tmp_path / "target")
+    with pytest.raises(SandboxError, match="cannot write"):
+        apps.write_env_sandbox(source, "x")
+    assert not (tmp_path / "target").exists()
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_source_flag_is_refused(value: str) -> None:
+    with pytest.raises(SandboxError) as caught:
+        apps.from_flag(value)
+    assert "--source is empty" in one_line_usage(caught)
+
+
+def test_no_source_flag_is_the_built_in_app(tmp_path: Path) -> None:
+    assert apps.from_flag(None) is apps.BUILT_IN
+    assert apps.from_flag(str(make_ktrdr(tmp_path))).kind is apps.KTRDR

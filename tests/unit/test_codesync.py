@@ -282,6 +282,19 @@ def test_links_are_copied_as_links(tmp_path: Path) -> None:
     assert not any(p.startswith("ktrdr/alias/") for p in found)
 
 
+@pytest.mark.parametrize("link", ["config", "ktrdr/secrets"])
+def test_a_link_leaving_the_checkout_is_never_sent(
+    engine: FakeEngine, target: compose.Target, tmp_path: Path, link: str
+) -> None:
+    source = ktrdr_checkout(tmp_path / "co")
+    assert source.path is not None
+    (source.path / link).symlink_to("/etc")  # made after `up` checked the checkout
+    with pytest.raises(SandboxError, match=f"{link} is a link to /etc") as caught:
+        codesync.send(target, {}, source, IMAGE, create=True)
+    assert caught.value.code is Exit.USAGE
+    assert not any("tar" in " ".join(run) for run in engine.runs)  # nothing was sent
+
+
 def test_the_tar_carries_exact_times_and_skips_files_gone_meanwhile(tmp_path: Path) -> None:
     (tmp_path / "co").mkdir()
     (tmp_path / "co" / "a.py").write_text("a\n")
