@@ -142,7 +142,7 @@ def status_cells(rows: Sequence[SlotStatus]) -> list[tuple[str, ...]]:
             r.api_url or "-",
             r.source or "-",
             shared_cell(r),
-            f"orphaned: {r.checkout} is gone" if r.orphaned else (r.checkout or "-"),
+            f"orphaned: {r.gone or r.checkout} is gone" if r.orphaned else (r.checkout or "-"),
         )
         for r in rows
     ]

@@ -1,10 +1,14 @@
 """`inv status`: every slot that has containers, from one `docker ps` for the whole engine.
 
 `summarize` is pure (tested on fabricated containers); `collect` adds the one Docker call.
+`slot_state` is the one rule for a slot's state: the table here and `inv status --json`
+(sandbox/statusjson.py) both call it, so they cannot disagree (a test runs every state
+through both).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +18,11 @@ from sandbox.settings import ENGINE_ANSWER_TIMEOUT
 
 BACKEND_PORT = 8000  # the backend's port inside its container (KTRDR's contract)
 SEVERAL = "several"
+# A slot's states, in the order they are decided: the first that applies wins.
+STATES = ("running", "partial", "stopped", "failed", "orphaned")
+# Exit codes of a container stopped on purpose (clean exit, SIGINT, SIGKILL, SIGTERM): a slot
+# of such containers is stopped, not failed.
+STOPPED_CODES = frozenset({0, 130, 137, 143})
 # How a slot's torch choice reads in the table: training needs torch, the rest does not.
 TORCH_SHOWN = {"none": "no torch", "debian": "Debian torch, CPU", "locked": "locked torch"}
 
@@ -22,7 +31,7 @@ TORCH_SHOWN = {"none": "no torch", "debian": "Debian torch, CPU", "locked": "loc
 class SlotStatus:
     slot: int
     project: str
-    state: str  # "running" | "partial" | "stopped"
+    state: str  # one of STATES (`slot_state`)
     healthy: int
     total: int
     api_url: str | None
@@ -30,10 +39,11 @@ class SlotStatus:
     source: str = ""  # what the app runs: "reference (built in)", "ktrdr: /path", ...
     workers: str = slots.DEFAULT_WORKERS  # the worker profile; "several" if they disagree
     observability: str = slots.DEFAULT_OBSERVABILITY  # own or shared; "several" likewise
-    orphaned: bool = False  # its checkout is gone (deleted, or moved away)
-    last_up: str = ""  # why the slot's last `inv up` did not finish ("" when it did)
+    orphaned: bool = False  # its checkout or its source is gone (deleted, or moved away)
+    last_up: str = ""  # the slot's last `inv up` unless it ended ready ("" when it did)
     shared_dir: str = ""  # the shared directory its containers mount; "" when not recorded
     models_dir: str = ""  # where its models live; "" when not recorded
+    gone: str = ""  # the directory that is gone when orphaned: the source, else the checkout
 
 
 def _healthy(container: docker.Container) -> bool:
@@ -93,18 +103,68 @@ def source_gone(source: str) -> bool:
     return bool(source) and not Path(source).is_dir()
 
 
+def gone_directory(containers: Sequence[docker.Container]) -> str:
+    """The directory whose loss orphans the slot: its `--source` checkout when that is gone,
+    else the ktrdr-sandbox checkout that started it when that is; "" when neither is."""
+    sources = sorted({c.source for c in containers if c.source})
+    moved = next((s for s in sources if source_gone(s)), "")
+    checkout = _checkout(containers)
+    return moved or (checkout if checkout_gone(checkout) else "")
+
+
 def orphaned(containers: Sequence[docker.Container]) -> bool:
     """The slot's checkout or its source is gone: one rule for the table and the JSON."""
-    sources = {c.source for c in containers if c.source}
-    return checkout_gone(_checkout(containers)) or any(source_gone(s) for s in sources)
+    return bool(gone_directory(containers))
 
 
-def _unfinished_up(checkout: str, slot: int) -> str:
-    """Why the slot's last `inv up` did not finish, as that checkout recorded it; ""."""
-    if not checkout or checkout == SEVERAL:
+def _exit_code(container: docker.Container) -> int | None:
+    match = re.match(r"Exited \((-?\d+)\)", container.status)
+    return int(match.group(1)) if match else None
+
+
+def container_failed(container: docker.Container) -> bool:
+    """Dead, restarting, unhealthy, or exited with a code other than STOPPED_CODES."""
+    if container.state in ("dead", "restarting") or container.health == "unhealthy":
+        return True
+    code = _exit_code(container)
+    return container.state == "exited" and code is not None and code not in STOPPED_CODES
+
+
+def slot_state(
+    containers: Sequence[docker.Container], orphaned: bool, record: lastup.LastUp | None = None
+) -> str:
+    """The one rule for a slot's state, one of STATES (STATUS_JSON.md has the table): orphaned
+    first (the user must act), then failed (a container, or a last `inv up` that did not
+    finish: `record`), then how much of the slot's layout runs. An `inv up` at work is not a
+    failure: the state says what runs, `last_up` that a start is under way."""
+    if orphaned:
+        return "orphaned"
+    unfinished = record is not None and not record.finished
+    if unfinished or any(container_failed(c) for c in containers):
+        return "failed"
+    running = [c for c in containers if c.running]
+    if not running:
+        return "stopped"
+    layout = layout_of(containers)
+    expected = set(layout.services if layout else slots.SERVICES)
+    if len(running) == len(containers) and {c.service for c in running} >= expected:
+        return "running"
+    return "partial"
+
+
+def explain(record: lastup.LastUp | None) -> str:
+    """The slot's last `inv up` in words, unless it ended ready: "" then, or with no record.
+    (`statusjson.last_up` gives JSON the same record, with the same words.)"""
+    if record is None or record.outcome == lastup.READY:
         return ""
-    record = lastup.read(checkout, slot)
-    return "" if record is None or record.finished else record.explain()
+    return record.explain()
+
+
+def record_of(checkout: str, slot: int) -> lastup.LastUp | None:
+    """How the slot's last `inv up` ended, as the checkout that started it recorded it."""
+    if not checkout or checkout == SEVERAL:
+        return None
+    return lastup.read(checkout, slot)
 
 
 def layout_of(containers: Sequence[docker.Container]) -> slots.Layout | None:
@@ -131,25 +191,19 @@ def summarize(
     rows = []
     for slot in sorted(by_slot):
         group = by_slot[slot]
-        running = sum(c.running for c in group)
         layout = layout_of(group)
         # A stack is its layout's services (nine for the full one, with its own observability):
-        # one that has no container at all makes it partial.
+        # one that has no container at all still counts in the total.
         expected = set(layout.services if layout else slots.SERVICES)
         services = expected | {c.service for c in group}
-        if running == 0:
-            state = "stopped"
-        elif layout and running == len(group) and {c.service for c in group} >= expected:
-            state = "running"
-        else:
-            state = "partial"
         checkout = _checkout(group)
-        why = _unfinished_up(checkout, slot)
+        record = record_of(checkout, slot)
+        gone = gone_directory(group)
         rows.append(
             SlotStatus(
                 slot=slot,
                 project=slots.project_name(slot),
-                state="failed" if why else state,
+                state=slot_state(group, bool(gone), record),
                 healthy=sum(_healthy(c) for c in group),
                 total=max(len(group), len(services)),
                 api_url=_api_url(group, where),
@@ -157,10 +211,11 @@ def summarize(
                 source=_source(group),
                 workers=layout.workers if layout else SEVERAL,
                 observability=layout.observability if layout else SEVERAL,
-                orphaned=orphaned(group),
-                last_up=why,
+                orphaned=bool(gone),
+                last_up=explain(record),
                 shared_dir=one_label({c.shared for c in group}),
                 models_dir=one_label({c.models for c in group}),
+                gone=gone,
             )
         )
     return rows
@@ -185,18 +240,20 @@ def _slot(row: SlotStatus) -> int:
 
 
 def unstarted(root: Path, rows: Sequence[SlotStatus], only_slot: int | None) -> list[SlotStatus]:
-    """Slots of checkout `root` whose last `up` failed before any container existed (a build
-    error, say): no `docker ps` row shows them, their record does."""
+    """Slots of checkout `root` whose last `up` did not end ready and has no container (a
+    build that failed, or is still at work): no `docker ps` row shows them, their record does.
+    `inv status --json` lists the same slots."""
     shown = {row.slot for row in rows}
     found = []
     for slot in slots.SLOTS if only_slot is None else (only_slot,):
-        why = "" if slot in shown else _unfinished_up(str(root), slot)
+        record = None if slot in shown else record_of(str(root), slot)
+        why = explain(record)
         if why:
             found.append(
                 SlotStatus(
                     slot=slot,
                     project=slots.project_name(slot),
-                    state="failed",
+                    state=slot_state([], False, record),
                     healthy=0,
                     total=len(slots.SERVICES),
                     api_url=None,

@@ -10,7 +10,6 @@ filesystem and at git. A change that removes or retypes a key bumps VERSION; add
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,12 +22,9 @@ from sandbox.settings import ENGINE_ANSWER_TIMEOUT
 SCHEMA = "ktrdr-sandbox/status"
 VERIFY_SCHEMA = "ktrdr-sandbox/verify"
 VERSION = 1
-STATES = ("running", "partial", "stopped", "failed", "orphaned")
+STATES = status.STATES  # decided by `status.slot_state`, for the table and the JSON alike
 DEFAULT_HOST = "127.0.0.1"
 WILDCARD_ADDRS = frozenset({"", "0.0.0.0", "::"})
-# Exit codes of a container stopped on purpose (clean exit, SIGINT, SIGKILL, SIGTERM): a slot
-# of such containers is stopped, not failed.
-STOPPED_CODES = frozenset({0, 130, 137, 143})
 
 
 @dataclass(frozen=True)
@@ -46,18 +42,6 @@ class SlotSource:
 # ----------------------------------------------------------------------------- pure parts
 
 
-def _exit_code(container: docker.Container) -> int | None:
-    match = re.match(r"Exited \((-?\d+)\)", container.status)
-    return int(match.group(1)) if match else None
-
-
-def _failed(container: docker.Container) -> bool:
-    if container.state in ("dead", "restarting") or container.health == "unhealthy":
-        return True
-    code = _exit_code(container)
-    return container.state == "exited" and code is not None and code not in STOPPED_CODES
-
-
 def _healthy(container: docker.Container) -> bool:
     # A running container without a healthcheck counts: nothing says it is unwell.
     return container.health == "healthy" or (container.running and container.health == "none")
@@ -67,29 +51,11 @@ def last_up(record: lastup.LastUp | None) -> dict[str, str] | None:
     """The slot's last `inv up` unless it ended ready: what became of it (`LastUp.state`),
     why (as `inv status` words it) and when (UTC); None when it was ready or nothing was
     recorded."""
-    if record is None or record.outcome == lastup.READY:
+    reason = status.explain(record)
+    if record is None or not reason:
         return None
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.at))
-    return {"outcome": record.state, "reason": record.explain(), "at": at}
-
-
-def slot_state(
-    containers: Sequence[docker.Container], orphaned: bool, unfinished: bool = False
-) -> str:
-    """One of STATES: orphaned first (the user must act), then failed (a container, or the
-    last `inv up` that did not finish), then how much runs."""
-    if orphaned:
-        return "orphaned"
-    if unfinished or any(_failed(c) for c in containers):
-        return "failed"
-    running = [c for c in containers if c.running]
-    if not running:
-        return "stopped"
-    layouts = {c.layout for c in containers}
-    expected = set(layouts.pop().services) if len(layouts) == 1 else set(slots.SERVICES)
-    if len(running) == len(containers) and {c.service for c in running} >= expected:
-        return "running"
-    return "partial"
+    return {"outcome": record.state, "reason": reason, "at": at}
 
 
 def _published(
@@ -155,7 +121,7 @@ def slot_entry(
     return {
         "slot": slot,
         "project": slots.project_name(slot),
-        "state": slot_state(containers, orphaned, record is not None and not record.finished),
+        "state": status.slot_state(containers, orphaned, record),
         "app": source.app,
         "source": source.source,
         "branch": source.branch,
@@ -260,6 +226,18 @@ def verify_document(reports: Sequence[ReportLike]) -> dict[str, Any]:
         "passed": all(e["passed"] for e in entries),
         "slots": entries,
     }
+
+
+def error_document(schema: str, message: str, code: int) -> dict[str, Any]:
+    """What `--json` prints when it cannot answer (the engine unreachable, say), so a script
+    always has a document to parse: the schema and version, an `error` member with the one
+    line also written to stderr and the exit code, and no slot. STATUS_JSON.md documents it."""
+    doc: dict[str, Any] = {"schema": schema, "version": VERSION}
+    doc["error"] = {"message": message, "code": code}
+    if schema == VERIFY_SCHEMA:
+        doc["passed"] = False
+    doc["slots"] = []
+    return doc
 
 
 def dumps(doc: Mapping[str, Any]) -> str:

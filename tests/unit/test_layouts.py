@@ -250,17 +250,26 @@ def test_shared_gate_checks_the_shared_stack_not_the_slots(target: compose.Targe
 # ----------------------------------------------------------------------------- status
 
 
+@pytest.fixture
+def checkout_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fabricated containers' checkout, /checkout, counts as present (not orphaned)."""
+    monkeypatch.setattr(status, "checkout_gone", lambda checkout: False)
+
+
+@pytest.mark.usefixtures("checkout_exists")
 def test_a_light_slot_with_seven_containers_is_running() -> None:
     [row] = status.summarize(stack_of(3, LIGHT))
     assert (row.state, row.healthy, row.total) == ("running", 7, 7)
     assert (row.workers, row.observability) == ("light", "own")
 
 
+@pytest.mark.usefixtures("checkout_exists")
 def test_a_shared_light_slot_with_four_containers_is_running() -> None:
     [row] = status.summarize(stack_of(4, LIGHT_SHARED))
     assert (row.state, row.total, row.observability) == ("running", 4, "shared")
 
 
+@pytest.mark.usefixtures("checkout_exists")
 def test_a_full_slot_missing_two_workers_is_partial() -> None:
     containers = [c for c in stack_of(2, slots.DEFAULT_LAYOUT) if c.service in LIGHT.services]
     [row] = status.summarize(containers)

@@ -29,8 +29,9 @@ def full_stack(slot: int, **kwargs: str) -> list[docker.Container]:
     return found
 
 
-def test_running_slot() -> None:
-    [row] = status.summarize(full_stack(1))
+def test_running_slot(tmp_path: Path) -> None:
+    here = a_checkout(tmp_path / "here")
+    [row] = status.summarize(full_stack(1, working_dir=here))
     assert row == status.SlotStatus(
         slot=1,
         project="ktrdr-sandbox-1",
@@ -38,10 +39,14 @@ def test_running_slot() -> None:
         healthy=9,
         total=9,
         api_url="http://127.0.0.1:8001/api/v1",
-        checkout="/home/dev/ktrdr-sandbox",
+        checkout=here,
         source="reference (built in)",
-        orphaned=True,  # no such checkout on this machine
     )
+
+
+def test_a_running_slot_whose_checkout_is_gone_is_orphaned_whatever_runs() -> None:
+    [row] = status.summarize(full_stack(1))  # no such checkout on this machine
+    assert (row.state, row.orphaned, row.gone) == ("orphaned", True, "/home/dev/ktrdr-sandbox")
 
 
 def a_checkout(path: Path) -> str:
@@ -65,7 +70,8 @@ def test_a_slot_whose_source_checkout_is_gone_is_orphaned(tmp_path: Path) -> Non
     stack = [replace(c, app="ktrdr", source=str(branch)) for c in full_stack(1, working_dir=here)]
     assert not status.summarize(stack)[0].orphaned
     branch.rmdir()
-    assert status.summarize(stack)[0].orphaned
+    [row] = status.summarize(stack)
+    assert (row.state, row.orphaned, row.gone) == ("orphaned", True, str(branch))
 
 
 def test_an_up_that_did_not_finish_shows_as_failed_with_its_reason(tmp_path: Path) -> None:
@@ -94,10 +100,13 @@ def test_the_source_a_slot_runs_is_shown() -> None:
     assert status.summarize(stack)[0].source == "several"
 
 
-def test_partial_and_stopped_slots_sorted_by_slot() -> None:
-    partial = full_stack(2)
-    partial[0] = make(2, "db", "exited", "Exited (0) 1 minute ago")
-    stopped = [make(7, s, "exited", "Exited (137) 1 hour ago") for s in slots.SERVICES]
+def test_partial_and_stopped_slots_sorted_by_slot(tmp_path: Path) -> None:
+    here = a_checkout(tmp_path / "here")
+    partial = full_stack(2, working_dir=here)
+    partial[0] = make(2, "db", "exited", "Exited (0) 1 minute ago", working_dir=here)
+    stopped = [
+        make(7, s, "exited", "Exited (137) 1 hour ago", working_dir=here) for s in slots.SERVICES
+    ]
     rows = status.summarize([*stopped, *partial])
     assert [(r.slot, r.state) for r in rows] == [(2, "partial"), (7, "stopped")]
     assert (rows[0].healthy, rows[0].total) == (8, 9)
@@ -223,8 +232,8 @@ def test_a_remote_engines_api_urls_use_its_host() -> None:
     assert row.api_url == "http://127.0.0.1:8002/api/v1"
 
 
-def test_a_stack_missing_services_is_partial() -> None:
-    [row] = status.summarize([make(4, "db")])
+def test_a_stack_missing_services_is_partial(tmp_path: Path) -> None:
+    [row] = status.summarize([make(4, "db", working_dir=a_checkout(tmp_path / "here"))])
     assert row.state == "partial"
     assert (row.healthy, row.total) == (1, 9)
 
