@@ -8,12 +8,13 @@ the noxfile never sees one (its sessions run `inv` and pytest as subprocesses).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import shlex
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -543,15 +544,34 @@ def tunnel(c: Context, slot: str | None = None) -> None:
         )
 
 
+@contextlib.contextmanager
+def _json_errors(schema: str) -> Iterator[None]:
+    """With --json, a failure still prints a document on stdout (its `error` member says
+    what stderr says), so a script always parses something; the exit code is unchanged."""
+    try:
+        yield
+    except SandboxError as exc:
+        print(statusjson.dumps(statusjson.error_document(schema, str(exc), int(exc.code))))
+        if exc.details:  # stdout holds the document and nothing else: the rest to stderr
+            sys.stderr.write(exc.details.rstrip("\n") + "\n")
+        raise SandboxError(str(exc), exc.code) from None
+    except OSError as exc:
+        print(statusjson.dumps(statusjson.error_document(schema, str(exc), int(Exit.FAILED))))
+        raise
+
+
 @task(help={"slot": "show only this slot", "json": "one JSON document (STATUS_JSON.md)"})
 @handled
 def status(c: Context, slot: str | None = None, json: bool = False) -> None:
     """One table for every slot that has containers (one Docker call for all)."""
-    only = None if slot is None else slots.parse_slot(slot)
     environ = dict(os.environ)
     if json:
-        print(statusjson.dumps(statusjson.collect(environ, only, ROOT)))
+        with _json_errors(statusjson.SCHEMA):
+            only = None if slot is None else slots.parse_slot(slot)
+            document = statusjson.collect(environ, only, ROOT)
+        print(statusjson.dumps(document))
         return
+    only = None if slot is None else slots.parse_slot(slot)
     out().status(slot_status.collect(environ, only, ROOT), only_slot=only)
 
 
@@ -565,11 +585,12 @@ def status(c: Context, slot: str | None = None, json: bool = False) -> None:
 @handled
 def verify(c: Context, slot: list[str], json: bool = False) -> None:
     """Milestone 1's success criteria as named checks: health, own db, ports, shared dir."""
-    if not slot:
-        raise SandboxError("which slots? pass --slot=N, repeated for several", Exit.USAGE)
-    targets = [_target(s) for s in dict.fromkeys(slot)]
-    environ = dict(os.environ)
-    reports = slot_verify.verify(targets, _compose(environ), environ)
+    with _json_errors(statusjson.VERIFY_SCHEMA) if json else contextlib.nullcontext():
+        if not slot:
+            raise SandboxError("which slots? pass --slot=N, repeated for several", Exit.USAGE)
+        targets = [_target(s) for s in dict.fromkeys(slot)]
+        environ = dict(os.environ)
+        reports = slot_verify.verify(targets, _compose(environ), environ)
     if json:
         print(statusjson.dumps(statusjson.verify_document(reports)))
     else:

@@ -5,6 +5,7 @@ None of these reach a Docker engine: input is checked before anything is called.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -54,6 +55,8 @@ def inv(*args: str, **env: str) -> Result:
         (["down", "--all", "--slot=1"], Exit.USAGE, "pass --slot=N or --all, not both"),
         (["up", "--slot=any"], Exit.USAGE, "slot must be a whole number"),
         (["new", "x", "--repo=/", "--slot=any"], Exit.USAGE, "--slot must be auto or a whole"),
+        (["up", "--slot=1", "--source="], Exit.USAGE, "--source is empty (an unset variable?)"),
+        (["up", "--slot=auto", "--source= "], Exit.USAGE, "--source is empty"),
     ],
 )
 def test_bad_input_is_one_line(args: list[str], code: Exit, message: str, tmp_path: Path) -> None:
@@ -71,6 +74,33 @@ def test_no_engine_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == Exit.NO_ENGINE, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Docker engine is not reachable" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "schema"),
+    [
+        (["status", "--json"], "ktrdr-sandbox/status"),
+        (["status", "--json", "--slot=3"], "ktrdr-sandbox/status"),
+        (["verify", "--json", "--slot=3"], "ktrdr-sandbox/verify"),
+    ],
+)
+def test_json_without_an_engine_is_still_a_document(
+    tmp_path: Path, args: list[str], schema: str
+) -> None:
+    result = inv(*args, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock", HOME=str(tmp_path))
+    assert result.returncode == Exit.NO_ENGINE, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "Docker engine is not reachable" in line
+    document = json.loads(result.stdout)  # stdout is the document and nothing else
+    assert (document["schema"], document["version"], document["slots"]) == (schema, 1, [])
+    assert document["error"] == {"message": line.removeprefix("error: "), "code": 3}
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_json_with_bad_input_is_still_a_document(tmp_path: Path) -> None:
+    result = inv("status", "--json", "--slot=x", HOME=str(tmp_path))
+    assert result.returncode == Exit.USAGE
+    assert json.loads(result.stdout)["error"]["code"] == Exit.USAGE
 
 
 def test_env_prints_the_slot_file() -> None:

@@ -137,10 +137,41 @@ def test_dumps_round_trips() -> None:
     )
 
 
+ERROR = {"message": str, "code": int}
+
+
+def check_error_shape(doc: dict[str, Any]) -> None:
+    """A document that could not answer: schema, version, error, (passed,) no slots."""
+    verify = doc["schema"] == statusjson.VERIFY_SCHEMA
+    keys = ["schema", "version", "error", *(["passed"] if verify else []), "slots"]
+    assert list(doc) == keys
+    assert doc["schema"] in (statusjson.SCHEMA, statusjson.VERIFY_SCHEMA)
+    assert doc["version"] == 1 and doc["slots"] == []
+    assert list(doc["error"]) == list(ERROR)
+    assert all(isinstance(doc["error"][k], kind) for k, kind in ERROR.items())
+    assert "\n" not in doc["error"]["message"]
+    if verify:
+        assert doc["passed"] is False
+
+
+def test_the_error_documents_have_the_pinned_shape() -> None:
+    message = "the Docker engine is not reachable: start it"
+    for schema in (statusjson.SCHEMA, statusjson.VERIFY_SCHEMA):
+        doc = statusjson.error_document(schema, message, 3)
+        check_error_shape(doc)
+        assert json.loads(statusjson.dumps(doc)) == doc
+        assert doc["error"] == {"message": message, "code": 3}
+
+
 def test_documentation_example_has_the_pinned_shape() -> None:
     """Every ```json block of STATUS_JSON.md that claims the status schema is a valid document."""
     blocks = re.findall(r"```json\n(.*?)```", DOC.read_text(), re.S)
     docs = [json.loads(b) for b in blocks]
+    errors = [d for d in docs if "error" in d]
+    assert errors, "STATUS_JSON.md shows no document with an error"
+    for doc in errors:
+        check_error_shape(doc)
+    docs = [d for d in docs if "error" not in d]
     status_docs = [d for d in docs if d.get("schema") == statusjson.SCHEMA]
     assert status_docs, "STATUS_JSON.md shows no status example"
     for doc in status_docs:
