@@ -738,17 +738,33 @@ def _init_remote_shared(
         "online": "pull upstream images (fail rather than fall back to offline)",
         "to-engine": "send this machine's images (docker save | docker load) to the remote "
         "engine DOCKER_HOST or the current context names; builds nothing",
+        "source": "only the dependency image of this KTRDR checkout (what `inv up --source` "
+        "runs on): built, or reused when its lock is unchanged; ahead of several `inv new`",
+        "torch": TORCH_HELP,
     },
 )
 @handled
 def build_images(
-    c: Context, offline: bool = False, online: bool = False, to_engine: bool = False
+    c: Context,
+    offline: bool = False,
+    online: bool = False,
+    to_engine: bool = False,
+    source: str | None = None,
+    torch: str | None = None,
 ) -> None:
     """Get every image the compose file needs: pulled upstream, or built offline."""
     environ = dict(os.environ)
     docker.check_engine(environ)
     if to_engine:
         _send_images(environ)
+        return
+    if source is not None:
+        checkout = apps.detect(Path(source), torch)
+        if stack.app_image(checkout, ROOT, environ, out().step) is None:
+            raise SandboxError(
+                f"{source} runs on the reference app's image: plain `inv images` builds it",
+                Exit.USAGE,
+            )
         return
     if offline and online:
         raise SandboxError("pick one of --offline and --online", Exit.USAGE)
