@@ -145,6 +145,10 @@ TORCH_HELP = (
 TIMEOUT_HELP = (
     f"seconds the gate waits for readiness (default {GATE_TIMEOUT:.0f}, or KTRDR_GATE_TIMEOUT)"
 )
+RELOAD_HELP = (
+    "which app services of a --source checkout restart on edits: backend (default) or workers "
+    "(the workers too; each reloader costs CPU while the slot idles)"
+)
 NO_WAIT_HELP = "return after `docker compose up -d`, without the startability gate"
 MODELS_HELP = (
     "where the slot's models live: shared (default: the shared directory's models/, seen by "
@@ -163,6 +167,7 @@ MODELS_HELP = (
         "light (one of each) or none",
         "observability": "own (default: the slot runs its own Jaeger, Prometheus, Grafana) or "
         "shared (the machine's one stack; `inv observability up` first)",
+        "reload": RELOAD_HELP,
         "build": "rebuild the reference app image before starting",
         "no-wait": NO_WAIT_HELP,
         "timeout": TIMEOUT_HELP,
@@ -179,6 +184,7 @@ def up(
     models: str = "shared",
     workers: str | None = None,
     observability: str | None = None,
+    reload: str | None = None,
     build: bool = False,
     no_wait: bool = False,
     timeout: str | None = None,
@@ -187,6 +193,7 @@ def up(
 ) -> None:
     """Start a slot's stack: preflight, `docker compose up -d`, then the startability gate."""
     layout = slots.parse_layout(workers, observability)
+    reloads = apps.parse_reload(reload)
     chosen = apps.from_flag(source, torch)
     chosen = dataclasses.replace(chosen, models=apps.check_models(models))
     environ = dict(os.environ)
@@ -202,13 +209,21 @@ def up(
             timeout=timeout,
             layout=layout,
             fresh=wipe,
+            reload=reloads,
         )
         return
     with picker.claim_slot(environ, None, picker.Claim(on_busy=out().line)) as number:
         out().line(f"slot {number}: the lowest free slot (--slot=auto)")
         target = compose.load_target(ROOT, number, environ)
         _start(
-            target, chosen, environ, build=build, wait=not no_wait, timeout=timeout, layout=layout
+            target,
+            chosen,
+            environ,
+            build=build,
+            wait=not no_wait,
+            timeout=timeout,
+            layout=layout,
+            reload=reloads,
         )
 
 
@@ -222,6 +237,7 @@ def _start(
     timeout: str | None = None,
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
     fresh: Callable[[int], bool] | None = None,
+    reload: str | None = None,
 ) -> None:
     """`inv up`'s body for one slot: stack.up with the renderer's callbacks, then its report.
     `fresh`: recreate the slot's database once preflight passed and it says yes."""
@@ -245,6 +261,7 @@ def _start(
             wait=wait,
             timeout=stack.gate_timeout(timeout, target, environ),
             hooks=hooks,
+            reload=apps.parse_reload(reload),
         )
     _report_up(target.slot, result)
 

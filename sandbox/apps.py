@@ -29,6 +29,7 @@ from sandbox.docker import (
     CLIENT_LABEL,
     MODELS_LABEL,
     OBSERVABILITY_LABEL,
+    RELOAD_LABEL,
     SHARED_LABEL,
     SOURCE_LABEL,
     TORCH_LABEL,
@@ -37,6 +38,12 @@ from sandbox.docker import (
 )
 from sandbox.errors import Exit, SandboxError
 
+WORKER_TYPES = ("backtesting", "training")
+# `inv up --reload`: which app services run under a reloader, recorded on the slot's
+# containers (RELOAD_LABEL) as --workers is.
+RELOAD_BACKEND = "backend"
+RELOAD_WORKERS = "workers"
+RELOAD_CHOICES = (RELOAD_BACKEND, RELOAD_WORKERS)
 BUILTIN_SOURCE = ""  # the label value of a slot that runs the image's own code
 # The file KTRDR's CLI reads to find its slot's API (KTRDR's .gitignore ignores it).
 ENV_SANDBOX = ".env.sandbox"
@@ -100,6 +107,11 @@ class AppKind:
     # Sends its traces as OTLP/HTTP to OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (the reference app);
     # KTRDR reads KTRDR_OTEL_OTLP_ENDPOINT (gRPC) only.
     otlp_http: bool = False
+    # The workers' commands under a reloader, for `inv up --reload=workers`. By default only
+    # the backend reloads: a reloader is a second process per service that wakes up to look
+    # at the source (uvicorn's polls every 0.25 s without watchfiles), and users edit workers
+    # far less often than they start slots. Empty: `workers` is used either way.
+    reloaded_workers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _reloaded(module: str) -> tuple[str, ...]:
@@ -124,18 +136,25 @@ REFERENCE = AppKind(
     # The image's own reloader (containers/shared/reloader.py) restarts the process when a
     # mounted .py file changes: the reference app has no uvicorn.
     backend=_reloaded("ktrdr_reference.backend"),
-    workers={kind: _reloaded("ktrdr_reference.worker") for kind in ("backtesting", "training")},
+    workers={kind: ("python3", "-m", "ktrdr_reference.worker") for kind in WORKER_TYPES},
+    reloaded_workers={kind: _reloaded("ktrdr_reference.worker") for kind in WORKER_TYPES},
     mounts=(Mount("ktrdr_reference", f"{APP_DIR}/ktrdr_reference"),),
     otlp_http=True,
 )
 
 
-def _uvicorn(app: str, port: str, *more: str) -> tuple[str, ...]:
+def _uvicorn(app: str, port: str, *more: str, reload: bool = True) -> tuple[str, ...]:
     """uvicorn serving `app`, reloading on edits of the mounted package only: its default
     (the working directory) would also walk the shared data, models and strategies under
     /app."""
-    reload = ("--reload", "--reload-dir", f"{APP_DIR}/ktrdr")
-    return ("uvicorn", app, "--host", "0.0.0.0", "--port", port, *reload, *more)
+    reloading = ("--reload", "--reload-dir", f"{APP_DIR}/ktrdr") if reload else ()
+    return ("uvicorn", app, "--host", "0.0.0.0", "--port", port, *reloading, *more)
+
+
+KTRDR_WORKER_APPS = {
+    "backtesting": "ktrdr.backtesting.backtest_worker:app",
+    "training": "ktrdr.training.training_worker:app",
+}
 
 
 KTRDR = AppKind(
@@ -148,9 +167,9 @@ KTRDR = AppKind(
         "ktrdr.api.main:app", "8000", "--log-config", f"{APP_DIR}/ktrdr/config/logging_config.json"
     ),
     workers={
-        "backtesting": _uvicorn("ktrdr.backtesting.backtest_worker:app", "{port}"),
-        "training": _uvicorn("ktrdr.training.training_worker:app", "{port}"),
+        kind: _uvicorn(app, "{port}", reload=False) for kind, app in KTRDR_WORKER_APPS.items()
     },
+    reloaded_workers={kind: _uvicorn(app, "{port}") for kind, app in KTRDR_WORKER_APPS.items()},
     mounts=(
         Mount("ktrdr", f"{APP_DIR}/ktrdr"),
         Mount("config", f"{APP_DIR}/config", optional=True),
@@ -228,6 +247,20 @@ def models_dir(shared_dir: Path, slot: int, models: str) -> Path:
     if models == "slot":
         return shared_dir / "slots" / f"slot-{slot}" / "models"
     return shared_dir / "models"
+
+
+def parse_reload(value: str | None) -> str:
+    """`--reload`: backend (default: only the backend reloads on edits) or workers (the
+    workers too)."""
+    if value is None:
+        return RELOAD_BACKEND
+    if value not in RELOAD_CHOICES:
+        raise SandboxError(
+            f"unknown --reload {value!r}: use backend (the default) or workers "
+            "(e.g. --reload=workers)",
+            Exit.USAGE,
+        )
+    return value
 
 
 def check_torch(torch: str) -> str:
@@ -435,14 +468,16 @@ def override(
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
     copied_to: str | None = None,
     place: Place | None = None,
+    reload: str = RELOAD_BACKEND,
 ) -> dict[str, Any]:
     """The Compose override for `source` and `layout`: labels on every service (the app, its
-    source, the client machine, the layout); for a checkout, the app services' image,
-    commands, read-only mounts, environment and healthchecks; for shared observability, the
-    app services on the shared network with their traces sent there. Which services run at
-    all is `up`'s `--scale` (sandbox/stack.py). `copied_to`: the checkout's copy on a remote
-    engine's host (sandbox/codesync.py), bound instead of the checkout."""
-    labels = _labels(source, layout, place)
+    source, the client machine, the layout, what reloads); for a checkout, the app services'
+    image, commands, read-only mounts, environment and healthchecks; for shared
+    observability, the app services on the shared network with their traces sent there.
+    Which services run at all is `up`'s `--scale` (sandbox/stack.py). `copied_to`: the
+    checkout's copy on a remote engine's host (sandbox/codesync.py), bound instead of the
+    checkout. `reload`: RELOAD_WORKERS puts the workers under a reloader too."""
+    labels = {**_labels(source, layout, place), RELOAD_LABEL: reload}
     services: dict[str, dict[str, Any]] = {s: {"labels": labels} for s in slots.SERVICES}
     document: dict[str, Any] = {"services": services}
     own_models = _own_models(source, place)
@@ -461,7 +496,8 @@ def override(
             if own_models:
                 services[service]["volumes"] = own_models[service]
         return document
-    _run_checkout(services, source, image, {**environment, **traces}, copied_to)
+    workers = source.kind.reloaded_workers if reload == RELOAD_WORKERS else {}
+    _run_checkout(services, source, image, {**environment, **traces}, copied_to, workers)
     for service, volumes in own_models.items():
         services[service]["volumes"] = [*services[service]["volumes"], *volumes]
     if copied_to:
@@ -516,9 +552,12 @@ def _run_checkout(
     image: str | None,
     environment: Mapping[str, str],
     copied_to: str | None = None,
+    reloaded: Mapping[str, tuple[str, ...]] | None = None,
 ) -> None:
-    """The app services run the checkout's code: image, commands, mounts, env, healthchecks."""
+    """The app services run the checkout's code: image, commands, mounts, env, healthchecks;
+    a worker type in `reloaded` runs that command instead of its own."""
     kind = source.kind
+    commands = {**kind.workers, **(reloaded or {})}
     env = {**kind.environment, **environment}
     app: dict[str, Any] = {"volumes": _volumes(source, copied_to), "environment": env}
     if image:
@@ -543,7 +582,7 @@ def _run_checkout(
         services[worker.service].update(
             app,
             environment=worker_env,
-            command=_command(kind.workers[worker.worker_type], port),
+            command=_command(commands[worker.worker_type], port),
             healthcheck=_healthcheck(kind, port, "/health"),
         )
 

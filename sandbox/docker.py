@@ -35,6 +35,8 @@ OBSERVABILITY_LABEL = "ktrdr.sandbox.observability"
 # where its models live: the shared one, or the slot's own under it (`--models=slot`).
 SHARED_LABEL = "ktrdr.sandbox.shared"
 MODELS_LABEL = "ktrdr.sandbox.models"
+# Which app services run under a reloader: backend, or workers (the backend and the workers).
+RELOAD_LABEL = "ktrdr.sandbox.reload"
 
 
 @dataclass(frozen=True)

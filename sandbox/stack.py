@@ -172,6 +172,7 @@ def up(
     wait: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
     hooks: Hooks = Hooks(),
+    reload: str = apps.RELOAD_BACKEND,
 ) -> UpResult:
     """Start `target` running `source` and wait until it is really ready.
 
@@ -179,10 +180,10 @@ def up(
     rebuild, `hooks.build`). With `wait=False` the gate does not run (`.gate` is None). On a
     remote engine a source checkout is copied to its host first (sandbox/codesync.py).
     `hooks.fresh`, when given, recreates the slot's database volume once preflight has passed
-    and it confirmed. Raises SandboxError for a refused preflight, a failed build or a failed
-    `compose up` (and for Ctrl-C, Exit.INTERRUPTED); a failed gate is a result
-    (`.gate.passed`). Whatever ends a start once preflight passed is recorded for `inv status`
-    (sandbox/lastup.py).
+    and it confirmed. `reload` (apps.RELOAD_*) says which app services reload on edits.
+    Raises SandboxError for a refused preflight, a failed build or a failed `compose up` (and
+    for Ctrl-C, Exit.INTERRUPTED); a failed gate is a result (`.gate.passed`). Whatever ends
+    a start once preflight passed is recorded for `inv status` (sandbox/lastup.py).
     """
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=hooks.busy):
         fresh = hooks.fresh is not None
@@ -201,7 +202,7 @@ def up(
         recreate = recreate or (previous is not None and previous.outcome != lastup.READY)
         lastup.write(target.root, target.slot, lastup.STARTING)
         try:
-            result = _start(target, environ, checked, source, layout, recreate, hooks)
+            result = _start(target, environ, checked, source, (layout, reload), recreate, hooks)
             if wait:
                 result.gate, result.logs = _gate(
                     target, checked, environ, timeout, hooks.gate, source.kind.migration, layout
@@ -225,18 +226,20 @@ def _start(
     environ: Mapping[str, str],
     checked: preflight.Preflight,
     source: apps.Source,
-    layout: slots.Layout,
+    shape: tuple[slots.Layout, str],
     recreate: bool,
     hooks: Hooks,
 ) -> UpResult:
-    """Everything of `up` between preflight and the gate."""
+    """Everything of `up` between preflight and the gate; `shape`: the layout and what
+    reloads."""
+    layout, reload = shape
     if hooks.build is not None:
         hooks.build()  # after preflight and under the lock: a refused slot rebuilds nothing
     image = hooks.app_image(source) if hooks.app_image is not None else None
     source = applied_torch(source)
     copied_to = _copy_source(target, environ, checked, source, hooks.step)
     _prepare_files(target, source, checked.where, hooks.step)
-    override = write_override(target, source, image, layout, copied_to)
+    override = write_override(target, source, image, layout, copied_to, reload)
     fresh = hooks.fresh is not None
     ensure_volume(target, environ, checked, source, fresh)
     already = all_running(checked.running, layout) and not recreate and not fresh
@@ -413,10 +416,11 @@ def write_override(
     image: str | None,
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
     copied_to: str | None = None,
+    reload: str = apps.RELOAD_BACKEND,
 ) -> Path:
     """The app kind's Compose override for this slot, with the slot's own secrets."""
     secrets = {name: apps.secret(target.root, target.slot, name) for name in source.kind.secrets}
-    document = apps.override(source, image, secrets, layout, copied_to, place(target))
+    document = apps.override(source, image, secrets, layout, copied_to, place(target), reload)
     return apps.write_override(target.root, target.slot, document)
 
 

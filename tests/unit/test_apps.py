@@ -61,6 +61,7 @@ def test_builtin_override_labels_every_service_and_points_traces_at_its_own_jaeg
         docker.WORKERS_LABEL: "full",
         docker.OBSERVABILITY_LABEL: "own",
         docker.CLIENT_LABEL: docker.client_name(),
+        docker.RELOAD_LABEL: "backend",
     }
     traces = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://jaeger:4318/v1/traces"}
     for name, service in document["services"].items():
@@ -101,9 +102,45 @@ def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> No
         docker.CLIENT_LABEL: docker.client_name(),
         docker.WORKERS_LABEL: "full",
         docker.OBSERVABILITY_LABEL: "own",
+        docker.RELOAD_LABEL: "backend",
     }
+    # Only the backend reloads unless asked: a reloader idles at a cost.
+    assert "--reload" in backend["command"]
+    assert "--reload" not in worker["command"]
     # KTRDR speaks OTLP/gRPC to the compose file's own jaeger: nothing to add on `own`.
     assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" not in backend["environment"]
+
+
+@pytest.mark.parametrize("kind", ["ktrdr", "reference"])
+def test_reload_workers_puts_every_worker_under_a_reloader(tmp_path: Path, kind: str) -> None:
+    if kind == "ktrdr":
+        source = apps.detect(make_ktrdr(tmp_path))
+        reloading = ["--reload", "--reload-dir", "/app/ktrdr"]
+    else:
+        (tmp_path / "ktrdr_reference").mkdir()
+        (tmp_path / "ktrdr_reference" / "__init__.py").touch()
+        source = apps.detect(tmp_path)
+        reloading = ["reloader", "/app/ktrdr_reference", "--"]
+    plain = apps.override(source, "img", {})
+    reloaded = apps.override(source, "img", {}, reload=apps.RELOAD_WORKERS)
+    for worker in slots.WORKERS:
+        before = plain["services"][worker.service]["command"]
+        after = reloaded["services"][worker.service]["command"]
+        assert not any(part in before for part in reloading), before
+        assert all(part in after for part in reloading), after
+        assert reloaded["services"][worker.service]["labels"][docker.RELOAD_LABEL] == "workers"
+    assert plain["services"]["backend"] == {
+        **reloaded["services"]["backend"],
+        "labels": plain["services"]["backend"]["labels"],
+    }
+
+
+def test_reload_choices() -> None:
+    assert apps.parse_reload(None) == apps.RELOAD_BACKEND
+    assert apps.parse_reload("workers") == apps.RELOAD_WORKERS
+    with pytest.raises(SandboxError, match=r"use backend \(the default\) or workers") as err:
+        apps.parse_reload("all")
+    assert err.value.code is Exit.USAGE
 
 
 def test_a_secret_is_made_once_per_slot(tmp_path: Path) -> None:
