@@ -247,20 +247,36 @@ def up(root: Path, environ: Mapping[str, str]) -> list[str]:
     return cmd
 
 
+def users(containers: Sequence[docker.Container]) -> dict[int, bool]:
+    """Slots on shared observability that have containers, running or not: slot -> whether
+    any of its containers runs. A stopped slot counts: its containers stay attached to
+    NETWORK, and if the network were removed and made anew they could not start again."""
+    found: dict[int, bool] = {}
+    for c in containers:
+        if c.slot is not None and c.layout.shared:
+            found[c.slot] = found.get(c.slot, False) or c.running
+    return dict(sorted(found.items()))
+
+
+def users_error(found: Mapping[int, bool]) -> SandboxError:
+    listed = ", ".join(f"{n} ({'running' if run else 'stopped'})" for n, run in found.items())
+    first = next(iter(found))
+    one = len(found) == 1
+    return SandboxError(
+        f"slot{'' if one else 's'} {listed} {'uses' if one else 'use'} the shared "
+        f"observability stack (a stopped slot keeps its network): `inv down --slot={first}`"
+        f"{'' if one else ' (and the others)'} first",
+        Exit.OTHER_LAYOUT,
+    )
+
+
 def down(root: Path, environ: Mapping[str, str]) -> list[str]:
-    """Stop the shared stack; refused while a running slot sends it traces."""
+    """Stop the shared stack; refused while a slot on it has containers, stopped or not."""
     docker.check_engine(environ)
     everything = docker.containers(environ)
-    users = sorted(
-        {c.slot for c in everything if c.slot is not None and c.running and c.layout.shared}
-    )
-    if users:
-        listed = ", ".join(map(str, users))
-        raise SandboxError(
-            f"slot {listed} uses the shared observability stack: `inv down` "
-            f"{'it' if len(users) == 1 else 'them'} first",
-            Exit.OTHER_LAYOUT,
-        )
+    found = users(everything)
+    if found:
+        raise users_error(found)
     compose_cmd = compose.find_compose(environ)
     cmd = command(compose_cmd, root, "down", "--remove-orphans", "--volumes")
     runner.run(
@@ -273,6 +289,63 @@ def down(root: Path, environ: Mapping[str, str]) -> list[str]:
     # The network goes too, once nothing uses it (a stopped shared slot still holds it).
     runner.run(["docker", "network", "rm", NETWORK], env=dict(environ), timeout=CLI_TIMEOUT)
     return cmd
+
+
+def inspect_networks_command(ids: Sequence[str]) -> list[str]:
+    return ["docker", "inspect", "--format", "{{.Id}} {{json .NetworkSettings.Networks}}", *ids]
+
+
+def parse_attachments(output: str) -> dict[str, str]:
+    """Container id -> the id of the network named NETWORK it is attached to, from
+    `inspect_networks_command`; a container not attached to it is left out."""
+    found = {}
+    for line in output.splitlines():
+        ident, _, networks = line.partition(" ")
+        try:
+            attached = json.loads(networks).get(NETWORK)
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(attached, dict) and attached.get("NetworkID"):
+            found[ident] = str(attached["NetworkID"])
+    return found
+
+
+def stale(containers: Sequence[docker.Container], environ: Mapping[str, str]) -> list[str]:
+    """The ids of `containers` attached to a NETWORK that is gone (removed, maybe made anew
+    since): Docker cannot start them again (`network ... not found`). A stopped shared slot
+    under an `observability down` of an older version, or a `docker network prune`, leaves
+    them."""
+    if not containers:
+        return []
+    env = dict(environ)
+    ids = [c.id for c in containers]
+    found = runner.run(inspect_networks_command(ids), env=env, timeout=CLI_TIMEOUT)
+    attachments = parse_attachments(found.stdout) if found.ok else {}
+    if not attachments:
+        return []
+    now = runner.run(
+        ["docker", "network", "inspect", "--format", "{{.Id}}", NETWORK],
+        env=env,
+        timeout=CLI_TIMEOUT,
+    )
+    current = now.stdout.strip() if now.ok else ""
+    return [c.id for c in containers if c.id in attachments and attachments[c.id] != current]
+
+
+def heal(containers: Sequence[docker.Container], environ: Mapping[str, str]) -> list[str]:
+    """Remove the slot's containers attached to a network that is gone (`stale`), so that
+    `docker compose up` makes them anew on today's network; the names removed. Only app
+    services are ever attached (the database is not), and they keep nothing of their own."""
+    gone = set(stale(containers, environ))
+    names = [c.name for c in containers if c.id in gone]
+    if gone:
+        runner.run(
+            ["docker", "rm", "--force", *sorted(gone)],
+            env=dict(environ),
+            timeout=CLI_TIMEOUT,
+            check="could not remove containers attached to a removed network",
+        )
+    return names
 
 
 def refresh_targets(environ: Mapping[str, str]) -> int | None:

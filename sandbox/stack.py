@@ -236,6 +236,7 @@ def _start(
     if hooks.build is not None:
         hooks.build()  # after preflight and under the lock: a refused slot rebuilds nothing
     image = hooks.app_image(source) if hooks.app_image is not None else None
+    checked = _heal_network(target, environ, checked, layout, hooks.step)
     source = applied_torch(source)
     copied_to = _copy_source(target, environ, checked, source, hooks.step)
     _prepare_files(target, source, checked.where, hooks.step)
@@ -290,6 +291,31 @@ def applied_torch(source: apps.Source) -> apps.Source:
         return source
     torch = appimages.effective_torch(source.path, source.kind.extras, source.torch)
     return dataclasses.replace(source, torch=torch)
+
+
+def _heal_network(
+    target: Target,
+    environ: Mapping[str, str],
+    checked: preflight.Preflight,
+    layout: slots.Layout,
+    on_step: Callable[[str, str], None] | None,
+) -> preflight.Preflight:
+    """A shared slot whose containers are attached to a shared network since removed (its
+    `inv observability down` ran while the slot was stopped) could not start again: those
+    containers are removed here, and Compose makes them anew. The preflight without them."""
+    if not layout.shared or not checked.running:
+        return checked
+    removed = observability.heal(checked.running, environ)
+    if not removed:
+        return checked
+    if on_step:
+        on_step(
+            "healed",
+            f"removed {len(removed)} container(s) of slot {target.slot} attached to a shared "
+            f"network that no longer exists ({', '.join(removed)}); Compose makes them anew",
+        )
+    kept = [c for c in checked.running if c.name not in removed]
+    return dataclasses.replace(checked, running=kept)
 
 
 def _copy_source(

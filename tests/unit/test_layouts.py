@@ -4,6 +4,7 @@ its override, expects at the gate and in status, and what the shared Prometheus 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from sandbox import (
     gate,
     observability,
     preflight,
+    runner,
     slots,
     stack,
     status,
@@ -419,4 +421,63 @@ def test_observability_down_is_refused_while_a_slot_uses_it(
     with pytest.raises(SandboxError) as caught:
         observability.down(tmp_path, {})
     assert caught.value.code is Exit.OTHER_LAYOUT
-    assert str(caught.value) == ("slot 3 uses the shared observability stack: `inv down` it first")
+    assert str(caught.value) == (
+        "slot 3 (running) uses the shared observability stack (a stopped slot keeps its "
+        "network): `inv down --slot=3` first"
+    )
+
+
+def test_a_stopped_shared_slot_still_counts_as_a_user(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    stopped = [replace(c, state="exited", status="Exited (0)") for c in stack_of(3, LIGHT_SHARED)]
+    own = [replace(c, state="exited", status="Exited (0)") for c in stack_of(5, LIGHT)]
+    running = stack_of(4, NONE_SHARED)
+    monkeypatch.setattr(docker, "check_engine", lambda environ=None: "27")
+    monkeypatch.setattr(docker, "containers", lambda environ=None: [*stopped, *own, *running])
+    assert observability.users([*stopped, *own, *running]) == {3: False, 4: True}
+    with pytest.raises(SandboxError) as caught:
+        observability.down(tmp_path, {})
+    assert str(caught.value) == (
+        "slots 3 (stopped), 4 (running) use the shared observability stack (a stopped slot "
+        "keeps its network): `inv down --slot=3` (and the others) first"
+    )
+    assert observability.users(own) == {}
+
+
+def test_containers_on_a_removed_shared_network_are_found_and_removed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    containers = stack_of(3, NONE_SHARED)  # db and backend
+    db, backend = sorted(containers, key=lambda c: c.service != "db")
+    networks = {
+        db.id: {"ktrdr-sandbox-3_default": {"NetworkID": "d3"}},
+        backend.id: {
+            "ktrdr-sandbox-3_default": {"NetworkID": "d3"},
+            observability.NETWORK: {"NetworkID": "old-id"},
+        },
+    }
+    ran: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kwargs: object) -> runner.Result:
+        ran.append(cmd)
+        if cmd[:2] == ["docker", "inspect"]:
+            out = "\n".join(f"{i} {json.dumps(networks[i])}" for i in cmd[4:])
+            return runner.Result(tuple(cmd), 0, out + "\n", "")
+        if cmd[:3] == ["docker", "network", "inspect"]:
+            return runner.Result(tuple(cmd), 0, "new-id\n", "")
+        return runner.Result(tuple(cmd), 0, "", "")
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    assert observability.stale(containers, {}) == [backend.id]
+    assert observability.heal(containers, {}) == [backend.name]
+    assert ran[-1] == ["docker", "rm", "--force", backend.id]
+    networks[backend.id][observability.NETWORK]["NetworkID"] = "new-id"  # today's network
+    ran.clear()
+    assert observability.heal(containers, {}) == []
+    assert not any(cmd[:2] == ["docker", "rm"] for cmd in ran)
+
+
+def test_attachments_are_parsed_leniently() -> None:
+    text = 'a {"ktrdr-sandbox-observability": {"NetworkID": "n1"}}\nb {}\nc not-json\n'
+    assert observability.parse_attachments(text) == {"a": "n1"}
