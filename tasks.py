@@ -14,6 +14,7 @@ import functools
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -536,17 +537,28 @@ def tunnel(c: Context, slot: str | None = None) -> None:
     where = engine.detect(environ)
     ports = forwarding.slot_ports(target)
     cmd = forwarding.command(where, ports)
+    lock_dir = lock.default_lock_dir(environ)
+    cleaned = forwarding.reclaim(lock_dir, target.slot)
+    if cleaned:
+        out().line(cleaned)
     forwarding.check_free(ports)
     out().line(
         f"forwarding slot {target.slot}'s {len(ports)} ports from {where.host}'s loopback to "
         f"127.0.0.1 (same numbers); with KTRDR_CONNECT_HOST=127.0.0.1 the tasks use them. "
         "Ctrl-C closes the tunnel"
     )
+
+    def record(ssh_pid: int) -> None:
+        made = forwarding.Record(target.slot, ssh_pid, os.getpid(), tuple(ports), time.time())
+        forwarding.write_record(lock_dir, made)
+
     try:
-        result = runner.run(cmd, env=environ, capture=False)
+        result = runner.run(cmd, env=environ, capture=False, started=record)
     except KeyboardInterrupt:
         out().line("tunnel closed")
         return
+    finally:
+        forwarding.clear_record(lock_dir, target.slot, os.getpid())
     if result.returncode == 127:
         raise SandboxError(
             "no `ssh` on PATH: install OpenSSH's client (the one Docker uses for ssh:// "

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import anyio.from_thread
@@ -221,7 +220,7 @@ def up(
     timeout: str | None = None,
 ) -> dict[str, Any]:
     layout = slots.parse_layout(workers, observability)
-    chosen = apps.detect(Path(source), torch) if source else apps.BUILT_IN
+    chosen = apps.from_flag(source, torch)  # "" (an unset variable) is refused, not "none"
     wanted = picker.parse_choice(slot)
     if wanted is not None:
         return start(compose.load_target(ROOT, wanted), chosen, environ, say, layout, timeout)

@@ -15,7 +15,7 @@ import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -65,6 +65,7 @@ def run(
     stdin: Path | None = None,
     check: str | None = None,
     code: Exit = Exit.COMMAND,
+    started: Callable[[int], None] | None = None,
 ) -> Result:
     """Run `cmd` and return its result.
 
@@ -73,8 +74,12 @@ def run(
     `stdin` is a file read as the command's standard input, byte for byte (a tar stream).
     A missing program or a timeout comes back as a failed `Result`, not an exception, unless
     `check` is given: then a failure raises `SandboxError(check, code)` (see `check_result`).
+    `started(pid)` is called once the process runs, before it is waited for (with
+    `capture=False`): `inv tunnel` records its ssh's pid so a later run can find it.
     """
     options: Options = {"env": env, "capture": capture, "cwd": cwd, "timeout": timeout}
+    if started is not None:
+        options["started"] = started
     if input_text is not None:
         options["input_text"] = input_text
     if stdin is not None:
@@ -101,6 +106,7 @@ class Options(TypedDict, total=False):
     timeout: float | None
     input_text: str | None
     stdin: Path | None
+    started: Callable[[int], None]
 
 
 def execute(cmd: Command, **options: Unpack[Options]) -> Result:
@@ -109,6 +115,9 @@ def execute(cmd: Command, **options: Unpack[Options]) -> Result:
     env, timeout = options.get("env"), options.get("timeout")
     log.debug("run: %s", display(args))
     stdin_path = options.get("stdin")
+    started = options.get("started")
+    if started is not None:
+        return _execute_watched(args, env, options.get("cwd"), timeout, started)
     try:
         with contextlib.ExitStack() as stack:
             stdin = stack.enter_context(stdin_path.open("rb")) if stdin_path else None
@@ -128,3 +137,32 @@ def execute(cmd: Command, **options: Unpack[Options]) -> Result:
     except subprocess.TimeoutExpired:
         return Result(args, 124, "", f"{display(args)}: timed out after {timeout}s")
     return Result(args, proc.returncode, proc.stdout or "", proc.stderr or "")
+
+
+def _execute_watched(
+    args: tuple[str, ...],
+    env: Mapping[str, str] | None,
+    cwd: Path | None,
+    timeout: float | None,
+    started: Callable[[int], None],
+) -> Result:
+    """A command on this terminal whose pid `started` learns before it is waited for. Any
+    exception here (Ctrl-C) takes the child down with it, as `subprocess.run` would."""
+    try:
+        proc = subprocess.Popen(
+            args, env=dict(env) if env is not None else dict(os.environ), cwd=cwd
+        )
+    except FileNotFoundError:
+        return Result(args, 127, "", f"{args[0]}: command not found")
+    with proc:
+        try:
+            started(proc.pid)
+            return Result(args, proc.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return Result(args, 124, "", f"{display(args)}: timed out after {timeout}s")
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
