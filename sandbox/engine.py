@@ -16,8 +16,9 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -226,7 +227,7 @@ def detect(environ: Mapping[str, str] | None = None) -> Engine:
     """
     env = dict(os.environ if environ is None else environ)
     if env.get("DOCKER_HOST", "").strip() or context_name(env) == "default":
-        return resolve(env, None)
+        return _from_container(resolve(env, None), env)
     result = run(context_command(), env=env, timeout=20)
     if not result.ok and env.get("DOCKER_CONTEXT", "").strip():
         raise SandboxError(
@@ -234,7 +235,41 @@ def detect(environ: Mapping[str, str] | None = None) -> Engine:
             "pick one from `docker context ls`, or unset it",
             Exit.NO_ENGINE,
         )
-    return resolve(env, result.stdout if result.ok else None)
+    return _from_container(resolve(env, result.stdout if result.ok else None), env)
+
+
+def _from_container(found: Engine, env: Mapping[str, str]) -> Engine:
+    """Inside a container holding a local engine's socket, the published ports are on the
+    engine's host: reached at its bridge gateway (sandbox/reach.py), unless
+    KTRDR_CONNECT_HOST says otherwise. Elsewhere `found` as it is (reach is loaded only in a
+    container, so `inv status` on a host pays nothing for it)."""
+    if not found.local or found.connect_override or own_container_id() is None:
+        return found
+    from sandbox import reach
+
+    host = reach.connect_host(env)
+    return replace(found, connect_override=host) if host else found
+
+
+# Docker bind-mounts /var/lib/docker/containers/<id>/{hostname,hosts,resolv.conf} into every
+# container it starts: the one place that names a container's own full id (cgroup v2 shows
+# "0::/" in PID 1's cgroup). /.dockerenv alone is not enough: a machine may carry one and run
+# its engine itself (this project's CI does), and without an id nothing can be translated.
+_CONTAINER_ID = re.compile(r"/containers/([0-9a-f]{64})/")
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+
+def container_id_in(mountinfo: str) -> str | None:
+    found = _CONTAINER_ID.search(mountinfo)
+    return found.group(1) if found else None
+
+
+def own_container_id(mountinfo: Path = MOUNTINFO) -> str | None:
+    """The id of the Docker container this process runs in, or None (not in one)."""
+    try:
+        return container_id_in(mountinfo.read_text())
+    except OSError:
+        return None
 
 
 # --- Commands that run on the engine's host, through a small container ---------------------

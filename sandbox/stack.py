@@ -31,6 +31,7 @@ from sandbox import (
     observability,
     preflight,
     provenance,
+    reach,
     runner,
     shared,
     slots,
@@ -190,6 +191,7 @@ def up(
         checked = preflight.run_preflight(
             target, environ, source=source, layout=layout, fresh=fresh
         )
+        checked.steps.extend(reach_steps(target, environ, source))
         if hooks.preflight:
             hooks.preflight(checked)
         if hooks.fresh is not None and not hooks.fresh(target.slot):
@@ -241,6 +243,7 @@ def _start(
     copied_to = _copy_source(target, environ, checked, source, hooks.step)
     _prepare_files(target, source, checked.where, hooks.step)
     override = write_override(target, source, image, layout, copied_to, reload)
+    reach.adjust_override(override, target.values, environ, compose.bind_address(target, environ))
     fresh = hooks.fresh is not None
     ensure_volume(target, environ, checked, source, fresh)
     already = all_running(checked.running, layout) and not recreate and not fresh
@@ -457,7 +460,24 @@ def env_sandbox(
     source: apps.Source = apps.BUILT_IN,
 ) -> str:
     urls = net.urls(target, environ, where)
-    return apps.env_sandbox_text(target.slot, target.values, urls, source, place(target))
+    text = apps.env_sandbox_text(target.slot, target.values, urls, source, place(target))
+    bind, api = compose.bind_address(target, environ), target.port("KTRDR_API_PORT")
+    return text + "".join(f"{line}\n" for line in reach.env_sandbox_lines(environ, bind, api))
+
+
+def reach_steps(
+    target: Target, environ: Mapping[str, str], source: apps.Source = apps.BUILT_IN
+) -> list[preflight.Step]:
+    """Preflight's `container` and `reach` lines (sandbox/reach.py): run inside a container
+    (its bind paths translated, or refused), and who reaches the ports when containers,
+    Docker Desktop or that container change it; none for the default."""
+    bind, api = compose.bind_address(target, environ), target.port("KTRDR_API_PORT")
+    paths = [target.shared_dir] + ([source.path] if source.path is not None else [])
+    lines = [
+        ("container", reach.container_line(environ, paths)),
+        ("reach", reach.exposure_line(environ, bind, api)),
+    ]
+    return [preflight.Step(name, line) for name, line in lines if line is not None]
 
 
 def _compose_up(
@@ -475,7 +495,7 @@ def _compose_up(
     started = time.monotonic()
     runner.run(
         cmd,
-        env=compose.environment(target, environ),
+        env=reach.compose_environment(compose.environment(target, environ), target.root, environ),
         cwd=target.root,
         check=f"`docker compose up` failed for slot {target.slot}; the output above says "
         f"why (`inv logs --slot={target.slot}` for more): {display(cmd)}",

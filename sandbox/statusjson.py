@@ -10,6 +10,7 @@ filesystem and at git. A change that removes or retypes a key bumps VERSION; add
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ VERSION = 1
 STATES = status.STATES  # decided by `status.slot_state`, for the table and the JSON alike
 DEFAULT_HOST = "127.0.0.1"
 WILDCARD_ADDRS = frozenset({"", "0.0.0.0", "::"})
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,26 @@ def slot_entry(
         },
         "volumes": sorted(volumes),
         "last_up": last,
+        "agent_url": agent_url(containers, slot),
     }
+
+
+def agent_url(containers: Sequence[docker.Container], slot: int) -> str | None:
+    """The API URL for a container started like KTRDR's coding agent (host.docker.internal),
+    when the backend is published where the bridge reaches it: a wildcard, or the bridge
+    gateway itself (sandbox/reach.py, loaded only for such a binding); else None."""
+    api = next(spec for spec in slots.PORTS if spec.variable == "KTRDR_API_PORT")
+    published = [p for p in _published(containers, api, slot) if p.host_ip not in LOOPBACK]
+    if not published:
+        return None
+    from sandbox import reach
+
+    where = [p.host_ip for p in published]
+    if not any(ip in WILDCARD_ADDRS for ip in where):
+        gateway = reach.gateway_or_none(dict(os.environ))
+        if gateway not in where:
+            return None
+    return reach.agent_url(published[0].host_port)
 
 
 def _recorded(values: set[str]) -> str | None:

@@ -42,6 +42,7 @@ SLOT: dict[str, Kind] = {
     "services": dict,
     "volumes": list,
     "last_up": (dict, type(None)),
+    "agent_url": OPT_STR,
 }
 LAST_UP = {"outcome": str, "reason": str, "at": str}
 SERVICES = {"total": int, "running": int, "healthy": int}
@@ -124,6 +125,7 @@ def test_running_slot_document() -> None:
         "services": {"total": 9, "running": 9, "healthy": 9},
         "volumes": [],
         "last_up": None,
+        "agent_url": None,
     }
 
 
