@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         snapshots,
         stack,
         statusjson,
+        swarm,
         teardown,
         worktrees,
     )
@@ -83,6 +84,7 @@ else:  # each imported at its first use: `inv status` loads only what it touches
     snapshots = lazy.Module("sandbox.snapshots")
     stack = lazy.Module("sandbox.stack")
     statusjson = lazy.Module("sandbox.statusjson")
+    swarm = lazy.Module("sandbox.swarm")
     teardown = lazy.Module("sandbox.teardown")
     worktrees = lazy.Module("sandbox.worktrees")
 
@@ -174,6 +176,8 @@ MODELS_HELP = (
         "timeout": TIMEOUT_HELP,
         "fresh": "recreate the slot's database (everything in it is lost); asks first",
         "yes": "with --fresh: do not ask (for scripts)",
+        "swarm": "deploy the slot as a stack on the swarm DOCKER_HOST manages (also "
+        "KTRDR_SWARM=1, or KTRDR_SWARM=auto when the engine is a manager)",
     }
 )
 @handled
@@ -191,6 +195,7 @@ def up(
     timeout: str | None = None,
     fresh: bool = False,
     yes: bool = False,
+    swarm_: bool = False,
 ) -> None:
     """Start a slot's stack: preflight, `docker compose up -d`, then the startability gate."""
     layout = slots.parse_layout(workers, observability)
@@ -198,6 +203,9 @@ def up(
     chosen = apps.from_flag(source, torch)
     chosen = dataclasses.replace(chosen, models=apps.check_models(models))
     environ = dict(os.environ)
+    if (swarm_ or os.environ.get("KTRDR_SWARM")) and swarm.wanted(environ, swarm_):
+        _swarm_up(slot, chosen, environ, layout, wait=not no_wait, timeout=timeout)
+        return
     wipe = functools.partial(_confirm_fresh, yes) if fresh else None
     if slot is None or slot.strip().lower() != "auto":
         target = _target(slot)
@@ -265,6 +273,46 @@ def _start(
             reload=apps.parse_reload(reload),
         )
     _report_up(target.slot, result)
+
+
+def _swarm_up(
+    slot: str | None,
+    source: apps.Source,
+    environ: dict[str, str],
+    layout: slots.Layout,
+    *,
+    wait: bool,
+    timeout: str | None,
+) -> None:
+    """`inv up` on a swarm: the slot as the stack ktrdr-sandbox-N (sandbox/swarm.py)."""
+    if slot is not None and slot.strip().lower() == "auto":
+        raise SandboxError("--slot=auto is not supported on a swarm: pass --slot=N", Exit.USAGE)
+    target = _target(slot)
+    with out().gate_progress(target.slot) as on_gate:
+        result = swarm.up(
+            target,
+            environ,
+            layout=layout,
+            source=source,
+            wait=wait,
+            timeout=stack.gate_timeout(timeout, target, environ),
+            say=out().step,
+            on_gate=on_gate,
+        )
+    out().step("stack", f"`docker stack deploy` took {result.compose_seconds:.1f}s")
+    if result.gate is None:
+        out().line(
+            f"slot {target.slot} deployed without waiting; `inv status --slot={target.slot}`"
+        )
+        return
+    out().step("nodes", swarm.summary(result))
+    out().gate_summary(result.gate, result.logs)
+    if not result.gate.passed:
+        raise InvokeExit(
+            f"error: slot {target.slot} did not become ready on the swarm; failing checks and "
+            f"their logs are above (`inv logs --slot={target.slot}` for more)",
+            code=int(Exit.FAILED),
+        )
 
 
 def _confirm_fresh(yes: bool, slot: int) -> bool:
@@ -342,6 +390,12 @@ def down(
         _down_all(slot, volumes, yes)
         return
     target = _target(slot)
+    record = swarm.selected_record(ROOT, target.slot, os.environ)
+    if record is not None:
+        swarm.down(target, dict(os.environ), record, volumes=volumes)
+        kept = "removed its volumes" if volumes else "kept its volumes"
+        out().line(f"slot {target.slot} (stack {record.stack}) is down on the swarm; {kept}")
+        return
     stack.down(
         target,
         dict(os.environ),
@@ -479,6 +533,12 @@ def exec_(c: Context, slot: str | None = None, service: str = "backend") -> None
 
 def _exec(target: compose.Target, service: str, argv: list[str]) -> None:
     environ = dict(os.environ)
+    record = swarm.selected_record(ROOT, target.slot, environ)
+    if record is not None:
+        done = swarm.run_exec(record, service, argv, environ, sys.stdin.isatty())
+        if not done.ok:
+            raise InvokeExit(code=done.returncode if done.returncode > 0 else int(Exit.COMMAND))
+        return
     cmd = stack.exec_command(_compose(environ), target, service, argv, sys.stdin.isatty())
     result = runner.run(cmd, env=compose.environment(target, environ), capture=False)
     if not result.ok:  # the command's own status; Compose or the command said why
@@ -589,11 +649,23 @@ def _json_errors(schema: str) -> Iterator[None]:
         raise
 
 
-@task(help={"slot": "show only this slot", "json": "one JSON document (STATUS_JSON.md)"})
+@task(
+    help={
+        "slot": "show only this slot",
+        "json": "one JSON document (STATUS_JSON.md)",
+        "swarm": "the slots this checkout deployed on a swarm (a slot's own status shows "
+        "its swarm view by itself)",
+    }
+)
 @handled
-def status(c: Context, slot: str | None = None, json: bool = False) -> None:
+def status(c: Context, slot: str | None = None, json: bool = False, swarm_: bool = False) -> None:
     """One table for every slot that has containers (one Docker call for all)."""
     environ = dict(os.environ)
+    if swarm_ or (
+        slot is not None and swarm.selected_record(ROOT, slots.parse_slot(slot), environ)
+    ):
+        _swarm_status(environ, None if slot is None else slots.parse_slot(slot), json)
+        return
     if json:
         with _json_errors(statusjson.SCHEMA):
             only = None if slot is None else slots.parse_slot(slot)
@@ -602,6 +674,30 @@ def status(c: Context, slot: str | None = None, json: bool = False) -> None:
         return
     only = None if slot is None else slots.parse_slot(slot)
     out().status(slot_status.collect(environ, only, ROOT), only_slot=only)
+
+
+def _swarm_status(environ: Mapping[str, str], only: int | None, as_json: bool) -> None:
+    found = swarm.status(ROOT, environ, only)
+    if as_json:
+        print(statusjson.dumps({"swarm": [s.document() for s in found]}))
+        return
+    if not found:
+        out().line("no slot of this checkout is deployed on a swarm")
+        return
+    header = ["slot", "service", "node", "address", "state", "ports"]
+    rows = [
+        [
+            str(s.slot),
+            r.service,
+            r.node,
+            r.address,
+            r.state + (f" ({r.error})" if r.error else ""),
+            ",".join(map(str, r.ports)),
+        ]
+        for s in found
+        for r in s.rows
+    ]
+    out().table(header, rows or [[str(s.slot), "-", "-", "-", "no services", "-"] for s in found])
 
 
 @task(
@@ -654,6 +750,18 @@ def logs(
     lines = slots.parse_count(tail, "--tail")
     chosen = slots.parse_service(service) if service else None
     environ = dict(os.environ)
+    record = swarm.selected_record(ROOT, target.slot, environ)
+    if record is not None:
+        if follow and chosen is None:
+            raise SandboxError("on a swarm, --follow needs --service=NAME", Exit.USAGE)
+        for name in (
+            [chosen] if chosen else [s.service for s in swarm.slot_rows(record, environ).rows]
+        ):
+            cmd = swarm.logs_command(record.stack, name, follow, lines)
+            runner.run(
+                cmd, env=record.env(environ), capture=False, check=f"`{runner.display(cmd)}` failed"
+            )
+        return
     cmd = stack.logs_command(_compose(environ), target, chosen, follow, lines)
     env = compose.environment(target, environ)
     runner.run(cmd, env=env, capture=False, check=f"`{runner.display(cmd)}` failed")
@@ -665,6 +773,9 @@ def psql(c: Context, slot: str | None = None) -> None:
     """Open psql on a slot's database (as ktrdr, database ktrdr)."""
     target = _target(slot)
     environ = dict(os.environ)
+    if swarm.selected_record(ROOT, target.slot, environ) is not None:
+        _exec(target, "db", ["psql", "-U", "ktrdr", "ktrdr"])
+        return
     cmd = stack.psql_command(_compose(environ), target, sys.stdin.isatty())
     env = compose.environment(target, environ)
     failed = f"psql on slot {target.slot} failed; is it up? (`inv status --slot={target.slot}`)"
@@ -845,11 +956,21 @@ def snapshot(
         out().line(f"deleted snapshot {gone.name} (slot {gone.source_slot}, {gone.app})")
         return
     target = _target(slot)
+    _no_swarm(target.slot, "snapshot")
     app, _ = snapshots.running_app(target.slot, environ)
     made = snapshots.snapshot(
         target, _compose(environ), environ, name=name, app=app, on_step=out().line
     )
     out().line(f"snapshot {made.name}: slot {made.source_slot}, {snapshots.human_size(made.size)}")
+
+
+def _no_swarm(slot: int, what: str) -> None:
+    if swarm.selected_record(ROOT, slot, os.environ) is not None:
+        raise SandboxError(
+            f"{what} of a swarm slot is not supported yet: its database lives on the db "
+            f"node; `inv exec --slot={slot} --service=db -- pg_dump -U ktrdr ktrdr` dumps it",
+            Exit.USAGE,
+        )
 
 
 @task(name="snapshots")
@@ -871,6 +992,7 @@ def list_snapshots(c: Context) -> None:
 def restore(c: Context, name: str, slot: str | None = None, yes: bool = False) -> None:
     """Replace a slot's database with a snapshot (asks first when it has tables)."""
     target = _target(slot)
+    _no_swarm(target.slot, "restore")
     environ = dict(os.environ)
     app, chain = snapshots.running_app(target.slot, environ)
     done = snapshots.restore(
