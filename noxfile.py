@@ -2,7 +2,8 @@
 
 Fast sessions need no Docker engine and run in seconds; `config` needs only the Compose CLI
 (rendering a file needs no engine); `e2e` and `remote` need a real engine and fail, never skip,
-without one (`remote` also fails when its simulated remote host cannot start).
+without one (`remote` also fails when its simulated remote host cannot start, `swarm` when its three
+Docker-in-Docker nodes cannot).
 Every session installs the project with one of its extras (pyproject.toml), never a list of its
 own. `nox -s lint -- sandbox/gate.py` and `nox -s typecheck -- tasks.py` check just those files.
 """
@@ -32,7 +33,7 @@ SHELL_FILES = [
     ".ci/run",
 ]
 
-nox.options.sessions = ["lint", "typecheck", "tests", "config", "e2e", "remote"]
+nox.options.sessions = ["lint", "typecheck", "tests", "config", "e2e", "remote", "swarm"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -100,6 +101,23 @@ def remote(session: nox.Session) -> None:
     }
     session.run("inv", "images", env=env)
     session.run("pytest", "-m", "remote", *(session.posargs or ["tests/remote"]), env=env)
+
+
+@nox.session
+def swarm(session: nox.Session) -> None:
+    """Two slots on a three-node Docker-in-Docker swarm through `inv up --swarm`."""
+    if shutil.which("docker") is None:
+        session.error("swarm needs Docker: no `docker` CLI on PATH (run scripts/bootstrap.sh)")
+    install(session, "test")
+    # The nodes' volumes keep their images and the registry's blobs for the next run (1.5 GB
+    # not sent and pushed again); the suite empties them of everything else when it starts,
+    # and `python -m sandbox.swarmnodes stop` removes them.
+    env = {
+        "CI": os.environ.get("CI", ""),
+        "KTRDR_SWARM_KEEP_IMAGES": os.environ.get("KTRDR_SWARM_KEEP_IMAGES", "1"),
+    }
+    session.run("inv", "images", env=env)
+    session.run("pytest", "-s", "-m", "swarm", *(session.posargs or ["tests/swarm"]), env=env)
 
 
 @nox.session(default=False)

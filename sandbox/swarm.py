@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from sandbox import (
+    ROOT,
     STATE_DIR,
     apps,
     checks,
@@ -52,6 +53,8 @@ REGISTRY_VARIABLE = "KTRDR_SWARM_REGISTRY"  # HOST:PORT the nodes pull from
 NODE_ENGINE_VARIABLE = "KTRDR_SWARM_NODE_ENGINE"
 REGISTRY_SERVICE = "ktrdr-sandbox-registry"
 REGISTRY_IMAGE = "ktrdr-sandbox/registry-debian:2"
+REGISTRY_BASE = "ktrdr-sandbox/debian-base:bookworm"
+REGISTRY_DOCKERFILE = "containers/images/registry-debian/Dockerfile"
 REGISTRY_PORT = 5000
 REGISTRY_VOLUME = "ktrdr-sandbox-registry"
 STACK_DIR = "swarm"
@@ -111,7 +114,8 @@ def manager(environ: Mapping[str, str]) -> Manager:
 
 
 def parse_manager(text: str) -> Manager:
-    words = text.split()
+    # Split on single spaces: an inactive engine has no address, an empty middle field.
+    words = text.strip("\n").split(" ")
     words += [""] * (3 - len(words))
     return Manager(words[0] == "true", words[1], words[2])
 
@@ -421,12 +425,52 @@ def registry_service_command() -> list[str]:
     ]
 
 
-def ensure_registry(environ: Mapping[str, str], say: Callable[[str, str], None]) -> None:
-    """The registry service running (its image sent to the manager first when missing)."""
+def registry_build_command(root: Path) -> list[str]:
+    """The registry image, built on this machine's engine over the shared Debian base
+    (`inv images --offline` makes it)."""
+    return [
+        "docker",
+        "build",
+        "--quiet",
+        f"--build-arg=BASE_IMAGE={REGISTRY_BASE}",
+        f"--file={root / REGISTRY_DOCKERFILE}",
+        f"--tag={REGISTRY_IMAGE}",
+        str(root / "containers"),
+    ]
+
+
+def ensure_registry_image(root: Path, environ: Mapping[str, str]) -> None:
+    local = imagesend.local_env(environ)
+    if runner.run(
+        ["docker", "image", "inspect", REGISTRY_IMAGE], env=local, timeout=CLI_TIMEOUT
+    ).ok:
+        return
+    if not runner.run(
+        ["docker", "image", "inspect", REGISTRY_BASE], env=local, timeout=CLI_TIMEOUT
+    ).ok:
+        raise SandboxError(
+            f"{REGISTRY_BASE} is missing, which the registry image is built on: run "
+            "`inv images --offline` first",
+            Exit.COMMAND,
+        )
+    runner.run(
+        registry_build_command(root),
+        env={**local, "DOCKER_BUILDKIT": "0"},
+        timeout=1800,
+        check=f"building {REGISTRY_IMAGE} failed: read the build output above",
+    )
+
+
+def ensure_registry(
+    environ: Mapping[str, str], say: Callable[[str, str], None], root: Path = ROOT
+) -> None:
+    """The registry service running (its image built here and sent to the manager first
+    when missing)."""
     env = dict(environ)
     if not runner.run(
         ["docker", "service", "inspect", REGISTRY_SERVICE], env=env, timeout=CLI_TIMEOUT
     ).ok:
+        ensure_registry_image(root, env)
         imagesend.transfer([REGISTRY_IMAGE], env)
         runner.run(
             registry_service_command(),
@@ -801,11 +845,51 @@ def down(target: Target, environ: Mapping[str, str], record: Record, *, volumes:
         )
         _wait_gone(record.stack, env)
         if volumes:
-            _remove_volume(record.stack, image, env)
+            engines = db_node_engines(nodes(env), record, environ)
+            if engines is not None:
+                for node_env in engines:
+                    _remove_volume_on(node_env, f"{record.stack}_db-data")
+            else:
+                _remove_volume(record.stack, image, env)
             record_path(target.root, target.slot).unlink(missing_ok=True)
             shutil.rmtree(stack_dir(target.root, target.slot), ignore_errors=True)
             apps.remove_state(target.root, target.slot)
     return cmd
+
+
+def db_node_engines(
+    known: Mapping[str, Node], record: Record, environ: Mapping[str, str]
+) -> list[dict[str, str]] | None:
+    """The engines of every db node this machine can reach: the manager's own (the slot's
+    record), the others through KTRDR_SWARM_NODE_ENGINE; None when one of them is out of
+    reach (then a swarm job removes the volume)."""
+    found = []
+    for node in known.values():
+        if node.labels.get(stackfile.DB_LABEL) != "true":
+            continue
+        if node.address == record.address:
+            found.append(record.env(environ))
+        elif environ.get(NODE_ENGINE_VARIABLE, "").strip():
+            env = {k: v for k, v in record.env(environ).items() if k != "DOCKER_CONTEXT"}
+            found.append({**env, "DOCKER_HOST": node_engine(environ, node.address)})
+        else:
+            return None
+    return found
+
+
+def _remove_volume_on(env: Mapping[str, str], volume: str) -> None:
+    """`docker volume rm` on one node; the volume is busy until the database's container is
+    gone (its stop grace period)."""
+    deadline = time.monotonic() + DOWN_WAIT
+    while True:
+        result = runner.run(["docker", "volume", "rm", volume], env=dict(env), timeout=CLI_TIMEOUT)
+        if result.ok or "no such volume" in result.stderr.lower():
+            return
+        if time.monotonic() > deadline:
+            raise SandboxError(
+                f"removing {volume} failed: {result.tail(1)}", Exit.COMMAND, details=result.tail(5)
+            )
+        time.sleep(POLL)
 
 
 def _app_image(root: Path, record: Record) -> str:
@@ -837,6 +921,8 @@ def _wait_gone(stack_name: str, env: Mapping[str, str]) -> None:
 
 
 def _remove_volume(stack_name: str, image: str, env: Mapping[str, str]) -> None:
+    """Through a global job on the db nodes. Swarm (20.10) leaves a finished job's container
+    on its node even after the service is removed: SWARM.md says so."""
     name = f"{stack_name}-volume-rm"
     runner.run(["docker", "service", "rm", name], env=dict(env), timeout=CLI_TIMEOUT)
     runner.run(

@@ -40,6 +40,7 @@ REGISTRY_PORT = 5000
 # The registry answers on the manager's name on the bridge (Docker's DNS resolves it for the
 # nodes' engines), so its address does not change when the network does.
 REGISTRY = f"{PREFIX}-1:{REGISTRY_PORT}"
+REGISTRY_VOLUME = "ktrdr-sandbox-registry"  # sandbox.swarm's: the registry service's blobs
 # Figures from the feasibility run: an inner engine answers ~2-3 s after `docker run`.
 READY_TIMEOUT = 90.0
 POLL = 0.2
@@ -165,9 +166,16 @@ def reset_node(node: Node, environ: Mapping[str, str]) -> None:
         (["ps", "--all", "--quiet"], ["rm", "--force", "--volumes"]),
         (["volume", "ls", "--quiet"], ["volume", "rm", "--force"]),
     ):
-        found = _on(node, listing, environ).stdout.split()
+        # The registry's blobs are kept with the images: the next push skips every layer.
+        found = [i for i in _on(node, listing, environ).stdout.split() if i != REGISTRY_VOLUME]
         if found:
             checked(_on(node, [*removal, *found], environ, 300), f"emptying {node.name}", "")
+
+
+def make_dirs(node: Node, paths: Sequence[str], environ: Mapping[str, str]) -> None:
+    """Directories on a node's own filesystem (the shared directory a test slot binds)."""
+    cmd = ["exec", node.name, "mkdir", "-p", *paths]
+    checked(_docker(cmd, environ), f"creating {', '.join(paths)} on {node.name}", "")
 
 
 def stop(environ: Mapping[str, str] | None = None, keep_images: bool = False) -> list[str]:

@@ -1,0 +1,150 @@
+"""Two slots on a three-node swarm through `inv up --swarm`, and `down` leaving nothing.
+
+The tests run in file order and share the swarm (tests/swarm/conftest.py): up both slots,
+look at where their services run and that they are apart, use status/logs/exec, take both
+down and look at every node's engine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sandbox import ROOT, swarmnodes
+from sandbox.runner import run
+from tests.swarm.conftest import SLOTS, Swarm
+
+pytestmark = pytest.mark.swarm
+
+
+def _status(cluster: Swarm, slot: int) -> dict[str, Any]:
+    result = cluster.inv("status", f"--slot={slot}", "--json")
+    assert result.ok, result.stderr
+    (found,) = json.loads(result.stdout)["swarm"]
+    assert isinstance(found, dict)
+    return found
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_both_slots_come_up_through_the_gate(cluster: Swarm) -> None:
+    for slot in SLOTS:
+        began = time.monotonic()
+        result = cluster.inv("up", f"--slot={slot}", "--swarm")
+        cluster.figures.values[f"slot_{slot}_up_s"] = round(time.monotonic() - began, 1)
+        assert result.ok, result.stdout[-3000:] + result.stderr[-2000:]
+        assert f"slot {slot} is ready" in result.stdout
+        assert "host mode" in result.stdout  # preflight says how ports are published
+        assert "must exist there" in result.stdout  # and where the shared directory lives
+        assert swarmnodes.REGISTRY in result.stdout  # and which registry the nodes pull from
+
+
+def test_services_are_spread_and_pinned(cluster: Swarm) -> None:
+    manager, shared = swarmnodes.node_name(1), swarmnodes.node_name(2)
+    for slot in SLOTS:
+        found = _status(cluster, slot)
+        where = {s["service"]: s["node"] for s in found["services"]}
+        cluster.figures.values[f"slot_{slot}_services_per_node"] = {
+            node: sorted(s for s, n in where.items() if n == node)
+            for node in sorted(set(where.values()))
+        }
+        assert found["up"], found
+        assert len(set(where.values())) >= 2, where
+        assert where["db"] == manager  # ktrdr.sandbox.db
+        assert {where[s] for s in where if s == "backend" or "worker" in s} == {shared}
+
+
+def test_the_slots_are_apart(cluster: Swarm) -> None:
+    for slot in SLOTS:
+        found = _status(cluster, slot)
+        backend = next(s for s in found["services"] if s["service"] == "backend")
+        health = _get(f"http://{backend['address']}:{backend['ports'][0]}/api/v1/health")
+        assert health["slot"] == slot
+        assert health["project"] == f"ktrdr-sandbox-{slot}"
+        assert health["database"]["reachable"] is True
+        workers = _get(f"http://{backend['address']}:{backend['ports'][0]}/api/v1/workers")
+        assert len(workers) == 4
+        assert all(w["capabilities"]["slot"] == slot for w in workers)
+    # Each database is the slot's own: a table made in slot 1 is not in slot 2.
+    sql = "CREATE TABLE swarm_apart (n int); INSERT INTO swarm_apart VALUES (1);"
+    made = cluster.inv(
+        "exec", "--slot=1", "--service=db", "--", "psql", "-U", "ktrdr", "ktrdr", "-c", sql
+    )
+    assert made.ok, made.stderr
+    query = "SELECT to_regclass('public.swarm_apart') IS NULL AS absent"
+    seen = cluster.inv(
+        "exec", "--slot=2", "--service=db", "--", "psql", "-U", "ktrdr", "ktrdr", "-tAc", query
+    )
+    assert seen.ok, seen.stderr
+    assert seen.stdout.strip() == "t"
+
+
+def test_logs_and_exec_reach_a_service_on_another_node(cluster: Swarm) -> None:
+    logs = cluster.inv("logs", "--slot=1", "--service=backend", "--tail=20")
+    assert logs.ok, logs.stderr
+    assert "backend" in logs.stdout + logs.stderr
+    hostname = cluster.inv("exec", "--slot=1", "--service=backend", "--", "hostname")
+    assert hostname.ok, hostname.stderr
+    assert hostname.stdout.strip()
+
+
+def test_a_worker_node_is_refused_as_the_manager(cluster: Swarm) -> None:
+    worker = cluster.nodes[2]
+    env = {**cluster.env(), "DOCKER_HOST": worker.docker_host}
+    inv = Path(sys.executable).parent / "inv"
+    cmd = [str(inv), "--search-root", str(ROOT), "up", "--slot=3", "--swarm"]
+    result = run(cmd, env=env, cwd=ROOT, timeout=120)
+    assert result.returncode == 3, result.stdout + result.stderr  # Exit.NO_ENGINE
+    assert "not a swarm manager" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _leftovers(cluster: Swarm) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for node in cluster.nodes:
+        names = []
+        for listing in (
+            ["ps", "--all", "--format", "{{.Names}}"],
+            ["volume", "ls", "--format", "{{.Name}}"],
+            ["network", "ls", "--format", "{{.Name}}"],
+        ):
+            result = cluster.on(node, *listing)
+            assert result.ok, result.stderr
+            names += [
+                n
+                for n in result.stdout.split()
+                if n.startswith(("ktrdr-sandbox-1", "ktrdr-sandbox-2"))
+            ]
+        if names:
+            found[node.name] = names
+    return found
+
+
+def test_down_leaves_nothing_on_any_node(cluster: Swarm) -> None:
+    for slot in SLOTS:
+        began = time.monotonic()
+        result = cluster.inv("down", f"--slot={slot}", "--volumes")
+        cluster.figures.values[f"slot_{slot}_down_s"] = round(time.monotonic() - began, 1)
+        assert result.ok, result.stdout + result.stderr
+    services = cluster.on(cluster.manager, "service", "ls", "--format", "{{.Name}}")
+    assert [s for s in services.stdout.split() if s.startswith("ktrdr-sandbox-")] == [
+        "ktrdr-sandbox-registry"
+    ]
+    configs = cluster.on(cluster.manager, "config", "ls", "--format", "{{.Name}}")
+    assert configs.stdout.split() == []
+    # Containers end on each node within their stop grace period; the removal job's own last.
+    deadline = time.monotonic() + 30
+    while (left := _leftovers(cluster)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert left == {}
+    status = cluster.inv("status", "--swarm")
+    assert "no slot of this checkout is deployed on a swarm" in status.stdout
