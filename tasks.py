@@ -661,10 +661,8 @@ def _json_errors(schema: str) -> Iterator[None]:
 def status(c: Context, slot: str | None = None, json: bool = False, swarm_: bool = False) -> None:
     """One table for every slot that has containers (one Docker call for all)."""
     environ = dict(os.environ)
-    if swarm_ or (
-        slot is not None and swarm.selected_record(ROOT, slots.parse_slot(slot), environ)
-    ):
-        _swarm_status(environ, None if slot is None else slots.parse_slot(slot), json)
+    if swarm_ or _swarm_slot(slot, environ) is not None:
+        _swarm_status(environ, _swarm_slot(slot, environ), json)
         return
     if json:
         with _json_errors(statusjson.SCHEMA):
@@ -674,6 +672,18 @@ def status(c: Context, slot: str | None = None, json: bool = False, swarm_: bool
         return
     only = None if slot is None else slots.parse_slot(slot)
     out().status(slot_status.collect(environ, only, ROOT), only_slot=only)
+
+
+def _swarm_slot(slot: str | None, environ: Mapping[str, str]) -> int | None:
+    """The slot `--slot` names when this checkout deployed it on a swarm; None otherwise (a
+    bad value included: the one-engine path reports it)."""
+    try:
+        number = None if slot is None else slots.parse_slot(slot)
+    except SandboxError:
+        return None
+    if number is None or swarm.selected_record(ROOT, number, environ) is None:
+        return None
+    return number
 
 
 def _swarm_status(environ: Mapping[str, str], only: int | None, as_json: bool) -> None:
