@@ -38,8 +38,11 @@ class Crash:
     error: str  # `ModuleNotFoundError: No module named 'sklearn'`
 
     def describe(self) -> str:
+        return f"process died: {self.describe_error()}"
+
+    def describe_error(self) -> str:
         where = f" ({self.frame})" if self.frame else ""
-        return f"process died: {self.error}{where}"
+        return f"{self.error}{where}"
 
 
 def merge_streams(stdout: str, stderr: str) -> list[str]:
@@ -70,6 +73,11 @@ def find_crash(lines: list[str]) -> Crash | None:
     after = _traceback(lines[last + 1 :])
     crash = after if after is not None else _traceback(lines[: last + 1], from_end=True)
     return crash or Crash("", _one_line(lines[last]))
+
+
+def last_error(lines: list[str]) -> Crash | None:
+    """The last traceback of a log (a process that exited: its last words), or None."""
+    return _traceback(lines, from_end=True)
 
 
 def _traceback(lines: list[str], from_end: bool = False) -> Crash | None:

@@ -355,20 +355,25 @@ def crashed(
     services: Sequence[str],
     app_log: Callable[[str], list[str]] | None,
 ) -> dict[str, str]:
-    """Services of `project` whose app process died under a running container: service ->
-    what it died of. Only running containers that are not healthy are read (a healthy one
-    answers its own healthcheck); one `docker logs` each."""
+    """Services of `project` whose app process died: service -> what it died of, in its own
+    words. A running container (a reloader outlived its child) is read unless healthy; an
+    exited one for the error it exited with. One `docker logs` each; `services` are those
+    whose checks are still undecided, so a slot that passed reads none."""
     if app_log is None:
         return {}
     found: dict[str, str] = {}
     for container in containers:
         if container.project != project or container.service not in services:
             continue
-        if container.state != "running" or container.health == "healthy":
-            continue
-        crash = crashes.find_crash(app_log(container.name))
-        if crash is not None:
-            found[container.service] = crash.describe()
+        if container.state == "running" and container.health != "healthy":
+            crash = crashes.find_crash(app_log(container.name))
+            if crash is not None:
+                found[container.service] = crash.describe()
+        elif container.state in EXITED_STATES:
+            error = crashes.last_error(app_log(container.name))
+            if error is not None:
+                status = f" ({container.status})" if container.status else ""
+                found[container.service] = f"container exited{status}: {error.describe_error()}"
     return found
 
 
@@ -442,7 +447,14 @@ class _Round:
                     continue
                 self.in_flight[check.name] = pool.submit(_timed, check.probe, self.clock)
         if self.ps is None and now >= self.next_ps:
-            self.ps = pool.submit(look, self.probes, self.target.project, self.app_services)
+            undecided = {
+                service
+                for check in self.plan
+                if self.results[check.name].state is State.WAITING
+                for service in check.watch
+            }
+            services = tuple(s for s in self.app_services if s in undecided)
+            self.ps = pool.submit(look, self.probes, self.target.project, services)
             self.next_ps = now + CONTAINER_POLL
         return [*self.in_flight.values(), *([self.ps] if self.ps is not None else [])]
 
@@ -472,7 +484,7 @@ class _Round:
         changed = False
         for check in self.plan:
             result = self.results[check.name]
-            lost = gone(seen.containers, self.target.project, check.watch) or _died(seen, check)
+            lost = _died(seen, check) or gone(seen.containers, self.target.project, check.watch)
             if result.state is not State.WAITING or lost is None:
                 continue
             service, why = lost

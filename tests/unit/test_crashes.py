@@ -104,3 +104,19 @@ def test_streams_are_merged_by_timestamp() -> None:
         "INFO later",
         "no stamp",
     ]
+
+
+def test_the_last_traceback_of_an_exited_process_is_its_error() -> None:
+    lines = [
+        "INFO:     Started server process [1]",
+        "Traceback (most recent call last):",
+        '  File "/app/ktrdr/api/main.py", line 5, in <module>',
+        "KeyError: 'x'",
+        "Traceback (most recent call last):",
+        '  File "/app/ktrdr/api/main.py", line 9, in <module>',
+        "ValueError: the last one",
+    ]
+    assert crashes.last_error(lines) == crashes.Crash(
+        "ktrdr/api/main.py:9 in <module>", "ValueError: the last one"
+    )
+    assert crashes.last_error(["INFO: bye"]) is None

@@ -643,3 +643,40 @@ def test_an_app_process_that_died_under_a_running_container_fails_at_once(
     # Healthy containers and services that run no app code are not read.
     assert "ktrdr-sandbox-1-backend-1" not in read
     assert not any(name.endswith(("-db-1", "-jaeger-1")) for name in read)
+
+
+def test_an_exited_app_container_is_quoted_with_its_last_error(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock)
+    world.registered_at["backtest-worker-1"] = 1e9
+    world.set_container("backtest-worker-1", "exited", "Exited (1) 1 second ago")
+
+    def app_log(name: str) -> list[str]:
+        return [
+            "Traceback (most recent call last):",
+            '  File "/app/ktrdr/backtesting/backtest_worker.py", line 2, in <module>',
+            "NameError: name 'x' is not defined",
+        ]
+
+    result = run(target, world, clock, probes=replace(world.probes(), app_log=app_log))
+    assert by_name(result)["workers"].detail == (
+        "backtest-worker-1: container exited (Exited (1) 1 second ago): NameError: name 'x' is "
+        "not defined (ktrdr/backtesting/backtest_worker.py:2 in <module>)"
+    )
+
+
+def test_services_whose_checks_passed_are_not_read(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 3.0, "jaeger": 7.0})
+    read: list[str] = []
+
+    def app_log(name: str) -> list[str]:
+        read.append(name)
+        return []
+
+    result = run(target, world, clock, probes=replace(world.probes(), app_log=app_log))
+    assert result.passed
+    # Polls at t = 0, 2, 4, 6: the five app containers are read while the backend and the
+    # workers are undecided (t = 0, 2), none once they passed (t = 3) though Jaeger was not.
+    assert world.ps_calls == 4
+    assert len(read) == 10
