@@ -9,6 +9,8 @@ Each call's latency is printed (`-s` shows them) for the closing note's figures.
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -22,7 +24,10 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp_types import CallToolResult, TextContent
 
 from sandbox import ROOT, slots
+from sandbox.runner import run
 from tests.e2e.conftest import E2E_SLOTS, Sandbox, claim_slots, project_containers, remove_project
+from tests.e2e.test_branches import IDENTITY
+from tests.e2e.test_sources import FIXTURE
 
 pytestmark = pytest.mark.docker
 
@@ -137,3 +142,41 @@ def test_an_mcp_client_drives_a_slot(sandbox: Sandbox, slot: int) -> None:
         + ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in timings.items())
         + f"; {len(notes)} progress notifications"
     )
+
+
+def test_an_mcp_client_makes_and_removes_a_branch_slot(
+    sandbox: Sandbox, slot: int, tmp_path: Path
+) -> None:
+    """`new`, `status`, `logs`, `done` on a KTRDR-shaped repository, through
+    benchmarks/mcp_session.py (the driver the closing check with a real checkout uses)."""
+    env = {**sandbox.env, **IDENTITY}
+    origin, main = tmp_path / "origin.git", tmp_path / "src" / "app"
+
+    def git(cwd: Path, *args: str) -> None:
+        result = run(["git", "-C", str(cwd), *args], env=env, timeout=120)
+        assert result.ok, result.tail()
+
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    git(tmp_path, "clone", "-q", str(origin), str(main))
+    git(main, "checkout", "-q", "-b", "main")
+    shutil.copytree(FIXTURE, main, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    git(main, "add", "-A")
+    git(main, "commit", "-q", "-m", "the fixture app")
+    git(main, "push", "-q", "origin", "main")
+
+    out = tmp_path / "session.json"
+    script = ROOT / "benchmarks" / "mcp_session.py"
+    cmd = [sys.executable, str(script), f"--repo={main}", "--branch=agent/try-1"]
+    cmd += [f"--slot={slot}", "--then=test -f .env.sandbox", f"--out={out}"]
+    result = run(cmd, env=env, cwd=ROOT, timeout=1200)
+    print(result.stdout)
+    assert result.ok, result.stdout + result.stderr
+    documents = json.loads(out.read_text())
+    assert [d["schema"] for d in documents.values()] == [
+        "ktrdr-sandbox/new", "ktrdr-sandbox/status", "ktrdr-sandbox/logs", "ktrdr-sandbox/done",
+    ]  # fmt: skip
+    assert documents["new"]["up"]["ready"] is True
+    assert documents["status"]["slots"][0]["app"] == "ktrdr"
+    assert documents["done"]["slot"] == slot
+    assert not Path(documents["new"]["worktree"]).exists()
+    assert not project_containers(slot)
