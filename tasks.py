@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         picker,
         provenance,
         render,
+        restoremark,
         runner,
         shared,
         snapshots,
@@ -77,6 +78,7 @@ else:  # each imported at its first use: `inv status` loads only what it touches
     picker = lazy.Module("sandbox.picker")
     provenance = lazy.Module("sandbox.provenance")
     render = lazy.Module("sandbox.render")
+    restoremark = lazy.Module("sandbox.restoremark")
     runner = lazy.Module("sandbox.runner")
     shared = lazy.Module("sandbox.shared")
     slot_status = lazy.Module("sandbox.status")
@@ -272,6 +274,7 @@ def _start(
             hooks=hooks,
             reload=apps.parse_reload(reload),
         )
+    snapshots.recover_interrupted(target, environ, out().line)
     _report_up(target.slot, result)
 
 
@@ -649,6 +652,18 @@ def _json_errors(schema: str) -> Iterator[None]:
         raise
 
 
+def _note(text: str) -> None:
+    """A line beside a command's output, on stderr (stdout may be a JSON document)."""
+    print(text, file=sys.stderr)
+
+
+def _recover_restores(environ: Mapping[str, str], only: int | None) -> None:
+    """An interrupted restore of a slot shown is put right here (said on stderr)."""
+    for number in restoremark.interrupted_slots(environ):
+        if only in (None, number):
+            snapshots.recover_interrupted(compose.load_target(ROOT, number), environ, _note)
+
+
 @task(
     help={
         "slot": "show only this slot",
@@ -667,10 +682,12 @@ def status(c: Context, slot: str | None = None, json: bool = False, swarm_: bool
     if json:
         with _json_errors(statusjson.SCHEMA):
             only = None if slot is None else slots.parse_slot(slot)
+            _recover_restores(environ, only)
             document = statusjson.collect(environ, only, ROOT)
         print(statusjson.dumps(document))
         return
     only = None if slot is None else slots.parse_slot(slot)
+    _recover_restores(environ, only)
     out().status(slot_status.collect(environ, only, ROOT), only_slot=only)
 
 

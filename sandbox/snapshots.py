@@ -13,9 +13,20 @@ writing into a bind mount took 42 s against 14 s, and needs the host user's uid 
 the engine can see. Every command goes through `runner.run`; no bytes pass through Python.
 
 A restore never touches the slot's database until the new one is complete: `pg_restore` fills
-a side database, then one `DROP DATABASE ... WITH (FORCE)` and a rename swap it in. A failed
-restore leaves the slot as it was, and the result holds exactly the snapshot's objects (unlike
-`pg_restore --clean`, which keeps any table the snapshot does not have).
+a side database, then ONE server-side transaction ends the app's connections and renames
+`ktrdr` to `ktrdr_previous` and the side database to `ktrdr` (PostgreSQL renames databases
+transactionally; only CREATE/DROP DATABASE cannot run in a transaction block). Only after that
+has committed is the previous database dropped. So at every instant the server has a `ktrdr`,
+the old one or the new one, whatever happens to this process (Ctrl-C, kill -9), and the result
+holds exactly the snapshot's objects (unlike `pg_restore --clean`, which keeps any table the
+snapshot does not have).
+
+What the server did is always asked of the server (`server_databases`), never guessed from a
+client's exit status: a psql killed mid-swap may still have committed it. A leftover of an
+interrupted restore (`ktrdr_restoring`, `ktrdr_previous`, or `ktrdr` missing beside one of
+them, as an older version could leave it) is put right by `recovery` at the start of the next
+restore, and by the next `inv up`/`inv status` of the slot, which find a marker file the
+restore writes before its first change and removes once the server is settled.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 
-from sandbox import compose, docker, lock, runner, settings
+from sandbox import compose, docker, lock, restoremark, runner, settings
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result, display
@@ -44,10 +55,17 @@ DATABASE = "ktrdr"
 DB_USER = "ktrdr"
 # Filled by pg_restore, then renamed to DATABASE; a leftover of a killed restore is dropped.
 SIDE_DATABASE = f"{DATABASE}_restoring"
+# What DATABASE is renamed to in the swap's transaction; dropped once that has committed.
+PREVIOUS_DATABASE = f"{DATABASE}_previous"
+# The swap needs the app's connections to `ktrdr` gone; one that arrives between the
+# terminate and the rename's lock makes the rename wait 5 s and fail. Tried this often.
+SWAP_TRIES = 4
+BUSY_DATABASE = "is being accessed by other users"
 DUMP_SUFFIX = ".dump"
 MANIFEST_SUFFIX = ".json"
 PARTIAL_SUFFIX = ".partial"
 CONTAINER_TMP = "/tmp"
+CONTAINER_PREFIX = "ktrdr-"  # dump files in the container: /tmp/ktrdr-<kind>-<random>.dump
 # pg_dump's gzip level. Uncompressed: on a busy 2-core machine a 373 MB database dumped in
 # 16 s at level 0, 86 s at 1 and 166 s at 6 (PostgreSQL 15 has no lz4/zstd for pg_dump);
 # level 1 is 2.3x smaller. Speed wins for a developer's copies; `compression` trades back.
@@ -397,7 +415,7 @@ def open_database(
 
 
 def container_file(kind: str) -> str:
-    return f"{CONTAINER_TMP}/ktrdr-{kind}-{secrets.token_hex(6)}.dump"
+    return f"{CONTAINER_TMP}/{CONTAINER_PREFIX}{kind}-{secrets.token_hex(6)}{DUMP_SUFFIX}"
 
 
 def dump_to_host(db: SlotDatabase, destination: Path, compression: str) -> int:
@@ -420,11 +438,203 @@ def dump_to_host(db: SlotDatabase, destination: Path, compression: str) -> int:
         db.remove(inner)
 
 
-def load_from_host(db: SlotDatabase, source: Path) -> None:
+# --- the swap, and putting an interrupted one right -------------------------------------------
+
+
+def server_databases(db: SlotDatabase) -> frozenset[str]:
+    """Which of `ktrdr`, its side and its previous database the server has now."""
+    names = ", ".join(f"'{n}'" for n in (DATABASE, SIDE_DATABASE, PREVIOUS_DATABASE))
+    text = db.sql(
+        f"SELECT datname FROM pg_database WHERE datname IN ({names})", database="postgres"
+    )
+    return frozenset(text.split())
+
+
+def swap_sql(replace_existing: bool) -> str:
+    """The side database in as `ktrdr`, in one transaction: the server commits all of it or
+    none. The app's connections to `ktrdr` are ended inside it (a rename needs none); one that
+    comes back waits on the rename's lock, then finds the new database under the name."""
+    if not replace_existing:  # no `ktrdr` at all: one statement, atomic by itself
+        return f'ALTER DATABASE "{SIDE_DATABASE}" RENAME TO "{DATABASE}"'
+    return (
+        "BEGIN; "
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        f"WHERE datname = '{DATABASE}' AND pid <> pg_backend_pid(); "
+        f'ALTER DATABASE "{DATABASE}" RENAME TO "{PREVIOUS_DATABASE}"; '
+        f'ALTER DATABASE "{SIDE_DATABASE}" RENAME TO "{DATABASE}"; '
+        "COMMIT"
+    )
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What puts a slot's databases right after an interrupted restore: SQL statements (each
+    in its own transaction), and what to tell the user ('' when there was nothing to do)."""
+
+    statements: tuple[str, ...]
+    said: str
+    finished: bool = False  # the restored database is the slot's `ktrdr` now
+    missing: bool = False  # no `ktrdr`, and nothing to make one from
+
+
+def recovery(found: frozenset[str] | set[str], slot: int) -> Recovery:
+    """From the databases the server has (`server_databases`), the way back to exactly one
+    `ktrdr`. Pure. A `ktrdr_previous` exists only once the swap committed, so beside `ktrdr`
+    it means "finish"; a `ktrdr_restoring` beside `ktrdr` means the swap never happened, so
+    "roll back". Without `ktrdr` (an older version dropped it first) the previous database
+    comes back, else the restored copy, which that version had completed before the drop."""
+
+    def drop(name: str) -> str:
+        return f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+
+    def rename(name: str) -> str:
+        return f'ALTER DATABASE "{name}" RENAME TO "{DATABASE}"'
+
+    side, previous = SIDE_DATABASE in found, PREVIOUS_DATABASE in found
+    lead = f"slot {slot}: an interrupted restore was"
+    if DATABASE in found:
+        if previous:
+            drops = (drop(PREVIOUS_DATABASE),) + ((drop(SIDE_DATABASE),) if side else ())
+            return Recovery(
+                drops, f"{lead} finished (the restored database was in place; dropped "
+                f"{PREVIOUS_DATABASE}, the one it replaced)", finished=True,
+            )  # fmt: skip
+        if side:
+            return Recovery(
+                (drop(SIDE_DATABASE),),
+                f"{lead} rolled back (dropped its unfinished {SIDE_DATABASE}; the database "
+                "is as it was before)",
+            )
+        return Recovery((), "")
+    if previous:
+        statements = (rename(PREVIOUS_DATABASE),) + ((drop(SIDE_DATABASE),) if side else ())
+        return Recovery(statements, f"{lead} rolled back ({PREVIOUS_DATABASE} is {DATABASE} again)")
+    if side:
+        return Recovery(
+            (rename(SIDE_DATABASE),),
+            f"{lead} finished ({SIDE_DATABASE} had been restored completely and is {DATABASE} now)",
+            finished=True,
+        )
+    return Recovery(
+        (),
+        f"slot {slot} has no {DATABASE} database and nothing to recover it from: "
+        f"`inv restore --slot={slot} NAME` loads a snapshot, `inv up --slot={slot} --fresh` "
+        "starts empty",
+        missing=True,
+    )
+
+
+def settle(db: SlotDatabase, environ: Mapping[str, str]) -> Recovery:
+    """Ask the server what it has, put it right (`recovery`), then drop the marker: the
+    server is settled. Raises SandboxError when it cannot ask (the marker stays)."""
+    plan = recovery(server_databases(db), db.target.slot)
+    if plan.statements:
+        db.sql(*plan.statements, database="postgres")
+        # A killed restore's own psql may still commit its swap after we looked: look again.
+        after = recovery(server_databases(db), db.target.slot)
+        if after.statements:
+            db.sql(*after.statements, database="postgres")
+    restoremark.clear(environ, db.target.slot)
+    return plan
+
+
+def sweep_container(db: SlotDatabase) -> str:
+    """Remove dump files an interrupted snapshot, restore or clone left in the db container's
+    /tmp (the caller holds the slot's lock, so no live command of ours is using one). What
+    was removed, in words, or ''."""
+    result = db.exec(
+        "find", CONTAINER_TMP, "-maxdepth", "1", "-name", f"{CONTAINER_PREFIX}*{DUMP_SUFFIX}",
+        "-printf", "%s\\n", "-delete", timeout=SQL_TIMEOUT,
+    )  # fmt: skip
+    sizes = [int(line) for line in result.stdout.split() if line.isdigit()] if result.ok else []
+    if not sizes:
+        return ""
+    return (
+        f"removed {len(sizes)} dump file(s) ({human_size(sum(sizes))}) an interrupted command "
+        f"left in slot {db.target.slot}'s db container"
+    )
+
+
+def _say_swept(db: SlotDatabase, on_step: Callable[[str], None] | None) -> None:
+    swept = sweep_container(db)
+    if swept:
+        _say(on_step, swept)
+
+
+def recover(
+    db: SlotDatabase, environ: Mapping[str, str], on_step: Callable[[str], None] | None
+) -> Recovery:
+    """Before a restore or clone into `db`, and from `inv up`/`inv status` when the marker
+    says one was interrupted: its leftovers put right, and said."""
+    _say_swept(db, on_step)
+    plan = settle(db, environ)
+    if plan.said and not plan.missing:
+        _say(on_step, plan.said)
+    return plan
+
+
+def recover_interrupted(
+    target: Target, environ: Mapping[str, str], on_step: Callable[[str], None]
+) -> None:
+    """For `inv up`/`inv status`: when a restore of slot `target` was interrupted (its marker
+    is there), put it right now and say what was done. Nothing at all to do (no engine call)
+    without the marker; nothing done while another command holds the slot (a restore running
+    now); a stopped slot only hears how it will be put right."""
+    if not restoremark.path(environ, target.slot).exists():
+        return
+    slot = target.slot
+    try:
+        with lock.slot_lock(slot, wait=0.0, lock_dir=lock.default_lock_dir(environ)):
+            db = open_database(target, compose.find_compose(environ), environ)
+            plan = recover(db, environ, on_step)
+    except SandboxError as exc:
+        if exc.code is Exit.USAGE:  # not running
+            on_step(
+                f"slot {slot}: a restore was interrupted; `inv up --slot={slot}` (or `inv "
+                f"restore --slot={slot} NAME`) puts it right once its database runs"
+            )
+        return
+    if plan.missing or not plan.said:
+        on_step(plan.said or f"slot {slot}: an interrupted restore had left nothing to put right")
+
+
+def _swap(db: SlotDatabase, replace_existing: bool) -> None:
+    """Swap the side database in; retried while a connection of the app races the rename.
+    The server is asked what happened, whatever psql's exit status says."""
+    for _ in range(SWAP_TRIES):
+        result = db.exec(
+            "psql", "-U", DB_USER, "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-tAX",
+            "-c", swap_sql(replace_existing), timeout=SQL_TIMEOUT,
+        )  # fmt: skip
+        found = server_databases(db)
+        if SIDE_DATABASE not in found and DATABASE in found:
+            return  # swapped (psql may have died after the commit: the server says so)
+        if BUSY_DATABASE not in result.stderr:
+            break
+    raise SandboxError(
+        f"swapping the restored database into slot {db.target.slot} failed; its database is "
+        "unchanged",
+        Exit.COMMAND,
+        details=result.tail(10),
+    )
+
+
+def load_from_host(
+    db: SlotDatabase,
+    source: Path,
+    environ: Mapping[str, str],
+    *,
+    replace_existing: bool = True,
+    on_step: Callable[[str], None] | None = None,
+) -> None:
     """Replace the slot's database with the archive `source`: restore into a side database,
-    then swap it in. On failure the slot's database is untouched."""
+    then swap it in (`swap_sql`). Whatever ends this, the server is settled on the way out
+    (`settle`): the new database in place, or the old one as it was. Ctrl-C becomes
+    SandboxError(INTERRUPTED) saying which; a settle that cannot run (the engine gone, a
+    second Ctrl-C) leaves the marker for the next command. `replace_existing=False`: the
+    slot has no `ktrdr` (recovery found nothing to make one from)."""
     inner = container_file("restore")
-    original_dropped = False
+    restoremark.mark(environ, db.target.slot)
     try:
         db.copy(str(source), f"{db.container}:{inner}", "the dump into the container")
         db.sql(
@@ -440,20 +650,42 @@ def load_from_host(db: SlotDatabase, source: Path) -> None:
             raise failure(
                 f"pg_restore into slot {db.target.slot} failed; its database is unchanged", result
             )
-        # WITH (FORCE) ends the app's connections; it reconnects to the new database.
-        db.sql(f'DROP DATABASE "{DATABASE}" WITH (FORCE)', database="postgres")
-        original_dropped = True
-        db.sql(f'ALTER DATABASE "{SIDE_DATABASE}" RENAME TO "{DATABASE}"', database="postgres")
-    finally:
+        _say(on_step, f"swapping the restored database into slot {db.target.slot}")
+        _swap(db, replace_existing)
         db.remove(inner)
-        # Once the original is gone the side database is the only copy: never drop it then
-        # (a failed rename leaves it under SIDE_DATABASE, which the error names).
-        if not original_dropped:
-            db.exec(
-                "psql", "-U", DB_USER, "-d", "postgres", "-c",
-                f'DROP DATABASE IF EXISTS "{SIDE_DATABASE}" WITH (FORCE)',
-                timeout=SQL_TIMEOUT,
-            )  # fmt: skip
+        settle(db, environ)
+    except BaseException as exc:
+        _settle_after(db, environ, inner, exc)
+        raise
+
+
+def _settle_after(
+    db: SlotDatabase, environ: Mapping[str, str], inner: str, exc: BaseException
+) -> None:
+    """On the way out of a failed or interrupted restore: the server settled (best effort: the
+    marker stays when it cannot be), and Ctrl-C turned into one line saying where it left
+    the slot."""
+    slot = db.target.slot
+    try:
+        db.remove(inner)
+        plan = settle(db, environ)
+    except (SandboxError, KeyboardInterrupt):
+        if isinstance(exc, KeyboardInterrupt):
+            raise SandboxError(
+                f"interrupted: slot {slot}'s restore may be half done; `inv restore "
+                f"--slot={slot} NAME` or `inv status --slot={slot}` puts it right",
+                Exit.INTERRUPTED,
+            ) from None
+        return
+    if isinstance(exc, KeyboardInterrupt):
+        where = (
+            "finished (the restored database is in place)"
+            if plan.finished
+            else "rolled back (its database is as it was)"
+        )
+        raise SandboxError(
+            f"interrupted: slot {slot}'s restore was {where}", Exit.INTERRUPTED
+        ) from None
 
 
 # --- the operations ------------------------------------------------------------------------
@@ -516,6 +748,7 @@ def snapshot(
     partial_manifest = directory / f".{name}{MANIFEST_SUFFIX}{PARTIAL_SUFFIX}"
     with _locked(environ, target.slot):
         db = open_database(target, compose_cmd, environ)
+        _say_swept(db, on_step)
         directory.mkdir(parents=True, exist_ok=True)
         migration = db.migration()
         pg_version = db.sql("SHOW server_version")
@@ -602,11 +835,30 @@ def restore(
     source = f"snapshot {name}"
     with _locked(environ, target.slot):
         db = open_database(target, compose_cmd, environ)
-        versions = compare_migrations(manifest.migration, db.migration(), migrations)
-        replaced = _ask(db, source, versions, yes, confirm)
+        present = _ready_for_load(db, environ, on_step)
+        current = db.migration() if present else None
+        versions = compare_migrations(manifest.migration, current, migrations)
+        replaced = _ask(db, source, versions, yes, confirm) if present else 0
         _say(on_step, f"pg_restore of {name} ({human_size(manifest.size)}) into slot {target.slot}")
-        load_from_host(db, dump_path(snapshot_dir(environ), name))
+        load_from_host(
+            db,
+            dump_path(snapshot_dir(environ), name),
+            environ,
+            replace_existing=present,
+            on_step=on_step,
+        )
     return Restored(target.slot, source, versions, replaced, manifest.size)
+
+
+def _ready_for_load(
+    db: SlotDatabase, environ: Mapping[str, str], on_step: Callable[[str], None] | None
+) -> bool:
+    """Leftovers of an interrupted restore put right (and said); whether the slot has a
+    `ktrdr` to replace (without one, the load creates it)."""
+    plan = recover(db, environ, on_step)
+    if plan.missing:
+        _say(on_step, f"slot {db.target.slot} has no {DATABASE} database: this creates it")
+    return not plan.missing
 
 
 def clone(
@@ -632,14 +884,17 @@ def clone(
     with _locked(environ, source.slot, destination.slot):
         src = open_database(source, compose_cmd, environ)
         dst = open_database(destination, compose_cmd, environ)
-        versions = compare_migrations(src.migration(), dst.migration(), migrations)
-        replaced = _ask(dst, label, versions, yes, confirm)
+        _say_swept(src, on_step)
+        present = _ready_for_load(dst, environ, on_step)
+        current = dst.migration() if present else None
+        versions = compare_migrations(src.migration(), current, migrations)
+        replaced = _ask(dst, label, versions, yes, confirm) if present else 0
         directory.mkdir(parents=True, exist_ok=True)
         try:
             _say(on_step, f"pg_dump of slot {source.slot}")
             size = dump_to_host(src, temporary, CLONE_COMPRESSION)
             _say(on_step, f"pg_restore into slot {destination.slot} ({human_size(size)})")
-            load_from_host(dst, temporary)
+            load_from_host(dst, temporary, environ, replace_existing=present, on_step=on_step)
         finally:
             temporary.unlink(missing_ok=True)
     return Restored(destination.slot, label, versions, replaced, size)

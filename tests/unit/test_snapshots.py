@@ -5,6 +5,7 @@ asserted, and a `docker cp` that fills the disk halfway leaves no file behind)."
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import compose, envfiles, runner, snapshots
+from sandbox import compose, envfiles, restoremark, runner, snapshots
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
 from sandbox.snapshots import Drift, Manifest
@@ -182,29 +183,40 @@ def test_alembic_chain_with_a_branch_is_unordered(tmp_path: Path) -> None:
 
 
 class FakeEngine:
-    """Answers the commands snapshots.py runs, as a running slot's db container would."""
+    """Answers the commands snapshots.py runs, as a running slot's db container would: the
+    server's databases are a set that CREATE, DROP and RENAME change (a swap's transaction
+    all at once), so a test sees what the server would hold after each step."""
 
     def __init__(self, tables: int = 0, migration: str | None = None) -> None:
         self.commands: list[list[str]] = []
         self.running = {3: "c3", 4: "c4"}
         self.tables = tables
         self.migration = migration
+        self.databases = {"ktrdr"}
         self.container_files: set[str] = set()
         self.disk_full_after: int | None = None  # docker cp to the host writes this much
         self.fail_on: str | None = None  # a command naming this fails
+        self.busy_swaps = 0  # swaps refused because an app connection raced the rename
+        self.commit_then_fail = False  # the swap commits, then psql reports a failure
+        self.interrupt_on: str | None = None  # Ctrl-C while a command naming this runs
+        self.down_after_interrupt = False  # every command fails after that Ctrl-C
 
     def run(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, **_: Any) -> Result:
         args = [str(part) for part in cmd]
         self.commands.append(args)
         assert env is not None, "every command gets an explicit environment"
+        if self.down_after_interrupt and self.interrupt_on is None:
+            return Result(tuple(args), 1, "", "Cannot connect to the Docker daemon")
         # A program by name, or text in an SQL statement (paths hold the test's name).
-        fails = self.fail_on is not None and any(
-            arg == self.fail_on or (" " in arg and self.fail_on in arg) for arg in args
-        )
-        if fails:
+        if self.interrupt_on is not None and self.names(args, self.interrupt_on):
+            self.interrupt_on = None
+            raise KeyboardInterrupt
+        if self.fail_on is not None and self.names(args, self.fail_on):
             return Result(tuple(args), 1, "", "ERROR: it went wrong")
         if args[:2] == ["docker", "cp"]:
             return self.copy(args[-2], args[-1])
+        if args[:3] == ["docker", "compose", "version"]:
+            return Result(tuple(args), 0, "2.29.0\n")
         project = args[args.index("--project-name") + 1]
         slot = int(project.rsplit("-", 1)[1])
         tail = args[args.index("-f") + 2 :]
@@ -213,14 +225,56 @@ class FakeEngine:
         assert tail[:3] == ["exec", "-T", "db"]
         return self.exec(args, tail[3:])
 
+    @staticmethod
+    def names(args: list[str], text: str) -> bool:
+        return any(arg == text or (" " in arg and text in arg) for arg in args)
+
     def exec(self, args: list[str], inner: list[str]) -> Result:
         if inner[0] == "psql":
-            return Result(tuple(args), 0, self.answer(inner[-1]) + "\n")
+            statements = [inner[i + 1] for i, arg in enumerate(inner) if arg == "-c"]
+            out = ""
+            for statement in statements:
+                result = self.statement(statement)
+                if isinstance(result, Result):
+                    return Result(tuple(args), result.returncode, "", result.stderr)
+                out = result
+            return Result(tuple(args), 0, out + "\n")
         if inner[0] == "pg_dump":
             self.container_files.add(inner[-1])
         if inner[0] == "rm":
             self.container_files.discard(inner[-1])
+        if inner[0] == "find":
+            found = sorted(f for f in self.container_files if f.startswith("/tmp/ktrdr-"))
+            self.container_files -= set(found)
+            return Result(tuple(args), 0, "".join("4005\n" for _ in found))
         return Result(tuple(args), 0)
+
+    def statement(self, sql: str) -> str | Result:
+        """The server's answer to one -c string, or a failed Result."""
+        if sql.startswith("BEGIN"):  # the swap's transaction
+            if self.busy_swaps:
+                self.busy_swaps -= 1
+                return Result((), 1, "", 'ERROR: database "ktrdr" is being accessed by other users')
+            self.databases -= {"ktrdr", "ktrdr_restoring"}
+            self.databases |= {"ktrdr", "ktrdr_previous"}
+            if self.commit_then_fail:
+                return Result((), 2, "", "psql: connection to server lost")
+            return "0"
+        renamed = re.fullmatch(r'ALTER DATABASE "(\w+)" RENAME TO "(\w+)"', sql)
+        if renamed:
+            self.databases = (self.databases - {renamed[1]}) | {renamed[2]}
+            return ""
+        dropped = re.fullmatch(r'DROP DATABASE (?:IF EXISTS )?"(\w+)" WITH \(FORCE\)', sql)
+        if dropped:
+            self.databases.discard(dropped[1])
+            return ""
+        created = re.match(r'CREATE DATABASE "(\w+)"', sql)
+        if created:
+            self.databases.add(created[1])
+            return ""
+        if "FROM pg_database" in sql:
+            return "\n".join(sorted(self.databases))
+        return self.answer(sql)
 
     def answer(self, sql: str) -> str:
         if "to_regclass" in sql:
@@ -250,6 +304,11 @@ class FakeEngine:
 
     def ran(self, program: str) -> list[list[str]]:
         return [c for c in self.commands if program in c]
+
+    def statements(self) -> list[str]:
+        return [
+            c[i + 1] for c in self.commands if "psql" in c for i, a in enumerate(c) if a == "-c"
+        ]
 
 
 @pytest.fixture
@@ -358,25 +417,225 @@ def test_restore_asks_before_replacing_tables_and_stops_on_no(
     with pytest.raises(SandboxError, match="nothing done: slot 3's database is unchanged"):
         snapshots.restore(target, COMPOSE, env, "base", yes=False, confirm=say_no, migrations=CHAIN)
     assert asked and "2 table(s)" in asked[0] and "newer schema" in asked[0]
-    assert engine.ran("pg_restore") == [] and engine.ran('DROP DATABASE "ktrdr" WITH (FORCE)') == []
+    assert engine.ran("pg_restore") == [] and engine.databases == {"ktrdr"}
 
 
-def test_restore_with_yes_swaps_a_side_database_in(
+def restore(root: Path, env: dict[str, str], **options: Any) -> snapshots.Restored:
+    store(Path(env["KTRDR_SNAPSHOT_DIR"]), manifest("base"))
+    target = compose.load_target(root, 3)
+    return snapshots.restore(target, COMPOSE, env, "base", yes=True, confirm=never, **options)
+
+
+def test_restore_with_yes_swaps_a_side_database_in_one_transaction(
     root: Path, env: dict[str, str], engine: FakeEngine
 ) -> None:
-    store(Path(env["KTRDR_SNAPSHOT_DIR"]), manifest("base"))
     engine.tables = 1
-    done = snapshots.restore(
-        compose.load_target(root, 3), COMPOSE, env, "base", yes=True, confirm=never
-    )
+    done = restore(root, env)
     assert (done.slot, done.replaced_tables, done.note()) == (3, 1, "")
     (restore_cmd,) = engine.ran("pg_restore")
     assert restore_cmd[restore_cmd.index("-d") + 1] == "ktrdr_restoring"
-    statements = [c[-1] for c in engine.commands if "psql" in c]
-    drop = statements.index('DROP DATABASE "ktrdr" WITH (FORCE)')
-    assert statements[drop + 1] == 'ALTER DATABASE "ktrdr_restoring" RENAME TO "ktrdr"'
-    assert len(statements) == drop + 2, "the side database is not dropped after the swap"
+    statements = engine.statements()
+    assert 'DROP DATABASE "ktrdr" WITH (FORCE)' not in statements, "ktrdr is never dropped"
+    swap = statements.index(snapshots.swap_sql(True))
+    assert statements[swap + 3] == 'DROP DATABASE IF EXISTS "ktrdr_previous" WITH (FORCE)'
+    assert engine.databases == {"ktrdr"}
     assert engine.container_files == set()
+    assert not restoremark.path(env, 3).exists(), "the marker goes once settled"
+
+
+def test_the_swap_is_one_transaction_that_renames_twice() -> None:
+    assert snapshots.swap_sql(True) == (
+        "BEGIN; SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = 'ktrdr' AND pid <> pg_backend_pid(); "
+        'ALTER DATABASE "ktrdr" RENAME TO "ktrdr_previous"; '
+        'ALTER DATABASE "ktrdr_restoring" RENAME TO "ktrdr"; COMMIT'
+    )
+    assert snapshots.swap_sql(False) == 'ALTER DATABASE "ktrdr_restoring" RENAME TO "ktrdr"'
+
+
+@pytest.mark.parametrize(
+    ("found", "statements", "words", "finished"),
+    [
+        ({"ktrdr"}, [], "", False),
+        (
+            {"ktrdr", "ktrdr_restoring"},
+            ['DROP DATABASE IF EXISTS "ktrdr_restoring" WITH (FORCE)'],
+            "rolled back",
+            False,
+        ),
+        (
+            {"ktrdr", "ktrdr_previous"},
+            ['DROP DATABASE IF EXISTS "ktrdr_previous" WITH (FORCE)'],
+            "finished",
+            True,
+        ),
+        (
+            {"ktrdr_previous", "ktrdr_restoring"},
+            [
+                'ALTER DATABASE "ktrdr_previous" RENAME TO "ktrdr"',
+                'DROP DATABASE IF EXISTS "ktrdr_restoring" WITH (FORCE)',
+            ],
+            "rolled back (ktrdr_previous is ktrdr again)",
+            False,
+        ),
+        (
+            {"ktrdr_restoring"},
+            ['ALTER DATABASE "ktrdr_restoring" RENAME TO "ktrdr"'],
+            "finished",
+            True,
+        ),
+    ],
+)
+def test_recovery_leaves_exactly_one_ktrdr(
+    found: set[str], statements: list[str], words: str, finished: bool
+) -> None:
+    plan = snapshots.recovery(frozenset(found), 3)
+    assert list(plan.statements) == statements
+    assert words in plan.said and (plan.said == "") == (words == "")
+    assert plan.finished is finished and not plan.missing
+
+
+def test_recovery_with_nothing_to_recover_from_says_how_to_get_one() -> None:
+    plan = snapshots.recovery(frozenset(), 3)
+    assert plan.missing and plan.statements == ()
+    assert "inv restore --slot=3 NAME" in plan.said and "inv up --slot=3 --fresh" in plan.said
+
+
+def test_a_swap_psql_reports_failed_but_the_server_committed_is_a_restore(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    engine.commit_then_fail = True
+    restore(root, env)
+    assert engine.databases == {"ktrdr"}
+    assert "ktrdr_previous" not in engine.databases
+
+
+def test_a_swap_raced_by_an_app_connection_is_tried_again(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    engine.busy_swaps = 2
+    restore(root, env)
+    assert engine.statements().count(snapshots.swap_sql(True)) == 3
+    assert engine.databases == {"ktrdr"}
+
+
+def test_a_failed_swap_rolls_back_and_says_the_database_is_unchanged(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    engine.fail_on = "RENAME TO"
+    with pytest.raises(SandboxError, match="its database is unchanged"):
+        restore(root, env)
+    assert engine.databases == {"ktrdr"}
+    assert not restoremark.path(env, 3).exists()
+
+
+@pytest.mark.parametrize(
+    ("during", "said"),
+    [
+        ("cp", "rolled back (its database is as it was)"),
+        ("pg_restore", "rolled back (its database is as it was)"),
+        ("CREATE DATABASE", "rolled back (its database is as it was)"),
+    ],
+)
+def test_ctrl_c_before_the_swap_rolls_back_in_one_line(
+    root: Path, env: dict[str, str], engine: FakeEngine, during: str, said: str
+) -> None:
+    engine.interrupt_on = during
+    with pytest.raises(SandboxError) as caught:
+        restore(root, env)
+    assert caught.value.code is Exit.INTERRUPTED
+    assert str(caught.value) == f"interrupted: slot 3's restore was {said}"
+    assert engine.databases == {"ktrdr"}
+    assert engine.container_files == set()
+    assert not restoremark.path(env, 3).exists()
+
+
+def test_ctrl_c_after_the_swap_committed_finishes_it(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    engine.interrupt_on = 'DROP DATABASE IF EXISTS "ktrdr_previous"'
+    with pytest.raises(SandboxError) as caught:
+        restore(root, env)
+    assert caught.value.code is Exit.INTERRUPTED
+    assert str(caught.value) == (
+        "interrupted: slot 3's restore was finished (the restored database is in place)"
+    )
+    assert engine.databases == {"ktrdr"}
+    assert not restoremark.path(env, 3).exists()
+
+
+def test_an_interrupted_settle_leaves_the_marker_and_the_next_command_finishes(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    engine.interrupt_on = 'DROP DATABASE IF EXISTS "ktrdr_previous"'
+    engine.down_after_interrupt = True  # and the engine is gone for the settle after it
+    with pytest.raises(SandboxError, match="may be half done") as caught:
+        restore(root, env)
+    assert caught.value.code is Exit.INTERRUPTED
+    assert engine.databases == {"ktrdr", "ktrdr_previous"}
+    assert restoremark.path(env, 3).exists(), "the marker stays for the next command"
+    engine.down_after_interrupt = False
+    said: list[str] = []
+    snapshots.recover_interrupted(compose.load_target(root, 3), env, said.append)
+    assert engine.databases == {"ktrdr"}
+    assert said == [
+        "slot 3: an interrupted restore was finished (the restored database was in place; "
+        "dropped ktrdr_previous, the one it replaced)"
+    ]
+    assert not restoremark.path(env, 3).exists()
+
+
+def test_an_engine_lost_mid_restore_leaves_the_marker_and_the_next_status_heals(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    engine.interrupt_on, engine.down_after_interrupt = "pg_restore", True
+    with pytest.raises(SandboxError, match="may be half done"):
+        restore(root, env)
+    assert engine.databases == {"ktrdr", "ktrdr_restoring"}
+    engine.down_after_interrupt = False
+    said: list[str] = []
+    snapshots.recover_interrupted(compose.load_target(root, 3), env, said.append)
+    assert engine.databases == {"ktrdr"}
+    assert said[0].startswith("removed 1 dump file(s)"), "pg_restore's file was left behind"
+    assert said[1].startswith("slot 3: an interrupted restore was rolled back")
+    assert engine.container_files == set()
+    assert restoremark.interrupted_slots(env) == []
+
+
+def test_no_marker_means_no_engine_call(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    snapshots.recover_interrupted(compose.load_target(root, 3), env, never_said)
+    assert engine.commands == []
+
+
+def never_said(text: str) -> None:
+    raise AssertionError(f"said {text!r}")
+
+
+def test_restore_puts_a_leftover_right_first_and_says_so(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    engine.databases = {"ktrdr_previous", "ktrdr_restoring"}  # as an older version left it
+    engine.container_files = {"/tmp/ktrdr-restore-0123456789ab.dump"}
+    said: list[str] = []
+    restore(root, env, on_step=said.append)
+    assert said[0].startswith("removed 1 dump file(s)")
+    assert (
+        said[1] == "slot 3: an interrupted restore was rolled back (ktrdr_previous is ktrdr again)"
+    )
+    assert engine.databases == {"ktrdr"}
+
+
+def test_restore_into_a_slot_without_ktrdr_creates_it(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    engine.databases = set()
+    engine.tables = 5  # would be asked about, were there a database
+    done = restore(root, env)
+    assert done.replaced_tables == 0
+    assert snapshots.swap_sql(False) in engine.statements()
+    assert engine.databases == {"ktrdr"}
 
 
 def test_clone_removes_its_temporary_archive(
@@ -412,20 +671,8 @@ def test_failed_pg_restore_drops_the_side_database_only(
         snapshots.restore(
             compose.load_target(root, 3), COMPOSE, env, "base", yes=True, confirm=never
         )
-    statements = [c[-1] for c in engine.commands if "psql" in c]
-    assert 'DROP DATABASE "ktrdr" WITH (FORCE)' not in statements
+    statements = engine.statements()
+    assert not any("RENAME" in statement for statement in statements)
     assert statements[-1] == 'DROP DATABASE IF EXISTS "ktrdr_restoring" WITH (FORCE)'
+    assert engine.databases == {"ktrdr"}
     assert engine.container_files == set()
-
-
-def test_failed_rename_after_the_drop_keeps_the_side_database(
-    root: Path, env: dict[str, str], engine: FakeEngine
-) -> None:
-    store(Path(env["KTRDR_SNAPSHOT_DIR"]), manifest("base"))
-    engine.fail_on = "RENAME TO"
-    with pytest.raises(SandboxError, match="RENAME TO"):
-        snapshots.restore(
-            compose.load_target(root, 3), COMPOSE, env, "base", yes=True, confirm=never
-        )
-    statements = [c[-1] for c in engine.commands if "psql" in c]
-    assert statements[-1].startswith('ALTER DATABASE "ktrdr_restoring" RENAME'), statements
