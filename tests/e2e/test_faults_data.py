@@ -111,7 +111,7 @@ def interrupt_restore(
     cmd = [INV, "--search-root", str(ROOT), "restore", f"--slot={slot}", SNAPSHOT, "--yes"]
     proc = subprocess.Popen(
         cmd,
-        env=suite.sandbox.env,
+        env={**suite.sandbox.env, "PYTHONUNBUFFERED": "1"},  # each line as it is printed
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
