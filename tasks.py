@@ -262,6 +262,7 @@ def _start(
             build=functools.partial(_rebuild, environ) if build else None,
             app_image=lambda src: stack.app_image(src, ROOT, environ, out().step),
             fresh=fresh,
+            queue=out().line,
         )
         result = stack.up(
             target,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandbox import (
+    admission,
     appimages,
     apps,
     checks,
@@ -52,6 +53,7 @@ class UpResult:
     gate: checks.GateResult | None  # None with `wait=False`: the gate did not run
     logs: dict[str, str] = field(default_factory=dict)  # failing service -> last log lines
     compose_seconds: float = 0.0
+    queued_seconds: float = 0.0  # in line for the machine-wide admission before compose up
 
 
 def gate_timeout(cli: str | None, target: Target, environ: Mapping[str, str]) -> float:
@@ -150,7 +152,8 @@ class Hooks:
     `preflight` hears the checks, `busy` that another command holds the slot, `compose` the
     command it runs, `gate` each round of the gate, `step` any other step (a copy to a remote
     engine). `build` rebuilds images once preflight has passed; `app_image` gets (or builds)
-    the image a source checkout runs on; `fresh(slot)` confirms recreating the database.
+    the image a source checkout runs on; `fresh(slot)` confirms recreating the database;
+    `queue` hears that the start waits for its turn (sandbox/admission.py).
     """
 
     preflight: Callable[[preflight.Preflight], None] | None = None
@@ -161,6 +164,8 @@ class Hooks:
     build: Callable[[], object] | None = None
     app_image: Callable[[apps.Source], str | None] | None = None
     fresh: Callable[[int], bool] | None = None
+    # Hears why the start waits before its heavy phase, and its place in line as it changes.
+    queue: Callable[[str], None] | None = None
 
 
 def up(
@@ -204,11 +209,15 @@ def up(
         recreate = recreate or (previous is not None and previous.outcome != lastup.READY)
         lastup.write(target.root, target.slot, lastup.STARTING)
         try:
-            result = _start(target, environ, checked, source, (layout, reload), recreate, hooks)
-            if wait:
-                result.gate, result.logs = _gate(
-                    target, checked, environ, timeout, hooks.gate, source.kind.migration, layout
-                )
+            # The heavy phase (compose up and the gate) holds a turn of the machine-wide
+            # admission, entered by _start when it has containers to start.
+            with contextlib.ExitStack() as heavy:
+                shape = (layout, reload)
+                result = _start(target, environ, checked, source, shape, recreate, hooks, heavy)
+                if wait:
+                    result.gate, result.logs = _gate(
+                        target, checked, environ, timeout, hooks.gate, source.kind.migration, layout
+                    )
         except KeyboardInterrupt:
             lastup.write(target.root, target.slot, lastup.INTERRUPTED)
             raise SandboxError(
@@ -231,9 +240,11 @@ def _start(
     shape: tuple[slots.Layout, str],
     recreate: bool,
     hooks: Hooks,
+    heavy: contextlib.ExitStack,
 ) -> UpResult:
     """Everything of `up` between preflight and the gate; `shape`: the layout and what
-    reloads."""
+    reloads. Before anything of the slot is created it waits for its admission turn, entered
+    into `heavy` (held by the caller through the gate)."""
     layout, reload = shape
     if hooks.build is not None:
         hooks.build()  # after preflight and under the lock: a refused slot rebuilds nothing
@@ -245,15 +256,39 @@ def _start(
     override = write_override(target, source, image, layout, copied_to, reload)
     reach.adjust_override(override, target.values, environ, compose.bind_address(target, environ))
     fresh = hooks.fresh is not None
-    ensure_volume(target, environ, checked, source, fresh)
     already = all_running(checked.running, layout) and not recreate and not fresh
+    queued = 0.0 if already else _wait_turn(target.slot, environ, hooks.queue, heavy)
+    ensure_volume(target, environ, checked, source, fresh)
     compose_seconds = (
         0.0 if already else _compose_up(target, checked, environ, hooks.compose, override, layout)
     )
     if layout.shared:
         observability.refresh_targets(environ)  # the shared Prometheus scrapes this slot
     apps.write_env_sandbox(source, env_sandbox(target, environ, checked.where, source))
-    return UpResult(checked, not already, None, compose_seconds=compose_seconds)
+    return UpResult(
+        checked, not already, None, compose_seconds=compose_seconds, queued_seconds=queued
+    )
+
+
+def _wait_turn(
+    slot: int,
+    environ: Mapping[str, str],
+    on_wait: Callable[[str], None] | None,
+    heavy: contextlib.ExitStack,
+) -> float:
+    """Wait for the slot's admission turn, held in `heavy`; seconds waited. Ctrl-C in line:
+    SandboxError(INTERRUPTED) saying that nothing was started (the line keeps no trace)."""
+    try:
+        turn = heavy.enter_context(admission.turn(slot, environ, on_wait=on_wait))
+    except KeyboardInterrupt:
+        raise SandboxError(
+            f"interrupted while slot {slot} waited for its turn to start: nothing of it was "
+            f"started; `inv up --slot={slot}` queues again",
+            Exit.INTERRUPTED,
+        ) from None
+    if turn.queued and on_wait is not None:
+        on_wait(f"slot {slot}: its turn to start after {turn.waited:.1f} s in line")
+    return turn.waited
 
 
 def place(target: Target) -> apps.Place:

@@ -1,0 +1,77 @@
+"""Several `inv up` at once, as agents start them: the machine-wide admission lets at most K
+into their heavy phase (compose up and the gate), the others wait in line and say so, and all
+end ready.
+
+Slots: KTRDR_E2E_FLEET_SLOTS (default 5,6,7,8: four at once with K=2, for CI where the machine
+is ours); K is half of them, rounded down (so 0,5,6 on a shared machine runs three with K=1,
+the same property). The record checked is the tool's own (`admission/record.jsonl` in the lock
+directory, private to this suite).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent import futures
+
+import pytest
+
+from sandbox import admission
+from sandbox.runner import Result
+from tests.e2e.conftest import Sandbox, claim_slots
+
+pytestmark = pytest.mark.docker
+
+FLEET = tuple(int(s) for s in os.environ.get("KTRDR_E2E_FLEET_SLOTS", "5,6,7,8").split(","))
+LIMIT = max(1, len(FLEET) // 2)
+WAITS = "waits for its turn to start"
+
+
+@pytest.fixture(scope="module")
+def fleet(sandbox: Sandbox) -> Iterator[dict[int, Result]]:
+    claim_slots(FLEET, sandbox.env)
+    env = {**sandbox.env, admission.MAX_STARTS_VARIABLE: str(LIMIT)}
+    crowd = Sandbox(sandbox.home, env)
+    record = admission.Line.of(env).record_path
+    record.unlink(missing_ok=True)
+    try:
+        with futures.ThreadPoolExecutor(len(FLEET)) as pool:
+            started = {s: pool.submit(crowd.inv, "up", f"--slot={s}", timeout=900) for s in FLEET}
+            yield {slot: job.result() for slot, job in started.items()}
+    finally:
+        for slot in FLEET:
+            sandbox.inv("down", f"--slot={slot}", "--volumes", timeout=300)
+
+
+def test_all_are_ready(fleet: dict[int, Result]) -> None:
+    for slot, result in fleet.items():
+        said = f"{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
+        assert result.ok, f"slot {slot}: exit {result.returncode}\n{said}"
+        assert f"slot {slot} is ready" in result.stdout, said
+
+
+def test_at_most_k_in_their_heavy_phase_at_once(fleet: dict[int, Result], sandbox: Sandbox) -> None:
+    lines = admission.read_record(admission.Line.of(sandbox.env).record_path)
+    phases = admission.intervals(lines)
+    assert sorted(p.slot for p in phases) == sorted(FLEET), lines
+    assert all(p.end is not None for p in phases), phases
+    most = admission.most_at_once(phases)
+    print(f"{len(FLEET)} starts, K={LIMIT}: at most {most} in their heavy phase at once")
+    for phase in phases:
+        assert phase.end is not None
+        print(f"  slot {phase.slot}: heavy phase {phase.end - phase.start:.1f} s")
+    assert most <= LIMIT
+    # They were requested together and each heavy phase takes seconds: the line was used.
+    assert most == LIMIT
+
+
+def test_the_waiting_ones_said_so(fleet: dict[int, Result]) -> None:
+    waited = [slot for slot, result in fleet.items() if WAITS in result.stdout]
+    # Only K can start at once, so at least the rest waited; each said its place and its turn.
+    assert len(waited) >= len(FLEET) - LIMIT, {s: r.stdout[:1500] for s, r in fleet.items()}
+    for slot in waited:
+        out = fleet[slot].stdout
+        assert f"slot {slot} waits for its turn to start: number 1 in line" in out or (
+            f"slot {slot} waits for its turn to start: number" in out
+        )
+        assert f"slot {slot}: its turn to start after" in out
