@@ -206,7 +206,7 @@ def test_two_shared_slots_are_scraped_and_traced_by_the_shared_stack(lighter: Sa
 
 def test_the_shared_stack_stays_while_slots_use_it(lighter: Sandbox) -> None:
     result = lighter.inv("observability", "down")
-    one_error_line(result, Exit.OTHER_LAYOUT, "uses the shared observability stack")
+    one_error_line(result, Exit.OTHER_LAYOUT, "the shared observability stack (a stopped")
     assert sorted(observability_containers()) == ["grafana", "jaeger", "prometheus"]
 
 
