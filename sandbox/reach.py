@@ -192,8 +192,8 @@ def exposure(bind: str, gateway: str | None, world: World, port: int | None = No
         f"containers on this host reach them at http://{example} with {AGENT_ADD_HOST}"
     )
     if world is World.CONTAINER:
-        line += f"; this container reaches them at {gateway}"
-    return line
+        return line + f"; this container reaches them at {gateway}"
+    return line + " (Docker Engine on Linux: that name is the gateway, not the host's loopback)"
 
 
 # ------------------------------------------------------------------------- facts

@@ -138,7 +138,8 @@ def test_exposure_says_every_address_and_who_reaches_it() -> None:
     assert reach.exposure("127.0.0.1", GATEWAY, world.HOST, 8007) == (
         "ports on 127.0.0.1 and on 172.17.0.1 (the Docker bridge gateway), no other address; "
         "containers on this host reach them at http://host.docker.internal:8007 with "
-        "--add-host=host.docker.internal:host-gateway"
+        "--add-host=host.docker.internal:host-gateway (Docker Engine on Linux: that name is the "
+        "gateway, not the host's loopback)"
     )
     assert reach.exposure("127.0.0.1", GATEWAY, world.CONTAINER, 8007).endswith(
         "; this container reaches them at 172.17.0.1"
