@@ -21,6 +21,7 @@ import json
 import shutil
 import socket
 import sys
+import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -185,7 +186,8 @@ def in_container(sandbox: Sandbox, agent_home: Path, *args: str, **env: str) -> 
     run it: the checkout at the same path, HOME at another, the CLIs and packages mounted."""
     docker_cli = shutil.which("docker")
     compose_cli = Path(sys.executable).parent / "docker-compose"
-    site = Path(sys.executable).parent.parent / "lib" / "python3.11" / "site-packages"
+    # Pure-Python packages (invoke, python-dotenv, rich): the image's Python 3.11 reads them.
+    site = Path(sysconfig.get_paths()["purelib"])
     assert docker_cli and compose_cli.is_file() and site.is_dir()
     mounts = [
         ("/var/run/docker.sock", "/var/run/docker.sock"),
