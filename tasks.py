@@ -160,6 +160,10 @@ MODELS_HELP = (
     "every slot) or slot (its own, under the shared directory's slots/; a `*_latest` model "
     "is then this slot's)"
 )
+OTHERS_HELP = (
+    "act on a database another checkout created (or one older than provenance labels, with "
+    "--all): it is replaced or removed, its data lost"
+)
 
 
 @task(
@@ -180,6 +184,7 @@ MODELS_HELP = (
         "yes": "with --fresh: do not ask (for scripts)",
         "swarm": "deploy the slot as a stack on the swarm DOCKER_HOST manages (also "
         "KTRDR_SWARM=1, or KTRDR_SWARM=auto when the engine is a manager)",
+        "other-checkouts": "with --fresh: " + OTHERS_HELP,
     }
 )
 @handled
@@ -198,6 +203,7 @@ def up(
     fresh: bool = False,
     yes: bool = False,
     swarm_: bool = False,
+    other_checkouts: bool = False,
 ) -> None:
     """Start a slot's stack: preflight, `docker compose up -d`, then the startability gate."""
     layout = slots.parse_layout(workers, observability)
@@ -221,6 +227,7 @@ def up(
             layout=layout,
             fresh=wipe,
             reload=reloads,
+            other_checkouts=other_checkouts,
         )
         return
     with picker.claim_slot(environ, None, picker.Claim(on_busy=out().line)) as number:
@@ -249,6 +256,7 @@ def _start(
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
     fresh: Callable[[int], bool] | None = None,
     reload: str | None = None,
+    other_checkouts: bool = False,
 ) -> None:
     """`inv up`'s body for one slot: stack.up with the renderer's callbacks, then its report.
     `fresh`: recreate the slot's database once preflight passed and it says yes."""
@@ -274,6 +282,7 @@ def _start(
             timeout=stack.gate_timeout(timeout, target, environ),
             hooks=hooks,
             reload=apps.parse_reload(reload),
+            other_checkouts=other_checkouts,
         )
     snapshots.recover_interrupted(target, environ, out().line)
     _report_up(target.slot, result)
@@ -379,6 +388,7 @@ def observability_task(c: Context, action: str) -> None:
         "volumes": "also remove the database volume(s) (data lost)",
         "all": "every slot of this engine, orphans included (lists them and asks first)",
         "yes": "with --all: do not ask (for scripts; without a terminal it is required)",
+        "other-checkouts": "with --volumes: " + OTHERS_HELP,
     }
 )
 @handled
@@ -388,10 +398,11 @@ def down(
     volumes: bool = False,
     all_: bool = False,
     yes: bool = False,
+    other_checkouts: bool = False,
 ) -> None:
     """Stop and remove a slot's containers (or every slot's, --all); volumes only with --volumes."""
     if all_:
-        _down_all(slot, volumes, yes)
+        _down_all(slot, volumes, yes, other_checkouts)
         return
     target = _target(slot)
     record = swarm.selected_record(ROOT, target.slot, os.environ)
@@ -409,27 +420,33 @@ def down(
             f"slot {target.slot} was started from {old}, which no longer exists (orphaned); "
             "taking it down from here"
         ),
+        other_checkouts=other_checkouts,
     )
     kept = "removed its volumes" if volumes else "kept its volumes"
     out().line(f"slot {target.slot} ({target.project}) is down; {kept}")
 
 
-def _down_all(slot: str | None, volumes: bool, yes: bool) -> None:
+def _down_all(slot: str | None, volumes: bool, yes: bool, others: bool) -> None:
     if slot is not None:
         raise SandboxError("pass --slot=N or --all, not both", Exit.USAGE)
     environ = dict(os.environ)
     compose_cmd = _compose(environ)
-    entries = [e for e in teardown.survey(environ) if e.acts(volumes)]
+    found = teardown.survey(environ, ROOT)
+    # With --volumes a database that stays (another checkout's) is listed too, as kept.
+    shown = [e for e in found if e.acts(volumes, others) or (volumes and e.volumes)]
+    entries = [e for e in shown if e.acts(volumes, others)]
+    for entry in shown:
+        out().line(entry.describe(volumes, others))
     if not entries:
         out().line("no slot has containers" + ("" if volumes else " (volumes are kept)"))
         return
-    for entry in entries:
-        out().line(entry.describe(volumes))
     if not teardown.confirm_or_refuse(entries, yes, sys.stdin.isatty(), input):
         raise InvokeExit("nothing taken down", code=int(Exit.FAILED))
     for entry in entries:
-        teardown.take_down(entry, compose_cmd, environ, volumes=volumes, root=ROOT)
-        out().line(f"slot {entry.slot} ({entry.project}) is down")
+        removes = volumes and (entry.ours or others)
+        teardown.take_down(entry, compose_cmd, environ, volumes=removes, root=ROOT)
+        kept = "" if removes or not entry.volumes else "; kept its volumes"
+        out().line(f"slot {entry.slot} ({entry.project}) is down{kept}")
 
 
 @task(
@@ -980,8 +997,7 @@ def snapshot(
     """Dump a slot's database into ~/.ktrdr/snapshots (or $KTRDR_SNAPSHOT_DIR)."""
     environ = dict(os.environ)
     if delete is not None:
-        gone = snapshots.delete(environ, delete)
-        out().line(f"deleted snapshot {gone.name} (slot {gone.source_slot}, {gone.app})")
+        out().line(f"deleted {snapshots.delete(environ, delete)}")
         return
     target = _target(slot)
     _no_swarm(target.slot, "snapshot")
@@ -1014,10 +1030,13 @@ def list_snapshots(c: Context) -> None:
         "slot": "the slot whose database is replaced",
         "name": "the snapshot to restore",
         "yes": "replace a database that has tables without asking",
+        "other-checkouts": OTHERS_HELP,
     }
 )
 @handled
-def restore(c: Context, name: str, slot: str | None = None, yes: bool = False) -> None:
+def restore(
+    c: Context, name: str, slot: str | None = None, yes: bool = False, other_checkouts: bool = False
+) -> None:
     """Replace a slot's database with a snapshot (asks first when it has tables)."""
     target = _target(slot)
     _no_swarm(target.slot, "restore")
@@ -1025,7 +1044,7 @@ def restore(c: Context, name: str, slot: str | None = None, yes: bool = False) -
     app, chain = snapshots.running_app(target.slot, environ)
     done = snapshots.restore(
         target, _compose(environ), environ, name, yes=yes, confirm=_confirm, app=app,
-        migrations=chain, on_step=out().line,
+        migrations=chain, on_step=out().line, other_checkouts=other_checkouts,
     )  # fmt: skip
     _report_restored(done)
 
@@ -1036,11 +1055,16 @@ def restore(c: Context, name: str, slot: str | None = None, yes: bool = False) -
         "from": "the slot to copy the database from",
         "to": "the slot whose database is replaced",
         "yes": "replace a database that has tables without asking",
+        "other-checkouts": OTHERS_HELP,
     },
 )
 @handled
 def clone_slot(
-    c: Context, from_: str | None = None, to: str | None = None, yes: bool = False
+    c: Context,
+    from_: str | None = None,
+    to: str | None = None,
+    yes: bool = False,
+    other_checkouts: bool = False,
 ) -> None:
     """Copy one slot's database over another's (asks first when the target has tables)."""
     source, destination = _target(from_), _target(to)
@@ -1048,7 +1072,7 @@ def clone_slot(
     _, chain = snapshots.running_app(destination.slot, environ)
     done = snapshots.clone(
         source, destination, _compose(environ), environ, yes=yes, confirm=_confirm,
-        migrations=chain, on_step=out().line,
+        migrations=chain, on_step=out().line, other_checkouts=other_checkouts,
     )  # fmt: skip
     _report_restored(done)
 

@@ -87,7 +87,11 @@ def write(root: Path, slot: int, outcome: str, reason: str = "") -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_suffix(".tmp")
-        temporary.write_text(json.dumps(record) + "\n")
+        # Private: the reason may quote paths and errors of the user's work.
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(record) + "\n")
+        os.chmod(temporary, 0o600)  # an older, wider file of that name keeps its mode
         temporary.replace(target)
     except OSError:
         pass

@@ -58,8 +58,9 @@ def holder_pid(fd: int) -> int | None:
 def open_lock_file(path: Path) -> int:
     """The lock file's descriptor, its directory made first; one line when it cannot be."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Private: a holder's pid says what this user is running.
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise SandboxError(
             f"cannot open the lock file {path} ({exc.strerror}): set {LOCK_DIR_VARIABLE} to a "

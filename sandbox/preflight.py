@@ -384,6 +384,7 @@ class Facts:
     own: list[Container] = field(default_factory=list)  # the slot's project's containers
     fresh: bool = False  # `up --fresh`: the database volume is to be recreated, not compared
     volume: provenance.Kind | None = None
+    other_checkouts: bool = False  # `--other-checkouts`: --fresh may recreate another's
 
 
 def engine_step(facts: Facts) -> Step:
@@ -463,6 +464,11 @@ def source_step(facts: Facts) -> Step:
     return Step("source", wanted.describe())
 
 
+def here(target: compose.Target) -> str:
+    """This checkout, as a database volume's provenance names its owner."""
+    return str(target.root.resolve())
+
+
 def expected_volume(
     target: compose.Target, environ: Mapping[str, str], source: apps.Source
 ) -> provenance.Expected:
@@ -470,7 +476,7 @@ def expected_volume(
     env = compose.environment(target, environ)
     return provenance.Expected(
         slot=target.slot,
-        checkout=str(target.root.resolve()),
+        checkout=here(target),
         client_host=socket.gethostname(),
         source=source.label,
         app=source.kind.name,
@@ -500,6 +506,12 @@ def volume_step(facts: Facts) -> Step:
     facts.volume = verdict.kind
     name = provenance.volume_name(target.project)
     if facts.fresh:
+        owner = provenance.foreign_owner(info, here(target), socket.gethostname())
+        if owner is not None and not facts.other_checkouts:
+            command = f"inv up --slot={target.slot} --fresh"
+            raise provenance.others_database_error(
+                target.slot, owner, command, "recreate it anyway"
+            )
         exists = info is not None
         return Step(
             "volume", f"{name} will be recreated (--fresh)" if exists else "no database yet"
@@ -511,6 +523,31 @@ def volume_step(facts: Facts) -> Step:
     if verdict.kind is provenance.Kind.MISSING:
         return Step("volume", f"{name} will be created for this checkout")
     return Step("volume", f"{name} was created by this checkout with this password")
+
+
+def check_database_owner(
+    target: compose.Target,
+    environ: Mapping[str, str],
+    containers: Sequence[Container],
+    *,
+    command: str,
+    action: str,
+    other_checkouts: bool,
+) -> None:
+    """Before a command that changes or removes slot `target`'s database (`down --volumes`,
+    `restore`, `clone`): the same ownership `up` checks. The slot's containers started from
+    another checkout, or its volume created by one (its provenance labels), refuse it in one
+    line naming that checkout, `command` to run there and `command --other-checkouts` to
+    `action` anyway; `other_checkouts` is that flag. A volume older than the labels, and no
+    volume, pass (as `up` adopts them)."""
+    if other_checkouts:
+        return
+    owner = other_checkout(target.root, containers)
+    if owner is None:
+        info = inspect_volume(target, environ)
+        owner = provenance.foreign_owner(info, here(target), socket.gethostname())
+    if owner is not None:
+        raise provenance.others_database_error(target.slot, owner, command, action)
 
 
 def layout_step(facts: Facts) -> Step:
@@ -716,13 +753,16 @@ def run_preflight(
     source: apps.Source = apps.BUILT_IN,
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
     fresh: bool = False,
+    other_checkouts: bool = False,
 ) -> Preflight:
     """Check that `target` can start; raise SandboxError naming the first thing that stops it.
 
     `create_shared=False` refuses a missing shared directory instead of creating it. The
-    directory is created only once every other check has passed.
+    directory is created only once every other check has passed. `fresh` recreates the
+    database, another checkout's only with `other_checkouts`.
     """
     facts = Facts(target, environ, create_shared, source, layout=layout, fresh=fresh)
+    facts.other_checkouts = other_checkouts
     steps = [STEPS[0](facts)]
     plan = STEPS if facts.where.local else REMOTE_STEPS
     steps += [step(facts) for step in plan[1:]]

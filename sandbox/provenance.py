@@ -38,7 +38,7 @@ from enum import Enum
 from pathlib import Path
 
 from sandbox import slots
-from sandbox.errors import Exit
+from sandbox.errors import Exit, SandboxError
 
 VOLUME_KEY = "db-data"  # the volume's key in docker-compose.sandbox.yml
 COMPOSE_PROJECT = "com.docker.compose.project"
@@ -155,6 +155,20 @@ def parse_inspect(text: str) -> VolumeInfo | None:
     )
 
 
+def parse_inspect_all(text: str) -> dict[str, VolumeInfo]:
+    """Every volume in `docker volume inspect A B ...` output, by name."""
+    try:
+        data = json.loads(text) if text.strip() else []
+    except ValueError:
+        return {}
+    found = {}
+    for entry in data if isinstance(data, list) else []:
+        info = parse_inspect(json.dumps([entry]))
+        if info is not None:
+            found[info.name] = info
+    return found
+
+
 @dataclass(frozen=True)
 class Expected:
     """What this `inv up` would stamp on a new volume; the password stays in memory only."""
@@ -194,12 +208,42 @@ class Verdict:
         return self.kind in (Kind.MISSING, Kind.OURS, Kind.LEGACY)
 
 
+# The one flag that lets a command change or remove a database another checkout created:
+# `up --fresh`, `down --volumes` (and `down --all --volumes`), `restore`, `clone`.
+OTHERS_FLAG = "--other-checkouts"
+
+
 def fresh_hint(slot: int) -> str:
     return f"`inv up --slot={slot} --fresh` to recreate the database (its data is lost)"
 
 
 def _owner(checkout: str, host: str) -> str:
     return f"{checkout} on {host}" if host else checkout
+
+
+def foreign_owner(info: VolumeInfo | None, checkout: str, client_host: str) -> str | None:
+    """Who owns the slot's database when that is not this checkout (`checkout` on
+    `client_host`): its checkout, with its host when it has one; None for our own, for none,
+    and for a volume that predates the labels (as `compare` adopts it)."""
+    if info is None or not info.has_provenance:
+        return None
+    if info.checkout != checkout or (info.client_host and info.client_host != client_host):
+        return _owner(info.checkout, info.client_host)
+    return None
+
+
+def others_database_error(
+    slot: int, owner: str, command: str, action: str, extra: str = ""
+) -> SandboxError:
+    """The one refusal of every command that would change or remove a database another
+    checkout created: who owns it, `command` to run there instead, and the same command
+    with the override (`extra` flags before it) to `action` here."""
+    flags = f"{extra} {OTHERS_FLAG}".strip()
+    return SandboxError(
+        f"slot {slot}'s database was created by another checkout ({owner}): run `{command}` "
+        f"there, or `{command} {flags}` to {action} (its data is lost)",
+        Exit.OTHER_CHECKOUT,
+    )
 
 
 def compare(info: VolumeInfo | None, expected: Expected) -> Verdict:
@@ -218,15 +262,12 @@ def compare(info: VolumeInfo | None, expected: Expected) -> Verdict:
             f"slot {slot}'s database predates provenance labels: using it as it is "
             f"(if the backend cannot log in, {fresh_hint(slot)})",
         )
-    here = str(expected.checkout)
-    if info.checkout != here or (info.client_host and info.client_host != expected.client_host):
-        return Verdict(
-            Kind.OTHER_OWNER,
-            f"slot {slot}'s database was created by another checkout "
-            f"({_owner(info.checkout, info.client_host)}): run `inv up --slot={slot}` there, "
-            f"or {fresh_hint(slot)}",
-            Exit.OTHER_CHECKOUT,
+    owner = foreign_owner(info, str(expected.checkout), expected.client_host)
+    if owner is not None:
+        refusal = others_database_error(
+            slot, owner, f"inv up --slot={slot}", "recreate it here", extra="--fresh"
         )
+        return Verdict(Kind.OTHER_OWNER, str(refusal), refusal.code)
     if info.source and expected.source and info.source != expected.source:
         return Verdict(
             Kind.OTHER_OWNER,

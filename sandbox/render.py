@@ -359,7 +359,15 @@ class Renderer(ABC):
         if not rows:
             self.line("no snapshots yet: `inv snapshot --slot=N` takes one")
             return
-        self.table(SNAPSHOT_HEADER, _snapshot_cells(rows))
+        good = [r for r in rows if not r.problem]
+        if good:
+            self.table(SNAPSHOT_HEADER, _snapshot_cells(good))
+        for row in rows:
+            if row.problem:
+                self.line(
+                    f"{row.name}: unreadable manifest ({row.problem}); "
+                    f"`inv snapshot --delete {row.name}` removes it"
+                )
 
     @abstractmethod
     def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -32,10 +32,13 @@ restore writes before its first change and removes once the server is settled.
 from __future__ import annotations
 
 import ast
+import fcntl
 import json
 import os
 import re
 import secrets
+import shutil
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
@@ -43,7 +46,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 
-from sandbox import compose, docker, lock, restoremark, runner, settings
+from sandbox import compose, docker, lock, preflight, restoremark, runner, settings
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result, display
@@ -64,6 +67,16 @@ BUSY_DATABASE = "is being accessed by other users"
 DUMP_SUFFIX = ".dump"
 MANIFEST_SUFFIX = ".json"
 PARTIAL_SUFFIX = ".partial"
+# Snapshots hold a slot's data: only their user may read them.
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+# In the store: the lock around its names (`_store_lock`), and in each writer's private
+# `.LABEL.<random>.partial/` directory the lock that says its writer is alive.
+STORE_LOCK = ".store.lock"
+WORK_LOCK = ".writer.lock"
+STORE_LOCK_WAIT = 30.0  # held for a name check and two links, or a sweep: milliseconds
+# A hidden `.partial` file (not a directory) is an older version's; nothing writes one now,
+# but such a version may still be running somewhere: removed once untouched this long.
+LEGACY_PARTIAL_AGE = 600.0
 CONTAINER_TMP = "/tmp"
 CONTAINER_PREFIX = "ktrdr-"  # dump files in the container: /tmp/ktrdr-<kind>-<random>.dump
 # pg_dump's gzip level. Uncompressed: on a busy 2-core machine a 373 MB database dumped in
@@ -87,12 +100,59 @@ Confirm = Callable[[str], bool]
 
 
 def snapshot_dir(environ: Mapping[str, str]) -> Path:
-    """`$KTRDR_SNAPSHOT_DIR` when set, else `$HOME/.ktrdr/snapshots`."""
+    """`$KTRDR_SNAPSHOT_DIR` when set, else `$HOME/.ktrdr/snapshots`.
+
+    A relative `$KTRDR_SNAPSHOT_DIR` is refused rather than resolved: against the working
+    directory it would put a slot's data into whichever checkout `inv` ran from (and into
+    its git status), and no other directory is an obvious anchor.
+    """
     value = environ.get(SNAPSHOT_DIR_VARIABLE)
     if value:
-        return Path(value).expanduser()
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            raise SandboxError(
+                f"{SNAPSHOT_DIR_VARIABLE}={value} is a relative path (snapshots would land in "
+                f"whatever directory `inv` runs from): set it to an absolute path, e.g. "
+                f"{SNAPSHOT_DIR_VARIABLE}=$HOME/snapshots",
+                Exit.BAD_ENV,
+            )
+        return path
     home = environ.get("HOME")
     return (Path(home) if home else Path.home()) / ".ktrdr" / "snapshots"
+
+
+def existing_store(environ: Mapping[str, str]) -> Path:
+    """The snapshot directory, refused in one line when something other than a directory is
+    in its place (it may not exist yet)."""
+    directory = snapshot_dir(environ)
+    if directory.exists() and not directory.is_dir():
+        raise SandboxError(
+            f"the snapshot directory {directory} is not a directory: move what is there aside, "
+            f"or set {SNAPSHOT_DIR_VARIABLE} to a directory",
+            Exit.USAGE,
+        )
+    return directory
+
+
+def private_store(directory: Path) -> list[str]:
+    """Create the store private to this user (0700), and make an existing one of ours and the
+    snapshots in it private (0700, 0600: a dump holds a slot's data). What was tightened."""
+    said = []
+    directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    info = directory.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        directory.chmod(PRIVATE_DIR)
+        said.append(f"made the snapshot directory {directory} private (0700)")
+    opened = 0
+    for path in directory.iterdir():
+        if path.suffix in (DUMP_SUFFIX, MANIFEST_SUFFIX) and path.is_file():
+            mode = path.stat()
+            if mode.st_uid == os.getuid() and mode.st_mode & 0o077:
+                path.chmod(PRIVATE_FILE)
+                opened += 1
+    if opened:
+        said.append(f"made {opened} snapshot file(s) in {directory} private (0600)")
+    return said
 
 
 def check_name(name: str) -> str:
@@ -146,7 +206,7 @@ class Manifest:
                 app=str(data["app"]),
                 migration=None if data["migration"] is None else str(data["migration"]),
                 size=int(data["size"]),
-                created=str(data["created"]),
+                created=_created(data["created"]).isoformat(),
                 database=str(data["database"]),
                 pg_version=str(data["pg_version"]),
                 database_size=int(data.get("database_size", 0)),
@@ -161,7 +221,18 @@ class Manifest:
 
     @property
     def created_at(self) -> datetime:
-        return datetime.fromisoformat(self.created)
+        return _created(self.created)
+
+
+def _created(value: object) -> datetime:
+    """A manifest's time: ISO 8601; one without a zone is UTC (ValueError otherwise)."""
+    if not isinstance(value, str):
+        raise ValueError(f"'created' is {value!r}, not an ISO 8601 time")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"'created' is {value!r}, not an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -174,6 +245,7 @@ class Row:
     size: int
     age: timedelta
     migration: str | None
+    problem: str = ""  # why its manifest cannot be read; the other fields are then blank
 
 
 def human_size(size: int) -> str:
@@ -195,7 +267,7 @@ def human_age(age: timedelta) -> str:
 
 def load(environ: Mapping[str, str], name: str) -> Manifest:
     """The manifest of snapshot `name`, or one line saying it does not exist."""
-    directory = snapshot_dir(environ)
+    directory = existing_store(environ)
     check_name(name)
     path = manifest_path(directory, name)
     if not path.is_file() or not dump_path(directory, name).is_file():
@@ -206,9 +278,22 @@ def load(environ: Mapping[str, str], name: str) -> Manifest:
     return Manifest.from_json(path.read_text(), path)
 
 
+def _row(path: Path, name: str, moment: datetime) -> Row:
+    """One snapshot's line; a manifest that cannot be read is a line saying why, so that it
+    neither ends the listing nor hides the good ones."""
+    try:
+        m = Manifest.from_json(path.read_text(), path)
+    except (SandboxError, OSError, UnicodeDecodeError) as exc:
+        why = exc.__cause__ if isinstance(exc, SandboxError) and exc.__cause__ else exc
+        size = dump_path(path.parent, name).stat().st_size
+        return Row(name, 0, "", size, timedelta(0), None, problem=str(why) or type(why).__name__)
+    return Row(m.name, m.source_slot, m.app, m.size, moment - m.created_at, m.migration)
+
+
 def list_snapshots(environ: Mapping[str, str], now: datetime | None = None) -> list[Row]:
-    """Every complete snapshot (manifest and dump both present), newest first."""
-    directory = snapshot_dir(environ)
+    """Every complete snapshot (manifest and dump both present), newest first; those whose
+    manifest is unreadable last, with the reason."""
+    directory = existing_store(environ)
     if not directory.is_dir():
         return []
     moment = now or datetime.now(UTC)
@@ -217,18 +302,163 @@ def list_snapshots(environ: Mapping[str, str], now: datetime | None = None) -> l
         name = path.name.removesuffix(MANIFEST_SUFFIX)
         if not NAME_PATTERN.fullmatch(name) or not dump_path(directory, name).is_file():
             continue
-        m = Manifest.from_json(path.read_text(), path)
-        rows.append(Row(m.name, m.source_slot, m.app, m.size, moment - m.created_at, m.migration))
-    return sorted(rows, key=lambda row: row.age)
+        rows.append(_row(path, name, moment))
+    return sorted(rows, key=lambda row: (bool(row.problem), row.age, row.name))
 
 
-def delete(environ: Mapping[str, str], name: str) -> Manifest:
-    """Remove snapshot `name` (its dump, then its manifest)."""
-    manifest = load(environ, name)
-    directory = snapshot_dir(environ)
-    dump_path(directory, name).unlink(missing_ok=True)
-    manifest_path(directory, name).unlink(missing_ok=True)
-    return manifest
+def delete(environ: Mapping[str, str], name: str) -> str:
+    """Remove snapshot `name` (its dump, then its manifest), even one whose manifest is
+    unreadable; what was deleted, in words."""
+    directory = existing_store(environ)
+    check_name(name)
+    manifest = manifest_path(directory, name)
+    if not manifest.is_file() and not dump_path(directory, name).is_file():
+        raise SandboxError(
+            f"no snapshot named {name!r} in {directory}: `inv snapshots` lists them",
+            Exit.USAGE,
+        )
+    try:
+        m = Manifest.from_json(manifest.read_text(), manifest)
+        what = f"snapshot {name} (slot {m.source_slot}, {m.app})"
+    except (SandboxError, OSError, UnicodeDecodeError):
+        what = f"snapshot {name} (its manifest was unreadable)"
+    with _store_lock(directory):
+        dump_path(directory, name).unlink(missing_ok=True)
+        manifest.unlink(missing_ok=True)
+    return what
+
+
+# --- writing into the store: private partial files, one lock for the names ----------------
+
+
+@contextmanager
+def _store_lock(directory: Path) -> Iterator[None]:
+    """The store's own lock (`.store.lock` in it), whoever writes there (any slot, any
+    checkout using this directory): a name is checked and taken under it, and stale partial
+    files are swept under it."""
+    fd = lock.open_lock_file(directory / STORE_LOCK)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+
+        def refusal(pid: int | None) -> SandboxError:
+            return SandboxError(
+                f"the snapshot directory {directory} is locked by {lock.holder(pid)} for "
+                f"more than {STORE_LOCK_WAIT:.0f}s: wait for it and retry",
+                Exit.LOCKED,
+            )
+
+        lock.acquire(fd, STORE_LOCK_WAIT, refusal)
+        with lock.signed(fd):
+            yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _private_work(directory: Path, label: str) -> Iterator[Path]:
+    """A directory only this process writes in, `.LABEL.<random>.partial` (0700), removed on
+    the way out. Its `.writer.lock` is flocked from its creation (under the store lock, so
+    a sweep never sees it unlocked) until it is removed: a sweep that can take that lock
+    knows its writer is dead."""
+    with _store_lock(directory):
+        work = directory / f".{label}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}"
+        work.mkdir(mode=PRIVATE_DIR)
+        fd = os.open(work / WORK_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        os.close(fd)
+
+
+def _writer_gone(work: Path) -> bool:
+    """Whether the writer of a partial directory is dead (its lock can be taken)."""
+    try:
+        fd = os.open(work / WORK_LOCK, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True  # made under the store lock with its lock file: a half-removed one
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def sweep_partials(directory: Path, now: float | None = None) -> str:
+    """Remove what killed writers left in the store: `.partial` directories whose writer is
+    gone, and an older version's `.partial` files untouched for 10 minutes. What was
+    removed, in words, or ''."""
+    if not directory.is_dir():
+        return ""
+    moment = time.time() if now is None else now
+    removed, size = 0, 0
+    with _store_lock(directory):
+        for path in directory.glob(f".*{PARTIAL_SUFFIX}"):
+            try:
+                if path.is_dir() and not _writer_gone(path):
+                    continue
+                if not path.is_dir() and moment - path.stat().st_mtime < LEGACY_PARTIAL_AGE:
+                    continue
+                size += _size(path)
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
+    if not removed:
+        return ""
+    return (
+        f"removed {removed} partial file(s) ({human_size(size)}) an interrupted snapshot or "
+        f"clone left in {directory}"
+    )
+
+
+def _taken(directory: Path, name: str) -> SandboxError | None:
+    if dump_path(directory, name).exists() or manifest_path(directory, name).exists():
+        return SandboxError(
+            f"a snapshot named {name!r} exists already: pick another --name, or delete it "
+            f"first (`inv snapshot --delete {name}`)",
+            Exit.USAGE,
+        )
+    return None
+
+
+def _publish(work: Path, directory: Path, name: str) -> None:
+    """Give the finished dump and manifest in `work` their names, under the store lock, and
+    only if the name is free: hard links, which never replace an existing file (a writer
+    of an older version, outside the lock, cannot be overwritten either)."""
+    final, manifest = dump_path(directory, name), manifest_path(directory, name)
+    with _store_lock(directory):
+        refused = _taken(directory, name)
+        if refused is not None:
+            raise refused
+        try:
+            # The dump first: `list_snapshots` shows a snapshot once its manifest exists.
+            os.link(work / "dump", final)
+            try:
+                os.link(work / "manifest", manifest)
+            except BaseException:
+                final.unlink(missing_ok=True)
+                raise
+        except FileExistsError:
+            raise _taken(directory, name) or SandboxError(
+                f"snapshot {name!r} appeared while this one was written: pick another --name",
+                Exit.USAGE,
+            ) from None
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 # --- migration versions --------------------------------------------------------------------
@@ -732,42 +962,46 @@ def snapshot(
     on_step: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Dump slot `target`'s database into the snapshot store as `name` (default
-    slot<N>-<UTC time>). Refuses a name in use; leaves no partial file behind.
-    `compression` is pg_dump's gzip level, 0-9."""
+    slot<N>-<UTC time>). Refuses a name in use, before the dump and again (under the store's
+    lock) as it takes the name: two snapshots of one name from two slots at once, one wins
+    and the other is refused. Leaves no partial file behind; one a killed run left is swept
+    (and said). `compression` is pg_dump's gzip level, 0-9."""
     moment = now or datetime.now(UTC)
     name = check_name(name) if name is not None else default_name(target.slot, moment)
-    directory = snapshot_dir(environ)
-    final, manifest_file = dump_path(directory, name), manifest_path(directory, name)
-    if final.exists() or manifest_file.exists():
-        raise SandboxError(
-            f"a snapshot named {name!r} exists already: pick another --name, or delete it "
-            f"first (`inv snapshot --delete {name}`)",
-            Exit.USAGE,
-        )
-    partial = directory / f".{name}{DUMP_SUFFIX}{PARTIAL_SUFFIX}"
-    partial_manifest = directory / f".{name}{MANIFEST_SUFFIX}{PARTIAL_SUFFIX}"
+    directory = existing_store(environ)
+    refused = _taken(directory, name)
+    if refused is not None:
+        raise refused
     with _locked(environ, target.slot):
         db = open_database(target, compose_cmd, environ)
-        _say_swept(db, on_step)
-        directory.mkdir(parents=True, exist_ok=True)
+        _prepare_store(db, directory, on_step)
         migration = db.migration()
         pg_version = db.sql("SHOW server_version")
         database_size = int(db.sql("SELECT pg_database_size(current_database())"))
         _say(on_step, f"pg_dump of slot {target.slot} ({human_size(database_size)})")
-        try:
-            size = dump_to_host(db, partial, compression)
+        with _private_work(directory, name) as work:
+            size = dump_to_host(db, work / "dump", compression)
+            (work / "dump").chmod(PRIVATE_FILE)
             manifest = Manifest(
                 name, target.slot, app, migration, size, moment.isoformat(), DATABASE,
                 pg_version, database_size,
             )  # fmt: skip
-            partial_manifest.write_text(manifest.to_json())
-            # The dump first: `list_snapshots` shows a snapshot once its manifest exists.
-            os.replace(partial, final)
-            os.replace(partial_manifest, manifest_file)
-        finally:
-            partial.unlink(missing_ok=True)
-            partial_manifest.unlink(missing_ok=True)
+            _write_private(work / "manifest", manifest.to_json())
+            _publish(work, directory, name)
     return manifest
+
+
+def _prepare_store(
+    db: SlotDatabase, directory: Path, on_step: Callable[[str], None] | None
+) -> None:
+    """Before writing: the store made (private), and what killed runs left in it and in the
+    db container's /tmp removed, each said."""
+    _say_swept(db, on_step)
+    for said in private_store(directory):
+        _say(on_step, said)
+    swept = sweep_partials(directory)
+    if swept:
+        _say(on_step, swept)
 
 
 @dataclass(frozen=True)
@@ -817,6 +1051,7 @@ def restore(
     app: str = DEFAULT_APP,
     migrations: Sequence[str] | None = None,
     on_step: Callable[[str], None] | None = None,
+    other_checkouts: bool = False,
 ) -> Restored:
     """Replace slot `target`'s database with snapshot `name`.
 
@@ -835,6 +1070,8 @@ def restore(
     source = f"snapshot {name}"
     with _locked(environ, target.slot):
         db = open_database(target, compose_cmd, environ)
+        command = f"inv restore --slot={target.slot} {name}"
+        _check_owner(target, environ, command, other_checkouts)
         present = _ready_for_load(db, environ, on_step)
         current = db.migration() if present else None
         versions = compare_migrations(manifest.migration, current, migrations)
@@ -848,6 +1085,18 @@ def restore(
             on_step=on_step,
         )
     return Restored(target.slot, source, versions, replaced, manifest.size)
+
+
+def _check_owner(
+    target: Target, environ: Mapping[str, str], command: str, other_checkouts: bool
+) -> None:
+    """The database about to be replaced must be this checkout's, as for `up` (sandbox/
+    preflight.py), unless `--other-checkouts`."""
+    own = [c for c in docker.sandbox_containers(environ) if c.slot == target.slot]
+    preflight.check_database_owner(
+        target, environ, own, command=command, action="replace it anyway",
+        other_checkouts=other_checkouts,
+    )  # fmt: skip
 
 
 def _ready_for_load(
@@ -871,6 +1120,7 @@ def clone(
     confirm: Confirm,
     migrations: Sequence[str] | None = None,
     on_step: Callable[[str], None] | None = None,
+    other_checkouts: bool = False,
 ) -> Restored:
     """Copy slot `source`'s database over slot `destination`'s (asked first when it has
     tables), through a temporary archive in the snapshot directory that is always removed."""
@@ -879,22 +1129,20 @@ def clone(
             f"--from and --to are both slot {source.slot}: pick two different slots", Exit.USAGE
         )
     label = f"slot {source.slot}"
-    directory = snapshot_dir(environ)
-    temporary = directory / f".clone-{source.slot}-to-{destination.slot}{PARTIAL_SUFFIX}"
+    directory = existing_store(environ)
     with _locked(environ, source.slot, destination.slot):
         src = open_database(source, compose_cmd, environ)
         dst = open_database(destination, compose_cmd, environ)
-        _say_swept(src, on_step)
+        command = f"inv clone --from={source.slot} --to={destination.slot}"
+        _check_owner(destination, environ, command, other_checkouts)
+        _prepare_store(src, directory, on_step)
         present = _ready_for_load(dst, environ, on_step)
         current = dst.migration() if present else None
         versions = compare_migrations(src.migration(), current, migrations)
         replaced = _ask(dst, label, versions, yes, confirm) if present else 0
-        directory.mkdir(parents=True, exist_ok=True)
-        try:
+        with _private_work(directory, f"clone-{source.slot}-to-{destination.slot}") as work:
             _say(on_step, f"pg_dump of slot {source.slot}")
-            size = dump_to_host(src, temporary, CLONE_COMPRESSION)
+            size = dump_to_host(src, work / "dump", CLONE_COMPRESSION)
             _say(on_step, f"pg_restore into slot {destination.slot} ({human_size(size)})")
-            load_from_host(dst, temporary, environ, replace_existing=present, on_step=on_step)
-        finally:
-            temporary.unlink(missing_ok=True)
+            load_from_host(dst, work / "dump", environ, replace_existing=present, on_step=on_step)
     return Restored(destination.slot, label, versions, replaced, size)

@@ -179,6 +179,7 @@ def up(
     timeout: float = DEFAULT_TIMEOUT,
     hooks: Hooks = Hooks(),
     reload: str = apps.RELOAD_BACKEND,
+    other_checkouts: bool = False,
 ) -> UpResult:
     """Start `target` running `source` and wait until it is really ready.
 
@@ -186,7 +187,8 @@ def up(
     rebuild, `hooks.build`). With `wait=False` the gate does not run (`.gate` is None). On a
     remote engine a source checkout is copied to its host first (sandbox/codesync.py).
     `hooks.fresh`, when given, recreates the slot's database volume once preflight has passed
-    and it confirmed. `reload` (apps.RELOAD_*) says which app services reload on edits.
+    and it confirmed (another checkout's only with `other_checkouts`).
+    `reload` (apps.RELOAD_*) says which app services reload on edits.
     Raises SandboxError for a refused preflight, a failed build or a failed `compose up` (and
     for Ctrl-C, Exit.INTERRUPTED); a failed gate is a result (`.gate.passed`). Whatever ends
     a start once preflight passed is recorded for `inv status` (sandbox/lastup.py).
@@ -194,7 +196,12 @@ def up(
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=hooks.busy):
         fresh = hooks.fresh is not None
         checked = preflight.run_preflight(
-            target, environ, source=source, layout=layout, fresh=fresh
+            target,
+            environ,
+            source=source,
+            layout=layout,
+            fresh=fresh,
+            other_checkouts=other_checkouts,
         )
         checked.steps.extend(reach_steps(target, environ, source))
         if hooks.preflight:
@@ -577,28 +584,36 @@ def down(
     volumes: bool,
     on_busy: Callable[[str], None] | None = None,
     on_orphan: Callable[[str], None] | None = None,
+    other_checkouts: bool = False,
 ) -> list[str]:
     """Stop and remove the slot's containers (and its volumes only when asked).
 
     Refuses a slot whose containers were started from another checkout: that checkout's
     `inv down` owns them. An orphaned slot (its checkout is gone) is taken down from here,
-    after `on_orphan(its old checkout)`.
+    after `on_orphan(its old checkout)`. With `volumes`, a database another checkout created
+    (or an orphan's) is removed only with `other_checkouts`, as `up --fresh` recreates one.
     """
     docker.check_engine(environ)
     compose_cmd = compose.find_compose(environ)
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
         own = [c for c in docker.sandbox_containers(environ) if c.slot == target.slot]
         elsewhere = preflight.other_checkout(target.root, own)
-        if elsewhere is not None and preflight.orphaned(elsewhere):
-            if on_orphan:
-                on_orphan(elsewhere)
-        elif elsewhere is not None:
+        gone = elsewhere is not None and preflight.orphaned(elsewhere)
+        if elsewhere is not None and not gone:
             raise SandboxError(
                 f"slot {target.slot} runs from another checkout ({elsewhere}): run "
                 f"`inv down --slot={target.slot}` there; if that checkout is gone, "
                 f"`docker compose -p {target.project} down` removes it",
                 Exit.OTHER_CHECKOUT,
             )
+        if volumes:
+            preflight.check_database_owner(
+                target, environ, own,
+                command=f"inv down --slot={target.slot} --volumes",
+                action="remove it anyway", other_checkouts=other_checkouts,
+            )  # fmt: skip
+        if elsewhere is not None and gone and on_orphan:
+            on_orphan(elsewhere)
         cmd = down_command(compose_cmd, target, volumes)
         runner.run(
             cmd,

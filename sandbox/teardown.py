@@ -10,11 +10,12 @@ whose checkout was deleted (an orphan) goes the same way. Only projects named
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sandbox import apps, docker, lock, picker, runner, slots
+from sandbox import apps, docker, lock, picker, provenance, runner, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import display
 from sandbox.settings import LOCK_WAIT
@@ -22,6 +23,7 @@ from sandbox.settings import LOCK_WAIT
 # Compose looks for a compose file in its working directory and upwards; a project-only `down`
 # must not find one (nor a .env), so it runs from the root directory with no COMPOSE_* set.
 NEUTRAL_DIR = Path("/")
+QUERY_TIMEOUT = 30.0  # one `docker volume inspect` of every slot's volumes
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class SlotPlan:
     volumes: tuple[str, ...]
     checkouts: tuple[str, ...]  # ktrdr-sandbox checkouts that started it (Compose's label)
     sources: tuple[str, ...]  # app checkouts it runs (label ktrdr.sandbox.source)
+    # Whose database volume it is (`with_owners`): THIS_CHECKOUT, another checkout's path,
+    # or UNKNOWN_OWNER; `ours` says whether --volumes removes it without --other-checkouts.
+    owner: str = ""
+    ours: bool = True
 
     @property
     def project(self) -> str:
@@ -43,22 +49,30 @@ class SlotPlan:
         """A checkout or a source that started it is gone: only a project-wide `down` helps."""
         return any(not Path(p).is_dir() for p in (*self.checkouts, *self.sources))
 
-    def describe(self, volumes: bool) -> str:
-        """One line: what goes, and what stays."""
+    def removes_volumes(self, volumes: bool, others: bool = False) -> bool:
+        """Whether `down --all` removes this slot's volumes: with --volumes, and when they are
+        another checkout's (or of unknown owner) only with --other-checkouts too."""
+        return volumes and bool(self.volumes) and (self.ours or others)
+
+    def describe(self, volumes: bool, others: bool = False) -> str:
+        """One line: what goes, and what stays, and whose database it is."""
         parts = []
         if self.containers:
             parts.append(f"{self.containers} container(s), {self.running} running")
         if self.volumes:
-            verb = "removed" if volumes else "kept"
-            parts.append(f"volume {', '.join(self.volumes)} ({verb})")
+            verb = "removed" if self.removes_volumes(volumes, others) else "kept"
+            if volumes and not self.ours and not others:
+                verb += f": not this checkout's, {provenance.OTHERS_FLAG} removes it"
+            whose = f" of {self.owner}" if self.owner else ""
+            parts.append(f"volume {', '.join(self.volumes)}{whose} ({verb})")
         where = f" from {', '.join(self.checkouts)}" if self.checkouts else ""
         runs = f"; runs {', '.join(self.sources)}" if self.sources else ""
         orphan = " [orphaned]" if self.orphaned() else ""
         return f"slot {self.slot} ({self.project}){orphan}: {'; '.join(parts)}{where}{runs}"
 
-    def acts(self, volumes: bool) -> bool:
+    def acts(self, volumes: bool, others: bool = False) -> bool:
         """Whether `down` has anything to do here (a volume alone stays without --volumes)."""
-        return bool(self.containers or (volumes and self.volumes))
+        return bool(self.containers or self.removes_volumes(volumes, others))
 
 
 def plan(
@@ -82,9 +96,50 @@ def plan(
     return found
 
 
-def survey(environ: Mapping[str, str]) -> list[SlotPlan]:
-    """`plan` of what the engine holds now: one `docker ps`, one `docker volume ls`."""
-    return plan(docker.sandbox_containers(environ), picker.sandbox_volumes(environ))
+THIS_CHECKOUT = "this checkout"
+UNKNOWN_OWNER = "unknown owner (made before provenance labels)"
+
+
+def with_owners(
+    entries: Sequence[SlotPlan],
+    infos: Mapping[str, provenance.VolumeInfo],
+    checkout: str,
+    client_host: str,
+) -> list[SlotPlan]:
+    """Each slot's plan with whose database volume it holds, from the volumes' provenance
+    labels (`infos` by volume name; pure). Only a volume this checkout provably created is
+    ours: one of another checkout, and one older than the labels, are not."""
+    found = []
+    for entry in entries:
+        labelled = [infos[v] for v in entry.volumes if v in infos and infos[v].has_provenance]
+        if not entry.volumes:
+            found.append(entry)
+            continue
+        if not labelled:
+            found.append(replace(entry, owner=UNKNOWN_OWNER, ours=False))
+            continue
+        others = [o for i in labelled if (o := provenance.foreign_owner(i, checkout, client_host))]
+        if others:
+            found.append(replace(entry, owner=others[0], ours=False))
+        else:
+            found.append(replace(entry, owner=THIS_CHECKOUT, ours=True))
+    # Listed by owner: this checkout's first, then each other one's together.
+    return sorted(found, key=lambda e: (not e.ours, e.owner if not e.ours else "", e.slot))
+
+
+def survey(environ: Mapping[str, str], root: Path) -> list[SlotPlan]:
+    """`plan` of what the engine holds now (one `docker ps`, one `docker volume ls`), with
+    the owner of each database volume (one `docker volume inspect` of them all)."""
+    volumes = picker.sandbox_volumes(environ)
+    entries = plan(docker.sandbox_containers(environ), volumes)
+    names = [v.name for v in volumes]
+    infos: dict[str, provenance.VolumeInfo] = {}
+    if names:
+        result = runner.run(
+            ["docker", "volume", "inspect", *names], env=dict(environ), timeout=QUERY_TIMEOUT
+        )
+        infos = provenance.parse_inspect_all(result.stdout)
+    return with_owners(entries, infos, str(root.resolve()), socket.gethostname())
 
 
 def down_command(compose_cmd: Sequence[str], slot: int, volumes: bool) -> list[str]:

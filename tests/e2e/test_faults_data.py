@@ -13,12 +13,21 @@ to the whole process group) and SIGKILL (`kill -9` of `inv` alone, its children 
 are sent at a spread of delays after each line. After every interruption `ktrdr` must be
 there, holding the old or the new data, before anything heals it; the next `inv status`,
 `inv up` or `inv restore` must leave exactly one database and say what it did.
+
+Then: two `inv snapshot --name=X` from the two slots at once (both orders); the store's
+modes; a `kill -9` of `inv snapshot` and what the next one removes; a corrupt manifest, a
+relative and a file-shaped store; a database of another checkout (a second worktree of this
+commit) refused by `restore`, `clone`, `down --volumes`, `up --fresh` and `up`; and `down
+--all --volumes` listing by owner (without --yes, so nothing on this shared engine is touched).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -30,21 +39,27 @@ import pytest
 
 from sandbox import ROOT
 from sandbox.errors import Exit
-from sandbox.runner import Result
-from tests.e2e.conftest import E2E_SLOTS, Sandbox, claim_slots
+from sandbox.runner import Result, run
+from tests.e2e.conftest import E2E_SLOTS, Sandbox, claim_slots, project_containers
 from tests.e2e.test_faults import (
+    HEAL,
     INV,
     MARK,
     REFUSALS,
+    TABLE,
     Outcome,
     Suite,
     assert_none,
+    checkout_copy,
     force_down,
     inv_in,
     lost,
+    refusal_problems,
     remove_copy,
     sql,
     summarize,
+    timed,
+    volume_exists,
     write_keepsakes,
 )
 
@@ -252,3 +267,264 @@ def heal(suite: Suite, healer: str) -> list[str]:
     if dumps:
         problems.append(f"after `inv {healer}` the db container keeps {dumps}")
     return problems
+
+
+# --- snapshots: one name one snapshot, private, partial files, hostile input -----------------
+
+
+def start_inv(suite: Suite, root: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [INV, "--search-root", str(root), *args],
+        env=suite.sandbox.env,
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], started: float) -> tuple[Result, float]:
+    out, err = proc.communicate(timeout=300)
+    args = tuple(str(a) for a in proc.args) if isinstance(proc.args, list) else ()
+    return Result(args, proc.returncode, out, err), time.monotonic() - started
+
+
+def dumped_slot(suite: Suite, dump: Path) -> str:
+    """Which slot's data a dump holds: its `faults_slot` row, read by pg_restore in slot A's
+    db container (the file copied there under a name no sweep touches, then removed)."""
+    db = next(c for c in project_containers(A) if c.service == "db")
+    inner = f"/tmp/faults-check-{MARK}.dump"
+    env = suite.sandbox.env
+    assert run(["docker", "cp", str(dump), f"{db.id}:{inner}"], env=env, timeout=120).ok
+    try:
+        listed = run(
+            ["docker", "exec", db.id, "pg_restore", "-a", "-t", SLOT_TABLE, "-f", "-", inner],
+            env=env,
+            timeout=120,
+        )
+    finally:
+        run(["docker", "exec", db.id, "rm", "-f", inner], env=env, timeout=60)
+    found = [line for line in listed.stdout.splitlines() if line.strip().isdigit()]
+    return found[0].strip() if found else f"<none: {listed.stderr[-200:]}>"
+
+
+SLOT_TABLE = f"faults_slot_{MARK}"
+
+
+def test_two_snapshots_of_one_name_from_two_slots(suite: Suite) -> None:
+    """Both orders: the first started may finish first or not; whichever takes the name
+    keeps it, with its own slot's data under its own manifest, and the other is refused."""
+    for slot in (A, B):
+        statement = f"CREATE TABLE IF NOT EXISTS {SLOT_TABLE} (v int); DELETE FROM {SLOT_TABLE};"
+        assert sql(suite.sandbox, slot, f"{statement} INSERT INTO {SLOT_TABLE} VALUES ({slot});").ok
+    problems: list[str] = []
+    for first, second in ((A, B), (B, A)):
+        name = f"race-{first}-{second}-{MARK}"
+        started = time.monotonic()
+        procs = {first: start_inv(suite, ROOT, "snapshot", f"--slot={first}", f"--name={name}")}
+        time.sleep(0.2)
+        procs[second] = start_inv(suite, ROOT, "snapshot", f"--slot={second}", f"--name={name}")
+        results = {slot: finish(proc, started) for slot, proc in procs.items()}
+        won = [slot for slot, (result, _) in results.items() if result.ok]
+        if len(won) != 1:
+            problems.append(f"{name}: {len(won)} succeeded: {results}")
+            continue
+        (winner,) = won
+        loser = second if winner == first else first
+        result, seconds = results[loser]
+        problems += [
+            f"{name}, slot {loser}: {p}"
+            for p in refusal_problems(result, seconds, Exit.USAGE, ["exists already", "--name"])
+        ]
+        manifest = json.loads((store(suite) / f"{name}.json").read_text())
+        if manifest["source_slot"] != winner:
+            problems.append(f"{name}: manifest names slot {manifest['source_slot']}, not {winner}")
+        holds = dumped_slot(suite, store(suite) / f"{name}.dump")
+        if holds != str(winner):
+            problems.append(f"{name}: the dump holds slot {holds}'s data, the manifest {winner}'s")
+    left = sorted(p.name for p in store(suite).iterdir() if p.name.startswith("."))
+    if left != [".store.lock"]:
+        problems.append(f"hidden files left in the store: {left}")
+    assert_none(problems + lost(suite, A) + lost(suite, B))
+
+
+def test_snapshots_and_state_are_private(suite: Suite) -> None:
+    directory = store(suite)
+    problems = []
+    if stat.S_IMODE(directory.stat().st_mode) != 0o700:
+        problems.append(f"{directory} is {oct(directory.stat().st_mode)}")
+    for path in directory.glob("*.*"):
+        if path.suffix in (".dump", ".json") and stat.S_IMODE(path.stat().st_mode) != 0o600:
+            problems.append(f"{path.name} is {oct(stat.S_IMODE(path.stat().st_mode))}")
+    locks = Path(suite.sandbox.env["KTRDR_LOCK_DIR"])
+    for path in [*locks.iterdir(), *(ROOT / ".sandbox").glob(f"slot-{A}.*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            problems.append(f"{path} is {oct(mode)}")
+    if stat.S_IMODE(locks.stat().st_mode) & 0o077:
+        problems.append(f"{locks} is {oct(stat.S_IMODE(locks.stat().st_mode))}")
+    assert_none(problems)
+
+
+def test_a_killed_snapshot_leaves_what_the_next_one_removes(suite: Suite) -> None:
+    problems: list[str] = []
+    for delay in (0.3, 0.1, 0.6):
+        proc = start_inv(suite, ROOT, "snapshot", f"--slot={A}", f"--name=killed-{MARK}")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "pg_dump of slot" in line:
+                break
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)  # `kill -9` of inv: its pg_dump runs on
+        proc.communicate(timeout=60)
+        partials = [p for p in store(suite).iterdir() if p.name.endswith(".partial")]
+        time.sleep(2.0)  # the orphaned pg_dump finishes writing into the container's /tmp
+        dumps = container_dumps(suite, A)
+        if partials or dumps:
+            break
+    else:
+        pytest.fail("no kill landed while the snapshot was being written")
+    result = inv_in(ROOT, suite.sandbox.env, "snapshot", f"--slot={A}", f"--name=after-{MARK}")
+    said = result.stdout + result.stderr
+    if not result.ok or "Traceback" in said:
+        problems.append(f"the next snapshot failed: {said[-600:]!r}")
+    if partials and "partial file(s)" not in said:
+        problems.append(f"{partials} were there and the next snapshot did not say so: {said!r}")
+    if dumps and "dump file(s)" not in said:
+        problems.append(f"{dumps} were there and the next snapshot did not say so: {said!r}")
+    left = [p.name for p in store(suite).iterdir() if p.name.endswith(".partial")]
+    if left or container_dumps(suite, A):
+        problems.append(f"left after the next snapshot: {left} {container_dumps(suite, A)}")
+    print(f"killed snapshot left {len(partials)} partial(s), {len(dumps)} dump(s): all removed")
+    assert_none(problems + lost(suite, A))
+
+
+def test_a_corrupt_manifest_and_a_hostile_store(suite: Suite) -> None:
+    env = suite.sandbox.env
+    bad = store(suite) / f"bad-{MARK}.json"
+    if not (store(suite) / f"after-{MARK}.json").exists():  # run alone: make the good one
+        assert inv_in(ROOT, env, "snapshot", f"--slot={A}", f"--name=after-{MARK}").ok
+    good = json.loads((store(suite) / f"after-{MARK}.json").read_text())
+    bad.write_text(json.dumps({**good, "name": f"bad-{MARK}", "created": "yesterday"}))
+    shutil.copy(store(suite) / f"after-{MARK}.dump", store(suite) / f"bad-{MARK}.dump")
+    listed = inv_in(ROOT, env, "snapshots")
+    problems = []
+    if not listed.ok or "Traceback" in listed.stderr:
+        problems.append(f"`inv snapshots` failed: {(listed.stdout + listed.stderr)[-600:]!r}")
+    if f"after-{MARK}" not in listed.stdout:
+        problems.append(f"a good snapshot is hidden: {listed.stdout!r}")
+    if not any(f"bad-{MARK}" in ln and "yesterday" in ln for ln in listed.stdout.splitlines()):
+        problems.append(f"the bad one is not listed as unreadable with why: {listed.stdout!r}")
+    gone = inv_in(ROOT, env, "snapshot", f"--delete=bad-{MARK}")
+    if not gone.ok or bad.exists():
+        problems.append(f"deleting the unreadable snapshot failed: {gone.stderr[-300:]!r}")
+    a_file = suite.sandbox.home / "not-a-dir"
+    a_file.write_text("x")
+    cases = [
+        ({"KTRDR_SNAPSHOT_DIR": "snaps"}, ["snapshots"], Exit.BAD_ENV, ["relative", "absolute"]),
+        (
+            {"KTRDR_SNAPSHOT_DIR": str(a_file)},
+            ["snapshot", f"--slot={A}", "--name=x"],
+            Exit.USAGE,
+            [str(a_file), "not a directory"],
+        ),
+        ({"KTRDR_SNAPSHOT_DIR": str(a_file)}, ["snapshots"], Exit.USAGE, ["not a directory"]),
+    ]
+    for extra, args, code, words in cases:
+        result, seconds = timed(ROOT, {**env, **extra}, *args)
+        problems += [
+            f"{args[0]} {extra}: {p}" for p in refusal_problems(result, seconds, code, words)
+        ]
+    if (ROOT / "snaps").exists():
+        problems.append("a relative KTRDR_SNAPSHOT_DIR wrote into the checkout")
+    assert_none(problems + lost(suite, A))
+
+
+# --- every command that changes or removes a database checks its owner ------------------------
+
+
+@dataclass
+class Other:
+    checkout: Path | None = None
+
+
+OTHER = Other()
+
+
+def test_another_checkouts_database_is_refused_by_every_command(suite: Suite) -> None:
+    """Slot B's database made by another checkout: `restore` and `clone` while it runs there,
+    then (taken down there, its volume kept) `down --volumes` and `up --fresh` from here."""
+    env = suite.sandbox.env
+    assert inv_in(ROOT, env, "down", f"--slot={B}", "--volumes").ok
+    suite.rows.discard(B)
+    other = OTHER.checkout = checkout_copy(suite, "owner")
+    assert inv_in(other, env, "up", f"--slot={B}", timeout=HEAL + 60).ok
+    keep = f"CREATE TABLE {TABLE} (v text); INSERT INTO {TABLE} VALUES ('{MARK}');"
+    assert sql(suite.sandbox, B, keep, root=other).ok
+    problems = []
+
+    def still_there(when: str, running: bool = True) -> None:
+        if running and MARK not in sql(suite.sandbox, B, f"SELECT v FROM {TABLE};", other).stdout:
+            problems.append(f"after {when}: slot {B}'s row is gone")
+        if not volume_exists(B, env):
+            problems.append(f"after {when}: slot {B}'s volume is gone")
+
+    words = [str(other), "--other-checkouts"]
+    mine = f"owner-{MARK}"
+    assert inv_in(ROOT, env, "snapshot", f"--slot={A}", f"--name={mine}").ok
+    for args in (
+        ["restore", f"--slot={B}", mine, "--yes"],
+        ["clone", f"--from={A}", f"--to={B}", "--yes"],
+    ):
+        result, seconds = timed(ROOT, env, *args)
+        problems += [
+            f"{args[0]}: {p}" for p in refusal_problems(result, seconds, Exit.OTHER_CHECKOUT, words)
+        ]
+        still_there(args[0])
+    assert inv_in(other, env, "down", f"--slot={B}").ok  # its containers go, its volume stays
+    for args in (
+        ["down", f"--slot={B}", "--volumes"],
+        ["up", f"--slot={B}", "--fresh", "--yes"],
+        ["up", f"--slot={B}"],
+    ):
+        result, seconds = timed(ROOT, env, *args)
+        problems += [
+            f"{' '.join(args)}: {p}"
+            for p in refusal_problems(result, seconds, Exit.OTHER_CHECKOUT, words)
+        ]
+        still_there(" ".join(args), running=False)
+    if project_containers(B):
+        problems.append("a refused command left containers")
+    assert_none(problems + lost(suite, A))
+
+
+def test_down_all_lists_volumes_by_owner_and_keeps_other_checkouts(suite: Suite) -> None:
+    """Without a terminal and without --yes `down --all` lists, then refuses: nothing on this
+    shared engine is touched (the acting path is unit-tested with a fake engine)."""
+    assert OTHER.checkout is not None, "runs after the case above"
+    env = suite.sandbox.env
+    problems = []
+    for extra, verdict in (([], "kept: not this checkout's"), (["--other-checkouts"], "removed")):
+        result, seconds = timed(ROOT, env, "down", "--all", "--volumes", *extra)
+        problems += refusal_problems(result, seconds, Exit.USAGE, ["--yes"])
+        lines = result.stdout.splitlines()
+        mine = [ln for ln in lines if ln.startswith(f"slot {A} ")]
+        theirs = [ln for ln in lines if ln.startswith(f"slot {B} ")]
+        if not mine or "of this checkout (removed)" not in mine[0]:
+            problems.append(f"{extra}: slot {A} not listed as this checkout's, removed: {mine}")
+        if not theirs or str(OTHER.checkout) not in theirs[0] or verdict not in theirs[0]:
+            problems.append(
+                f"{extra}: slot {B} not listed as {OTHER.checkout}'s, {verdict}: {theirs}"
+            )
+        if lines.index(mine[0]) > lines.index(theirs[0]) if mine and theirs else False:
+            problems.append("this checkout's volumes are not listed first")
+    if not volume_exists(B, env) or not volume_exists(A, env):
+        problems.append("a refused `down --all` removed a volume")
+    # The override, from here: slot B's database goes; B is this checkout's again after.
+    result = inv_in(ROOT, env, "down", f"--slot={B}", "--volumes", "--other-checkouts")
+    if not result.ok or volume_exists(B, env):
+        problems.append(f"--other-checkouts did not remove it: {result.stderr[-400:]!r}")
+    assert inv_in(ROOT, env, "up", f"--slot={B}", timeout=HEAL + 60).ok
+    write_keepsakes(suite, B)
+    assert_none(problems + lost(suite, A) + lost(suite, B))

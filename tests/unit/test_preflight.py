@@ -758,6 +758,45 @@ def test_a_volume_of_another_checkout_is_refused(
         preflight.run_preflight(target, {})
     assert err.value.code is Exit.OTHER_CHECKOUT
     assert "/srv/elsewhere" in err.value.message
+    # --fresh recreates it only with --other-checkouts: the same refusal, with the override
+    with pytest.raises(SandboxError) as err:
+        preflight.run_preflight(target, {}, fresh=True)
+    assert err.value.code is Exit.OTHER_CHECKOUT
+    assert "`inv up --slot=1 --fresh --other-checkouts` to recreate it anyway" in str(err.value)
+    result = preflight.run_preflight(target, {}, fresh=True, other_checkouts=True)
+    assert result.steps[5].detail == "ktrdr-sandbox-1_db-data will be recreated (--fresh)"
+
+
+def test_a_database_changing_command_checks_the_owner_as_up_does(
+    engine: FakeEngine, target: compose.Target
+) -> None:
+    labels = preflight.expected_volume(target, {}, apps.BUILT_IN).labels()
+    engine.volume = volume_json(labels)
+
+    def check(containers: Sequence[Container] = (), others: bool = False) -> None:
+        preflight.check_database_owner(
+            target, {}, containers, command="inv restore --slot=1 base",
+            action="replace it anyway", other_checkouts=others,
+        )  # fmt: skip
+
+    check()  # ours
+    labels["io.ktrdr.sandbox.checkout"] = "/srv/elsewhere"
+    engine.volume = volume_json(labels)
+    with pytest.raises(SandboxError) as err:
+        check()
+    assert err.value.code is Exit.OTHER_CHECKOUT
+    assert str(err.value).startswith(
+        "slot 1's database was created by another checkout (/srv/elsewhere on "
+    )
+    assert "`inv restore --slot=1 base --other-checkouts` to replace it anyway" in str(err.value)
+    check(others=True)
+    engine.volume = None  # no volume: nothing to lose; a legacy one is adopted as by `up`
+    check()
+    engine.volume = volume_json({"com.docker.compose.project": "ktrdr-sandbox-1"})
+    check()
+    # containers started from another checkout: that checkout's, whatever the volume says
+    with pytest.raises(SandboxError, match=r"another checkout \(/srv/other\)"):
+        check([container("ktrdr-sandbox-1", "db", working_dir="/srv/other")])
 
 
 def test_a_bind_address_that_is_not_an_ip_is_refused_in_preflight(

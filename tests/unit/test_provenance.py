@@ -82,8 +82,41 @@ def test_another_checkout_refuses_and_names_it() -> None:
     mine = volume(expected(checkout="/tmp/feature-x").labels())
     verdict = provenance.compare(mine, expected())
     assert verdict.kind is Kind.OTHER_OWNER and verdict.code is Exit.OTHER_CHECKOUT
-    assert "/tmp/feature-x on laptop" in verdict.message
-    assert "`inv up --slot=5 --fresh`" in verdict.message
+    assert verdict.message == (
+        "slot 5's database was created by another checkout (/tmp/feature-x on laptop): run "
+        "`inv up --slot=5` there, or `inv up --slot=5 --fresh --other-checkouts` to recreate "
+        "it here (its data is lost)"
+    )
+
+
+def test_foreign_owner_is_another_checkout_or_host_never_ours_legacy_or_none() -> None:
+    assert provenance.foreign_owner(None, HERE, "laptop") is None
+    assert provenance.foreign_owner(volume({"a": "b"}), HERE, "laptop") is None
+    ours = volume(expected().labels())
+    assert provenance.foreign_owner(ours, HERE, "laptop") is None
+    assert provenance.foreign_owner(ours, "/srv/other", "laptop") == f"{HERE} on laptop"
+    assert provenance.foreign_owner(ours, HERE, "ci") == f"{HERE} on laptop"
+
+
+def test_the_one_refusal_names_the_owner_the_command_there_and_the_override() -> None:
+    refusal = provenance.others_database_error(
+        3, "/srv/other", "inv down --slot=3 --volumes", "remove it anyway"
+    )
+    assert refusal.code is Exit.OTHER_CHECKOUT and "\n" not in str(refusal)
+    assert str(refusal) == (
+        "slot 3's database was created by another checkout (/srv/other): run `inv down "
+        "--slot=3 --volumes` there, or `inv down --slot=3 --volumes --other-checkouts` to "
+        "remove it anyway (its data is lost)"
+    )
+
+
+def test_parse_inspect_all_reads_every_volume_by_name() -> None:
+    text = json.dumps([{"Name": "a", "Labels": {"x": "1"}}, {"Name": "b", "Labels": None}])
+    assert provenance.parse_inspect_all(text) == {
+        "a": VolumeInfo("a", {"x": "1"}),
+        "b": VolumeInfo("b", {}),
+    }
+    assert provenance.parse_inspect_all("garbage") == {}
 
 
 def test_another_client_host_is_another_owner() -> None:

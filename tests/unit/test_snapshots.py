@@ -5,7 +5,9 @@ asserted, and a `docker cp` that fills the disk halfway leaves no file behind)."
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -105,8 +107,8 @@ def test_list_shows_complete_snapshots_newest_first(tmp_path: Path) -> None:
 def test_delete_removes_both_files_and_refuses_unknown(tmp_path: Path) -> None:
     env = {"KTRDR_SNAPSHOT_DIR": str(tmp_path)}
     store(tmp_path, manifest("gone"))
-    assert snapshots.delete(env, "gone").name == "gone"
-    assert list(tmp_path.iterdir()) == []
+    assert snapshots.delete(env, "gone") == "snapshot gone (slot 3, reference)"
+    assert [p.name for p in tmp_path.iterdir()] == [".store.lock"]
     with pytest.raises(SandboxError, match=r"no snapshot named 'gone'.*inv snapshots") as caught:
         snapshots.delete(env, "gone")
     assert caught.value.code is Exit.USAGE
@@ -200,6 +202,7 @@ class FakeEngine:
         self.commit_then_fail = False  # the swap commits, then psql reports a failure
         self.interrupt_on: str | None = None  # Ctrl-C while a command naming this runs
         self.down_after_interrupt = False  # every command fails after that Ctrl-C
+        self.volume_labels: dict[str, str] | None = None  # the slot's volume; None: none
 
     def run(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, **_: Any) -> Result:
         args = [str(part) for part in cmd]
@@ -217,6 +220,13 @@ class FakeEngine:
             return self.copy(args[-2], args[-1])
         if args[:3] == ["docker", "compose", "version"]:
             return Result(tuple(args), 0, "2.29.0\n")
+        if args[:2] == ["docker", "ps"]:  # the slot's containers: none from another checkout
+            return Result(tuple(args), 0, "")
+        if args[:3] == ["docker", "volume", "inspect"]:
+            if self.volume_labels is None:
+                return Result(tuple(args), 1, "[]\n", f"Error: No such volume: {args[3]}")
+            found = [{"Name": args[3], "Labels": self.volume_labels}]
+            return Result(tuple(args), 0, json.dumps(found))
         project = args[args.index("--project-name") + 1]
         slot = int(project.rsplit("-", 1)[1])
         tail = args[args.index("-f") + 2 :]
@@ -344,7 +354,7 @@ def test_snapshot_writes_dump_and_manifest(
     engine.migration = "bbb"
     m = snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="base", now=NOW)
     directory = Path(env["KTRDR_SNAPSHOT_DIR"])
-    assert sorted(p.name for p in directory.iterdir()) == ["base.dump", "base.json"]
+    assert sorted(p.name for p in directory.iterdir()) == [".store.lock", "base.dump", "base.json"]
     assert m == snapshots.load(env, "base")
     assert (m.source_slot, m.migration, m.size, m.pg_version) == (3, "bbb", 4005, "15.18")
     (dump,) = engine.ran("pg_dump")
@@ -387,7 +397,7 @@ def test_disk_full_during_copy_leaves_no_file(
     engine.disk_full_after = 1000  # the copy wrote 1000 bytes, then the disk was full
     with pytest.raises(SandboxError, match=r"the disk is full.*partial file was removed"):
         snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="big")
-    assert list(Path(env["KTRDR_SNAPSHOT_DIR"]).iterdir()) == []
+    assert [p.name for p in Path(env["KTRDR_SNAPSHOT_DIR"]).iterdir()] == [".store.lock"]
     assert engine.container_files == set()
 
 
@@ -646,7 +656,7 @@ def test_clone_removes_its_temporary_archive(
         yes=False, confirm=never,
     )  # fmt: skip
     assert (done.slot, done.source, done.size) == (4, "slot 3", 4005)
-    assert list(Path(env["KTRDR_SNAPSHOT_DIR"]).iterdir()) == []
+    assert [p.name for p in Path(env["KTRDR_SNAPSHOT_DIR"]).iterdir()] == [".store.lock"]
     (dump,) = engine.ran("pg_dump")
     assert "--project-name" in dump and dump[dump.index("--project-name") + 1] == "ktrdr-sandbox-3"
     (restore_cmd,) = engine.ran("pg_restore")
@@ -676,3 +686,159 @@ def test_failed_pg_restore_drops_the_side_database_only(
     assert 'DROP DATABASE IF EXISTS "ktrdr_restoring" WITH (FORCE)' in statements
     assert engine.databases == {"ktrdr"}
     assert engine.container_files == set()
+
+
+# --- the store: one name one snapshot, private files, partial files, hostile input ----------
+
+
+def test_a_relative_snapshot_dir_is_refused_in_one_line() -> None:
+    with pytest.raises(SandboxError) as caught:
+        snapshots.snapshot_dir({"KTRDR_SNAPSHOT_DIR": "snaps", "HOME": "/h"})
+    assert caught.value.code is Exit.BAD_ENV
+    assert "relative path" in str(caught.value) and "absolute" in str(caught.value)
+    assert snapshots.snapshot_dir({"KTRDR_SNAPSHOT_DIR": "~/s", "HOME": "/h"}).is_absolute()
+
+
+def test_a_snapshot_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    env = {"KTRDR_SNAPSHOT_DIR": str(tmp_path / "file")}
+    for call in (snapshots.list_snapshots, lambda e: snapshots.load(e, "x")):
+        with pytest.raises(SandboxError, match="is not a directory: move what is there aside"):
+            call(env)
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"created": "yesterday"}, "'created' is 'yesterday'"),
+        ({"source_slot": "three"}, "invalid literal"),
+        ({"created": 7}, "'created' is 7"),
+    ],
+)
+def test_a_corrupt_manifest_is_listed_as_unreadable_and_hides_nothing(
+    tmp_path: Path, change: dict[str, Any], why: str
+) -> None:
+    env = {"KTRDR_SNAPSHOT_DIR": str(tmp_path)}
+    store(tmp_path, manifest("good", created=(NOW - timedelta(hours=1)).isoformat()))
+    bad = {**json.loads(manifest("bad").to_json()), **change}
+    store(tmp_path, manifest("bad"))
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    (tmp_path / "junk.dump").write_bytes(b"PG")
+    (tmp_path / "junk.json").write_bytes(b"\xff\xfe not json")
+    rows = snapshots.list_snapshots(env, now=NOW)
+    assert [r.name for r in rows] == ["good", "bad", "junk"]
+    assert rows[0].problem == "" and rows[0].age == timedelta(hours=1)
+    assert why in rows[1].problem and rows[2].problem
+    assert snapshots.delete(env, "bad") == "snapshot bad (its manifest was unreadable)"
+    assert not (tmp_path / "bad.json").exists() and not (tmp_path / "bad.dump").exists()
+
+
+def test_a_manifest_without_a_zone_is_read_as_utc(tmp_path: Path) -> None:
+    env = {"KTRDR_SNAPSHOT_DIR": str(tmp_path)}
+    store(tmp_path, manifest("naive", created="2026-11-27T17:00:00"))
+    (row,) = snapshots.list_snapshots(env, now=NOW)
+    assert row.age == timedelta(hours=1) and row.problem == ""
+
+
+def test_snapshots_and_their_directory_are_private(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    directory = Path(env["KTRDR_SNAPSHOT_DIR"])
+    snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="base", now=NOW)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    for name in ("base.dump", "base.json"):
+        assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600, name
+
+
+def test_an_older_world_readable_store_is_made_private_and_said(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    directory = Path(env["KTRDR_SNAPSHOT_DIR"])
+    store(directory, manifest("old"))
+    directory.chmod(0o755)
+    (directory / "old.dump").chmod(0o644)
+    said: list[str] = []
+    snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="new", on_step=said.append)
+    assert f"made the snapshot directory {directory} private (0700)" in said
+    assert f"made 2 snapshot file(s) in {directory} private (0600)" in said
+    assert stat.S_IMODE((directory / "old.dump").stat().st_mode) == 0o600
+
+
+def test_a_name_taken_while_dumping_refuses_the_second_and_keeps_the_first(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    """The race: both passed the early check; the first to take the name under the store
+    lock wins, the second is refused and its dump never replaces the first's."""
+    directory = Path(env["KTRDR_SNAPSHOT_DIR"])
+    first = manifest("x", source_slot=4)
+    real_copy = engine.copy
+
+    def other_slot_finishes_first(source: str, destination: str) -> Result:
+        result = real_copy(source, destination)
+        store(directory, first, dump=b"PGDMP slot 4")  # slot 4's snapshot took the name
+        return result
+
+    engine.copy = other_slot_finishes_first  # type: ignore[method-assign]
+    with pytest.raises(SandboxError, match="named 'x' exists already") as caught:
+        snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="x")
+    assert caught.value.code is Exit.USAGE and "\n" not in str(caught.value)
+    assert snapshots.load(env, "x") == first
+    assert (directory / "x.dump").read_bytes() == b"PGDMP slot 4"
+    assert sorted(p.name for p in directory.iterdir()) == [".store.lock", "x.dump", "x.json"]
+
+
+def test_partial_files_are_private_to_their_writer(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    directory = Path(env["KTRDR_SNAPSHOT_DIR"])
+    seen: list[Path] = []
+    real_copy = engine.copy
+
+    def look(source: str, destination: str) -> Result:
+        seen.append(Path(destination))
+        return real_copy(source, destination)
+
+    engine.copy = look  # type: ignore[method-assign]
+    snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="a")
+    snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="b")
+    first, second = (p.parent for p in seen)
+    assert first != second and first.name.startswith(".a.") and first.name.endswith(".partial")
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert not first.exists() and not second.exists()
+
+
+def test_a_killed_writers_partial_is_swept_and_a_live_ones_kept(tmp_path: Path) -> None:
+    directory = tmp_path / "snaps"
+    directory.mkdir()
+    with snapshots._private_work(directory, "live") as live:
+        (live / "dump").write_bytes(b"x" * 2048)
+        dead = directory / ".dead.0123456789ab.partial"
+        dead.mkdir()
+        (dead / ".writer.lock").touch()
+        (dead / "dump").write_bytes(b"x" * 4096)
+        legacy = directory / ".old.dump.partial"
+        legacy.write_bytes(b"x" * 100)
+        fresh_legacy = directory / ".new.dump.partial"
+        fresh_legacy.write_bytes(b"x")
+        os.utime(legacy, (0, 0))
+        said = snapshots.sweep_partials(directory)
+        assert said == (
+            f"removed 2 partial file(s) (4.1 KB) an interrupted snapshot or clone left in "
+            f"{directory}"
+        )
+        assert live.exists() and not dead.exists() and not legacy.exists()
+        assert fresh_legacy.exists(), "an older version may be writing it now"
+    assert snapshots.sweep_partials(directory) == ""
+
+
+def test_clone_writes_its_archive_in_a_private_partial_directory(
+    root: Path, env: dict[str, str], engine: FakeEngine
+) -> None:
+    snapshots.clone(
+        compose.load_target(root, 3), compose.load_target(root, 4), COMPOSE, env,
+        yes=True, confirm=never,
+    )  # fmt: skip
+    copies = [c for c in engine.commands if c[:2] == ["docker", "cp"]]
+    host = Path(copies[0][-1])
+    assert host.parent.name.startswith(".clone-3-to-4.") and host.parent.name.endswith(".partial")
+    assert [p.name for p in Path(env["KTRDR_SNAPSHOT_DIR"]).iterdir()] == [".store.lock"]

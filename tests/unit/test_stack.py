@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -138,8 +140,34 @@ def test_down_keeps_volumes_unless_asked(
     fakes = Fakes(monkeypatch, [container("db", 3, str(target.root))])
     stack.down(target, {}, volumes=False)
     stack.down(target, {}, volumes=True)
-    assert "--volumes" not in fakes.commands[0]
-    assert fakes.commands[1][-1] == "--volumes"
+    downs = [c for c in fakes.commands if "down" in c]
+    assert "--volumes" not in downs[0]
+    assert downs[1][-1] == "--volumes"
+
+
+def test_down_volumes_of_another_checkouts_database_needs_the_override(
+    target: compose.Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No containers (the other checkout took its slot down), its database stays."""
+    fakes = Fakes(monkeypatch, [])
+    labels = provenance.volume_labels("/srv/other", socket.gethostname(), "", "reference", "pw")
+    inspected = json.dumps([{"Name": "ktrdr-sandbox-3_db-data", "Labels": labels}])
+    monkeypatch.setattr(
+        runner, "execute", lambda cmd, **kw: fakes.run(cmd) if "inspect" not in cmd
+        else Result(tuple(cmd), 0, inspected),
+    )  # fmt: skip
+    with pytest.raises(SandboxError) as caught:
+        stack.down(target, {}, volumes=True)
+    assert caught.value.code is Exit.OTHER_CHECKOUT
+    assert "(/srv/other on " in str(caught.value)
+    assert "`inv down --slot=3 --volumes --other-checkouts` to remove it anyway" in str(
+        caught.value
+    )
+    assert fakes.commands == []
+    stack.down(target, {}, volumes=False)  # its containers only: allowed
+    stack.down(target, {}, volumes=True, other_checkouts=True)
+    downs = [c for c in fakes.commands if "down" in c]
+    assert [c[-1] for c in downs] == ["--remove-orphans", "--volumes"]
 
 
 def test_down_refuses_a_slot_of_another_checkout(

@@ -6,6 +6,8 @@ engine stands in, through the real `inv down` task.
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit as InvokeExit
 
 import tasks
-from sandbox import apps, compose, docker, envfiles, picker, runner, slots, teardown
+from sandbox import apps, compose, docker, envfiles, picker, provenance, runner, slots, teardown
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
 from tests.unit.factories import container as fabricate
@@ -90,8 +92,12 @@ class FakeEngine:
         monkeypatch: pytest.MonkeyPatch,
         containers: list[docker.Container],
         volumes: list[picker.Volume],
+        owners: dict[str, str | None] | None = None,
     ) -> None:
+        """`owners`: a volume's checkout by name (None: made before provenance labels);
+        a volume not named there is this checkout's (tasks.ROOT)."""
         self.commands: list[tuple[list[str], dict[str, Any]]] = []
+        self.owners = owners or {}
         monkeypatch.setattr(docker, "check_engine", lambda environ=None: "20.10")
         monkeypatch.setattr(docker, "sandbox_containers", lambda environ=None: containers)
         monkeypatch.setattr(picker, "sandbox_volumes", lambda environ=None: volumes)
@@ -99,8 +105,18 @@ class FakeEngine:
         monkeypatch.setattr(runner, "execute", self.execute)
 
     def execute(self, cmd: Sequence[str], **options: Any) -> Result:
+        if list(cmd[:3]) == ["docker", "volume", "inspect"]:
+            return Result(tuple(cmd), 0, json.dumps([self.inspect(name) for name in cmd[3:]]))
         self.commands.append((list(cmd), options))
         return Result(tuple(cmd), 0)
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        here = str(Path(vars(tasks)["ROOT"]).resolve())  # the `isolated` checkout
+        checkout = self.owners.get(name, here)
+        if checkout is None:
+            return {"Name": name, "Labels": {"com.docker.compose.volume": "db-data"}}
+        labels = provenance.volume_labels(checkout, socket.gethostname(), "", "reference", "pw")
+        return {"Name": name, "Labels": labels}
 
 
 @pytest.fixture
@@ -173,3 +189,45 @@ def test_down_all_answered_no_touches_nothing(
 def test_down_all_with_a_slot_is_refused(isolated: Path) -> None:
     with pytest.raises(InvokeExit, match="not both"):
         tasks.down(Context(), slot="1", all_=True)
+
+
+def test_down_all_volumes_removes_only_this_checkouts_and_lists_the_rest_as_kept(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    theirs, legacy = picker.db_volume_name(4), picker.db_volume_name(6)
+    engine = FakeEngine(
+        monkeypatch,
+        [container(2), container(4)],
+        [volume(2), volume(4), volume(5), volume(6)],
+        owners={theirs: "/srv/other-checkout", legacy: None},
+    )
+    tasks.down(Context(), all_=True, volumes=True, yes=True)
+    ran = [cmd for cmd, _ in engine.commands]
+    compose_cmd = ["docker", "compose"]
+    assert ran == [
+        teardown.down_command(compose_cmd, 2, True),
+        teardown.down_command(compose_cmd, 5, True),
+        teardown.down_command(compose_cmd, 4, False),  # its containers go, its database stays
+    ]
+    lines = capsys.readouterr().out.splitlines()
+    listed = [line for line in lines if " volume " in line]
+    # By owner: this checkout's first, then the others'; 6 (no containers) listed as kept.
+    assert [line.split()[1] for line in listed] == ["2", "5", "4", "6"]
+    assert "of this checkout (removed)" in listed[0]
+    owner = f"/srv/other-checkout on {socket.gethostname()}"
+    assert f"of {owner} (kept: not this checkout's, --other-checkouts removes it)" in listed[2]
+    assert "of unknown owner (made before provenance labels) (kept: not this" in listed[3]
+    assert "slot 4 (ktrdr-sandbox-4) is down; kept its volumes" in lines
+
+
+def test_down_all_volumes_with_other_checkouts_removes_them_too(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = FakeEngine(
+        monkeypatch, [container(4)], [volume(4), volume(6)],
+        owners={picker.db_volume_name(4): "/srv/other", picker.db_volume_name(6): None},
+    )  # fmt: skip
+    tasks.down(Context(), all_=True, volumes=True, yes=True, other_checkouts=True)
+    assert [cmd for cmd, _ in engine.commands] == [
+        teardown.down_command(["docker", "compose"], s, True) for s in (4, 6)
+    ]
