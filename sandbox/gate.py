@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from sandbox import apps, compose, crashes, diagnose, docker, engine, net, runner, slots
+from sandbox import apps, compose, cpuuse, crashes, diagnose, docker, engine, net, runner, slots
 from sandbox.checks import CheckResult, GateResult, State
 from sandbox.errors import SandboxError
 from sandbox.runner import Result
@@ -33,8 +33,11 @@ from sandbox.settings import (
     ENGINE_QUERY_TIMEOUT,
     FAILING_LOG_LINES,
     GATE_EXEC_TIMEOUT,
+    GATE_HARD_CAP_FACTOR,
     GATE_HTTP_TIMEOUT,
     GATE_POLL,
+    GATE_PROGRESS_CPU,
+    GATE_PROGRESS_WINDOW,
     GATE_TIMEOUT,
     MIGRATION_TIMEOUT,
 )
@@ -75,6 +78,10 @@ class Probes:
     # `app_log(container name)` -> its last log lines in the order written ([] for none):
     # how the gate sees an app process that died under a reloader that keeps running.
     app_log: Callable[[str], list[str]] | None = None
+    # `cpu(container id)` -> CPU-seconds its processes used so far, None when unknown (not a
+    # local engine): how the gate tells a service still starting on a busy machine from one
+    # that is stuck.
+    cpu: Callable[[str], float | None] | None = None
 
 
 # ----------------------------------------------------------------------------- real probes
@@ -97,6 +104,7 @@ def default_probes(environ: Mapping[str, str]) -> Probes:
         containers=containers,
         migrate=_migrate,
         db_log=_db_log(environ),
+        cpu=cpuuse.cpu_seconds,
         app_log=_app_log(environ),
     )
 
@@ -412,6 +420,64 @@ def gone(
     return None
 
 
+# ----------------------------------------------------------------------------- under load
+
+# How a probe says it got no answer at all (as opposed to an HTTP status): a process that has
+# not bound its port yet, or one too starved of CPU to answer in time.
+_NO_ANSWER = re.compile(
+    r"reset|refused|timed out|timeout|closed|eof|unreachable|no answer|starting up|not accepting",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class Progress:
+    """The CPU the slot's running containers have used, as the gate's container polls see it:
+    what tells a start that is slow (CPU still growing) from one that is stuck."""
+
+    by_service: dict[str, float] = field(default_factory=dict)
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (at, total CPU-seconds)
+
+    def note(
+        self,
+        at: float,
+        containers: Sequence[docker.Container],
+        project: str,
+        cpu: Callable[[str], float | None],
+    ) -> None:
+        used = {c.service: cpu(c.id) for c in containers if c.project == project and c.running}
+        known = {service: seconds for service, seconds in used.items() if seconds is not None}
+        if not known:
+            return  # not accounted here (a remote engine): nothing is claimed
+        self.by_service = known
+        self.samples = [s for s in self.samples if s[0] >= at - 2 * GATE_PROGRESS_WINDOW]
+        self.samples.append((at, sum(known.values())))
+
+    def growing(self, now: float) -> bool:
+        """Whether the containers used at least GATE_PROGRESS_CPU over the last window."""
+        older = [total for at, total in self.samples if at <= now - GATE_PROGRESS_WINDOW]
+        if not older:
+            return False
+        return self.samples[-1][1] - older[-1] >= GATE_PROGRESS_CPU
+
+
+def starting_detail(detail: str, service: str, progress: Progress) -> str:
+    """A waiting check that got no answer, said as what it is when its service's container
+    runs and is accounted: "starting, 4 s of CPU so far (connection reset)"."""
+    seconds = progress.by_service.get(service)
+    if seconds is None or not _NO_ANSWER.search(detail) or detail.startswith("starting,"):
+        return detail
+    return f"starting, {seconds:.0f} s of CPU so far ({detail})"
+
+
+def _deadline(progress: Progress, start: float, now: float, timeout: float) -> float:
+    """When the gate gives up: at `timeout`, or later while the slot's CPU keeps growing,
+    never past GATE_HARD_CAP_FACTOR times it. A failed check ends the gate before either."""
+    if now - start < timeout or not progress.growing(now):
+        return start + timeout
+    return start + timeout * GATE_HARD_CAP_FACTOR
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -437,6 +503,7 @@ class _Round:
     ps: futures.Future[Seen | None] | None = None
     next_ps: float = 0.0
     app_services: tuple[str, ...] = ()
+    progress: Progress = field(default_factory=Progress)
 
     def submit(self, pool: futures.Executor, now: float) -> list[futures.Future[Any]]:
         """Start a probe for every undecided check without one in flight, and the container
@@ -466,9 +533,13 @@ class _Round:
             if future is None or not future.done():
                 continue
             del self.in_flight[check.name]
-            changed = (
-                _apply(check, self.results[check.name], *future.result(), self.start) or changed
-            )
+            result = self.results[check.name]
+            before = result.detail
+            moved = _apply(check, result, *future.result(), self.start)
+            if result.state is State.WAITING:
+                result.detail = starting_detail(result.detail, check.service, self.progress)
+                moved = _differs(before, result.detail)
+            changed = moved or changed
         return changed
 
     def apply_containers(self) -> bool:
@@ -481,6 +552,8 @@ class _Round:
         self.ps = None
         if seen is None:
             return False
+        if self.probes.cpu is not None:
+            self.progress.note(self.clock(), seen.containers, self.target.project, self.probes.cpu)
         changed = False
         for check in self.plan:
             result = self.results[check.name]
@@ -493,6 +566,15 @@ class _Round:
             result.service, result.log_services = service, ()
             changed = True
         return changed
+
+
+_CPU_FIGURE = re.compile(r"^starting, \d+ s of CPU so far")
+
+
+def _differs(before: str, after: str) -> bool:
+    """Whether a waiting check's detail changed in more than its CPU figure (which grows every
+    round: redrawing the gate for it every round would be noise)."""
+    return _CPU_FIGURE.sub("starting", before) != _CPU_FIGURE.sub("starting", after)
 
 
 def _died(seen: Seen, check: Check) -> tuple[str, str] | None:
@@ -619,7 +701,8 @@ def _poll(
     wait_limit: float,
     sleep: Callable[[float], None],
 ) -> _Verdict:
-    """Rounds until every check passed, one failed fast, or `timeout` (GO_ON then)."""
+    """Rounds until every check passed, one failed fast, or `timeout` (GO_ON then); past
+    `timeout` only while the slot's CPU keeps growing (`_deadline`)."""
     clock, start = state.clock, state.start
     while True:
         round_start = clock()
@@ -632,9 +715,10 @@ def _poll(
         if verdict is not _Verdict.GO_ON:
             return verdict
         now = clock()
-        if now - start >= timeout:
+        deadline = _deadline(state.progress, start, now, timeout)
+        if now >= deadline:
             return verdict
-        sleep(max(0.0, min(poll - (now - round_start), timeout - (now - start))))
+        sleep(max(0.0, min(poll - (now - round_start), deadline - now)))
 
 
 # ----------------------------------------------------------------------------- after a failure

@@ -680,3 +680,81 @@ def test_services_whose_checks_passed_are_not_read(target: compose.Target) -> No
     # workers are undecided (t = 0, 2), none once they passed (t = 3) though Jaeger was not.
     assert world.ps_calls == 4
     assert len(read) == 10
+
+
+# --- under load: starting is not failing, and the timeout is about progress ------------------
+
+
+def cpu_growing(clock: FakeClock, per_second: float) -> Any:
+    """CPU accounting of a machine where every container uses `per_second` CPU-s a second."""
+    return lambda container_id: (clock.now - 100.0) * per_second
+
+
+def loaded(world: World, cpu: Any) -> gate.Probes:
+    return replace(world.probes(), cpu=cpu)
+
+
+def test_a_service_without_an_answer_is_starting_with_its_cpu_so_far() -> None:
+    progress = gate.Progress()
+    progress.note(1.0, [container("backend")], "ktrdr-sandbox-1", lambda _: 4.2)
+    said = gate.starting_detail("connection reset by peer", "backend", progress)
+    assert said == "starting, 4 s of CPU so far (connection reset by peer)"
+    assert gate.starting_detail(said, "backend", progress) == said
+    # An answer is an answer, and a service not accounted here is not claimed to be starting.
+    assert gate.starting_detail("HTTP 503: down", "backend", progress) == "HTTP 503: down"
+    assert gate.starting_detail("refused", "grafana", progress) == "refused"
+
+
+def test_progress_needs_cpu_growth_over_the_window() -> None:
+    progress = gate.Progress()
+    window = settings.GATE_PROGRESS_WINDOW
+    for at, used in ((0.0, 1.0), (window, 1.2)):
+        progress.note(at, [container("backend")], "ktrdr-sandbox-1", {"id-backend": used}.get)
+    assert not progress.growing(window)  # 0.2 CPU-s in a window: stuck
+    progress.note(window + 2, [container("backend")], "ktrdr-sandbox-1", lambda _: 3.0)
+    assert progress.growing(window + 2)
+    assert not gate.Progress().growing(100.0)  # nothing known: no claim of progress
+
+
+def test_a_starved_start_goes_on_past_the_timeout_while_its_cpu_grows(
+    target: compose.Target,
+) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 50.0})
+    updates: list[list[CheckResult]] = []
+    result = run(
+        target, world, clock, updates, timeout=30.0, probes=loaded(world, cpu_growing(clock, 0.1))
+    )
+    assert result.passed
+    assert 50.0 <= result.elapsed < 51.0
+    seen = {c.detail for snapshot in updates for c in snapshot if c.name == "backend"}
+    assert any(d.startswith("starting, ") and d.endswith("s of CPU so far (refused)") for d in seen)
+
+
+def test_a_start_whose_cpu_stands_still_fails_at_the_timeout_saying_it_was_starting(
+    target: compose.Target,
+) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 50.0})
+    result = run(target, world, clock, timeout=30.0, probes=loaded(world, lambda _: 2.0))
+    assert not result.passed
+    assert result.elapsed == 30.0
+    assert by_name(result)["backend"].detail == "starting, 2 s of CPU so far (refused)"
+
+
+def test_progress_never_goes_past_the_hard_cap(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 1e9})
+    result = run(target, world, clock, timeout=30.0, probes=loaded(world, cpu_growing(clock, 0.1)))
+    assert not result.passed
+    assert result.elapsed == 30.0 * settings.GATE_HARD_CAP_FACTOR
+
+
+def test_a_failure_under_load_still_fails_at_once(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 1e9})
+    world.set_container("backtest-worker-1", "exited", "Exited (1) 1 second ago")
+    result = run(target, world, clock, timeout=30.0, probes=loaded(world, cpu_growing(clock, 0.1)))
+    assert not result.passed
+    assert result.elapsed < 5.0
+    assert "backtest-worker-1: container exited" in by_name(result)["workers"].detail
