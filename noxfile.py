@@ -126,3 +126,11 @@ def bench(session: nox.Session) -> None:
     install(session, "test")
     session.run("inv", "images")
     session.run("python", "benchmarks/bench_slots.py", *session.posargs)
+
+
+@nox.session(name="bench-fleet", default=False)
+def bench_fleet(session: nox.Session) -> None:
+    """Fixture slots requested at once: time to ready, CPU against the machine's limit, idle CPU."""
+    install(session, "test")
+    session.run("inv", "images")
+    session.run("python", "benchmarks/bench_fleet.py", *session.posargs)
