@@ -199,7 +199,9 @@ def in_container(sandbox: Sandbox, agent_home: Path, *args: str, **env: str) -> 
     ]
     variables = {"HOME": AGENT_HOME, "PYTHONPATH": SITE, "KTRDR_LOCK_DIR": f"{AGENT_HOME}/locks"}
     variables |= env
-    cmd = ["docker", "run", "--rm", "-w", str(ROOT)]
+    # A fixed host name: the slot's database volume records the machine that made it, and
+    # each `docker run` would otherwise be another machine to `down --volumes`.
+    cmd = ["docker", "run", "--rm", "--hostname=ktrdr-agent", "-w", str(ROOT)]
     cmd += [f"--volume={src}:{dst}" for src, dst in mounts]
     cmd += [f"--env={k}={v}" for k, v in variables.items()]
     cmd += [app_image(), "python3", "-m", "invoke", "--search-root", str(ROOT), *args]
