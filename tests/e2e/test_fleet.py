@@ -11,14 +11,16 @@ directory, private to this suite).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 
 import pytest
 
 from sandbox import admission
-from sandbox.runner import Result
-from tests.e2e.conftest import Sandbox, claim_slots
+from sandbox.runner import Result, run
+from tests.e2e.conftest import Sandbox, claim_slots, project_containers
 
 pytestmark = pytest.mark.docker
 
@@ -75,3 +77,33 @@ def test_the_waiting_ones_said_so(fleet: dict[int, Result]) -> None:
             f"slot {slot} waits for its turn to start: number" in out
         )
         assert f"slot {slot}: its turn to start after" in out
+
+
+def zombies_of(pids: set[int]) -> list[int]:
+    """Processes in state Z whose parent is one of `pids`, from the host's /proc (a zombie has
+    left its cgroup: `docker top` does not list it)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] == "Z" and int(fields[1]) in pids:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_no_container_keeps_zombies(fleet: dict[int, Result], sandbox: Sandbox) -> None:
+    """What a healthcheck killed at its timeout does: its child is orphaned to the container's
+    first process. Every container reaps it (its own init, or Postgres' postmaster)."""
+    slot = FLEET[0]
+    pids: set[int] = set()
+    for container in project_containers(slot):
+        orphan = ["docker", "exec", container.id, "sh", "-c", "sleep 0.2 & exit 0"]
+        assert run(orphan, env=sandbox.env, timeout=60).ok, container.name
+        top = run(["docker", "top", container.id, "-eo", "pid"], env=sandbox.env, timeout=60)
+        pids |= {int(word) for word in top.stdout.split() if word.isdigit()}
+    deadline = time.monotonic() + 10
+    while zombies_of(pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert zombies_of(pids) == []
