@@ -944,7 +944,13 @@ def build_images(
         _send_images(environ)
         return
     if source is not None:
-        checkout = apps.detect(Path(source), torch)
+        if offline or online:
+            raise SandboxError(
+                "--source builds with the images `inv images` chose (./.env): leave out "
+                "--offline/--online",
+                Exit.USAGE,
+            )
+        checkout = apps.from_flag(source, torch)
         if stack.app_image(checkout, ROOT, environ, out().step) is None:
             raise SandboxError(
                 f"{source} runs on the reference app's image: plain `inv images` builds it",

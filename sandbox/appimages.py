@@ -15,7 +15,6 @@ engine without buildx lacks; containers/images/uv-app/Dockerfile builds with DOC
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -24,6 +23,7 @@ import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -365,32 +365,30 @@ def ensure_deps_image(
     return Ensured(tag, True, time.monotonic() - started, torch)
 
 
-@contextlib.contextmanager
 def build_lock(
     tag: str, environ: Mapping[str, str], on_wait: Callable[[str], None] | None
-) -> Iterator[None]:
-    """This machine's lock on building `tag` (a flock in the lock directory, dropped by the
-    kernel however its holder ends)."""
-    name = tag.rsplit(":", 1)[-1]
-    fd = lock.open_lock_file(lock.default_lock_dir(environ) / f"image-{name}.lock")
+) -> AbstractContextManager[None]:
+    """This machine's lock on building `tag`: a flock in the lock directory, dropped by the
+    kernel however its holder ends."""
+    name = re.sub(r"[^A-Za-z0-9.-]", "_", tag)
+    return lock.file_lock(
+        lock.default_lock_dir(environ) / f"image-{name}.lock",
+        wait=BUILD_LOCK_WAIT,
+        doing=f"is building {tag}",
+        advice="stop it or wait for it, then run the same command again",
+        on_busy=on_wait,
+    )
 
-    def refusal(pid: int | None) -> SandboxError:
-        return SandboxError(
-            f"{lock.holder(pid)} has been building {tag} for over {BUILD_LOCK_WAIT:.0f} s: "
-            "stop it or wait for it, then run the same command again",
-            Exit.LOCKED,
-        )
 
-    def waiting(pid: int | None, _left: float) -> None:
-        if on_wait is not None:
-            on_wait(f"{lock.holder(pid)} is building {tag}: waiting for it, then reusing it")
-
-    try:
-        lock.acquire(fd, BUILD_LOCK_WAIT, refusal, waiting)
-        with lock.signed(fd):
-            yield
-    finally:
-        os.close(fd)
+def _python_base(offline: bool, environ: Mapping[str, str], say: Callable[[str], None]) -> None:
+    """The Debian Python base, and the Debian base under it, where they are missing."""
+    if image_exists(OFFLINE_PYTHON_BASE, environ):
+        return  # made by the command we waited for
+    for step in python_base_steps(offline, environ):
+        if step.what == OFFLINE_DEBIAN_BASE and image_exists(step.what, environ):
+            continue
+        say(f"{step.what} (the Python base)")
+        run_step(step, "fix it and run the same command again")
 
 
 def _build(
@@ -404,11 +402,9 @@ def _build(
 ) -> None:
     base = python_base(offline, torch)
     if base == OFFLINE_PYTHON_BASE and not image_exists(base, environ):
-        for step in python_base_steps(offline, environ):
-            if step.what == OFFLINE_DEBIAN_BASE and image_exists(step.what, environ):
-                continue
-            say(f"{step.what} (the Python base)")
-            run_step(step, "fix it and run the same command again")
+        # Several locks' first builds at once need the one base: built once, the others wait.
+        with build_lock(base, environ, say):
+            _python_base(offline, environ, say)
     certs = extra_certs(environ)
     with tempfile.TemporaryDirectory(prefix="ktrdr-uv-app-") as tmp:
         context = assemble_context(source, Path(tmp), certs)

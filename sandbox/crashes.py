@@ -15,13 +15,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# The child's death, as each reloader writes it.
+# The child's death, as each reloader writes it: multiprocessing's line before the traceback
+# of a child that raised (uvicorn --reload), ours, and uvicorn's own two exits of a child that
+# could not load the app or whose start-up failed (`sys.exit(3)`: no traceback from
+# multiprocessing then). The last two carry a log prefix: searched, not matched.
 _DEATH = re.compile(
-    r"^(Process (Spawn|Fork|Forkserver)Process-\d+:|reloader: .* exited with status -?\d+)"
+    r"^Process (Spawn|Fork|Forkserver)Process-\d+:$"
+    r"|^reloader: .* exited with status -?\d+"
+    r"|Application startup failed\. Exiting\."
+    r"|Error loading ASGI app"
 )
-# A new child after the death: an edit restarted it (it may die again; then a later death).
+# A new child after the death: an edit restarted it (it may die again; then a later death),
+# or the container was started again (its log keeps the old lines).
 _RESTART = re.compile(
-    r"(Started server process|Application startup complete|reloader: .*restarting)"
+    r"(Started server process|Application startup complete|reloader: .*restarting"
+    r"|reloader: watching .*; started)"
 )
 _FRAME = re.compile(r'^\s*File "([^"]+)", line (\d+), in (.+)$')
 # The exception line closing a traceback: `ModuleNotFoundError: No module named 'x'`.
@@ -48,8 +56,8 @@ class Crash:
 def merge_streams(stdout: str, stderr: str) -> list[str]:
     """The lines of `docker logs --timestamps` in the order they were written: Docker gives
     the two streams apart, and a traceback (stderr) must be read against the app's own log
-    lines (stdout for some log configurations). Timestamps are dropped; a line without one
-    sorts after the others of its stream."""
+    lines (stdout for some log configurations). Timestamps are dropped; lines without one
+    sort after every stamped line."""
     stamped: list[tuple[tuple[str, str], int, str]] = []
     for order, line in enumerate([*stdout.splitlines(), *stderr.splitlines()]):
         match = _STAMP.match(line)
@@ -62,22 +70,58 @@ def merge_streams(stdout: str, stderr: str) -> list[str]:
 
 
 def find_crash(lines: list[str]) -> Crash | None:
-    """The crash the log ends in, or None: a death mark with no restart after it."""
-    deaths = [i for i, line in enumerate(lines) if _DEATH.match(line)]
+    """The crash the log ends in, or None: a death mark followed by nothing but its
+    traceback. Anything the app logged after it (a request served, a restart) means the app
+    lives: a process of its own that died (the app's multiprocessing) is not the app."""
+    deaths = [i for i, line in enumerate(lines) if _DEATH.search(line)]
     if not deaths:
         return None
     last = deaths[-1]
-    if any(_RESTART.search(line) for line in lines[last + 1 :]):
+    rest = lines[last + 1 :]
+    if any(_RESTART.search(line) for line in rest):
         return None
-    # uvicorn: the traceback follows the mark; ours: it precedes it (the child printed it).
-    after = _traceback(lines[last + 1 :])
-    crash = after if after is not None else _traceback(lines[: last + 1], from_end=True)
-    return crash or Crash("", _one_line(lines[last]))
+    after = _traceback(rest)
+    if after is not None:  # uvicorn: the traceback follows the mark
+        return after if _ends_the_log(rest) else None
+    if any(line.strip() for line in rest):
+        return None
+    # Ours: the child printed its traceback before the reloader's line.
+    before = _traceback(lines[:last], from_end=True)
+    return before or Crash("", _one_line(lines[last]))
 
 
 def last_error(lines: list[str]) -> Crash | None:
-    """The last traceback of a log (a process that exited: its last words), or None."""
-    return _traceback(lines, from_end=True)
+    """What a process that exited said last: the traceback that ends its log, else its last
+    line (`Error loading ASGI app...`, a message of its own); None for an empty log. A
+    traceback it logged and went on from is not its last word."""
+    text = [line for line in lines if line.strip()]
+    if not text:
+        return None
+    crash = _traceback(lines, from_end=True)
+    if crash is not None and _ends_the_log(_from_last_traceback(lines)):
+        return crash
+    return Crash("", _one_line(text[-1]))
+
+
+def _from_last_traceback(lines: list[str]) -> list[str]:
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent")]
+    return lines[starts[-1] :] if starts else []
+
+
+def _ends_the_log(lines: list[str]) -> bool:
+    """`lines` hold one traceback and nothing after its exception line (blank lines aside)."""
+    closing = None
+    for index, line in enumerate(lines):
+        if line.startswith("Traceback (most recent") or not line.strip():
+            continue
+        if _FRAME.match(line) or line.startswith((" ", "\t")):
+            continue
+        if _EXCEPTION.match(line.split(": ", 1)[0]):
+            closing = index
+            break
+    if closing is None:
+        return False
+    return not any(line.strip() for line in lines[closing + 1 :])
 
 
 def _traceback(lines: list[str], from_end: bool = False) -> Crash | None:

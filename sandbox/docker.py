@@ -57,6 +57,7 @@ class Container:
     status: str  # "Up 3 minutes (healthy)"
     working_dir: str
     ports: tuple[PublishedPort, ...] = field(default_factory=tuple)
+    image: str = ""  # the image it runs, as `docker ps` names it
     app: str = ""  # the app kind; "" for containers started before kinds were recorded
     source: str = ""  # the source checkout the app code is mounted from; "" for built-in code
     torch: str = ""  # which torch a source's image has: none, debian, locked; "" for no choice
@@ -117,7 +118,7 @@ def parse_ports(text: str) -> tuple[PublishedPort, ...]:
 # may contain commas themselves.
 PS_FORMAT = (
     '{"ID":{{json .ID}},"Names":{{json .Names}},"State":{{json .State}},'
-    '"Status":{{json .Status}},"Ports":{{json .Ports}},'
+    '"Status":{{json .Status}},"Ports":{{json .Ports}},"Image":{{json .Image}},'
     f'"Project":{{{{json (.Label "{PROJECT_LABEL}")}}}},'
     f'"Service":{{{{json (.Label "{SERVICE_LABEL}")}}}},'
     f'"WorkingDir":{{{{json (.Label "{WORKDIR_LABEL}")}}}},'
@@ -149,6 +150,7 @@ def parse_ps(output: str) -> list[Container]:
                 status=row.get("Status", ""),
                 working_dir=row.get("WorkingDir", ""),
                 ports=parse_ports(row.get("Ports", "")),
+                image=row.get("Image", ""),
                 app=row.get("App", ""),
                 source=row.get("Source", ""),
                 torch=row.get("Torch", ""),

@@ -155,3 +155,35 @@ def slot_lock(
                 _held.pop(path, None)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def file_lock(
+    path: Path,
+    *,
+    wait: float,
+    doing: str,
+    advice: str,
+    on_busy: Callable[[str], None] | None = None,
+) -> Iterator[None]:
+    """Hold an flock on `path` for the `with` block, our pid written inside; wait up to `wait`
+    seconds for its holder ("<holder> <doing>" is what `on_busy` hears), then
+    SandboxError(LOCKED) ending in `advice`. The kernel drops it when the holder dies, so it is
+    never stale."""
+
+    def refusal(pid: int | None) -> SandboxError:
+        return SandboxError(
+            f"{holder(pid)} {doing} and does not finish: {advice} (lock {path})", Exit.LOCKED
+        )
+
+    def waiting(pid: int | None, remaining: float) -> None:
+        if on_busy is not None:
+            on_busy(f"{holder(pid)} {doing}; waiting up to {remaining:.0f}s")
+
+    fd = open_lock_file(path)
+    try:
+        acquire(fd, wait, refusal, waiting)
+        with signed(fd):
+            yield
+    finally:
+        os.close(fd)

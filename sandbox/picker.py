@@ -210,38 +210,6 @@ def pick_lock_path(lock_dir: Path) -> Path:
     return lock_dir / PICK_LOCK
 
 
-@contextmanager
-def file_lock(
-    path: Path,
-    *,
-    wait: float,
-    doing: str,
-    advice: str,
-    on_busy: Callable[[str], None] | None = None,
-) -> Iterator[None]:
-    """Hold an flock on `path` for the `with` block, our pid written inside; wait up to `wait`
-    seconds for its holder ("<holder> <doing>" is what `on_busy` hears), then
-    SandboxError(LOCKED) ending in `advice`. The kernel drops it when the holder dies, so it is
-    never stale."""
-
-    def refusal(pid: int | None) -> SandboxError:
-        return SandboxError(
-            f"{lock.holder(pid)} {doing} and does not finish: {advice} (lock {path})", Exit.LOCKED
-        )
-
-    def waiting(pid: int | None, remaining: float) -> None:
-        if on_busy is not None:
-            on_busy(f"{lock.holder(pid)} {doing}; waiting up to {remaining:.0f}s")
-
-    fd = lock.open_lock_file(path)
-    try:
-        lock.acquire(fd, wait, refusal, waiting)
-        with lock.signed(fd):
-            yield
-    finally:
-        os.close(fd)
-
-
 def machine_lock(
     environ: Mapping[str, str],
     *,
@@ -251,7 +219,7 @@ def machine_lock(
 ) -> AbstractContextManager[None]:
     """The machine-wide picking lock: `pick.lock` next to the slot locks."""
     directory = lock_dir if lock_dir is not None else lock.default_lock_dir(environ)
-    return file_lock(
+    return lock.file_lock(
         pick_lock_path(directory),
         wait=wait,
         doing="is picking a slot",
@@ -266,7 +234,7 @@ def worktree_lock(
     """The machine-wide lock around creating a worktree: two `inv new` of one branch must not
     both pass the checks, and a failed one must not roll back the other's worktree."""
     directory = lock_dir if lock_dir is not None else lock.default_lock_dir(environ)
-    return file_lock(
+    return lock.file_lock(
         directory / WORKTREE_LOCK,
         wait=wait,
         doing="is creating a worktree",

@@ -151,7 +151,8 @@ def _copy_files(source: Path, target: Path, report: CopyReport) -> None:
     for file in sorted(source.rglob("*")):
         if file.is_symlink() or not file.is_file():
             continue
-        if any(parent.is_symlink() for parent in file.relative_to(source).parents if parent.name):
+        inside = file.relative_to(source).parents
+        if any((source / parent).is_symlink() for parent in inside if parent.name):
             continue
         dest = target / file.relative_to(source)
         if dest.exists() or dest.is_symlink():

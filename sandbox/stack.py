@@ -263,7 +263,12 @@ def _start(
     override = write_override(target, source, image, layout, copied_to, reload)
     reach.adjust_override(override, target.values, environ, compose.bind_address(target, environ))
     fresh = hooks.fresh is not None
-    already = all_running(checked.running, layout) and not recreate and not fresh
+    already = (
+        all_running(checked.running, layout)
+        and as_wanted(checked.running, source, image, place(target))
+        and not recreate
+        and not fresh
+    )
     queued = 0.0 if already else _wait_turn(target.slot, environ, hooks.queue, heavy)
     ensure_volume(target, environ, checked, source, fresh)
     compose_seconds = (
@@ -275,6 +280,28 @@ def _start(
     return UpResult(
         checked, not already, None, compose_seconds=compose_seconds, queued_seconds=queued
     )
+
+
+def as_wanted(
+    containers: Sequence[docker.Container],
+    source: apps.Source,
+    image: str | None,
+    where: apps.Place,
+) -> bool:
+    """The running app containers have what this `up` asks for: its app image, its torch, its
+    shared and models directories (labels). Otherwise Compose must run again, and recreates
+    what changed: `--models=slot` on a running slot must not only be said."""
+    wanted = {"shared": str(where.shared_dir), "models": str(where.models(source))}
+    for container in containers:
+        if container.service not in apps.APP_SERVICES:
+            continue
+        if image is not None and container.image != image:
+            return False
+        if source.kind.image == "uv" and container.torch != source.torch:
+            return False
+        if {"shared": container.shared, "models": container.models} != wanted:
+            return False
+    return True
 
 
 def _wait_turn(

@@ -131,8 +131,8 @@ def slot_entry(
         "orphaned": orphaned,
         "workers": layout.workers,
         "observability": layout.observability,
-        "shared_dir": _recorded({c.shared for c in containers}),
-        "models_dir": _recorded({c.models for c in containers}),
+        "shared_dir": _recorded(status.one_label({c.shared for c in containers})),
+        "models_dir": _recorded(status.one_label({c.models for c in containers})),
         "ports": ports,
         "urls": slots.service_urls(host, ports.__getitem__),
         "services": {
@@ -164,10 +164,10 @@ def agent_url(containers: Sequence[docker.Container], slot: int) -> str | None:
     return reach.agent_url(published[0].host_port)
 
 
-def _recorded(values: set[str]) -> str | None:
-    """A label every container of the slot records alike; None when absent or they differ."""
-    values.discard("")
-    return values.pop() if len(values) == 1 else None
+def _recorded(value: str) -> str | None:
+    """A label as the table shows it (`status.one_label`), for JSON: null when absent or the
+    containers disagree."""
+    return None if value in ("", status.SEVERAL) else value
 
 
 def by_slot(containers: Sequence[docker.Container]) -> dict[int, list[docker.Container]]:

@@ -203,6 +203,27 @@ def test_a_worker_that_raises_at_import_fails_up_at_once_quoting_it(
         sandbox.inv("down", f"--slot={B}", "--volumes")
 
 
+def test_a_backend_that_raises_at_import_dies_under_its_reloader_and_fails_up(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    claim_slots((B,), sandbox.env)
+    broken = copy_fixture(tmp_path, "ktrdr-broken-backend")
+    main = broken / "ktrdr" / "api" / "main.py"
+    main.write_text(main.read_text() + '\nraise KeyError("backend broken on purpose")\n')
+    try:
+        result = sandbox.inv("up", f"--slot={B}", f"--source={broken}")
+        assert not result.ok
+        said = result.stdout + result.stderr
+        # uvicorn --reload keeps the backend's container running: only its log says.
+        assert "process died: KeyError: 'backend broken on purpose'" in said, said[-3000:]
+        assert "ktrdr/api/main.py" in said
+        gate = re.search(r"is not ready after ([0-9.]+)s", said)
+        assert gate is not None, said[-3000:]
+        assert float(gate.group(1)) <= CRASH_WITHIN
+    finally:
+        sandbox.inv("down", f"--slot={B}", "--volumes")
+
+
 def _images(sandbox: Sandbox, checkout: Path) -> Result:
     return sandbox.inv("images", f"--source={checkout}")
 

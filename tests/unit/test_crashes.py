@@ -119,4 +119,49 @@ def test_the_last_traceback_of_an_exited_process_is_its_error() -> None:
     assert crashes.last_error(lines) == crashes.Crash(
         "ktrdr/api/main.py:9 in <module>", "ValueError: the last one"
     )
-    assert crashes.last_error(["INFO: bye"]) is None
+    # No traceback at its end: its last line is what it said last.
+    assert crashes.last_error(["INFO: bye", ""]) == crashes.Crash("", "INFO: bye")
+    assert crashes.last_error([]) is None
+
+
+def test_a_handled_traceback_before_an_exit_is_not_blamed_for_it() -> None:
+    lines = [
+        "Traceback (most recent call last):",
+        '  File "/app/ktrdr/workers/base.py", line 50, in register_once',
+        "httpx.ConnectError: All connection attempts failed",
+        "INFO registered with the backend",
+        "Killed",
+    ]
+    assert crashes.last_error(lines) == crashes.Crash("", "Killed")
+
+
+def test_uvicorns_own_exits_without_a_traceback_are_deaths() -> None:
+    startup = [
+        "INFO:     Started server process [9]",
+        "INFO:     Waiting for application startup.",
+        "ERROR:    Application startup failed. Exiting.",
+    ]
+    crash = crashes.find_crash(startup)
+    assert crash == crashes.Crash("", "ERROR: Application startup failed. Exiting.")
+    loading = ['ERROR:    Error loading ASGI app. Could not import module "ktrdr.api.x".']
+    assert crashes.find_crash(loading) is not None
+
+
+def test_a_process_of_the_apps_own_that_died_while_it_serves_is_no_crash() -> None:
+    lines = [
+        "INFO:     Application startup complete.",
+        "Process SpawnProcess-3:",
+        "Traceback (most recent call last):",
+        '  File "/app/ktrdr/jobs/pool.py", line 8, in run',
+        "ValueError: a job failed",
+        'INFO:     127.0.0.1:4242 - "GET /api/v1/health HTTP/1.1" 200 OK',
+    ]
+    assert crashes.find_crash(lines) is None
+
+
+def test_a_container_started_again_is_not_its_old_death() -> None:
+    lines = [
+        "reloader: pid 8 exited with status 1: waiting for an edit",
+        "reloader: watching /app/ktrdr_reference; started python3 -m x (pid 8)",
+    ]
+    assert crashes.find_crash(lines) is None

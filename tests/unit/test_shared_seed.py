@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from sandbox import shared
 
 
@@ -58,3 +60,16 @@ def test_a_checkout_without_the_directory_seeds_nothing(tmp_path: Path) -> None:
     (tmp_path / "checkout").mkdir()
     assert shared.seed(tmp_path / "checkout", tmp_path / "shared", ("strategies",)).copied == []
     assert not (tmp_path / "shared").exists()
+
+
+def test_the_link_check_looks_inside_the_checkout_not_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkout = checkout_with_strategies(tmp_path / "checkout")
+    # A link named like a directory of the checkout, in the directory `inv` runs from.
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / "sub").symlink_to(tmp_path)
+    monkeypatch.chdir(elsewhere)
+    report = shared.seed(checkout, tmp_path / "shared", ("strategies",))
+    assert {p.name for p in report.copied} == {"a.yaml", "b.yaml"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from collections.abc import Mapping, Sequence
@@ -87,12 +88,22 @@ def test_up_starts_a_stopped_slot_then_runs_the_gate(
 def test_up_on_a_running_slot_only_reruns_the_gate(
     target: compose.Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    running = [container(s, 3, str(target.root)) for s in slots.SERVICES]
+    shared = str(target.shared_dir)
+    running = [
+        dataclasses.replace(
+            container(s, 3, str(target.root)), shared=shared, models=f"{shared}/models"
+        )
+        for s in slots.SERVICES
+    ]
     fakes = Fakes(monkeypatch, running)
     result = stack.up(target, {})
     assert result.gate is not None
     assert not result.started
     assert fakes.commands == []
+    # Containers that do not record what they mount (started before it was recorded) are
+    # brought up to date once.
+    Fakes(monkeypatch, [container(s, 3, str(target.root)) for s in slots.SERVICES])
+    assert stack.up(target, {}).started
 
 
 def test_up_without_wait_starts_the_stack_and_runs_no_gate(
@@ -236,3 +247,27 @@ def test_fresh_recreates_only_this_slots_database_after_asking(
     assert remove == ["docker", "volume", "rm", "ktrdr-sandbox-3_db-data"]
     assert create[:3] == ["docker", "volume", "create"] and create[-1] == "ktrdr-sandbox-3_db-data"
     assert "com.docker.compose.project=ktrdr-sandbox-3" in create
+
+
+def test_a_running_slot_is_started_again_when_what_it_runs_changed(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from sandbox import apps as app_kinds
+    from tests.unit.factories import container as made
+
+    where = app_kinds.Place(3, tmp_path / "shared")
+    source = app_kinds.BUILT_IN
+    shared, models = str(tmp_path / "shared"), str(tmp_path / "shared" / "models")
+    running = [
+        replace(made(3, service), image="app:1", shared=shared, models=models)
+        for service in ("db", "backend", "training-worker-1")
+    ]
+    assert stack.as_wanted(running, source, None, where)
+    assert stack.as_wanted(running, source, "app:1", where)
+    # Another image (a changed lock), another models directory, another shared directory.
+    assert not stack.as_wanted(running, source, "app:2", where)
+    assert not stack.as_wanted(running, replace(source, models="slot"), None, where)
+    elsewhere = app_kinds.Place(3, tmp_path / "team")
+    assert not stack.as_wanted(running, source, None, elsewhere)
+    # The database's container runs no app: its image is Postgres, and that is as wanted.
+    assert running[0].service == "db"
