@@ -255,7 +255,12 @@ def _from_container(found: Engine, env: Mapping[str, str]) -> Engine:
 # container it starts: the one place that names a container's own full id (cgroup v2 shows
 # "0::/" in PID 1's cgroup). /.dockerenv alone is not enough: a machine may carry one and run
 # its engine itself (this project's CI does), and without an id nothing can be translated.
-_CONTAINER_ID = re.compile(r"/containers/([0-9a-f]{64})/")
+# Only such a mount AT /etc/hostname (or hosts, resolv.conf) counts: the engine's own host
+# sees /var/lib/docker/containers/<id>/mounts/shm of every running container in its table.
+_CONTAINER_ID = re.compile(
+    r" \S*/containers/([0-9a-f]{64})/(?:hostname|hosts|resolv\.conf)"
+    r" /etc/(?:hostname|hosts|resolv\.conf) "
+)
 MOUNTINFO = Path("/proc/self/mountinfo")
 
 

@@ -125,6 +125,9 @@ def test_the_container_id_is_read_from_mountinfo(tmp_path: Path) -> None:
     line = f"512 498 8:1 /var/lib/docker/containers/{ident}/hostname /etc/hostname rw - ext4\n"
     assert engine.container_id_in("1 0 0:1 / / rw - overlay\n" + line) == ident
     assert engine.container_id_in("1 0 0:1 / / rw - overlay\n") is None
+    # On the engine's own host: the shm mount of every running container is in the table.
+    shm = f"640 27 0:99 / /var/lib/docker/containers/{ident}/mounts/shm rw - tmpfs shm rw\n"
+    assert engine.container_id_in("1 0 0:1 / / rw - ext4\n" + shm) is None
     missing = tmp_path / "mountinfo"
     assert engine.own_container_id(missing) is None
 
