@@ -17,6 +17,7 @@ module loads the SDK (pydantic, starlette, ...): tasks.py imports it only inside
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping
@@ -216,17 +217,21 @@ def up(
     source: str | None = None,
     workers: str | None = None,
     observability: str | None = None,
-    torch: str = "none",
+    torch: str | None = None,
     timeout: str | None = None,
+    models: str = "shared",
 ) -> dict[str, Any]:
     layout = slots.parse_layout(workers, observability)
     chosen = apps.from_flag(source, torch)  # "" (an unset variable) is refused, not "none"
+    chosen = dataclasses.replace(chosen, models=apps.check_models(models))
     wanted = picker.parse_choice(slot)
     if wanted is not None:
-        return start(compose.load_target(ROOT, wanted), chosen, environ, say, layout, timeout)
+        return start(
+            compose.load_target(ROOT, wanted, environ), chosen, environ, say, layout, timeout
+        )
     with picker.claim_slot(environ, None, picker.Claim(on_busy=say)) as number:
         say(f"slot {number}: the lowest free slot (slot=auto)")
-        target = compose.load_target(ROOT, number)
+        target = compose.load_target(ROOT, number, environ)
         return start(target, chosen, environ, say, layout, timeout)
 
 
@@ -237,20 +242,24 @@ def new(
     repo: str,
     slot: str = "auto",
     base: str | None = None,
-    torch: str = "none",
+    torch: str | None = None,
     timeout: str | None = None,
+    models: str = "shared",
 ) -> dict[str, Any]:
     """`inv new`: the same checks, claim, worktree and start, in the same order."""
-    apps.check_torch(torch)
+    if torch is not None:
+        apps.check_torch(torch)
+    apps.check_models(models)
     wanted = picker.parse_choice(slot)
     plan = branchflow.check_new(repo, branch, base, environ)
     with picker.claim_slot(environ, wanted, picker.Claim(on_busy=say)) as number:
         say(f"slot {number}: {'the lowest free slot' if wanted is None else 'free'}")
         made = worktrees.create(plan.repo, branch, base, environ)
         say(f"worktree: {made.path} (branch {branch})")
-        target = compose.load_target(ROOT, number)
+        target = compose.load_target(ROOT, number, environ)
         try:
-            document = start(target, apps.detect(made.path, torch), environ, say, timeout=timeout)
+            source = dataclasses.replace(apps.detect(made.path, torch), models=models)
+            document = start(target, source, environ, say, timeout=timeout)
         except Failed as failed:
             hint = branchflow.kept_hint(plan, made.path)
             raise Failed(
@@ -272,7 +281,7 @@ def status(environ: Mapping[str, str], slot: int | None = None) -> dict[str, Any
 def verify(environ: Mapping[str, str], slot: list[int]) -> dict[str, Any]:
     if not slot:
         raise SandboxError("which slots? pass slot=[N, ...]", Exit.USAGE)
-    targets = [compose.load_target(ROOT, slots.parse_slot(s)) for s in dict.fromkeys(slot)]
+    targets = [compose.load_target(ROOT, slots.parse_slot(s), environ) for s in dict.fromkeys(slot)]
     docker.check_engine(environ)
     reports = slot_verify.verify(targets, compose.find_compose(environ), environ)
     document = statusjson.verify_document(reports)
@@ -294,7 +303,7 @@ def _compose(environ: Mapping[str, str]) -> list[str]:
 def logs(
     environ: Mapping[str, str], slot: int, service: str | None = None, tail: int = 100
 ) -> dict[str, Any]:
-    target = compose.load_target(ROOT, slots.parse_slot(slot))
+    target = compose.load_target(ROOT, slots.parse_slot(slot), environ)
     lines = slots.parse_count(str(tail), "tail")
     chosen = slots.parse_service(service) if service else None
     cmd = stack.logs_command(_compose(environ), target, chosen, False, lines)
@@ -313,7 +322,7 @@ def exec_(
     service: str = "backend",
     timeout: float = EXEC_TIMEOUT,
 ) -> dict[str, Any]:
-    target = compose.load_target(ROOT, slots.parse_slot(slot))
+    target = compose.load_target(ROOT, slots.parse_slot(slot), environ)
     chosen = slots.parse_service(service)
     if not argv:
         raise SandboxError("which command? pass argv=[CMD, ARGS...]", Exit.USAGE)
@@ -327,7 +336,7 @@ def exec_(
 def snapshot(
     environ: Mapping[str, str], say: Progress, slot: int, name: str | None = None
 ) -> dict[str, Any]:
-    target = compose.load_target(ROOT, slots.parse_slot(slot))
+    target = compose.load_target(ROOT, slots.parse_slot(slot), environ)
     app, _ = snapshots.running_app(target.slot, environ)
     made = snapshots.snapshot(target, _compose(environ), environ, name=name, app=app, on_step=say)
     return mcpdocs.snapshot(made.name, made.source_slot, made.app, made.size, made.migration)
@@ -336,7 +345,7 @@ def snapshot(
 def restore(
     environ: Mapping[str, str], say: Progress, slot: int, name: str, confirm: bool = False
 ) -> dict[str, Any]:
-    target = compose.load_target(ROOT, slots.parse_slot(slot))
+    target = compose.load_target(ROOT, slots.parse_slot(slot), environ)
     confirmed(confirm, f"restore replaces slot {target.slot}'s database", "restore")
     app, chain = snapshots.running_app(target.slot, environ)
     done_ = snapshots.restore(
@@ -355,7 +364,7 @@ def down(
     volumes: bool = False,
     confirm: bool = False,
 ) -> dict[str, Any]:
-    target = compose.load_target(ROOT, slots.parse_slot(slot))
+    target = compose.load_target(ROOT, slots.parse_slot(slot), environ)
     if volumes:
         confirmed(confirm, f"down with volumes deletes slot {target.slot}'s database", "down")
     stack.down(
@@ -388,7 +397,9 @@ def done(
         "done",
     )
     if target.slot is not None:
-        stack.down(compose.load_target(ROOT, target.slot), environ, volumes=True, on_busy=say)
+        stack.down(
+            compose.load_target(ROOT, target.slot, environ), environ, volumes=True, on_busy=say
+        )
         say(f"slot {target.slot} is down; its volumes and .env.sandbox removed")
     removed = branchflow.remove_worktree(target, force, environ)
     forced = [] if report.safe else report.lines()
@@ -413,14 +424,15 @@ def build() -> MCPServer:
         ctx: Context,
         slot: str = "auto",
         base: str | None = None,
-        torch: str = "none",
+        torch: str | None = None,
         timeout: str | None = None,
+        models: str = "shared",
     ) -> CallToolResult:
         """A git worktree of `branch` next to the repository `repo`, a free slot (`slot`:
         "auto" or a number) and its stack started from the worktree: `inv new`."""
         say = Reporter(ctx)
         return answered(
-            lambda: new(dict(os.environ), say, branch, repo, slot, base, torch, timeout)
+            lambda: new(dict(os.environ), say, branch, repo, slot, base, torch, timeout, models)
         )
 
     @server.tool(name="up")
@@ -430,14 +442,18 @@ def build() -> MCPServer:
         source: str | None = None,
         workers: str | None = None,
         observability: str | None = None,
-        torch: str = "none",
+        torch: str | None = None,
         timeout: str | None = None,
+        models: str = "shared",
     ) -> CallToolResult:
         """Start a slot (`slot`: a number 0-10 or "auto") and wait for the startability gate:
-        `inv up`. `source`: a KTRDR checkout to run; `workers`: full, light or none."""
+        `inv up`. `source`: a KTRDR checkout to run; `workers`: full, light or none; `torch`:
+        debian (default), locked or none; `models`: shared (default) or slot (its own)."""
         say = Reporter(ctx)
         return answered(
-            lambda: up(dict(os.environ), say, slot, source, workers, observability, torch, timeout)
+            lambda: up(
+                dict(os.environ), say, slot, source, workers, observability, torch, timeout, models
+            )
         )
 
     @server.tool(name="status", annotations=READ_ONLY)

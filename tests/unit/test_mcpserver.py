@@ -69,6 +69,11 @@ def test_the_server_lists_the_ten_tools_and_marks_the_destructive_ones() -> None
     assert tools["new"].input_schema["required"] == ["branch", "repo"]
     # The SDK's Context is injected, never asked of the client.
     assert "ctx" not in tools["up"].input_schema["properties"]
+    # An agent's slot trains as `inv up`'s does: the same torch default, the same models choice.
+    for name in ("up", "new"):
+        properties = tools[name].input_schema["properties"]
+        assert properties["torch"].get("default") is None
+        assert properties["models"]["default"] == "shared"
 
 
 def test_a_sandbox_error_is_a_tool_error_with_its_line_and_exit_code() -> None:
