@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -436,7 +436,8 @@ class Progress:
     what tells a start that is slow (CPU still growing) from one that is stuck."""
 
     by_service: dict[str, float] = field(default_factory=dict)
-    samples: list[tuple[float, float]] = field(default_factory=list)  # (at, total CPU-seconds)
+    # (at, service -> CPU-seconds), the last two windows' worth
+    samples: list[tuple[float, dict[str, float]]] = field(default_factory=list)
 
     def note(
         self,
@@ -451,14 +452,18 @@ class Progress:
             return  # not accounted here (a remote engine): nothing is claimed
         self.by_service = known
         self.samples = [s for s in self.samples if s[0] >= at - 2 * GATE_PROGRESS_WINDOW]
-        self.samples.append((at, sum(known.values())))
+        self.samples.append((at, known))
 
-    def growing(self, now: float) -> bool:
-        """Whether the containers used at least GATE_PROGRESS_CPU over the last window."""
-        older = [total for at, total in self.samples if at <= now - GATE_PROGRESS_WINDOW]
-        if not older:
+    def growing(self, now: float, services: Collection[str]) -> bool:
+        """Whether `services` used at least GATE_PROGRESS_CPU together over the last window.
+        Only the services still starting count: the rest of an idle slot (workers renewing
+        their registration, the database) uses about that much on its own."""
+        older = [used for at, used in self.samples if at <= now - GATE_PROGRESS_WINDOW]
+        if not older or not services:
             return False
-        return self.samples[-1][1] - older[-1] >= GATE_PROGRESS_CPU
+        latest = self.samples[-1][1]
+        grown = sum(latest.get(s, 0.0) - older[-1].get(s, latest.get(s, 0.0)) for s in services)
+        return grown >= GATE_PROGRESS_CPU
 
 
 def starting_detail(detail: str, service: str, progress: Progress) -> str:
@@ -470,10 +475,23 @@ def starting_detail(detail: str, service: str, progress: Progress) -> str:
     return f"starting, {seconds:.0f} s of CPU so far ({detail})"
 
 
-def _deadline(progress: Progress, start: float, now: float, timeout: float) -> float:
-    """When the gate gives up: at `timeout`, or later while the slot's CPU keeps growing,
-    never past GATE_HARD_CAP_FACTOR times it. A failed check ends the gate before either."""
-    if now - start < timeout or not progress.growing(now):
+def starting(plan: Sequence[Check], results: Mapping[str, CheckResult]) -> set[str]:
+    """The services of the checks still waiting without an answer (said as "starting")."""
+    return {
+        check.service
+        for check in plan
+        if results[check.name].state is State.WAITING
+        and results[check.name].detail.startswith("starting,")
+    }
+
+
+def _deadline(
+    progress: Progress, start: float, now: float, timeout: float, services: Collection[str]
+) -> float:
+    """When the gate gives up: at `timeout`, or later while the `services` still starting keep
+    using CPU, never past GATE_HARD_CAP_FACTOR times it. A failed check ends the gate before
+    either."""
+    if now - start < timeout or not progress.growing(now, services):
         return start + timeout
     return start + timeout * GATE_HARD_CAP_FACTOR
 
@@ -702,7 +720,7 @@ def _poll(
     sleep: Callable[[float], None],
 ) -> _Verdict:
     """Rounds until every check passed, one failed fast, or `timeout` (GO_ON then); past
-    `timeout` only while the slot's CPU keeps growing (`_deadline`)."""
+    `timeout` only while the services still starting keep using CPU (`_deadline`)."""
     clock, start = state.clock, state.start
     while True:
         round_start = clock()
@@ -715,7 +733,8 @@ def _poll(
         if verdict is not _Verdict.GO_ON:
             return verdict
         now = clock()
-        deadline = _deadline(state.progress, start, now, timeout)
+        busy = starting(state.plan, state.results)
+        deadline = _deadline(state.progress, start, now, timeout, busy)
         if now >= deadline:
             return verdict
         sleep(max(0.0, min(poll - (now - round_start), deadline - now)))

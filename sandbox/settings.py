@@ -24,12 +24,13 @@ GATE_EXEC_TIMEOUT = 10.0
 CONTAINER_POLL = 2.0
 # An app's migration step (KTRDR: `alembic upgrade head`) imports the whole app first.
 MIGRATION_TIMEOUT = 180.0
-# The gate under load: past its timeout it goes on while the slot's containers keep using
-# CPU (at least GATE_PROGRESS_CPU seconds over the last GATE_PROGRESS_WINDOW), since a start
-# starved of CPU is slow, not stuck; never past GATE_HARD_CAP_FACTOR times the timeout.
-# Ten KTRDR slots thrashing on two cores still used 3-4 CPU-seconds a process in 5 minutes.
+# The gate under load: past its timeout it goes on while the services that have not answered
+# yet keep using CPU (at least GATE_PROGRESS_CPU seconds together over the last
+# GATE_PROGRESS_WINDOW), since a start starved of CPU is slow, not stuck; never past
+# GATE_HARD_CAP_FACTOR times the timeout. Ten KTRDR slots thrashing on two cores still gave
+# each process 3-4 CPU-seconds in 5 minutes (~0.25 a window); an idle backend uses ~0.06.
 GATE_PROGRESS_WINDOW = 20.0
-GATE_PROGRESS_CPU = 0.5
+GATE_PROGRESS_CPU = 0.25
 GATE_HARD_CAP_FACTOR = 3.0
 # How many log lines of each failing service `inv up` shows after a failed gate.
 FAILING_LOG_LINES = 20

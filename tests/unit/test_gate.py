@@ -710,10 +710,13 @@ def test_progress_needs_cpu_growth_over_the_window() -> None:
     window = settings.GATE_PROGRESS_WINDOW
     for at, used in ((0.0, 1.0), (window, 1.2)):
         progress.note(at, [container("backend")], "ktrdr-sandbox-1", {"id-backend": used}.get)
-    assert not progress.growing(window)  # 0.2 CPU-s in a window: stuck
+    assert not progress.growing(window, {"backend"})  # 0.2 CPU-s in a window: stuck
     progress.note(window + 2, [container("backend")], "ktrdr-sandbox-1", lambda _: 3.0)
-    assert progress.growing(window + 2)
-    assert not gate.Progress().growing(100.0)  # nothing known: no claim of progress
+    assert progress.growing(window + 2, {"backend"})
+    # Only the services still starting count; nothing known is no claim of progress.
+    assert not progress.growing(window + 2, {"db"})
+    assert not progress.growing(window + 2, set())
+    assert not gate.Progress().growing(100.0, {"backend"})
 
 
 def test_a_starved_start_goes_on_past_the_timeout_while_its_cpu_grows(
@@ -740,6 +743,20 @@ def test_a_start_whose_cpu_stands_still_fails_at_the_timeout_saying_it_was_start
     assert not result.passed
     assert result.elapsed == 30.0
     assert by_name(result)["backend"].detail == "starting, 2 s of CPU so far (refused)"
+
+
+def test_the_rest_of_the_slot_using_cpu_does_not_extend_the_gate(
+    target: compose.Target,
+) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 50.0})
+
+    def others_busy(container_id: str) -> float:
+        return 2.0 if container_id == "id-backend" else (clock.now - 100.0) * 0.5
+
+    result = run(target, world, clock, timeout=30.0, probes=loaded(world, others_busy))
+    assert not result.passed
+    assert result.elapsed == 30.0
 
 
 def test_progress_never_goes_past_the_hard_cap(target: compose.Target) -> None:
