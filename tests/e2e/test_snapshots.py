@@ -81,7 +81,12 @@ def test_restore_brings_back_the_rows_of_the_snapshot(
     )
     assert_ok(sandbox.inv("snapshot", f"--slot={A}", "--name=e2e-base"))
     store = sandbox.home / ".ktrdr" / "snapshots"
-    assert sorted(p.name for p in store.iterdir()) == ["e2e-base.dump", "e2e-base.json"]
+    # The store's own lock beside the snapshots; no partial file left behind.
+    assert sorted(p.name for p in store.iterdir()) == [
+        ".store.lock",
+        "e2e-base.dump",
+        "e2e-base.json",
+    ]
     manifest = json.loads((store / "e2e-base.json").read_text())
     assert (manifest["source_slot"], manifest["app"], manifest["migration"]) == (
         A,
@@ -129,7 +134,12 @@ def test_clone_copies_a_into_b_and_leaves_a_alone(
     assert database_reachable(B)
     # Nothing of the clone's temporary archive is left in the store.
     store = sandbox.home / ".ktrdr" / "snapshots"
-    assert sorted(p.name for p in store.iterdir()) == ["e2e-base.dump", "e2e-base.json"]
+    # The store's own lock beside the snapshots; no partial file left behind.
+    assert sorted(p.name for p in store.iterdir()) == [
+        ".store.lock",
+        "e2e-base.dump",
+        "e2e-base.json",
+    ]
 
 
 def test_restore_answered_no_changes_nothing(
