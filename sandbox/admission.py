@@ -196,8 +196,9 @@ class Line:
 
     def _open(self, path: Path, flags: int) -> int:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            return os.open(path, flags | os.O_CLOEXEC, 0o644)
+            # Private, as the slot locks: the record says which slots this user starts when.
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            return os.open(path, flags | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise SandboxError(
                 f"cannot use the admission directory {self.root} ({exc.strerror}): set "

@@ -174,7 +174,7 @@ def test_a_disk_that_fills_during_a_snapshot_leaves_no_file(
             small = {**stacks, snapshots.SNAPSHOT_DIR_VARIABLE: mount_point}
             with pytest.raises(SandboxError, match="the disk is full"):
                 snapshots.snapshot(target(A), compose_cmd, small, name="too-big")
-            assert list(Path(mount_point).iterdir()) == []
+            assert [p.name for p in Path(mount_point).iterdir()] == [".store.lock"]
         finally:
             run(["umount", mount_point])
     sql(sandbox, A, "DROP TABLE filler;")
