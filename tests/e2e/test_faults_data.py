@@ -206,6 +206,7 @@ def outcome(suite: Suite, request: pytest.FixtureRequest) -> Iterator[None]:
 DURING_RESTORE = (0.0, 0.3, 0.6, 1.0, 1.5)
 DURING_SWAP = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 HEALERS = ("status", "restore", "status", "up")
+SEEN: dict[str, int] = {}  # the databases each interruption left, before the healer ran
 
 
 def test_restore_interrupted_at_many_points(suite: Suite) -> None:
@@ -238,7 +239,7 @@ def test_restore_interrupted_at_many_points(suite: Suite) -> None:
             problems += [f"{where}: {p}" for p in heal(suite, healer)]
             if era(suite, A) not in ("old", "new"):
                 problems.append(f"{where}: after `inv {healer}` ktrdr holds {era(suite, A)!r}")
-    print(f"restore interrupted at {done} points ({len(points)} per signal)")
+    print(f"restore interrupted at {done} points ({len(points)} per signal); found: {SEEN}")
     assert done >= len(points), f"only {done} interruptions landed mid-restore"
     assert_none(problems + lost(suite, A))
 
@@ -249,6 +250,7 @@ def heal(suite: Suite, healer: str) -> list[str]:
     env = suite.sandbox.env
     problems: list[str] = []
     left_before = databases(suite, A)
+    SEEN[",".join(left_before)] = SEEN.get(",".join(left_before), 0) + 1
     if healer == "restore":
         result = inv_in(ROOT, env, "restore", f"--slot={A}", SNAPSHOT, "--yes")
     elif healer == "up":
