@@ -18,6 +18,10 @@ What the stack loader of Docker 20.10 and later rejects or changes, and what is 
   dropped, `restart: "no"` turned into "restart forever": `restart` becomes
   `deploy.restart_policy` (Compose's default, "no", included);
 - VIP service addresses need IP_VS: `endpoint_mode: dnsrr` everywhere;
+- swarm's DNS names a task only once its first healthcheck passed (dnsrr: the backend cannot
+  resolve `db` before), and Docker 20.10 runs that check one interval after the start: the
+  healthcheck interval is capped at `HEALTH_INTERVAL` (the compose file's minute would hold a
+  slot back by a minute; 10 s for nine checks is ~2% of a core per slot, spread over nodes);
 - volumes are node-local and bind sources are never created: the database is pinned to the
   node labelled `ktrdr.sandbox.db=true`, services with bind mounts (the shared directory) to
   nodes labelled `ktrdr.sandbox.shared=true`.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +69,26 @@ KEPT = frozenset(
 DROPPED = frozenset({"build", "depends_on", "container_name", "pull_policy", "scale"})
 REWRITTEN = frozenset({"restart", "ports", "volumes", "configs", "networks"})
 CONFIG_DIR = "configs"
+HEALTH_INTERVAL = 10.0  # seconds, the longest healthcheck interval of a swarm service
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|ns)")
+_UNIT = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def seconds(duration: str) -> float:
+    """A Go duration as `docker compose config` writes it ("1m0s", "2s", "500ms")."""
+    parts = _DURATION.findall(duration)
+    if not parts or "".join(n + u for n, u in parts) != duration:
+        raise SandboxError(f"{duration!r} is not a duration Compose writes", Exit.USAGE)
+    return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+def healthcheck(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The service's healthcheck with its interval capped at HEALTH_INTERVAL."""
+    out = dict(spec)
+    interval = out.get("interval")
+    if isinstance(interval, str) and seconds(interval) > HEALTH_INTERVAL:
+        out["interval"] = f"{HEALTH_INTERVAL:g}s"
+    return out
 
 
 @dataclass(frozen=True)
@@ -198,6 +223,8 @@ def service(
     out: dict[str, Any] = {k: v for k, v in spec.items() if k in KEPT and v is not None}
     if "image" in out:
         out["image"] = images.get(out["image"], out["image"])
+    if isinstance(out.get("healthcheck"), dict):
+        out["healthcheck"] = healthcheck(out["healthcheck"])
     restart = str(spec.get("restart") or "no")
     if restart not in RESTART:
         raise _unsupported(name, f"restart: {restart}")

@@ -59,6 +59,9 @@ REGISTRY_PORT = 5000
 REGISTRY_VOLUME = "ktrdr-sandbox-registry"
 STACK_DIR = "swarm"
 # Task states swarm never leaves: the gate stops waiting for such a service.
+# A task whose container runs: "starting" until its first healthcheck passed (the compose
+# file's interval is a minute, so that is most of a minute after the gate has passed).
+LIVE_STATES = ("running", "starting")
 FINAL_STATES = ("failed", "rejected", "shutdown", "complete", "orphaned", "remove")
 PUSH_TIMEOUT = 1800.0
 DEPLOY_TIMEOUT = 300.0
@@ -285,8 +288,15 @@ class Addresses:
     """Port -> the address of the node whose task publishes it, asked of the manager at most
     once a second (the gate's probes ask many times a second)."""
 
-    def __init__(self, stack_name: str, environ: Mapping[str, str], every: float = 1.0) -> None:
+    def __init__(
+        self,
+        stack_name: str,
+        environ: Mapping[str, str],
+        published: Mapping[int, str] | None = None,
+        every: float = 1.0,
+    ) -> None:
         self.stack_name = stack_name
+        self.published = published or {}
         self.environ = environ
         self.every = every
         self._at = -1e9
@@ -305,20 +315,27 @@ class Addresses:
                 self._nodes = nodes(self.environ)
         except SandboxError:
             return  # the manager hiccupped: the probes say "not published yet"
-        self._map = port_addresses(self.tasks, self._nodes)
+        self._map = port_addresses(self.tasks, self._nodes, self.published)
 
     def of(self, port: int) -> str | None:
         self.refresh()
         return self._map.get(port)
 
 
-def port_addresses(found: Mapping[str, Task], known: Mapping[str, Node]) -> dict[int, str]:
-    """Every port published by a running task, and its node's address."""
+def port_addresses(
+    found: Mapping[str, Task], known: Mapping[str, Node], published: Mapping[int, str]
+) -> dict[int, str]:
+    """Every port the stack publishes (port -> service, from the stack file) whose service's
+    task has a running container, and that task's node's address. The stack file, not the
+    task, says the ports: `docker stack ps` shows none while a task is "starting", though its
+    container publishes them already."""
+    found_ports = {port: task.service for task in found.values() for port in task.ports}
     return {
         port: known[task.node].address
-        for task in found.values()
-        if task.state == "running" and task.node in known
-        for port in task.ports
+        for port, service in {**found_ports, **published}.items()
+        if (task := found.get(service)) is not None
+        and task.state in LIVE_STATES
+        and task.node in known
     }
 
 
@@ -342,7 +359,7 @@ def containers(
     waiting = [Task(s, "", "new", "running", "", ()) for s in services if s not in found]
     rows = []
     for task in [*found.values(), *waiting]:
-        if task.state == "running":
+        if task.state in LIVE_STATES:
             state = "running"
         elif task.state in FINAL_STATES:
             state = "exited"
@@ -757,7 +774,7 @@ def up(
         result = Deployed(None, compose_seconds=deployed, pushed=pushed)
         if not wait:
             return result
-        addresses = Addresses(plan.stack, environ)
+        addresses = Addresses(plan.stack, environ, stackfile.published(plan.rendered))
         where = engine.Engine(
             engine.Kind.TCP, "swarm", plan.manager.address, "swarm", plan.manager.address
         )
@@ -971,7 +988,7 @@ class SlotRows:
 
     @property
     def up(self) -> bool:
-        return bool(self.rows) and all(r.state == "running" for r in self.rows)
+        return bool(self.rows) and all(r.state in LIVE_STATES for r in self.rows)
 
     def document(self) -> dict[str, Any]:
         """The slot in `inv status --json` on a swarm."""
@@ -985,17 +1002,31 @@ class SlotRows:
         }
 
 
-def slot_rows(record: Record, environ: Mapping[str, str]) -> SlotRows:
+def deployed_ports(root: Path, slot: int) -> dict[str, tuple[int, ...]]:
+    """Service -> the ports the slot's stack file publishes ({} when there is none)."""
+    try:
+        document = json.loads((stack_dir(root, slot) / "stack.json").read_text())
+        rendered = stackfile.Rendered(document)
+        by_service: dict[str, tuple[int, ...]] = {}
+        for port, service in stackfile.published(rendered).items():
+            by_service[service] = (*by_service.get(service, ()), port)
+        return by_service
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def slot_rows(record: Record, environ: Mapping[str, str], root: Path = ROOT) -> SlotRows:
     env = record.env(environ)
     found = tasks(record.stack, env)
     known = nodes(env) if found else {}
+    ports = deployed_ports(root, record.slot)
     rows = tuple(
         ServiceRow(
             t.service,
             t.node,
             known[t.node].address if t.node in known else "",
             t.state,
-            t.ports,
+            t.ports or ports.get(t.service, ()),
             t.error,
         )
         for t in sorted(found.values(), key=lambda t: t.service)
@@ -1004,7 +1035,9 @@ def slot_rows(record: Record, environ: Mapping[str, str]) -> SlotRows:
 
 
 def status(root: Path, environ: Mapping[str, str], only: int | None = None) -> list[SlotRows]:
-    return [slot_rows(r, environ) for r in recorded_slots(root) if only is None or r.slot == only]
+    return [
+        slot_rows(r, environ, root) for r in recorded_slots(root) if only is None or r.slot == only
+    ]
 
 
 def node_engine(environ: Mapping[str, str], address: str) -> str:
@@ -1024,7 +1057,7 @@ def exec_target(
     """The environment reaching the engine of the node that runs `service`, and its container."""
     env = record.env(environ)
     found = tasks(record.stack, env).get(service)
-    if found is None or found.state != "running":
+    if found is None or found.state not in LIVE_STATES:
         raise SandboxError(
             f"{service} of slot {record.slot} is not running (`inv status --slot={record.slot}`)",
             Exit.USAGE,

@@ -210,3 +210,28 @@ def test_model_command() -> None:
         "--format",
         "json",
     ]
+
+
+@pytest.mark.parametrize(
+    ("duration", "expected"),
+    [("1m0s", 60.0), ("2s", 2.0), ("2m0s", 120.0), ("500ms", 0.5), ("1h0m0s", 3600.0)],
+)
+def test_go_durations(duration: str, expected: float) -> None:
+    assert stackfile.seconds(duration) == expected
+
+
+def test_a_duration_compose_never_writes_is_refused() -> None:
+    with pytest.raises(SandboxError, match="not a duration"):
+        stackfile.seconds("1 minute")
+
+
+def test_a_long_healthcheck_interval_is_capped_and_the_rest_kept() -> None:
+    check = {"test": ["CMD", "true"], "interval": "1m0s", "timeout": "5s", "retries": 3}
+
+    assert stackfile.healthcheck(check) == {
+        "test": ["CMD", "true"],
+        "interval": "10s",
+        "timeout": "5s",
+        "retries": 3,
+    }
+    assert stackfile.healthcheck({"interval": "2s"}) == {"interval": "2s"}

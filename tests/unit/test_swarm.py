@@ -101,7 +101,18 @@ def test_a_manager_reporting_no_address_is_read_from_its_manager_address() -> No
 def test_only_running_tasks_publish() -> None:
     tasks = swarm.parse_tasks(STACK_PS, "ktrdr-sandbox-1")
 
-    assert swarm.port_addresses(tasks, swarm.parse_nodes(NODES)) == {8001: "10.0.0.2"}
+    assert swarm.port_addresses(tasks, swarm.parse_nodes(NODES), {}) == {8001: "10.0.0.2"}
+
+
+def test_a_task_waiting_for_its_first_healthcheck_publishes_too() -> None:
+    # `docker stack ps` lists no ports for a starting task: the stack file's say them.
+    starting = swarm.Task("grafana", "node-2", "starting", "running", "", ())
+
+    assert swarm.port_addresses(
+        {"grafana": starting}, swarm.parse_nodes(NODES), {3001: "grafana"}
+    ) == {3001: "10.0.0.2"}
+    (row,) = swarm.containers("ktrdr-sandbox-1", {"grafana": starting})
+    assert row.state == "running"
 
 
 class FixedAddresses(swarm.Addresses):
