@@ -200,6 +200,25 @@ def stop(environ: Mapping[str, str] | None = None, keep_images: bool = False) ->
     return removed
 
 
+def scrub_command(number: int) -> list[str]:
+    """A kept volume without the old engine's swarm and network state, images kept: a node
+    killed rather than stopped leaves overlay networks and peers behind that a new swarm's
+    networks (same subnets) then met, and the backend could not resolve `db` for minutes."""
+    return [
+        "docker",
+        "run",
+        "--rm",
+        "--pull=never",
+        "--network=none",
+        "--entrypoint=/bin/rm",
+        f"--volume={volume_name(number)}:/node",
+        IMAGE,
+        "-rf",
+        "/node/swarm",
+        "/node/network",
+    ]
+
+
 def _start_node(number: int, config: Path, environ: Mapping[str, str]) -> None:
     result = _docker(run_command(number, config)[1:], environ)
     if not result.ok:
@@ -223,6 +242,9 @@ def start(root: Path = ROOT, environ: Mapping[str, str] | None = None) -> Swarm:
     ensure_image(root, env)
     for number in range(1, NODES + 1):
         _docker(["rm", "--force", node_name(number)], env)
+        if _docker(["volume", "inspect", volume_name(number)], env).ok:
+            scrub = _docker(scrub_command(number)[1:], env, 120)
+            checked(scrub, f"clearing {volume_name(number)}'s old swarm state", "")
     if not _docker(["network", "inspect", NETWORK], env).ok:
         made = _docker(["network", "create", "--label=ktrdr.sandbox.swarm-node=1", NETWORK], env)
         checked(made, f"creating the network {NETWORK}", "read docker's error above")

@@ -287,3 +287,19 @@ def test_the_db_volume_is_removed_through_the_engines_it_can_reach() -> None:
     assert swarm.db_node_engines(known, elsewhere, template) == [
         {"KTRDR_SWARM_NODE_ENGINE": "ssh://a@{address}", "DOCKER_HOST": "ssh://a@10.0.0.1"}
     ]
+
+
+def test_a_kept_node_volume_loses_its_swarm_and_network_state_only() -> None:
+    assert swarmnodes.scrub_command(1) == [
+        "docker",
+        "run",
+        "--rm",
+        "--pull=never",
+        "--network=none",
+        "--entrypoint=/bin/rm",
+        "--volume=ktrdr-sandbox-swarm-1-docker:/node",
+        "ktrdr-sandbox/remote-host:1",
+        "-rf",
+        "/node/swarm",
+        "/node/network",
+    ]
