@@ -66,6 +66,7 @@ class Container:
     observability: str = ""  # own or shared; "" before it was recorded (own)
     shared: str = ""  # the shared directory it mounts; "" before it was recorded
     models: str = ""  # the host directory of its models; "" before it was recorded (shared)
+    reload: str = ""  # which app services reload on edits; "" before it was recorded
 
     @property
     def layout(self) -> slots.Layout:
@@ -129,7 +130,8 @@ PS_FORMAT = (
     f'"Workers":{{{{json (.Label "{WORKERS_LABEL}")}}}},'
     f'"Observability":{{{{json (.Label "{OBSERVABILITY_LABEL}")}}}},'
     f'"Shared":{{{{json (.Label "{SHARED_LABEL}")}}}},'
-    f'"Models":{{{{json (.Label "{MODELS_LABEL}")}}}}}}'
+    f'"Models":{{{{json (.Label "{MODELS_LABEL}")}}}},'
+    f'"Reload":{{{{json (.Label "{RELOAD_LABEL}")}}}}}}'
 )
 
 
@@ -159,6 +161,7 @@ def parse_ps(output: str) -> list[Container]:
                 observability=row.get("Observability", ""),
                 shared=row.get("Shared", ""),
                 models=row.get("Models", ""),
+                reload=row.get("Reload", ""),
             )
         )
     return found

@@ -214,6 +214,8 @@ def up(
         # they may carry what made it fail (say a password since put right).
         previous = lastup.read(target.root, target.slot)
         recreate = recreate or (previous is not None and previous.outcome != lastup.READY)
+        # Another --reload is another command for the workers: Compose recreates them.
+        recreate = recreate or reload_changed(checked.running, reload)
         lastup.write(target.root, target.slot, lastup.STARTING)
         try:
             # The heavy phase (compose up and the gate) holds a turn of the machine-wide
@@ -302,6 +304,12 @@ def as_wanted(
         if {"shared": container.shared, "models": container.models} != wanted:
             return False
     return True
+
+
+def reload_changed(running: Sequence[docker.Container], reload: str) -> bool:
+    """Whether the slot's app containers run with another `--reload` than `reload` (those
+    from before it was recorded say nothing)."""
+    return any(c.reload and c.reload != reload for c in running)
 
 
 def _wait_turn(

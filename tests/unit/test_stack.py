@@ -271,3 +271,23 @@ def test_a_running_slot_is_started_again_when_what_it_runs_changed(tmp_path: Pat
     assert not stack.as_wanted(running, source, None, elsewhere)
     # The database's container runs no app: its image is Postgres, and that is as wanted.
     assert running[0].service == "db"
+
+
+def test_another_reload_recreates_the_slot_and_an_unrecorded_one_does_not() -> None:
+    def app(service: str, reload: str) -> Container:
+        return Container(
+            "id", "n", "ktrdr-sandbox-3", service, "running", "Up", "/c", reload=reload
+        )
+
+    workers = [app("backend", "workers"), app("backtest-worker-1", "workers")]
+    assert stack.reload_changed(workers, apps.RELOAD_BACKEND)
+    assert not stack.reload_changed(workers, apps.RELOAD_WORKERS)
+    assert not stack.reload_changed([app("backend", "")], apps.RELOAD_WORKERS)
+    assert not stack.reload_changed([], apps.RELOAD_BACKEND)
+
+
+def test_the_reload_label_is_read_back_from_docker_ps() -> None:
+    assert docker.RELOAD_LABEL in docker.PS_FORMAT
+    row = {"ID": "x", "Names": "n", "Project": "ktrdr-sandbox-3", "Reload": "workers"}
+    [container] = docker.parse_ps(json.dumps(row))
+    assert container.reload == "workers"
