@@ -471,14 +471,17 @@ def override(
     reload: str = RELOAD_BACKEND,
 ) -> dict[str, Any]:
     """The Compose override for `source` and `layout`: labels on every service (the app, its
-    source, the client machine, the layout, what reloads); for a checkout, the app services'
-    image, commands, read-only mounts, environment and healthchecks; for shared
+    source, the client machine, the layout; on the workers, what reloads); for a checkout,
+    the app services' image, commands, read-only mounts, environment and healthchecks; for shared
     observability, the app services on the shared network with their traces sent there.
     Which services run at all is `up`'s `--scale` (sandbox/stack.py). `copied_to`: the
     checkout's copy on a remote engine's host (sandbox/codesync.py), bound instead of the
     checkout. `reload`: RELOAD_WORKERS puts the workers under a reloader too."""
-    labels = {**_labels(source, layout, place), RELOAD_LABEL: reload}
+    labels = _labels(source, layout, place)
     services: dict[str, dict[str, Any]] = {s: {"labels": labels} for s in slots.SERVICES}
+    # On the workers only: another --reload then recreates them and nothing else.
+    for worker in slots.WORKERS:
+        services[worker.service]["labels"] = {**labels, RELOAD_LABEL: reload}
     document: dict[str, Any] = {"services": services}
     own_models = _own_models(source, place)
     traces = _trace_environment(source.kind, layout)

@@ -61,11 +61,13 @@ def test_builtin_override_labels_every_service_and_points_traces_at_its_own_jaeg
         docker.WORKERS_LABEL: "full",
         docker.OBSERVABILITY_LABEL: "own",
         docker.CLIENT_LABEL: docker.client_name(),
-        docker.RELOAD_LABEL: "backend",
     }
     traces = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://jaeger:4318/v1/traces"}
     for name, service in document["services"].items():
-        if name in ("backend", *(w.service for w in slots.WORKERS)):
+        if name in (w.service for w in slots.WORKERS):
+            worker_labels = {**labels, docker.RELOAD_LABEL: "backend"}
+            assert service == {"labels": worker_labels, "environment": traces}
+        elif name == "backend":
             assert service == {"labels": labels, "environment": traces}
         else:
             assert service == {"labels": labels}
@@ -102,8 +104,8 @@ def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> No
         docker.CLIENT_LABEL: docker.client_name(),
         docker.WORKERS_LABEL: "full",
         docker.OBSERVABILITY_LABEL: "own",
-        docker.RELOAD_LABEL: "backend",
     }
+    assert worker["labels"] == {**labels, docker.RELOAD_LABEL: "backend"}
     # Only the backend reloads unless asked: a reloader idles at a cost.
     assert "--reload" in backend["command"]
     assert "--reload" not in worker["command"]
