@@ -5,6 +5,7 @@ while they idle. A benchmark, not a timed test: it prints figures against target
     nox -s bench-fleet                                  # ten fixture slots (1-10) at once
     .venv/bin/python benchmarks/bench_fleet.py --count=3 --slots=0,5,6 --max-starts=1
     .venv/bin/python benchmarks/bench_fleet.py --source=~/src/ktrdr   # the real KTRDR, by hand
+    .venv/bin/python benchmarks/bench_fleet.py --source='~/src/ktrdr-{slot}'  # one per slot
 
 Each slot is its own `inv up --slot=N --source=SRC` process, all started together; the
 machine-wide admission (sandbox/admission.py) decides how many start at once. Per slot: the
@@ -75,7 +76,8 @@ def refuse_busy(slot_list: Sequence[int]) -> None:
 
 
 def start_one(slot: int, source: str, env: dict[str, str], t0: float) -> Start:
-    result = inv("up", f"--slot={slot}", f"--source={source}", env=env)
+    # "{slot}" in --source: one checkout per slot, as branches are (`.../copy-{slot}`).
+    result = inv("up", f"--slot={slot}", f"--source={source.replace('{slot}', str(slot))}", env=env)
     seconds = time.monotonic() - t0
     return Start(slot, result, seconds, slot_cpu(slot) if result.ok else None)
 
@@ -138,7 +140,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--count", type=int, default=10, help="how many slots (default 10)")
     parser.add_argument("--slots", help="which slots, comma-separated (default 1..COUNT)")
     parser.add_argument(
-        "--source", default=str(FIXTURE), help="the app checkout (default: the fixture)"
+        "--source",
+        default=str(FIXTURE),
+        help="the app checkout (default: the fixture); `{slot}` in it is the slot's number, "
+        "for one checkout per slot",
     )
     parser.add_argument("--max-starts", type=int, help="KTRDR_MAX_STARTS (default: the machine's)")
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="idle window (default 60)")
