@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from sandbox import status as slot_status
     from sandbox import tunnel as forwarding
     from sandbox import verify as slot_verify
-else:  # each imported at its first use: `inv status` loads only what it touches (issue 10)
+else:  # each imported at its first use: `inv status` loads only what it touches
     apps = lazy.Module("sandbox.apps")
     branchflow = lazy.Module("sandbox.branchflow")
     codesync = lazy.Module("sandbox.codesync")
@@ -754,7 +754,7 @@ def _swarm_status(environ: Mapping[str, str], only: int | None, as_json: bool) -
 )
 @handled
 def verify(c: Context, slot: list[str], json: bool = False) -> None:
-    """Milestone 1's success criteria as named checks: health, own db, ports, shared dir."""
+    """What makes a running slot a slot, as named checks: health, own db, ports, shared dir."""
     with _json_errors(statusjson.VERIFY_SCHEMA) if json else contextlib.nullcontext():
         if not slot:
             raise SandboxError("which slots? pass --slot=N, repeated for several", Exit.USAGE)

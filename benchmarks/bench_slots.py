@@ -1,5 +1,5 @@
-"""Measure the figures of issue 10 on a real engine, side by side in one run, and print each on
-one line with its ratio and target.
+"""Measure the start-up and `inv status` figures on a real engine, side by side in one run,
+and print each on one line with its ratio and target.
 
     nox -s bench                  # or: .venv/bin/python benchmarks/bench_slots.py [SLOT SLOT]
     .venv/bin/python benchmarks/bench_slots.py --ten     # also: slots 1-10 at once

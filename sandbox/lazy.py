@@ -1,7 +1,7 @@
 """Modules imported at their first use, for `tasks.py`.
 
 `inv` imports tasks.py before it runs any task; importing every `sandbox` module there (and
-rich with the renderer) was about 250 ms of `inv status`'s 530 ms (issue 10). A `Module`
+rich with the renderer) was about 250 ms of `inv status`'s 530 ms. A `Module`
 stands in for a module until something is asked of it, so each task loads only what it
 touches. It looks the attribute up at each use, so a test that patches the real module is
 seen.

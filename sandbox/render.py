@@ -6,7 +6,7 @@ terminal (`TerminalRenderer`, drawing with `sandbox.richrender.RichRenderer`): t
 and a live gate table. `for_stdout` chooses one, once.
 
 Nothing here imports rich or the modules whose results it draws (gate, snapshots, verify):
-`inv status` with its output in a pipe pays for neither (issue 10). Nothing here decides
+`inv status` with its output in a pipe pays for neither. Nothing here decides
 anything; it only shows what it is given.
 """
 

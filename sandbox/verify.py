@@ -1,4 +1,5 @@
-"""`inv verify`: milestone 1's success criteria for running slots, as named checks.
+"""`inv verify`: what makes a running slot a slot (its own healthy stack, database, ports,
+shared directory), as named checks.
 
 - `health`: the backend answers `GET /api/v1/health` with 200.
 - `own-database`: the slot's db container runs, is no other slot's, and its data volume is

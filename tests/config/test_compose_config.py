@@ -90,7 +90,7 @@ def test_services_are_isolated_and_healthchecked(compose_cmd: list[str], slot: i
     assert db["volumes"][0]["source"] == "db-data"
     assert config["volumes"]["db-data"]["name"] == f"ktrdr-sandbox-{slot}_db-data"
     assert not config["volumes"]["db-data"].get("external")
-    # Nothing waits for a healthcheck: the app retries and the gate waits (issue 10).
+    # Nothing waits for a healthcheck: the app retries and the gate waits.
     assert config["services"]["backend"]["depends_on"]["db"]["condition"] == "service_started"
     for name, service in config["services"].items():
         for needed in service.get("depends_on", {}).values():

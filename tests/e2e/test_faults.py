@@ -1,4 +1,4 @@
-"""The fault suite (issue 9): each fault driven through `inv` as a user meets it.
+"""The fault suite: each fault driven through `inv` as a user meets it.
 
 For every case: the exit code, exactly one `error:` line that names the cause and the fix, no
 traceback, the time it took to fail, and that what the user had is still there afterwards: a
@@ -41,7 +41,7 @@ from tests.e2e.conftest import E2E_SLOTS, Sandbox, claim_slots, project_containe
 pytestmark = pytest.mark.docker
 
 A, B = E2E_SLOTS
-LIMIT = 15.0  # seconds a refusal may take (issue 9: "within 15 s")
+LIMIT = 15.0  # seconds a refusal may take ("within 15 s")
 HEAL = 240.0  # seconds a healing `inv up` may take: a real start, gate included
 MARK = uuid.uuid4().hex[:12]
 TABLE = f"faults_keep_{MARK}"

@@ -168,7 +168,7 @@ print(" ".join(sorted(m for m in sys.modules if m.split(".")[0] in ("sandbox", "
 
 
 def test_status_loads_only_what_it_uses() -> None:
-    """Each module is milliseconds of every `inv status` (issue 10: at most 1.2x importing
+    """Each module is milliseconds of every `inv status` (the budget: at most 1.2x importing
     invoke plus one `docker ps`): no rich on a pipe, nothing that runs Compose or HTTP."""
     result = run([sys.executable, "-c", STATUS_IMPORTS], env=dict(os.environ), cwd=ROOT)
     assert result.ok, result.stderr

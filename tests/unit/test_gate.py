@@ -579,7 +579,7 @@ REFUSED = '2026-11-27 19:00:01 UTC [61] FATAL:  password authentication failed f
 def test_a_refused_database_login_fails_the_gate_at_once_in_its_own_words(
     target: compose.Target,
 ) -> None:
-    """KTRDR's health says nothing of its database: the db's log does (issue 9)."""
+    """KTRDR's health says nothing of its database: the db's log does."""
     clock = FakeClock()
     world = World(clock, {"backend": 1e9})
     logs: list[str] = []

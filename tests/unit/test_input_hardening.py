@@ -1,4 +1,4 @@
-"""Input hardening (issue 9, item 4): numbers are ASCII digits of bounded length everywhere.
+"""Input hardening: numbers are ASCII digits of bounded length everywhere.
 
 Each case is an input a user (or a typo, or a copy from a web page) can produce: a slot of
 5000 digits, `8008²` or full-width digits in an env file, Unicode digits in a timeout. The

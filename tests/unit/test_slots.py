@@ -9,7 +9,7 @@ import pytest
 from sandbox import slots
 from sandbox.errors import Exit, SandboxError
 
-# Straight from the milestone 1 table: (variable, slot 0, slot N as a function of N).
+# Straight from the port scheme's table: (variable, slot 0, slot N as a function of N).
 TABLE: dict[str, tuple[int, Callable[[int], int]]] = {
     "KTRDR_DB_PORT": (5432, lambda n: 5432 + n),
     "KTRDR_API_PORT": (8000, lambda n: 8000 + n),
