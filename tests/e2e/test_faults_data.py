@@ -96,7 +96,7 @@ def container_dumps(suite: Suite, slot: int) -> list[str]:
 
 
 def store(suite: Suite) -> Path:
-    return suite.sandbox.home / ".ktrdr" / "snapshots"
+    return Path(suite.sandbox.env["KTRDR_SNAPSHOT_DIR"])
 
 
 def output_of(proc: subprocess.Popen[str]) -> str:
@@ -162,6 +162,10 @@ def era(suite: Suite, slot: int) -> str:
 @pytest.fixture(scope="module")
 def suite(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[Suite]:
     claim_slots((A, B), sandbox.env)
+    # A snapshot store of this module's own (the HOME is the session's): other modules see
+    # none of its snapshots, hidden or not.
+    private = sandbox.home / f"faults-data-snapshots-{MARK}"
+    sandbox = Sandbox(sandbox.home, {**sandbox.env, "KTRDR_SNAPSHOT_DIR": str(private)})
     state = Suite(sandbox)
     try:
         results: dict[int, Result] = {}
