@@ -281,7 +281,7 @@ def heal(suite: Suite, healer: str) -> list[str]:
 def start_inv(suite: Suite, root: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [INV, "--search-root", str(root), *args],
-        env=suite.sandbox.env,
+        env={**suite.sandbox.env, "PYTHONUNBUFFERED": "1"},  # each line as it is printed
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -375,8 +375,13 @@ def test_snapshots_and_state_are_private(suite: Suite) -> None:
 
 def test_a_killed_snapshot_leaves_what_the_next_one_removes(suite: Suite) -> None:
     problems: list[str] = []
-    for delay in (0.3, 0.1, 0.6):
-        proc = start_inv(suite, ROOT, "snapshot", f"--slot={A}", f"--name=killed-{MARK}")
+    # Some 40 MB of rows, so that the dump takes long enough to be killed in the middle.
+    filler = f"faults_filler_{MARK}"
+    rows_sql = f"CREATE TABLE {filler} AS SELECT g, md5(g::text) || md5((g * 7)::text) AS t"
+    assert sql(suite.sandbox, A, f"{rows_sql} FROM generate_series(1, 400000) g;").ok
+    for attempt, delay in enumerate((0.3, 0.1, 0.6, 0.05, 1.0)):
+        name = f"killed-{attempt}-{MARK}"
+        proc = start_inv(suite, ROOT, "snapshot", f"--slot={A}", f"--name={name}")
         assert proc.stdout is not None
         for line in proc.stdout:
             if "pg_dump of slot" in line:
@@ -402,7 +407,11 @@ def test_a_killed_snapshot_leaves_what_the_next_one_removes(suite: Suite) -> Non
     left = [p.name for p in store(suite).iterdir() if p.name.endswith(".partial")]
     if left or container_dumps(suite, A):
         problems.append(f"left after the next snapshot: {left} {container_dumps(suite, A)}")
-    print(f"killed snapshot left {len(partials)} partial(s), {len(dumps)} dump(s): all removed")
+    print(
+        f"killed snapshot (attempt {attempt + 1}, {delay}s after pg_dump began) left "
+        f"{len(partials)} partial(s), {len(dumps)} dump(s): all removed"
+    )
+    assert sql(suite.sandbox, A, f"DROP TABLE {filler};").ok
     assert_none(problems + lost(suite, A))
 
 
