@@ -328,6 +328,10 @@ def stale(containers: Sequence[docker.Container], environ: Mapping[str, str]) ->
         env=env,
         timeout=CLI_TIMEOUT,
     )
+    if not now.ok and "no such network" not in now.stderr.lower():
+        # The engine did not answer (a timeout, a hiccup): that says nothing of the network,
+        # and removing a running slot's containers on a guess would be wrong.
+        return []
     current = now.stdout.strip() if now.ok else ""
     return [c.id for c in containers if c.id in attachments and attachments[c.id] != current]
 

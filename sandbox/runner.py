@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import IO, TypedDict, Unpack
 
 from sandbox.errors import Exit, SandboxError
 
@@ -118,14 +118,22 @@ def execute(cmd: Command, **options: Unpack[Options]) -> Result:
     started = options.get("started")
     if started is not None:
         return _execute_watched(args, env, options.get("cwd"), timeout, started)
+    capture = options.get("capture", True)
     try:
         with contextlib.ExitStack() as stack:
-            stdin = stack.enter_context(stdin_path.open("rb")) if stdin_path else None
+            stdin: IO[bytes] | int | None = None
+            if stdin_path:
+                stdin = stack.enter_context(stdin_path.open("rb"))
+            elif capture and options.get("input_text") is None:
+                # A captured command is not the user's: it must not read this process's stdin
+                # (under `inv mcp` that is the protocol's channel; `compose exec -T` keeps
+                # stdin open and would swallow the client's next message).
+                stdin = subprocess.DEVNULL
             proc = subprocess.run(
                 args,
                 env=dict(env) if env is not None else dict(os.environ),
                 cwd=options.get("cwd"),
-                capture_output=options.get("capture", True),
+                capture_output=capture,
                 text=True,
                 timeout=timeout,
                 input=options.get("input_text"),

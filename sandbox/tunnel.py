@@ -115,11 +115,13 @@ def record_path(lock_dir: Path, slot: int) -> Path:
 
 def write_record(lock_dir: Path, record: Record) -> None:
     """Private to the user (it names their processes), replaced whole."""
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = record_path(lock_dir, record.slot)
     partial = path.with_name(f".{path.name}.{os.getpid()}")
-    partial.touch(mode=0o600)
-    partial.write_text(json.dumps(asdict(record)) + "\n")
+    partial.unlink(missing_ok=True)  # a killed writer's, with whatever mode it had
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(asdict(record)) + "\n")
     partial.replace(path)
 
 

@@ -36,9 +36,22 @@ SHOWN_IGNORED = 20  # likewise for ignored files that are not caches
 # matches CACHE_FILES. Kept short on purpose: a missing entry costs a --force, a wrong one
 # costs someone's file.
 CACHE_DIRS = frozenset(
-    {"__pycache__", ".venv", ".pytest_cache", ".mypy_cache", ".ruff_cache", "node_modules", ".nox"}
+    {
+        "__pycache__",
+        ".venv",
+        ".pytest_cache",
+        ".mypy_cache",
+        ".ruff_cache",
+        "node_modules",
+        ".nox",
+        ".tox",
+        ".hypothesis",
+        "htmlcov",
+    }
 )
-CACHE_FILES = ("*.pyc", "*.pyo")
+CACHE_FILES = ("*.pyc", "*.pyo", ".coverage", ".coverage.*", ".DS_Store")
+# Directories an install or a build writes under a name of their own (`ktrdr.egg-info/`).
+CACHE_DIR_SUFFIXES = (".egg-info",)
 
 # Variables that point git at another repository or index (`git rev-parse --local-env-vars`).
 # A task started from a git hook inherits them; they would make every call below act on the
@@ -475,7 +488,7 @@ def is_cache(name: str) -> bool:
     CACHE_FILES."""
     parts = name.rstrip("/").split("/")
     directories = parts if name.endswith("/") else parts[:-1]
-    if any(part in CACHE_DIRS for part in directories):
+    if any(part in CACHE_DIRS or part.endswith(CACHE_DIR_SUFFIXES) for part in directories):
         return True
     return not name.endswith("/") and any(fnmatch.fnmatchcase(parts[-1], p) for p in CACHE_FILES)
 

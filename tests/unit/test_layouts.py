@@ -481,3 +481,23 @@ def test_containers_on_a_removed_shared_network_are_found_and_removed(
 def test_attachments_are_parsed_leniently() -> None:
     text = 'a {"ktrdr-sandbox-observability": {"NetworkID": "n1"}}\nb {}\nc not-json\n'
     assert observability.parse_attachments(text) == {"a": "n1"}
+
+
+def test_an_engine_hiccup_is_no_reason_to_remove_a_slots_containers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    containers = stack_of(3, NONE_SHARED)
+    backend = next(c for c in containers if c.service == "backend")
+    attached = {backend.id: {observability.NETWORK: {"NetworkID": "today"}}}
+
+    def fake_run(cmd: list[str], **kwargs: object) -> runner.Result:
+        if cmd[:2] == ["docker", "inspect"]:
+            out = "\n".join(f"{i} {json.dumps(attached.get(i, {}))}" for i in cmd[4:])
+            return runner.Result(tuple(cmd), 0, out + "\n", "")
+        if cmd[:3] == ["docker", "network", "inspect"]:
+            return runner.Result(tuple(cmd), 124, "", "timed out after 20s")
+        raise AssertionError(f"nothing else may run: {cmd}")
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    assert observability.stale(containers, {}) == []
+    assert observability.heal(containers, {}) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -47,3 +48,11 @@ def test_stdin_is_a_file_read_byte_for_byte(tmp_path: Path) -> None:
     (tmp_path / "stream").write_bytes(data)
     result = runner.run(["wc", "-c"], stdin=tmp_path / "stream", timeout=30)
     assert result.ok and result.stdout.strip() == str(len(data))
+
+
+def test_a_captured_command_never_reads_this_processs_stdin() -> None:
+    # Under `inv mcp` stdin is the protocol's channel: a child must see end-of-file at once.
+    reader = [sys.executable, "-c", "import sys; print(repr(sys.stdin.read()))"]
+    assert runner.run(reader, env=dict(os.environ), timeout=20).stdout.strip() == "''"
+    fed = runner.run(reader, env=dict(os.environ), timeout=20, input_text="given")
+    assert fed.stdout.strip() == "'given'"

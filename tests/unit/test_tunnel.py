@@ -215,3 +215,21 @@ def test_the_runner_tells_the_pid_before_it_waits() -> None:
     assert result.ok and len(seen) == 1 and seen[0] > 0
     missing = runner.run(["no-such-program-here"], capture=False, started=seen.append)
     assert missing.returncode == 127 and len(seen) == 1
+
+
+def test_the_record_and_its_directory_are_private(tmp_path: Path) -> None:
+    import stat
+
+    lock_dir = tmp_path / "locks"
+    stale = lock_dir / f".{tunnel.record_path(lock_dir, 3).name}.{os.getpid()}"
+    lock_dir.mkdir(mode=0o755)
+    stale.write_text("left by a killed writer")
+    stale.chmod(0o644)
+    record = tunnel.Record(slot=3, ssh_pid=4242, inv_pid=4243, ports=(8003,), at=0.0)
+    tunnel.write_record(lock_dir, record)
+    written = tunnel.record_path(lock_dir, 3)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert not stale.exists()
+    fresh = tmp_path / "new-locks"
+    tunnel.write_record(fresh, record)
+    assert stat.S_IMODE(fresh.stat().st_mode) & 0o077 == 0

@@ -550,3 +550,24 @@ def test_git_env_drops_repository_overrides() -> None:
     assert "GIT_DIR" not in env and "GIT_WORK_TREE" not in env
     assert env["PATH"] == "/bin"
     assert env["LC_ALL"] == "C"
+
+
+@pytest.mark.parametrize(
+    ("name", "cache"),
+    [
+        ("ktrdr.egg-info/", True),
+        ("src/ktrdr.egg-info/PKG-INFO", True),
+        (".coverage", True),
+        (".coverage.host.123", True),
+        ("htmlcov/index.html", True),
+        (".tox/", True),
+        (".hypothesis/examples/x", True),
+        ("docs/.DS_Store", True),
+        ("models/v1/model.pt", False),
+        ("prod.secret", False),
+        ("run.log", False),
+        ("coverage.json", False),
+    ],
+)
+def test_what_counts_as_a_cache(name: str, cache: bool) -> None:
+    assert worktrees.is_cache(name) is cache
