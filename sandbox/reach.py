@@ -92,11 +92,21 @@ def gateway_from_ipam(config: Sequence[Mapping[str, Any]]) -> str | None:
     return None
 
 
-def bridge_ports(gateway: str, target_values: Mapping[str, str]) -> dict[str, list[str]]:
-    """Service -> the extra `ports:` entries that publish each of the slot's ports on
-    `gateway` (the same host port and container port as the compose file's entry)."""
+# The database (a default password) stays off the gateway for agents: they speak to the API.
+# Only this tool in a container needs it there, for the gate's database check.
+AGENT_SKIPS = frozenset({"KTRDR_DB_PORT"})
+
+
+def bridge_ports(
+    gateway: str, target_values: Mapping[str, str], database: bool = False
+) -> dict[str, list[str]]:
+    """Service -> the extra `ports:` entries that publish the slot's ports on `gateway` (the
+    same host port and container port as the compose file's entry); the database's only
+    with `database`."""
     found: dict[str, list[str]] = {}
     for spec in slots.PORTS:
+        if spec.variable in AGENT_SKIPS and not database:
+            continue
         host = target_values[spec.variable]
         inner = str(spec.container_port) if spec.container_port is not None else host
         found.setdefault(spec.service, []).append(f"{gateway}:{host}:{inner}")
@@ -193,6 +203,7 @@ def exposure(bind: str, gateway: str | None, world: World, port: int | None = No
     )
     if world is World.CONTAINER:
         return line + f"; this container reaches them at {gateway}"
+    line += f"; the database stays on {bare} only"
     return line + " (Docker Engine on Linux: that name is the gateway, not the host's loopback)"
 
 
@@ -368,7 +379,7 @@ def adjust_override(
     document = json.loads(override.read_text())
     services: dict[str, dict[str, Any]] = document.setdefault("services", {})
     if gateway is not None:
-        for service, ports in bridge_ports(gateway, target_values).items():
+        for service, ports in bridge_ports(gateway, target_values, translating).items():
             services.setdefault(service, {})["ports"] = ports
     mine = myself(environ)
     if translating and mine is not None:

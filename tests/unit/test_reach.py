@@ -53,8 +53,11 @@ def test_the_gateway_is_ipams_else_the_first_host_of_the_subnet() -> None:
     assert reach.gateway_from_ipam([]) is None
 
 
-def test_bridge_ports_publish_every_port_of_the_slot_on_the_gateway() -> None:
-    assert reach.bridge_ports(GATEWAY, values(7)) == {
+def test_bridge_ports_publish_every_port_but_the_databases_on_the_gateway() -> None:
+    agents = reach.bridge_ports(GATEWAY, values(7))
+    assert "db" not in agents
+    # The tool itself in a container needs the database there, for the gate.
+    assert reach.bridge_ports(GATEWAY, values(7), database=True) == {
         "db": ["172.17.0.1:5439:5432"],
         "backend": ["172.17.0.1:8007:8000"],
         "jaeger": ["172.17.0.1:16693:16686", "172.17.0.1:4387:4317", "172.17.0.1:4388:4318"],
@@ -141,8 +144,8 @@ def test_exposure_says_every_address_and_who_reaches_it() -> None:
     assert reach.exposure("127.0.0.1", GATEWAY, world.HOST, 8007) == (
         "ports on 127.0.0.1 and on 172.17.0.1 (the Docker bridge gateway), no other address; "
         "containers on this host reach them at http://host.docker.internal:8007 with "
-        "--add-host=host.docker.internal:host-gateway (Docker Engine on Linux: that name is the "
-        "gateway, not the host's loopback)"
+        "--add-host=host.docker.internal:host-gateway; the database stays on 127.0.0.1 only "
+        "(Docker Engine on Linux: that name is the gateway, not the host's loopback)"
     )
     assert reach.exposure("127.0.0.1", GATEWAY, world.CONTAINER, 8007).endswith(
         "; this container reaches them at 172.17.0.1"
@@ -195,7 +198,8 @@ def test_bridge_adds_the_gateway_ports_and_the_agent_url(
     reach.adjust_override(path, values(7), environ, "127.0.0.1")
     services = json.loads(path.read_text())["services"]
     assert services["backend"] == {"labels": {"a": "b"}, "ports": ["172.17.0.1:8007:8000"]}
-    assert set(services) == set(slots.SERVICES)
+    # Every service but the database (a default password) is on the gateway too.
+    assert set(services) == set(slots.SERVICES) - {"db"}
     assert reach.env_sandbox_lines(environ, "127.0.0.1", 8007) == [
         "KTRDR_AGENT_API_URL=http://host.docker.internal:8007/api/v1"
     ]
