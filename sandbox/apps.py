@@ -684,7 +684,9 @@ def write_env_sandbox(source: Source, text: str) -> Path | None:
     check_env_sandbox(source)
     path = source.path / ENV_SANDBOX
     # O_NOFOLLOW: a link that appeared since the check is refused by the kernel, not followed.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    # No O_TRUNC: a file of someone else's that appeared since the check is looked at through
+    # the descriptor first, and emptied only when it is ours.
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
     try:
         fd = os.open(path, flags, 0o644)
     except OSError as exc:
@@ -692,7 +694,15 @@ def write_env_sandbox(source: Source, text: str) -> Path | None:
             f"cannot write {path} ({exc.strerror}): remove it from the checkout, then re-run",
             Exit.USAGE,
         ) from None
-    with os.fdopen(fd, "w") as handle:
+    with os.fdopen(fd, "r+") as handle:
+        info = os.fstat(handle.fileno())
+        head = handle.read(len(ENV_SANDBOX_HEADER)) if info.st_size else ENV_SANDBOX_HEADER
+        if not stat.S_ISREG(info.st_mode) or head != ENV_SANDBOX_HEADER:
+            raise SandboxError(
+                f"{path} was not written by ktrdr-sandbox: move it away, then re-run", Exit.USAGE
+            )
+        handle.seek(0)
+        handle.truncate()
         handle.write(text)
     return path
 
