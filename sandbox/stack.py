@@ -216,13 +216,25 @@ def up(
         recreate = recreate or (previous is not None and previous.outcome != lastup.READY)
         # Another --reload is another command for the workers: Compose recreates them.
         recreate = recreate or reload_changed(checked.running, reload)
-        lastup.write(target.root, target.slot, lastup.STARTING)
+        # STARTING is written once the start has its turn (or needs none): a start that
+        # waits in line has changed nothing of the slot, so Ctrl-C or a kill there must leave
+        # the slot's previous record as it was (a ready slot stays ready, and is not
+        # recreated by the next `up`).
+        begun = False
+
+        def begin() -> None:
+            nonlocal begun
+            begun = True
+            lastup.write(target.root, target.slot, lastup.STARTING)
+
         try:
             # The heavy phase (compose up and the gate) holds a turn of the machine-wide
             # admission, entered by _start when it has containers to start.
             with contextlib.ExitStack() as heavy:
                 shape = (layout, reload)
-                result = _start(target, environ, checked, source, shape, recreate, hooks, heavy)
+                result = _start(
+                    target, environ, checked, source, shape, recreate, hooks, (heavy, begin)
+                )
                 if wait:
                     result.gate, result.logs = _gate(
                         target, checked, environ, timeout, hooks.gate, source.kind.migration, layout
@@ -235,7 +247,8 @@ def up(
                 Exit.INTERRUPTED,
             ) from None
         except SandboxError as exc:
-            lastup.write(target.root, target.slot, lastup.FAILED, str(exc))
+            if begun or exc.code is not Exit.INTERRUPTED:  # not Ctrl-C in line
+                lastup.write(target.root, target.slot, lastup.FAILED, str(exc))
             raise
         _record_gate(target, result.gate)
         return result
@@ -249,12 +262,14 @@ def _start(
     shape: tuple[slots.Layout, str],
     recreate: bool,
     hooks: Hooks,
-    heavy: contextlib.ExitStack,
+    turn: tuple[contextlib.ExitStack, Callable[[], None]],
 ) -> UpResult:
     """Everything of `up` between preflight and the gate; `shape`: the layout and what
     reloads. Before anything of the slot is created it waits for its admission turn, entered
-    into `heavy` (held by the caller through the gate)."""
+    into `turn`'s stack (held by the caller through the gate), then calls `turn`'s `begin`
+    (which records the start)."""
     layout, reload = shape
+    heavy, begin = turn
     if hooks.build is not None:
         hooks.build()  # after preflight and under the lock: a refused slot rebuilds nothing
     image = hooks.app_image(source) if hooks.app_image is not None else None
@@ -272,6 +287,7 @@ def _start(
         and not fresh
     )
     queued = 0.0 if already else _wait_turn(target.slot, environ, hooks.queue, heavy)
+    begin()
     ensure_volume(target, environ, checked, source, fresh)
     compose_seconds = (
         0.0 if already else _compose_up(target, checked, environ, hooks.compose, override, layout)

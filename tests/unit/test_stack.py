@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -291,3 +292,34 @@ def test_the_reload_label_is_read_back_from_docker_ps() -> None:
     row = {"ID": "x", "Names": "n", "Project": "ktrdr-sandbox-3", "Reload": "workers"}
     [container] = docker.parse_ps(json.dumps(row))
     assert container.reload == "workers"
+
+
+def test_ctrl_c_in_line_leaves_the_slots_record_as_it_was(
+    target: compose.Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ready slot started again (`--recreate`) waits in line behind another start; Ctrl-C
+    there is one line, and `inv status` still says what it said before: no STARTING is
+    written while in line (a kill there leaves nothing), no FAILED after."""
+    from sandbox import admission
+    from tests.unit.flocks import held_elsewhere
+
+    Fakes(monkeypatch, [])
+    stack.up(target, {})
+    before = lastup.read(target.root, 3)
+    assert before is not None and before.outcome == lastup.READY
+    seen: list[lastup.LastUp | None] = []
+
+    def interrupted(_: float) -> None:
+        seen.append(lastup.read(target.root, 3))  # what a kill -9 in line would leave
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("time.sleep", interrupted)
+    line = admission.Line.of(os.environ).root
+    with (
+        held_elsewhere(line / admission.entry_name(1), "5 4242"),  # ahead of this start
+        pytest.raises(SandboxError, match="nothing of it was started") as err,
+    ):
+        stack.up(target, {"KTRDR_MAX_STARTS": "1"}, recreate=True)
+    assert err.value.code is Exit.INTERRUPTED
+    assert seen == [before]
+    assert lastup.read(target.root, 3) == before
