@@ -209,16 +209,31 @@ class Line:
     def join(self, slot: int) -> tuple[int, int]:
         """Enter the line: (ticket, the descriptor whose flock keeps the entry alive)."""
         with self.mutex():
-            counter = self.root / "next-ticket"
-            text = counter.read_text().strip() if counter.exists() else ""
-            ticket = int(text) + 1 if text.isdigit() else 1
-            counter.write_text(f"{ticket}\n")
+            ticket = self._next_ticket()
             temporary = self.root / f".new-{os.getpid()}-{ticket}"
             fd = self._open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.write(fd, f"{slot} {os.getpid()}\n".encode())
             os.rename(temporary, self.root / entry_name(ticket))
         return ticket, fd
+
+    def _next_ticket(self) -> int:
+        """Take the next ticket (under the mutex): above the counter and above every entry
+        in line, so an emptied or lost counter (a kill or a full disk while it was written)
+        cannot hand out a ticket that jumps the starts already waiting. The counter is
+        replaced whole (a temporary file renamed over it), never truncated in place."""
+        counter = self.root / "next-ticket"
+        text = counter.read_text().strip() if counter.exists() else ""
+        highest = int(text) if text.isdigit() else 0
+        for path in self.root.glob("q-*.lock"):
+            number = path.name[2:-5]
+            if number.isdigit():
+                highest = max(highest, int(number))
+        ticket = highest + 1
+        temporary = self.root / f".next-ticket-{os.getpid()}"
+        temporary.write_text(f"{ticket}\n")
+        os.replace(temporary, counter)
+        return ticket
 
     def leave(self, ticket: int, fd: int) -> None:
         """Leave the line: the entry removed, then its lock dropped."""

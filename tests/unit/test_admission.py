@@ -111,6 +111,23 @@ def test_entries_live_while_held_and_the_dead_are_swept(lock_dir: Path) -> None:
     assert sorted(p.name for p in line.root.glob("q-*")) == []
 
 
+@pytest.mark.parametrize("counter", ["", "2\n", "garbage"])
+def test_a_lost_counter_never_jumps_the_starts_in_line(lock_dir: Path, counter: str) -> None:
+    """The counter emptied (a kill or a full disk as it was written) or behind: the next
+    ticket is still above every entry in line, and the counter is replaced whole."""
+    line = Line(lock_dir / admission.SUBDIR)
+    with entry_elsewhere(lock_dir, 7, slot=3):
+        (line.root / "next-ticket").write_text(counter)
+        ticket, fd = line.join(5)
+        try:
+            assert ticket == 8
+            assert not place(ticket, line.live(), 1).admitted
+            assert (line.root / "next-ticket").read_text() == "8\n"
+            assert sorted(p.name for p in line.root.glob(".next-ticket*")) == []
+        finally:
+            line.leave(ticket, fd)
+
+
 def test_a_start_waits_until_one_ahead_ends_and_says_so(
     lock_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
