@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.errors import Exit, SandboxError
+from sandbox.lastup import pid_alive
 from sandbox.lock import LOCK_DIR_VARIABLE, default_lock_dir
 
 MAX_STARTS_VARIABLE = "KTRDR_MAX_STARTS"
@@ -259,14 +260,17 @@ class Line:
         return found
 
     def record(self, event: str, slot: int, k: int, at: float | None = None) -> None:
-        """One line of the record (O_APPEND: lines of several processes never interleave)."""
+        """One line of the record (O_APPEND: lines of several processes never interleave),
+        under the mutex: `trim` replaces the file under it, and a line appended to the old
+        file between its read and its rename would be lost."""
         line = {"event": event, "slot": slot, "pid": os.getpid(), "limit": k}
         line["at"] = round(time.time() if at is None else at, 3)
-        fd = self._open(self.record_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        try:
-            os.write(fd, (json.dumps(line) + "\n").encode())
-        finally:
-            os.close(fd)
+        with self.mutex():
+            fd = self._open(self.record_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            try:
+                os.write(fd, (json.dumps(line) + "\n").encode())
+            finally:
+                os.close(fd)
 
     def trim(self) -> None:
         """Keep the record's last lines once it grows large."""
@@ -360,22 +364,38 @@ def read_record(path: Path) -> list[dict[str, object]]:
     return found
 
 
-def intervals(lines: Sequence[Mapping[str, object]]) -> list[Interval]:
+def intervals(
+    lines: Sequence[Mapping[str, object]], alive: Callable[[int], bool] = pid_alive
+) -> list[Interval]:
     """Heavy phases from the record: each `admitted` paired with the same process's next
-    `ended` for the same slot."""
+    `ended` for the same slot. One that never ended is closed rather than counted until now:
+    at the same process's next line for that slot (it started that slot again, so the first
+    one was over), or, when its process is dead (`alive` says), at the next admission of
+    another start (the line admits past a start only once its owner is gone, when the line
+    is full), else at its own start. Only a live process's open phase stays open (None)."""
     open_: dict[tuple[int, int], float] = {}
     done: list[Interval] = []
+    admitted_at: list[float] = []
     for line in lines:
         slot, pid, at = line.get("slot"), line.get("pid"), line.get("at")
         if not isinstance(slot, int) or not isinstance(pid, int):
             continue
         if not isinstance(at, int | float):
             continue
-        if line.get("event") == ADMITTED:
-            open_[(slot, pid)] = float(at)
-        elif line.get("event") == ENDED and (slot, pid) in open_:
+        event = line.get("event")
+        if (slot, pid) in open_ and event != ENDED:  # superseded: that phase was over
             done.append(Interval(slot, pid, open_.pop((slot, pid)), float(at)))
-    done.extend(Interval(slot, pid, start, None) for (slot, pid), start in open_.items())
+        if event == ADMITTED:
+            open_[(slot, pid)] = float(at)
+            admitted_at.append(float(at))
+        elif event == ENDED and (slot, pid) in open_:
+            done.append(Interval(slot, pid, open_.pop((slot, pid)), float(at)))
+    for (slot, pid), start in open_.items():
+        if alive(pid):
+            done.append(Interval(slot, pid, start, None))
+        else:
+            later = [at for at in admitted_at if at > start]
+            done.append(Interval(slot, pid, start, min(later) if later else start))
     return sorted(done, key=lambda i: i.start)
 
 

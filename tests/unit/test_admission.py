@@ -219,7 +219,7 @@ def test_heavy_phases_and_the_most_at_once_from_the_record() -> None:
         {"event": "admitted", "slot": 5, "pid": 14, "at": 7.0},  # never ended: killed
         {"event": "ended", "slot": "6", "at": 7.5},  # not a line of ours
     ]
-    phases = admission.intervals(lines)
+    phases = admission.intervals(lines, alive=lambda pid: True)
     assert phases == [
         Interval(1, 10, 0.0, 5.0),
         Interval(2, 11, 1.0, 6.0),
@@ -230,3 +230,44 @@ def test_heavy_phases_and_the_most_at_once_from_the_record() -> None:
     assert admission.most_at_once(phases, now=8.0) == 2
     assert admission.most_at_once([*phases, Interval(9, 99, 4.0, 4.5)], now=8.0) == 3
     assert admission.most_at_once([]) == 0
+
+
+def test_a_phase_never_ended_is_closed_when_its_process_is_gone_or_started_again() -> None:
+    lines = [
+        {"event": "admitted", "slot": 1, "pid": 10, "at": 0.0},  # killed in its heavy phase
+        {"event": "admitted", "slot": 2, "pid": 11, "at": 1.0},  # live, still starting
+        {"event": "admitted", "slot": 3, "pid": 12, "at": 2.0},  # its `ended` was lost
+        {"event": "admitted", "slot": 4, "pid": 13, "at": 3.0},  # past the dead one
+        {"event": "ended", "slot": 4, "pid": 13, "at": 4.0},
+        {"event": "queued", "slot": 3, "pid": 12, "at": 6.0},  # the same process again
+        {"event": "admitted", "slot": 3, "pid": 12, "at": 6.5},
+        {"event": "ended", "slot": 3, "pid": 12, "at": 7.0},
+        {"event": "admitted", "slot": 5, "pid": 14, "at": 9.0},  # killed, nobody after it
+    ]
+    phases = admission.intervals(lines, alive=lambda pid: pid in (11, 12))
+    assert phases == [
+        Interval(1, 10, 0.0, 1.0),
+        Interval(2, 11, 1.0, None),
+        Interval(3, 12, 2.0, 6.0),
+        Interval(4, 13, 3.0, 4.0),
+        Interval(3, 12, 6.5, 7.0),
+        Interval(5, 14, 9.0, 9.0),
+    ]
+    assert admission.most_at_once(phases, now=1000.0) == 3
+
+
+def test_a_line_is_recorded_under_the_mutex(lock_dir: Path) -> None:
+    """`trim` replaces the record under the mutex: `record` waits for it, so no line is
+    appended to a file about to be replaced."""
+    import threading
+
+    line = Line(lock_dir / admission.SUBDIR)
+    line.record("queued", 1, 1)
+    writer = threading.Thread(target=line.record, args=("queued", 2, 1))
+    with held_elsewhere(line.root / ".mutex"):
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive()
+        assert [r["slot"] for r in admission.read_record(line.record_path)] == [1]
+    writer.join(5)
+    assert [r["slot"] for r in admission.read_record(line.record_path)] == [1, 2]
