@@ -8,10 +8,14 @@ Reading a file costs microseconds: no process, nothing on the engine's CPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from sandbox.settings import GATE_STARVED_PRESSURE
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+CPU_PRESSURE = Path("/proc/pressure/cpu")
 
 
 def candidates(container_id: str, root: Path = CGROUP_ROOT) -> list[tuple[Path, str]]:
@@ -62,3 +66,39 @@ def total(container_ids: Iterable[str], root: Path = CGROUP_ROOT) -> float | Non
     if any(s is None for s in found):
         return None
     return sum(s for s in found if s is not None)
+
+
+def pressure(text: str) -> float | None:
+    """The `some avg10` figure of /proc/pressure/cpu: the share (%) of the last 10 s in which
+    at least one task waited for a core."""
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0] == "some":
+            for word in words[1:]:
+                key, _, value = word.partition("=")
+                if key == "avg10":
+                    try:
+                        return float(value)
+                    except ValueError:
+                        return None
+    return None
+
+
+def starved(
+    pressure_file: Path = CPU_PRESSURE,
+    loadavg: Callable[[], tuple[float, float, float]] = os.getloadavg,
+    cores: int | None = None,
+) -> bool:
+    """Whether this machine is short of CPU now: tasks waited for a core at least
+    GATE_STARVED_PRESSURE % of the last 10 s (the kernel's pressure figure), or, where the
+    kernel has none, the 1-minute load average is at least the number of cores."""
+    try:
+        figure = pressure(pressure_file.read_text())
+    except OSError:
+        figure = None
+    if figure is not None:
+        return figure >= GATE_STARVED_PRESSURE
+    try:
+        return loadavg()[0] >= (cores or os.cpu_count() or 1)
+    except OSError:
+        return False

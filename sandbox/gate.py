@@ -82,6 +82,9 @@ class Probes:
     # local engine): how the gate tells a service still starting on a busy machine from one
     # that is stuck.
     cpu: Callable[[str], float | None] | None = None
+    # `starved()` -> whether this machine is short of CPU now (sandbox/cpuuse.py): the gate
+    # goes on past its timeout only then; None: never.
+    starved: Callable[[], bool] | None = None
 
 
 # ----------------------------------------------------------------------------- real probes
@@ -105,6 +108,7 @@ def default_probes(environ: Mapping[str, str]) -> Probes:
         migrate=_migrate,
         db_log=_db_log(environ),
         cpu=cpuuse.cpu_seconds,
+        starved=cpuuse.starved,
         app_log=_app_log(environ),
     )
 
@@ -486,12 +490,21 @@ def starting(plan: Sequence[Check], results: Mapping[str, CheckResult]) -> set[s
 
 
 def _deadline(
-    progress: Progress, start: float, now: float, timeout: float, services: Collection[str]
+    progress: Progress,
+    start: float,
+    now: float,
+    timeout: float,
+    services: Collection[str],
+    starved: Callable[[], bool] | None,
 ) -> float:
-    """When the gate gives up: at `timeout`, or later while the `services` still starting keep
-    using CPU, never past GATE_HARD_CAP_FACTOR times it. A failed check ends the gate before
-    either."""
+    """When the gate gives up: at `timeout`, or later while the machine is short of CPU
+    (`starved`) and the `services` still starting keep using CPU, never past
+    GATE_HARD_CAP_FACTOR times it. CPU growth alone is no progress: a service in a retry loop
+    or a polling reloader uses CPU too, and the start holds its admission turn meanwhile.
+    A failed check ends the gate before either."""
     if now - start < timeout or not progress.growing(now, services):
+        return start + timeout
+    if starved is None or not starved():
         return start + timeout
     return start + timeout * GATE_HARD_CAP_FACTOR
 
@@ -720,7 +733,8 @@ def _poll(
     sleep: Callable[[float], None],
 ) -> _Verdict:
     """Rounds until every check passed, one failed fast, or `timeout` (GO_ON then); past
-    `timeout` only while the services still starting keep using CPU (`_deadline`)."""
+    `timeout` only while the machine is short of CPU and the services still starting keep
+    using CPU (`_deadline`)."""
     clock, start = state.clock, state.start
     while True:
         round_start = clock()
@@ -734,7 +748,7 @@ def _poll(
             return verdict
         now = clock()
         busy = starting(state.plan, state.results)
-        deadline = _deadline(state.progress, start, now, timeout, busy)
+        deadline = _deadline(state.progress, start, now, timeout, busy, state.probes.starved)
         if now >= deadline:
             return verdict
         sleep(max(0.0, min(poll - (now - round_start), deadline - now)))

@@ -24,14 +24,19 @@ GATE_EXEC_TIMEOUT = 10.0
 CONTAINER_POLL = 2.0
 # An app's migration step (KTRDR: `alembic upgrade head`) imports the whole app first.
 MIGRATION_TIMEOUT = 180.0
-# The gate under load: past its timeout it goes on while the services that have not answered
-# yet keep using CPU (at least GATE_PROGRESS_CPU seconds together over the last
-# GATE_PROGRESS_WINDOW), since a start starved of CPU is slow, not stuck; never past
-# GATE_HARD_CAP_FACTOR times the timeout. Ten KTRDR slots thrashing on two cores still gave
-# each process 3-4 CPU-seconds in 5 minutes (~0.25 a window); an idle backend uses ~0.06.
+# The gate under load: past its timeout it goes on only while this machine is short of CPU
+# (GATE_STARVED_PRESSURE % of the last 10 s with a task waiting for a core, from
+# /proc/pressure/cpu; where that is absent, a 1-minute load average of at least the cores)
+# AND the services that have not answered yet keep using CPU (at least GATE_PROGRESS_CPU
+# seconds together over the last GATE_PROGRESS_WINDOW): a start starved of CPU is slow, not
+# stuck, while a service in a retry loop or a polling reloader on an idle machine also uses
+# CPU and is stuck. Never past GATE_HARD_CAP_FACTOR times the timeout (the start holds its
+# admission turn all that time). Ten KTRDR slots thrashing on two cores still gave each
+# process 3-4 CPU-seconds in 5 minutes (~0.25 a window); an idle backend uses ~0.06.
 GATE_PROGRESS_WINDOW = 20.0
 GATE_PROGRESS_CPU = 0.25
-GATE_HARD_CAP_FACTOR = 3.0
+GATE_STARVED_PRESSURE = 50.0
+GATE_HARD_CAP_FACTOR = 2.0
 # How many log lines of each failing service `inv up` shows after a failed gate.
 FAILING_LOG_LINES = 20
 
