@@ -167,6 +167,7 @@ def up_hooks(
     return stack.Hooks(
         preflight=on_preflight,
         busy=say,
+        queue=say,  # an agent waiting in the admission line hears its place, as `inv up` says
         compose=lambda cmd: say("compose: docker compose up -d"),
         gate=lambda round_: say(gate_round(round_)),
         step=on_step,

@@ -7,6 +7,7 @@ command at all. The stdio session against a real engine is tests/e2e/test_mcp.py
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -199,6 +200,38 @@ def test_gate_rounds_become_one_line_each() -> None:
     assert mcpserver.gate_round(failed) == (
         "gate: 0/2 passed; failed: database; waiting for backend"
     )
+
+
+def test_a_start_waiting_in_line_reports_its_place_as_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`up`/`new` through the server: the admission line's place reaches the agent."""
+    from sandbox import admission, stack
+    from tests.unit.flocks import held_elsewhere
+
+    monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path))
+    said: list[str] = []
+    hooks = mcpserver.up_hooks(said.append, {}, [])
+    looks = 0
+
+    def sleep(_: float) -> None:
+        nonlocal looks
+        looks += 1
+        if looks == 2:
+            ahead.close()
+
+    monkeypatch.setattr("time.sleep", sleep)
+    ahead = contextlib.ExitStack()  # another start ahead in line; closed: it ended
+    ahead.enter_context(
+        held_elsewhere(tmp_path / admission.SUBDIR / admission.entry_name(1), "3 4242")
+    )
+    with ahead, contextlib.ExitStack() as heavy:
+        stack._wait_turn(8, {"KTRDR_MAX_STARTS": "1"}, hooks.queue, heavy)
+    assert said[0] == (
+        "slot 8 waits for its turn to start: number 1 in line (starting now: slot 3; at most "
+        "1 at once, KTRDR_MAX_STARTS sets it)"
+    )
+    assert said[-1].startswith("slot 8: its turn to start after ")
 
 
 class FakeContext:
