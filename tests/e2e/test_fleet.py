@@ -11,6 +11,7 @@ directory, private to this suite).
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -41,8 +42,11 @@ def fleet(sandbox: Sandbox) -> Iterator[dict[int, Result]]:
             started = {s: pool.submit(crowd.inv, "up", f"--slot={s}", timeout=900) for s in FLEET}
             yield {slot: job.result() for slot, job in started.items()}
     finally:
-        for slot in FLEET:
-            sandbox.inv("down", f"--slot={slot}", "--volumes", timeout=300)
+        downs = {s: sandbox.inv("down", f"--slot={s}", "--volumes", timeout=300) for s in FLEET}
+    # Leftovers fail here, not in whichever test next claims these slots.
+    failed = {s: f"exit {r.returncode}: {r.stderr[-500:]}" for s, r in downs.items() if not r.ok}
+    assert failed == {}, failed
+    assert {s: project_containers(s) for s in FLEET} == {s: [] for s in FLEET}
 
 
 def test_all_are_ready(fleet: dict[int, Result]) -> None:
@@ -63,8 +67,9 @@ def test_at_most_k_in_their_heavy_phase_at_once(fleet: dict[int, Result], sandbo
         assert phase.end is not None
         print(f"  slot {phase.slot}: heavy phase {phase.end - phase.start:.1f} s")
     assert most <= LIMIT
-    # They were requested together and each heavy phase takes seconds: the line was used.
-    assert most == LIMIT
+    # Reaching exactly LIMIT at once depends on timing under load; that the line was used
+    # does not: more starts than turns were requested together, so someone waited.
+    assert any(WAITS in result.stdout for result in fleet.values()), "nobody waited in line"
 
 
 def test_the_waiting_ones_said_so(fleet: dict[int, Result]) -> None:
@@ -73,10 +78,13 @@ def test_the_waiting_ones_said_so(fleet: dict[int, Result]) -> None:
     assert len(waited) >= len(FLEET) - LIMIT, {s: r.stdout[:1500] for s, r in fleet.items()}
     for slot in waited:
         out = fleet[slot].stdout
-        assert f"slot {slot} waits for its turn to start: number 1 in line" in out or (
-            f"slot {slot} waits for its turn to start: number" in out
+        place = (
+            rf"^slot {slot} waits for its turn to start: number [1-9][0-9]* in line "
+            rf"\(starting now: slot [0-9]+(, [0-9]+)*; at most {LIMIT} at once, "
+            rf"{admission.MAX_STARTS_VARIABLE} sets it\)$"
         )
-        assert f"slot {slot}: its turn to start after" in out
+        assert re.search(place, out, re.MULTILINE), out[:1500]
+        assert re.search(rf"^slot {slot}: its turn to start after [0-9.]+ s in line$", out, re.M)
 
 
 def zombies_of(pids: set[int]) -> list[int]:
@@ -103,6 +111,7 @@ def test_no_container_keeps_zombies(fleet: dict[int, Result], sandbox: Sandbox) 
         assert run(orphan, env=sandbox.env, timeout=60).ok, container.name
         top = run(["docker", "top", container.id, "-eo", "pid"], env=sandbox.env, timeout=60)
         pids |= {int(word) for word in top.stdout.split() if word.isdigit()}
+    time.sleep(1.0)  # each orphan's `sleep 0.2` has ended: a zombie now is one not reaped
     deadline = time.monotonic() + 10
     while zombies_of(pids) and time.monotonic() < deadline:
         time.sleep(0.5)
