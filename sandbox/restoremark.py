@@ -28,14 +28,33 @@ def interrupted_slots(environ: Mapping[str, str]) -> list[int]:
     return [s for s in slots.SLOTS if (directory / MARKER.format(slot=s)).exists()]
 
 
-def mark(environ: Mapping[str, str], slot: int) -> Path:
-    """Write the marker (private: 0600 in a 0700 directory), holding our pid."""
+# How far the restore got: the side database is being loaded, or it holds the whole archive.
+LOADING = "loading"
+LOADED = "loaded"
+
+
+def mark(environ: Mapping[str, str], slot: int, phase: str = LOADING) -> Path:
+    """Write the marker (private: 0600 in a 0700 directory): our pid and the phase, replaced
+    whole (a rename), so a reader never sees half of it."""
     marker = path(environ, slot)
     marker.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    partial = marker.with_name(f".{marker.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(f"{os.getpid()}\n")
+        handle.write(f"{os.getpid()} {phase}\n")
+    os.replace(partial, marker)
     return marker
+
+
+def loaded(environ: Mapping[str, str], slot: int) -> bool:
+    """Whether the side database held the whole archive when the restore stopped. A marker
+    without a phase (an older version's) or no marker (an older version's leftovers) counts
+    as loaded: those versions only ever left a complete side database alone."""
+    try:
+        words = path(environ, slot).read_text().split()
+    except OSError:
+        return True
+    return words[1:2] != [LOADING]
 
 
 def clear(environ: Mapping[str, str], slot: int) -> None:

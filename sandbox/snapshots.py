@@ -38,6 +38,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -134,18 +135,29 @@ def existing_store(environ: Mapping[str, str]) -> Path:
     return directory
 
 
-def private_store(directory: Path) -> list[str]:
-    """Create the store private to this user (0700), and make an existing one of ours and the
-    snapshots in it private (0700, 0600: a dump holds a slot's data). What was tightened."""
+def private_store(directory: Path, default: bool = True) -> list[str]:
+    """Create the store private to this user (0700), and make the snapshots in an existing
+    one private (0600: a dump holds a slot's data). What was tightened. Only snapshot pairs
+    (`NAME.dump` with its `NAME.json`) are touched; the directory itself only when it is the
+    default store (a `KTRDR_SNAPSHOT_DIR` of the user's may be shared on purpose: said)."""
     said = []
     directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
     info = directory.stat()
     if info.st_uid == os.getuid() and info.st_mode & 0o077:
-        directory.chmod(PRIVATE_DIR)
-        said.append(f"made the snapshot directory {directory} private (0700)")
+        if default:
+            directory.chmod(PRIVATE_DIR)
+            said.append(f"made the snapshot directory {directory} private (0700)")
+        else:
+            said.append(
+                f"the snapshot directory {directory} is open to other users "
+                f"(mode {stat.S_IMODE(info.st_mode):o}); `chmod 700` it if that is not meant"
+            )
     opened = 0
-    for path in directory.iterdir():
-        if path.suffix in (DUMP_SUFFIX, MANIFEST_SUFFIX) and path.is_file():
+    for dump in directory.glob(f"*{DUMP_SUFFIX}"):
+        pair = (dump, dump.with_suffix(MANIFEST_SUFFIX))
+        if not all(p.is_file() and not p.is_symlink() for p in pair):
+            continue
+        for path in pair:
             mode = path.stat()
             if mode.st_uid == os.getuid() and mode.st_mode & 0o077:
                 path.chmod(PRIVATE_FILE)
@@ -402,7 +414,12 @@ def sweep_partials(directory: Path, now: float | None = None) -> str:
     moment = time.time() if now is None else now
     removed, size = 0, 0
     with _store_lock(directory):
-        for path in directory.glob(f".*{PARTIAL_SUFFIX}"):
+        # This version's partial directories, and an older version's exact partial names
+        # (`.NAME.dump.partial`, `.NAME.json.partial`): nothing else of the directory's.
+        legacy = (f".*{DUMP_SUFFIX}{PARTIAL_SUFFIX}", f".*{MANIFEST_SUFFIX}{PARTIAL_SUFFIX}")
+        found = [p for p in directory.glob(f".*{PARTIAL_SUFFIX}") if p.is_dir()]
+        found += [p for pattern in legacy for p in directory.glob(pattern) if not p.is_dir()]
+        for path in found:
             try:
                 if path.is_dir() and not _writer_gone(path):
                     continue
@@ -707,12 +724,13 @@ class Recovery:
     missing: bool = False  # no `ktrdr`, and nothing to make one from
 
 
-def recovery(found: frozenset[str] | set[str], slot: int) -> Recovery:
+def recovery(found: frozenset[str] | set[str], slot: int, loaded: bool = True) -> Recovery:
     """From the databases the server has (`server_databases`), the way back to exactly one
     `ktrdr`. Pure. A `ktrdr_previous` exists only once the swap committed, so beside `ktrdr`
     it means "finish"; a `ktrdr_restoring` beside `ktrdr` means the swap never happened, so
     "roll back". Without `ktrdr` (an older version dropped it first) the previous database
-    comes back, else the restored copy, which that version had completed before the drop."""
+    comes back, else the restored copy when it was `loaded` whole (a half-loaded one is
+    dropped: the slot then has no database, and says so)."""
 
     def drop(name: str) -> str:
         return f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
@@ -739,11 +757,19 @@ def recovery(found: frozenset[str] | set[str], slot: int) -> Recovery:
     if previous:
         statements = (rename(PREVIOUS_DATABASE),) + ((drop(SIDE_DATABASE),) if side else ())
         return Recovery(statements, f"{lead} rolled back ({PREVIOUS_DATABASE} is {DATABASE} again)")
-    if side:
+    if side and loaded:
         return Recovery(
             (rename(SIDE_DATABASE),),
             f"{lead} finished ({SIDE_DATABASE} had been restored completely and is {DATABASE} now)",
             finished=True,
+        )
+    if side:
+        return Recovery(
+            (drop(SIDE_DATABASE),),
+            f"slot {slot} has no {DATABASE} database, and the restore into it stopped half "
+            f"way (dropped its {SIDE_DATABASE}): `inv restore --slot={slot} NAME` loads a "
+            f"snapshot, `inv up --slot={slot} --fresh` starts empty",
+            missing=True,
         )
     return Recovery(
         (),
@@ -757,14 +783,18 @@ def recovery(found: frozenset[str] | set[str], slot: int) -> Recovery:
 def settle(db: SlotDatabase, environ: Mapping[str, str]) -> Recovery:
     """Ask the server what it has, put it right (`recovery`), then drop the marker: the
     server is settled. Raises SandboxError when it cannot ask (the marker stays)."""
-    plan = recovery(server_databases(db), db.target.slot)
+    slot = db.target.slot
+    loaded = restoremark.loaded(environ, slot)
+    plan = recovery(server_databases(db), slot, loaded)
     if plan.statements:
         db.sql(*plan.statements, database="postgres")
-        # A killed restore's own psql may still commit its swap after we looked: look again.
-        after = recovery(server_databases(db), db.target.slot)
+        # A killed restore's own psql may still commit its swap after we looked: look again,
+        # and tell what the second look did when it did something (it decided the outcome).
+        after = recovery(server_databases(db), slot, loaded)
         if after.statements:
             db.sql(*after.statements, database="postgres")
-    restoremark.clear(environ, db.target.slot)
+            plan = after
+    restoremark.clear(environ, slot)
     return plan
 
 
@@ -880,6 +910,7 @@ def load_from_host(
             raise failure(
                 f"pg_restore into slot {db.target.slot} failed; its database is unchanged", result
             )
+        restoremark.mark(environ, db.target.slot, restoremark.LOADED)
         _say(on_step, f"swapping the restored database into slot {db.target.slot}")
         _swap(db, replace_existing)
         db.remove(inner)
@@ -997,7 +1028,9 @@ def _prepare_store(
     """Before writing: the store made (private), and what killed runs left in it and in the
     db container's /tmp removed, each said."""
     _say_swept(db, on_step)
-    for said in private_store(directory):
+    # The default store is ours to close; a directory the user named may be shared on purpose.
+    default = directory.name == "snapshots" and directory.parent.name == ".ktrdr"
+    for said in private_store(directory, default):
         _say(on_step, said)
     swept = sweep_partials(directory)
     if swept:

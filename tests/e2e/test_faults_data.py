@@ -215,7 +215,13 @@ SEEN: dict[str, int] = {}  # the databases each interruption left, before the he
 
 def test_restore_interrupted_at_many_points(suite: Suite) -> None:
     env = suite.sandbox.env
-    setup = f"CREATE TABLE {ERA} (v text); INSERT INTO {ERA} VALUES ('new');"
+    # Some 30 MB of rows make pg_restore take seconds even on a quiet, fast machine, so the
+    # delays after "pg_restore of" land inside the restore wherever the suite runs.
+    setup = (
+        f"CREATE TABLE {ERA} (v text); INSERT INTO {ERA} VALUES ('new'); "
+        "CREATE TABLE faults_bulk AS SELECT g AS id, md5(g::text) || md5((g * 7)::text) AS pad "
+        "FROM generate_series(1, 300000) AS g;"
+    )
     assert sql(suite.sandbox, A, setup).ok
     made = inv_in(ROOT, env, "snapshot", f"--slot={A}", f"--name={SNAPSHOT}")
     assert made.ok, made.stderr

@@ -758,10 +758,45 @@ def test_an_older_world_readable_store_is_made_private_and_said(
     directory.chmod(0o755)
     (directory / "old.dump").chmod(0o644)
     said: list[str] = []
+    (directory / "package.json").write_text("{}")  # not a snapshot: left as it is
+    (directory / "package.json").chmod(0o644)
     snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="new", on_step=said.append)
-    assert f"made the snapshot directory {directory} private (0700)" in said
+    # A directory the user named (KTRDR_SNAPSHOT_DIR) may be shared on purpose: said, kept.
+    assert f"the snapshot directory {directory} is open to other users (mode 755); " in " ".join(
+        said
+    )
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o755
     assert f"made 2 snapshot file(s) in {directory} private (0600)" in said
     assert stat.S_IMODE((directory / "old.dump").stat().st_mode) == 0o600
+    assert stat.S_IMODE((directory / "package.json").stat().st_mode) == 0o644
+    # The default store is ours: closed.
+    assert snapshots.private_store(directory, default=True) == [
+        f"made the snapshot directory {directory} private (0700)"
+    ]
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def test_a_half_loaded_side_database_never_becomes_the_slots() -> None:
+    side = {snapshots.SIDE_DATABASE, "postgres"}
+    kept = snapshots.recovery(side, 3, loaded=False)
+    assert kept.missing and not kept.finished
+    assert kept.statements == (f'DROP DATABASE IF EXISTS "{snapshots.SIDE_DATABASE}" WITH (FORCE)',)
+    whole = snapshots.recovery(side, 3, loaded=True)
+    assert whole.finished and "RENAME" in whole.statements[0]
+
+
+def test_the_marker_says_how_far_the_restore_got(tmp_path: Path) -> None:
+    from sandbox import restoremark
+
+    environ = {"KTRDR_LOCK_DIR": str(tmp_path)}
+    assert restoremark.loaded(environ, 3)  # no marker: an older version's leftovers
+    restoremark.mark(environ, 3)
+    assert not restoremark.loaded(environ, 3)
+    restoremark.mark(environ, 3, restoremark.LOADED)
+    assert restoremark.loaded(environ, 3)
+    restoremark.path(environ, 3).write_text("4242\n")  # an older version's marker
+    assert restoremark.loaded(environ, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slot-3.restoring"]
 
 
 def test_a_name_taken_while_dumping_refuses_the_second_and_keeps_the_first(
