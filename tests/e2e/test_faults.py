@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,10 +225,13 @@ def remove_copy(path: Path, env: dict[str, str]) -> None:
 # --- fixtures -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def suite(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[Suite]:
+@contextmanager
+def both_slots_up(state: Suite, config: pytest.Config) -> Iterator[Suite]:
+    """Slots A and B started side by side, a keepsake row in each; on the way out both taken
+    down (forced when `down` refuses), the checkout copies removed, and the summary line.
+    The fault modules' common stage."""
+    sandbox = state.sandbox
     claim_slots((A, B), sandbox.env)
-    state = Suite(sandbox)
     try:
         results: dict[int, Result] = {}
 
@@ -251,17 +254,24 @@ def suite(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[Suite]:
         for copy in state.copies:
             if copy.exists():
                 remove_copy(copy, sandbox.env)
-        summarize(state, request.config)
+        summarize(state.outcomes, config)
 
 
-def summarize(state: Suite, config: pytest.Config) -> None:
-    held = sum(o.held for o in state.outcomes)
+@pytest.fixture(scope="module")
+def suite(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[Suite]:
+    with both_slots_up(Suite(sandbox), request.config) as state:
+        yield state
+
+
+def summarize(outcomes: Sequence[Outcome], config: pytest.Config) -> None:
+    """Each case's verdict and time, then `faults: N/M held`, on the terminal."""
+    held = sum(o.held for o in outcomes)
     lines = [
         f"  {'held ' if o.held else 'BROKE'} {o.seconds:7.1f}s  {o.name}"
         + (f"  (failed in {', '.join(f'{t:.1f}s' for t in o.refused_in)})" if o.refused_in else "")
-        for o in state.outcomes
+        for o in outcomes
     ]
-    lines.append(f"faults: {held}/{len(state.outcomes)} held")
+    lines.append(f"faults: {held}/{len(outcomes)} held")
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
     # A module fixture's teardown runs under output capture, which swallows what is written

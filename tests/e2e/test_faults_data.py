@@ -29,7 +29,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ import pytest
 from sandbox import ROOT
 from sandbox.errors import Exit
 from sandbox.runner import Result, run
-from tests.e2e.conftest import E2E_SLOTS, Sandbox, claim_slots, project_containers
+from tests.e2e.conftest import E2E_SLOTS, Sandbox, project_containers
 from tests.e2e.test_faults import (
     HEAL,
     INV,
@@ -50,14 +49,12 @@ from tests.e2e.test_faults import (
     Outcome,
     Suite,
     assert_none,
+    both_slots_up,
     checkout_copy,
-    force_down,
     inv_in,
     lost,
     refusal_problems,
-    remove_copy,
     sql,
-    summarize,
     timed,
     volume_exists,
     write_keepsakes,
@@ -161,35 +158,12 @@ def era(suite: Suite, slot: int) -> str:
 
 @pytest.fixture(scope="module")
 def suite(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[Suite]:
-    claim_slots((A, B), sandbox.env)
     # A snapshot store of this module's own (the HOME is the session's): other modules see
     # none of its snapshots, hidden or not.
     private = sandbox.home / f"faults-data-snapshots-{MARK}"
     sandbox = Sandbox(sandbox.home, {**sandbox.env, "KTRDR_SNAPSHOT_DIR": str(private)})
-    state = Suite(sandbox)
-    try:
-        results: dict[int, Result] = {}
-
-        def start(slot: int) -> None:
-            results[slot] = sandbox.inv("up", f"--slot={slot}")
-
-        threads = [threading.Thread(target=start, args=(slot,)) for slot in (A, B)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        for slot in (A, B):
-            assert results[slot].ok, results[slot].stderr[-2000:]
-            write_keepsakes(state, slot)
+    with both_slots_up(Suite(sandbox), request.config) as state:
         yield state
-    finally:
-        for slot in (A, B):
-            if not sandbox.inv("down", f"--slot={slot}", "--volumes", timeout=300).ok:
-                force_down(slot, sandbox.env)
-        for copy in state.copies:
-            if copy.exists():
-                remove_copy(copy, sandbox.env)
-        summarize(state, request.config)
 
 
 @pytest.fixture(autouse=True)

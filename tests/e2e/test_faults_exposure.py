@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from sandbox import ROOT, slots
 from sandbox.errors import Exit
 from sandbox.runner import Result, run
 from tests.e2e.conftest import E2E_SLOTS, Sandbox, claim_slots, project_containers
+from tests.e2e.test_faults import Outcome, summarize
 
 pytestmark = pytest.mark.docker
 
@@ -43,14 +43,6 @@ Env = dict[str, str] | None
 
 
 # --- the suite's own bookkeeping -------------------------------------------------------------
-
-
-@dataclass
-class Outcome:
-    name: str
-    held: bool
-    seconds: float
-    refused_in: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -146,26 +138,7 @@ def suite(
         for slot in (A, B):
             state.inv("down", f"--slot={slot}", "--volumes", timeout=300)
         state.inv("observability", "down", timeout=300)
-        summarize(state, request.config)
-
-
-def summarize(state: Suite, config: pytest.Config) -> None:
-    held = sum(o.held for o in state.outcomes)
-    lines = [
-        f"  {'held ' if o.held else 'BROKE'} {o.seconds:7.1f}s  {o.name}"
-        + (f"  (failed in {', '.join(f'{t:.1f}s' for t in o.refused_in)})" if o.refused_in else "")
-        for o in state.outcomes
-    ]
-    lines.append(f"faults: {held}/{len(state.outcomes)} held")
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    # The module fixture's teardown runs under capture, which would swallow the summary.
-    with capture.global_and_fixture_disabled() if capture is not None else nullcontext():
-        for line in lines:
-            if reporter is not None:
-                reporter.write_line(line)
-            else:
-                print(line)
+        summarize(state.outcomes, request.config)
 
 
 @pytest.fixture(autouse=True)

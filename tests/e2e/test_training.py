@@ -179,49 +179,45 @@ def test_an_exported_shared_dir_is_used_and_models_slot_keeps_them_apart(
         inv(sandbox, "down", f"--slot={B}", "--volumes", KTRDR_SHARED_DIR=str(other))
 
 
+def broken_up(sandbox: Sandbox, tmp_path: Path, module: str, error: str) -> str:
+    """`inv up --source` of a fixture copy whose `module` (a path under the checkout) raises
+    `error` at import: it must fail within CRASH_WITHIN seconds of its gate. All it said."""
+    claim_slots((B,), sandbox.env)
+    broken = copy_fixture(tmp_path, "ktrdr-broken")
+    path = broken / module
+    path.write_text(path.read_text() + f"\nraise {error}\n")
+    try:
+        result = sandbox.inv("up", f"--slot={B}", f"--source={broken}")
+    finally:
+        sandbox.inv("down", f"--slot={B}", "--volumes")
+    said = result.stdout + result.stderr
+    assert not result.ok, said[-3000:]
+    assert module in said  # the frame it died in
+    gate = re.search(r"is not ready after ([0-9.]+)s", said)
+    assert gate is not None, said[-3000:]
+    assert float(gate.group(1)) <= CRASH_WITHIN
+    assert "Traceback" not in result.stderr  # ours: the worker's is in its log lines
+    return said
+
+
 def test_a_worker_that_raises_at_import_fails_up_at_once_quoting_it(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    claim_slots((B,), sandbox.env)
-    broken = copy_fixture(tmp_path, "ktrdr-broken")
-    worker = broken / "ktrdr" / "training" / "training_worker.py"
-    worker.write_text(worker.read_text() + '\nraise RuntimeError("broken on purpose")\n')
-    try:
-        result = sandbox.inv("up", f"--slot={B}", f"--source={broken}")
-        assert not result.ok
-        said = result.stdout + result.stderr
-        # A worker under a reloader (--reload=workers) "died"; without one its container
-        # exited: either way its own error line is quoted.
-        died = r"(process died|container exited \(Exited \(1\)[^)]*\))"
-        assert re.search(died + r": RuntimeError: broken on purpose", said), said[-3000:]
-        assert "ktrdr/training/training_worker.py" in said
-        gate = re.search(r"is not ready after ([0-9.]+)s", said)
-        assert gate is not None, said[-3000:]
-        assert float(gate.group(1)) <= CRASH_WITHIN
-        assert "Traceback" not in result.stderr  # ours: the worker's is in its log lines
-    finally:
-        sandbox.inv("down", f"--slot={B}", "--volumes")
+    error = 'RuntimeError("broken on purpose")'
+    said = broken_up(sandbox, tmp_path, "ktrdr/training/training_worker.py", error)
+    # A worker under a reloader (--reload=workers) "died"; without one its container
+    # exited: either way its own error line is quoted.
+    died = r"(process died|container exited \(Exited \(1\)[^)]*\))"
+    assert re.search(died + r": RuntimeError: broken on purpose", said), said[-3000:]
 
 
 def test_a_backend_that_raises_at_import_dies_under_its_reloader_and_fails_up(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    claim_slots((B,), sandbox.env)
-    broken = copy_fixture(tmp_path, "ktrdr-broken-backend")
-    main = broken / "ktrdr" / "api" / "main.py"
-    main.write_text(main.read_text() + '\nraise KeyError("backend broken on purpose")\n')
-    try:
-        result = sandbox.inv("up", f"--slot={B}", f"--source={broken}")
-        assert not result.ok
-        said = result.stdout + result.stderr
-        # uvicorn --reload keeps the backend's container running: only its log says.
-        assert "process died: KeyError: 'backend broken on purpose'" in said, said[-3000:]
-        assert "ktrdr/api/main.py" in said
-        gate = re.search(r"is not ready after ([0-9.]+)s", said)
-        assert gate is not None, said[-3000:]
-        assert float(gate.group(1)) <= CRASH_WITHIN
-    finally:
-        sandbox.inv("down", f"--slot={B}", "--volumes")
+    error = 'KeyError("backend broken on purpose")'
+    said = broken_up(sandbox, tmp_path, "ktrdr/api/main.py", error)
+    # uvicorn --reload keeps the backend's container running: only its log says.
+    assert "process died: KeyError: 'backend broken on purpose'" in said, said[-3000:]
 
 
 def _images(sandbox: Sandbox, checkout: Path) -> Result:
