@@ -87,6 +87,14 @@ def status_entry(sandbox: Sandbox, slot: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def sandbox(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Sandbox:
+    """The session's sandbox with a HOME of this module's own: its shared directory starts
+    empty, as on a new machine (other modules' slots have seeded the session's)."""
+    home = tmp_path_factory.mktemp("train-home")
+    return Sandbox(home, {**sandbox.env, "HOME": str(home)})
+
+
+@pytest.fixture(scope="module")
 def default_slot(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Result]:
     """Slot A runs a fixture checkout with no flag but --source."""
     claim_slots((A, B), sandbox.env)
