@@ -46,10 +46,8 @@ if TYPE_CHECKING:
         picker,
         provenance,
         render,
-        restoremark,
         runner,
         shared,
-        snapshots,
         stack,
         statusjson,
         swarm,
@@ -59,6 +57,8 @@ if TYPE_CHECKING:
     from sandbox import status as slot_status
     from sandbox import tunnel as forwarding
     from sandbox import verify as slot_verify
+    from sandbox.snapshots import marker as restoremark
+    from sandbox.snapshots import operations as snapshots
 else:  # each imported at its first use: `inv status` loads only what it touches
     apps = lazy.Module("sandbox.apps")
     branchflow = lazy.Module("sandbox.branchflow")
@@ -78,12 +78,12 @@ else:  # each imported at its first use: `inv status` loads only what it touches
     picker = lazy.Module("sandbox.picker")
     provenance = lazy.Module("sandbox.provenance")
     render = lazy.Module("sandbox.render")
-    restoremark = lazy.Module("sandbox.restoremark")
+    restoremark = lazy.Module("sandbox.snapshots.marker")
     runner = lazy.Module("sandbox.runner")
     shared = lazy.Module("sandbox.shared")
     slot_status = lazy.Module("sandbox.status")
     slot_verify = lazy.Module("sandbox.verify")
-    snapshots = lazy.Module("sandbox.snapshots")
+    snapshots = lazy.Module("sandbox.snapshots.operations")
     stack = lazy.Module("sandbox.stack")
     statusjson = lazy.Module("sandbox.statusjson")
     swarm = lazy.Module("sandbox.swarm")

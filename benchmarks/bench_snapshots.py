@@ -25,8 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sandbox import compose, snapshots  # noqa: E402
+from sandbox import compose  # noqa: E402
 from sandbox.runner import run  # noqa: E402
+from sandbox.snapshots import operations as snapshots  # noqa: E402
 
 ROW_BYTES = 210  # one generated row on disk, heap and index, measured on PostgreSQL 15
 

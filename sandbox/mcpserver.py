@@ -38,7 +38,6 @@ from sandbox import (
     picker,
     shared,
     slots,
-    snapshots,
     stack,
     statusjson,
     worktrees,
@@ -46,6 +45,7 @@ from sandbox import (
 from sandbox import verify as slot_verify
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import run
+from sandbox.snapshots import operations as snapshots
 
 NAME = "ktrdr-sandbox"
 INSTRUCTIONS = (

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, compose, slots, snapshots
+from sandbox import ROOT, compose, slots
 from sandbox.errors import SandboxError
 from sandbox.runner import Result, run
+from sandbox.snapshots import operations as snapshots
 from tests.e2e.conftest import E2E_SLOTS, Sandbox, claim_slots
 
 pytestmark = pytest.mark.docker

@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from sandbox import compose, envfiles, restoremark, runner, snapshots
+from sandbox import compose, envfiles, runner
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
-from sandbox.snapshots import Drift, Manifest
+from sandbox.snapshots import marker as restoremark
+from sandbox.snapshots import operations as snapshots
+from sandbox.snapshots.operations import Drift, Manifest
 
 NOW = datetime(2026, 11, 27, 18, 0, 0, tzinfo=UTC)
 COMPOSE = ["docker", "compose"]
@@ -786,7 +788,7 @@ def test_a_half_loaded_side_database_never_becomes_the_slots() -> None:
 
 
 def test_the_marker_says_how_far_the_restore_got(tmp_path: Path) -> None:
-    from sandbox import restoremark
+    from sandbox.snapshots import marker as restoremark
 
     environ = {"KTRDR_LOCK_DIR": str(tmp_path)}
     assert restoremark.loaded(environ, 3)  # no marker: an older version's leftovers

@@ -47,10 +47,11 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from pathlib import Path
 
-from sandbox import compose, docker, lock, preflight, restoremark, runner, settings
+from sandbox import compose, docker, lock, preflight, runner, settings
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result, display
+from sandbox.snapshots import marker as restoremark
 
 SNAPSHOT_DIR_VARIABLE = "KTRDR_SNAPSHOT_DIR"
 DEFAULT_APP = "reference"
