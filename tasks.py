@@ -45,11 +45,9 @@ if TYPE_CHECKING:
         observability,
         picker,
         provenance,
-        render,
         runner,
         shared,
         stack,
-        statusjson,
         swarm,
         teardown,
         worktrees,
@@ -59,6 +57,7 @@ if TYPE_CHECKING:
     from sandbox import verify as slot_verify
     from sandbox.snapshots import marker as restoremark
     from sandbox.snapshots import operations as snapshots
+    from sandbox.ui import render, statusjson
 else:  # each imported at its first use: `inv status` loads only what it touches
     apps = lazy.Module("sandbox.apps")
     branchflow = lazy.Module("sandbox.branchflow")
@@ -77,7 +76,7 @@ else:  # each imported at its first use: `inv status` loads only what it touches
     observability = lazy.Module("sandbox.observability")
     picker = lazy.Module("sandbox.picker")
     provenance = lazy.Module("sandbox.provenance")
-    render = lazy.Module("sandbox.render")
+    render = lazy.Module("sandbox.ui.render")
     restoremark = lazy.Module("sandbox.snapshots.marker")
     runner = lazy.Module("sandbox.runner")
     shared = lazy.Module("sandbox.shared")
@@ -85,7 +84,7 @@ else:  # each imported at its first use: `inv status` loads only what it touches
     slot_verify = lazy.Module("sandbox.verify")
     snapshots = lazy.Module("sandbox.snapshots.operations")
     stack = lazy.Module("sandbox.stack")
-    statusjson = lazy.Module("sandbox.statusjson")
+    statusjson = lazy.Module("sandbox.ui.statusjson")
     swarm = lazy.Module("sandbox.swarm")
     teardown = lazy.Module("sandbox.teardown")
     worktrees = lazy.Module("sandbox.worktrees")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sandbox import worktrees
 from sandbox.errors import Exit, SandboxError
-from sandbox.statusjson import SlotSource
+from sandbox.ui.statusjson import SlotSource
 
 
 @dataclass(frozen=True)

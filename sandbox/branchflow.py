@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import apps, branches, docker, statusjson, worktrees
+from sandbox import apps, branches, docker, worktrees
 from sandbox.errors import Exit, SandboxError
+from sandbox.ui import statusjson
 
 
 @dataclass(frozen=True)

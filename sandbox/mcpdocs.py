@@ -1,7 +1,7 @@
 """The JSON documents the MCP server's tools answer with, built by pure functions.
 
 `status` and `verify` answer with exactly the documents of `inv status --json` and
-`inv verify --json` (sandbox/statusjson.py). The other tools' documents follow the same rules
+`inv verify --json` (sandbox/ui/statusjson.py). The other tools' documents follow the same rules
 (docs/designs/Sandbox/MCP.md): a `schema` naming the kind, an integer `version`, keys only ever
 added within one version. A refused call is an `error` document: the one-line message a task
 would print and the exit code it would exit with, never a traceback.

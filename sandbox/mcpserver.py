@@ -39,13 +39,13 @@ from sandbox import (
     shared,
     slots,
     stack,
-    statusjson,
     worktrees,
 )
 from sandbox import verify as slot_verify
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import run
 from sandbox.snapshots import operations as snapshots
+from sandbox.ui import statusjson
 
 NAME = "ktrdr-sandbox"
 INSTRUCTIONS = (

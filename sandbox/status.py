@@ -2,7 +2,7 @@
 
 `summarize` is pure (tested on fabricated containers); `collect` adds the one Docker call.
 `slot_state` is the one rule for a slot's state: the table here and `inv status --json`
-(sandbox/statusjson.py) both call it, so they cannot disagree (a test runs every state
+(sandbox/ui/statusjson.py) both call it, so they cannot disagree (a test runs every state
 through both).
 """
 

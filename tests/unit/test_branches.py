@@ -8,7 +8,7 @@ import pytest
 
 from sandbox import branches, worktrees
 from sandbox.errors import Exit, SandboxError
-from sandbox.statusjson import SlotSource
+from sandbox.ui.statusjson import SlotSource
 from tests.unit.gitrepos import isolated_git, origin, repo, template
 
 USED_FIXTURES = (isolated_git, origin, repo, template)  # pytest finds them by name here

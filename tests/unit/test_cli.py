@@ -174,7 +174,7 @@ def test_status_loads_only_what_it_uses() -> None:
     assert result.ok, result.stderr
     said, loaded = result.stdout.strip().splitlines()
     assert said == "no sandbox slots have containers"
-    ours = {"checks", "docker", "engine", "errors", "lastup", "lazy", "render", "runner"}
+    ours = {"checks", "docker", "engine", "errors", "lastup", "lazy", "runner", "ui", "ui.render"}
     # lock and the restore marker: one listing of the lock directory for an interrupted restore.
     ours |= {"settings", "shared", "slots", "status", "lock", "snapshots", "snapshots.marker"}
     assert set(loaded.split()) == {"sandbox", *(f"sandbox.{name}" for name in ours)}

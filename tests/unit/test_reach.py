@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from sandbox import engine, reach, slots, statusjson
+from sandbox import engine, reach, slots
 from sandbox.docker import PublishedPort
 from sandbox.errors import Exit, SandboxError
+from sandbox.ui import statusjson
 from tests.unit.factories import container
 
 GATEWAY = "172.17.0.1"

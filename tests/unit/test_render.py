@@ -9,12 +9,13 @@ from io import StringIO
 
 from rich.console import Console
 
-from sandbox import ROOT, render
+from sandbox import ROOT
 from sandbox.checks import CheckResult, GateResult, State
-from sandbox.render import PlainRenderer, Renderer
-from sandbox.richrender import RichRenderer
 from sandbox.runner import run
 from sandbox.status import SlotStatus
+from sandbox.ui import render
+from sandbox.ui.render import PlainRenderer, Renderer
+from sandbox.ui.richrender import RichRenderer
 from sandbox.verify import VerifyCheck, VerifyReport
 
 
@@ -261,7 +262,7 @@ def test_terminal_or_not_follows_rich_without_importing_it() -> None:
 # stdout taken for a terminal (rich's TTY_COMPATIBLE=1) in a fresh interpreter: is rich loaded?
 ON_A_TERMINAL = """
 import sys
-from sandbox import render
+from sandbox.ui import render
 out = render.for_stdout()
 out.status([])
 print("rich loaded:", "rich" in sys.modules)

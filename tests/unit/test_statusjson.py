@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-from sandbox import ROOT, docker, engine, lastup, slots, statusjson, verify, worktrees
+from sandbox import ROOT, docker, engine, lastup, slots, verify, worktrees
 from sandbox.docker import PublishedPort
 from sandbox.runner import run
-from sandbox.statusjson import SlotSource
+from sandbox.ui import statusjson
+from sandbox.ui.statusjson import SlotSource
 from tests.unit.factories import make
 
 DOC = ROOT / "docs" / "designs" / "Sandbox" / "STATUS_JSON.md"

@@ -2,7 +2,7 @@
 
 When stdout is not a terminal (`PlainRenderer`: CI, a pipe, a log file): plain lines, no
 boxes, no colours, no redrawing, one line per event, so the output greps and diffs well. On a
-terminal (`TerminalRenderer`, drawing with `sandbox.richrender.RichRenderer`): tables, colours
+terminal (`TerminalRenderer`, drawing with `sandbox.ui.richrender.RichRenderer`): tables, colours
 and a live gate table. `for_stdout` chooses one, once.
 
 Nothing here imports rich or the modules whose results it draws (gate, snapshots, verify):
@@ -461,7 +461,7 @@ class PlainRenderer(Renderer):
 
 
 class TerminalRenderer(Renderer):
-    """Stdout on a terminal: rich's renderer (`sandbox.richrender`), imported at the first
+    """Stdout on a terminal: rich's renderer (`sandbox.ui.richrender`), imported at the first
     thing drawn with it. Until then a line is only a line, so an answer of one line (`inv
     status` with no slots, `inv env`, `inv down`) does not load rich (about 30 ms)."""
 
@@ -469,7 +469,7 @@ class TerminalRenderer(Renderer):
 
     @functools.cached_property
     def rich(self) -> Renderer:
-        from sandbox.richrender import RichRenderer
+        from sandbox.ui.richrender import RichRenderer
 
         return RichRenderer.for_stdout()
 

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sandbox.checks import CheckResult, GateResult, State
-from sandbox.render import (
+from sandbox.ui.render import (
     FAIL,
     PASS,
     STATE_STYLE,
