@@ -30,7 +30,6 @@ from sandbox.settings import GATE_TIMEOUT, LOCK_WAIT
 if TYPE_CHECKING:
     from sandbox import (
         apps,
-        branchflow,
         codesync,
         compose,
         docker,
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
         envfiles,
         images,
         lock,
-        mcpserver,
         net,
         observability,
         picker,
@@ -50,17 +48,19 @@ if TYPE_CHECKING:
         stack,
         swarm,
         teardown,
-        worktrees,
     )
     from sandbox import status as slot_status
     from sandbox import tunnel as forwarding
     from sandbox import verify as slot_verify
+    from sandbox.branches import flow as branchflow
+    from sandbox.branches import worktrees
+    from sandbox.mcp import server as mcpserver
     from sandbox.snapshots import marker as restoremark
     from sandbox.snapshots import operations as snapshots
     from sandbox.ui import render, statusjson
 else:  # each imported at its first use: `inv status` loads only what it touches
     apps = lazy.Module("sandbox.apps")
-    branchflow = lazy.Module("sandbox.branchflow")
+    branchflow = lazy.Module("sandbox.branches.flow")
     codesync = lazy.Module("sandbox.codesync")
     compose = lazy.Module("sandbox.compose")
     docker = lazy.Module("sandbox.docker")
@@ -71,7 +71,7 @@ else:  # each imported at its first use: `inv status` loads only what it touches
     forwarding = lazy.Module("sandbox.tunnel")
     images = lazy.Module("sandbox.images")
     lock = lazy.Module("sandbox.lock")
-    mcpserver = lazy.Module("sandbox.mcpserver")  # loads the MCP SDK: only `inv mcp` does
+    mcpserver = lazy.Module("sandbox.mcp.server")  # loads the MCP SDK: only `inv mcp` does
     net = lazy.Module("sandbox.net")
     observability = lazy.Module("sandbox.observability")
     picker = lazy.Module("sandbox.picker")
@@ -87,7 +87,7 @@ else:  # each imported at its first use: `inv status` loads only what it touches
     statusjson = lazy.Module("sandbox.ui.statusjson")
     swarm = lazy.Module("sandbox.swarm")
     teardown = lazy.Module("sandbox.teardown")
-    worktrees = lazy.Module("sandbox.worktrees")
+    worktrees = lazy.Module("sandbox.branches.worktrees")
 
 F = TypeVar("F", bound=Callable[..., Any])
 SLOT_HELP = "slot number, 0-10 (slot 0 uses KTRDR's standard ports)"

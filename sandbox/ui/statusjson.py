@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sandbox import docker, engine, lastup, picker, slots, status, worktrees
+from sandbox import docker, engine, lastup, picker, slots, status
+from sandbox.branches import worktrees
 from sandbox.settings import ENGINE_ANSWER_TIMEOUT
 
 SCHEMA = "ktrdr-sandbox/status"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import worktrees
+from sandbox.branches import worktrees
 from sandbox.runner import run
 
 

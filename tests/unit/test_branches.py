@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import branches, worktrees
+from sandbox.branches import git as branches
+from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
 from sandbox.ui.statusjson import SlotSource
 from tests.unit.gitrepos import isolated_git, origin, repo, template

@@ -15,16 +15,16 @@ from invoke.exceptions import Exit as InvokeExit
 import tasks
 from sandbox import (
     apps,
-    branches,
-    branchflow,
     compose,
     docker,
     envfiles,
     picker,
     slots,
     stack,
-    worktrees,
 )
+from sandbox.branches import flow as branchflow
+from sandbox.branches import git as branches
+from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
 from tests.unit.gitrepos import commit, isolated_git, origin, repo, template
 

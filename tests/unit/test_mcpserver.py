@@ -20,8 +20,11 @@ import anyio.from_thread
 import pytest
 from mcp_types import CallToolResult, TextContent
 
-from sandbox import ROOT, branchflow, checks, mcpdocs, mcpserver, runner
+from sandbox import ROOT, checks, runner
+from sandbox.branches import flow as branchflow
 from sandbox.errors import Exit, SandboxError
+from sandbox.mcp import docs as mcpdocs
+from sandbox.mcp import server as mcpserver
 
 TOOLS = {"new", "up", "status", "verify", "logs", "exec", "snapshot", "restore", "done", "down"}
 

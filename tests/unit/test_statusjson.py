@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from sandbox import ROOT, docker, engine, lastup, slots, verify, worktrees
+from sandbox import ROOT, docker, engine, lastup, slots, verify
+from sandbox.branches import worktrees
 from sandbox.docker import PublishedPort
 from sandbox.runner import run
 from sandbox.ui import statusjson

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, worktrees
+from sandbox import ROOT
+from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import run
 from tests.unit.gitrepos import commit, git, isolated_git, origin, repo, template
@@ -187,7 +188,7 @@ def test_create_refusals_touch_nothing(repo: Path) -> None:
 CREATE = """
 import sys, time
 from pathlib import Path
-from sandbox import worktrees
+from sandbox.branches import worktrees
 from sandbox.errors import SandboxError
 go = Path(sys.argv[2])
 while not go.exists():

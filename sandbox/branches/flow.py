@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import apps, branches, docker, worktrees
+from sandbox import apps, docker
+from sandbox.branches import git as branches
+from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
 from sandbox.ui import statusjson
 

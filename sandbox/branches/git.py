@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import worktrees
+from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
 from sandbox.ui.statusjson import SlotSource
 

@@ -2,7 +2,7 @@
 
 Built on the official `mcp` SDK (its `MCPServer`), never a protocol of our own. Each tool calls
 the library functions the Invoke task of the same name calls and answers with one JSON document
-(sandbox/mcpdocs.py; `status` and `verify` with the `--json` documents themselves). A
+(sandbox/mcp/docs.py; `status` and `verify` with the `--json` documents themselves). A
 `SandboxError` becomes a tool error carrying the task's one line and exit code (an `error`
 document in the structured content), never a traceback. `up` and `new` report each preflight
 step, the Compose start and each change of the gate's round as MCP progress notifications.
@@ -30,19 +30,19 @@ from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from sandbox import (
     ROOT,
     apps,
-    branchflow,
     checks,
     compose,
     docker,
-    mcpdocs,
     picker,
     shared,
     slots,
     stack,
-    worktrees,
 )
 from sandbox import verify as slot_verify
+from sandbox.branches import flow as branchflow
+from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
+from sandbox.mcp import docs as mcpdocs
 from sandbox.runner import run
 from sandbox.snapshots import operations as snapshots
 from sandbox.ui import statusjson
