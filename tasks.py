@@ -55,8 +55,10 @@ if TYPE_CHECKING:
     from sandbox.branches import flow as branchflow
     from sandbox.branches import worktrees
     from sandbox.mcp import server as mcpserver
+    from sandbox.snapshots import database as snapshot_db
     from sandbox.snapshots import marker as restoremark
     from sandbox.snapshots import operations as snapshots
+    from sandbox.snapshots import store as snapshot_store
     from sandbox.ui import render, statusjson
 else:  # each imported at its first use: `inv status` loads only what it touches
     apps = lazy.Module("sandbox.apps")
@@ -83,6 +85,8 @@ else:  # each imported at its first use: `inv status` loads only what it touches
     slot_status = lazy.Module("sandbox.status")
     slot_verify = lazy.Module("sandbox.verify")
     snapshots = lazy.Module("sandbox.snapshots.operations")
+    snapshot_db = lazy.Module("sandbox.snapshots.database")
+    snapshot_store = lazy.Module("sandbox.snapshots.store")
     stack = lazy.Module("sandbox.stack")
     statusjson = lazy.Module("sandbox.ui.statusjson")
     swarm = lazy.Module("sandbox.swarm")
@@ -283,7 +287,7 @@ def _start(
             reload=apps.parse_reload(reload),
             other_checkouts=other_checkouts,
         )
-    snapshots.recover_interrupted(target, environ, out().line)
+    snapshot_db.recover_interrupted(target, environ, out().line)
     _report_up(target.slot, result)
 
 
@@ -678,7 +682,7 @@ def _recover_restores(environ: Mapping[str, str], only: int | None) -> None:
     """An interrupted restore of a slot shown is put right here (said on stderr)."""
     for number in restoremark.interrupted_slots(environ):
         if only in (None, number):
-            snapshots.recover_interrupted(compose.load_target(ROOT, number), environ, _note)
+            snapshot_db.recover_interrupted(compose.load_target(ROOT, number), environ, _note)
 
 
 @task(
@@ -1002,7 +1006,7 @@ def snapshot(
     """Dump a slot's database into ~/.ktrdr/snapshots (or $KTRDR_SNAPSHOT_DIR)."""
     environ = dict(os.environ)
     if delete is not None:
-        out().line(f"deleted {snapshots.delete(environ, delete)}")
+        out().line(f"deleted {snapshot_store.delete(environ, delete)}")
         return
     target = _target(slot)
     _no_swarm(target.slot, "snapshot")
@@ -1010,7 +1014,9 @@ def snapshot(
     made = snapshots.snapshot(
         target, _compose(environ), environ, name=name, app=app, on_step=out().line
     )
-    out().line(f"snapshot {made.name}: slot {made.source_slot}, {snapshots.human_size(made.size)}")
+    out().line(
+        f"snapshot {made.name}: slot {made.source_slot}, {snapshot_store.human_size(made.size)}"
+    )
 
 
 def _no_swarm(slot: int, what: str) -> None:
@@ -1026,7 +1032,7 @@ def _no_swarm(slot: int, what: str) -> None:
 @handled
 def list_snapshots(c: Context) -> None:
     """List snapshots: name, source slot, app, size, age, migration."""
-    rows = snapshots.list_snapshots(dict(os.environ))
+    rows = snapshot_store.list_snapshots(dict(os.environ))
     out().snapshots(rows)
 
 
@@ -1083,6 +1089,6 @@ def clone_slot(
 
 
 def _report_restored(done: snapshots.Restored) -> None:
-    out().line(f"slot {done.slot} now holds {done.source} ({snapshots.human_size(done.size)})")
+    out().line(f"slot {done.slot} now holds {done.source} ({snapshot_store.human_size(done.size)})")
     if done.note():
         out().line(done.note())

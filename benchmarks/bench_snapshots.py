@@ -27,7 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from sandbox import compose  # noqa: E402
 from sandbox.runner import run  # noqa: E402
+from sandbox.snapshots import database as snapshot_db  # noqa: E402
 from sandbox.snapshots import operations as snapshots  # noqa: E402
+from sandbox.snapshots import store as snapshot_store  # noqa: E402
 
 ROW_BYTES = 210  # one generated row on disk, heap and index, measured on PostgreSQL 15
 
@@ -38,7 +40,7 @@ def bash(script: str) -> None:
         raise SystemExit(f"benchmark step failed: {script}\n{result.tail(10)}")
 
 
-def fill(db: snapshots.SlotDatabase, megabytes: int) -> None:
+def fill(db: snapshot_db.SlotDatabase, megabytes: int) -> None:
     if db.sql("SELECT to_regclass('bench_payload') IS NOT NULL") == "t":
         return
     rows = megabytes * 1024 * 1024 // ROW_BYTES
@@ -58,14 +60,14 @@ def main(argv: list[str]) -> None:
     megabytes = int(argv[2]) if len(argv) > 2 else 300
     rounds = int(argv[3]) if len(argv) > 3 else 1
     store = Path(tempfile.mkdtemp(prefix="ktrdr-bench-snapshots-"))
-    environ = {**os.environ, snapshots.SNAPSHOT_DIR_VARIABLE: str(store)}
+    environ = {**os.environ, snapshot_store.SNAPSHOT_DIR_VARIABLE: str(store)}
     compose_cmd = compose.find_compose(environ)
     target_a, target_b = compose.load_target(ROOT, slot_a), compose.load_target(ROOT, slot_b)
-    a = snapshots.open_database(target_a, compose_cmd, environ)
-    b = snapshots.open_database(target_b, compose_cmd, environ)
+    a = snapshot_db.open_database(target_a, compose_cmd, environ)
+    b = snapshot_db.open_database(target_b, compose_cmd, environ)
     fill(a, megabytes)
     size = int(a.sql("SELECT pg_database_size(current_database())"))
-    print(f"source database: {snapshots.human_size(size)}; {rounds} round(s)", flush=True)
+    print(f"source database: {snapshot_store.human_size(size)}; {rounds} round(s)", flush=True)
     dump = store / "exec.dump"
     ca, cb = a.container, b.container
     side = "bench_side"
@@ -83,7 +85,7 @@ def main(argv: list[str]) -> None:
             if level == snapshots.SNAPSHOT_COMPRESSION:
                 kept[:] = [name]
             else:
-                snapshots.delete(environ, name)
+                snapshot_store.delete(environ, name)
 
         return go
 

@@ -24,7 +24,7 @@ from sandbox.checks import CheckResult, GateResult, State
 from sandbox.slots import OBSERVABILITY_PROJECT
 
 if TYPE_CHECKING:
-    from sandbox.snapshots.operations import Row as SnapshotRow
+    from sandbox.snapshots.store import Row as SnapshotRow
     from sandbox.status import SlotStatus
     from sandbox.verify import VerifyReport
 
@@ -153,7 +153,7 @@ SNAPSHOT_HEADER = ("name", "slot", "app", "size", "age", "migration")
 
 def _snapshot_cells(rows: Sequence[SnapshotRow]) -> list[tuple[str, ...]]:
     # loaded already: rows come from it
-    from sandbox.snapshots.operations import human_age, human_size
+    from sandbox.snapshots.store import human_age, human_size
 
     return [
         (

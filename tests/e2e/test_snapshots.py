@@ -22,6 +22,7 @@ from sandbox import ROOT, compose, slots
 from sandbox.errors import SandboxError
 from sandbox.runner import Result, run
 from sandbox.snapshots import operations as snapshots
+from sandbox.snapshots import store as snapshot_store
 from tests.e2e.conftest import E2E_SLOTS, Sandbox, claim_slots
 
 pytestmark = pytest.mark.docker
@@ -172,7 +173,7 @@ def test_a_disk_that_fills_during_a_snapshot_leaves_no_file(
     with tempfile.TemporaryDirectory(prefix="ktrdr-e2e-tmpfs-") as mount_point:
         assert_ok(run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mount_point]))
         try:
-            small = {**stacks, snapshots.SNAPSHOT_DIR_VARIABLE: mount_point}
+            small = {**stacks, snapshot_store.SNAPSHOT_DIR_VARIABLE: mount_point}
             with pytest.raises(SandboxError, match="the disk is full"):
                 snapshots.snapshot(target(A), compose_cmd, small, name="too-big")
             assert [p.name for p in Path(mount_point).iterdir()] == [".store.lock"]
@@ -190,8 +191,8 @@ def test_snapshot_of_a_stopped_slot_is_one_line(
     assert refused.stderr.strip().splitlines()[-1] == (
         f"error: slot {B} is not running: `inv up --slot={B}` first"
     )
-    assert [r.name for r in snapshots.list_snapshots(stacks)] == ["e2e-base"]
+    assert [r.name for r in snapshot_store.list_snapshots(stacks)] == ["e2e-base"]
     unknown = sandbox.inv("restore", f"--slot={A}", "no-such-snapshot", "--yes")
     assert unknown.returncode == 2 and "no-such-snapshot" in unknown.stderr
     assert_ok(sandbox.inv("snapshot", "--delete=e2e-base"))
-    assert snapshots.list_snapshots(stacks) == []
+    assert snapshot_store.list_snapshots(stacks) == []

@@ -18,9 +18,13 @@ import pytest
 from sandbox import compose, envfiles, runner
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
+from sandbox.snapshots import database as snapshot_db
 from sandbox.snapshots import marker as restoremark
 from sandbox.snapshots import operations as snapshots
-from sandbox.snapshots.operations import Drift, Manifest
+from sandbox.snapshots import store as snapshot_store
+from sandbox.snapshots import versions as snapshot_versions
+from sandbox.snapshots.store import Manifest
+from sandbox.snapshots.versions import Drift
 
 NOW = datetime(2026, 11, 27, 18, 0, 0, tzinfo=UTC)
 COMPOSE = ["docker", "compose"]
@@ -44,8 +48,8 @@ def manifest(name: str = "base", **changes: Any) -> Manifest:
 
 def store(directory: Path, m: Manifest, dump: bytes = b"PGDMP") -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    snapshots.dump_path(directory, m.name).write_bytes(dump)
-    snapshots.manifest_path(directory, m.name).write_text(m.to_json())
+    snapshot_store.dump_path(directory, m.name).write_bytes(dump)
+    snapshot_store.manifest_path(directory, m.name).write_text(m.to_json())
 
 
 # --- names, manifest, listing ----------------------------------------------------------------
@@ -53,7 +57,7 @@ def store(directory: Path, m: Manifest, dump: bytes = b"PGDMP") -> None:
 
 @pytest.mark.parametrize("name", ["base", "slot1-20261127-180000", "before.migration_2", "A"])
 def test_good_names_pass(name: str) -> None:
-    assert snapshots.check_name(name) == name
+    assert snapshot_store.check_name(name) == name
 
 
 @pytest.mark.parametrize(
@@ -62,21 +66,21 @@ def test_good_names_pass(name: str) -> None:
 )
 def test_bad_names_are_one_usage_line(name: str) -> None:
     with pytest.raises(SandboxError) as caught:
-        snapshots.check_name(name)
+        snapshot_store.check_name(name)
     assert caught.value.code is Exit.USAGE
     assert "\n" not in str(caught.value)
 
 
 def test_default_name_is_the_slot_and_utc_time() -> None:
-    assert snapshots.default_name(3, NOW) == "slot3-20261127-180000"
-    assert snapshots.check_name(snapshots.default_name(10, NOW))
+    assert snapshot_store.default_name(3, NOW) == "slot3-20261127-180000"
+    assert snapshot_store.check_name(snapshot_store.default_name(10, NOW))
 
 
 def test_snapshot_dir_from_variable_else_home() -> None:
-    assert snapshots.snapshot_dir({"KTRDR_SNAPSHOT_DIR": "/srv/snaps", "HOME": "/h"}) == Path(
+    assert snapshot_store.snapshot_dir({"KTRDR_SNAPSHOT_DIR": "/srv/snaps", "HOME": "/h"}) == Path(
         "/srv/snaps"
     )
-    assert snapshots.snapshot_dir({"HOME": "/h"}) == Path("/h/.ktrdr/snapshots")
+    assert snapshot_store.snapshot_dir({"HOME": "/h"}) == Path("/h/.ktrdr/snapshots")
 
 
 def test_manifest_round_trips_through_json(tmp_path: Path) -> None:
@@ -98,21 +102,21 @@ def test_list_shows_complete_snapshots_newest_first(tmp_path: Path) -> None:
     store(tmp_path, manifest("new", created=(NOW - timedelta(minutes=5)).isoformat(), app="ktrdr"))
     (tmp_path / "orphan.json").write_text(manifest("orphan").to_json())  # no dump
     (tmp_path / ".half.dump.partial").write_bytes(b"PG")
-    rows = snapshots.list_snapshots(env, now=NOW)
+    rows = snapshot_store.list_snapshots(env, now=NOW)
     assert [(r.name, r.app, r.age) for r in rows] == [
         ("new", "ktrdr", timedelta(minutes=5)),
         ("old", "reference", timedelta(days=2)),
     ]
-    assert snapshots.list_snapshots({"KTRDR_SNAPSHOT_DIR": str(tmp_path / "none")}) == []
+    assert snapshot_store.list_snapshots({"KTRDR_SNAPSHOT_DIR": str(tmp_path / "none")}) == []
 
 
 def test_delete_removes_both_files_and_refuses_unknown(tmp_path: Path) -> None:
     env = {"KTRDR_SNAPSHOT_DIR": str(tmp_path)}
     store(tmp_path, manifest("gone"))
-    assert snapshots.delete(env, "gone") == "snapshot gone (slot 3, reference)"
+    assert snapshot_store.delete(env, "gone") == "snapshot gone (slot 3, reference)"
     assert [p.name for p in tmp_path.iterdir()] == [".store.lock"]
     with pytest.raises(SandboxError, match=r"no snapshot named 'gone'.*inv snapshots") as caught:
-        snapshots.delete(env, "gone")
+        snapshot_store.delete(env, "gone")
     assert caught.value.code is Exit.USAGE
 
 
@@ -120,7 +124,7 @@ def test_delete_removes_both_files_and_refuses_unknown(tmp_path: Path) -> None:
     ("size", "text"), [(0, "0 B"), (1023, "1023 B"), (2048, "2.0 KB"), (146_837_336, "140.0 MB")]
 )
 def test_human_size(size: int, text: str) -> None:
-    assert snapshots.human_size(size) == text
+    assert snapshot_store.human_size(size) == text
 
 
 @pytest.mark.parametrize(
@@ -132,7 +136,7 @@ def test_human_size(size: int, text: str) -> None:
     ],
 )
 def test_human_age(age: timedelta, text: str) -> None:
-    assert snapshots.human_age(age) == text
+    assert snapshot_store.human_age(age) == text
 
 
 # --- migration versions ----------------------------------------------------------------------
@@ -156,15 +160,15 @@ CHAIN = ["aaa", "bbb", "ccc"]
 def test_compare_migrations(
     snap: str | None, slot: str | None, chain: list[str] | None, drift: Drift
 ) -> None:
-    assert snapshots.compare_migrations(snap, slot, chain).drift is drift
+    assert snapshot_versions.compare_migrations(snap, slot, chain).drift is drift
 
 
 def test_version_warning_says_newer_or_older() -> None:
-    newer = snapshots.compare_migrations("aaa", "ccc", CHAIN).describe(3, "snapshot base")
+    newer = snapshot_versions.compare_migrations("aaa", "ccc", CHAIN).describe(3, "snapshot base")
     assert "slot 3's database has a newer schema than snapshot base (ccc vs aaa)" in newer
-    older = snapshots.compare_migrations("ccc", None, CHAIN).describe(3, "snapshot base")
+    older = snapshot_versions.compare_migrations("ccc", None, CHAIN).describe(3, "snapshot base")
     assert "has an older schema than snapshot base (no migrations vs ccc)" in older
-    assert snapshots.compare_migrations("x", "x").describe(3, "s") == ""
+    assert snapshot_versions.compare_migrations("x", "x").describe(3, "s") == ""
 
 
 def test_alembic_chain_orders_revisions_oldest_first(tmp_path: Path) -> None:
@@ -173,14 +177,14 @@ def test_alembic_chain_orders_revisions_oldest_first(tmp_path: Path) -> None:
         'revision: str = "aaa"\ndown_revision: str | None = None\n'
     )
     (tmp_path / "3_third.py").write_text('"""doc"""\nrevision = "ccc"\ndown_revision = "bbb"\n')
-    assert snapshots.alembic_chain(tmp_path) == ["aaa", "bbb", "ccc"]
+    assert snapshot_versions.alembic_chain(tmp_path) == ["aaa", "bbb", "ccc"]
 
 
 def test_alembic_chain_with_a_branch_is_unordered(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text('revision = "aaa"\ndown_revision = None\n')
     (tmp_path / "b.py").write_text('revision = "bbb"\ndown_revision = "aaa"\n')
     (tmp_path / "c.py").write_text('revision = "ccc"\ndown_revision = "aaa"\n')
-    assert snapshots.alembic_chain(tmp_path) == []
+    assert snapshot_versions.alembic_chain(tmp_path) == []
 
 
 # --- orchestration against a fake db container ------------------------------------------------
@@ -357,7 +361,7 @@ def test_snapshot_writes_dump_and_manifest(
     m = snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="base", now=NOW)
     directory = Path(env["KTRDR_SNAPSHOT_DIR"])
     assert sorted(p.name for p in directory.iterdir()) == [".store.lock", "base.dump", "base.json"]
-    assert m == snapshots.load(env, "base")
+    assert m == snapshot_store.load(env, "base")
     assert (m.source_slot, m.migration, m.size, m.pg_version) == (3, "bbb", 4005, "15.18")
     (dump,) = engine.ran("pg_dump")
     assert dump[dump.index("pg_dump") :][:8] == [
@@ -448,7 +452,7 @@ def test_restore_with_yes_swaps_a_side_database_in_one_transaction(
     assert restore_cmd[restore_cmd.index("-d") + 1] == "ktrdr_restoring"
     statements = engine.statements()
     assert 'DROP DATABASE "ktrdr" WITH (FORCE)' not in statements, "ktrdr is never dropped"
-    swap = statements.index(snapshots.swap_sql(True))
+    swap = statements.index(snapshot_db.swap_sql(True))
     assert statements[swap + 3] == 'DROP DATABASE IF EXISTS "ktrdr_previous" WITH (FORCE)'
     assert engine.databases == {"ktrdr"}
     assert engine.container_files == set()
@@ -456,13 +460,13 @@ def test_restore_with_yes_swaps_a_side_database_in_one_transaction(
 
 
 def test_the_swap_is_one_transaction_that_renames_twice() -> None:
-    assert snapshots.swap_sql(True) == (
+    assert snapshot_db.swap_sql(True) == (
         "BEGIN; SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
         "WHERE datname = 'ktrdr' AND pid <> pg_backend_pid(); "
         'ALTER DATABASE "ktrdr" RENAME TO "ktrdr_previous"; '
         'ALTER DATABASE "ktrdr_restoring" RENAME TO "ktrdr"; COMMIT'
     )
-    assert snapshots.swap_sql(False) == 'ALTER DATABASE "ktrdr_restoring" RENAME TO "ktrdr"'
+    assert snapshot_db.swap_sql(False) == 'ALTER DATABASE "ktrdr_restoring" RENAME TO "ktrdr"'
 
 
 @pytest.mark.parametrize(
@@ -501,14 +505,14 @@ def test_the_swap_is_one_transaction_that_renames_twice() -> None:
 def test_recovery_leaves_exactly_one_ktrdr(
     found: set[str], statements: list[str], words: str, finished: bool
 ) -> None:
-    plan = snapshots.recovery(frozenset(found), 3)
+    plan = snapshot_db.recovery(frozenset(found), 3)
     assert list(plan.statements) == statements
     assert words in plan.said and (plan.said == "") == (words == "")
     assert plan.finished is finished and not plan.missing
 
 
 def test_recovery_with_nothing_to_recover_from_says_how_to_get_one() -> None:
-    plan = snapshots.recovery(frozenset(), 3)
+    plan = snapshot_db.recovery(frozenset(), 3)
     assert plan.missing and plan.statements == ()
     assert "inv restore --slot=3 NAME" in plan.said and "inv up --slot=3 --fresh" in plan.said
 
@@ -527,7 +531,7 @@ def test_a_swap_raced_by_an_app_connection_is_tried_again(
 ) -> None:
     engine.busy_swaps = 2
     restore(root, env)
-    assert engine.statements().count(snapshots.swap_sql(True)) == 3
+    assert engine.statements().count(snapshot_db.swap_sql(True)) == 3
     assert engine.databases == {"ktrdr"}
 
 
@@ -588,7 +592,7 @@ def test_an_interrupted_settle_leaves_the_marker_and_the_next_command_finishes(
     assert restoremark.path(env, 3).exists(), "the marker stays for the next command"
     engine.down_after_interrupt = False
     said: list[str] = []
-    snapshots.recover_interrupted(compose.load_target(root, 3), env, said.append)
+    snapshot_db.recover_interrupted(compose.load_target(root, 3), env, said.append)
     assert engine.databases == {"ktrdr"}
     assert said == [
         "slot 3: an interrupted restore was finished (the restored database was in place; "
@@ -606,7 +610,7 @@ def test_an_engine_lost_mid_restore_leaves_the_marker_and_the_next_status_heals(
     assert engine.databases == {"ktrdr", "ktrdr_restoring"}
     engine.down_after_interrupt = False
     said: list[str] = []
-    snapshots.recover_interrupted(compose.load_target(root, 3), env, said.append)
+    snapshot_db.recover_interrupted(compose.load_target(root, 3), env, said.append)
     assert engine.databases == {"ktrdr"}
     assert said[0].startswith("removed 1 dump file(s)"), "pg_restore's file was left behind"
     assert said[1].startswith("slot 3: an interrupted restore was rolled back")
@@ -617,7 +621,7 @@ def test_an_engine_lost_mid_restore_leaves_the_marker_and_the_next_status_heals(
 def test_no_marker_means_no_engine_call(
     root: Path, env: dict[str, str], engine: FakeEngine
 ) -> None:
-    snapshots.recover_interrupted(compose.load_target(root, 3), env, never_said)
+    snapshot_db.recover_interrupted(compose.load_target(root, 3), env, never_said)
     assert engine.commands == []
 
 
@@ -646,7 +650,7 @@ def test_restore_into_a_slot_without_ktrdr_creates_it(
     engine.tables = 5  # would be asked about, were there a database
     done = restore(root, env)
     assert done.replaced_tables == 0
-    assert snapshots.swap_sql(False) in engine.statements()
+    assert snapshot_db.swap_sql(False) in engine.statements()
     assert engine.databases == {"ktrdr"}
 
 
@@ -695,16 +699,16 @@ def test_failed_pg_restore_drops_the_side_database_only(
 
 def test_a_relative_snapshot_dir_is_refused_in_one_line() -> None:
     with pytest.raises(SandboxError) as caught:
-        snapshots.snapshot_dir({"KTRDR_SNAPSHOT_DIR": "snaps", "HOME": "/h"})
+        snapshot_store.snapshot_dir({"KTRDR_SNAPSHOT_DIR": "snaps", "HOME": "/h"})
     assert caught.value.code is Exit.BAD_ENV
     assert "relative path" in str(caught.value) and "absolute" in str(caught.value)
-    assert snapshots.snapshot_dir({"KTRDR_SNAPSHOT_DIR": "~/s", "HOME": "/h"}).is_absolute()
+    assert snapshot_store.snapshot_dir({"KTRDR_SNAPSHOT_DIR": "~/s", "HOME": "/h"}).is_absolute()
 
 
 def test_a_snapshot_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     env = {"KTRDR_SNAPSHOT_DIR": str(tmp_path / "file")}
-    for call in (snapshots.list_snapshots, lambda e: snapshots.load(e, "x")):
+    for call in (snapshot_store.list_snapshots, lambda e: snapshot_store.load(e, "x")):
         with pytest.raises(SandboxError, match="is not a directory: move what is there aside"):
             call(env)
 
@@ -727,18 +731,18 @@ def test_a_corrupt_manifest_is_listed_as_unreadable_and_hides_nothing(
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     (tmp_path / "junk.dump").write_bytes(b"PG")
     (tmp_path / "junk.json").write_bytes(b"\xff\xfe not json")
-    rows = snapshots.list_snapshots(env, now=NOW)
+    rows = snapshot_store.list_snapshots(env, now=NOW)
     assert [r.name for r in rows] == ["good", "bad", "junk"]
     assert rows[0].problem == "" and rows[0].age == timedelta(hours=1)
     assert why in rows[1].problem and rows[2].problem
-    assert snapshots.delete(env, "bad") == "snapshot bad (its manifest was unreadable)"
+    assert snapshot_store.delete(env, "bad") == "snapshot bad (its manifest was unreadable)"
     assert not (tmp_path / "bad.json").exists() and not (tmp_path / "bad.dump").exists()
 
 
 def test_a_manifest_without_a_zone_is_read_as_utc(tmp_path: Path) -> None:
     env = {"KTRDR_SNAPSHOT_DIR": str(tmp_path)}
     store(tmp_path, manifest("naive", created="2026-11-27T17:00:00"))
-    (row,) = snapshots.list_snapshots(env, now=NOW)
+    (row,) = snapshot_store.list_snapshots(env, now=NOW)
     assert row.age == timedelta(hours=1) and row.problem == ""
 
 
@@ -772,18 +776,20 @@ def test_an_older_world_readable_store_is_made_private_and_said(
     assert stat.S_IMODE((directory / "old.dump").stat().st_mode) == 0o600
     assert stat.S_IMODE((directory / "package.json").stat().st_mode) == 0o644
     # The default store is ours: closed.
-    assert snapshots.private_store(directory, default=True) == [
+    assert snapshot_store.private_store(directory, default=True) == [
         f"made the snapshot directory {directory} private (0700)"
     ]
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
 
 
 def test_a_half_loaded_side_database_never_becomes_the_slots() -> None:
-    side = {snapshots.SIDE_DATABASE, "postgres"}
-    kept = snapshots.recovery(side, 3, loaded=False)
+    side = {snapshot_db.SIDE_DATABASE, "postgres"}
+    kept = snapshot_db.recovery(side, 3, loaded=False)
     assert kept.missing and not kept.finished
-    assert kept.statements == (f'DROP DATABASE IF EXISTS "{snapshots.SIDE_DATABASE}" WITH (FORCE)',)
-    whole = snapshots.recovery(side, 3, loaded=True)
+    assert kept.statements == (
+        f'DROP DATABASE IF EXISTS "{snapshot_db.SIDE_DATABASE}" WITH (FORCE)',
+    )
+    whole = snapshot_db.recovery(side, 3, loaded=True)
     assert whole.finished and "RENAME" in whole.statements[0]
 
 
@@ -819,7 +825,7 @@ def test_a_name_taken_while_dumping_refuses_the_second_and_keeps_the_first(
     with pytest.raises(SandboxError, match="named 'x' exists already") as caught:
         snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="x")
     assert caught.value.code is Exit.USAGE and "\n" not in str(caught.value)
-    assert snapshots.load(env, "x") == first
+    assert snapshot_store.load(env, "x") == first
     assert (directory / "x.dump").read_bytes() == b"PGDMP slot 4"
     assert sorted(p.name for p in directory.iterdir()) == [".store.lock", "x.dump", "x.json"]
 
@@ -847,7 +853,7 @@ def test_partial_files_are_private_to_their_writer(
 def test_a_killed_writers_partial_is_swept_and_a_live_ones_kept(tmp_path: Path) -> None:
     directory = tmp_path / "snaps"
     directory.mkdir()
-    with snapshots._private_work(directory, "live") as live:
+    with snapshot_store.private_work(directory, "live") as live:
         (live / "dump").write_bytes(b"x" * 2048)
         dead = directory / ".dead.0123456789ab.partial"
         dead.mkdir()
@@ -858,14 +864,14 @@ def test_a_killed_writers_partial_is_swept_and_a_live_ones_kept(tmp_path: Path) 
         fresh_legacy = directory / ".new.dump.partial"
         fresh_legacy.write_bytes(b"x")
         os.utime(legacy, (0, 0))
-        said = snapshots.sweep_partials(directory)
+        said = snapshot_store.sweep_partials(directory)
         assert said == (
             f"removed 2 partial file(s) (4.1 KB) an interrupted snapshot or clone left in "
             f"{directory}"
         )
         assert live.exists() and not dead.exists() and not legacy.exists()
         assert fresh_legacy.exists(), "an older version may be writing it now"
-    assert snapshots.sweep_partials(directory) == ""
+    assert snapshot_store.sweep_partials(directory) == ""
 
 
 def test_clone_writes_its_archive_in_a_private_partial_directory(
