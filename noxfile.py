@@ -111,7 +111,7 @@ def swarm(session: nox.Session) -> None:
     install(session, "test")
     # The nodes' volumes keep their images and the registry's blobs for the next run (1.5 GB
     # not sent and pushed again); the suite empties them of everything else when it starts,
-    # and `python -m sandbox.swarmnodes stop` removes them.
+    # and `python -m tests.support.swarmnodes stop` removes them.
     env = {
         "CI": os.environ.get("CI", ""),
         "KTRDR_SWARM_KEEP_IMAGES": os.environ.get("KTRDR_SWARM_KEEP_IMAGES", "1"),

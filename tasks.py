@@ -46,7 +46,6 @@ if TYPE_CHECKING:
         runner,
         shared,
         stack,
-        swarm,
         teardown,
     )
     from sandbox import status as slot_status
@@ -59,6 +58,12 @@ if TYPE_CHECKING:
     from sandbox.snapshots import marker as restoremark
     from sandbox.snapshots import operations as snapshots
     from sandbox.snapshots import store as snapshot_store
+    from sandbox.swarm import access as swarm_access
+    from sandbox.swarm import cluster as swarm_cluster
+    from sandbox.swarm import deploy as swarm_deploy
+    from sandbox.swarm import record as swarm_record
+    from sandbox.swarm import status as swarm_status
+    from sandbox.swarm import teardown as swarm_teardown
     from sandbox.ui import render, statusjson
 else:  # each imported at its first use: `inv status` loads only what it touches
     apps = lazy.Module("sandbox.apps")
@@ -89,7 +94,12 @@ else:  # each imported at its first use: `inv status` loads only what it touches
     snapshot_store = lazy.Module("sandbox.snapshots.store")
     stack = lazy.Module("sandbox.stack")
     statusjson = lazy.Module("sandbox.ui.statusjson")
-    swarm = lazy.Module("sandbox.swarm")
+    swarm_access = lazy.Module("sandbox.swarm.access")
+    swarm_cluster = lazy.Module("sandbox.swarm.cluster")
+    swarm_deploy = lazy.Module("sandbox.swarm.deploy")
+    swarm_record = lazy.Module("sandbox.swarm.record")
+    swarm_status = lazy.Module("sandbox.swarm.status")
+    swarm_teardown = lazy.Module("sandbox.swarm.teardown")
     teardown = lazy.Module("sandbox.teardown")
     worktrees = lazy.Module("sandbox.branches.worktrees")
 
@@ -214,7 +224,7 @@ def up(
     chosen = apps.from_flag(source, torch)
     chosen = dataclasses.replace(chosen, models=apps.check_models(models))
     environ = dict(os.environ)
-    if (swarm_ or os.environ.get("KTRDR_SWARM")) and swarm.wanted(environ, swarm_):
+    if (swarm_ or os.environ.get("KTRDR_SWARM")) and swarm_cluster.wanted(environ, swarm_):
         _swarm_up(slot, chosen, environ, layout, wait=not no_wait, timeout=timeout)
         return
     wipe = functools.partial(_confirm_fresh, yes) if fresh else None
@@ -300,12 +310,12 @@ def _swarm_up(
     wait: bool,
     timeout: str | None,
 ) -> None:
-    """`inv up` on a swarm: the slot as the stack ktrdr-sandbox-N (sandbox/swarm.py)."""
+    """`inv up` on a swarm: the slot as the stack ktrdr-sandbox-N (sandbox/swarm/)."""
     if slot is not None and slot.strip().lower() == "auto":
         raise SandboxError("--slot=auto is not supported on a swarm: pass --slot=N", Exit.USAGE)
     target = _target(slot)
     with out().gate_progress(target.slot) as on_gate:
-        result = swarm.up(
+        result = swarm_deploy.up(
             target,
             environ,
             layout=layout,
@@ -321,7 +331,7 @@ def _swarm_up(
             f"slot {target.slot} deployed without waiting; `inv status --slot={target.slot}`"
         )
         return
-    out().step("nodes", swarm.summary(result))
+    out().step("nodes", swarm_deploy.summary(result))
     out().gate_summary(result.gate, result.logs)
     if not result.gate.passed:
         raise InvokeExit(
@@ -408,9 +418,9 @@ def down(
         _down_all(slot, volumes, yes, other_checkouts)
         return
     target = _target(slot)
-    record = swarm.selected_record(ROOT, target.slot, os.environ)
+    record = swarm_record.selected_record(ROOT, target.slot, os.environ)
     if record is not None:
-        swarm.down(target, dict(os.environ), record, volumes=volumes)
+        swarm_teardown.down(target, dict(os.environ), record, volumes=volumes)
         kept = "removed its volumes" if volumes else "kept its volumes"
         out().line(f"slot {target.slot} (stack {record.stack}) is down on the swarm; {kept}")
         return
@@ -557,9 +567,9 @@ def exec_(c: Context, slot: str | None = None, service: str = "backend") -> None
 
 def _exec(target: compose.Target, service: str, argv: list[str]) -> None:
     environ = dict(os.environ)
-    record = swarm.selected_record(ROOT, target.slot, environ)
+    record = swarm_record.selected_record(ROOT, target.slot, environ)
     if record is not None:
-        done = swarm.run_exec(record, service, argv, environ, sys.stdin.isatty())
+        done = swarm_access.run_exec(record, service, argv, environ, sys.stdin.isatty())
         if not done.ok:
             raise InvokeExit(code=done.returncode if done.returncode > 0 else int(Exit.COMMAND))
         return
@@ -719,13 +729,13 @@ def _swarm_slot(slot: str | None, environ: Mapping[str, str]) -> int | None:
         number = None if slot is None else slots.parse_slot(slot)
     except SandboxError:
         return None
-    if number is None or swarm.selected_record(ROOT, number, environ) is None:
+    if number is None or swarm_record.selected_record(ROOT, number, environ) is None:
         return None
     return number
 
 
 def _swarm_status(environ: Mapping[str, str], only: int | None, as_json: bool) -> None:
-    found = swarm.status(ROOT, environ, only)
+    found = swarm_status.status(ROOT, environ, only)
     if as_json:
         print(statusjson.dumps({"swarm": [s.document() for s in found]}))
         return
@@ -798,14 +808,16 @@ def logs(
     lines = slots.parse_count(tail, "--tail")
     chosen = slots.parse_service(service) if service else None
     environ = dict(os.environ)
-    record = swarm.selected_record(ROOT, target.slot, environ)
+    record = swarm_record.selected_record(ROOT, target.slot, environ)
     if record is not None:
         if follow and chosen is None:
             raise SandboxError("on a swarm, --follow needs --service=NAME", Exit.USAGE)
         for name in (
-            [chosen] if chosen else [s.service for s in swarm.slot_rows(record, environ).rows]
+            [chosen]
+            if chosen
+            else [s.service for s in swarm_status.slot_rows(record, environ).rows]
         ):
-            cmd = swarm.logs_command(record.stack, name, follow, lines)
+            cmd = swarm_access.logs_command(record.stack, name, follow, lines)
             runner.run(
                 cmd, env=record.env(environ), capture=False, check=f"`{runner.display(cmd)}` failed"
             )
@@ -821,7 +833,7 @@ def psql(c: Context, slot: str | None = None) -> None:
     """Open psql on a slot's database (as ktrdr, database ktrdr)."""
     target = _target(slot)
     environ = dict(os.environ)
-    if swarm.selected_record(ROOT, target.slot, environ) is not None:
+    if swarm_record.selected_record(ROOT, target.slot, environ) is not None:
         _exec(target, "db", ["psql", "-U", "ktrdr", "ktrdr"])
         return
     cmd = stack.psql_command(_compose(environ), target, sys.stdin.isatty())
@@ -1020,7 +1032,7 @@ def snapshot(
 
 
 def _no_swarm(slot: int, what: str) -> None:
-    if swarm.selected_record(ROOT, slot, os.environ) is not None:
+    if swarm_record.selected_record(ROOT, slot, os.environ) is not None:
         raise SandboxError(
             f"{what} of a swarm slot is not supported yet: its database lives on the db "
             f"node; `inv exec --slot={slot} --service=db -- pg_dump -U ktrdr ktrdr` dumps it",

@@ -1,6 +1,6 @@
 """Fixtures for the swarm suite: a three-node Docker-in-Docker swarm, started once.
 
-sandbox/swarmnodes.py starts the nodes on a bridge network of their own (nothing published on
+tests/support/swarmnodes.py starts the nodes on a bridge network of their own (nothing published on
 this machine), makes node 1 the manager and labels node 1 for the databases and node 2 for the
 shared directory. The tests drive `inv ... --swarm` with DOCKER_HOST at the manager's engine.
 When the swarm cannot start, every test fails with the reason; nothing skips.
@@ -22,9 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, compose, images, swarm, swarmnodes
+from sandbox import ROOT, compose, images
 from sandbox.errors import SandboxError
 from sandbox.runner import Result, run
+from sandbox.swarm import cluster as swarm_cluster
+from sandbox.swarm import registry
+from tests.support import swarmnodes
 
 KEEP = os.environ.get("KTRDR_SWARM_KEEP", "") not in ("", "0")
 KEEP_IMAGES = os.environ.get("KTRDR_SWARM_KEEP_IMAGES", "") not in ("", "0")
@@ -58,8 +61,8 @@ class Swarm:
         return {
             **self.base_env,
             "DOCKER_HOST": self.manager.docker_host,
-            swarm.REGISTRY_VARIABLE: swarmnodes.REGISTRY,
-            swarm.NODE_ENGINE_VARIABLE: f"tcp://{{address}}:{swarmnodes.API_PORT}",
+            registry.REGISTRY_VARIABLE: swarmnodes.REGISTRY,
+            swarm_cluster.NODE_ENGINE_VARIABLE: f"tcp://{{address}}:{swarmnodes.API_PORT}",
         }
 
     def inv(self, *args: str) -> Result:
@@ -116,8 +119,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
         )
         manager_env = nodes[0].env(env)
         began = time.monotonic()
-        swarm.ensure_registry(manager_env, lambda name, detail: None)
-        pushed = swarm.push_images(images.engine_images(ROOT), swarmnodes.REGISTRY, manager_env)
+        registry.ensure_registry(manager_env, lambda name, detail: None)
+        pushed = registry.push_images(images.engine_images(ROOT), swarmnodes.REGISTRY, manager_env)
         figures.values["registry_ready_s"] = round(
             time.monotonic() - began - pushed.send_seconds - pushed.push_seconds, 1
         )

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from sandbox import ROOT, swarmnodes
+from sandbox import ROOT
 from sandbox.runner import run
+from tests.support import swarmnodes
 from tests.swarm.conftest import SLOTS, Swarm
 
 pytestmark = pytest.mark.swarm

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from sandbox import stackfile
 from sandbox.errors import Exit, SandboxError
+from sandbox.swarm import stackfile
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # `docker compose config --format json` of slot 1 with the reference app's override (paths made

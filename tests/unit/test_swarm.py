@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import swarm, swarmnodes
 from sandbox.errors import Exit, SandboxError
+from sandbox.swarm import access, cluster, deploy, placement, registry, teardown
+from sandbox.swarm import record as swarm_record
+from tests.support import swarmnodes
 
 # `docker stack ps --no-trunc --format '{{json .}}' ktrdr-sandbox-1` on the test swarm, cut
 # down: the backend's current task, a failed db task with its history line, a pending worker.
@@ -79,19 +81,19 @@ NODES = "\n".join(
 
 
 def test_each_service_gets_its_current_task() -> None:
-    found = swarm.parse_tasks(STACK_PS, "ktrdr-sandbox-1")
+    found = cluster.parse_tasks(STACK_PS, "ktrdr-sandbox-1")
 
     assert found == {
-        "backend": swarm.Task("backend", "node-2", "running", "running", "", (8001,)),
-        "db": swarm.Task("db", "node-1", "failed", "shutdown", "task: non-zero exit (1)", ()),
-        "jaeger": swarm.Task("jaeger", "node-3", "preparing", "running", "", (16687, 4327)),
+        "backend": cluster.Task("backend", "node-2", "running", "running", "", (8001,)),
+        "db": cluster.Task("db", "node-1", "failed", "shutdown", "task: non-zero exit (1)", ()),
+        "jaeger": cluster.Task("jaeger", "node-3", "preparing", "running", "", (16687, 4327)),
     }
 
 
 def test_a_manager_reporting_no_address_is_read_from_its_manager_address() -> None:
-    found = swarm.parse_nodes(NODES)
+    found = cluster.parse_nodes(NODES)
 
-    assert found["node-1"] == swarm.Node(
+    assert found["node-1"] == cluster.Node(
         "node-1", "10.0.0.1", "ready", {"ktrdr.sandbox.db": "true"}
     )
     assert found["node-2"].address == "10.0.0.2"
@@ -99,23 +101,23 @@ def test_a_manager_reporting_no_address_is_read_from_its_manager_address() -> No
 
 
 def test_only_running_tasks_publish() -> None:
-    tasks = swarm.parse_tasks(STACK_PS, "ktrdr-sandbox-1")
+    tasks = cluster.parse_tasks(STACK_PS, "ktrdr-sandbox-1")
 
-    assert swarm.port_addresses(tasks, swarm.parse_nodes(NODES), {}) == {8001: "10.0.0.2"}
+    assert placement.port_addresses(tasks, cluster.parse_nodes(NODES), {}) == {8001: "10.0.0.2"}
 
 
 def test_a_task_waiting_for_its_first_healthcheck_publishes_too() -> None:
     # `docker stack ps` lists no ports for a starting task: the stack file's say them.
-    starting = swarm.Task("grafana", "node-2", "starting", "running", "", ())
+    starting = cluster.Task("grafana", "node-2", "starting", "running", "", ())
 
-    assert swarm.port_addresses(
-        {"grafana": starting}, swarm.parse_nodes(NODES), {3001: "grafana"}
+    assert placement.port_addresses(
+        {"grafana": starting}, cluster.parse_nodes(NODES), {3001: "grafana"}
     ) == {3001: "10.0.0.2"}
-    (row,) = swarm.containers("ktrdr-sandbox-1", {"grafana": starting})
+    (row,) = placement.containers("ktrdr-sandbox-1", {"grafana": starting})
     assert row.state == "running"
 
 
-class FixedAddresses(swarm.Addresses):
+class FixedAddresses(placement.Addresses):
     def __init__(self, table: dict[int, str]) -> None:
         super().__init__("ktrdr-sandbox-1", {})
         self.table = table
@@ -127,19 +129,20 @@ class FixedAddresses(swarm.Addresses):
 def test_a_url_goes_to_the_node_that_publishes_its_port() -> None:
     addresses = FixedAddresses({8001: "10.0.0.2", 9091: "fd00::3"})
 
-    assert swarm.at_node("http://10.0.0.1:8001/api/v1/health", addresses) == (
+    assert placement.at_node("http://10.0.0.1:8001/api/v1/health", addresses) == (
         "http://10.0.0.2:8001/api/v1/health"
     )
     assert (
-        swarm.at_node("http://10.0.0.1:9091/-/ready", addresses) == "http://[fd00::3]:9091/-/ready"
+        placement.at_node("http://10.0.0.1:9091/-/ready", addresses)
+        == "http://[fd00::3]:9091/-/ready"
     )
-    assert swarm.at_node("http://10.0.0.1:3001/api/health", addresses) is None
+    assert placement.at_node("http://10.0.0.1:3001/api/health", addresses) is None
 
 
 def test_tasks_become_the_gates_containers() -> None:
-    tasks = swarm.parse_tasks(STACK_PS, "ktrdr-sandbox-1")
+    tasks = cluster.parse_tasks(STACK_PS, "ktrdr-sandbox-1")
 
-    rows = swarm.containers("ktrdr-sandbox-1", tasks, ["backend", "db", "jaeger", "grafana"])
+    rows = placement.containers("ktrdr-sandbox-1", tasks, ["backend", "db", "jaeger", "grafana"])
 
     assert [(c.service, c.state, c.project) for c in rows] == [
         ("backend", "running", "ktrdr-sandbox-1"),
@@ -158,7 +161,7 @@ def test_ports_of_other_stacks_are_taken() -> None:
         "other \n"
     )
 
-    assert swarm.published_by_others(listing, "ktrdr-sandbox-1") == {
+    assert deploy.published_by_others(listing, "ktrdr-sandbox-1") == {
         8002: "ktrdr-sandbox-2_backend",
         5000: "ktrdr-sandbox-registry",
     }
@@ -167,32 +170,34 @@ def test_ports_of_other_stacks_are_taken() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("true 10.0.0.1 active\n", swarm.Manager(True, "10.0.0.1", "active")),
-        ("false  inactive\n", swarm.Manager(False, "", "inactive")),
-        ("", swarm.Manager(False, "", "")),
+        ("true 10.0.0.1 active\n", cluster.Manager(True, "10.0.0.1", "active")),
+        ("false  inactive\n", cluster.Manager(False, "", "inactive")),
+        ("", cluster.Manager(False, "", "")),
     ],
 )
-def test_docker_info_is_read(text: str, expected: swarm.Manager) -> None:
-    assert swarm.parse_manager(text) == expected
+def test_docker_info_is_read(text: str, expected: cluster.Manager) -> None:
+    assert cluster.parse_manager(text) == expected
 
 
 def test_the_switch_asks_nothing_when_off() -> None:
-    assert swarm.wanted({}) is False
-    assert swarm.wanted({"KTRDR_SWARM": "0"}) is False
-    assert swarm.wanted({"KTRDR_SWARM": "1"}) is True
-    assert swarm.wanted({}, flag=True) is True
+    assert cluster.wanted({}) is False
+    assert cluster.wanted({"KTRDR_SWARM": "0"}) is False
+    assert cluster.wanted({"KTRDR_SWARM": "1"}) is True
+    assert cluster.wanted({}, flag=True) is True
 
 
 def test_the_registry_is_named_or_the_managers() -> None:
-    found = swarm.Manager(True, "10.0.0.1", "active")
+    found = cluster.Manager(True, "10.0.0.1", "active")
 
-    assert swarm.registry_address({}, found) == "10.0.0.1:5000"
-    assert swarm.registry_address({"KTRDR_SWARM_REGISTRY": "reg:5000"}, found) == "reg:5000"
-    assert swarm.registry_ref("reg:5000", "ktrdr-sandbox/app:1") == "reg:5000/ktrdr-sandbox/app:1"
+    assert registry.registry_address({}, found) == "10.0.0.1:5000"
+    assert registry.registry_address({"KTRDR_SWARM_REGISTRY": "reg:5000"}, found) == "reg:5000"
+    assert (
+        registry.registry_ref("reg:5000", "ktrdr-sandbox/app:1") == "reg:5000/ktrdr-sandbox/app:1"
+    )
 
 
 def test_commands() -> None:
-    assert swarm.deploy_command(Path("/s/stack.json"), "ktrdr-sandbox-1") == [
+    assert deploy.deploy_command(Path("/s/stack.json"), "ktrdr-sandbox-1") == [
         "docker",
         "stack",
         "deploy",
@@ -201,7 +206,7 @@ def test_commands() -> None:
         "/s/stack.json",
         "ktrdr-sandbox-1",
     ]
-    assert swarm.registry_service_command() == [
+    assert registry.registry_service_command() == [
         "docker",
         "service",
         "create",
@@ -214,7 +219,7 @@ def test_commands() -> None:
         "--label=ktrdr.sandbox.registry=1",
         "ktrdr-sandbox/registry-debian:2",
     ]
-    assert swarm.logs_command("ktrdr-sandbox-1", "backend", True, 5) == [
+    assert access.logs_command("ktrdr-sandbox-1", "backend", True, 5) == [
         "docker",
         "service",
         "logs",
@@ -224,7 +229,7 @@ def test_commands() -> None:
         "--follow",
         "ktrdr-sandbox-1_backend",
     ]
-    job = swarm.volume_job_command("ktrdr-sandbox-1", "reg:5000/app:1")
+    job = teardown.volume_job_command("ktrdr-sandbox-1", "reg:5000/app:1")
     assert job[:9] == [
         "docker",
         "service",
@@ -238,17 +243,17 @@ def test_commands() -> None:
     ]
     assert job[9:12] == ["reg:5000/app:1", "python3", "-c"]
     assert job[-1] == "ktrdr-sandbox-1_db-data"
-    assert swarm.exec_command("abc", ["hostname"], False) == ["docker", "exec", "abc", "hostname"]
+    assert access.exec_command("abc", ["hostname"], False) == ["docker", "exec", "abc", "hostname"]
 
 
 def test_the_record_round_trips(tmp_path: Path) -> None:
-    record = swarm.Record(3, "tcp://10.0.0.1:2375", "reg:5000", "10.0.0.1")
+    record = swarm_record.Record(3, "tcp://10.0.0.1:2375", "reg:5000", "10.0.0.1")
 
-    swarm.write_record(tmp_path, record)
+    swarm_record.write_record(tmp_path, record)
 
-    assert swarm.read_record(tmp_path, 3) == record
-    assert swarm.recorded_slots(tmp_path) == [record]
-    assert swarm.selected_record(tmp_path, 3, {"KTRDR_SWARM": "0"}) is None
+    assert swarm_record.read_record(tmp_path, 3) == record
+    assert swarm_record.recorded_slots(tmp_path) == [record]
+    assert swarm_record.selected_record(tmp_path, 3, {"KTRDR_SWARM": "0"}) is None
     assert record.env({"DOCKER_CONTEXT": "x", "PATH": "/bin"}) == {
         "PATH": "/bin",
         "DOCKER_HOST": "tcp://10.0.0.1:2375",
@@ -257,9 +262,9 @@ def test_the_record_round_trips(tmp_path: Path) -> None:
 
 def test_exec_elsewhere_needs_the_node_engine_template() -> None:
     with pytest.raises(SandboxError, match="KTRDR_SWARM_NODE_ENGINE") as caught:
-        swarm.node_engine({}, "10.0.0.2")
+        cluster.node_engine({}, "10.0.0.2")
     assert caught.value.code is Exit.USAGE
-    assert swarm.node_engine({"KTRDR_SWARM_NODE_ENGINE": "ssh://a@{address}"}, "10.0.0.2") == (
+    assert cluster.node_engine({"KTRDR_SWARM_NODE_ENGINE": "ssh://a@{address}"}, "10.0.0.2") == (
         "ssh://a@10.0.0.2"
     )
 
@@ -277,14 +282,14 @@ def test_a_test_node_runs_without_privileged_and_publishes_nothing(tmp_path: Pat
 
 
 def test_the_db_volume_is_removed_through_the_engines_it_can_reach() -> None:
-    known = swarm.parse_nodes(NODES)  # node-1 (the manager, 10.0.0.1) is the one db node
-    record = swarm.Record(1, "tcp://10.0.0.1:2375", "reg:5000", "10.0.0.1")
-    elsewhere = swarm.Record(1, "tcp://10.0.0.9:2375", "reg:5000", "10.0.0.9")
+    known = cluster.parse_nodes(NODES)  # node-1 (the manager, 10.0.0.1) is the one db node
+    record = swarm_record.Record(1, "tcp://10.0.0.1:2375", "reg:5000", "10.0.0.1")
+    elsewhere = swarm_record.Record(1, "tcp://10.0.0.9:2375", "reg:5000", "10.0.0.9")
 
-    assert swarm.db_node_engines(known, record, {}) == [{"DOCKER_HOST": "tcp://10.0.0.1:2375"}]
-    assert swarm.db_node_engines(known, elsewhere, {}) is None  # then a swarm job does it
+    assert teardown.db_node_engines(known, record, {}) == [{"DOCKER_HOST": "tcp://10.0.0.1:2375"}]
+    assert teardown.db_node_engines(known, elsewhere, {}) is None  # then a swarm job does it
     template = {"KTRDR_SWARM_NODE_ENGINE": "ssh://a@{address}"}
-    assert swarm.db_node_engines(known, elsewhere, template) == [
+    assert teardown.db_node_engines(known, elsewhere, template) == [
         {"KTRDR_SWARM_NODE_ENGINE": "ssh://a@{address}", "DOCKER_HOST": "ssh://a@10.0.0.1"}
     ]
 

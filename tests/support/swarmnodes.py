@@ -8,7 +8,7 @@ Node 1 is the manager and holds the databases (`ktrdr.sandbox.db=true`) and the 
 holds the shared directory (`ktrdr.sandbox.shared=true`); node 3 runs whatever swarm puts there.
 Every node trusts the registry on node 1 without TLS (daemon.json's insecure-registries).
 
-    python -m sandbox.swarmnodes start|stop|status   (the swarm nox session's machinery)
+    python -m tests.support.swarmnodes start|stop|status   (the swarm nox session's machinery)
 
 Test infrastructure only: the engines' APIs have no authentication.
 """
@@ -40,7 +40,7 @@ REGISTRY_PORT = 5000
 # The registry answers on the manager's name on the bridge (Docker's DNS resolves it for the
 # nodes' engines), so its address does not change when the network does.
 REGISTRY = f"{PREFIX}-1:{REGISTRY_PORT}"
-REGISTRY_VOLUME = "ktrdr-sandbox-registry"  # sandbox.swarm's: the registry service's blobs
+REGISTRY_VOLUME = "ktrdr-sandbox-registry"  # the registry service's blobs (sandbox.swarm.registry)
 # Figures from the feasibility run: an inner engine answers ~2-3 s after `docker run`.
 READY_TIMEOUT = 90.0
 POLL = 0.2
