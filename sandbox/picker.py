@@ -27,7 +27,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import docker, engine, lock, preflight, runner, slots
+from sandbox import docker, engine, lock, ports, runner, slots
 from sandbox.compose import DEFAULT_BIND_ADDR
 from sandbox.errors import Exit, SandboxError
 
@@ -284,9 +284,9 @@ class Claim:
 def ports_free(slot: int, bind_addr: str = DEFAULT_BIND_ADDR) -> bool:
     """Whether every host port of `slot` can be bound now (preflight's probe). Only asked of a
     slot with no container and no volume, whose ports nothing of its own holds."""
-    addresses = preflight.probe_addresses(bind_addr)
+    addresses = ports.probe_addresses(bind_addr)
     return all(
-        preflight.can_bind(host, port) for port in slots.ports(slot).values() for host in addresses
+        ports.can_bind(host, port) for port in slots.ports(slot).values() for host in addresses
     )
 
 

@@ -29,8 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from sandbox import compose, engine, lastup, preflight, slots
+from sandbox import compose, engine, lastup, slots
 from sandbox.errors import Exit, SandboxError
+from sandbox.ports import DOCKER_PROXY, Listener, can_bind, read_listeners
 
 LOOPBACK = "127.0.0.1"
 PROC = Path("/proc")
@@ -68,22 +69,22 @@ def command(where: engine.Engine, ports: Sequence[int]) -> list[str]:
     return ["ssh", "-N", *options, *forwards, *destination(where)]
 
 
-Listeners = Callable[[set[int]], dict[int, preflight.Listener]]
+Listeners = Callable[[set[int]], dict[int, Listener]]
 
 
-def holder(listener: preflight.Listener | None) -> str:
+def holder(listener: Listener | None) -> str:
     """Who holds a port, in a few words: the process and its pid when /proc shows them."""
     if listener is None or listener.pid is None:
         return "a process this user cannot see (another user's, or a container's)"
-    if listener.process == preflight.DOCKER_PROXY:
+    if listener.process == DOCKER_PROXY:
         return f"a container's published port (docker-proxy, pid {listener.pid})"
     return f"{listener.process or 'a process'} (pid {listener.pid})"
 
 
-def check_free(ports: Sequence[int], listeners: Listeners = preflight.read_listeners) -> None:
+def check_free(ports: Sequence[int], listeners: Listeners = read_listeners) -> None:
     """Every port free on this machine's loopback, else one line naming the first taken and
     the process that holds it."""
-    taken = [port for port in ports if not preflight.can_bind(LOOPBACK, port)]
+    taken = [port for port in ports if not can_bind(LOOPBACK, port)]
     if taken:
         more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
         who = holder(listeners({taken[0]}).get(taken[0]))

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, compose, preflight, reach, slots
+from sandbox import ROOT, compose, reach, slots
 from sandbox.errors import Exit
+from sandbox.ports import parse_proc_net
 from sandbox.runner import Result, run
 from tests.e2e.conftest import E2E_SLOTS, Sandbox, claim_slots, project_containers, remove_project
 
@@ -162,7 +163,7 @@ def test_an_agent_container_reaches_a_bridge_slot(
     listeners = [
         listener
         for name, ipv6 in (("tcp", False), ("tcp6", True))
-        for listener in preflight.parse_proc_net(Path(f"/proc/net/{name}").read_text(), ipv6=ipv6)
+        for listener in parse_proc_net(Path(f"/proc/net/{name}").read_text(), ipv6=ipv6)
         if listener.port in ports
     ]
     assert listeners, "docker-proxy listens on nothing: the check below would prove nothing"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, appimages, docker, engine, enginehost, images, preflight, slots
+from sandbox import ROOT, appimages, docker, engine, enginehost, images, ports, slots
 from sandbox.errors import Exit
 from sandbox.runner import Result, display, run
 from tests.remote.conftest import SSH_SLOT, TCP_SLOTS, Remote
@@ -340,4 +340,4 @@ def test_an_ssh_tunnel_keeps_the_ports_on_the_remote_loopback(
     assert f"forwarding slot {slot}'s 11 ports from {ADDRESS}'s loopback" in closed
     assert closed.rstrip().endswith("tunnel closed")
     # Its own connection: Ctrl-C closed every forward (none left with a shared ssh master).
-    assert preflight.can_bind("127.0.0.1", port("KTRDR_API_PORT", slot))
+    assert ports.can_bind("127.0.0.1", port("KTRDR_API_PORT", slot))

@@ -16,6 +16,7 @@ from sandbox import (
     envfiles,
     gate,
     observability,
+    ports,
     preflight,
     runner,
     slots,
@@ -321,7 +322,7 @@ def test_ports_of_left_out_services_are_not_probed(target: compose.Target) -> No
         asked.add(port)
         return True
 
-    preflight.classify_ports(target, [], probe, specs=LIGHT_SHARED.ports)
+    ports.classify_ports(target, [], probe, specs=LIGHT_SHARED.ports)
     assert asked == {5433, 8001, 5010, 5012}
 
 

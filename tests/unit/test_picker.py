@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, docker, picker, preflight, slots
+from sandbox import ROOT, docker, picker, ports, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import lock_path
 from sandbox.runner import run
@@ -326,7 +326,7 @@ def test_a_remote_engines_ports_are_not_probed_on_this_machine(
     def no_local_probe(host: str, port: int) -> bool:
         raise AssertionError("probed this machine for a remote engine's port")
 
-    monkeypatch.setattr(preflight, "can_bind", no_local_probe)
+    monkeypatch.setattr(ports, "can_bind", no_local_probe)
     remote = picker.default_ports_free({"DOCKER_HOST": "tcp://127.0.0.2:2375"}, "0.0.0.0")
     assert remote(1)
     local = picker.default_ports_free({"DOCKER_HOST": "unix:///var/run/docker.sock"}, "")

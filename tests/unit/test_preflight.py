@@ -20,6 +20,7 @@ from sandbox import (
     enginehost,
     envfiles,
     images,
+    ports,
     preflight,
     runner,
 )
@@ -27,12 +28,12 @@ from sandbox import engine as engine_mod
 from sandbox import shared as shared_mod
 from sandbox.docker import Container, PublishedPort
 from sandbox.errors import Exit, SandboxError
-from sandbox.preflight import Listener, TakenPort
+from sandbox.ports import Listener, TakenPort
 from sandbox.runner import Result
 
 # The real ones, before the `engine` fixture swaps them for fakes.
-REAL_CAN_BIND = preflight.can_bind
-REAL_READ_LISTENERS = preflight.read_listeners
+REAL_CAN_BIND = ports.can_bind
+REAL_READ_LISTENERS = ports.read_listeners
 
 
 def container(
@@ -222,14 +223,14 @@ class FakeProbe:
 
 def test_all_ports_free(target: compose.Target) -> None:
     probe = FakeProbe()
-    assert preflight.classify_ports(target, [], probe) == []
+    assert ports.classify_ports(target, [], probe) == []
     assert len(probe.asked) == 11 * 3
     assert {host for host, _ in probe.asked} == {"127.0.0.1", "0.0.0.0", "::"}
 
 
 def test_a_port_held_on_any_address_is_taken(target: compose.Target) -> None:
     probe = FakeProbe({("::", 8001), ("0.0.0.0", 9091), ("127.0.0.1", 3001)})
-    taken = preflight.classify_ports(target, [], probe)
+    taken = ports.classify_ports(target, [], probe)
     assert taken == [
         TakenPort(8001, "KTRDR_API_PORT", "backend"),
         TakenPort(9091, "KTRDR_PROMETHEUS_PORT", "prometheus"),
@@ -240,7 +241,7 @@ def test_a_port_held_on_any_address_is_taken(target: compose.Target) -> None:
 def test_ports_of_the_slots_own_containers_are_fine(target: compose.Target) -> None:
     own = [container("ktrdr-sandbox-1", "backend", 8001), container("ktrdr-sandbox-1", "db", 5433)]
     probe = FakeProbe({(a, p) for a in ("127.0.0.1", "0.0.0.0", "::") for p in (8001, 5433)})
-    assert preflight.classify_ports(target, own, probe) == []
+    assert ports.classify_ports(target, own, probe) == []
     assert not any(port in (8001, 5433) for _, port in probe.asked)
 
 
@@ -249,16 +250,16 @@ def test_a_port_another_container_publishes_is_taken_even_if_it_binds(
 ) -> None:
     # An engine without the userland proxy publishes through iptables: nothing listens.
     other = container("ktrdr-sandbox-2", "db", 5433)
-    taken = preflight.classify_ports(target, [other], FakeProbe())
+    taken = ports.classify_ports(target, [other], FakeProbe())
     assert taken == [TakenPort(5433, "KTRDR_DB_PORT", "db")]
 
 
 def test_bind_address_is_probed_once(target: compose.Target) -> None:
     probe = FakeProbe()
-    preflight.classify_ports(target, [], probe, bind_addr="0.0.0.0")
+    ports.classify_ports(target, [], probe, bind_addr="0.0.0.0")
     assert sorted({h for h, _ in probe.asked}) == ["0.0.0.0", "::"]
     assert len(probe.asked) == 22
-    assert preflight.probe_addresses("192.168.1.5") == ("192.168.1.5", "0.0.0.0", "::")
+    assert ports.probe_addresses("192.168.1.5") == ("192.168.1.5", "0.0.0.0", "::")
 
 
 def test_bind_address_precedence(target: compose.Target) -> None:
@@ -282,11 +283,11 @@ def listening() -> Iterator[socket.socket]:
 
 def test_can_bind_sees_a_listener(listening: socket.socket) -> None:
     port = listening.getsockname()[1]
-    assert preflight.can_bind("127.0.0.1", port) is False
-    assert preflight.can_bind("0.0.0.0", port) is False  # the wildcard clashes with it too
+    assert ports.can_bind("127.0.0.1", port) is False
+    assert ports.can_bind("0.0.0.0", port) is False  # the wildcard clashes with it too
     listening.close()
-    assert preflight.can_bind("127.0.0.1", port) is True
-    assert preflight.can_bind("0.0.0.0", port) is True
+    assert ports.can_bind("127.0.0.1", port) is True
+    assert ports.can_bind("0.0.0.0", port) is True
 
 
 def test_can_bind_ignores_time_wait() -> None:
@@ -306,7 +307,7 @@ def test_can_bind_ignores_time_wait() -> None:
     plain = socket.socket()
     with plain, pytest.raises(OSError):
         plain.bind(("127.0.0.1", port))  # without SO_REUSEADDR, TIME_WAIT blocks the port
-    assert preflight.can_bind("127.0.0.1", port) is True
+    assert ports.can_bind("127.0.0.1", port) is True
 
 
 @pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 in this Python")
@@ -319,8 +320,8 @@ def test_can_bind_ipv6() -> None:
     with sock:
         sock.listen()
         port = sock.getsockname()[1]
-        assert preflight.can_bind("::", port) is False
-        assert preflight.can_bind("127.0.0.1", port) is True
+        assert ports.can_bind("::", port) is False
+        assert ports.can_bind("127.0.0.1", port) is True
 
 
 # --- ports: who holds them ----------------------------------------------------------------
@@ -332,12 +333,12 @@ def test_holder_is_another_sandbox_slot_first() -> None:
         container("ktrdr-sandbox-2", "db", 5433),
     ]
     proxy = {5433: Listener(5433, "127.0.0.1", 99, 4242, "docker-proxy")}
-    assert preflight.port_holder(5433, others, proxy) == "slot 2 (ktrdr-sandbox-2, service db)"
+    assert ports.port_holder(5433, others, proxy) == "slot 2 (ktrdr-sandbox-2, service db)"
     assert (
-        preflight.port_holder(5433, others[:1], proxy)
+        ports.port_holder(5433, others[:1], proxy)
         == "container myapp-web-1 (compose project myapp)"
     )
-    assert preflight.port_holder(5433, [container("", "", 5433, name="lonely")], {}) == (
+    assert ports.port_holder(5433, [container("", "", 5433, name="lonely")], {}) == (
         "container lonely"
     )
 
@@ -348,17 +349,17 @@ def test_holder_is_a_process() -> None:
         8002: Listener(8002, "::", 2, None, None),
         8003: Listener(8003, "127.0.0.1", 3, 777, "docker-proxy"),
     }
-    assert preflight.port_holder(8001, [], listeners) == "process python3 (pid 4242)"
-    assert preflight.port_holder(8002, [], listeners) == "an unknown process"
-    assert preflight.port_holder(8003, [], listeners) == (
+    assert ports.port_holder(8001, [], listeners) == "process python3 (pid 4242)"
+    assert ports.port_holder(8002, [], listeners) == "an unknown process"
+    assert ports.port_holder(8003, [], listeners) == (
         "a Docker container outside Compose (docker-proxy, pid 777; "
         "`docker ps --filter publish=8003` names it)"
     )
-    assert preflight.port_holder(8004, [], listeners) is None
+    assert ports.port_holder(8004, [], listeners) is None
 
 
 def test_port_message_one_port() -> None:
-    err = preflight.port_error(
+    err = ports.port_error(
         [TakenPort(8001, "KTRDR_API_PORT", "backend")], "process python3 (pid 4242)"
     )
     assert err.code is Exit.PORT_TAKEN
@@ -374,13 +375,13 @@ def test_port_message_several_ports() -> None:
         TakenPort(8001, "KTRDR_API_PORT", "backend"),
         TakenPort(9091, "KTRDR_PROMETHEUS_PORT", "prometheus"),
     ]
-    err = preflight.port_error(taken, "slot 2 (ktrdr-sandbox-2, service db)")
+    err = ports.port_error(taken, "slot 2 (ktrdr-sandbox-2, service db)")
     assert err.message == (
         "port 5433 (db, KTRDR_DB_PORT) is taken by slot 2 (ktrdr-sandbox-2, service db) "
         "(and 2 more: 8001, 9091): stop it or pick another slot"
     )
     assert "\n" not in err.message
-    assert preflight.port_error(taken[:1], None).message == (
+    assert ports.port_error(taken[:1], None).message == (
         "port 5433 (db, KTRDR_DB_PORT) is taken by a process this user cannot name "
         "(`lsof -nP -iTCP:5433 -sTCP:LISTEN` or `sudo ss -ltnp 'sport = :5433'` shows it): "
         "stop it or pick another slot"
@@ -408,15 +409,15 @@ PROC_TCP6 = (
 
 
 def test_parse_proc_net() -> None:
-    assert preflight.parse_proc_net(PROC_TCP, ipv6=False) == [
+    assert ports.parse_proc_net(PROC_TCP, ipv6=False) == [
         Listener(8001, "127.0.0.1", 51234),
         Listener(5433, "0.0.0.0", 40001),
     ]
-    assert preflight.parse_proc_net(PROC_TCP6, ipv6=True) == [
+    assert ports.parse_proc_net(PROC_TCP6, ipv6=True) == [
         Listener(3001, "::1", 16777),
         Listener(8001, "::", 16778),
     ]
-    assert preflight.parse_proc_net("", ipv6=False) == []
+    assert ports.parse_proc_net("", ipv6=False) == []
 
 
 def fake_proc(tmp_path: Path, sockets: Mapping[int, tuple[str, Sequence[int]]]) -> Path:
@@ -438,29 +439,29 @@ def fake_proc(tmp_path: Path, sockets: Mapping[int, tuple[str, Sequence[int]]]) 
 
 def test_read_listeners_maps_sockets_to_processes(tmp_path: Path) -> None:
     proc = fake_proc(tmp_path, {4242: ("python3", [51234]), 77: ("docker-proxy", [40001])})
-    found = preflight.read_listeners({8001, 5433, 3001}, proc)
+    found = ports.read_listeners({8001, 5433, 3001}, proc)
     assert found == {
         8001: Listener(8001, "127.0.0.1", 51234, 4242, "python3"),
         5433: Listener(5433, "0.0.0.0", 40001, 77, "docker-proxy"),
         3001: Listener(3001, "::1", 16777, None, None),
     }
-    assert preflight.read_listeners({9999}, proc) == {}
-    assert preflight.read_listeners({8001}, tmp_path / "no-proc") == {}
+    assert ports.read_listeners({9999}, proc) == {}
+    assert ports.read_listeners({8001}, tmp_path / "no-proc") == {}
 
 
 def test_read_listeners_prefers_the_socket_whose_owner_is_known(tmp_path: Path) -> None:
     # 8001 listens twice (IPv4 51234, IPv6 16778); only the IPv6 one's owner is visible.
     proc = fake_proc(tmp_path, {4242: ("node", [16778])})
-    assert preflight.read_listeners({8001}, proc)[8001] == Listener(8001, "::", 16778, 4242, "node")
+    assert ports.read_listeners({8001}, proc)[8001] == Listener(8001, "::", 16778, 4242, "node")
 
 
 @pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="needs Linux /proc")
 def test_read_listeners_finds_this_process(listening: socket.socket) -> None:
     port = listening.getsockname()[1]
-    found = preflight.read_listeners({port})
+    found = ports.read_listeners({port})
     assert found[port].address == "127.0.0.1"
     assert found[port].pid == os.getpid()
-    holder = preflight.port_holder(port, [], found)
+    holder = ports.port_holder(port, [], found)
     assert holder == f"process {found[port].process} (pid {os.getpid()})"
 
 
@@ -547,8 +548,8 @@ class FakeEngine:
 def engine(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
     fake = FakeEngine()
     monkeypatch.setattr(runner, "execute", fake)
-    monkeypatch.setattr(preflight, "can_bind", lambda host, port: True)
-    monkeypatch.setattr(preflight, "read_listeners", lambda ports: {})
+    monkeypatch.setattr(ports, "can_bind", lambda host, port: True)
+    monkeypatch.setattr(ports, "read_listeners", lambda ports: {})
     return fake
 
 
@@ -592,8 +593,8 @@ def test_a_refused_preflight_creates_no_shared_dir(
     engine: FakeEngine, target: compose.Target, home: Path
 ) -> None:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(preflight, "can_bind", lambda host, port: port != 8001)
-        mp.setattr(preflight, "read_listeners", lambda ports: {})
+        mp.setattr(ports, "can_bind", lambda host, port: port != 8001)
+        mp.setattr(ports, "read_listeners", lambda ports: {})
         with pytest.raises(SandboxError) as caught:
             preflight.run_preflight(target, {})
     assert caught.value.code is Exit.PORT_TAKEN
@@ -615,7 +616,7 @@ def test_preflight_with_the_stack_already_up(engine: FakeEngine, target: compose
     engine.containers = [*own, container("ktrdr-sandbox-2", "db", 5434)]
     busy = {5433, 8001}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(preflight, "can_bind", lambda host, port: port not in busy)
+        mp.setattr(ports, "can_bind", lambda host, port: port not in busy)
         result = preflight.run_preflight(target, {})
     assert [c.service for c in result.running] == ["db", "backend"]
     details = {step.name: step.detail for step in result.steps}
@@ -695,7 +696,7 @@ def test_a_slot_running_another_source_is_refused(
 def test_taken_port_names_the_holder(engine: FakeEngine, target: compose.Target) -> None:
     engine.containers = [container("ktrdr-sandbox-2", "backend", 8001, working_dir="/srv/b")]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(preflight, "can_bind", lambda host, port: port != 9091)
+        mp.setattr(ports, "can_bind", lambda host, port: port != 9091)
         with pytest.raises(SandboxError) as err:
             preflight.run_preflight(target, {})
     assert err.value.code is Exit.PORT_TAKEN
@@ -715,8 +716,8 @@ def test_taken_port_held_by_a_real_process(
     target = compose.Target(1, root, values)
     with pytest.MonkeyPatch.context() as mp:
         # The real probe, but only for our port: the slot's others may be busy on this host.
-        mp.setattr(preflight, "can_bind", lambda h, p: p != port or REAL_CAN_BIND(h, p))
-        mp.setattr(preflight, "read_listeners", REAL_READ_LISTENERS)
+        mp.setattr(ports, "can_bind", lambda h, p: p != port or REAL_CAN_BIND(h, p))
+        mp.setattr(ports, "read_listeners", REAL_READ_LISTENERS)
         with pytest.raises(SandboxError) as err:
             preflight.run_preflight(target, {})
     comm = Path("/proc/self/comm").read_text().strip()

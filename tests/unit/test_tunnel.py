@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import engine, preflight, runner, tunnel
+from sandbox import engine, ports, runner, tunnel
 from sandbox.errors import Exit, SandboxError
 
 
@@ -202,9 +202,9 @@ def test_an_ssh_that_ignores_sigterm_gets_sigkill(tmp_path: Path) -> None:
 
 
 def test_a_taken_port_names_its_holder() -> None:
-    listener = preflight.Listener(8003, "127.0.0.1", 1, 4242, "ssh")
+    listener = ports.Listener(8003, "127.0.0.1", 1, 4242, "ssh")
     assert tunnel.holder(listener) == "ssh (pid 4242)"
-    proxy = preflight.Listener(8003, "127.0.0.1", 1, 99, "docker-proxy")
+    proxy = ports.Listener(8003, "127.0.0.1", 1, 99, "docker-proxy")
     assert tunnel.holder(proxy) == "a container's published port (docker-proxy, pid 99)"
     assert tunnel.holder(None).startswith("a process this user cannot see")
 
