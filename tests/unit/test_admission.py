@@ -12,7 +12,7 @@ import pytest
 from sandbox import admission, stack
 from sandbox.admission import Entry, Interval, Line, place
 from sandbox.errors import Exit, SandboxError
-from tests.unit.flocks import held_elsewhere
+from tests.unit.support.flocks import held_elsewhere
 
 GIB = 1 << 30
 

@@ -10,7 +10,7 @@ from sandbox.branches import git as branches
 from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
 from sandbox.ui.statusjson import SlotSource
-from tests.unit.gitrepos import isolated_git, origin, repo, template
+from tests.unit.support.gitrepos import isolated_git, origin, repo, template
 
 USED_FIXTURES = (isolated_git, origin, repo, template)  # pytest finds them by name here
 

@@ -26,7 +26,7 @@ from sandbox.branches import flow as branchflow
 from sandbox.branches import git as branches
 from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
-from tests.unit.gitrepos import commit, isolated_git, origin, repo, template
+from tests.unit.support.gitrepos import commit, isolated_git, origin, repo, template
 
 USED_FIXTURES = (isolated_git, origin, repo, template)  # pytest finds them by name here
 

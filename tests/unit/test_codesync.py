@@ -20,7 +20,7 @@ import pytest
 from sandbox import apps, codesync, compose, envfiles, runner
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
-from tests.unit.flocks import held_elsewhere
+from tests.unit.support.flocks import held_elsewhere
 
 IMAGE = "helper:1"
 

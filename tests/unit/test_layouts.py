@@ -26,7 +26,7 @@ from sandbox import (
 )
 from sandbox.docker import PublishedPort
 from sandbox.errors import Exit, SandboxError
-from tests.unit.factories import container as fabricate
+from tests.unit.support.factories import container as fabricate
 from tests.unit.test_gate import FakeClock, World
 from tests.unit.test_gate import run as run_gate
 

@@ -14,7 +14,7 @@ from sandbox import ROOT
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import busy_message, default_lock_dir, lock_path, slot_lock
 from sandbox.runner import Result, run
-from tests.unit.flocks import held_elsewhere, is_free
+from tests.unit.support.flocks import held_elsewhere, is_free
 
 # Another process tries the lock once and prints the outcome: "ok" or "<code> <message>".
 CHILD = """

@@ -210,7 +210,7 @@ def test_a_start_waiting_in_line_reports_its_place_as_progress(
 ) -> None:
     """`up`/`new` through the server: the admission line's place reaches the agent."""
     from sandbox import admission, stack
-    from tests.unit.flocks import held_elsewhere
+    from tests.unit.support.flocks import held_elsewhere
 
     monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path))
     said: list[str] = []

@@ -17,7 +17,7 @@ import pytest
 
 from sandbox import COMPOSE_FILE, docker, lastup, slots, status
 from sandbox.ui import render, statusjson
-from tests.unit.factories import container
+from tests.unit.support.factories import container
 
 DEAD_PID = 2**22 + 12345  # above Linux's pid_max: no such process
 

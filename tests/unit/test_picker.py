@@ -13,8 +13,8 @@ from sandbox import ROOT, docker, picker, ports, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import lock_path
 from sandbox.runner import run
-from tests.unit.factories import container as fabricate
-from tests.unit.flocks import held_elsewhere, is_free
+from tests.unit.support.factories import container as fabricate
+from tests.unit.support.flocks import held_elsewhere, is_free
 
 
 def container(slot: int | str, service: str = "db", state: str = "running") -> docker.Container:

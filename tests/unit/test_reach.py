@@ -14,7 +14,7 @@ from sandbox import engine, reach, slots
 from sandbox.docker import PublishedPort
 from sandbox.errors import Exit, SandboxError
 from sandbox.ui import statusjson
-from tests.unit.factories import container
+from tests.unit.support.factories import container
 
 GATEWAY = "172.17.0.1"
 MOUNTS = (

@@ -254,7 +254,7 @@ def test_a_running_slot_is_started_again_when_what_it_runs_changed(tmp_path: Pat
     from dataclasses import replace
 
     from sandbox import apps as app_kinds
-    from tests.unit.factories import container as made
+    from tests.unit.support.factories import container as made
 
     where = app_kinds.Place(3, tmp_path / "shared")
     source = app_kinds.BUILT_IN
@@ -301,7 +301,7 @@ def test_ctrl_c_in_line_leaves_the_slots_record_as_it_was(
     there is one line, and `inv status` still says what it said before: no STARTING is
     written while in line (a kill there leaves nothing), no FAILED after."""
     from sandbox import admission
-    from tests.unit.flocks import held_elsewhere
+    from tests.unit.support.flocks import held_elsewhere
 
     Fakes(monkeypatch, [])
     stack.up(target, {})

@@ -13,7 +13,7 @@ from sandbox.docker import PublishedPort
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
 from sandbox.settings import ENGINE_ANSWER_TIMEOUT
-from tests.unit.factories import make
+from tests.unit.support.factories import make
 
 
 def full_stack(slot: int, **kwargs: str) -> list[docker.Container]:

@@ -17,7 +17,7 @@ from sandbox.docker import PublishedPort
 from sandbox.runner import run
 from sandbox.ui import statusjson
 from sandbox.ui.statusjson import SlotSource
-from tests.unit.factories import make
+from tests.unit.support.factories import make
 
 DOC = ROOT / "docs" / "designs" / "Sandbox" / "STATUS_JSON.md"
 

@@ -20,7 +20,7 @@ import tasks
 from sandbox import apps, compose, docker, envfiles, picker, provenance, runner, slots, teardown
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
-from tests.unit.factories import container as fabricate
+from tests.unit.support.factories import container as fabricate
 
 
 def container(

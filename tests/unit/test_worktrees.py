@@ -14,7 +14,7 @@ from sandbox import ROOT
 from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import run
-from tests.unit.gitrepos import commit, git, isolated_git, origin, repo, template
+from tests.unit.support.gitrepos import commit, git, isolated_git, origin, repo, template
 
 USED_FIXTURES = (isolated_git, origin, repo, template)  # pytest finds them by name here
 

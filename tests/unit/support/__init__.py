@@ -1,0 +1,1 @@
+"""Test support for the unit tests: fabricated engine answers, locks, git repositories, time."""
