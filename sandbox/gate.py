@@ -344,10 +344,8 @@ def observability_checks(
         jaeger, prometheus = urls["Shared Jaeger UI"], urls["Shared Prometheus"]
         grafana = urls["Shared Grafana"]
     else:
-        h = net.host(target, environ, where)
-        jaeger = f"http://{h}:{target.port('KTRDR_JAEGER_UI_PORT')}"
-        prometheus = f"http://{h}:{target.port('KTRDR_PROMETHEUS_PORT')}"
-        grafana = f"http://{h}:{target.port('KTRDR_GRAFANA_PORT')}"
+        own = net.service_urls(compose.bind_address(target, environ), target.port, where)
+        jaeger, prometheus, grafana = own["jaeger"], own["prometheus"], own["grafana"]
     rows = (
         ("jaeger", "Jaeger UI", f"{jaeger}/"),
         ("prometheus", "Prometheus ready", f"{prometheus}/-/ready"),

@@ -5,18 +5,27 @@ Where ports are published (KTRDR_BIND_ADDR, on the engine's host) and where the 
 them are two settings: with a local engine the second follows from the first; with a remote
 one it is the engine's host (sandbox/engine.py), or KTRDR_CONNECT_HOST. Only those addresses
 are ever asked; nothing here goes through a proxy.
+
+`service_urls` is the one answer to "the URL of this slot's service": the gate, `inv status`
+(table and JSON), `inv verify` and `.env.sandbox` all ask it. `inv status` imports this module,
+so the HTTP client's modules load only when a request is made.
 """
 
 from __future__ import annotations
 
-import http.client
+import functools
 import socket
 import struct
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from sandbox import compose, engine, slots
+from sandbox import engine, slots
+
+if TYPE_CHECKING:
+    import urllib.request
+
+    from sandbox import compose, docker
 
 MAX_BODY = 64 * 1024
 PG_PROTOCOL_3 = 196608  # 3 << 16: the startup packet's protocol version
@@ -25,12 +34,21 @@ MAX_PG_ERROR = 2048
 # `http_get(url, timeout)` -> (status, body) for any HTTP answer, (None, why) for none.
 HttpGet = Callable[[str, float], tuple[int | None, str]]
 
-# No proxies: urllib honours http_proxy, which would send 127.0.0.1 probes to a corporate proxy.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+@functools.cache
+def _opener() -> urllib.request.OpenerDirector:
+    import urllib.request
+
+    # No proxies: urllib honours http_proxy, which would send 127.0.0.1 probes to a corporate
+    # proxy.
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def describe_error(exc: BaseException) -> str:
     """A short, stable phrase for why an HTTP request got no answer."""
+    import http.client
+    import urllib.error
+
     if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, BaseException):
         return describe_error(exc.reason)
     if isinstance(exc, ConnectionRefusedError):
@@ -49,8 +67,11 @@ def describe_error(exc: BaseException) -> str:
 
 def http_get(url: str, timeout: float) -> tuple[int | None, str]:
     """GET `url`: (status, body) for any HTTP answer, (None, reason) for none."""
+    import http.client
+    import urllib.error
+
     try:
-        with _OPENER.open(url, timeout=timeout) as response:
+        with _opener().open(url, timeout=timeout) as response:
             status: int = response.status
             return status, response.read(MAX_BODY).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
@@ -95,6 +116,30 @@ def _engine(environ: Mapping[str, str], where: engine.Engine | None) -> engine.E
     return where if where is not None else engine.detect(environ)
 
 
+def published_bind(containers: Sequence[docker.Container]) -> str | None:
+    """The address a slot's running containers publish their ports on, as `docker ps` lists
+    it; None when they publish none. The address most ports are published on: the bind
+    address has them all, while the bridge gateway of `KTRDR_REACH=bridge` has only the app's.
+    Docker lists a wildcard bind twice, 0.0.0.0 and ::, and either is reached on loopback:
+    IPv4 first."""
+    counts = Counter(
+        p.host_ip for c in containers if c.running for p in c.ports if p.protocol == "tcp"
+    )
+    if not counts:
+        return None
+    return min(counts, key=lambda a: (-counts[a], ":" in a, a))
+
+
+def service_urls(
+    bind: str, port: Callable[[str], int], where: engine.Engine = engine.LOCAL
+) -> dict[str, str]:
+    """URL by service (`slots.service_urls`' names: backend, db, jaeger, prometheus, grafana,
+    each worker) of a slot whose ports are published on `bind` by the engine `where`; `port`
+    gives the host port of a variable. `bind` is the slot's configured address before a start
+    and what its containers publish (`published_bind`) once they run."""
+    return slots.service_urls(engine.connect_url_host(where, bind), port)
+
+
 def host(
     target: compose.Target,
     environ: Mapping[str, str] | None = None,
@@ -105,6 +150,8 @@ def host(
     KTRDR_BIND_ADDR as Compose sees it (env file, else the exported machine-wide value, else
     127.0.0.1), through `engine.connect_url_host` for the engine `where` (detected when None).
     """
+    from sandbox import compose
+
     env = environ or {}
     return engine.connect_url_host(_engine(env, where), compose.bind_address(target, env))
 
@@ -115,7 +162,11 @@ def api_url(
     where: engine.Engine | None = None,
 ) -> str:
     """The base URL of the slot's backend API, e.g. http://127.0.0.1:8001/api/v1."""
-    return f"http://{host(target, environ, where)}:{target.port('KTRDR_API_PORT')}/api/v1"
+    from sandbox import compose
+
+    env = environ or {}
+    bind = compose.bind_address(target, env)
+    return service_urls(bind, target.port, _engine(env, where))["backend"]
 
 
 def urls(
@@ -126,7 +177,10 @@ def urls(
 ) -> dict[str, str]:
     """Label -> URL of everything a developer opens on this slot (its layout's services; the
     shared stack's UIs on shared observability)."""
-    by_service = slots.service_urls(host(target, environ, where), target.port)
+    from sandbox import compose
+
+    env = environ or {}
+    by_service = service_urls(compose.bind_address(target, env), target.port, _engine(env, where))
     found = {"Backend API": by_service["backend"]}
     if layout.shared:
         shared = shared_urls(environ or {}, where)
@@ -146,6 +200,8 @@ def urls(
 def shared_urls(environ: Mapping[str, str], where: engine.Engine | None = None) -> dict[str, str]:
     """Label -> URL of the shared observability stack (its ports are the engine's, fixed), on
     the machine-wide bind address, at the engine's host like a slot's."""
+    from sandbox import compose
+
     bind = (environ.get("KTRDR_BIND_ADDR") or compose.DEFAULT_BIND_ADDR).strip("[]")
     h = engine.connect_url_host(_engine(environ, where), bind)
     ports = slots.observability_ports()

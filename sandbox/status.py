@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import COMPOSE_FILE, docker, engine, lastup, slots
+from sandbox import COMPOSE_FILE, docker, engine, lastup, net, slots
 from sandbox.settings import ENGINE_ANSWER_TIMEOUT
 
 BACKEND_PORT = 8000  # the backend's port inside its container (KTRDR's contract)
@@ -52,18 +52,17 @@ def _healthy(container: docker.Container) -> bool:
 
 
 def _api_url(containers: Sequence[docker.Container], where: engine.Engine) -> str | None:
+    backend = [c for c in containers if c.service == "backend"]
+    bind = net.published_bind(backend)
     ports = [
-        port
-        for c in containers
-        if c.service == "backend" and c.running
-        for port in c.ports
-        if port.container_port == BACKEND_PORT and port.protocol == "tcp"
+        p.host_port
+        for c in backend
+        for p in c.ports
+        if c.running and p.container_port == BACKEND_PORT and p.host_ip == bind
     ]
-    if not ports:
+    if bind is None or not ports:
         return None
-    # Prefer an IPv4 binding: Docker lists a wildcard bind twice, 0.0.0.0 and [::].
-    port = sorted(ports, key=lambda p: ":" in p.host_ip)[0]
-    return f"http://{engine.connect_url_host(where, port.host_ip)}:{port.host_port}/api/v1"
+    return net.service_urls(bind, lambda _: ports[0], where)["backend"]
 
 
 def one_label(values: set[str]) -> str:

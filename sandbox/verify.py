@@ -47,7 +47,6 @@ from sandbox.settings import ENGINE_QUERY_TIMEOUT, VERIFY_EXEC_TIMEOUT, VERIFY_H
 from sandbox.status import layout_of
 
 SHARED_MOUNTS = tuple(f"/app/{sub}" for sub in shared.SUBDIRS)
-BACKEND_PORT = 8000  # the backend inside its container (KTRDR's contract)
 DB_VOLUME = "db-data"  # the compose file's volume; Compose names it <project>_db-data
 
 
@@ -378,24 +377,6 @@ def shared_dir(
     return check_shared_dir(f"/app/{{{','.join(shared.SUBDIRS)}}}/{name}", seen)
 
 
-def published_bind(
-    target: compose.Target, containers: Sequence[docker.Container], environ: Mapping[str, str]
-) -> dict[str, str]:
-    """`environ` with KTRDR_BIND_ADDR as the slot's running backend was published on: a
-    stack started with `KTRDR_BIND_ADDR=::1 inv up` is verified from a shell without it."""
-    addresses = [
-        port.host_ip
-        for c in containers
-        if c.project == target.project and c.service == "backend" and c.running
-        for port in c.ports
-        if port.container_port == BACKEND_PORT
-    ]
-    if not addresses:
-        return dict(environ)
-    # Docker lists a wildcard bind twice, 0.0.0.0 and ::; either is reached on loopback.
-    return {**environ, "KTRDR_BIND_ADDR": sorted(addresses, key=lambda a: ":" in a)[0]}
-
-
 def verify(
     targets: Sequence[compose.Target],
     compose_cmd: Sequence[str],
@@ -414,13 +395,15 @@ def verify(
     for target in targets:
         own = [c for c in containers if c.project == target.project]
         layout = layout_of(own) or slots.DEFAULT_LAYOUT
-        env = published_bind(target, containers, environ)
-        api = net.api_url(target, env, where)
+        # Where the running slot is published: a stack started with `KTRDR_BIND_ADDR=::1 inv
+        # up` is verified from a shell without it.
+        bind = net.published_bind(own) or compose.bind_address(target, environ)
+        api = net.service_urls(bind, target.port, where)["backend"]
         checks = [
             check_health(*http_get(f"{api}/health", VERIFY_HTTP_TIMEOUT)),
             check_own_database(target.slot, containers, mounts),
             check_ports(target, containers, layout),
-            shared_dir(target, compose_cmd, env, containers, where, layout),
+            shared_dir(target, compose_cmd, environ, containers, where, layout),
         ]
         if layout.shared:
             url = f"{net.shared_urls(environ, where)['Shared Prometheus']}/api/v1/targets"

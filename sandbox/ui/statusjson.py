@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sandbox import docker, engine, lastup, picker, slots, status
+from sandbox import docker, engine, lastup, net, picker, slots, status
 from sandbox.branches import worktrees
 from sandbox.settings import ENGINE_ANSWER_TIMEOUT
 
@@ -74,31 +74,15 @@ def _published(
     ]
 
 
-def _ipv4_first(ports: Sequence[docker.PublishedPort]) -> docker.PublishedPort:
-    # Docker lists a wildcard bind twice, 0.0.0.0 and [::]: prefer the IPv4 one.
-    return sorted(ports, key=lambda p: ":" in p.host_ip)[0]
-
-
-def ports_and_host(
-    containers: Sequence[docker.Container], slot: int, where: engine.Engine = engine.LOCAL
-) -> tuple[dict[str, int], str]:
+def ports_and_bind(containers: Sequence[docker.Container], slot: int) -> tuple[dict[str, int], str]:
     """Host port by variable (what the containers publish, else the slot scheme's port), and
-    the address to reach them on (a published binding's, else 127.0.0.1; on a remote engine
-    the engine's host, see `engine.connect_url_host`)."""
+    the address they are published on (`net.published_bind`, else 127.0.0.1)."""
+    bind = net.published_bind(containers) or DEFAULT_HOST
     found: dict[str, int] = {}
-    addrs: list[str] = []
     for spec in slots.PORTS:
-        published = _published(containers, spec, slot)
-        if published:
-            port = _ipv4_first(published)
-            found[spec.variable] = port.host_port
-            addrs.append(port.host_ip)
-        else:
-            found[spec.variable] = spec.host_port(slot)
-    addr = next((a for a in addrs if a not in WILDCARD_ADDRS), DEFAULT_HOST)
-    if not where.local or where.connect_override:
-        return found, engine.connect_url_host(where, addr)
-    return found, f"[{addr}]" if ":" in addr else addr
+        published = [p for p in _published(containers, spec, slot) if p.host_ip == bind]
+        found[spec.variable] = published[0].host_port if published else spec.host_port(slot)
+    return found, bind
 
 
 def _checkout(containers: Sequence[docker.Container]) -> str | None:
@@ -117,7 +101,7 @@ def slot_entry(
     """One element of "slots" (see STATUS_JSON.md); `record`: how its last `up` ended."""
     orphaned = not (source.source_exists and source.checkout_exists)
     last = last_up(record)
-    ports, host = ports_and_host(containers, slot, where)
+    ports, bind = ports_and_bind(containers, slot)
     layouts = {c.layout for c in containers}
     layout = layouts.pop() if len(layouts) == 1 else slots.DEFAULT_LAYOUT
     services = set(layout.services) | {c.service for c in containers}
@@ -135,7 +119,7 @@ def slot_entry(
         "shared_dir": _recorded(status.one_label({c.shared for c in containers})),
         "models_dir": _recorded(status.one_label({c.models for c in containers})),
         "ports": ports,
-        "urls": slots.service_urls(host, ports.__getitem__),
+        "urls": net.service_urls(bind, ports.__getitem__, where),
         "services": {
             "total": max(len(containers), len(services)),
             "running": sum(c.running for c in containers),

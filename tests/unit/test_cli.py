@@ -174,7 +174,8 @@ def test_status_loads_only_what_it_uses() -> None:
     assert result.ok, result.stderr
     said, loaded = result.stdout.strip().splitlines()
     assert said == "no sandbox slots have containers"
-    ours = {"checks", "docker", "engine", "errors", "lastup", "lazy", "runner", "ui", "ui.render"}
+    ours = {"checks", "docker", "engine", "errors", "lastup", "lazy", "net", "runner", "ui"}
+    ours |= {"ui.render"}
     # lock and the restore marker: one listing of the lock directory for an interrupted restore.
     ours |= {"settings", "shared", "slots", "status", "lock", "snapshots", "snapshots.marker"}
     assert set(loaded.split()) == {"sandbox", *(f"sandbox.{name}" for name in ours)}
