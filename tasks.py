@@ -37,12 +37,10 @@ if TYPE_CHECKING:
         engine,
         enginehost,
         envfiles,
-        images,
         lock,
         net,
         observability,
         picker,
-        provenance,
         runner,
         shared,
         stack,
@@ -53,6 +51,8 @@ if TYPE_CHECKING:
     from sandbox import verify as slot_verify
     from sandbox.branches import flow as branchflow
     from sandbox.branches import worktrees
+    from sandbox.images import build as images
+    from sandbox.images import provenance
     from sandbox.mcp import server as mcpserver
     from sandbox.snapshots import database as snapshot_db
     from sandbox.snapshots import marker as restoremark
@@ -76,13 +76,13 @@ else:  # each imported at its first use: `inv status` loads only what it touches
     enginehost = lazy.Module("sandbox.enginehost")
     envfiles = lazy.Module("sandbox.envfiles")
     forwarding = lazy.Module("sandbox.tunnel")
-    images = lazy.Module("sandbox.images")
+    images = lazy.Module("sandbox.images.build")
     lock = lazy.Module("sandbox.lock")
     mcpserver = lazy.Module("sandbox.mcp.server")  # loads the MCP SDK: only `inv mcp` does
     net = lazy.Module("sandbox.net")
     observability = lazy.Module("sandbox.observability")
     picker = lazy.Module("sandbox.picker")
-    provenance = lazy.Module("sandbox.provenance")
+    provenance = lazy.Module("sandbox.images.provenance")
     render = lazy.Module("sandbox.ui.render")
     restoremark = lazy.Module("sandbox.snapshots.marker")
     runner = lazy.Module("sandbox.runner")

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import STATE_DIR, slots
-from sandbox.appimages import DEFAULT_TORCH, TORCH_CHOICES
 from sandbox.docker import (
     APP_LABEL,
     CLIENT_LABEL,
@@ -37,6 +36,7 @@ from sandbox.docker import (
     client_name,
 )
 from sandbox.errors import Exit, SandboxError
+from sandbox.images.app import DEFAULT_TORCH, TORCH_CHOICES
 
 WORKER_TYPES = ("backtesting", "training")
 # `inv up --reload`: which app services run under a reloader, recorded on the slot's

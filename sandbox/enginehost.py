@@ -18,7 +18,7 @@ from pathlib import Path
 from sandbox import compose, engine, runner
 from sandbox.engine import PortProbe, SharedDir
 from sandbox.errors import Exit, SandboxError
-from sandbox.images import APP_IMAGE
+from sandbox.images.build import APP_IMAGE
 from sandbox.settings import CLI_TIMEOUT, ENGINE_QUERY_TIMEOUT, VERIFY_EXEC_TIMEOUT
 
 # Copying a checkout's data/ into the remote host may stream gigabytes.

@@ -34,13 +34,13 @@ from sandbox import (
     envfiles,
     observability,
     ports,
-    provenance,
     runner,
     shared,
     slots,
 )
 from sandbox.docker import Container
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import provenance
 from sandbox.runner import display
 from sandbox.settings import ENGINE_QUERY_TIMEOUT
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from sandbox import ROOT, slots
 from sandbox.compose import image_settings
 from sandbox.errors import Exit, SandboxError
-from sandbox.imagesend import Loaded, checked, transfer
+from sandbox.images.send import Loaded, checked, transfer
 from sandbox.runner import Result, display, run
 
 IMAGE = "ktrdr-sandbox/remote-host:1"

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from sandbox import (
     admission,
-    appimages,
     apps,
     checks,
     codesync,
@@ -25,13 +24,10 @@ from sandbox import (
     engine,
     enginehost,
     gate,
-    images,
-    imagesend,
     lastup,
     net,
     observability,
     preflight,
-    provenance,
     reach,
     runner,
     shared,
@@ -39,6 +35,10 @@ from sandbox import (
 )
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import app as appimages
+from sandbox.images import build as images
+from sandbox.images import provenance
+from sandbox.images import send as imagesend
 from sandbox.lock import slot_lock
 from sandbox.runner import display
 from sandbox.settings import GATE_TIMEOUT, LOCK_WAIT
@@ -381,7 +381,7 @@ def _prepare_files(
 
 
 def applied_torch(source: apps.Source) -> apps.Source:
-    """`source` with the torch choice that applies to its image (sandbox/appimages.py): what
+    """`source` with the torch choice that applies to its image (sandbox/images/app.py): what
     the slot's label records and `inv status` shows."""
     if source.path is None or source.kind.image != "uv":
         return source
@@ -449,7 +449,8 @@ def ensure_volume(
 ) -> None:
     """Create the slot's database volume stamped with where it came from (before Compose
     would make it unstamped); with `fresh`, first remove the slot's containers and exactly
-    that one volume (sandbox/provenance.py says why the labels live on a volume we create)."""
+    that one volume (sandbox/images/provenance.py says why the labels live on a volume we
+    create)."""
     if not fresh and checked.volume is not provenance.Kind.MISSING:
         return
     labels = preflight.expected_volume(target, environ, source).labels()

@@ -15,8 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sandbox import apps, docker, lock, picker, provenance, runner, slots
+from sandbox import apps, docker, lock, picker, runner, slots
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import provenance
 from sandbox.runner import display
 from sandbox.settings import LOCK_WAIT
 

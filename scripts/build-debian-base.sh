@@ -6,13 +6,13 @@
 # not the Debian project's published image.
 #
 # Usage: KTRDR_DEBIAN_SUITE=bookworm scripts/build-debian-base.sh [--force]
-# (`inv images --offline` runs it so, with the suite named once in sandbox/images.py.)
-# Environment: KTRDR_DEBIAN_SUITE (required: the suite sandbox/images.py's DEBIAN_SUITE names),
+# (`inv images --offline` runs it so, with the suite named once in sandbox/images/build.py.)
+# Environment: KTRDR_DEBIAN_SUITE (required: the suite sandbox/images/build.py's DEBIAN_SUITE names),
 # KTRDR_DEBIAN_MIRROR (default: the first Debian mirror this host's apt uses, else
 # debootstrap's own default).
 set -euo pipefail
 
-suite="${KTRDR_DEBIAN_SUITE:?set KTRDR_DEBIAN_SUITE (sandbox/images.py DEBIAN_SUITE), e.g. bookworm}"
+suite="${KTRDR_DEBIAN_SUITE:?set KTRDR_DEBIAN_SUITE (sandbox/images/build.py DEBIAN_SUITE), e.g. bookworm}"
 image="ktrdr-sandbox/debian-base:${suite}"
 force=0
 case "${1:-}" in

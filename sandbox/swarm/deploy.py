@@ -9,19 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox import (
-    apps,
-    checks,
-    compose,
-    engine,
-    gate,
-    imagesend,
-    runner,
-    slots,
-    stack,
-)
+from sandbox import apps, checks, compose, engine, gate, runner, slots, stack
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import send as imagesend
 from sandbox.lock import slot_lock
 from sandbox.runner import display
 from sandbox.settings import CLI_TIMEOUT, LOCK_WAIT

@@ -7,12 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import (
-    ROOT,
-    imagesend,
-    runner,
-)
+from sandbox import ROOT, runner
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import send as imagesend
 from sandbox.settings import CLI_TIMEOUT
 from sandbox.swarm.cluster import POLL, Manager, tasks_of_service
 

@@ -90,7 +90,7 @@ class ObservabilityLike(Protocol):
 
 
 class BuiltLike(Protocol):
-    """One image `inv images` got (sandbox.images.Built)."""
+    """One image `inv images` got (sandbox.images.build.Built)."""
 
     @property
     def what(self) -> str: ...

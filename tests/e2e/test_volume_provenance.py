@@ -1,4 +1,4 @@
-"""What `sandbox.provenance` relies on, held against the real engine and Compose.
+"""What `sandbox.images.provenance` relies on, held against the real engine and Compose.
 
 The module creates the database volume itself and keeps labels out of the compose file,
 because Compose adopts such a volume silently but prompts "Recreate (data will be lost)?"
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, compose, provenance
-from sandbox.provenance import Expected, Kind
+from sandbox import ROOT, compose
+from sandbox.images import provenance
+from sandbox.images.provenance import Expected, Kind
 from sandbox.runner import Result, run
 from tests.e2e.conftest import Sandbox
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, compose, images, remotehost
+from sandbox import ROOT, compose, remotehost
 from sandbox.errors import SandboxError
+from sandbox.images import build as images
 from sandbox.remotehost import RemoteHost
 from sandbox.runner import Result, run
 

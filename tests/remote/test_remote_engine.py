@@ -23,8 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, appimages, docker, engine, enginehost, images, ports, slots
+from sandbox import ROOT, docker, engine, enginehost, ports, slots
 from sandbox.errors import Exit
+from sandbox.images import app as appimages
+from sandbox.images import build as images
 from sandbox.runner import Result, display, run
 from tests.remote.conftest import SSH_SLOT, TCP_SLOTS, Remote
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from sandbox import ROOT
 from sandbox.errors import Exit, SandboxError
-from sandbox.imagesend import checked
+from sandbox.images.send import checked
 from sandbox.remotehost import IMAGE, SECURITY, ensure_image
 from sandbox.runner import Result, run
 

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, compose, images
+from sandbox import ROOT, compose
 from sandbox.errors import SandboxError
+from sandbox.images import build as images
 from sandbox.runner import Result, run
 from sandbox.swarm import cluster as swarm_cluster
 from sandbox.swarm import registry

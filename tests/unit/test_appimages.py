@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from sandbox import ROOT, appimages, runner
+from sandbox import ROOT, runner
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import app as appimages
 from sandbox.runner import Result
 
 FIXTURE = ROOT / "containers" / "fixtures" / "ktrdr-fixture"

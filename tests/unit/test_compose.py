@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import compose, envfiles, images, stack
+from sandbox import compose, envfiles, stack
+from sandbox.images import build as images
 
 
 @pytest.fixture

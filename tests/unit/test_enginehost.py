@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import enginehost, images
+from sandbox import enginehost
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import build as images
 from sandbox.runner import run
 
 DOTENV = (

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import images, runner
+from sandbox import runner
 from sandbox.errors import SandboxError
+from sandbox.images import build as images
 from sandbox.runner import Result
 from sandbox.settings import BUILD_WORKERS
 

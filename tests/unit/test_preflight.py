@@ -19,7 +19,6 @@ from sandbox import (
     docker,
     enginehost,
     envfiles,
-    images,
     ports,
     preflight,
     runner,
@@ -28,6 +27,7 @@ from sandbox import engine as engine_mod
 from sandbox import shared as shared_mod
 from sandbox.docker import Container, PublishedPort
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import build as images
 from sandbox.ports import Listener, TakenPort
 from sandbox.runner import Result
 

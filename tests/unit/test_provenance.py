@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from sandbox import provenance
 from sandbox.errors import Exit
-from sandbox.provenance import Expected, Kind, VolumeInfo
+from sandbox.images import provenance
+from sandbox.images.provenance import Expected, Kind, VolumeInfo
 
 HERE = "/home/dev/ktrdr-sandbox"
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import imagesend, remotehost, slots
+from sandbox import remotehost, slots
 from sandbox.errors import SandboxError
+from sandbox.images import send as imagesend
 from sandbox.remotehost import RemoteHost
 from sandbox.runner import run
 

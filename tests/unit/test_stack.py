@@ -22,13 +22,13 @@ from sandbox import (
     gate,
     lastup,
     preflight,
-    provenance,
     runner,
     slots,
     stack,
 )
 from sandbox.docker import Container
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import provenance
 from sandbox.runner import Result
 
 

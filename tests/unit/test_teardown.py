@@ -17,8 +17,9 @@ from invoke.context import Context
 from invoke.exceptions import Exit as InvokeExit
 
 import tasks
-from sandbox import apps, compose, docker, envfiles, picker, provenance, runner, slots, teardown
+from sandbox import apps, compose, docker, envfiles, picker, runner, slots, teardown
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import provenance
 from sandbox.runner import Result
 from tests.unit.support.factories import container as fabricate
 

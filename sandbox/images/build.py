@@ -15,9 +15,10 @@ from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import engine, imagesend, runner
+from sandbox import engine, runner
 from sandbox.compose import IMAGE_VARIABLES, IMAGES_ENV, image_settings
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import send as imagesend
 from sandbox.runner import display
 from sandbox.settings import BUILD_WORKERS, CLI_TIMEOUT, REGISTRY_PROBE_TIMEOUT
 
