@@ -30,12 +30,10 @@ from sandbox.settings import GATE_TIMEOUT, LOCK_WAIT
 if TYPE_CHECKING:
     from sandbox import (
         apps,
-        codesync,
         compose,
         docker,
         docs,
         engine,
-        enginehost,
         envfiles,
         lock,
         net,
@@ -47,13 +45,14 @@ if TYPE_CHECKING:
         teardown,
     )
     from sandbox import status as slot_status
-    from sandbox import tunnel as forwarding
     from sandbox import verify as slot_verify
     from sandbox.branches import flow as branchflow
     from sandbox.branches import worktrees
     from sandbox.images import build as images
     from sandbox.images import provenance
     from sandbox.mcp import server as mcpserver
+    from sandbox.remote import codesync, enginehost
+    from sandbox.remote import tunnel as forwarding
     from sandbox.snapshots import database as snapshot_db
     from sandbox.snapshots import marker as restoremark
     from sandbox.snapshots import operations as snapshots
@@ -68,14 +67,14 @@ if TYPE_CHECKING:
 else:  # each imported at its first use: `inv status` loads only what it touches
     apps = lazy.Module("sandbox.apps")
     branchflow = lazy.Module("sandbox.branches.flow")
-    codesync = lazy.Module("sandbox.codesync")
+    codesync = lazy.Module("sandbox.remote.codesync")
     compose = lazy.Module("sandbox.compose")
     docker = lazy.Module("sandbox.docker")
     docs = lazy.Module("sandbox.docs")
     engine = lazy.Module("sandbox.engine")
-    enginehost = lazy.Module("sandbox.enginehost")
+    enginehost = lazy.Module("sandbox.remote.enginehost")
     envfiles = lazy.Module("sandbox.envfiles")
-    forwarding = lazy.Module("sandbox.tunnel")
+    forwarding = lazy.Module("sandbox.remote.tunnel")
     images = lazy.Module("sandbox.images.build")
     lock = lazy.Module("sandbox.lock")
     mcpserver = lazy.Module("sandbox.mcp.server")  # loads the MCP SDK: only `inv mcp` does

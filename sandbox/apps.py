@@ -51,7 +51,7 @@ ENV_SANDBOX_HEADER = "# Written by ktrdr-sandbox"
 # The app's container paths, as in KTRDR's own images.
 APP_DIR = "/app"
 # On a remote engine the checkout's mounted files are copied into this per-slot volume
-# (sandbox/codesync.py); the app services also mount the volume itself here, read-only, so
+# (sandbox/remote/codesync.py); the app services also mount the volume itself here, read-only, so
 # nothing prunes it while the slot runs.
 SOURCE_VOLUME = "source"
 SOURCE_VOLUME_TARGET = "/opt/ktrdr-sandbox/source"
@@ -333,7 +333,7 @@ def _detect_kind(path: Path, torch: str | None) -> Source:
 # checkout (a branch from someone else's pull request is enough) would give the root backend
 # the host's /etc. Links inside a mounted tree are resolved by the container, in its own
 # filesystem, so they expose nothing of the host; they are refused all the same when they
-# leave the checkout, because the remote copy (sandbox/codesync.py) sends them as links, and
+# leave the checkout, because the remote copy (sandbox/remote/codesync.py) sends them as links, and
 # one such link made into a mount root later would be followed there. One rule, everywhere:
 # no link of a mounted path may resolve outside the checkout.
 
@@ -475,7 +475,7 @@ def override(
     the app services' image, commands, read-only mounts, environment and healthchecks; for shared
     observability, the app services on the shared network with their traces sent there.
     Which services run at all is `up`'s `--scale` (sandbox/stack.py). `copied_to`: the
-    checkout's copy on a remote engine's host (sandbox/codesync.py), bound instead of the
+    checkout's copy on a remote engine's host (sandbox/remote/codesync.py), bound instead of the
     checkout. `reload`: RELOAD_WORKERS puts the workers under a reloader too."""
     labels = _labels(source, layout, place)
     services: dict[str, dict[str, Any]] = {s: {"labels": labels} for s in slots.SERVICES}

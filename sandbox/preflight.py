@@ -11,9 +11,9 @@ and tested without Docker; `run_preflight` only gathers facts and calls them.
 
 A remote engine (DOCKER_HOST=tcp://... or ssh://..., or such a context) gets `REMOTE_STEPS`:
 the same questions asked where the engine is. Ports are probed and the shared directory
-checked and created on the engine's host through small containers (sandbox/enginehost.py), the
-bind address must be reachable from here, and nothing is created on this machine. Each step's
-detail then says which host it ran on.
+checked and created on the engine's host through small containers
+(sandbox/remote/enginehost.py), the bind address must be reachable from here, and nothing is
+created on this machine. Each step's detail then says which host it ran on.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from sandbox import (
     compose,
     docker,
     engine,
-    enginehost,
     envfiles,
     observability,
     ports,
@@ -41,6 +40,7 @@ from sandbox import (
 from sandbox.docker import Container
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import provenance
+from sandbox.remote import enginehost
 from sandbox.runner import display
 from sandbox.settings import ENGINE_QUERY_TIMEOUT
 
@@ -403,7 +403,7 @@ def exposure_step(facts: Facts) -> Step:
 
 def remote_source_step(facts: Facts) -> Step:
     """As locally; a checkout is copied to the engine's host, which cannot see this machine's
-    files (sandbox/codesync.py), and `inv sync` sends later edits."""
+    files (sandbox/remote/codesync.py), and `inv sync` sends later edits."""
     step = source_step(facts)
     if facts.source.path is None:
         return step

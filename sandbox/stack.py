@@ -17,12 +17,10 @@ from sandbox import (
     admission,
     apps,
     checks,
-    codesync,
     compose,
     diagnose,
     docker,
     engine,
-    enginehost,
     gate,
     lastup,
     net,
@@ -40,6 +38,7 @@ from sandbox.images import build as images
 from sandbox.images import provenance
 from sandbox.images import send as imagesend
 from sandbox.lock import slot_lock
+from sandbox.remote import codesync, enginehost
 from sandbox.runner import display
 from sandbox.settings import GATE_TIMEOUT, LOCK_WAIT
 
@@ -185,7 +184,7 @@ def up(
 
     A stack whose services all run already only gets the gate, unless `recreate` (after a
     rebuild, `hooks.build`). With `wait=False` the gate does not run (`.gate` is None). On a
-    remote engine a source checkout is copied to its host first (sandbox/codesync.py).
+    remote engine a source checkout is copied to its host first (sandbox/remote/codesync.py).
     `hooks.fresh`, when given, recreates the slot's database volume once preflight has passed
     and it confirmed (another checkout's only with `other_checkouts`).
     `reload` (apps.RELOAD_*) says which app services reload on edits.
@@ -421,7 +420,7 @@ def _copy_source(
     source: apps.Source,
     on_step: Callable[[str, str], None] | None,
 ) -> str | None:
-    """On a remote engine, the checkout's copy on its host (sandbox/codesync.py), brought up
+    """On a remote engine, the checkout's copy on its host (sandbox/remote/codesync.py), brought up
     to date: where the override binds from. None on this machine's engine."""
     if source.path is None or checked.where.local:
         return None

@@ -9,7 +9,7 @@ shared directory), as named checks.
 - `shared-dir`: a file written into the host's shared data/, models/ and strategies/ is
   visible at /app/data, /app/models and /app/strategies inside the backend and every worker.
   The host is the engine's: on a remote engine the probe file is written there, by a helper
-  container (sandbox/enginehost.py), never on this machine.
+  container (sandbox/remote/enginehost.py), never on this machine.
 - `shared-observability` (slots on `--observability=shared` only): the shared Prometheus
   reports the backend and every worker of the slot's profile as an up target.
 
@@ -29,19 +29,9 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sandbox import (
-    compose,
-    docker,
-    engine,
-    enginehost,
-    gate,
-    net,
-    observability,
-    runner,
-    shared,
-    slots,
-)
+from sandbox import compose, docker, engine, gate, net, observability, runner, shared, slots
 from sandbox.errors import SandboxError
+from sandbox.remote import enginehost
 from sandbox.runner import Result
 from sandbox.settings import ENGINE_QUERY_TIMEOUT, VERIFY_EXEC_TIMEOUT, VERIFY_HTTP_TIMEOUT
 from sandbox.status import layout_of

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, docker, engine, enginehost, ports, slots
+from sandbox import ROOT, docker, engine, ports, slots
 from sandbox.errors import Exit
 from sandbox.images import app as appimages
 from sandbox.images import build as images
+from sandbox.remote import enginehost
 from sandbox.runner import Result, display, run
 from tests.remote.conftest import SSH_SLOT, TCP_SLOTS, Remote
 

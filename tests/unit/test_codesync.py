@@ -1,4 +1,4 @@
-"""A --source checkout copied to a remote engine's host (sandbox/codesync.py).
+"""A --source checkout copied to a remote engine's host (sandbox/remote/codesync.py).
 
 The engine is faked, but the volume is a real directory here and the helper container's
 scripts run for real against it (sh, GNU tar, find): what a copy leaves in the volume is
@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
-from sandbox import apps, codesync, compose, envfiles, runner
+from sandbox import apps, compose, envfiles, runner
 from sandbox.errors import Exit, SandboxError
+from sandbox.remote import codesync
 from sandbox.runner import Result
 from tests.unit.support.flocks import held_elsewhere
 

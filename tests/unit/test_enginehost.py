@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import enginehost
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import build as images
+from sandbox.remote import enginehost
 from sandbox.runner import run
 
 DOTENV = (

@@ -12,23 +12,14 @@ from typing import Any
 
 import pytest
 
-from sandbox import (
-    COMPOSE_FILE,
-    apps,
-    compose,
-    docker,
-    enginehost,
-    envfiles,
-    ports,
-    preflight,
-    runner,
-)
+from sandbox import COMPOSE_FILE, apps, compose, docker, envfiles, ports, preflight, runner
 from sandbox import engine as engine_mod
 from sandbox import shared as shared_mod
 from sandbox.docker import Container, PublishedPort
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import build as images
 from sandbox.ports import Listener, TakenPort
+from sandbox.remote import enginehost
 from sandbox.runner import Result
 
 # The real ones, before the `engine` fixture swaps them for fakes.

@@ -1,4 +1,4 @@
-"""`inv tunnel`'s ssh command and its refusals (sandbox/tunnel.py)."""
+"""`inv tunnel`'s ssh command and its refusals (sandbox/remote/tunnel.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import engine, ports, runner, tunnel
+from sandbox import engine, ports, runner
 from sandbox.errors import Exit, SandboxError
+from sandbox.remote import tunnel
 
 
 def test_the_command_forwards_each_port_on_its_own_connection() -> None:
