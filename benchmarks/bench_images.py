@@ -4,7 +4,7 @@ unique bytes of what it built (each layer once: the Debian base counted once, no
     .venv/bin/python benchmarks/bench_images.py                      # this checkout
     .venv/bin/python benchmarks/bench_images.py --checkout ../other  # e.g. a worktree of main
 
-The empty engine is a simulated remote host of its own (sandbox/remotehost.py's image, Docker
+The empty engine is a simulated remote host of its own (tests/support/remotehost.py's image, Docker
 in Docker): container ktrdr-bench-images on a new volume, its API on tcp://127.0.0.3:2375, so
 it runs beside the remote tests' host (127.0.0.2) and never touches this machine's images.
 `inv images --offline` runs from the checkout with DOCKER_HOST pointed at it: debootstrap here
@@ -30,9 +30,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sandbox import remotehost  # noqa: E402
 from sandbox.compose import IMAGES_ENV  # noqa: E402
 from sandbox.runner import run  # noqa: E402
+from tests.support import remotehost  # noqa: E402
 
 PLACE = remotehost.Place("ktrdr-bench-images", "ktrdr-bench-images-docker", "127.0.0.3")
 INV = str(Path(sys.executable).parent / "inv")

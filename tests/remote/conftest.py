@@ -1,6 +1,6 @@
 """Fixtures for the remote-engine suite: a simulated remote Docker host, started once.
 
-`scripts/remote-host.sh`'s machinery (sandbox/remotehost.py) starts a Docker-in-Docker
+`scripts/remote-host.sh`'s machinery (tests/support/remotehost.py) starts a Docker-in-Docker
 container whose API, sshd and slot ports are published on 127.0.0.2; the tests drive `inv` (and
 plain `docker compose`) through `DOCKER_HOST=tcp://127.0.0.2:2375` and
 `ssh://root@127.0.0.2:2222`. When the remote host cannot start, every test fails with the
@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, compose, remotehost
+from sandbox import ROOT, compose
 from sandbox.errors import SandboxError
 from sandbox.images import build as images
-from sandbox.remotehost import RemoteHost
 from sandbox.runner import Result, run
+from tests.support import remotehost
+from tests.support.remotehost import RemoteHost
 
 # The slots the suite takes on the remote engine (its own engine: no other helper's slots
 # live there). Two over tcp://, one over ssh://; the remote host publishes exactly these.

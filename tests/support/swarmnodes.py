@@ -29,8 +29,8 @@ from pathlib import Path
 from sandbox import ROOT
 from sandbox.errors import Exit, SandboxError
 from sandbox.images.send import checked
-from sandbox.remotehost import IMAGE, SECURITY, ensure_image
 from sandbox.runner import Result, run
+from tests.support.remotehost import IMAGE, SECURITY, ensure_image
 
 PREFIX = "ktrdr-sandbox-swarm"
 NETWORK = f"{PREFIX}-net"

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import remotehost, slots
+from sandbox import slots
 from sandbox.errors import SandboxError
 from sandbox.images import send as imagesend
-from sandbox.remotehost import RemoteHost
 from sandbox.runner import run
+from tests.support import remotehost
+from tests.support.remotehost import RemoteHost
 
 
 def test_published_ports_are_the_slots_ports_from_the_scheme() -> None:

@@ -10,7 +10,7 @@ The client side's key, `ssh_config` and an `ssh` wrapper live in one private dir
 config of the user's passwd home, not $HOME, so a wrapper that passes `-F` is the one way to
 hand it a private config.
 
-    python -m sandbox.remotehost start|stop|status   (scripts/remote-host.sh wraps this)
+    python -m tests.support.remotehost start|stop|status   (scripts/remote-host.sh wraps this)
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def ssh_config_text(host: RemoteHost) -> str:
     """One entry for the alias and for the address itself, so both
     ssh://ktrdr-remote and ssh://root@127.0.0.2:2222 find the key."""
     return (
-        f"# Written by sandbox/remotehost.py for the simulated remote host; not ~/.ssh.\n"
+        f"# Written by tests/support/remotehost.py for the simulated remote host; not ~/.ssh.\n"
         f"Host {SSH_ALIAS} {host.place.address}\n"
         f"  HostName {host.place.address}\n"
         f"  Port {SSH_PORT}\n"
