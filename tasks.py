@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from sandbox.swarm import record as swarm_record
     from sandbox.swarm import status as swarm_status
     from sandbox.swarm import teardown as swarm_teardown
+    from sandbox.swarm import verify as swarm_verify
     from sandbox.ui import render, statusjson
 else:  # each imported at its first use: `inv status` loads only what it touches
     apps = lazy.Module("sandbox.apps")
@@ -99,6 +100,7 @@ else:  # each imported at its first use: `inv status` loads only what it touches
     swarm_record = lazy.Module("sandbox.swarm.record")
     swarm_status = lazy.Module("sandbox.swarm.status")
     swarm_teardown = lazy.Module("sandbox.swarm.teardown")
+    swarm_verify = lazy.Module("sandbox.swarm.verify")
     teardown = lazy.Module("sandbox.teardown")
     worktrees = lazy.Module("sandbox.branches.worktrees")
 
@@ -314,16 +316,16 @@ def _swarm_up(
         raise SandboxError("--slot=auto is not supported on a swarm: pass --slot=N", Exit.USAGE)
     target = _target(slot)
     with out().gate_progress(target.slot) as on_gate:
-        result = swarm_deploy.up(
-            target,
-            environ,
-            layout=layout,
-            source=source,
-            wait=wait,
-            timeout=stack.gate_timeout(timeout, target, environ),
-            say=out().step,
-            on_gate=on_gate,
+        options = swarm_deploy.Options(
+            source, layout, wait, stack.gate_timeout(timeout, target, environ)
         )
+        hooks = stack.Hooks(
+            busy=out().line,
+            gate=on_gate,
+            step=out().step,
+            app_image=lambda src: swarm_deploy.app_image(src, ROOT, environ, out().step),
+        )
+        result = swarm_deploy.up(target, environ, options, hooks)
     out().step("stack", f"`docker stack deploy` took {result.compose_seconds:.1f}s")
     if result.gate is None:
         out().line(
@@ -772,7 +774,7 @@ def verify(c: Context, slot: list[str], json: bool = False) -> None:
             raise SandboxError("which slots? pass --slot=N, repeated for several", Exit.USAGE)
         targets = [_target(s) for s in dict.fromkeys(slot)]
         environ = dict(os.environ)
-        reports = slot_verify.verify(targets, _compose(environ), environ)
+        reports = _verify(targets, environ)
     if json:
         print(statusjson.dumps(statusjson.verify_document(reports)))
     else:
@@ -784,6 +786,22 @@ def verify(c: Context, slot: list[str], json: bool = False) -> None:
             f"error: verify failed for slot {', '.join(map(str, failed))}; see {where}",
             code=int(Exit.FAILED),
         )
+
+
+def _verify(
+    targets: list[compose.Target], environ: dict[str, str]
+) -> list[slot_verify.VerifyReport]:
+    """Each slot's report in the order asked: a swarm slot's from the swarm."""
+    records = {t.slot: swarm_record.selected_record(ROOT, t.slot, environ) for t in targets}
+    local = [t for t in targets if records[t.slot] is None]
+    found = (
+        {r.slot: r for r in slot_verify.verify(local, _compose(environ), environ)} if local else {}
+    )
+    for target in targets:
+        record = records[target.slot]
+        if record is not None:
+            found[target.slot] = swarm_verify.verify(target, record, environ)
+    return [found[t.slot] for t in targets]
 
 
 @task(

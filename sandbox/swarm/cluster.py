@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sandbox import (
@@ -183,3 +184,49 @@ def node_engine(environ: Mapping[str, str], address: str) -> str:
             Exit.USAGE,
         )
     return template.replace("{address}", address)
+
+
+def node_env(
+    environ: Mapping[str, str], manager_env: Mapping[str, str], node: Node
+) -> dict[str, str]:
+    """`manager_env` pointed at `node`'s own engine through KTRDR_SWARM_NODE_ENGINE."""
+    env = {k: v for k, v in manager_env.items() if k != "DOCKER_CONTEXT"}
+    return {**env, "DOCKER_HOST": node_engine(environ, node.address)}
+
+
+def labelled_engines(
+    known: Mapping[str, Node],
+    label: str,
+    manager: tuple[str, Mapping[str, str]],
+    environ: Mapping[str, str],
+) -> list[tuple[Node, dict[str, str]]] | None:
+    """Each node labelled `label`=true and the environment reaching its engine: `manager`
+    (its address, its environment) for the manager itself, KTRDR_SWARM_NODE_ENGINE for the
+    others; None when one of them is out of reach (no template)."""
+    address, manager_env = manager
+    found = []
+    for node in known.values():
+        if node.labels.get(label) != "true":
+            continue
+        if node.address == address:
+            found.append((node, dict(manager_env)))
+        elif environ.get(NODE_ENGINE_VARIABLE, "").strip():
+            found.append((node, node_env(environ, manager_env, node)))
+        else:
+            return None
+    return found
+
+
+def wait_for(
+    done: Callable[[], bool],
+    seconds: float,
+    failure: Callable[[], SandboxError],
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Ask `done` every POLL seconds until it says yes; `failure()` raised once `seconds` have
+    passed. Swarm does everything a little later than asked: tasks start, networks go."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            raise failure()
+        sleep(POLL)

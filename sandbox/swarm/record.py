@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sandbox import (
     STATE_DIR,
@@ -75,3 +76,15 @@ def selected_record(root: Path, slot: int, environ: Mapping[str, str]) -> Record
 
 def stack_dir(root: Path, slot: int) -> Path:
     return root / STATE_DIR / STACK_DIR / slots.project_name(slot)
+
+
+STACK_FILE = "stack.json"
+
+
+def stack_document(root: Path, slot: int) -> dict[str, Any] | None:
+    """The stack file the slot was last deployed with, as data (None: none, or unreadable)."""
+    try:
+        document = json.loads((stack_dir(root, slot) / STACK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None

@@ -11,7 +11,7 @@ from sandbox import ROOT, runner
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import send as imagesend
 from sandbox.settings import CLI_TIMEOUT
-from sandbox.swarm.cluster import POLL, Manager, tasks_of_service
+from sandbox.swarm.cluster import Manager, tasks_of_service, wait_for
 
 REGISTRY_VARIABLE = "KTRDR_SWARM_REGISTRY"  # HOST:PORT the nodes pull from
 REGISTRY_SERVICE = "ktrdr-sandbox-registry"
@@ -109,18 +109,21 @@ def ensure_registry(
             check="starting the registry service failed",
         )
         say("registry", f"started the service {REGISTRY_SERVICE} ({REGISTRY_IMAGE})")
-    deadline = time.monotonic() + REGISTRY_READY
-    while True:
-        found = tasks_of_service(REGISTRY_SERVICE, env)
-        if "running" in found:
-            return
-        if time.monotonic() > deadline:
-            raise SandboxError(
-                f"the registry service did not start ({', '.join(found) or 'no task'}): "
-                f"`docker service ps {REGISTRY_SERVICE} --no-trunc` says why",
-                Exit.COMMAND,
-            )
-        time.sleep(POLL)
+    found: list[str] = []
+
+    def running() -> bool:
+        found[:] = tasks_of_service(REGISTRY_SERVICE, env)
+        return "running" in found
+
+    wait_for(
+        running,
+        REGISTRY_READY,
+        lambda: SandboxError(
+            f"the registry service did not start ({', '.join(found) or 'no task'}): "
+            f"`docker service ps {REGISTRY_SERVICE} --no-trunc` says why",
+            Exit.COMMAND,
+        ),
+    )
 
 
 @dataclass(frozen=True)

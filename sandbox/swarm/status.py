@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from sandbox import (
 )
 from sandbox.swarm import stackfile
 from sandbox.swarm.cluster import LIVE_STATES, nodes, tasks
-from sandbox.swarm.record import Record, recorded_slots, stack_dir
+from sandbox.swarm.record import Record, recorded_slots, stack_document
 
 
 @dataclass(frozen=True)
@@ -52,8 +51,7 @@ class SlotRows:
 def deployed_ports(root: Path, slot: int) -> dict[str, tuple[int, ...]]:
     """Service -> the ports the slot's stack file publishes ({} when there is none)."""
     try:
-        document = json.loads((stack_dir(root, slot) / "stack.json").read_text())
-        rendered = stackfile.Rendered(document)
+        rendered = stackfile.Rendered(stack_document(root, slot) or {})
         by_service: dict[str, tuple[int, ...]] = {}
         for port, service in stackfile.published(rendered).items():
             by_service[service] = (*by_service.get(service, ()), port)

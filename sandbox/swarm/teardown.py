@@ -2,34 +2,28 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from sandbox import (
-    apps,
-    compose,
-    runner,
-)
+from sandbox import apps, compose, runner
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
-from sandbox.runner import display
+from sandbox.remote import codesync
+from sandbox.runner import Result, display
 from sandbox.settings import CLI_TIMEOUT, LOCK_WAIT
 from sandbox.swarm import stackfile
 from sandbox.swarm.cluster import (
     FINAL_STATES,
-    NODE_ENGINE_VARIABLE,
-    POLL,
     Node,
-    node_engine,
+    labelled_engines,
     nodes,
     tasks_of_service,
+    wait_for,
 )
 from sandbox.swarm.deploy import DEPLOY_TIMEOUT
-from sandbox.swarm.record import Record, record_path, stack_dir
+from sandbox.swarm.record import Record, record_path, stack_dir, stack_document
 from sandbox.swarm.registry import registry_ref
 
 DOWN_WAIT = 60.0
@@ -85,16 +79,27 @@ def down(target: Target, environ: Mapping[str, str], record: Record, *, volumes:
         )
         _wait_gone(record.stack, env)
         if volumes:
-            engines = db_node_engines(nodes(env), record, environ)
-            if engines is not None:
-                for node_env in engines:
-                    _remove_volume_on(node_env, f"{record.stack}_db-data")
-            else:
-                _remove_volume(record.stack, image, env)
+            _remove_volumes(record, environ, image)
             record_path(target.root, target.slot).unlink(missing_ok=True)
             shutil.rmtree(stack_dir(target.root, target.slot), ignore_errors=True)
             apps.remove_state(target.root, target.slot)
     return cmd
+
+
+def _remove_volumes(record: Record, environ: Mapping[str, str], image: str) -> None:
+    """The database volume on its node, and a --source checkout's copies on the shared nodes
+    (only there when this tool could reach them)."""
+    env = record.env(environ)
+    known = nodes(env)
+    engines = db_node_engines(known, record, environ)
+    if engines is not None:
+        for node_env in engines:
+            _remove_volume_on(node_env, f"{record.stack}_db-data")
+    else:
+        _remove_volume(record.stack, image, env)
+    shared = labelled_engines(known, stackfile.SHARED_LABEL, (record.address, env), environ)
+    for _, node_env in shared or ():
+        _remove_volume_on(node_env, codesync.volume_name(record.stack))
 
 
 def db_node_engines(
@@ -103,41 +108,36 @@ def db_node_engines(
     """The engines of every db node this machine can reach: the manager's own (the slot's
     record), the others through KTRDR_SWARM_NODE_ENGINE; None when one of them is out of
     reach (then a swarm job removes the volume)."""
-    found = []
-    for node in known.values():
-        if node.labels.get(stackfile.DB_LABEL) != "true":
-            continue
-        if node.address == record.address:
-            found.append(record.env(environ))
-        elif environ.get(NODE_ENGINE_VARIABLE, "").strip():
-            env = {k: v for k, v in record.env(environ).items() if k != "DOCKER_CONTEXT"}
-            found.append({**env, "DOCKER_HOST": node_engine(environ, node.address)})
-        else:
-            return None
-    return found
+    manager = (record.address, record.env(environ))
+    found = labelled_engines(known, stackfile.DB_LABEL, manager, environ)
+    return None if found is None else [env for _, env in found]
 
 
 def _remove_volume_on(env: Mapping[str, str], volume: str) -> None:
     """`docker volume rm` on one node; the volume is busy until the database's container is
     gone (its stop grace period)."""
-    deadline = time.monotonic() + DOWN_WAIT
-    while True:
-        result = runner.run(["docker", "volume", "rm", volume], env=dict(env), timeout=CLI_TIMEOUT)
-        if result.ok or "no such volume" in result.stderr.lower():
-            return
-        if time.monotonic() > deadline:
-            raise SandboxError(
-                f"removing {volume} failed: {result.tail(1)}", Exit.COMMAND, details=result.tail(5)
-            )
-        time.sleep(POLL)
+    last: list[Result] = []
+
+    def removed() -> bool:
+        last[:] = [
+            runner.run(["docker", "volume", "rm", volume], env=dict(env), timeout=CLI_TIMEOUT)
+        ]
+        return last[0].ok or "no such volume" in last[0].stderr.lower()
+
+    wait_for(
+        removed,
+        DOWN_WAIT,
+        lambda: SandboxError(
+            f"removing {volume} failed: {last[0].tail(1)}", Exit.COMMAND, details=last[0].tail(5)
+        ),
+    )
 
 
 def _app_image(root: Path, record: Record) -> str:
     """The app image the slot ran, as the nodes know it (the registry's name)."""
     try:
-        document = json.loads((stack_dir(root, record.slot) / "stack.json").read_text())
-        return str(document["services"]["backend"]["image"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return str((stack_document(root, record.slot) or {})["services"]["backend"]["image"])
+    except (KeyError, TypeError):
         return registry_ref(
             record.registry, compose.image_settings(root).get("KTRDR_APP_IMAGE", "")
         )
@@ -146,18 +146,17 @@ def _app_image(root: Path, record: Record) -> str:
 def _wait_gone(stack_name: str, env: Mapping[str, str]) -> None:
     """Services go at once; their containers and the stack's network take a few seconds
     (stop_grace_period) on each node: wait for the network, the last thing swarm removes."""
-    deadline = time.monotonic() + DOWN_WAIT
     network = f"{stack_name}_default"
-    while runner.run(
-        ["docker", "network", "inspect", network], env=dict(env), timeout=CLI_TIMEOUT
-    ).ok:
-        if time.monotonic() > deadline:
-            raise SandboxError(
-                f"{network} is still there {DOWN_WAIT:.0f}s after `docker stack rm`: run `inv "
-                f"down` again, or `docker network rm {network}` on the manager",
-                Exit.COMMAND,
-            )
-        time.sleep(POLL)
+    inspect = ["docker", "network", "inspect", network]
+    wait_for(
+        lambda: not runner.run(inspect, env=dict(env), timeout=CLI_TIMEOUT).ok,
+        DOWN_WAIT,
+        lambda: SandboxError(
+            f"{network} is still there {DOWN_WAIT:.0f}s after `docker stack rm`: run `inv "
+            f"down` again, or `docker network rm {network}` on the manager",
+            Exit.COMMAND,
+        ),
+    )
 
 
 def _remove_volume(stack_name: str, image: str, env: Mapping[str, str]) -> None:
@@ -171,23 +170,25 @@ def _remove_volume(stack_name: str, image: str, env: Mapping[str, str]) -> None:
         timeout=CLI_TIMEOUT,
         check="starting the volume removal job failed",
     )
-    deadline = time.monotonic() + DOWN_WAIT + 30
+
+    def finished() -> bool:
+        states = tasks_of_service(name, env)
+        if states and any(s != "complete" for s in states if s in FINAL_STATES):
+            raise SandboxError(
+                f"removing {stack_name}_db-data failed on a node ({', '.join(states)}): "
+                f"`docker service ps {name} --no-trunc` says why",
+                Exit.COMMAND,
+            )
+        return bool(states) and all(s in FINAL_STATES for s in states)
+
     try:
-        while True:
-            states = tasks_of_service(name, env)
-            if states and all(s in FINAL_STATES for s in states):
-                if any(s != "complete" for s in states):
-                    raise SandboxError(
-                        f"removing {stack_name}_db-data failed on a node ({', '.join(states)}): "
-                        f"`docker service ps {name} --no-trunc` says why",
-                        Exit.COMMAND,
-                    )
-                return
-            if time.monotonic() > deadline:
-                raise SandboxError(
-                    f"removing {stack_name}_db-data did not finish: `docker service ps {name}`",
-                    Exit.COMMAND,
-                )
-            time.sleep(POLL)
+        wait_for(
+            finished,
+            DOWN_WAIT + 30,
+            lambda: SandboxError(
+                f"removing {stack_name}_db-data did not finish: `docker service ps {name}`",
+                Exit.COMMAND,
+            ),
+        )
     finally:
         runner.run(["docker", "service", "rm", name], env=dict(env), timeout=CLI_TIMEOUT)

@@ -8,6 +8,7 @@ down and look at every node's engine.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 import urllib.request
@@ -37,16 +38,35 @@ def _get(url: str) -> Any:
         return json.loads(response.read())
 
 
-def test_both_slots_come_up_through_the_gate(cluster: Swarm) -> None:
+# Slot 2 runs a checkout of the reference app (--source): its code is copied to the shared
+# node and bound there, and says so by its version.
+SOURCE_SLOT = SLOTS[1]
+CHECKOUT_VERSION = "0.1.0+swarm-checkout"
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("checkout") / "reference"
+    shutil.copytree(ROOT / "containers" / "app", path)
+    init = path / "ktrdr_reference" / "__init__.py"
+    text = init.read_text()
+    assert '__version__ = "0.1.0"' in text
+    init.write_text(text.replace('__version__ = "0.1.0"', f'__version__ = "{CHECKOUT_VERSION}"'))
+    return path
+
+
+def test_both_slots_come_up_through_the_gate(cluster: Swarm, checkout: Path) -> None:
     for slot in SLOTS:
         began = time.monotonic()
-        result = cluster.inv("up", f"--slot={slot}", "--swarm")
+        source = [f"--source={checkout}"] if slot == SOURCE_SLOT else []
+        result = cluster.inv("up", f"--slot={slot}", "--swarm", *source)
         cluster.figures.values[f"slot_{slot}_up_s"] = round(time.monotonic() - began, 1)
         assert result.ok, result.stdout[-3000:] + result.stderr[-2000:]
         assert f"slot {slot} is ready" in result.stdout
         assert "host mode" in result.stdout  # preflight says how ports are published
         assert "must exist there" in result.stdout  # and where the shared directory lives
         assert swarmnodes.REGISTRY in result.stdout  # and which registry the nodes pull from
+    assert f"ktrdr-sandbox-{SOURCE_SLOT}_source on {swarmnodes.node_name(2)}" in result.stdout
 
 
 def test_services_are_spread_and_pinned(cluster: Swarm) -> None:
@@ -72,6 +92,8 @@ def test_the_slots_are_apart(cluster: Swarm) -> None:
         assert health["slot"] == slot
         assert health["project"] == f"ktrdr-sandbox-{slot}"
         assert health["database"]["reachable"] is True
+        # The checkout's code runs in slot 2, the image's own in slot 1.
+        assert (health["version"] == CHECKOUT_VERSION) is (slot == SOURCE_SLOT), health
         workers = _get(f"http://{backend['address']}:{backend['ports'][0]}/api/v1/workers")
         assert len(workers) == 4
         assert all(w["capabilities"]["slot"] == slot for w in workers)
@@ -96,6 +118,17 @@ def test_logs_and_exec_reach_a_service_on_another_node(cluster: Swarm) -> None:
     hostname = cluster.inv("exec", "--slot=1", "--service=backend", "--", "hostname")
     assert hostname.ok, hostname.stderr
     assert hostname.stdout.strip()
+
+
+def test_verify_checks_each_slot_on_the_swarm(cluster: Swarm) -> None:
+    result = cluster.inv("verify", *(f"--slot={slot}" for slot in SLOTS), "--json")
+    assert result.ok, result.stdout + result.stderr
+    reports = json.loads(result.stdout)["slots"]
+    assert [r["slot"] for r in reports] == list(SLOTS)
+    for report in reports:
+        names = [c["name"] for c in report["checks"]]
+        assert names == ["health", "own-database", "ports", "shared-dir"], report
+        assert all(c["passed"] for c in report["checks"]), report
 
 
 def test_a_worker_node_is_refused_as_the_manager(cluster: Swarm) -> None:

@@ -10,13 +10,11 @@ from pathlib import Path
 import pytest
 
 from sandbox import (
-    COMPOSE_FILE,
     apps,
     compose,
     docker,
     envfiles,
-    gatechecks,
-    gateprobes,
+    gate,
     observability,
     ports,
     preflight,
@@ -198,12 +196,12 @@ def test_all_running_counts_the_layouts_services() -> None:
 
 def test_light_gate_expects_two_workers() -> None:
     light = [{"worker_id": w.service, "worker_type": w.worker_type} for w in LIGHT.worker_list]
-    passed = gatechecks.workers_outcome(200, json.dumps(light), LIGHT.worker_list)
-    assert passed == gatechecks.Outcome(True, "2/2 registered")
+    passed = gate.workers_outcome(200, json.dumps(light), LIGHT.worker_list)
+    assert passed == gate.Outcome(True, "2/2 registered")
     # The same two are not enough for the full profile, which names the missing ones.
-    full = gatechecks.workers_outcome(200, json.dumps(light))
+    full = gate.workers_outcome(200, json.dumps(light))
     assert not full.passed and "missing backtest-worker-2, training-worker-2" in full.detail
-    assert gatechecks.workers_outcome(200, "[]", ()) == gatechecks.Outcome(True, "0/0 registered")
+    assert gate.workers_outcome(200, "[]", ()) == gate.Outcome(True, "0/0 registered")
 
 
 def test_light_slot_passes_its_gate(target: compose.Target) -> None:
@@ -224,7 +222,7 @@ def test_shared_gate_checks_the_shared_stack_not_the_slots(target: compose.Targe
     clock = FakeClock()
     world = World(clock)
     probes = world.probes()
-    plan = gatechecks.checks(target, ["docker", "compose"], {}, probes, None, layout=NONE_SHARED)
+    plan = gate.checks(target, ["docker", "compose"], {}, probes, None, layout=NONE_SHARED)
     rows = {c.name: c for c in plan}
     assert list(rows) == [
         "database",
@@ -240,10 +238,8 @@ def test_shared_gate_checks_the_shared_stack_not_the_slots(target: compose.Targe
         asked.append(url)
         return 200, "ok"
 
-    probes_seen = gateprobes.Probes(http_get=http_get, exec=world.exec, containers=world.ps)
-    plan = gatechecks.checks(
-        target, ["docker", "compose"], {}, probes_seen, None, layout=NONE_SHARED
-    )
+    probes_seen = gate.Probes(http_get=http_get, exec=world.exec, containers=world.ps)
+    plan = gate.checks(target, ["docker", "compose"], {}, probes_seen, None, layout=NONE_SHARED)
     for check in plan[3:]:
         assert check.probe().passed
         assert check.watch == ()  # another project's containers: nothing of the slot to watch
@@ -257,28 +253,30 @@ def test_shared_gate_checks_the_shared_stack_not_the_slots(target: compose.Targe
 # ----------------------------------------------------------------------------- status
 
 
-def summarized(containers: list[docker.Container], tmp_path: Path) -> status.SlotStatus:
-    """The one row of `containers`, started from a checkout that exists (not orphaned)."""
-    (tmp_path / COMPOSE_FILE).write_text("services: {}\n")
-    [row] = status.summarize([replace(c, working_dir=str(tmp_path)) for c in containers])
-    return row
+@pytest.fixture
+def checkout_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fabricated containers' checkout, /checkout, counts as present (not orphaned)."""
+    monkeypatch.setattr(status, "checkout_gone", lambda checkout: False)
 
 
-def test_a_light_slot_with_seven_containers_is_running(tmp_path: Path) -> None:
-    row = summarized(stack_of(3, LIGHT), tmp_path)
-    assert (row.state, row.services.healthy, row.services.total) == ("running", 7, 7)
-    assert row.layout == LIGHT
+@pytest.mark.usefixtures("checkout_exists")
+def test_a_light_slot_with_seven_containers_is_running() -> None:
+    [row] = status.summarize(stack_of(3, LIGHT))
+    assert (row.state, row.healthy, row.total) == ("running", 7, 7)
+    assert (row.workers, row.observability) == ("light", "own")
 
 
-def test_a_shared_light_slot_with_four_containers_is_running(tmp_path: Path) -> None:
-    row = summarized(stack_of(4, LIGHT_SHARED), tmp_path)
-    assert (row.state, row.services.total, row.layout) == ("running", 4, LIGHT_SHARED)
+@pytest.mark.usefixtures("checkout_exists")
+def test_a_shared_light_slot_with_four_containers_is_running() -> None:
+    [row] = status.summarize(stack_of(4, LIGHT_SHARED))
+    assert (row.state, row.total, row.observability) == ("running", 4, "shared")
 
 
-def test_a_full_slot_missing_two_workers_is_partial(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("checkout_exists")
+def test_a_full_slot_missing_two_workers_is_partial() -> None:
     containers = [c for c in stack_of(2, slots.DEFAULT_LAYOUT) if c.service in LIGHT.services]
-    row = summarized(containers, tmp_path)
-    assert (row.state, row.services.total) == ("partial", 9)
+    [row] = status.summarize(containers)
+    assert (row.state, row.total) == ("partial", 9)
 
 
 # ----------------------------------------------------------------------------- preflight
