@@ -34,7 +34,6 @@ COMPOSE_FILE = "docker-compose.observability.yml"
 TARGETS_DIR = "/prometheus"
 TARGETS_FILE = f"{TARGETS_DIR}/ktrdr-slots.json"
 SCRAPE_JOB = "ktrdr-slots"
-BACKEND_PORT = 8000
 # How long `observability up` waits for the three to be healthy.
 UP_WAIT_SECONDS = 180
 
@@ -82,7 +81,7 @@ def environment(root: Path, environ: Mapping[str, str]) -> dict[str, str]:
 
 def _app_port(container: docker.Container) -> int | None:
     if container.service == "backend":
-        return BACKEND_PORT
+        return slots.BACKEND_PORT
     # A worker listens inside on the port it publishes (it registers that port).
     inner = {p.container_port for p in container.ports}
     if len(inner) == 1:

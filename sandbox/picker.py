@@ -37,7 +37,6 @@ ENGINE_QUERY_TIMEOUT = 30.0  # as docker.containers: one listing call
 PICK_WAIT = 60.0  # seconds a picker waits for another picker (which holds the lock briefly)
 AUTO_SLOTS = range(1, 11)
 VOLUME_LABEL = "com.docker.compose.volume"
-DB_VOLUME = "db-data"  # the compose file's volume; Compose names it <project>_db-data
 
 # One JSON object a line: label values are picked out by the template rather than parsed from
 # the comma-joined `.Labels` column.
@@ -60,7 +59,7 @@ class Volume:
 
 
 def db_volume_name(slot: int) -> str:
-    return f"{slots.project_name(slot)}_{DB_VOLUME}"
+    return slots.db_volume(slots.project_name(slot))
 
 
 def volume_ls_command() -> list[str]:

@@ -259,7 +259,7 @@ def inspect_volume(
     target: compose.Target, environ: Mapping[str, str]
 ) -> provenance.VolumeInfo | None:
     """The slot's database volume as the engine has it, or None when there is none."""
-    cmd = provenance.inspect_command(provenance.volume_name(target.project))
+    cmd = provenance.inspect_command(slots.db_volume(target.project))
     result = runner.run(cmd, env=dict(environ), timeout=ENGINE_QUERY_TIMEOUT)
     if result.ok:
         return provenance.parse_inspect(result.stdout)
@@ -275,7 +275,7 @@ def volume_step(facts: Facts) -> Step:
     info = inspect_volume(target, facts.environ)
     verdict = provenance.compare(info, expected_volume(target, facts.environ, facts.source))
     facts.volume = verdict.kind
-    name = provenance.volume_name(target.project)
+    name = slots.db_volume(target.project)
     if facts.fresh:
         owner = provenance.foreign_owner(info, here(target), socket.gethostname())
         if owner is not None and not facts.other_checkouts:

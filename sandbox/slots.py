@@ -17,6 +17,8 @@ from sandbox.errors import Exit, SandboxError
 SLOTS = range(0, 11)
 PROJECT_PREFIX = "ktrdr-sandbox-"
 PORT_MIN, PORT_MAX = 1024, 65535
+BACKEND_PORT = 8000  # the backend's port inside its container (KTRDR's contract)
+DB_VOLUME = "db-data"  # the database volume's key in the compose file
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class PortSpec:
 # port (4318+N-1). Workers step by 10 for the same reason: four ports per slot.
 PORTS: tuple[PortSpec, ...] = (
     PortSpec("KTRDR_DB_PORT", "db", "PostgreSQL", 5432, 5432, 1, 5432),
-    PortSpec("KTRDR_API_PORT", "backend", "Backend API", 8000, 8000, 1, 8000),
+    PortSpec("KTRDR_API_PORT", "backend", "Backend API", 8000, 8000, 1, BACKEND_PORT),
     PortSpec("KTRDR_JAEGER_UI_PORT", "jaeger", "Jaeger UI", 16686, 16686, 1, 16686),
     PortSpec("KTRDR_JAEGER_OTLP_GRPC_PORT", "jaeger", "OTLP gRPC", 4317, 4317, 10, 4317),
     PortSpec("KTRDR_JAEGER_OTLP_HTTP_PORT", "jaeger", "OTLP HTTP", 4318, 4318, 10, 4318),
@@ -83,6 +85,11 @@ SERVICES: tuple[str, ...] = (
 
 def project_name(slot: int) -> str:
     return f"{PROJECT_PREFIX}{slot}"
+
+
+def db_volume(project: str) -> str:
+    """The name Compose (or a swarm stack) gives the database volume of `project`."""
+    return f"{project}_{DB_VOLUME}"
 
 
 def slot_of_project(project: str) -> int | None:

@@ -37,7 +37,6 @@ from sandbox.settings import ENGINE_QUERY_TIMEOUT, VERIFY_EXEC_TIMEOUT, VERIFY_H
 from sandbox.status import layout_of
 
 SHARED_MOUNTS = tuple(f"/app/{sub}" for sub in shared.SUBDIRS)
-DB_VOLUME = "db-data"  # the compose file's volume; Compose names it <project>_db-data
 
 
 @dataclass(frozen=True)
@@ -66,10 +65,6 @@ class Mount:
 
 
 # ----------------------------------------------------------------------------- pure parts
-
-
-def db_volume(project: str) -> str:
-    return f"{project}_{DB_VOLUME}"
 
 
 def inspect_mounts_command(ids: Sequence[str]) -> list[str]:
@@ -138,7 +133,7 @@ def check_own_database(
     own_mounts = _mounts_of(mounts, db.id)
     if own_mounts is None:
         return VerifyCheck(name, False, f"could not inspect db container {db.id[:12]}")
-    expected = db_volume(project)
+    expected = slots.db_volume(project)
     volumes = _volumes(own_mounts)
     if expected not in volumes:
         seen = ", ".join(sorted(volumes)) or "no named volume"

@@ -40,7 +40,6 @@ from pathlib import Path
 from sandbox import slots
 from sandbox.errors import Exit, SandboxError
 
-VOLUME_KEY = "db-data"  # the volume's key in docker-compose.sandbox.yml
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_VOLUME = "com.docker.compose.volume"
 
@@ -56,11 +55,6 @@ SCHEMA_VERSION = "1"
 # 16 hex digits (64 bits) tell passwords apart; the salt keeps the same password from giving
 # the same label on two volumes, so a label never doubles as a lookup key for a known password.
 FINGERPRINT_HEX = 16
-
-
-def volume_name(project: str) -> str:
-    """The name Compose gives the slot's database volume."""
-    return f"{project}_{VOLUME_KEY}"
 
 
 def fingerprint(salt: str, password: str) -> str:
@@ -95,11 +89,11 @@ def volume_labels(
 def create_volume_command(project: str, labels: Mapping[str, str]) -> list[str]:
     """`docker volume create` for the slot's database volume, carrying Compose's project and
     volume labels (so `compose up` adopts it without a word) and ours."""
-    every = {COMPOSE_PROJECT: project, COMPOSE_VOLUME: VOLUME_KEY, **labels}
+    every = {COMPOSE_PROJECT: project, COMPOSE_VOLUME: slots.DB_VOLUME, **labels}
     cmd = ["docker", "volume", "create"]
     for key, value in every.items():
         cmd += ["--label", f"{key}={value}"]
-    return [*cmd, volume_name(project)]
+    return [*cmd, slots.db_volume(project)]
 
 
 def inspect_command(volume: str) -> list[str]:
@@ -299,7 +293,7 @@ def fresh_plan(
     project = slots.project_name(slot)
     return [
         [*compose_cmd, "-p", project, "down", "--remove-orphans"],
-        ["docker", "volume", "rm", volume_name(project)],
+        ["docker", "volume", "rm", slots.db_volume(project)],
         create_volume_command(project, labels),
     ]
 

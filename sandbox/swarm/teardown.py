@@ -6,7 +6,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from sandbox import apps, compose, runner
+from sandbox import apps, compose, runner, slots
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
@@ -63,7 +63,7 @@ def volume_job_command(stack_name: str, image: str) -> list[str]:
         "python3",
         "-c",
         VOLUME_RM_SCRIPT,
-        f"{stack_name}_db-data",
+        slots.db_volume(stack_name),
     ]
 
 
@@ -94,7 +94,7 @@ def _remove_volumes(record: Record, environ: Mapping[str, str], image: str) -> N
     engines = db_node_engines(known, record, environ)
     if engines is not None:
         for node_env in engines:
-            _remove_volume_on(node_env, f"{record.stack}_db-data")
+            _remove_volume_on(node_env, slots.db_volume(record.stack))
     else:
         _remove_volume(record.stack, image, env)
     shared = labelled_engines(known, stackfile.SHARED_LABEL, (record.address, env), environ)

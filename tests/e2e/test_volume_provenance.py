@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, compose
+from sandbox import ROOT, compose, slots
 from sandbox.images import provenance
 from sandbox.images.provenance import Expected, Kind
 from sandbox.runner import Result, run
@@ -46,7 +46,7 @@ def project(sandbox: Sandbox, tmp_path: Path) -> Iterator[tuple[str, Path]]:
                 cwd=tmp_path,
                 timeout=120,
             )
-        run(["docker", "volume", "rm", provenance.volume_name(name)], env=sandbox.env, timeout=60)
+        run(["docker", "volume", "rm", slots.db_volume(name)], env=sandbox.env, timeout=60)
 
 
 def compose_file(where: Path, name: str, text: str) -> Path:
@@ -65,7 +65,7 @@ def up_no_start(sandbox: Sandbox, name: str, file: Path, where: Path) -> Result:
 
 
 def inspect(sandbox: Sandbox, name: str) -> provenance.VolumeInfo | None:
-    volume = provenance.volume_name(name)
+    volume = slots.db_volume(name)
     return provenance.parse_inspect(run(provenance.inspect_command(volume), env=sandbox.env).stdout)
 
 
