@@ -5,7 +5,7 @@ Fast sessions need no Docker engine and run in seconds; `config` needs only the 
 without one (`remote` also fails when its simulated remote host cannot start, `swarm` when its three
 Docker-in-Docker nodes cannot).
 Every session installs the project with one of its extras (pyproject.toml), never a list of its
-own. `nox -s lint -- sandbox/gate.py` and `nox -s typecheck -- tasks.py` check just those files.
+own. `nox -s lint -- sandbox/gate.py` and `nox -s typecheck -- tasks` check just those files.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import nox
 nox.needs_version = ">=2024.4"
 
 PACKAGE = "sandbox"
-PYTHON_FILES = [PACKAGE, "tasks.py", "noxfile.py", "tests", "containers", "benchmarks"]
+PYTHON_FILES = [PACKAGE, "tasks", "noxfile.py", "tests", "containers", "benchmarks"]
 # Strict mypy everywhere; the one relaxation (psycopg2 has no types) is in pyproject.toml.
 TYPED_FILES = PYTHON_FILES
 SHELL_FILES = [

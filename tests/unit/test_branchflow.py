@@ -56,10 +56,10 @@ def test_check_new_refuses_before_anything_exists(repo: Path, tmp_path: Path) ->
 
 @pytest.fixture
 def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """tasks.py acting on a ktrdr-sandbox checkout of its own, on a fake engine."""
+    """The tasks acting on a ktrdr-sandbox checkout of its own, on a fake engine."""
     root = tmp_path / "sandbox-checkout"
     envfiles.write_all(root)
-    monkeypatch.setattr(tasks, "ROOT", root)
+    monkeypatch.setattr(tasks.common, "ROOT", root)
     monkeypatch.setattr(docker, "check_engine", lambda environ=None: "20.10")
     monkeypatch.setattr(picker, "ports_free", lambda slot, bind="": True)
     return root
@@ -73,7 +73,7 @@ def test_new_with_no_free_slot_creates_nothing(
     monkeypatch.setattr(picker, "sandbox_volumes", lambda environ=None: [])
     for slot in ("auto", "4"):
         with pytest.raises(InvokeExit) as caught:
-            tasks.new(Context(), "feature/y", repo=str(repo), slot=slot)
+            tasks.branches.new(Context(), "feature/y", repo=str(repo), slot=slot)
         assert caught.value.code == Exit.NO_SLOT
     assert listing(repo) == ["app"] and worktrees.find(repo, "feature/y") is None
 
@@ -91,9 +91,9 @@ def test_new_claims_the_slot_then_the_worktree_then_starts(
         assert target.slot in picker.locked_slots(Path(os.environ["KTRDR_LOCK_DIR"]))
         started.append((target.slot, source))
 
-    monkeypatch.setattr(tasks, "_start", start)
+    monkeypatch.setattr(tasks.lifecycle, "start", start)
     monkeypatch.setattr(apps, "detect", lambda path, torch: apps.Source(apps.KTRDR, path, torch))
-    tasks.new(Context(), "feature/y", repo=str(repo), no_wait=True)
+    tasks.branches.new(Context(), "feature/y", repo=str(repo), no_wait=True)
     [(slot, source)] = started
     assert slot == 2  # slot 1 holds a container
     assert source.path == repo.parent / "app-feature-y"
@@ -105,7 +105,7 @@ def test_a_failed_start_keeps_the_worktree_and_says_how_to_remove_it(
     monkeypatch.setattr(docker, "sandbox_containers", lambda environ=None: [])
     monkeypatch.setattr(picker, "sandbox_volumes", lambda environ=None: [])
     with pytest.raises(InvokeExit) as caught:  # the template repo is no app checkout
-        tasks.new(Context(), "feature/y", repo=str(repo), slot="3")
+        tasks.branches.new(Context(), "feature/y", repo=str(repo), slot="3")
     assert caught.value.code == Exit.USAGE and "not an app checkout" in str(caught.value.message)
     said = capsys.readouterr().out
     assert "slot 3: free" in said.splitlines()[0]

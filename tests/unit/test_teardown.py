@@ -96,7 +96,7 @@ class FakeEngine:
         owners: dict[str, str | None] | None = None,
     ) -> None:
         """`owners`: a volume's checkout by name (None: made before provenance labels);
-        a volume not named there is this checkout's (tasks.ROOT)."""
+        a volume not named there is this checkout's (tasks.common.ROOT)."""
         self.commands: list[tuple[list[str], dict[str, Any]]] = []
         self.owners = owners or {}
         monkeypatch.setattr(docker, "check_engine", lambda environ=None: "20.10")
@@ -112,7 +112,7 @@ class FakeEngine:
         return Result(tuple(cmd), 0)
 
     def inspect(self, name: str) -> dict[str, Any]:
-        here = str(Path(vars(tasks)["ROOT"]).resolve())  # the `isolated` checkout
+        here = str(Path(tasks.common.ROOT).resolve())  # the `isolated` checkout
         checkout = self.owners.get(name, here)
         if checkout is None:
             return {"Name": name, "Labels": {"com.docker.compose.volume": "db-data"}}
@@ -124,7 +124,7 @@ class FakeEngine:
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A ktrdr-sandbox checkout of its own (env files, state) and private locks."""
     envfiles.write_all(tmp_path)
-    monkeypatch.setattr(tasks, "ROOT", tmp_path)
+    monkeypatch.setattr(tasks.common, "ROOT", tmp_path)
     monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.setenv("COMPOSE_FILE", "/somewhere/else.yml")  # must not reach Compose
     return tmp_path
@@ -144,7 +144,7 @@ def test_down_all_takes_down_every_slot_and_their_files(
         [container(2, "backend", source=str(source)), container(9, source=str(foreign))],
         [volume(2), volume(5)],
     )
-    tasks.down(Context(), all_=True, volumes=True, yes=True)
+    tasks.lifecycle.down(Context(), all_=True, volumes=True, yes=True)
     ran = [cmd for cmd, _ in engine.commands]
     assert ran == [teardown.down_command(["docker", "compose"], s, True) for s in (2, 5, 9)]
     for _, options in engine.commands:
@@ -158,7 +158,7 @@ def test_down_all_keeps_volume_only_slots_without_volumes(
     isolated: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = FakeEngine(monkeypatch, [container(3)], [volume(3), volume(4)])
-    tasks.down(Context(), all_=True, yes=True)
+    tasks.lifecycle.down(Context(), all_=True, yes=True)
     assert [cmd for cmd, _ in engine.commands] == [
         teardown.down_command(["docker", "compose"], 3, False)
     ]
@@ -170,7 +170,7 @@ def test_down_all_without_a_terminal_or_yes_touches_nothing(
     engine = FakeEngine(monkeypatch, [container(1)], [])
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
     with pytest.raises(InvokeExit) as caught:
-        tasks.down(Context(), all_=True)
+        tasks.lifecycle.down(Context(), all_=True)
     assert caught.value.code == Exit.USAGE and "--yes" in str(caught.value.message)
     assert engine.commands == []
 
@@ -182,14 +182,14 @@ def test_down_all_answered_no_touches_nothing(
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     monkeypatch.setattr("builtins.input", lambda prompt: "n")
     with pytest.raises(InvokeExit) as caught:
-        tasks.down(Context(), all_=True)
+        tasks.lifecycle.down(Context(), all_=True)
     assert caught.value.code == Exit.FAILED
     assert engine.commands == []
 
 
 def test_down_all_with_a_slot_is_refused(isolated: Path) -> None:
     with pytest.raises(InvokeExit, match="not both"):
-        tasks.down(Context(), slot="1", all_=True)
+        tasks.lifecycle.down(Context(), slot="1", all_=True)
 
 
 def test_down_all_volumes_removes_only_this_checkouts_and_lists_the_rest_as_kept(
@@ -202,7 +202,7 @@ def test_down_all_volumes_removes_only_this_checkouts_and_lists_the_rest_as_kept
         [volume(2), volume(4), volume(5), volume(6)],
         owners={theirs: "/srv/other-checkout", legacy: None},
     )
-    tasks.down(Context(), all_=True, volumes=True, yes=True)
+    tasks.lifecycle.down(Context(), all_=True, volumes=True, yes=True)
     ran = [cmd for cmd, _ in engine.commands]
     compose_cmd = ["docker", "compose"]
     assert ran == [
@@ -228,7 +228,7 @@ def test_down_all_volumes_with_other_checkouts_removes_them_too(
         monkeypatch, [container(4)], [volume(4), volume(6)],
         owners={picker.db_volume_name(4): "/srv/other", picker.db_volume_name(6): None},
     )  # fmt: skip
-    tasks.down(Context(), all_=True, volumes=True, yes=True, other_checkouts=True)
+    tasks.lifecycle.down(Context(), all_=True, volumes=True, yes=True, other_checkouts=True)
     assert [cmd for cmd, _ in engine.commands] == [
         teardown.down_command(["docker", "compose"], s, True) for s in (4, 6)
     ]

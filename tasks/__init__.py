@@ -1,0 +1,31 @@
+"""Invoke tasks for ktrdr-sandbox: `inv --list`, `inv --help up`.
+
+A table of contents: one module per concern, each an Invoke collection whose tasks parse their
+flags, call into `sandbox/` and render what comes back; here they are merged into one flat
+namespace, so every command is `inv NAME` as it always was. A `SandboxError` becomes one line
+on stderr and its exit code in `common.handled`; the noxfile never sees one (its sessions run
+`inv` and pytest as subprocesses).
+"""
+
+from __future__ import annotations
+
+from invoke.collection import Collection
+
+from tasks import (
+    access,
+    branches,
+    images,
+    lifecycle,
+    machine,
+    mcp,
+    observe,
+    remote,
+    snapshots,
+)
+
+COLLECTIONS = (lifecycle, branches, observe, access, snapshots, images, machine, remote, mcp)
+
+ns = Collection()
+for _module in COLLECTIONS:
+    for _task in Collection.from_module(_module).tasks.values():
+        ns.add_task(_task)  # a name given twice is a ValueError at `inv`'s start

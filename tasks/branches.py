@@ -1,0 +1,109 @@
+"""`inv new` and `inv done`: a branch's worktree with a slot of its own, and both removed."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from invoke.context import Context
+from invoke.exceptions import Exit as InvokeExit
+from invoke.tasks import task
+
+from sandbox import slots
+from sandbox.errors import SandboxError
+from tasks import common, lifecycle
+from tasks.common import MODELS_HELP, NO_WAIT_HELP, TIMEOUT_HELP, TORCH_HELP, handled, out
+
+
+@task(
+    positional=["branch"],
+    help={
+        "branch": "the branch: new from --base, or an existing one checked out",
+        "repo": "the app repository (its main checkout, a worktree, or a bare clone)",
+        "slot": "auto (default: the lowest free slot from 1) or a free slot's number",
+        "base": "where a new branch starts (default: origin/HEAD, origin/main, ...)",
+        "torch": TORCH_HELP,
+        "models": MODELS_HELP,
+        "no-wait": NO_WAIT_HELP,
+        "timeout": TIMEOUT_HELP,
+    },
+)
+@handled
+def new(
+    c: Context,
+    branch: str,
+    repo: str | None = None,
+    slot: str = "auto",
+    base: str | None = None,
+    torch: str | None = None,
+    models: str = "shared",
+    no_wait: bool = False,
+    timeout: str | None = None,
+) -> None:
+    """A worktree of BRANCH next to --repo, a free slot, and `inv up --source=WORKTREE` there."""
+    from sandbox import apps, compose, net, picker
+    from sandbox.branches import flow, worktrees
+
+    environ = dict(os.environ)
+    if torch is not None:
+        apps.check_torch(torch)
+    apps.check_models(models)
+    wanted = picker.parse_choice(slot)
+    plan = flow.check_new(repo, branch, base, environ)
+    with picker.claim_slot(environ, wanted, picker.Claim(on_busy=out().line)) as n:
+        out().line(f"slot {n}: {'the lowest free slot' if wanted is None else 'free'}")
+        made = worktrees.create(plan.repo, branch, base, environ)
+        out().step("worktree", f"{made.path} (branch {branch})")
+        target = compose.load_target(common.ROOT, n, environ)
+        try:
+            source = dataclasses.replace(apps.detect(made.path, torch), models=models)
+            lifecycle.start(target, source, environ, wait=not no_wait, timeout=timeout)
+        except (SandboxError, InvokeExit):
+            out().line(flow.kept_hint(plan, made.path))
+            raise
+    urls = net.urls(target, environ)
+    if no_wait:  # the gate's summary lists them otherwise
+        out().steps(list(urls.items()), f"slot {n}")
+    out().line(f"slot {n} runs {branch} from {made.path}; API {urls['Backend API']}")
+
+
+# `--branch` is a flag, not a positional: invoke (3.0) has no optional positional arguments
+# (one left out is an error), and `inv done --slot=N` must work without a branch.
+@task(
+    help={
+        "branch": "the branch whose worktree and slot go (or name the slot with --slot)",
+        "slot": "the slot whose worktree and slot go",
+        "repo": "the app repository, to find a branch whose slot is already down",
+        "force": "throw away what the refusal listed (uncommitted changes, untracked files, "
+        "ignored files that are not caches, unpushed commits); names each guard it overrides",
+    },
+)
+@handled
+def done(
+    c: Context,
+    branch: str | None = None,
+    slot: str | None = None,
+    repo: str | None = None,
+    force: bool = False,
+) -> None:
+    """Take a branch's slot down (volumes too) and remove its worktree; unsaved work: --force."""
+    from sandbox import compose, stack
+    from sandbox.branches import flow
+
+    environ = dict(os.environ)
+    number = None if slot is None else slots.parse_slot(slot)
+    target = flow.done_target(environ, branch, number, repo)
+    report = flow.check_done(target, force, environ)
+    if not report.safe:
+        overrides = f"--force overrides: {'; '.join(report.at_risk())}; throwing away:"
+        out().details("\n".join([overrides, *report.lines()]))
+    if target.slot is not None:
+        stack.down(
+            compose.load_target(common.ROOT, target.slot),
+            environ,
+            volumes=True,
+            on_busy=out().line,
+        )
+        out().line(f"slot {target.slot} is down; its volumes and .env.sandbox removed")
+    removed = flow.remove_worktree(target, force, environ)
+    out().line(f"removed the worktree {removed}; the branch stays in {target.repo}")
