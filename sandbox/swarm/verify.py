@@ -56,7 +56,7 @@ def check_database(
     """`own`: the slot's db container; `services`: every container of a swarm service on its
     node -> its service; `mounts`: container -> mounts."""
     name = "own-database"
-    expected = slot_verify.db_volume(stack)
+    expected = slots.db_volume(stack)
     volumes = {m.name for m in mounts.get(own, []) if m.type == "volume"}
     if expected not in volumes:
         seen = ", ".join(sorted(volumes)) or "no named volume"
