@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandbox import (
-    COMPOSE_FILE,
     apps,
     compose,
     docker,
@@ -43,6 +42,7 @@ from sandbox.images import provenance
 from sandbox.remote import enginehost
 from sandbox.runner import display
 from sandbox.settings import ENGINE_QUERY_TIMEOUT
+from sandbox.status import checkout_gone
 
 
 @dataclass(frozen=True)
@@ -115,14 +115,8 @@ def other_checkout(
     return None
 
 
-def orphaned(working_dir: str) -> bool:
-    """Whether the checkout a slot was started from is gone (deleted, or moved away): its
-    compose file is no longer where the containers say their project directory is."""
-    return bool(working_dir) and not (Path(working_dir) / COMPOSE_FILE).is_file()
-
-
 def other_checkout_error(target: compose.Target, working_dir: str) -> SandboxError:
-    if orphaned(working_dir):
+    if checkout_gone(working_dir):
         return SandboxError(
             f"slot {target.slot} is orphaned: it was started from {working_dir}, which no "
             f"longer exists; `inv down --slot={target.slot}` (from here) removes its "

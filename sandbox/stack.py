@@ -41,6 +41,7 @@ from sandbox.lock import slot_lock
 from sandbox.remote import codesync, enginehost
 from sandbox.runner import display
 from sandbox.settings import GATE_TIMEOUT, LOCK_WAIT
+from sandbox.status import checkout_gone
 
 DEFAULT_TIMEOUT = GATE_TIMEOUT  # kept under this name: callers and tests use it
 
@@ -649,7 +650,7 @@ def down(
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
         own = [c for c in docker.sandbox_containers(environ) if c.slot == target.slot]
         elsewhere = preflight.other_checkout(target.root, own)
-        gone = elsewhere is not None and preflight.orphaned(elsewhere)
+        gone = elsewhere is not None and checkout_gone(elsewhere)
         if elsewhere is not None and not gone:
             raise SandboxError(
                 f"slot {target.slot} runs from another checkout ({elsewhere}): run "

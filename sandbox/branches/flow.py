@@ -17,11 +17,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import apps, docker
+from sandbox import apps, docker, status
 from sandbox.branches import git as branches
 from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
-from sandbox.ui import statusjson
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ def done_target(
             "name one branch or one slot: `inv done --branch=BRANCH` or `inv done --slot=N`",
             Exit.USAGE,
         )
-    sources = statusjson.slot_sources(docker.sandbox_containers(environ), environ)
+    sources = status.slot_sources(docker.sandbox_containers(environ), environ)
     where = Path(repo).expanduser() if repo else None
     return branches.resolve_done(sources, branch, slot, where, environ)
 

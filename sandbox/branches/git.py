@@ -1,7 +1,7 @@
 """Which slot runs which branch worktree: what `inv done --branch=BRANCH|--slot=N` acts on.
 
 A slot started with `--source=WORKTREE` carries the worktree's path in its containers' labels
-(`statusjson.slot_sources` reads them). `resolve_done` turns the user's words (a branch, or a
+(`status.slot_sources` reads them). `resolve_done` turns the user's words (a branch, or a
 slot, and maybe --repo) into the slot to take down and the worktree git recorded, or one line
 that says why there is nothing to act on. It changes nothing.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
-from sandbox.ui.statusjson import SlotSource
+from sandbox.status import SlotSource
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def resolve_done(
 ) -> DoneTarget:
     """The slot and worktree of `inv done --branch=BRANCH [--repo=PATH]` or `inv done --slot=N`.
 
-    `sources` is every slot's `SlotSource` (`statusjson.slot_sources`). With a branch and no
+    `sources` is every slot's `SlotSource` (`status.slot_sources`). With a branch and no
     --repo, the branch is looked up among the running slots' sources; with --repo, in that
     repository's worktrees (so a branch whose slot is already down can still be done).
     """

@@ -24,25 +24,24 @@ from sandbox.checks import CheckResult, GateResult, State
 from sandbox.slots import OBSERVABILITY_PROJECT
 
 if TYPE_CHECKING:
+    from sandbox.observability import Status as ObservabilityStatus
     from sandbox.snapshots.store import Row as SnapshotRow
+    from sandbox.stack import UpResult
     from sandbox.status import SlotStatus
+    from sandbox.status import State as SlotState
     from sandbox.verify import VerifyReport
 
 PASS, FAIL = "✓", "✗"
-STATE_STYLE = {"running": "green", "partial": "yellow", "stopped": "red", "failed": "red"}
-
-
-class UpResultLike(Protocol):
-    """What `inv up` hands back (sandbox.stack.UpResult), as far as drawing needs it."""
-
-    @property
-    def gate(self) -> GateResult | None: ...
-    @property
-    def logs(self) -> Mapping[str, str]: ...
-    @property
-    def started(self) -> bool: ...
-    @property
-    def compose_seconds(self) -> float: ...
+SEVERAL = "several"  # what a cell says when the slot's containers disagree (status.SEVERAL)
+STATE_STYLE: dict[SlotState, str] = {
+    "running": "green",
+    "partial": "yellow",
+    "stopped": "red",
+    "failed": "red",
+    "orphaned": "red",
+}
+# How a slot's torch choice reads in the table: training needs torch, the rest does not.
+TORCH_SHOWN = {"none": "no torch", "debian": "Debian torch, CPU", "locked": "locked torch"}
 
 
 class NamedStep(Protocol):
@@ -59,34 +58,6 @@ class PreflightLike(Protocol):
 
     @property
     def steps(self) -> Sequence[NamedStep]: ...
-
-
-class TargetLike(Protocol):
-    @property
-    def slot(self) -> str: ...
-    @property
-    def service(self) -> str: ...
-    @property
-    def health(self) -> str: ...
-    @property
-    def error(self) -> str: ...
-
-
-class ObservabilityLike(Protocol):
-    """`inv observability status` (sandbox.observability.Status)."""
-
-    @property
-    def up(self) -> bool: ...
-    @property
-    def services(self) -> Mapping[str, str]: ...
-    @property
-    def urls(self) -> Mapping[str, str]: ...
-    @property
-    def slots(self) -> Sequence[int]: ...
-    @property
-    def targets(self) -> Sequence[TargetLike]: ...
-    @property
-    def spans(self) -> int | None: ...
 
 
 class BuiltLike(Protocol):
@@ -130,19 +101,29 @@ def shared_cell(row: SlotStatus, home: str | None = None) -> str:
     return shown
 
 
+def source_cell(row: SlotStatus) -> str:
+    """The app a slot runs, as `inv up --source` recorded it: "ktrdr: /path (no torch)"."""
+    if not row.sources_agree:
+        return SEVERAL
+    app, source = row.source.app or "reference", row.source.source
+    shown = f"{app}: {source}" if source else f"{app} (built in)"
+    return f"{shown} ({TORCH_SHOWN.get(row.torch, row.torch)})" if row.torch else shown
+
+
 def status_cells(rows: Sequence[SlotStatus]) -> list[tuple[str, ...]]:
+    """The table's cells of `status.collect`'s rows (`--json` draws the same rows)."""
     return [
         (
             str(r.slot),
             r.project,
-            f"{r.state}: {r.last_up}" if r.last_up else r.state,
-            f"{r.healthy}/{r.total}",
-            r.workers,
-            r.observability,
+            f"{r.state}: {r.reason}" if r.reason else r.state,
+            f"{r.services.healthy}/{r.services.total}",
+            r.layout.workers if r.layout else SEVERAL,
+            r.layout.observability if r.layout else SEVERAL,
             r.api_url or "-",
-            r.source or "-",
+            source_cell(r),
             shared_cell(r),
-            f"orphaned: {r.gone or r.checkout} is gone" if r.orphaned else (r.checkout or "-"),
+            f"orphaned: {r.gone} is gone" if r.orphaned else (r.checkout or "-"),
         )
         for r in rows
     ]
@@ -329,11 +310,7 @@ class Renderer(ABC):
     @abstractmethod
     def log_tail(self, service: str, text: str) -> None: ...
 
-    def log_tails(self, logs: Mapping[str, str]) -> None:
-        for service, text in logs.items():
-            self.log_tail(service, text)
-
-    def up_result(self, result: UpResultLike) -> None:
+    def up_result(self, result: UpResult) -> None:
         if result.started:
             self.step("compose", f"`docker compose up -d` took {result.compose_seconds:.1f}s")
         else:
@@ -374,7 +351,7 @@ class Renderer(ABC):
     def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         """A plain table: a header and rows of text cells."""
 
-    def observability(self, status: ObservabilityLike) -> None:
+    def observability(self, status: ObservabilityStatus) -> None:
         """`inv observability status`: plain lines on a terminal too (a handful of facts)."""
         state = "up" if status.up else "not up"
         self.line(f"shared observability ({OBSERVABILITY_PROJECT}): {state}")

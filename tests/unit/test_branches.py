@@ -9,7 +9,7 @@ import pytest
 from sandbox.branches import git as branches
 from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
-from sandbox.ui.statusjson import SlotSource
+from sandbox.status import SlotSource
 from tests.unit.support.gitrepos import isolated_git, origin, repo, template
 
 USED_FIXTURES = (isolated_git, origin, repo, template)  # pytest finds them by name here

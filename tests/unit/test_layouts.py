@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import (
+    COMPOSE_FILE,
     apps,
     compose,
     docker,
@@ -253,30 +254,28 @@ def test_shared_gate_checks_the_shared_stack_not_the_slots(target: compose.Targe
 # ----------------------------------------------------------------------------- status
 
 
-@pytest.fixture
-def checkout_exists(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fabricated containers' checkout, /checkout, counts as present (not orphaned)."""
-    monkeypatch.setattr(status, "checkout_gone", lambda checkout: False)
+def summarized(containers: list[docker.Container], tmp_path: Path) -> status.SlotStatus:
+    """The one row of `containers`, started from a checkout that exists (not orphaned)."""
+    (tmp_path / COMPOSE_FILE).write_text("services: {}\n")
+    [row] = status.summarize([replace(c, working_dir=str(tmp_path)) for c in containers])
+    return row
 
 
-@pytest.mark.usefixtures("checkout_exists")
-def test_a_light_slot_with_seven_containers_is_running() -> None:
-    [row] = status.summarize(stack_of(3, LIGHT))
-    assert (row.state, row.healthy, row.total) == ("running", 7, 7)
-    assert (row.workers, row.observability) == ("light", "own")
+def test_a_light_slot_with_seven_containers_is_running(tmp_path: Path) -> None:
+    row = summarized(stack_of(3, LIGHT), tmp_path)
+    assert (row.state, row.services.healthy, row.services.total) == ("running", 7, 7)
+    assert row.layout == LIGHT
 
 
-@pytest.mark.usefixtures("checkout_exists")
-def test_a_shared_light_slot_with_four_containers_is_running() -> None:
-    [row] = status.summarize(stack_of(4, LIGHT_SHARED))
-    assert (row.state, row.total, row.observability) == ("running", 4, "shared")
+def test_a_shared_light_slot_with_four_containers_is_running(tmp_path: Path) -> None:
+    row = summarized(stack_of(4, LIGHT_SHARED), tmp_path)
+    assert (row.state, row.services.total, row.layout) == ("running", 4, LIGHT_SHARED)
 
 
-@pytest.mark.usefixtures("checkout_exists")
-def test_a_full_slot_missing_two_workers_is_partial() -> None:
+def test_a_full_slot_missing_two_workers_is_partial(tmp_path: Path) -> None:
     containers = [c for c in stack_of(2, slots.DEFAULT_LAYOUT) if c.service in LIGHT.services]
-    [row] = status.summarize(containers)
-    assert (row.state, row.total) == ("partial", 9)
+    row = summarized(containers, tmp_path)
+    assert (row.state, row.services.total) == ("partial", 9)
 
 
 # ----------------------------------------------------------------------------- preflight

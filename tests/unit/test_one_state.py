@@ -1,17 +1,22 @@
 """One state rule: `inv status` (the table) and `inv status --json` say the same of every slot.
 
-Each case is a slot as the engine and the filesystem could show it; both views are computed
-from the same containers, checkouts and `.sandbox/slot-N.up.json` records, as their `collect`
-functions compute them, and must agree on the state, on orphaned, on what the last `up` left,
-and on the counts. Every state is covered (a test below checks the cases reach them all).
+Each case is a slot as the engine and the filesystem could show it (containers, checkouts,
+`.sandbox/slot-N.up.json` records). `status.summarize` makes the one model of it, and both
+views draw that model: the table (its cells and its plain text) and the JSON document (as a
+script parses it) must say the same state, orphaned or not, the same last `up`, the same
+counts, layout, API URL and checkout. Every state is covered (a test checks the cases reach
+them all), so a view that decided a state of its own would fail here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import replace
+from io import StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,46 +155,58 @@ CASES: dict[str, tuple[Case, str]] = {
 }
 
 
-def both_views(
-    containers: list[docker.Container], root: Path
-) -> tuple[status.SlotStatus, dict[str, object]]:
-    [row] = status.summarize(containers)
-    sources = statusjson.slot_sources(containers, {})
-    records = statusjson.last_ups(containers, slots.SLOTS, root)
-    [entry] = statusjson.document(containers, sources, {}, records=records)["slots"]
-    return row, entry
+def views(rows: list[status.SlotStatus]) -> tuple[list[tuple[str, ...]], str, dict[str, Any]]:
+    """What each view makes of the same rows: the table's cells and its plain text, and the
+    JSON document as a script parses it."""
+    table = StringIO()
+    render.PlainRenderer(table).status(rows)
+    return (
+        render.status_cells(rows),
+        table.getvalue(),
+        json.loads(statusjson.dumps(statusjson.document(rows))),
+    )
+
+
+def agree(cells: tuple[str, ...], entry: dict[str, Any]) -> None:
+    """One slot's table row says what its JSON entry says."""
+    slot, project, state, healthy, workers, observability, api, source, _, checkout = cells
+    assert (int(slot), project) == (entry["slot"], entry["project"])
+    assert state.split(":")[0] == entry["state"]  # the word the table prints
+    last = entry["last_up"]
+    assert state.partition(": ")[2] == (last["reason"] if last else "")
+    services = entry["services"]
+    assert healthy == f"{services['healthy']}/{services['total']}"
+    assert (workers, observability) == (entry["workers"], entry["observability"])
+    assert api in ("-", entry["urls"]["backend"])
+    assert source == "-" or entry["source"] is None or entry["source"] in source
+    assert checkout.startswith("orphaned: ") == entry["orphaned"]
+    if not entry["orphaned"]:
+        assert checkout == (entry["checkout"] or "-")
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_the_table_and_the_json_agree(tmp_path: Path, name: str) -> None:
     here = a_checkout(tmp_path / "sandbox")
     case, expected = CASES[name]
-    row, entry = both_views(case(here), here)
-    assert (row.state, entry["state"]) == (expected, expected)
-    assert row.orphaned == entry["orphaned"]
-    services = entry["services"]
-    assert isinstance(services, dict)
-    assert (row.healthy, row.total) == (services["healthy"], services["total"])
-    last = entry["last_up"]
-    assert bool(row.last_up) == (last is not None)
-    if isinstance(last, dict):
-        assert row.last_up == last["reason"]
-    [cells] = render.status_cells([row])
-    assert cells[2].split(":")[0] == entry["state"]  # what the table prints, word for word
+    rows = status.summarize(case(here), root=here)
+    [cells], text, doc = views(rows)
+    [entry] = doc["slots"]
+    assert (cells[2].split(":")[0], entry["state"]) == (expected, expected)
+    agree(cells, entry)
+    [line] = text.splitlines()[1:]
+    assert all(cell in line for cell in cells)  # the plain table prints those cells
 
 
 def test_the_cases_cover_every_state() -> None:
     assert {expected for _, expected in CASES.values()} == set(status.STATES)
-    assert statusjson.STATES == status.STATES
+    assert set(statusjson.STATES) == set(render.STATE_STYLE) == set(status.STATES)
 
 
 def test_the_orphaned_line_names_what_is_gone(tmp_path: Path) -> None:
     here = a_checkout(tmp_path / "sandbox")
-    [row] = status.summarize(source_moved(here))
-    [cells] = render.status_cells([row])
+    [cells] = render.status_cells(status.summarize(source_moved(here)))
     assert cells[-1] == f"orphaned: {tmp_path / 'ktrdr-moved-branch'} is gone"  # not the checkout
-    [row] = status.summarize(checkout_gone(here))
-    [cells] = render.status_cells([row])
+    [cells] = render.status_cells(status.summarize(checkout_gone(here)))
     assert cells[-1] == f"orphaned: {tmp_path / 'deleted-sandbox'} is gone"
 
 
@@ -201,9 +218,16 @@ def test_a_start_without_containers_is_in_both(tmp_path: Path) -> None:
         (lastup.STARTING, DEAD_PID, "failed"),
     ):
         set_record(here, outcome, pid, "docker build failed")
-        [row] = status.unstarted(here, [], 3)
-        records = statusjson.last_ups([], slots.SLOTS, here)
-        [entry] = statusjson.document([], {}, {}, 3, records=records)["slots"]
-        assert (row.state, entry["state"]) == (expected, expected)
-        last = entry["last_up"]
-        assert isinstance(last, dict) and row.last_up == last["reason"]
+        rows = status.summarize([], 3, root=here)
+        [cells], _, doc = views(rows)
+        [entry] = doc["slots"]
+        assert (cells[2].split(":")[0], entry["state"]) == (expected, expected)
+        agree(cells, entry)
+
+
+def test_a_slot_with_only_its_volume_is_in_both(tmp_path: Path) -> None:
+    rows = status.summarize([], root=a_checkout(tmp_path / "sandbox"), volumes={5: ["v"]})
+    [cells], _, doc = views(rows)
+    [entry] = doc["slots"]
+    assert (entry["state"], entry["volumes"]) == ("stopped", ["v"])
+    agree(cells, entry)

@@ -21,6 +21,7 @@ from sandbox.images import build as images
 from sandbox.ports import Listener, TakenPort
 from sandbox.remote import enginehost
 from sandbox.runner import Result
+from sandbox.status import checkout_gone
 
 # The real ones, before the `engine` fixture swaps them for fakes.
 REAL_CAN_BIND = ports.can_bind
@@ -187,8 +188,8 @@ def test_an_orphaned_slot_names_the_one_command_that_works_from_here(
     target: compose.Target, tmp_path: Path
 ) -> None:
     gone = str(tmp_path / "deleted-worktree")
-    assert preflight.orphaned(gone)
-    assert not preflight.orphaned(a_checkout(tmp_path / "here"))
+    assert checkout_gone(gone)
+    assert not checkout_gone(a_checkout(tmp_path / "here"))
     err = preflight.other_checkout_error(target, gone)
     assert err.code is Exit.OTHER_CHECKOUT
     assert err.message == (

@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from sandbox import engine, reach, slots
+from sandbox import engine, reach, slots, status
 from sandbox.docker import PublishedPort
 from sandbox.errors import Exit, SandboxError
-from sandbox.ui import statusjson
 from tests.unit.support.factories import container
 
 GATEWAY = "172.17.0.1"
@@ -280,7 +279,7 @@ def test_status_gives_the_agent_url_only_where_the_bridge_reaches(
 ) -> None:
     fake_engine(monkeypatch)
     url = "http://host.docker.internal:8007/api/v1"
-    assert statusjson.agent_url(backend(("127.0.0.1", 8007)), 7) is None
-    assert statusjson.agent_url(backend(("127.0.0.1", 8007), (GATEWAY, 8007)), 7) == url
-    assert statusjson.agent_url(backend(("0.0.0.0", 8007)), 7) == url
-    assert statusjson.agent_url(backend(("192.0.2.2", 8007)), 7) is None
+    assert status.agent_url(backend(("127.0.0.1", 8007)), 7) is None
+    assert status.agent_url(backend(("127.0.0.1", 8007), (GATEWAY, 8007)), 7) == url
+    assert status.agent_url(backend(("0.0.0.0", 8007)), 7) == url
+    assert status.agent_url(backend(("192.0.2.2", 8007)), 7) is None

@@ -6,12 +6,14 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from io import StringIO
+from typing import Any
 
 from rich.console import Console
 
-from sandbox import ROOT
+from sandbox import ROOT, preflight, slots, status
 from sandbox.checks import CheckResult, GateResult, State
 from sandbox.runner import run
+from sandbox.stack import UpResult
 from sandbox.status import SlotStatus
 from sandbox.ui import render
 from sandbox.ui.render import PlainRenderer, Renderer
@@ -87,46 +89,38 @@ def test_plain_gate_summary_failure_shows_checks_and_log_tails() -> None:
 
 
 def test_up_result_reports_compose_time_then_gate() -> None:
-    @dataclass
-    class Up:
-        gate: GateResult
-        logs: dict[str, str]
-        started: bool
-        compose_seconds: float
-
     out, buffer = plain()
     checks = [replace(c, state=State.PASSED, elapsed=1.0) for c in CHECKS]
-    out.up_result(Up(GateResult(1, True, checks, 3.0, {}), {}, True, 4.5))
+    checked = preflight.Preflight(compose=[], steps=[], running=[])
+    out.up_result(UpResult(checked, True, GateResult(1, True, checks, 3.0, {}), {}, 4.5))
     assert buffer.getvalue().splitlines() == [
         "compose: `docker compose up -d` took 4.5s",
         "gate: slot 1 is ready: all 3 checks passed in 3.0s",
     ]
 
 
+def slot_row(slot: int, state: status.State, **kwargs: Any) -> SlotStatus:
+    ports = slots.ports(slot)
+    urls = slots.service_urls("127.0.0.1", ports.__getitem__)
+    services = status.Services(9, 9, 9) if state == "running" else status.Services(6, 0, 0)
+    return replace(SlotStatus(slot, state, services, ports, urls, None, ""), **kwargs)
+
+
 STATUSES = [
-    SlotStatus(
+    slot_row(
         1,
-        "ktrdr-sandbox-1",
         "running",
-        9,
-        9,
-        "http://127.0.0.1:8001/api/v1",
-        "/w/main",
-        "ktrdr: /code/ktrdr-x",
+        api_url="http://127.0.0.1:8001/api/v1",
+        checkout="/w/main",
+        source=status.SlotSource("/code/ktrdr-x", "ktrdr"),
         shared_dir="/s",
         models_dir="/s/slots/slot-1/models",
     ),
-    SlotStatus(
+    slot_row(
         10,
-        "ktrdr-sandbox-10",
         "stopped",
-        0,
-        6,
-        None,
-        "several",
-        "reference (built in)",
-        workers="light",
-        observability="shared",
+        checkout="several",
+        layout=slots.Layout("light", "shared"),
         shared_dir="/s",
         models_dir="/s/models",
     ),

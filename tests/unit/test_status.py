@@ -34,14 +34,14 @@ def test_running_slot(tmp_path: Path) -> None:
     [row] = status.summarize(full_stack(1, working_dir=here))
     assert row == status.SlotStatus(
         slot=1,
-        project="ktrdr-sandbox-1",
         state="running",
-        healthy=9,
-        total=9,
+        services=status.Services(total=9, running=9, healthy=9),
+        ports=slots.ports(1),
+        urls=slots.service_urls("127.0.0.1", slots.ports(1).__getitem__),
         api_url="http://127.0.0.1:8001/api/v1",
         checkout=here,
-        source="reference (built in)",
     )
+    assert row.project == "ktrdr-sandbox-1" and not row.orphaned and row.reason == ""
 
 
 def test_a_running_slot_whose_checkout_is_gone_is_orphaned_whatever_runs() -> None:
@@ -58,7 +58,7 @@ def a_checkout(path: Path) -> str:
 def test_a_slot_whose_checkout_is_gone_is_orphaned(tmp_path: Path) -> None:
     here = a_checkout(tmp_path / "here")
     [row] = status.summarize(full_stack(1, working_dir=here))
-    assert not row.orphaned and row.state == "running" and row.last_up == ""
+    assert not row.orphaned and row.state == "running" and row.last_up is None
     [row] = status.summarize(full_stack(1, working_dir=str(tmp_path / "deleted")))
     assert row.orphaned
 
@@ -79,25 +79,26 @@ def test_an_up_that_did_not_finish_shows_as_failed_with_its_reason(tmp_path: Pat
     root = Path(here)
     lastup.write(root, 1, lastup.INTERRUPTED)
     [row] = status.summarize(full_stack(1, working_dir=here))
-    assert row.state == "failed" and row.last_up.startswith("last up interrupted at ")
+    assert row.state == "failed" and row.reason.startswith("last up interrupted at ")
     lastup.write(root, 1, lastup.FAILED, "gate: backend: HTTP 503")
     [row] = status.summarize(full_stack(1, working_dir=here))
-    assert row.last_up.endswith(": gate: backend: HTTP 503")
+    assert row.reason.endswith(": gate: backend: HTTP 503")
     lastup.write(root, 1, lastup.STARTING)  # by this process, which runs: still starting
     assert status.summarize(full_stack(1, working_dir=here))[0].state == "running"
     record = lastup.path(root, 1)
     record.write_text(record.read_text().replace(f'"pid": {os.getpid()}', '"pid": 999999999'))
     [row] = status.summarize(full_stack(1, working_dir=here))
-    assert row.state == "failed" and "was killed" in row.last_up
+    assert row.state == "failed" and "was killed" in row.reason
     lastup.write(root, 1, lastup.READY)
-    assert status.summarize(full_stack(1, working_dir=here))[0].last_up == ""
+    assert status.summarize(full_stack(1, working_dir=here))[0].last_up is None
 
 
-def test_the_source_a_slot_runs_is_shown() -> None:
+def test_the_source_a_slot_runs_is_its_labels() -> None:
     stack = [replace(c, app="ktrdr", source="/code/ktrdr-x") for c in full_stack(3)]
-    assert status.summarize(stack)[0].source == "ktrdr: /code/ktrdr-x"
+    [row] = status.summarize(stack)
+    assert (row.source, row.sources_agree) == (status.SlotSource("/code/ktrdr-x", "ktrdr"), True)
     stack[0] = replace(stack[0], source="/code/other")
-    assert status.summarize(stack)[0].source == "several"
+    assert not status.summarize(stack)[0].sources_agree
 
 
 def test_partial_and_stopped_slots_sorted_by_slot(tmp_path: Path) -> None:
@@ -109,8 +110,8 @@ def test_partial_and_stopped_slots_sorted_by_slot(tmp_path: Path) -> None:
     ]
     rows = status.summarize([*stopped, *partial])
     assert [(r.slot, r.state) for r in rows] == [(2, "partial"), (7, "stopped")]
-    assert (rows[0].healthy, rows[0].total) == (8, 9)
-    assert (rows[1].healthy, rows[1].total, rows[1].api_url) == (0, 9, None)
+    assert rows[0].services == status.Services(total=9, running=8, healthy=8)
+    assert (rows[1].services, rows[1].api_url) == (status.Services(9, 0, 0), None)
 
 
 @pytest.mark.parametrize(
@@ -126,8 +127,8 @@ def test_partial_and_stopped_slots_sorted_by_slot(tmp_path: Path) -> None:
 )
 def test_healthy_counts(state: str, text: str, healthy: bool) -> None:
     [row] = status.summarize([make(3, "grafana", state, text)])
-    assert row.healthy == int(healthy)
-    assert row.total == len(slots.SERVICES)  # the other eight have no container at all
+    assert row.services.healthy == int(healthy)
+    assert row.services.total == len(slots.SERVICES)  # the other eight have no container at all
 
 
 def test_api_url_from_the_backends_published_port() -> None:
@@ -235,14 +236,20 @@ def test_a_remote_engines_api_urls_use_its_host() -> None:
 def test_a_stack_missing_services_is_partial(tmp_path: Path) -> None:
     [row] = status.summarize([make(4, "db", working_dir=a_checkout(tmp_path / "here"))])
     assert row.state == "partial"
-    assert (row.healthy, row.total) == (1, 9)
+    assert (row.services.healthy, row.services.total) == (1, 9)
 
 
 def test_a_start_that_failed_before_any_container_shows_from_its_checkout(tmp_path: Path) -> None:
     root = Path(a_checkout(tmp_path / "here"))
     lastup.write(root, 4, lastup.FAILED, "docker build failed")
-    [row] = status.unstarted(root, status.summarize(full_stack(1)), None)
-    assert (row.slot, row.state, row.checkout) == (4, "failed", str(root))
-    assert row.last_up.endswith(": docker build failed")
-    assert status.unstarted(root, status.summarize(full_stack(4)), None) == []  # shown already
-    assert status.unstarted(root, [], 5) == []
+    lastup.write(root, 6, lastup.READY)
+    ran = full_stack(1, working_dir=str(root))
+    assert [(r.slot, r.state) for r in status.summarize(ran, root=root)] == [
+        (1, "running"),
+        (4, "failed"),
+    ]
+    [row] = status.summarize([], 4, root=root)
+    assert (row.state, row.checkout, row.services.total) == ("failed", "", 9)
+    assert row.reason.endswith(": docker build failed")
+    assert status.summarize([], 5, root=root) == []
+    assert status.summarize([]) == []  # no checkout named: no record read

@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sandbox import ROOT, docker, engine, lastup, slots, verify
+from sandbox import COMPOSE_FILE, ROOT, docker, engine, lastup, slots, status, verify
 from sandbox.branches import worktrees
 from sandbox.docker import PublishedPort
 from sandbox.runner import run
 from sandbox.ui import statusjson
-from sandbox.ui.statusjson import SlotSource
 from tests.unit.support.factories import make
 
 DOC = ROOT / "docs" / "designs" / "Sandbox" / "STATUS_JSON.md"
@@ -85,18 +85,42 @@ def published(slot: int, service: str, ip: str = "127.0.0.1") -> tuple[Published
     )
 
 
-def stack(slot: int, ip: str = "127.0.0.1", **kwargs: Any) -> list[docker.Container]:
-    return [make(slot, s, ports=published(slot, s, ip), **kwargs) for s in slots.SERVICES]
+@pytest.fixture
+def here(tmp_path: Path) -> Path:
+    """A ktrdr-sandbox checkout that exists: the containers below were started from it."""
+    checkout = tmp_path / "ktrdr-sandbox"
+    checkout.mkdir()
+    (checkout / COMPOSE_FILE).write_text("services: {}\n")
+    return checkout
 
 
-SOURCE = SlotSource("/src/ktrdr-feature-x", "ktrdr", "feature/x")
+def stack(slot: int, here: Path, ip: str = "127.0.0.1", **kwargs: Any) -> list[docker.Container]:
+    return [
+        make(slot, s, ports=published(slot, s, ip), working_dir=str(here), **kwargs)
+        for s in slots.SERVICES
+    ]
+
+
+def document(containers: list[docker.Container], **options: Any) -> dict[str, Any]:
+    """The document of `status.collect`'s rows for these containers."""
+    return statusjson.document(status.summarize(containers, **options))
+
+
+def entry_of(containers: list[docker.Container], **options: Any) -> dict[str, Any]:
+    [entry] = document(containers, **options)["slots"]
+    assert isinstance(entry, dict)
+    return entry
 
 
 # ----------------------------------------------------------------------------- the shape
 
 
-def test_running_slot_document() -> None:
-    doc = statusjson.document([*stack(2), make("other-project", "web")], {2: SOURCE})
+def test_running_slot_document(here: Path) -> None:
+    source = here.parent / "ktrdr-feature-x"
+    source.mkdir()
+    labelled = [replace(c, app="ktrdr", source=str(source)) for c in stack(2, here)]
+    rows = status.summarize([*labelled, make("other-project", "web")])
+    doc = statusjson.document(status.with_branches(rows, {str(source): "feature/x"}.get))
     check_shape(doc)
     [entry] = doc["slots"]
     assert entry == {
@@ -104,9 +128,9 @@ def test_running_slot_document() -> None:
         "project": "ktrdr-sandbox-2",
         "state": "running",
         "app": "ktrdr",
-        "source": "/src/ktrdr-feature-x",
+        "source": str(source),
         "branch": "feature/x",
-        "checkout": "/home/dev/ktrdr-sandbox",
+        "checkout": str(here),
         "orphaned": False,
         "workers": "full",
         "observability": "own",
@@ -131,12 +155,13 @@ def test_running_slot_document() -> None:
     }
 
 
-def test_dumps_round_trips() -> None:
-    doc = statusjson.document(stack(1), {}, {1: ["ktrdr-sandbox-1_db-data"], 4: []})
+def test_dumps_round_trips(here: Path) -> None:
+    doc = document(stack(1, here), volumes={1: ["ktrdr-sandbox-1_db-data"], 4: []})
     text = statusjson.dumps(doc)
     assert json.loads(text) == doc
     check_shape(json.loads(text))
-    assert statusjson.dumps(statusjson.document([], {})) == (
+    assert doc["slots"][0]["volumes"] == ["ktrdr-sandbox-1_db-data"]
+    assert statusjson.dumps(statusjson.document([])) == (
         '{\n  "schema": "ktrdr-sandbox/status",\n  "version": 1,\n  "slots": []\n}'
     )
 
@@ -188,56 +213,68 @@ def test_documentation_example_has_the_pinned_shape() -> None:
 # ----------------------------------------------------------------------------- states
 
 
-def last_one(state: str, status_text: str) -> list[docker.Container]:
+def last_one(here: Path, state: str, status_text: str) -> list[docker.Container]:
     """Slot 1's stack with grafana (the last service) in `state`."""
-    return [*stack(1)[:-1], make(1, "grafana", state, status_text)]
+    return [*stack(1, here)[:-1], make(1, "grafana", state, status_text, working_dir=str(here))]
+
+
+def all_in(state: str, text: str) -> Callable[[Path], list[docker.Container]]:
+    return lambda here: stack(1, here, state=state, status_text=text)
+
+
+def last_in(state: str, text: str) -> Callable[[Path], list[docker.Container]]:
+    return lambda here: last_one(here, state, text)
 
 
 @pytest.mark.parametrize(
     ("containers", "state"),
     [
-        (stack(1, state="exited", status_text="Exited (0) 1 minute ago"), "stopped"),
-        (stack(1, state="exited", status_text="Exited (143) 1 minute ago"), "stopped"),
-        (stack(1, state="created", status_text="Created"), "stopped"),
-        (stack(1)[:-1], "partial"),
-        (last_one("exited", "Exited (0) 2 seconds ago"), "partial"),
-        (last_one("exited", "Exited (1) 2 seconds ago"), "failed"),
-        (last_one("running", "Up 1 minute (unhealthy)"), "failed"),
-        (last_one("restarting", "Restarting (1) 1 second ago"), "failed"),
-        (last_one("dead", "Dead"), "failed"),
+        (all_in("exited", "Exited (0) 1 minute ago"), "stopped"),
+        (all_in("exited", "Exited (143) 1 minute ago"), "stopped"),
+        (all_in("created", "Created"), "stopped"),
+        (lambda here: stack(1, here)[:-1], "partial"),
+        (last_in("exited", "Exited (0) 2 seconds ago"), "partial"),
+        (last_in("exited", "Exited (1) 2 seconds ago"), "failed"),
+        (last_in("running", "Up 1 minute (unhealthy)"), "failed"),
+        (last_in("restarting", "Restarting (1) 1 second ago"), "failed"),
+        (last_in("dead", "Dead"), "failed"),
     ],
 )
-def test_states(containers: list[docker.Container], state: str) -> None:
-    [entry] = statusjson.document(containers, {})["slots"]
-    assert entry["state"] == state
+def test_states(
+    containers: Callable[[Path], list[docker.Container]], state: str, here: Path
+) -> None:
+    assert entry_of(containers(here))["state"] == state
 
 
-def test_health_counts() -> None:
+def test_health_counts(here: Path) -> None:
     containers = [
-        *stack(1)[:-2],
-        make(1, "prometheus", "running", "Up 5 seconds (health: starting)"),
-        make(1, "grafana", "running", "Up 5 seconds"),  # no healthcheck: nothing says unwell
+        *stack(1, here)[:-2],
+        make(1, "prometheus", "running", "Up 5 seconds (health: starting)", working_dir=str(here)),
+        make(1, "grafana", "running", "Up 5 seconds", working_dir=str(here)),  # no healthcheck
     ]
-    [entry] = statusjson.document(containers, {})["slots"]
+    entry = entry_of(containers)
     assert entry["services"] == {"total": 9, "running": 9, "healthy": 8}
     assert entry["state"] == "running"
 
 
-@pytest.mark.parametrize(
-    "source",
-    [
-        SlotSource("/gone", "ktrdr", None, source_exists=False),
-        SlotSource("/src/x", "ktrdr", "x", checkout_exists=False),
-    ],
-)
-def test_orphaned_wins(source: SlotSource) -> None:
-    [entry] = statusjson.document(stack(3), {3: source})["slots"]
-    assert entry["orphaned"] is True
-    assert entry["state"] == "orphaned"
+def test_orphaned_wins_when_the_source_is_gone(here: Path) -> None:
+    source = here.parent / "ktrdr-old-branch"
+    source.mkdir()
+    labelled = [replace(c, app="ktrdr", source=str(source)) for c in stack(3, here)]
+    assert entry_of(labelled)["orphaned"] is False
+    source.rmdir()
+    entry = entry_of(labelled)
+    assert (entry["orphaned"], entry["state"], entry["source"]) == (True, "orphaned", str(source))
+
+
+def test_orphaned_wins_when_the_checkout_is_gone(tmp_path: Path) -> None:
+    entry = entry_of(stack(3, tmp_path / "deleted-sandbox"))
+    assert (entry["orphaned"], entry["state"]) == (True, "orphaned")
+    assert entry["checkout"] == str(tmp_path / "deleted-sandbox")
 
 
 def test_volume_only_slot_is_listed_stopped() -> None:
-    doc = statusjson.document([], {}, {5: ["ktrdr-sandbox-5_db-data"]})
+    doc = document([], volumes={5: ["ktrdr-sandbox-5_db-data"]})
     check_shape(doc)
     [entry] = doc["slots"]
     assert (entry["slot"], entry["state"], entry["checkout"]) == (5, "stopped", None)
@@ -246,72 +283,61 @@ def test_volume_only_slot_is_listed_stopped() -> None:
     assert entry["ports"] == slots.ports(5)
 
 
-def test_only_slot_and_order() -> None:
-    containers = stack(4) + stack(0)
-    assert [e["slot"] for e in statusjson.document(containers, {})["slots"]] == [0, 4]
-    assert [e["slot"] for e in statusjson.document(containers, {}, only_slot=4)["slots"]] == [4]
+def test_only_slot_and_order(here: Path) -> None:
+    containers = stack(4, here) + stack(0, here)
+    assert [e["slot"] for e in document(containers)["slots"]] == [0, 4]
+    assert [e["slot"] for e in document(containers, only_slot=4)["slots"]] == [4]
 
 
-def test_several_checkouts_give_no_checkout() -> None:
-    containers = [*stack(1)[:-1], make(1, "grafana", working_dir="/elsewhere")]
-    [entry] = statusjson.document(containers, {})["slots"]
-    assert entry["checkout"] is None
+def test_several_checkouts_give_no_checkout(here: Path) -> None:
+    containers = [*stack(1, here)[:-1], make(1, "grafana", working_dir=str(here.parent))]
+    assert entry_of(containers)["checkout"] is None
 
 
 # ----------------------------------------------------------------------------- ports, urls
 
 
-def test_ports_follow_what_is_published() -> None:
-    containers = stack(1)
+def test_ports_follow_what_is_published(here: Path) -> None:
     backend = make(1, "backend", ports=(PublishedPort("127.0.0.1", 18001, 8000),))
-    containers = [backend if c.service == "backend" else c for c in containers]
-    [entry] = statusjson.document(containers, {})["slots"]
+    containers = [backend if c.service == "backend" else c for c in stack(1, here)]
+    entry = entry_of(containers)
     assert entry["ports"]["KTRDR_API_PORT"] == 18001
     assert entry["urls"]["backend"] == "http://127.0.0.1:18001/api/v1"
 
 
-def test_url_host_from_the_binding() -> None:
-    [remote] = statusjson.document(stack(1, ip="127.0.0.2"), {})["slots"]
+def test_url_host_from_the_binding(here: Path) -> None:
+    remote = entry_of(stack(1, here, ip="127.0.0.2"))
     assert remote["urls"]["grafana"] == "http://127.0.0.2:3001"
-    [v6] = statusjson.document(stack(1, ip="::1"), {})["slots"]
+    v6 = entry_of(stack(1, here, ip="::1"))
     assert v6["urls"]["backend"] == "http://[::1]:8001/api/v1"
     wildcard = [
-        make(1, s, ports=published(1, s, "0.0.0.0") + published(1, s, "::")) for s in slots.SERVICES
+        make(1, s, ports=published(1, s, "0.0.0.0") + published(1, s, "::"), working_dir=str(here))
+        for s in slots.SERVICES
     ]
-    [wide] = statusjson.document(wildcard, {})["slots"]
+    wide = entry_of(wildcard)
     assert wide["urls"]["jaeger"] == "http://127.0.0.1:16687"
     assert wide["ports"] == slots.ports(1)
     # On a remote engine the wildcard is that engine's host's.
     where = engine.resolve({"DOCKER_HOST": "ssh://me@big-box"}, None)
-    [far] = statusjson.document(wildcard, {}, where=where)["slots"]
-    assert far["urls"]["backend"] == "http://big-box:8001/api/v1"
+    assert entry_of(wildcard, where=where)["urls"]["backend"] == "http://big-box:8001/api/v1"
 
 
 # ----------------------------------------------------------------------------- sources, verify
 
 
-def test_describe_source_from_a_real_checkout(tmp_path: Path) -> None:
-    app, checkout = tmp_path / "app", tmp_path / "sandbox"
-    checkout.mkdir()
-    (checkout / "docker-compose.sandbox.yml").write_text("")  # what makes it a checkout
-    env = worktrees.git_env({"HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"})
+def test_the_branch_of_each_source_from_git(here: Path) -> None:
+    app = here.parent / "app"
+    env = worktrees.git_env({"HOME": str(here.parent), "GIT_CONFIG_NOSYSTEM": "1"})
     assert run(["git", "init", "-q", "-b", "feature/y", str(app)], env=env).ok
-    found = statusjson.describe_source(str(app), "ktrdr", str(checkout), env)
-    assert found == SlotSource(str(app), "ktrdr", "feature/y", True, True)
-    gone = statusjson.describe_source(str(tmp_path / "gone"), None, str(tmp_path / "nope"), env)
-    assert gone == SlotSource(str(tmp_path / "gone"), None, None, False, False)
-    assert statusjson.describe_source(None, None, None, env) == SlotSource()
-
-
-def test_slot_sources_from_labels(tmp_path: Path) -> None:
-    (tmp_path / "docker-compose.sandbox.yml").write_text("")  # a live ktrdr-sandbox checkout
-    db = make(1, "db", working_dir=str(tmp_path))
-    backend = replace(make(1, "backend", working_dir=str(tmp_path)), source=str(tmp_path), app="x")
-    builtin = replace(make(2, "backend", working_dir=str(tmp_path)), app="reference")
-    found = statusjson.slot_sources([db, backend, builtin], {})
+    db = make(1, "db", working_dir=str(here))
+    backend = replace(make(1, "backend", working_dir=str(here)), source=str(app), app="x")
+    builtin = replace(make(2, "backend", working_dir=str(here)), app="reference")
+    gone = replace(make(3, "backend", working_dir=str(here)), source=str(here / "gone"))
+    found = status.slot_sources([db, backend, builtin, gone], env)
     assert found == {
-        1: SlotSource(str(tmp_path), "x", None, True, True),
-        2: SlotSource(None, "reference", None, True, True),
+        1: status.SlotSource(str(app), "x", "feature/y"),
+        2: status.SlotSource(None, "reference", None),
+        3: status.SlotSource(str(here / "gone"), None, None),
     }
 
 
@@ -346,18 +372,23 @@ def test_verify_document() -> None:
 # ----------------------------------------------------------------------------- last up
 
 
-def record(outcome: str, reason: str = "", pid: int = 0) -> lastup.LastUp:
-    return lastup.LastUp(outcome, reason, pid, 1_800_000_000.0)
+def record(here: Path, slot: int, outcome: str, reason: str = "", pid: int = 0) -> None:
+    """`.sandbox/slot-N.up.json` in checkout `here`, written at a fixed time by `pid`."""
+    lastup.write(here, slot, outcome, reason)
+    written = json.loads(lastup.path(here, slot).read_text())
+    written |= {"at": 1_800_000_000.0, "pid": pid or os.getpid()}
+    lastup.path(here, slot).write_text(json.dumps(written))
 
 
-def test_a_ready_start_says_nothing() -> None:
-    [entry] = statusjson.document(stack(1), {}, records={1: record(lastup.READY)})["slots"]
+def test_a_ready_start_says_nothing(here: Path) -> None:
+    record(here, 1, lastup.READY)
+    entry = entry_of(stack(1, here))
     assert (entry["state"], entry["last_up"]) == ("running", None)
 
 
-def test_a_failed_start_fails_the_slot_and_says_why() -> None:
-    failed = record(lastup.FAILED, "gate: backend: HTTP 503")
-    doc = statusjson.document(stack(1), {}, records={1: failed})
+def test_a_failed_start_fails_the_slot_and_says_why(here: Path) -> None:
+    record(here, 1, lastup.FAILED, "gate: backend: HTTP 503")
+    doc = document(stack(1, here))
     check_shape(doc)
     [entry] = doc["slots"]
     assert entry["state"] == "failed"
@@ -366,38 +397,39 @@ def test_a_failed_start_fails_the_slot_and_says_why() -> None:
     assert entry["last_up"]["at"] == "2027-01-15T08:00:00Z"
 
 
-def test_a_start_at_work_is_not_a_failure_and_a_killed_one_is() -> None:
-    working = record(lastup.STARTING, pid=os.getpid())
-    [entry] = statusjson.document(stack(1), {}, records={1: working})["slots"]
+def test_a_start_at_work_is_not_a_failure_and_a_killed_one_is(here: Path) -> None:
+    record(here, 1, lastup.STARTING)  # by this process, which runs
+    entry = entry_of(stack(1, here))
     assert entry["state"] == "running"
     assert entry["last_up"]["outcome"] == "starting"
-    killed = record(lastup.STARTING, pid=2**22 + 12345)  # above Linux's pid_max
-    [entry] = statusjson.document(stack(1), {}, records={1: killed})["slots"]
+    record(here, 1, lastup.STARTING, pid=2**22 + 12345)  # above Linux's pid_max
+    entry = entry_of(stack(1, here))
     assert (entry["state"], entry["last_up"]["outcome"]) == ("failed", "killed")
 
 
 def test_records_come_from_the_checkout_that_started_the_slot(tmp_path: Path) -> None:
-    started_there = tmp_path / "other-sandbox"
-    here = tmp_path / "sandbox"
-    lastup.write(started_there, 3, lastup.FAILED, "compose: no space left")
-    lastup.write(here, 3, lastup.READY)
-    lastup.write(here, 4, lastup.INTERRUPTED)
-    containers = [make(3, s, working_dir=str(started_there)) for s in slots.SERVICES]
-    found = statusjson.last_ups(containers, [3, 4, 5], here)
-    assert found[3].reason == "compose: no space left"  # not this checkout's READY
-    assert found[4].outcome == lastup.INTERRUPTED  # no container: this checkout's record
-    assert 5 not in found
-    several = [
-        make(6, "db", working_dir=str(started_there)),
-        make(6, "backend", working_dir="/elsewhere"),
-    ]
-    lastup.write(here, 6, lastup.FAILED, "not about these containers")
-    assert 6 not in statusjson.last_ups(several, [6], here)
+    started_there, here = tmp_path / "other-sandbox", tmp_path / "sandbox"
+    for checkout in (started_there, here):
+        checkout.mkdir()
+        (checkout / COMPOSE_FILE).write_text("services: {}\n")
+    record(started_there, 3, lastup.FAILED, "compose: no space left")
+    record(here, 3, lastup.READY)
+    record(here, 4, lastup.INTERRUPTED)
+    containers = stack(3, started_there)
+    doc = document(containers, root=here, only_slot=None)
+    found = {e["slot"]: e["last_up"] for e in doc["slots"]}
+    assert found[3]["reason"].endswith("compose: no space left")  # not this checkout's READY
+    assert found[4]["outcome"] == lastup.INTERRUPTED  # no container: this checkout's record
+    assert set(found) == {3, 4}
+    several = [make(6, "db", working_dir=str(started_there)), make(6, "backend", working_dir="/x")]
+    record(here, 6, lastup.FAILED, "not about these containers")
+    assert entry_of(several, root=here, only_slot=6)["last_up"] is None
 
 
-def test_a_start_that_failed_before_anything_existed_is_listed() -> None:
-    failed = record(lastup.FAILED, "building the image failed")
-    doc = statusjson.document([], {}, records={7: failed, 8: record(lastup.READY)})
+def test_a_start_that_failed_before_anything_existed_is_listed(here: Path) -> None:
+    record(here, 7, lastup.FAILED, "building the image failed")
+    record(here, 8, lastup.READY)
+    doc = document([], root=here)
     check_shape(doc)
     [entry] = doc["slots"]
     assert (entry["slot"], entry["state"], entry["volumes"]) == (7, "failed", [])
