@@ -126,6 +126,12 @@ def checkout_gone(here: Path) -> list[docker.Container]:
     return stack(here.parent / "deleted-sandbox")
 
 
+def running_a_source(here: Path) -> list[docker.Container]:
+    source = here.parent / "ktrdr-feature"
+    source.mkdir()
+    return [replace(c, app="ktrdr") for c in stack(here, source=str(source))]
+
+
 def source_moved(here: Path) -> list[docker.Container]:
     return stack(here, source=str(here.parent / "ktrdr-moved-branch"))
 
@@ -150,6 +156,7 @@ CASES: dict[str, tuple[Case, str]] = {
     "an up at work": (starting_up, "partial"),
     "last up ready": (ready_up, "running"),
     "checkout gone": (checkout_gone, "orphaned"),
+    "running a source": (running_a_source, "running"),
     "source moved": (source_moved, "orphaned"),
     "orphaned and crashed": (orphaned_and_crashed, "orphaned"),
 }
@@ -178,7 +185,8 @@ def agree(cells: tuple[str, ...], entry: dict[str, Any]) -> None:
     assert healthy == f"{services['healthy']}/{services['total']}"
     assert (workers, observability) == (entry["workers"], entry["observability"])
     assert api in ("-", entry["urls"]["backend"])
-    assert source == "-" or entry["source"] is None or entry["source"] in source
+    app = entry["app"] or "reference"
+    assert source == (f"{app}: {entry['source']}" if entry["source"] else f"{app} (built in)")
     assert checkout.startswith("orphaned: ") == entry["orphaned"]
     if not entry["orphaned"]:
         assert checkout == (entry["checkout"] or "-")
