@@ -12,15 +12,10 @@ import pytest
 from sandbox import admission, stack
 from sandbox.admission import Entry, Interval, Line, place
 from sandbox.errors import Exit, SandboxError
+from tests.unit.support.clock import FakeClock
 from tests.unit.support.flocks import held_elsewhere
 
 GIB = 1 << 30
-
-
-@pytest.fixture
-def lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path / "locks"))
-    return tmp_path / "locks"
 
 
 @contextlib.contextmanager
@@ -129,28 +124,22 @@ def test_a_lost_counter_never_jumps_the_starts_in_line(lock_dir: Path, counter: 
 
 
 def test_a_start_waits_until_one_ahead_ends_and_says_so(
-    lock_dir: Path, monkeypatch: pytest.MonkeyPatch
+    lock_dir: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KTRDR_MAX_STARTS", "1")
     said: list[str] = []
-    looks = 0
     with contextlib.ExitStack() as others:
         others.enter_context(entry_elsewhere(lock_dir, 1, slot=3))
-
-        def sleep(_: float) -> None:
-            nonlocal looks
-            looks += 1
-            if looks == 3:
-                others.close()  # the start ahead ends (or dies): the kernel drops its lock
-
-        with admission.turn(8, os.environ, on_wait=said.append, sleep=sleep) as turn:
+        # The start ahead ends (or dies) during the third look: the kernel drops its lock.
+        clock.then(3, others.close)
+        with admission.turn(8, os.environ, on_wait=said.append, sleep=clock.sleep) as turn:
             assert turn.admitted and turn.queued
             assert Line.of(os.environ).live() == [Entry(2, 8, os.getpid())]
     assert said == [
         "slot 8 waits for its turn to start: number 1 in line (starting now: slot 3; at most "
         "1 at once, KTRDR_MAX_STARTS sets it)"
     ]
-    assert looks == 3
+    assert len(clock.slept) == 3
     events = [
         (r["event"], r["slot"]) for r in admission.read_record(Line.of(os.environ).record_path)
     ]

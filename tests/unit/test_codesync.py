@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import apps, compose, envfiles, runner
+from sandbox import apps, compose, runner
 from sandbox.errors import Exit, SandboxError
 from sandbox.remote import codesync
 from sandbox.runner import Result
@@ -83,10 +83,8 @@ def engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeEngine:
 
 
 @pytest.fixture
-def target(tmp_path: Path) -> compose.Target:
-    root = tmp_path / "sandbox"
-    envfiles.write_all(root)
-    return compose.load_target(root, 2)
+def target_slot() -> int:
+    return 2
 
 
 def ktrdr_checkout(where: Path) -> apps.Source:

@@ -11,9 +11,8 @@ from sandbox.images import build as images
 
 
 @pytest.fixture
-def target(tmp_path: Path) -> compose.Target:
-    envfiles.write_all(tmp_path)
-    return compose.load_target(tmp_path, 2)
+def target_slot() -> int:
+    return 2
 
 
 def test_command_names_project_env_file_and_compose_file(target: compose.Target) -> None:

@@ -27,6 +27,7 @@ from sandbox import (
 )
 from sandbox.checks import CheckResult, State
 from sandbox.runner import Result
+from tests.unit.support.clock import FakeClock
 
 ALL_WORKERS = [
     {"worker_id": w.service, "worker_type": w.worker_type, "status": "available"}
@@ -34,18 +35,6 @@ ALL_WORKERS = [
 ]
 # Fakes answer instantly; a generous real wait means every round sees every answer.
 WAIT = 5.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0  # not zero: elapsed must be measured from the gate's start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.now += seconds
 
 
 class World:
@@ -118,12 +107,6 @@ URLS = {
     "prometheus": "http://127.0.0.1:9091/-/ready",
     "grafana": "http://127.0.0.1:3001/api/health",
 }
-
-
-@pytest.fixture
-def target(tmp_path: Path) -> compose.Target:
-    envfiles.write_all(tmp_path)
-    return compose.load_target(tmp_path, 1)
 
 
 def container(

@@ -14,7 +14,6 @@ from sandbox import (
     apps,
     compose,
     docker,
-    envfiles,
     gate,
     observability,
     ports,
@@ -27,19 +26,14 @@ from sandbox import (
 )
 from sandbox.docker import PublishedPort
 from sandbox.errors import Exit, SandboxError
+from tests.unit.support.clock import FakeClock
 from tests.unit.support.factories import container as fabricate
-from tests.unit.test_gate import FakeClock, World
+from tests.unit.test_gate import World
 from tests.unit.test_gate import run as run_gate
 
 LIGHT = slots.Layout("light")
 NONE_SHARED = slots.Layout("none", "shared")
 LIGHT_SHARED = slots.Layout("light", "shared")
-
-
-@pytest.fixture
-def target(tmp_path: Path) -> compose.Target:
-    envfiles.write_all(tmp_path)
-    return compose.load_target(tmp_path, 1)
 
 
 def make(

@@ -210,21 +210,16 @@ def test_a_start_waiting_in_line_reports_its_place_as_progress(
 ) -> None:
     """`up`/`new` through the server: the admission line's place reaches the agent."""
     from sandbox import admission, stack
+    from tests.unit.support.clock import FakeClock
     from tests.unit.support.flocks import held_elsewhere
 
     monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path))
     said: list[str] = []
     hooks = mcpserver.up_hooks(said.append, {}, [])
-    looks = 0
-
-    def sleep(_: float) -> None:
-        nonlocal looks
-        looks += 1
-        if looks == 2:
-            ahead.close()
-
-    monkeypatch.setattr("time.sleep", sleep)
+    clock = FakeClock()
+    monkeypatch.setattr("time.sleep", clock.sleep)
     ahead = contextlib.ExitStack()  # another start ahead in line; closed: it ended
+    clock.then(2, ahead.close)
     ahead.enter_context(
         held_elsewhere(tmp_path / admission.SUBDIR / admission.entry_name(1), "3 4242")
     )

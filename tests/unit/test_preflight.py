@@ -49,24 +49,11 @@ def container(
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """HOME in tmp: the env files' ${HOME}/.ktrdr/shared lands there."""
-    path = tmp_path / "home"
-    path.mkdir()
-    monkeypatch.setenv("HOME", str(path))
-    return path
-
-
-@pytest.fixture
 def root(tmp_path: Path, home: Path) -> Path:
+    """The checkout beside a HOME of its own (HOME set before the env files are read)."""
     path = tmp_path / "checkout"
     envfiles.write_all(path)
     return path
-
-
-@pytest.fixture
-def target(root: Path) -> compose.Target:
-    return compose.load_target(root, 1)
 
 
 # --- shared directory ---------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import compose, envfiles, runner
+from sandbox import compose, runner
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
 from sandbox.snapshots import database as snapshot_db
@@ -335,12 +335,6 @@ def env(tmp_path: Path) -> dict[str, str]:
         "KTRDR_LOCK_DIR": str(tmp_path / "locks"),
         "PATH": "/usr/bin",
     }
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    envfiles.write_all(tmp_path)
-    return tmp_path
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from sandbox import (
     checks,
     compose,
     docker,
-    envfiles,
     gate,
     lastup,
     preflight,
@@ -45,10 +44,9 @@ def container(service: str, slot: int, working_dir: str, state: str = "running")
 
 
 @pytest.fixture
-def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> compose.Target:
-    envfiles.write_all(tmp_path)
-    monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path / "locks"))
-    return compose.load_target(tmp_path, 3)
+def target_slot(lock_dir: Path) -> int:
+    """Slot 3, its locks in tmp_path."""
+    return 3
 
 
 class Fakes:

@@ -10,17 +10,11 @@ from typing import Any
 
 import pytest
 
-from sandbox import compose, docker, engine, envfiles, runner, slots, verify
+from sandbox import compose, docker, engine, runner, slots, verify
 from sandbox.docker import PublishedPort
 from sandbox.runner import Result
 from sandbox.runner import execute as real_run
 from sandbox.verify import Mount
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    envfiles.write_all(tmp_path)
-    return tmp_path
 
 
 def target_for(root: Path, slot: int, **extra: str) -> compose.Target:

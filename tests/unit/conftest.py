@@ -1,0 +1,49 @@
+"""Fixtures shared by the unit tests. A module that needs another slot for `target` defines
+its own `target_slot` fixture; one that needs the checkout elsewhere overrides `root`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox import compose, envfiles
+from tests.unit.support.clock import FakeClock
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A sandbox checkout of the tool's own: the committed env files written into tmp_path."""
+    envfiles.write_all(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def target_slot() -> int:
+    return 1
+
+
+@pytest.fixture
+def target(root: Path, target_slot: int) -> compose.Target:
+    return compose.load_target(root, target_slot)
+
+
+@pytest.fixture
+def lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """KTRDR_LOCK_DIR in tmp_path: no test takes (or waits for) a lock of the machine's."""
+    monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path / "locks"))
+    return tmp_path / "locks"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HOME in tmp_path: the env files' ${HOME}/.ktrdr/shared lands there."""
+    path = tmp_path / "home"
+    path.mkdir()
+    monkeypatch.setenv("HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
