@@ -14,6 +14,7 @@ from tasks import common
 from tasks.common import OTHERS_HELP, handled, out
 
 if TYPE_CHECKING:
+    from sandbox import compose
     from sandbox.snapshots import operations
 
 
@@ -43,12 +44,29 @@ def snapshot(
         out().line(f"deleted {store.delete(environ, delete)}")
         return
     target = common.target(slot)
-    _no_swarm(target.slot, "snapshot")
-    app, _ = operations.running_app(target.slot, environ)
+    app, _, database = _slot_database(target, environ)
     made = operations.snapshot(
-        target, common.compose_cli(environ), environ, name=name, app=app, on_step=out().line
-    )
+        target, common.compose_cli(environ), environ, name=name, app=app, on_step=out().line,
+        database=database,
+    )  # fmt: skip
     out().line(f"snapshot {made.name}: slot {made.source_slot}, {store.human_size(made.size)}")
+
+
+def _slot_database(
+    target: compose.Target, environ: dict[str, str]
+) -> tuple[str, list[str] | None, operations.Opener]:
+    """What the slot runs (its app, its migration chain) and how its database is opened: on
+    its node for a slot this checkout deployed on a swarm (sandbox/swarm/database.py)."""
+    from sandbox.snapshots import database, operations
+    from sandbox.swarm import database as swarm_database
+    from sandbox.swarm import record as swarm_record
+
+    record = swarm_record.selected_record(common.ROOT, target.slot, environ)
+    if record is None:
+        app, chain = operations.running_app(target.slot, environ)
+        return app, chain, database.open_database
+    app, chain = swarm_database.running_app(common.ROOT, target.slot)
+    return app, chain, swarm_database.opener(record, environ)
 
 
 def _no_swarm(slot: int, what: str) -> None:
@@ -56,8 +74,8 @@ def _no_swarm(slot: int, what: str) -> None:
 
     if record.selected_record(common.ROOT, slot, os.environ) is not None:
         raise SandboxError(
-            f"{what} of a swarm slot is not supported yet: its database lives on the db "
-            f"node; `inv exec --slot={slot} --service=db -- pg_dump -U ktrdr ktrdr` dumps it",
+            f"{what} of a swarm slot is not supported: `inv snapshot` the one slot and "
+            f"`inv restore` the snapshot into the other",
             Exit.USAGE,
         )
 
@@ -88,12 +106,12 @@ def restore(
     from sandbox.snapshots import operations
 
     target = common.target(slot)
-    _no_swarm(target.slot, "restore")
     environ = dict(os.environ)
-    app, chain = operations.running_app(target.slot, environ)
+    app, chain, database = _slot_database(target, environ)
     done = operations.restore(
         target, common.compose_cli(environ), environ, name, yes=yes, confirm=_confirm, app=app,
         migrations=chain, on_step=out().line, other_checkouts=other_checkouts,
+        database=database,
     )  # fmt: skip
     _report_restored(done)
 
@@ -119,6 +137,8 @@ def clone_slot(
     from sandbox.snapshots import operations
 
     source, destination = common.target(from_), common.target(to)
+    for target in (source, destination):
+        _no_swarm(target.slot, "clone")
     environ = dict(os.environ)
     _, chain = operations.running_app(destination.slot, environ)
     done = operations.clone(

@@ -41,6 +41,9 @@ from sandbox.snapshots.store import (
 from sandbox.snapshots.versions import VersionCheck, alembic_chain, compare_migrations
 
 DEFAULT_APP = "reference"
+# How a slot's database is opened: `open_database` through Compose; a swarm slot's on its node
+# (sandbox/swarm/database.py).
+Opener = Callable[[Target, Sequence[str], Mapping[str, str]], SlotDatabase]
 # pg_dump's gzip level. Uncompressed: on a busy 2-core machine a 373 MB database dumped in
 # 16 s at level 0, 86 s at 1 and 166 s at 6 (PostgreSQL 15 has no lz4/zstd for pg_dump);
 # level 1 is 2.3x smaller. Speed wins for a developer's copies; `compression` trades back.
@@ -88,6 +91,7 @@ def snapshot(
     now: datetime | None = None,
     compression: str = SNAPSHOT_COMPRESSION,
     on_step: Callable[[str], None] | None = None,
+    database: Opener = open_database,
 ) -> Manifest:
     """Dump slot `target`'s database into the snapshot store as `name` (default
     slot<N>-<UTC time>). Refuses a name in use, before the dump and again (under the store's
@@ -101,7 +105,7 @@ def snapshot(
     if refused is not None:
         raise refused
     with _locked(environ, target.slot):
-        db = open_database(target, compose_cmd, environ)
+        db = database(target, compose_cmd, environ)
         _prepare_store(db, directory, on_step)
         migration = db.migration()
         pg_version = db.sql("SHOW server_version")
@@ -182,6 +186,7 @@ def restore(
     migrations: Sequence[str] | None = None,
     on_step: Callable[[str], None] | None = None,
     other_checkouts: bool = False,
+    database: Opener = open_database,
 ) -> Restored:
     """Replace slot `target`'s database with snapshot `name`.
 
@@ -199,7 +204,7 @@ def restore(
         )
     source = f"snapshot {name}"
     with _locked(environ, target.slot):
-        db = open_database(target, compose_cmd, environ)
+        db = database(target, compose_cmd, environ)
         command = f"inv restore --slot={target.slot} {name}"
         _check_owner(target, environ, command, other_checkouts)
         present = _ready_for_load(db, environ, on_step)
@@ -251,6 +256,7 @@ def clone(
     migrations: Sequence[str] | None = None,
     on_step: Callable[[str], None] | None = None,
     other_checkouts: bool = False,
+    database: Opener = open_database,
 ) -> Restored:
     """Copy slot `source`'s database over slot `destination`'s (asked first when it has
     tables), through a temporary archive in the snapshot directory that is always removed."""

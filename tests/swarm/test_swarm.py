@@ -111,6 +111,21 @@ def test_the_slots_are_apart(cluster: Swarm) -> None:
     assert seen.stdout.strip() == "t"
 
 
+def test_a_snapshot_of_one_slot_restores_into_the_other(cluster: Swarm) -> None:
+    made = cluster.inv("snapshot", "--slot=1", "--name=swarm-one")
+    assert made.ok, made.stdout + made.stderr
+    assert "snapshot swarm-one: slot 1" in made.stdout
+    restored = cluster.inv("restore", "swarm-one", "--slot=2", "--yes")
+    assert restored.ok, restored.stdout + restored.stderr
+    # The table slot 1 got above is in slot 2 now, through the db node's engine.
+    query = "SELECT n FROM swarm_apart"
+    seen = cluster.inv(
+        "exec", "--slot=2", "--service=db", "--", "psql", "-U", "ktrdr", "ktrdr", "-tAc", query
+    )
+    assert seen.ok, seen.stderr
+    assert seen.stdout.strip() == "1"
+
+
 def test_logs_and_exec_reach_a_service_on_another_node(cluster: Swarm) -> None:
     logs = cluster.inv("logs", "--slot=1", "--service=backend", "--tail=20")
     assert logs.ok, logs.stderr
