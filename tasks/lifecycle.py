@@ -170,13 +170,34 @@ def _swarm_up(
     wait: bool,
     timeout: str | None,
 ) -> None:
-    """`inv up` on a swarm: the slot as the stack ktrdr-sandbox-N (sandbox/swarm/)."""
+    """`inv up` on a swarm: the slot as the stack ktrdr-sandbox-N (sandbox/swarm/); with
+    --slot=auto, the lowest free slot while the swarm has room (sandbox/swarm/capacity.py)."""
+    from sandbox import compose
+    from sandbox.swarm import capacity
+
+    if slot is None or slot.strip().lower() != "auto":
+        _swarm_start(common.target(slot), source, environ, layout, wait=wait, timeout=timeout)
+        return
+    with capacity.claim(common.ROOT, environ, out().line) as number:
+        out().line(f"slot {number}: the lowest free slot on the swarm (--slot=auto)")
+        target = compose.load_target(common.ROOT, number, environ)
+        _swarm_start(target, source, environ, layout, wait=wait, timeout=timeout)
+
+
+def _swarm_start(
+    target: compose.Target,
+    source: apps.Source,
+    environ: dict[str, str],
+    layout: slots.Layout,
+    *,
+    wait: bool,
+    timeout: str | None,
+) -> None:
+    """`inv up --swarm`'s body for one slot: the deploy with the renderer's callbacks, then
+    its report."""
     from sandbox import stack
     from sandbox.swarm import deploy
 
-    if slot is not None and slot.strip().lower() == "auto":
-        raise SandboxError("--slot=auto is not supported on a swarm: pass --slot=N", Exit.USAGE)
-    target = common.target(slot)
     with out().gate_progress(target.slot) as on_gate:
         options = deploy.Options(source, layout, wait, stack.gate_timeout(timeout, target, environ))
         hooks = stack.Hooks(

@@ -66,11 +66,11 @@ class Swarm:
             swarm_cluster.NODE_ENGINE_VARIABLE: f"tcp://{{address}}:{swarmnodes.API_PORT}",
         }
 
-    def inv(self, *args: str) -> Result:
+    def inv(self, *args: str, **extra: str) -> Result:
+        """`inv ARGS` against the swarm; `extra`: more environment variables."""
         inv = Path(sys.executable).parent / "inv"
-        return run(
-            [str(inv), "--search-root", str(ROOT), *args], env=self.env(), cwd=ROOT, timeout=900
-        )
+        env = {**self.env(), **extra}
+        return run([str(inv), "--search-root", str(ROOT), *args], env=env, cwd=ROOT, timeout=900)
 
     def on(self, node: swarmnodes.Node, *args: str) -> Result:
         return run(["docker", *args], env=node.env(self.base_env), timeout=60)

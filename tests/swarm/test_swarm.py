@@ -41,6 +41,7 @@ def _get(url: str) -> Any:
 # Slot 2 runs a checkout of the reference app (--source): its code is copied to the shared
 # node and bound there, and says so by its version.
 SOURCE_SLOT = SLOTS[1]
+AUTO_SLOT = 3  # --slot=auto's pick with slots 1 and 2 deployed
 CHECKOUT_VERSION = "0.1.0+swarm-checkout"
 
 
@@ -146,6 +147,18 @@ def test_verify_checks_each_slot_on_the_swarm(cluster: Swarm) -> None:
         assert all(c["passed"] for c in report["checks"]), report
 
 
+def test_auto_picks_the_next_free_slot_while_the_swarm_has_room(cluster: Swarm) -> None:
+    full = cluster.inv("up", "--slot=auto", "--swarm", KTRDR_SWARM_SLOT_MEMORY=str(10**9))
+    assert full.returncode == 12, full.stdout + full.stderr  # Exit.NO_SLOT
+    assert "no room for another slot: 2 of 0 slots deployed" in full.stderr
+    assert "Traceback" not in full.stderr
+    picked = cluster.inv("up", "--slot=auto", "--swarm", "--no-wait")
+    assert picked.ok, picked.stdout + picked.stderr
+    assert f"slot {AUTO_SLOT}: the lowest free slot on the swarm" in picked.stdout
+    down = cluster.inv("down", f"--slot={AUTO_SLOT}", "--volumes")
+    assert down.ok, down.stdout + down.stderr
+
+
 def test_a_worker_node_is_refused_as_the_manager(cluster: Swarm) -> None:
     worker = cluster.nodes[2]
     env = {**cluster.env(), "DOCKER_HOST": worker.docker_host}
@@ -171,7 +184,9 @@ def _leftovers(cluster: Swarm) -> dict[str, list[str]]:
             names += [
                 n
                 for n in result.stdout.split()
-                if n.startswith(("ktrdr-sandbox-1", "ktrdr-sandbox-2"))
+                if n.startswith(
+                    ("ktrdr-sandbox-1", "ktrdr-sandbox-2", f"ktrdr-sandbox-{AUTO_SLOT}")
+                )
             ]
         if names:
             found[node.name] = names
