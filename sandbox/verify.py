@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sandbox import compose, docker, engine, gate, net, observability, runner, shared, slots
+from sandbox import compose, docker, engine, gatechecks, net, observability, runner, shared, slots
 from sandbox.errors import SandboxError
 from sandbox.remote import enginehost
 from sandbox.runner import Result
@@ -113,7 +113,7 @@ def _volumes(mounts: Sequence[Mount]) -> set[str]:
 
 
 def check_health(status: int | None, body: str) -> VerifyCheck:
-    outcome = gate.http_outcome(status, body)
+    outcome = gatechecks.http_outcome(status, body)
     return VerifyCheck("health", outcome.passed, outcome.detail)
 
 
@@ -212,7 +212,7 @@ def check_scraped(slot: int, layout: slots.Layout, status: int | None, body: str
     name = "shared-observability"
     if status != 200:
         return VerifyCheck(
-            name, False, f"shared Prometheus: {gate.http_outcome(status, body).detail}"
+            name, False, f"shared Prometheus: {gatechecks.http_outcome(status, body).detail}"
         )
     mine = {t.service: t for t in observability.parse_targets(body) if t.slot == str(slot)}
     problems = []

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sandbox import (
     docker,
-    gate,
+    gateprobes,
 )
 from sandbox.errors import SandboxError
 from sandbox.swarm.cluster import FINAL_STATES, LIVE_STATES, Node, Task, nodes, tasks
@@ -113,10 +113,10 @@ def containers(
 
 def probes(
     environ: Mapping[str, str], addresses: Addresses, services: Sequence[str] = ()
-) -> gate.Probes:
+) -> gateprobes.Probes:
     """The gate's probes on a swarm: URLs and the database port reach the node that runs each
     service; containers are the stack's tasks; logs of a task elsewhere are not read."""
-    base = gate.default_probes(environ)
+    base = gateprobes.default_probes(environ)
 
     def http_get(url: str, timeout: float) -> tuple[int | None, str]:
         moved = at_node(url, addresses)

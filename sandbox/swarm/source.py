@@ -29,7 +29,7 @@ from sandbox.swarm.record import Record
 
 PULL_TIMEOUT = 1800.0
 MIGRATE_TIMEOUT = 600.0
-# Words of gate.migration_outcome's "not yet": the backend's task has no container yet.
+# Words of gatechecks.migration_outcome's "not yet": the backend's task has no container yet.
 NOT_RUNNING = "is not running"
 
 Engines = list[tuple[Node, dict[str, str]]]

@@ -20,6 +20,9 @@ from sandbox import (
     engine,
     envfiles,
     gate,
+    gatechecks,
+    gateload,
+    gateprobes,
     net,
     runner,
     settings,
@@ -98,8 +101,8 @@ class World:
         self.ps_calls += 1
         return self.containers
 
-    def probes(self) -> gate.Probes:
-        return gate.Probes(self.http_get, self.exec, self.ps, pg=self.pg)
+    def probes(self) -> gateprobes.Probes:
+        return gateprobes.Probes(self.http_get, self.exec, self.ps, pg=self.pg)
 
 
 URLS = {
@@ -132,7 +135,7 @@ def run(
     timeout: float = settings.GATE_TIMEOUT,
     poll: float = settings.GATE_POLL,
     probe_wait: float = WAIT,
-    probes: gate.Probes | None = None,
+    probes: gateprobes.Probes | None = None,
     migration: apps.Migration | None = None,
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
 ) -> checks.GateResult:
@@ -285,13 +288,13 @@ def test_missing_workers_point_at_their_own_logs(target: compose.Target) -> None
     ],
 )
 def test_workers_outcome(body: str, passed: bool, detail: str) -> None:
-    outcome = gate.workers_outcome(200, body)
+    outcome = gatechecks.workers_outcome(200, body)
     assert (outcome.passed, outcome.detail) == (passed, detail)
 
 
 def test_workers_outcome_passes_http_errors_through() -> None:
-    assert gate.workers_outcome(None, "connection refused").detail == "connection refused"
-    assert gate.workers_outcome(500, "boom").detail == "HTTP 500: boom"
+    assert gatechecks.workers_outcome(None, "connection refused").detail == "connection refused"
+    assert gatechecks.workers_outcome(500, "boom").detail == "HTTP 500: boom"
 
 
 def test_exited_container_fails_fast(target: compose.Target) -> None:
@@ -490,9 +493,9 @@ def test_describe_error(exc: BaseException, text: str) -> None:
 
 
 def test_http_outcome() -> None:
-    assert gate.http_outcome(200, "{}").passed
-    assert gate.http_outcome(503, "").detail == "HTTP 503"
-    long = gate.http_outcome(500, "x" * 500).detail
+    assert gatechecks.http_outcome(200, "{}").passed
+    assert gatechecks.http_outcome(503, "").detail == "HTTP 503"
+    long = gatechecks.http_outcome(500, "x" * 500).detail
     assert long.startswith("HTTP 500: xxx") and long.endswith("...") and len(long) <= 160
 
 
@@ -511,7 +514,7 @@ def migrating(
         ran.append(list(cmd))
         return answers[min(len(ran), len(answers)) - 1]
 
-    probes = gate.Probes(world.http_get, world.exec, world.ps, migrate=migrate, pg=world.pg)
+    probes = gateprobes.Probes(world.http_get, world.exec, world.ps, migrate=migrate, pg=world.pg)
     return run(target, world, clock, timeout=30, probes=probes, migration=MIGRATION), ran
 
 
@@ -525,7 +528,7 @@ def test_the_migration_runs_once_after_the_database_is_ready(target: compose.Tar
     step = result.checks[1]
     assert step.detail == "INFO [alembic] Running upgrade -> 0001, create workers"
     assert step.elapsed is not None and step.elapsed >= 2.0
-    assert ran == [gate.migration_command(["docker", "compose"], target, MIGRATION)]
+    assert ran == [gatechecks.migration_command(["docker", "compose"], target, MIGRATION)]
     assert ran[0][-5:] == ["-T", "backend", "alembic", "upgrade", "head"]
 
 
@@ -673,24 +676,24 @@ def cpu_growing(clock: FakeClock, per_second: float) -> Any:
     return lambda container_id: (clock.now - 100.0) * per_second
 
 
-def loaded(world: World, cpu: Any, starved: Any = lambda: True) -> gate.Probes:
+def loaded(world: World, cpu: Any, starved: Any = lambda: True) -> gateprobes.Probes:
     """Probes of a machine short of CPU (unless `starved` says otherwise)."""
     return replace(world.probes(), cpu=cpu, starved=starved)
 
 
 def test_a_service_without_an_answer_is_starting_with_its_cpu_so_far() -> None:
-    progress = gate.Progress()
+    progress = gateload.Progress()
     progress.note(1.0, [container("backend")], "ktrdr-sandbox-1", lambda _: 4.2)
-    said = gate.starting_detail("connection reset by peer", "backend", progress)
+    said = gateload.starting_detail("connection reset by peer", "backend", progress)
     assert said == "starting, 4 s of CPU so far (connection reset by peer)"
-    assert gate.starting_detail(said, "backend", progress) == said
+    assert gateload.starting_detail(said, "backend", progress) == said
     # An answer is an answer, and a service not accounted here is not claimed to be starting.
-    assert gate.starting_detail("HTTP 503: down", "backend", progress) == "HTTP 503: down"
-    assert gate.starting_detail("refused", "grafana", progress) == "refused"
+    assert gateload.starting_detail("HTTP 503: down", "backend", progress) == "HTTP 503: down"
+    assert gateload.starting_detail("refused", "grafana", progress) == "refused"
 
 
 def test_progress_needs_cpu_growth_over_the_window() -> None:
-    progress = gate.Progress()
+    progress = gateload.Progress()
     window = settings.GATE_PROGRESS_WINDOW
     for at, used in ((0.0, 1.0), (window, 1.2)):
         progress.note(at, [container("backend")], "ktrdr-sandbox-1", {"id-backend": used}.get)
@@ -700,7 +703,7 @@ def test_progress_needs_cpu_growth_over_the_window() -> None:
     # Only the services still starting count; nothing known is no claim of progress.
     assert not progress.growing(window + 2, {"db"})
     assert not progress.growing(window + 2, set())
-    assert not gate.Progress().growing(100.0, {"backend"})
+    assert not gateload.Progress().growing(100.0, {"backend"})
 
 
 def test_a_starved_start_goes_on_past_the_timeout_while_its_cpu_grows(

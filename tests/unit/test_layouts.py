@@ -14,7 +14,8 @@ from sandbox import (
     apps,
     compose,
     docker,
-    gate,
+    gatechecks,
+    gateprobes,
     observability,
     ports,
     preflight,
@@ -191,12 +192,12 @@ def test_all_running_counts_the_layouts_services() -> None:
 
 def test_light_gate_expects_two_workers() -> None:
     light = [{"worker_id": w.service, "worker_type": w.worker_type} for w in LIGHT.worker_list]
-    passed = gate.workers_outcome(200, json.dumps(light), LIGHT.worker_list)
-    assert passed == gate.Outcome(True, "2/2 registered")
+    passed = gatechecks.workers_outcome(200, json.dumps(light), LIGHT.worker_list)
+    assert passed == gatechecks.Outcome(True, "2/2 registered")
     # The same two are not enough for the full profile, which names the missing ones.
-    full = gate.workers_outcome(200, json.dumps(light))
+    full = gatechecks.workers_outcome(200, json.dumps(light))
     assert not full.passed and "missing backtest-worker-2, training-worker-2" in full.detail
-    assert gate.workers_outcome(200, "[]", ()) == gate.Outcome(True, "0/0 registered")
+    assert gatechecks.workers_outcome(200, "[]", ()) == gatechecks.Outcome(True, "0/0 registered")
 
 
 def test_light_slot_passes_its_gate(target: compose.Target) -> None:
@@ -217,7 +218,7 @@ def test_shared_gate_checks_the_shared_stack_not_the_slots(target: compose.Targe
     clock = FakeClock()
     world = World(clock)
     probes = world.probes()
-    plan = gate.checks(target, ["docker", "compose"], {}, probes, None, layout=NONE_SHARED)
+    plan = gatechecks.checks(target, ["docker", "compose"], {}, probes, None, layout=NONE_SHARED)
     rows = {c.name: c for c in plan}
     assert list(rows) == [
         "database",
@@ -233,8 +234,10 @@ def test_shared_gate_checks_the_shared_stack_not_the_slots(target: compose.Targe
         asked.append(url)
         return 200, "ok"
 
-    probes_seen = gate.Probes(http_get=http_get, exec=world.exec, containers=world.ps)
-    plan = gate.checks(target, ["docker", "compose"], {}, probes_seen, None, layout=NONE_SHARED)
+    probes_seen = gateprobes.Probes(http_get=http_get, exec=world.exec, containers=world.ps)
+    plan = gatechecks.checks(
+        target, ["docker", "compose"], {}, probes_seen, None, layout=NONE_SHARED
+    )
     for check in plan[3:]:
         assert check.probe().passed
         assert check.watch == ()  # another project's containers: nothing of the slot to watch

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import apps, gate, runner
+from sandbox import apps, gatechecks, runner
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.remote import codesync
@@ -138,7 +138,7 @@ def test_a_migration_before_the_backend_runs_waits(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(source_copy, "exec_target", not_yet)
     result = source_copy.migrator(record, migration, {})(["x"], {})
 
-    outcome = gate.migration_outcome(result)
+    outcome = gatechecks.migration_outcome(result)
     assert (outcome.passed, outcome.final) == (False, False)
     assert outcome.detail == "waiting for its container to run"
 
