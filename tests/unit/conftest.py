@@ -3,11 +3,13 @@ its own `target_slot` fixture; one that needs the checkout elsewhere overrides `
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from sandbox import compose, envfiles
+from sandbox import compose, envfiles, runner
+from tests.unit.support.cli import NO_ENGINE, Inv
 from tests.unit.support.clock import FakeClock
 
 
@@ -47,3 +49,17 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def inv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Inv:
+    """`inv ARGS` in this process, HOME and locks in tmp_path, no engine (support/cli.py)."""
+    for name in list(os.environ):
+        if name.startswith(("KTRDR_", "COMPOSE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
+    monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path / "locks"))
+    runs = Inv(capsys)
+    monkeypatch.setattr(runner, "execute", runs.recording(runner.execute))
+    return runs

@@ -1,6 +1,8 @@
-"""Bad input through the real `inv` entry point: one line, a distinct exit code, no traceback.
+"""Bad input through the `inv` entry point: one line, a distinct exit code, no traceback.
 
-None of these reach a Docker engine: input is checked before anything is called.
+None of these reach a Docker engine: input is checked before anything is called. Each route
+from an exception to the process's exit (a `SandboxError`, Ctrl-C, an `OSError`) is checked
+once through a real process; the input cases run the same program in this process.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import pytest
 from sandbox import ROOT
 from sandbox.errors import Exit
 from sandbox.runner import Result, run
+from tests.unit.support.cli import Inv
 
 
-def inv(*args: str, **env: str) -> Result:
+def inv_process(*args: str, **env: str) -> Result:
     cmd = [str(Path(sys.executable).parent / "inv"), "--search-root", str(ROOT), *args]
     return run(cmd, env={**os.environ, **env}, cwd=ROOT, timeout=60)
 
@@ -59,21 +62,24 @@ def inv(*args: str, **env: str) -> Result:
         (["up", "--slot=auto", "--source= "], Exit.USAGE, "--source is empty"),
     ],
 )
-def test_bad_input_is_one_line(args: list[str], code: Exit, message: str, tmp_path: Path) -> None:
-    result = inv(*args, HOME=str(tmp_path))
-    assert result.returncode == code, result.stderr
+def test_bad_input_is_one_line(
+    args: list[str], code: Exit, message: str, tmp_path: Path, inv: Inv
+) -> None:
+    ran = inv(*args)
+    assert ran.code == code, ran.stderr
     assert not (tmp_path / ".ktrdr" / "shared").exists(), "refused input created something"
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    assert ran.commands == [], "input is checked before anything is run"
+    lines = ran.stderr.strip().splitlines()
+    assert len(lines) == 1, ran.stderr
     assert lines[0].startswith("error: ") and message in lines[0]
-    assert "Traceback" not in result.stderr + result.stdout
+    assert "Traceback" not in ran.stderr + ran.stdout
 
 
-def test_no_engine_is_one_line(tmp_path: Path) -> None:
-    result = inv("status", DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock", HOME=str(tmp_path))
-    assert result.returncode == Exit.NO_ENGINE, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Docker engine is not reachable" in lines[0], result.stderr
+def test_no_engine_is_one_line(inv: Inv) -> None:
+    ran = inv("status")
+    assert ran.code == Exit.NO_ENGINE, ran.stderr
+    lines = ran.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Docker engine is not reachable" in lines[0], ran.stderr
 
 
 @pytest.mark.parametrize(
@@ -84,33 +90,78 @@ def test_no_engine_is_one_line(tmp_path: Path) -> None:
         (["verify", "--json", "--slot=3"], "ktrdr-sandbox/verify"),
     ],
 )
-def test_json_without_an_engine_is_still_a_document(
-    tmp_path: Path, args: list[str], schema: str
-) -> None:
-    result = inv(*args, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock", HOME=str(tmp_path))
-    assert result.returncode == Exit.NO_ENGINE, result.stderr
-    [line] = result.stderr.strip().splitlines()
+def test_json_without_an_engine_is_still_a_document(inv: Inv, args: list[str], schema: str) -> None:
+    ran = inv(*args)
+    assert ran.code == Exit.NO_ENGINE, ran.stderr
+    [line] = ran.stderr.strip().splitlines()
     assert line.startswith("error: ") and "Docker engine is not reachable" in line
-    document = json.loads(result.stdout)  # stdout is the document and nothing else
+    document = json.loads(ran.stdout)  # stdout is the document and nothing else
     assert (document["schema"], document["version"], document["slots"]) == (schema, 1, [])
     assert document["error"] == {"message": line.removeprefix("error: "), "code": 3}
-    assert "Traceback" not in result.stderr + result.stdout
+    assert "Traceback" not in ran.stderr + ran.stdout
 
 
-def test_json_with_bad_input_is_still_a_document(tmp_path: Path) -> None:
-    result = inv("status", "--json", "--slot=x", HOME=str(tmp_path))
-    assert result.returncode == Exit.USAGE
-    assert json.loads(result.stdout)["error"]["code"] == Exit.USAGE
+def test_json_with_bad_input_is_still_a_document(inv: Inv) -> None:
+    ran = inv("status", "--json", "--slot=x")
+    assert ran.code == Exit.USAGE
+    assert json.loads(ran.stdout)["error"]["code"] == Exit.USAGE
+
+
+# --- each route from an exception to the exit of a real `inv` process, once ---------------
+
+
+def test_a_sandbox_error_leaves_a_real_process_as_one_line_and_its_code(tmp_path: Path) -> None:
+    result = inv_process("up", "--slot=abc", HOME=str(tmp_path))
+    assert result.returncode == Exit.USAGE, result.stderr
+    [line] = result.stderr.splitlines()  # one line, nothing else on stderr
+    assert line.startswith("error: slot must be a whole number from 0 to 10, not 'abc'"), line
+    assert result.stdout == ""
+
+
+# `inv status` as the console script runs it (invoke.main.program), the first command it
+# starts replaced by what the test needs to happen there.
+ROUTE = """
+import os, signal, sys, time
+from sandbox import runner
+
+def interrupted(cmd, **options):
+    os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered as the shell would
+    time.sleep(30)
+
+def refused(cmd, **options):
+    raise PermissionError(13, "Permission denied", "/home/dev/.ktrdr/locks")
+
+runner.execute = {"interrupted": interrupted, "refused": refused}[sys.argv[1]]
+from invoke.main import program
+program.run(["inv", "--search-root", sys.argv[2], "status"])
+"""
+
+
+def route(case: str, home: Path) -> Result:
+    env = {**os.environ, "HOME": str(home)}
+    return run([sys.executable, "-c", ROUTE, case, str(ROOT)], env=env, cwd=ROOT, timeout=60)
+
+
+def test_ctrl_c_leaves_a_real_process_with_130_and_one_word(tmp_path: Path) -> None:
+    result = route("interrupted", tmp_path)
+    assert result.returncode == int(Exit.INTERRUPTED) == 130, result.stderr
+    assert result.stderr == "interrupted\n"
+
+
+def test_an_os_error_leaves_a_real_process_as_one_line(tmp_path: Path) -> None:
+    result = route("refused", tmp_path)
+    assert result.returncode == Exit.FAILED, result.stderr
+    assert result.stderr == "error: [Errno 13] Permission denied: '/home/dev/.ktrdr/locks'\n"
 
 
 def test_env_prints_the_slot_file() -> None:
-    result = inv("env", "--slot=3")
+    result = inv_process("env", "--slot=3")
     assert result.ok
     assert "KTRDR_API_PORT=8003" in result.stdout
 
 
 def test_env_export_lines() -> None:
-    result = inv("env", "--slot=2", "--export", HOME="/home/some one")
+    result = inv_process("env", "--slot=2", "--export", HOME="/home/some one")
     assert result.ok
     assert "export KTRDR_DB_PORT=5434" in result.stdout.splitlines()
     assert "export KTRDR_SHARED_DIR='/home/some one/.ktrdr/shared'" in result.stdout.splitlines()
@@ -131,7 +182,7 @@ def test_gate_timeout_precedence(tmp_path: Path) -> None:
 
 
 def test_env_check_passes_on_the_committed_files() -> None:
-    result = inv("env", "--check")
+    result = inv_process("env", "--check")
     assert result.ok, result.stdout
     assert "11 files valid" in result.stdout
 
@@ -147,7 +198,7 @@ def test_init_shared_creates_and_never_overwrites(tmp_path: Path) -> None:
     (shared / "data").mkdir(parents=True)
     (shared / "data" / "AAPL_1d.csv").write_text("mine\n")
 
-    result = inv("init-shared", f"--from={checkout}", HOME=str(home))
+    result = inv_process("init-shared", f"--from={checkout}", HOME=str(home))
     assert result.ok, result.stderr
     assert (shared / "data" / "AAPL_1d.csv").read_text() == "mine\n"
     assert (shared / "strategies" / "s.yaml").read_text() == "name: s\n"

@@ -4,20 +4,19 @@ Each case is an input a user (or a typo, or a copy from a web page) can produce:
 5000 digits, `8008²` or full-width digits in an env file, Unicode digits in a timeout. The
 library must answer with a `SandboxError` (one line, what is wrong and what to do); the CLI
 with one `error:` line, a non-zero exit and no traceback. CLI cases run with an engine address
-that does not exist, so nothing here can reach Docker even if a check is missing.
+that does not exist, so nothing here can reach Docker even if a check is missing, and must not
+start any command at all.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
 from sandbox import ROOT, compose, envfiles, slots
 from sandbox.errors import Exit, SandboxError
-from sandbox.runner import Result, run
+from tests.unit.support.cli import Inv
 
 HUGE = "9" * 5000  # past Python's 4300-digit int() limit: int(HUGE) raises ValueError
 # Characters for which str.isdigit() is True but that are not ASCII digits.
@@ -103,15 +102,6 @@ def test_loading_a_slot_with_a_bad_port_refuses(tmp_path: Path, value: str) -> N
 # --- the CLI ------------------------------------------------------------------------------
 
 
-def inv(*args: str, home: Path) -> Result:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KTRDR_", "COMPOSE_"))}
-    # No engine anywhere: a check that is missing shows as a wrong exit code, not a started stack.
-    env.update(HOME=str(home), DOCKER_HOST="unix:///nonexistent-ktrdr-sandbox.sock")
-    env["KTRDR_LOCK_DIR"] = str(home / "locks")
-    cmd = [str(Path(sys.executable).parent / "inv"), "--search-root", str(ROOT), *args]
-    return run(cmd, env=env, cwd=ROOT, timeout=60)
-
-
 CLI_CASES = {
     "up-slot-huge": (["up", f"--slot={HUGE}"], "slot"),
     "down-slot-huge": (["down", f"--slot={HUGE}"], "slot"),
@@ -132,11 +122,14 @@ CLI_CASES = {
 
 
 @pytest.mark.parametrize("args,word", list(CLI_CASES.values()), ids=list(CLI_CASES))
-def test_cli_refuses_in_one_line(tmp_path: Path, args: list[str], word: str) -> None:
-    result = inv(*args, home=tmp_path)
+def test_cli_refuses_in_one_line(inv: Inv, args: list[str], word: str) -> None:
+    """Through the `inv` program in this process (the `inv` fixture: no engine, HOME and
+    locks in tmp); test_cli checks once that a real process exits the same way."""
+    result = inv(*args)
     assert "Traceback" not in result.stderr + result.stdout, result.stderr[-2000:]
-    assert result.returncode == Exit.USAGE, (result.returncode, result.stderr[-500:])
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.code == Exit.USAGE, (result.code, result.stderr[-500:])
+    assert result.commands == [], "input is checked before anything is run"
+    lines = result.lines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: ") and word in lines[0], lines[0][:200]
     assert len(lines[0]) <= MAX_LINE
