@@ -27,8 +27,6 @@ STATES: tuple[State, ...] = get_args(State)
 # Exit codes of a container stopped on purpose (clean exit, SIGINT, SIGKILL, SIGTERM): a slot
 # of such containers is stopped, not failed.
 STOPPED_CODES = frozenset({0, 130, 137, 143})
-# Addresses a container port is reached on only from this host (the agent URL needs more).
-LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
 # `branch_of(source)`: the git branch checked out in an app source; None when there is none.
 BranchOf = Callable[[str], str | None]
@@ -234,7 +232,7 @@ def agent_url(containers: Sequence[docker.Container], slot: int) -> str | None:
     when the backend is published where the bridge reaches it: a wildcard, or the bridge
     gateway itself (sandbox/reach.py, loaded only for such a binding); else None."""
     api = next(spec for spec in slots.PORTS if spec.variable == "KTRDR_API_PORT")
-    published = [p for p in _published(containers, api, slot) if p.host_ip not in LOOPBACK]
+    published = [p for p in _published(containers, api, slot) if p.host_ip not in engine.LOOPBACK]
     if not published:
         return None
     from sandbox import reach
