@@ -33,8 +33,24 @@ DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # Where a small helper container sees the directory or the files it works on.
 PROBE_MOUNT = "/probe"
 SHARED_SUBDIRS = ("data", "models", "strategies")
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-ANY_ADDRESS = {"0.0.0.0", "::", ""}
+# Addresses a port is published on. Docker lists a wildcard bind as "0.0.0.0" and "::", an
+# empty host ip means every address too, and Compose also takes "[::]" (hence `bare`).
+LOOPBACK = "127.0.0.1"  # where a wildcard bind is reached, and where a tunnel forwards
+LOOPBACKS = frozenset({LOOPBACK, "::1", "localhost"})
+WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+
+
+def bare(address: str) -> str:
+    """`address` without the brackets Compose and URLs put around IPv6."""
+    return address.strip("[]")
+
+
+def is_wildcard(address: str) -> bool:
+    return bare(address) in WILDCARDS
+
+
+def is_loopback(address: str) -> bool:
+    return bare(address) in LOOPBACKS
 
 
 class Kind(StrEnum):
@@ -68,10 +84,10 @@ class Engine:
             return self.connect_override
         if not self.local:
             return self.host
-        bare = bind_address.strip("[]")
-        if bare in ANY_ADDRESS:
-            return "::1" if bare == "::" else "127.0.0.1"
-        return bare
+        address = bare(bind_address)
+        if address in WILDCARDS:
+            return "::1" if address == "::" else LOOPBACK
+        return address
 
     def unreachable_bind(self, bind_address: str, slot: int | None = None) -> str | None:
         """Why ports bound to `bind_address` on this engine cannot be reached from the client,
@@ -79,7 +95,7 @@ class Engine:
         ssh:// engine `inv tunnel` (for `slot`) forwards them."""
         if self.local or self.connect_override:
             return None
-        if bind_address.strip("[]") not in LOOPBACK:
+        if not is_loopback(bind_address):
             return None
         where = f"ports bound to {bind_address} on {self.host} are reachable only on that host"
         wide = (
@@ -110,11 +126,11 @@ class Engine:
 
         Local engines say nothing new (ports are this machine's, as always).
         """
-        bind = bind_address.strip("[]") or "0.0.0.0"
+        bind = bare(bind_address) or "0.0.0.0"
         reached = self.connect_host(bind_address)
         if self.local:
             return f"ports bound on {bind} of this machine, reached at {reached}"
-        wide = " (every network of that host)" if bind in ANY_ADDRESS else ""
+        wide = " (every network of that host)" if bind in WILDCARDS else ""
         return f"ports bound on {bind} on {self.host}{wide}, reached at {reached}"
 
 
@@ -123,16 +139,11 @@ class Engine:
 LOCAL = Engine(Kind.LOCAL, DEFAULT_SOCKET, "", "default")
 
 
-# A port published on a wildcard is reached on loopback. Docker lists such a bind as
-# "0.0.0.0" and "::"; Compose takes "[::]" too; an empty host ip means all addresses.
-WILDCARD_ADDRS = ("0.0.0.0", "::", "[::]", "")
-
-
 def url_host(addr: str) -> str:
     """A bind address as the host part of a URL: a wildcard is reached on loopback, IPv6
     comes back in brackets."""
-    if addr in WILDCARD_ADDRS:
-        return "127.0.0.1"
+    if is_wildcard(addr):
+        return LOOPBACK
     return f"[{addr}]" if ":" in addr else addr
 
 
@@ -421,7 +432,7 @@ def port_probe_command(ports: Sequence[int], bind_address: str, image: str) -> l
     """Which of `ports` the engine's host could publish on `bind_address`: one line per port,
     "free PORT" or "taken PORT REASON". Ports published through iptables alone (no
     docker-proxy) hold no socket: read `docker ps` on the engine as well."""
-    address = bind_address.strip("[]") or "0.0.0.0"
+    address = bare(bind_address) or "0.0.0.0"
     return [
         *HELPER_RUN,
         "--network=host",

@@ -387,10 +387,10 @@ def exposure_step(facts: Facts) -> Step:
     if unreachable is not None:
         raise SandboxError(unreachable, Exit.BAD_ENV)
     detail = facts.where.exposure(bind)
-    if facts.where.kind is engine.Kind.SSH and facts.where.connect_override in engine.LOOPBACK:
+    if facts.where.kind is engine.Kind.SSH and engine.is_loopback(facts.where.connect_override):
         detail += f" (through `inv tunnel --slot={facts.target.slot}`)"
     env = compose.environment(facts.target, facts.environ)
-    if bind.strip("[]") in engine.ANY_ADDRESS and not env.get("KTRDR_DB_PASSWORD"):
+    if engine.is_wildcard(bind) and not env.get("KTRDR_DB_PASSWORD"):
         detail += "; the database has the default password (set KTRDR_DB_PASSWORD)"
     return Step("exposure", detail)
 

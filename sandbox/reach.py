@@ -48,8 +48,6 @@ MODES = (LOOPBACK_ONLY, BRIDGE)
 # What a container started with `--add-host=host.docker.internal:host-gateway` calls the host.
 AGENT_HOST = "host.docker.internal"
 AGENT_ADD_HOST = f"--add-host={AGENT_HOST}:host-gateway"
-WILDCARDS = frozenset({"", "0.0.0.0", "::"})
-LOOPBACKS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class World(StrEnum):
@@ -180,14 +178,14 @@ def translate_volume(spec: str, mounts: Sequence[Mount]) -> str:
 def exposure(bind: str, gateway: str | None, world: World, port: int | None = None) -> str:
     """One line for preflight: every address the slot's ports are published on, who
     reaches them there, and the URL a container on this host uses."""
-    bare = bind.strip("[]") or "0.0.0.0"
+    bare = engine.bare(bind) or "0.0.0.0"
     example = f"{AGENT_HOST}:{port}" if port is not None else f"{AGENT_HOST}:PORT"
     if world is World.DESKTOP:
         return (
             f"ports on {bare} of the Docker Desktop host; containers reach them at "
             f"http://{example} (Docker Desktop forwards host.docker.internal to the host)"
         )
-    if bare in WILDCARDS:
+    if bare in engine.WILDCARDS:
         return (
             f"ports on every address of the engine's host ({bare}): the network reaches them, "
             f"containers too (http://{example} with {AGENT_ADD_HOST})"
@@ -324,7 +322,7 @@ def publish_on(environ: Mapping[str, str], bind: str) -> str | None:
     """The gateway to publish the slot's ports on besides `bind`, or None: loopback only, a
     wildcard bind (which the bridge reaches already), or Docker Desktop (whose
     host.docker.internal reaches the host's loopback)."""
-    if mode(environ) != BRIDGE or bind.strip("[]") in WILDCARDS:
+    if mode(environ) != BRIDGE or engine.is_wildcard(bind):
         return None
     if not local_engine(environ) or world(environ) is World.DESKTOP:
         return None
@@ -409,7 +407,7 @@ def exposure_line(environ: Mapping[str, str], bind: str, api_port: int) -> str |
     """Preflight's `reach` line, or None for the default (loopback only, on the engine's
     host), which asks nothing more of the engine: `inv up` then says what it always said."""
     chosen = mode(environ)
-    if chosen == LOOPBACK_ONLY and bind.strip("[]") in LOOPBACKS:
+    if chosen == LOOPBACK_ONLY and engine.is_loopback(bind):
         return None
     where = world(environ) if local_engine(environ) else World.HOST
     return exposure(bind, publish_on(environ, bind), where, api_port)
@@ -417,7 +415,7 @@ def exposure_line(environ: Mapping[str, str], bind: str, api_port: int) -> str |
 
 def env_sandbox_lines(environ: Mapping[str, str], bind: str, api_port: int) -> list[str]:
     """`.env.sandbox`'s line for an agent container, when containers can reach the slot."""
-    reached = bind.strip("[]") in WILDCARDS or (
+    reached = engine.is_wildcard(bind) or (
         mode(environ) == BRIDGE
         and (publish_on(environ, bind) is not None or world(environ) is World.DESKTOP)
     )

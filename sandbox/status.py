@@ -232,13 +232,13 @@ def agent_url(containers: Sequence[docker.Container], slot: int) -> str | None:
     when the backend is published where the bridge reaches it: a wildcard, or the bridge
     gateway itself (sandbox/reach.py, loaded only for such a binding); else None."""
     api = next(spec for spec in slots.PORTS if spec.variable == "KTRDR_API_PORT")
-    published = [p for p in _published(containers, api, slot) if p.host_ip not in engine.LOOPBACK]
+    published = [p for p in _published(containers, api, slot) if not engine.is_loopback(p.host_ip)]
     if not published:
         return None
     from sandbox import reach
 
     where = [p.host_ip for p in published]
-    if not any(ip in engine.WILDCARD_ADDRS for ip in where):
+    if not any(engine.is_wildcard(ip) for ip in where):
         gateway = reach.gateway_or_none(dict(os.environ))
         if gateway not in where:
             return None

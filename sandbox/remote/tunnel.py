@@ -33,7 +33,6 @@ from sandbox import compose, engine, lastup, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.ports import DOCKER_PROXY, Listener, can_bind, read_listeners
 
-LOOPBACK = "127.0.0.1"
 PROC = Path("/proc")
 # How long a left-over ssh gets to exit after SIGTERM before SIGKILL; ssh exits at once.
 STOP_WAIT = 3.0
@@ -61,7 +60,11 @@ def destination(where: engine.Engine) -> list[str]:
 
 def command(where: engine.Engine, ports: Sequence[int]) -> list[str]:
     """`ssh -N` with one `-L` per port, failing at once when a forward cannot be made."""
-    forwards = [arg for port in ports for arg in ("-L", f"{LOOPBACK}:{port}:{LOOPBACK}:{port}")]
+    forwards = [
+        arg
+        for port in ports
+        for arg in ("-L", f"{engine.LOOPBACK}:{port}:{engine.LOOPBACK}:{port}")
+    ]
     # Its own connection, never a shared master's: forwards made through a ControlMaster stay
     # with the master after this ssh exits, and Ctrl-C would not close them.
     options = ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
@@ -84,12 +87,12 @@ def holder(listener: Listener | None) -> str:
 def check_free(ports: Sequence[int], listeners: Listeners = read_listeners) -> None:
     """Every port free on this machine's loopback, else one line naming the first taken and
     the process that holds it."""
-    taken = [port for port in ports if not can_bind(LOOPBACK, port)]
+    taken = [port for port in ports if not can_bind(engine.LOOPBACK, port)]
     if taken:
         more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
         who = holder(listeners({taken[0]}).get(taken[0]))
         raise SandboxError(
-            f"port {taken[0]}{more} is taken on this machine's {LOOPBACK} by {who}: stop "
+            f"port {taken[0]}{more} is taken on this machine's {engine.LOOPBACK} by {who}: stop "
             "it (a local slot: `inv down`; a tunnel: its `inv tunnel`), or tunnel another slot",
             Exit.PORT_TAKEN,
         )
@@ -161,7 +164,7 @@ def is_tunnel(pid: int, ports: Sequence[int], proc: Path = PROC) -> bool:
     if not args or Path(args[0]).name != "ssh" or "-N" not in args:
         return False
     forwards = {args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "-L"}
-    return forwards == {f"{LOOPBACK}:{port}:{LOOPBACK}:{port}" for port in ports}
+    return forwards == {f"{engine.LOOPBACK}:{port}:{engine.LOOPBACK}:{port}" for port in ports}
 
 
 def running(pid: int, proc: Path = PROC) -> bool:
