@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result, run
+from sandbox.settings import CLI_TIMEOUT
 
 # An explicit override of the host the client connects to for published ports: for an ssh://
 # alias the client cannot resolve, a tunnel, or a tcp:// engine reached through another name.
@@ -239,7 +240,7 @@ def detect(environ: Mapping[str, str] | None = None) -> Engine:
     env = dict(os.environ if environ is None else environ)
     if env.get("DOCKER_HOST", "").strip() or context_name(env) == "default":
         return _from_container(resolve(env, None), env)
-    result = run(context_command(), env=env, timeout=20)
+    result = run(context_command(), env=env, timeout=CLI_TIMEOUT)
     if not result.ok and env.get("DOCKER_CONTEXT", "").strip():
         raise SandboxError(
             f"DOCKER_CONTEXT={env['DOCKER_CONTEXT']!r} cannot be read ({result.tail(1)}): "

@@ -30,10 +30,10 @@ from pathlib import Path
 from sandbox import docker, engine, lock, ports, runner, slots
 from sandbox.compose import DEFAULT_BIND_ADDR
 from sandbox.errors import Exit, SandboxError
+from sandbox.settings import ENGINE_QUERY_TIMEOUT
 
 PICK_LOCK = "pick.lock"
 WORKTREE_LOCK = "worktrees.lock"
-ENGINE_QUERY_TIMEOUT = 30.0  # as docker.containers: one listing call
 PICK_WAIT = 60.0  # seconds a picker waits for another picker (which holds the lock briefly)
 AUTO_SLOTS = range(1, 11)
 VOLUME_LABEL = "com.docker.compose.volume"

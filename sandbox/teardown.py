@@ -19,12 +19,11 @@ from sandbox import apps, docker, lock, picker, runner, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import provenance
 from sandbox.runner import display
-from sandbox.settings import LOCK_WAIT
+from sandbox.settings import ENGINE_QUERY_TIMEOUT, LOCK_WAIT
 
 # Compose looks for a compose file in its working directory and upwards; a project-only `down`
 # must not find one (nor a .env), so it runs from the root directory with no COMPOSE_* set.
 NEUTRAL_DIR = Path("/")
-QUERY_TIMEOUT = 30.0  # one `docker volume inspect` of every slot's volumes
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ def survey(environ: Mapping[str, str], root: Path) -> list[SlotPlan]:
     infos: dict[str, provenance.VolumeInfo] = {}
     if names:
         result = runner.run(
-            ["docker", "volume", "inspect", *names], env=dict(environ), timeout=QUERY_TIMEOUT
+            ["docker", "volume", "inspect", *names], env=dict(environ), timeout=ENGINE_QUERY_TIMEOUT
         )
         infos = provenance.parse_inspect_all(result.stdout)
     return with_owners(entries, infos, str(root.resolve()), socket.gethostname())
