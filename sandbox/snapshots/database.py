@@ -124,12 +124,17 @@ def open_database(
             f"slot {target.slot} is not running: `inv up --slot={target.slot}` first",
             Exit.USAGE,
         )
-    db = SlotDatabase(target, tuple(compose_cmd), env, ids[0])
+    return accepting(SlotDatabase(target, tuple(compose_cmd), env, ids[0]))
+
+
+def accepting(db: SlotDatabase, up: str = "") -> SlotDatabase:
+    """`db` once it accepts connections, or one line saying to wait for `up` (default: `inv up
+    --slot=N`) to pass its gate."""
     ready = db.exec("pg_isready", "-U", DB_USER, "-d", DATABASE, timeout=SQL_TIMEOUT)
     if not ready.ok:
         raise SandboxError(
-            f"slot {target.slot}'s database does not accept connections yet: wait for "
-            f"`inv up --slot={target.slot}` to pass its gate, then retry",
+            f"slot {db.target.slot}'s database does not accept connections yet: wait for "
+            f"`{up or f'inv up --slot={db.target.slot}'}` to pass its gate, then retry",
             Exit.FAILED,
             details=ready.tail(5),
         )

@@ -17,15 +17,9 @@ from pathlib import Path
 from sandbox import apps, runner
 from sandbox.compose import Target
 from sandbox.docker import APP_LABEL, SOURCE_LABEL
-from sandbox.errors import Exit, SandboxError
+from sandbox.errors import SandboxError
 from sandbox.runner import Result
-from sandbox.snapshots.database import (
-    COMMAND_TIMEOUT,
-    DATABASE,
-    DB_USER,
-    SQL_TIMEOUT,
-    SlotDatabase,
-)
+from sandbox.snapshots.database import COMMAND_TIMEOUT, SlotDatabase, accepting
 from sandbox.snapshots.versions import alembic_chain
 from sandbox.swarm.access import exec_target
 from sandbox.swarm.record import Record, stack_document
@@ -61,15 +55,7 @@ def opener(record: Record, environ: Mapping[str, str]) -> Opener:
                 error.code,
             ) from None
         db = NodeDatabase(target, (), node_env, container)
-        ready = db.exec("pg_isready", "-U", DB_USER, "-d", DATABASE, timeout=SQL_TIMEOUT)
-        if not ready.ok:
-            raise SandboxError(
-                f"slot {target.slot}'s database does not accept connections yet: wait for "
-                f"`inv up --slot={target.slot} --swarm` to pass its gate, then retry",
-                Exit.FAILED,
-                details=ready.tail(5),
-            )
-        return db
+        return accepting(db, f"inv up --slot={target.slot} --swarm")
 
     return open_on_node
 
