@@ -11,6 +11,7 @@ import pytest
 from sandbox import compose, envfiles, runner
 from tests.unit.support.cli import NO_ENGINE, Inv
 from tests.unit.support.clock import FakeClock
+from tests.unit.support.engine import FakeEngine
 
 
 @pytest.fixture
@@ -63,3 +64,10 @@ def inv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureF
     runs = Inv(capsys)
     monkeypatch.setattr(runner, "execute", runs.recording(runner.execute))
     return runs
+
+
+@pytest.fixture
+def engine(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
+    """The scripted Docker engine in place of `runner.execute` (support/engine.py); a module
+    whose engine knows more (helper containers, a database) overrides this fixture."""
+    return FakeEngine().install(monkeypatch)

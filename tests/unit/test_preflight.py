@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,6 +21,7 @@ from sandbox.ports import Listener, TakenPort
 from sandbox.remote import enginehost
 from sandbox.runner import Result
 from sandbox.status import checkout_gone
+from tests.unit.support import engine as support_engine
 
 # The real ones, before the `engine` fixture swaps them for fakes.
 REAL_CAN_BIND = ports.can_bind
@@ -447,59 +447,22 @@ def test_read_listeners_finds_this_process(listening: socket.socket) -> None:
 # --- the whole preflight, on a fake engine -------------------------------------------------
 
 
-def ps_line(c: Container) -> str:
-    ports = ", ".join(f"{p.host_ip}:{p.host_port}->{p.container_port}/tcp" for p in c.ports)
-    row = {"ID": c.id, "Names": c.name, "State": c.state, "Status": c.status, "Ports": ports,
-           "Project": c.project, "Service": c.service, "WorkingDir": c.working_dir,
-           "App": c.app, "Source": c.source}  # fmt: skip
-    return json.dumps(row)
-
-
-LOCAL_CONTEXT = json.dumps(
-    [{"Name": "default", "Endpoints": {"docker": {"Host": "unix:///var/run/docker.sock"}}}]
-)
-
-
-class FakeEngine:
-    """Stands in for `runner.run` in docker.py and compose.py; records every command.
-
-    As a remote engine's host (`DOCKER_HOST` set by the test) it also answers the helper
-    containers: `taken` ports fail to bind, `shared` holds the subdirectories that exist
-    there (None: not even the directory), `images` the images its store has.
+class FakeEngine(support_engine.FakeEngine):
+    """The scripted engine (strict: preflight runs nothing unexpected); as a remote engine's
+    host (`DOCKER_HOST` set by the test) it also answers the helper containers: `taken` ports
+    fail to bind, `shared` holds the subdirectories that exist there (None: not even the
+    directory), `images` the images its store has.
     """
 
-    def __init__(self, containers: Sequence[Container] = (), *, engine: bool = True) -> None:
-        self.containers = list(containers)
-        self.engine = engine
-        self.volume: str | None = None  # `docker volume inspect` output; None: no volume
-        self.commands: list[tuple[str, ...]] = []
+    def __init__(self) -> None:
+        super().__init__(strict=True)
         self.taken: set[int] = set()
         self.shared: set[str] | None = None
-        self.images: set[str] | None = None  # None: every image
 
-    def __call__(self, cmd: Sequence[Any], **kwargs: Any) -> Result:
-        args = tuple(str(a) for a in cmd)
-        self.commands.append(args)
-        if args[:3] == ("docker", "context", "inspect"):
-            return Result(args, 0, LOCAL_CONTEXT)
-        if args[:3] == ("docker", "image", "inspect"):
-            present = self.images is None or args[-1] in self.images
-            return Result(args, 0 if present else 1, "sha256:1\n" if present else "")
+    def answer(self, args: tuple[str, ...], options: dict[str, Any]) -> Result:
         if args[:2] == ("docker", "run"):
             return self.helper(args)
-        if args[:2] == ("docker", "version"):
-            if not self.engine:
-                return Result(args, 1, "", "Cannot connect to the Docker daemon")
-            return Result(args, 0, "27.3.1\n")
-        if args[:3] == ("docker", "compose", "version"):
-            return Result(args, 0, "2.29.7\n")
-        if args[:2] == ("docker", "ps"):
-            return Result(args, 0, "\n".join(ps_line(c) for c in self.containers))
-        if args[:3] == ("docker", "volume", "inspect"):
-            if self.volume is None:
-                return Result(args, 1, "[]\n", f"Error: No such volume: {args[3]}")
-            return Result(args, 0, self.volume)
-        raise AssertionError(f"preflight ran an unexpected command: {args}")
+        return super().answer(args, options)
 
     def helper(self, args: tuple[str, ...]) -> Result:
         """A helper container on the engine's host (sandbox/engine.py's commands)."""
@@ -604,7 +567,7 @@ def test_preflight_with_the_stack_already_up(engine: FakeEngine, target: compose
 
 
 def test_no_engine_stops_before_anything_else(engine: FakeEngine, target: compose.Target) -> None:
-    engine.engine = False
+    engine.reachable = False
     with pytest.raises(SandboxError) as err:
         preflight.run_preflight(target, {})
     assert err.value.code is Exit.NO_ENGINE
@@ -707,15 +670,14 @@ def test_taken_port_held_by_a_real_process(
     )
 
 
-def volume_json(labels: Mapping[str, str]) -> str:
-    return json.dumps([{"Name": "ktrdr-sandbox-1_db-data", "Labels": dict(labels)}])
+DB_VOLUME = "ktrdr-sandbox-1_db-data"
 
 
 def test_a_volume_made_with_another_password_is_refused_before_anything_starts(
     engine: FakeEngine, target: compose.Target
 ) -> None:
     made = preflight.expected_volume(target, {}, apps.BUILT_IN)
-    engine.volume = volume_json(made.labels())
+    engine.volumes[DB_VOLUME] = dict(made.labels())
     preflight.run_preflight(target, {})  # the same password: goes on
     with pytest.raises(SandboxError) as err:
         preflight.run_preflight(target, {"KTRDR_DB_PASSWORD": "s3cret-other"})
@@ -733,7 +695,7 @@ def test_a_volume_of_another_checkout_is_refused(
 ) -> None:
     labels = preflight.expected_volume(target, {}, apps.BUILT_IN).labels()
     labels["io.ktrdr.sandbox.checkout"] = "/srv/elsewhere"
-    engine.volume = volume_json(labels)
+    engine.volumes[DB_VOLUME] = dict(labels)
     with pytest.raises(SandboxError) as err:
         preflight.run_preflight(target, {})
     assert err.value.code is Exit.OTHER_CHECKOUT
@@ -751,7 +713,7 @@ def test_a_database_changing_command_checks_the_owner_as_up_does(
     engine: FakeEngine, target: compose.Target
 ) -> None:
     labels = preflight.expected_volume(target, {}, apps.BUILT_IN).labels()
-    engine.volume = volume_json(labels)
+    engine.volumes[DB_VOLUME] = dict(labels)
 
     def check(containers: Sequence[Container] = (), others: bool = False) -> None:
         preflight.check_database_owner(
@@ -761,7 +723,7 @@ def test_a_database_changing_command_checks_the_owner_as_up_does(
 
     check()  # ours
     labels["io.ktrdr.sandbox.checkout"] = "/srv/elsewhere"
-    engine.volume = volume_json(labels)
+    engine.volumes[DB_VOLUME] = dict(labels)
     with pytest.raises(SandboxError) as err:
         check()
     assert err.value.code is Exit.OTHER_CHECKOUT
@@ -770,9 +732,9 @@ def test_a_database_changing_command_checks_the_owner_as_up_does(
     )
     assert "`inv restore --slot=1 base --other-checkouts` to replace it anyway" in str(err.value)
     check(others=True)
-    engine.volume = None  # no volume: nothing to lose; a legacy one is adopted as by `up`
+    engine.volumes.clear()  # no volume: nothing to lose; a legacy one is adopted as by `up`
     check()
-    engine.volume = volume_json({"com.docker.compose.project": "ktrdr-sandbox-1"})
+    engine.volumes[DB_VOLUME] = {"com.docker.compose.project": "ktrdr-sandbox-1"}
     check()
     # containers started from another checkout: that checkout's, whatever the volume says
     with pytest.raises(SandboxError, match=r"another checkout \(/srv/other\)"):

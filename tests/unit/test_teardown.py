@@ -6,9 +6,7 @@ engine stands in, through the real `inv down` task.
 
 from __future__ import annotations
 
-import json
 import socket
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,10 @@ from invoke.context import Context
 from invoke.exceptions import Exit as InvokeExit
 
 import tasks
-from sandbox import apps, compose, docker, envfiles, picker, runner, slots, teardown
+from sandbox import apps, compose, docker, envfiles, picker, slots, teardown
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import provenance
-from sandbox.runner import Result
+from tests.unit.support import engine as support_engine
 from tests.unit.support.factories import container as fabricate
 
 
@@ -85,8 +83,8 @@ def test_no_terminal_and_no_yes_is_refused() -> None:
     assert not teardown.confirm_or_refuse(entries, False, True, lambda prompt: "no")
 
 
-class FakeEngine:
-    """One `docker ps` and one `docker volume ls` worth of slots; records every command."""
+class FakeEngine(support_engine.FakeEngine):
+    """The scripted engine with one `docker ps` and one `docker volume ls` worth of slots."""
 
     def __init__(
         self,
@@ -97,27 +95,28 @@ class FakeEngine:
     ) -> None:
         """`owners`: a volume's checkout by name (None: made before provenance labels);
         a volume not named there is this checkout's (tasks.common.ROOT)."""
-        self.commands: list[tuple[list[str], dict[str, Any]]] = []
-        self.owners = owners or {}
+        super().__init__()
+        here = str(Path(tasks.common.ROOT).resolve())  # the `isolated` checkout
+        for made in volumes:
+            checkout = (owners or {}).get(made.name, here)
+            self.volumes[made.name] = (
+                {"com.docker.compose.volume": "db-data"}
+                if checkout is None
+                else provenance.volume_labels(checkout, socket.gethostname(), "", "reference", "pw")
+            )
         monkeypatch.setattr(docker, "check_engine", lambda environ=None: "20.10")
         monkeypatch.setattr(docker, "sandbox_containers", lambda environ=None: containers)
         monkeypatch.setattr(picker, "sandbox_volumes", lambda environ=None: volumes)
         monkeypatch.setattr(compose, "find_compose", lambda environ=None: ["docker", "compose"])
-        monkeypatch.setattr(runner, "execute", self.execute)
+        self.install(monkeypatch)
 
-    def execute(self, cmd: Sequence[str], **options: Any) -> Result:
-        if list(cmd[:3]) == ["docker", "volume", "inspect"]:
-            return Result(tuple(cmd), 0, json.dumps([self.inspect(name) for name in cmd[3:]]))
-        self.commands.append((list(cmd), options))
-        return Result(tuple(cmd), 0)
-
-    def inspect(self, name: str) -> dict[str, Any]:
-        here = str(Path(tasks.common.ROOT).resolve())  # the `isolated` checkout
-        checkout = self.owners.get(name, here)
-        if checkout is None:
-            return {"Name": name, "Labels": {"com.docker.compose.volume": "db-data"}}
-        labels = provenance.volume_labels(checkout, socket.gethostname(), "", "reference", "pw")
-        return {"Name": name, "Labels": labels}
+    def changes(self) -> list[tuple[list[str], dict[str, Any]]]:
+        """The commands that act (every one but the volumes' inspection), with their options."""
+        return [
+            (list(cmd), options)
+            for cmd, options in zip(self.commands, self.options, strict=True)
+            if cmd[:3] != ("docker", "volume", "inspect")
+        ]
 
 
 @pytest.fixture
@@ -145,9 +144,9 @@ def test_down_all_takes_down_every_slot_and_their_files(
         [volume(2), volume(5)],
     )
     tasks.lifecycle.down(Context(), all_=True, volumes=True, yes=True)
-    ran = [cmd for cmd, _ in engine.commands]
+    ran = [cmd for cmd, _ in engine.changes()]
     assert ran == [teardown.down_command(["docker", "compose"], s, True) for s in (2, 5, 9)]
-    for _, options in engine.commands:
+    for _, options in engine.changes():
         assert options["cwd"] == teardown.NEUTRAL_DIR
         assert not any(k.startswith("COMPOSE_") for k in options["env"])
     assert not (source / apps.ENV_SANDBOX).exists() and not state.exists()
@@ -159,7 +158,7 @@ def test_down_all_keeps_volume_only_slots_without_volumes(
 ) -> None:
     engine = FakeEngine(monkeypatch, [container(3)], [volume(3), volume(4)])
     tasks.lifecycle.down(Context(), all_=True, yes=True)
-    assert [cmd for cmd, _ in engine.commands] == [
+    assert [cmd for cmd, _ in engine.changes()] == [
         teardown.down_command(["docker", "compose"], 3, False)
     ]
 
@@ -172,7 +171,7 @@ def test_down_all_without_a_terminal_or_yes_touches_nothing(
     with pytest.raises(InvokeExit) as caught:
         tasks.lifecycle.down(Context(), all_=True)
     assert caught.value.code == Exit.USAGE and "--yes" in str(caught.value.message)
-    assert engine.commands == []
+    assert engine.changes() == []
 
 
 def test_down_all_answered_no_touches_nothing(
@@ -184,7 +183,7 @@ def test_down_all_answered_no_touches_nothing(
     with pytest.raises(InvokeExit) as caught:
         tasks.lifecycle.down(Context(), all_=True)
     assert caught.value.code == Exit.FAILED
-    assert engine.commands == []
+    assert engine.changes() == []
 
 
 def test_down_all_with_a_slot_is_refused(isolated: Path) -> None:
@@ -203,7 +202,7 @@ def test_down_all_volumes_removes_only_this_checkouts_and_lists_the_rest_as_kept
         owners={theirs: "/srv/other-checkout", legacy: None},
     )
     tasks.lifecycle.down(Context(), all_=True, volumes=True, yes=True)
-    ran = [cmd for cmd, _ in engine.commands]
+    ran = [cmd for cmd, _ in engine.changes()]
     compose_cmd = ["docker", "compose"]
     assert ran == [
         teardown.down_command(compose_cmd, 2, True),
@@ -229,6 +228,6 @@ def test_down_all_volumes_with_other_checkouts_removes_them_too(
         owners={picker.db_volume_name(4): "/srv/other", picker.db_volume_name(6): None},
     )  # fmt: skip
     tasks.lifecycle.down(Context(), all_=True, volumes=True, yes=True, other_checkouts=True)
-    assert [cmd for cmd, _ in engine.commands] == [
+    assert [cmd for cmd, _ in engine.changes()] == [
         teardown.down_command(["docker", "compose"], s, True) for s in (4, 6)
     ]
