@@ -1,16 +1,19 @@
-"""The `docker compose` invocation for a slot, built as data.
+"""A slot's configuration (`SlotConfig`, resolved once per command) and the `docker compose`
+invocation for it, built as data.
 
-`command(...)` returns the exact argument list; `environment(...)` the exact environment the
-command runs with. Both are pure, so tests assert them without Docker.
+`command(...)` returns the exact argument list; `SlotConfig.env` the exact environment the
+command runs with, computed once from the files read once. Tests assert both without Docker.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -40,12 +43,22 @@ DEFAULT_DB_PASSWORD = "localdev"  # the compose file's ${KTRDR_DB_PASSWORD:-loca
 
 
 @dataclass(frozen=True)
-class Target:
-    """One slot of one checkout: what every compose command needs."""
+class SlotConfig:
+    """One slot of one checkout, resolved once per command: what every compose command needs.
+
+    Made by `load_target` from the slot's env file and the calling shell's environment
+    `environ`; the machine's image choices (./.env) are read once, and the environment Compose
+    runs with (`env`, its precedence applied) and the bind address (`bind`) are computed once,
+    on first use. Every step of a command reads them here instead of working them out again.
+    """
 
     slot: int
     root: Path
-    values: Mapping[str, str]  # the slot's env file, as data
+    values: Mapping[str, str]  # the slot's env file, with the MACHINE_WIDE exports laid over it
+    # The calling shell's environment as the command was given it.
+    environ: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # ./.env's image choices; None: read on first use (a config built by hand, in tests).
+    images: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
 
     @property
     def project(self) -> str:
@@ -62,7 +75,7 @@ class Target:
     def port(self, variable: str) -> int:
         return int(self.values[variable])
 
-    @property
+    @cached_property
     def shared_dir(self) -> Path:
         """The host directory behind /app/data, /app/models and /app/strategies, as Compose
         sees it: a relative KTRDR_SHARED_DIR is relative to the project directory (the
@@ -73,6 +86,34 @@ class Target:
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.root / path
 
+    @cached_property
+    def image_settings(self) -> Mapping[str, str]:
+        return self.images if self.images is not None else image_settings(self.root)
+
+    @cached_property
+    def env(self) -> Mapping[str, str]:
+        """The environment a compose command for this slot runs with (`resolve_environment`)."""
+        return resolve_environment(self)
+
+    @cached_property
+    def bind(self) -> str:
+        """The address Compose publishes the slot's ports on, bare (no IPv6 brackets): what
+        `env` hands Compose, else the compose file's default."""
+        # Compose takes "[::1]" and "::1" alike; sockets and URLs want the bare form first.
+        return resolve("KTRDR_BIND_ADDR", None, self.env, DEFAULT_BIND_ADDR).strip("[]")
+
+
+# The name most callers know it by.
+Target = SlotConfig
+
+
+def configured(target: SlotConfig, environ: Mapping[str, str] | None) -> SlotConfig:
+    """`target` for a command run with `environ`: itself when that is the environment it was
+    made with (or None), else a copy resolved against `environ` (./.env is not read again)."""
+    if environ is None or environ is target.environ or environ == target.environ:
+        return target
+    return dataclasses.replace(target, environ=dict(environ), images=target.image_settings)
+
 
 # Machine-wide settings that live in the env files but that a user exports for every slot at
 # once: exported in the calling shell (non-empty), they win over the env file. A relative
@@ -80,16 +121,18 @@ class Target:
 MACHINE_WIDE = ("KTRDR_SHARED_DIR",)
 
 
-def load_target(root: Path, slot: int, environ: Mapping[str, str] | None = None) -> Target:
-    """Slot `slot` of the checkout at `root`: its env file, with the MACHINE_WIDE settings
-    `environ` exports laid over it."""
+def load_target(root: Path, slot: int, environ: Mapping[str, str] | None = None) -> SlotConfig:
+    """Slot `slot` of the checkout at `root`, for a command run with `environ`: its env file,
+    with the MACHINE_WIDE settings `environ` exports laid over it, and ./.env's image choices;
+    read once, here."""
     values = envfiles.load_slot(root, slot)
     exported = {
         name: str(Path(environ[name]).expanduser().absolute())
         for name in MACHINE_WIDE
         if environ is not None and environ.get(name)
     }
-    return Target(slot, root, {**values, **exported} if exported else values)
+    merged = {**values, **exported} if exported else values
+    return SlotConfig(slot, root, merged, dict(environ or {}), image_settings(root))
 
 
 def find_compose(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -145,39 +188,42 @@ def image_settings(root: Path) -> dict[str, str]:
     return {k: v for k, v in values.items() if k in IMAGE_VARIABLES and v}
 
 
-def environment(
-    target: Target,
-    environ: Mapping[str, str],
-    overrides: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """The environment a compose command for `target` runs with.
+def resolve_environment(target: SlotConfig) -> dict[str, str]:
+    """The environment a compose command for `target` runs with, from its `environ`.
 
-    Precedence: `overrides` (CLI flags) > the slot's env file > machine settings (./.env, or
-    the same variables exported in the shell) > the compose file's defaults.
+    Precedence: the slot's env file > machine settings (./.env, or the same variables
+    exported in the shell) > the compose file's defaults. Computed once per config
+    (`SlotConfig.env`).
     """
     env = {
         key: value
-        for key, value in environ.items()
+        for key, value in target.environ.items()
         if key in PASSTHROUGH
         or (not key.startswith(SLOT_SPECIFIC_PREFIXES) and key != "SLOT_NUMBER")
     }
-    for key, value in image_settings(target.root).items():
+    for key, value in target.image_settings.items():
         env.setdefault(key, value)
     env.update(target.values)
     if target.values.get("KTRDR_SHARED_DIR"):
-        # Absolute, resolved against the checkout as `Target.shared_dir` does, so Compose
+        # Absolute, resolved against the checkout as `SlotConfig.shared_dir` does, so Compose
         # mounts the directory preflight checked whatever its own idea of a relative path.
         env["KTRDR_SHARED_DIR"] = str(target.shared_dir)
-    env.update(overrides or {})
     return env
 
 
-def bind_address(target: Target, environ: Mapping[str, str]) -> str:
-    """The address Compose publishes the slot's ports on, bare (no IPv6 brackets): what
-    `environment` hands Compose, else the compose file's default."""
-    env = environment(target, environ)
-    # Compose takes "[::1]" and "::1" alike; sockets and URLs want the bare form first.
-    return resolve("KTRDR_BIND_ADDR", None, env, DEFAULT_BIND_ADDR).strip("[]")
+def environment(
+    target: SlotConfig,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment a compose command for `target` runs with in `environ` (the config's
+    own when None), `overrides` (CLI flags) laid over it: a copy of `SlotConfig.env`."""
+    return {**configured(target, environ).env, **(overrides or {})}
+
+
+def bind_address(target: SlotConfig, environ: Mapping[str, str] | None = None) -> str:
+    """`SlotConfig.bind` of `target` in `environ` (the config's own when None)."""
+    return configured(target, environ).bind
 
 
 def resolve(name: str, cli: str | None, values: Mapping[str, str], default: str) -> str:

@@ -95,6 +95,9 @@ def test_slot_zero_does_not_inherit_a_shared_dir(tmp_path: Path) -> None:
 
 def test_images_env_is_read_and_shell_wins(target: compose.Target) -> None:
     (target.root / compose.IMAGES_ENV).write_text(images.render_env(True, target.root))
+    # ./.env is read once, when the slot's configuration is made.
+    assert "KTRDR_DB_IMAGE" not in compose.environment(target, {})
+    target = compose.load_target(target.root, target.slot)
     env = compose.environment(target, {"KTRDR_JAEGER_IMAGE": "mine/jaeger:1"})
     assert env["KTRDR_DB_IMAGE"] == "ktrdr-sandbox/postgres-debian:15"
     assert env["KTRDR_GRAFANA_IMAGE"] == "ktrdr-sandbox/grafana-standin:1"

@@ -794,7 +794,8 @@ def test_remote_preflight_asks_the_engines_host_and_creates_nothing_here(
     assert asked == [images.APP_IMAGE]
     dotenv = "KTRDR_APP_IMAGE=app:1\nKTRDR_BASE_IMAGE=base:1\nKTRDR_DB_IMAGE=db:1\n"
     (target.root / ".env").write_text(dotenv)
-    assert enginehost.slot_images(target, {}) == ["db:1", "app:1"]
+    reloaded = compose.load_target(target.root, target.slot)  # ./.env is read when it is made
+    assert enginehost.slot_images(reloaded, {}) == ["db:1", "app:1"]
     # DOCKER_HOST names the engine: no context is read.
     assert ("docker", "context", "inspect") not in [c[:3] for c in engine.commands]
     again = preflight.run_preflight(target, {**REMOTE, "KTRDR_DB_PASSWORD": "s3cret"})
