@@ -22,7 +22,6 @@ import ipaddress
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sandbox import (
     apps,
@@ -31,8 +30,8 @@ from sandbox import (
     engine,
     envfiles,
     observability,
+    ownership,
     ports,
-    runner,
     shared,
     slots,
 )
@@ -41,8 +40,6 @@ from sandbox.errors import Exit, SandboxError
 from sandbox.images import provenance
 from sandbox.remote import enginehost
 from sandbox.runner import display
-from sandbox.settings import ENGINE_QUERY_TIMEOUT
-from sandbox.status import checkout_gone
 
 
 @dataclass(frozen=True)
@@ -85,49 +82,6 @@ def env_error(problems: Sequence[envfiles.Problem]) -> SandboxError:
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return SandboxError(
         f"{problems[0]}{more}: fix it or run `inv env --write` to regenerate env/", Exit.BAD_ENV
-    )
-
-
-# --- the project's containers -------------------------------------------------------------
-
-
-def _same_dir(a: str | Path, b: str | Path) -> bool:
-    return Path(a).resolve() == Path(b).resolve()
-
-
-def other_checkout(
-    target_root: Path, project_containers: Sequence[Container], client: str | None = None
-) -> str | None:
-    """Where a container of this project was started from when that is another checkout
-    (`HOST:PATH` when another client machine started it, else its path), or None.
-
-    A checkout is (client host name, path): two machines may have the same path, and on a
-    remote engine their slots must not take each other over. Containers without the client
-    label (started before it was recorded, or by plain Compose) compare by path alone.
-    Containers in any state count: `compose up` here would take them over.
-    """
-    here = docker.client_name() if client is None else client
-    for container in project_containers:
-        if container.client and container.client != here:
-            return f"{container.client}:{container.working_dir or '?'}"
-        if container.working_dir and not _same_dir(container.working_dir, target_root):
-            return container.working_dir
-    return None
-
-
-def other_checkout_error(target: compose.Target, working_dir: str) -> SandboxError:
-    if checkout_gone(working_dir):
-        return SandboxError(
-            f"slot {target.slot} is orphaned: it was started from {working_dir}, which no "
-            f"longer exists; `inv down --slot={target.slot}` (from here) removes its "
-            "containers and keeps its database",
-            Exit.OTHER_CHECKOUT,
-        )
-    return SandboxError(
-        f"slot {target.slot} belongs to another checkout: {target.project} was started from "
-        f"{working_dir}; run `inv down --slot={target.slot}` in that checkout, "
-        "or pick another slot",
-        Exit.OTHER_CHECKOUT,
     )
 
 
@@ -195,9 +149,9 @@ def checkout_step(facts: Facts) -> Step:
     target = facts.target
     facts.everything = docker.containers(facts.environ)
     facts.own = [c for c in facts.everything if c.project == target.project]
-    elsewhere = other_checkout(target.root, facts.own)
+    elsewhere = ownership.other_checkout(target.root, facts.own)
     if elsewhere is not None:
-        raise other_checkout_error(target, elsewhere)
+        raise ownership.other_checkout_error(target, elsewhere)
     if facts.own:
         return Step(
             "checkout", f"{target.project} has {len(facts.own)} container(s) from this checkout"
@@ -229,11 +183,6 @@ def source_step(facts: Facts) -> Step:
     return Step("source", wanted.describe())
 
 
-def here(target: compose.Target) -> str:
-    """This checkout, as a database volume's provenance names its owner."""
-    return str(target.root.resolve())
-
-
 def expected_volume(
     target: compose.Target, environ: Mapping[str, str], source: apps.Source
 ) -> provenance.Expected:
@@ -241,7 +190,7 @@ def expected_volume(
     env = compose.environment(target, environ)
     return provenance.Expected(
         slot=target.slot,
-        checkout=here(target),
+        checkout=ownership.here(target),
         client_host=socket.gethostname(),
         source=source.label,
         app=source.kind.name,
@@ -249,29 +198,16 @@ def expected_volume(
     )
 
 
-def inspect_volume(
-    target: compose.Target, environ: Mapping[str, str]
-) -> provenance.VolumeInfo | None:
-    """The slot's database volume as the engine has it, or None when there is none."""
-    cmd = provenance.inspect_command(slots.db_volume(target.project))
-    result = runner.run(cmd, env=dict(environ), timeout=ENGINE_QUERY_TIMEOUT)
-    if result.ok:
-        return provenance.parse_inspect(result.stdout)
-    if "no such volume" in result.stderr.lower():
-        return None
-    raise docker.engine_error(result, environ)
-
-
 def volume_step(facts: Facts) -> Step:
     """The slot's database must be this checkout's, made with this password: a reused one
     that is not is refused here, in a second, instead of a backend that never logs in."""
     target = facts.target
-    info = inspect_volume(target, facts.environ)
+    info = ownership.inspect_volume(target, facts.environ)
     verdict = provenance.compare(info, expected_volume(target, facts.environ, facts.source))
     facts.volume = verdict.kind
     name = slots.db_volume(target.project)
     if facts.fresh:
-        owner = provenance.foreign_owner(info, here(target), socket.gethostname())
+        owner = provenance.foreign_owner(info, ownership.here(target), socket.gethostname())
         if owner is not None and not facts.other_checkouts:
             command = f"inv up --slot={target.slot} --fresh"
             raise provenance.others_database_error(
@@ -288,31 +224,6 @@ def volume_step(facts: Facts) -> Step:
     if verdict.kind is provenance.Kind.MISSING:
         return Step("volume", f"{name} will be created for this checkout")
     return Step("volume", f"{name} was created by this checkout with this password")
-
-
-def check_database_owner(
-    target: compose.Target,
-    environ: Mapping[str, str],
-    containers: Sequence[Container],
-    *,
-    command: str,
-    action: str,
-    other_checkouts: bool,
-) -> None:
-    """Before a command that changes or removes slot `target`'s database (`down --volumes`,
-    `restore`, `clone`): the same ownership `up` checks. The slot's containers started from
-    another checkout, or its volume created by one (its provenance labels), refuse it in one
-    line naming that checkout, `command` to run there and `command --other-checkouts` to
-    `action` anyway; `other_checkouts` is that flag. A volume older than the labels, and no
-    volume, pass (as `up` adopts them)."""
-    if other_checkouts:
-        return
-    owner = other_checkout(target.root, containers)
-    if owner is None:
-        info = inspect_volume(target, environ)
-        owner = provenance.foreign_owner(info, here(target), socket.gethostname())
-    if owner is not None:
-        raise provenance.others_database_error(target.slot, owner, command, action)
 
 
 def layout_step(facts: Facts) -> Step:

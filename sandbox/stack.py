@@ -25,6 +25,7 @@ from sandbox import (
     lastup,
     net,
     observability,
+    ownership,
     preflight,
     reach,
     runner,
@@ -649,7 +650,7 @@ def down(
     compose_cmd = compose.find_compose(environ)
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
         own = [c for c in docker.sandbox_containers(environ) if c.slot == target.slot]
-        elsewhere = preflight.other_checkout(target.root, own)
+        elsewhere = ownership.other_checkout(target.root, own)
         gone = elsewhere is not None and checkout_gone(elsewhere)
         if elsewhere is not None and not gone:
             raise SandboxError(
@@ -659,7 +660,7 @@ def down(
                 Exit.OTHER_CHECKOUT,
             )
         if volumes:
-            preflight.check_database_owner(
+            ownership.check_database_owner(
                 target, environ, own,
                 command=f"inv down --slot={target.slot} --volumes",
                 action="remove it anyway", other_checkouts=other_checkouts,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sandbox import docker, lock, preflight, settings
+from sandbox import docker, lock, ownership, settings
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.snapshots.database import (
@@ -228,7 +228,7 @@ def _check_owner(
     """The database about to be replaced must be this checkout's, as for `up` (sandbox/
     preflight.py), unless `--other-checkouts`."""
     own = [c for c in docker.sandbox_containers(environ) if c.slot == target.slot]
-    preflight.check_database_owner(
+    ownership.check_database_owner(
         target, environ, own, command=command, action="replace it anyway",
         other_checkouts=other_checkouts,
     )  # fmt: skip

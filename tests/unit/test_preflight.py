@@ -11,7 +11,17 @@ from typing import Any
 
 import pytest
 
-from sandbox import COMPOSE_FILE, apps, compose, docker, envfiles, ports, preflight, runner
+from sandbox import (
+    COMPOSE_FILE,
+    apps,
+    compose,
+    docker,
+    envfiles,
+    ownership,
+    ports,
+    preflight,
+    runner,
+)
 from sandbox import engine as engine_mod
 from sandbox import shared as shared_mod
 from sandbox.docker import Container, PublishedPort
@@ -149,9 +159,9 @@ def test_other_checkout(tmp_path: Path) -> None:
     ours = container("ktrdr-sandbox-1", "db", working_dir=str(tmp_path / "link"))
     theirs = container("ktrdr-sandbox-1", "backend", working_dir=str(there), state="exited")
     unlabelled = container("ktrdr-sandbox-1", "jaeger", working_dir="")
-    assert preflight.other_checkout(here, [ours, unlabelled]) is None
-    assert preflight.other_checkout(here, [ours, theirs]) == str(there)
-    assert preflight.other_checkout(here, []) is None
+    assert ownership.other_checkout(here, [ours, unlabelled]) is None
+    assert ownership.other_checkout(here, [ours, theirs]) == str(there)
+    assert ownership.other_checkout(here, []) is None
 
 
 def a_checkout(path: Path) -> str:
@@ -163,7 +173,7 @@ def a_checkout(path: Path) -> str:
 
 def test_other_checkout_message(target: compose.Target, tmp_path: Path) -> None:
     other = a_checkout(tmp_path / "ana" / "ktrdr-sandbox")
-    err = preflight.other_checkout_error(target, other)
+    err = ownership.other_checkout_error(target, other)
     assert err.code is Exit.OTHER_CHECKOUT
     assert err.message == (
         f"slot 1 belongs to another checkout: ktrdr-sandbox-1 was started from "
@@ -177,7 +187,7 @@ def test_an_orphaned_slot_names_the_one_command_that_works_from_here(
     gone = str(tmp_path / "deleted-worktree")
     assert checkout_gone(gone)
     assert not checkout_gone(a_checkout(tmp_path / "here"))
-    err = preflight.other_checkout_error(target, gone)
+    err = ownership.other_checkout_error(target, gone)
     assert err.code is Exit.OTHER_CHECKOUT
     assert err.message == (
         f"slot 1 is orphaned: it was started from {gone}, which no longer exists; "
@@ -716,7 +726,7 @@ def test_a_database_changing_command_checks_the_owner_as_up_does(
     engine.volumes[DB_VOLUME] = dict(labels)
 
     def check(containers: Sequence[Container] = (), others: bool = False) -> None:
-        preflight.check_database_owner(
+        ownership.check_database_owner(
             target, {}, containers, command="inv restore --slot=1 base",
             action="replace it anyway", other_checkouts=others,
         )  # fmt: skip
@@ -889,7 +899,7 @@ def test_a_checkout_is_a_client_and_a_path() -> None:
     mine = replace(container("p", "db", working_dir=str(here)), client="laptop")
     theirs = replace(mine, client="desktop")
     unlabelled = replace(mine, client="")
-    assert preflight.other_checkout(here, [mine, unlabelled], client="laptop") is None
-    assert preflight.other_checkout(here, [theirs], client="laptop") == "desktop:/checkouts/a"
+    assert ownership.other_checkout(here, [mine, unlabelled], client="laptop") is None
+    assert ownership.other_checkout(here, [theirs], client="laptop") == "desktop:/checkouts/a"
     moved = replace(mine, working_dir="/checkouts/b")
-    assert preflight.other_checkout(here, [moved], client="laptop") == "/checkouts/b"
+    assert ownership.other_checkout(here, [moved], client="laptop") == "/checkouts/b"
