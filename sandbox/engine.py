@@ -36,8 +36,8 @@ PROBE_MOUNT = "/probe"
 SHARED_SUBDIRS = ("data", "models", "strategies")
 # Addresses a port is published on. Docker lists a wildcard bind as "0.0.0.0" and "::", an
 # empty host ip means every address too, and Compose also takes "[::]" (hence `bare`).
-LOOPBACK = "127.0.0.1"  # where a wildcard bind is reached, and where a tunnel forwards
-LOOPBACKS = frozenset({LOOPBACK, "::1", "localhost"})
+LOOPBACK_IPV4 = "127.0.0.1"  # where a wildcard bind is reached, and where a tunnel forwards
+LOOPBACKS = frozenset({LOOPBACK_IPV4, "::1", "localhost"})
 WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 
 
@@ -87,7 +87,7 @@ class Engine:
             return self.host
         address = bare(bind_address)
         if address in WILDCARDS:
-            return "::1" if address == "::" else LOOPBACK
+            return "::1" if address == "::" else LOOPBACK_IPV4
         return address
 
     def unreachable_bind(self, bind_address: str, slot: int | None = None) -> str | None:
@@ -144,7 +144,7 @@ def url_host(addr: str) -> str:
     """A bind address as the host part of a URL: a wildcard is reached on loopback, IPv6
     comes back in brackets."""
     if is_wildcard(addr):
-        return LOOPBACK
+        return LOOPBACK_IPV4
     return f"[{addr}]" if ":" in addr else addr
 
 

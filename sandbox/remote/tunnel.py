@@ -63,7 +63,7 @@ def command(where: engine.Engine, ports: Sequence[int]) -> list[str]:
     forwards = [
         arg
         for port in ports
-        for arg in ("-L", f"{engine.LOOPBACK}:{port}:{engine.LOOPBACK}:{port}")
+        for arg in ("-L", f"{engine.LOOPBACK_IPV4}:{port}:{engine.LOOPBACK_IPV4}:{port}")
     ]
     # Its own connection, never a shared master's: forwards made through a ControlMaster stay
     # with the master after this ssh exits, and Ctrl-C would not close them.
@@ -87,13 +87,14 @@ def holder(listener: Listener | None) -> str:
 def check_free(ports: Sequence[int], listeners: Listeners = read_listeners) -> None:
     """Every port free on this machine's loopback, else one line naming the first taken and
     the process that holds it."""
-    taken = [port for port in ports if not can_bind(engine.LOOPBACK, port)]
+    taken = [port for port in ports if not can_bind(engine.LOOPBACK_IPV4, port)]
     if taken:
         more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
         who = holder(listeners({taken[0]}).get(taken[0]))
         raise SandboxError(
-            f"port {taken[0]}{more} is taken on this machine's {engine.LOOPBACK} by {who}: stop "
-            "it (a local slot: `inv down`; a tunnel: its `inv tunnel`), or tunnel another slot",
+            f"port {taken[0]}{more} is taken on this machine's {engine.LOOPBACK_IPV4} by "
+            f"{who}: stop it (a local slot: `inv down`; a tunnel: its `inv tunnel`), or tunnel "
+            "another slot",
             Exit.PORT_TAKEN,
         )
 
@@ -164,7 +165,9 @@ def is_tunnel(pid: int, ports: Sequence[int], proc: Path = PROC) -> bool:
     if not args or Path(args[0]).name != "ssh" or "-N" not in args:
         return False
     forwards = {args[i + 1] for i, arg in enumerate(args[:-1]) if arg == "-L"}
-    return forwards == {f"{engine.LOOPBACK}:{port}:{engine.LOOPBACK}:{port}" for port in ports}
+    return forwards == {
+        f"{engine.LOOPBACK_IPV4}:{port}:{engine.LOOPBACK_IPV4}:{port}" for port in ports
+    }
 
 
 def running(pid: int, proc: Path = PROC) -> bool:
