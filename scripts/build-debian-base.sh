@@ -6,8 +6,8 @@
 # not the Debian project's published image.
 #
 # Usage: KTRDR_DEBIAN_SUITE=bookworm scripts/build-debian-base.sh [--force]
-# (`inv images --offline` runs it so, with the suite named once in sandbox/images/build.py.)
-# Environment: KTRDR_DEBIAN_SUITE (required: the suite sandbox/images/build.py's DEBIAN_SUITE names),
+# (`inv images --offline` runs it so; sandbox/images/base.py names the script and the tag.)
+# Environment: KTRDR_DEBIAN_SUITE (required: the Debian suite, e.g. bookworm),
 # KTRDR_DEBIAN_MIRROR (default: the first Debian mirror this host's apt uses, else
 # debootstrap's own default).
 set -euo pipefail

@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from sandbox import ROOT, lock, runner
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import base
 from sandbox.runner import display
 from sandbox.settings import CLI_TIMEOUT
 
@@ -43,9 +44,8 @@ OFFLINE_PYTHON_BASE = "ktrdr-sandbox/python-debian:3.13-trixie"
 HTTP_OK = ROOT / "containers" / "app" / "http-ok.sh"
 PYTHON_BASE_DOCKERFILE = ROOT / "containers" / "images" / "python-trixie" / "Dockerfile"
 DEBIAN_SUITE = "trixie"
-OFFLINE_DEBIAN_BASE = f"ktrdr-sandbox/debian-base:{DEBIAN_SUITE}"
+OFFLINE_DEBIAN_BASE = base.image(DEBIAN_SUITE)
 ONLINE_DEBIAN_BASE = f"debian:{DEBIAN_SUITE}-slim"
-BASE_SCRIPT = ROOT / "scripts" / "build-debian-base.sh"
 
 # Where Debian's update-ca-certificates takes local CAs from: what the host itself trusts
 # beyond the distribution's bundle. KTRDR_EXTRA_CA_CERTS adds files or directories
@@ -304,8 +304,8 @@ def python_base_steps(offline: bool, environ: Mapping[str, str]) -> list[Step]:
     debian = OFFLINE_DEBIAN_BASE if offline else ONLINE_DEBIAN_BASE
     steps = []
     if offline:
-        script_env = {**environ, "KTRDR_DEBIAN_SUITE": DEBIAN_SUITE}
-        steps.append(Step(OFFLINE_DEBIAN_BASE, ["bash", str(BASE_SCRIPT)], script_env))
+        script_env = base.environment(DEBIAN_SUITE, environ)
+        steps.append(Step(OFFLINE_DEBIAN_BASE, base.command(ROOT), script_env))
     build = ["docker", "build", "--build-arg", f"BASE_IMAGE={debian}"]
     build += [
         "-f",

@@ -18,16 +18,16 @@ from pathlib import Path
 from sandbox import engine, runner
 from sandbox.compose import IMAGE_VARIABLES, IMAGES_ENV, image_settings
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import base
 from sandbox.images import send as imagesend
 from sandbox.runner import display
 from sandbox.settings import BUILD_WORKERS, CLI_TIMEOUT, REGISTRY_PROBE_TIMEOUT
 
 CONTEXT = "containers"
-BASE_SCRIPT = "scripts/build-debian-base.sh"
-# The one place the Debian release is named: the base script gets it as KTRDR_DEBIAN_SUITE and
-# tags its image ktrdr-sandbox/debian-base:<suite>.
+# The Debian release the slot images are built on, named here only (the uv apps' Python base
+# needs a later one, named in app).
 DEBIAN_SUITE = "bookworm"
-OFFLINE_BASE = f"ktrdr-sandbox/debian-base:{DEBIAN_SUITE}"
+OFFLINE_BASE = base.image(DEBIAN_SUITE)
 UPSTREAM_BASE = f"debian:{DEBIAN_SUITE}-slim"
 # The compose file's default, for plain `docker compose` with no ./.env.
 APP_IMAGE = "ktrdr-sandbox/reference-app:latest"
@@ -158,8 +158,8 @@ def plan(root: Path, offline: bool, environ: Mapping[str, str], buildkit: bool) 
     env = build_env(environ, buildkit)
     app = app_image(root)
     if offline:
-        base_env = {**environ, "KTRDR_DEBIAN_SUITE": DEBIAN_SUITE}
-        steps = [Step(OFFLINE_BASE, ["bash", str(root / BASE_SCRIPT)], base_env)]
+        base_env = base.environment(DEBIAN_SUITE, environ)
+        steps = [Step(OFFLINE_BASE, base.command(root), base_env)]
         on_base = (OFFLINE_BASE,)
         steps += [Step(i.tag, docker_build(root, i, OFFLINE_BASE), env, on_base) for i in OFFLINE]
         return [*steps, Step(app.tag, docker_build(root, app, OFFLINE_BASE), env, on_base)]

@@ -10,13 +10,13 @@ from pathlib import Path
 from sandbox import ROOT, runner
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import send as imagesend
+from sandbox.images.build import OFFLINE_BASE
 from sandbox.settings import CLI_TIMEOUT
 from sandbox.swarm.cluster import Manager, tasks_of_service, wait_for
 
 REGISTRY_VARIABLE = "KTRDR_SWARM_REGISTRY"  # HOST:PORT the nodes pull from
 REGISTRY_SERVICE = "ktrdr-sandbox-registry"
 REGISTRY_IMAGE = "ktrdr-sandbox/registry-debian:2"
-REGISTRY_BASE = "ktrdr-sandbox/debian-base:bookworm"
 REGISTRY_DOCKERFILE = "containers/images/registry-debian/Dockerfile"
 REGISTRY_PORT = 5000
 REGISTRY_VOLUME = "ktrdr-sandbox-registry"
@@ -62,7 +62,7 @@ def registry_build_command(root: Path) -> list[str]:
         "docker",
         "build",
         "--quiet",
-        f"--build-arg=BASE_IMAGE={REGISTRY_BASE}",
+        f"--build-arg=BASE_IMAGE={OFFLINE_BASE}",
         f"--file={root / REGISTRY_DOCKERFILE}",
         f"--tag={REGISTRY_IMAGE}",
         str(root / "containers"),
@@ -76,10 +76,10 @@ def ensure_registry_image(root: Path, environ: Mapping[str, str]) -> None:
     ).ok:
         return
     if not runner.run(
-        ["docker", "image", "inspect", REGISTRY_BASE], env=local, timeout=CLI_TIMEOUT
+        ["docker", "image", "inspect", OFFLINE_BASE], env=local, timeout=CLI_TIMEOUT
     ).ok:
         raise SandboxError(
-            f"{REGISTRY_BASE} is missing, which the registry image is built on: run "
+            f"{OFFLINE_BASE} is missing, which the registry image is built on: run "
             "`inv images --offline` first",
             Exit.COMMAND,
         )

@@ -28,12 +28,13 @@ from pathlib import Path
 from sandbox import ROOT, slots
 from sandbox.compose import image_settings
 from sandbox.errors import Exit, SandboxError
+from sandbox.images import base
+from sandbox.images.build import DEBIAN_SUITE
 from sandbox.images.send import Loaded, checked, transfer
 from sandbox.runner import Result, display, run
 
 IMAGE = "ktrdr-sandbox/remote-host:1"
-BASE_IMAGE = "ktrdr-sandbox/debian-base:bookworm"
-BASE_SCRIPT = "scripts/build-debian-base.sh"
+BASE_IMAGE = base.image(DEBIAN_SUITE)
 DOCKERFILE = "containers/images/remote-host/Dockerfile"
 CONTAINER = "ktrdr-remote-host"
 VOLUME = "ktrdr-remote-docker"  # the inner engine's /var/lib/docker: overlay2 needs a real fs
@@ -224,8 +225,9 @@ class Started:
 def ensure_image(root: Path, environ: Mapping[str, str]) -> None:
     """Build the remote-host image (on the local engine) over the shared Debian base."""
     if not _docker(["image", "inspect", BASE_IMAGE], environ).ok:
-        result = run(["bash", str(root / BASE_SCRIPT)], env=dict(environ), timeout=1800)
-        checked(result, f"building {BASE_IMAGE}", f"run `bash {BASE_SCRIPT}` as root and read why")
+        script_env = base.environment(DEBIAN_SUITE, environ)
+        result = run(base.command(root), env=script_env, timeout=1800)
+        checked(result, f"building {BASE_IMAGE}", f"run `bash {base.SCRIPT}` as root and read why")
     build = [
         "build",
         "--quiet",
