@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result, run
 from sandbox.settings import CLI_TIMEOUT
+from sandbox.shared import SUBDIRS
 
 # An explicit override of the host the client connects to for published ports: for an ssh://
 # alias the client cannot resolve, a tunnel, or a tcp:// engine reached through another name.
@@ -33,7 +34,6 @@ CONNECT_HOST_VARIABLE = "KTRDR_CONNECT_HOST"
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 # Where a small helper container sees the directory or the files it works on.
 PROBE_MOUNT = "/probe"
-SHARED_SUBDIRS = ("data", "models", "strategies")
 # Addresses a port is published on. Docker lists a wildcard bind as "0.0.0.0" and "::", an
 # empty host ip means every address too, and Compose also takes "[::]" (hence `bare`).
 LOOPBACK_IPV4 = "127.0.0.1"  # where a wildcard bind is reached, and where a tunnel forwards
@@ -332,7 +332,7 @@ def shared_dir_check_command(directory: str, image: str) -> list[str]:
         "-c",
         CHECK_SCRIPT,
         PROBE_MOUNT,
-        *SHARED_SUBDIRS,
+        *SUBDIRS,
     ]
 
 
@@ -353,7 +353,7 @@ def parse_shared_check(result: Result, directory: str) -> SharedDir:
     """`shared_dir_check_command`'s result; a SandboxError when the probe itself failed."""
     if not result.ok:
         if "bind source path does not exist" in result.stderr:
-            return SharedDir(False, SHARED_SUBDIRS)
+            return SharedDir(False, SUBDIRS)
         raise SandboxError(
             f"checking {directory} on the engine's host failed: {result.tail(1)}",
             Exit.SHARED_DIR,
@@ -402,7 +402,7 @@ def shared_dir_create_command(directory: str, image: str, owner: str = "") -> li
         "-c",
         CREATE_SCRIPT,
         PROBE_MOUNT,
-        *SHARED_SUBDIRS,
+        *SUBDIRS,
     ]
 
 

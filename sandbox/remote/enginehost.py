@@ -20,6 +20,7 @@ from sandbox.engine import PortProbe, SharedDir
 from sandbox.errors import Exit, SandboxError
 from sandbox.images.build import APP_IMAGE
 from sandbox.settings import CLI_TIMEOUT, ENGINE_QUERY_TIMEOUT, VERIFY_EXEC_TIMEOUT
+from sandbox.shared import SUBDIRS
 
 # Copying a checkout's data/ into the remote host may stream gigabytes.
 STREAM_TIMEOUT = 3600.0
@@ -92,7 +93,7 @@ def taken_ports(
 
 # Writes (or removes) one probe file in each shared subdirectory: $0 the directory, $1 the name.
 PROBE_SCRIPT = (
-    'set -e; for d in data models strategies; do f="$0/$d/$1"; '
+    f'set -e; for d in {" ".join(SUBDIRS)}; do f="$0/$d/$1"; '
     'if [ "$2" = write ]; then echo "ktrdr-sandbox verify probe" > "$f"; '
     'else rm -f "$f"; fi; done'
 )
@@ -174,7 +175,7 @@ def init_shared(
     created = create_shared(directory, image, environ)
     if source is None:
         return InitShared(created, (), 0)
-    names = tuple(n for n in engine.SHARED_SUBDIRS if (source / n).is_dir())
+    names = tuple(n for n in SUBDIRS if (source / n).is_dir())
     files = sum(1 for n in names for f in (source / n).rglob("*") if f.is_file())
     stream_copy(str(source), names, directory, image, environ)
     return InitShared(created, names, files)

@@ -29,6 +29,7 @@ from sandbox.images import app as appimages
 from sandbox.images import build as images
 from sandbox.remote import enginehost
 from sandbox.runner import Result, display, run
+from sandbox.shared import SUBDIRS
 from tests.remote.conftest import SSH_SLOT, TCP_SLOTS, Remote
 
 pytestmark = [pytest.mark.docker, pytest.mark.remote]
@@ -184,7 +185,7 @@ def test_engine_helpers_run_on_the_remote_host(remote: Remote, tmp_path: Path) -
     client_side = tmp_path / "remote-only" / "shared"
     shared = str(client_side)
     assert not enginehost.shared_state(shared, image, env).exists
-    assert enginehost.create_shared(shared, image, env) == engine.SHARED_SUBDIRS
+    assert enginehost.create_shared(shared, image, env) == SUBDIRS
     assert enginehost.shared_state(shared, image, env).ready
     taken = enginehost.taken_ports([2375, 8009], "0.0.0.0", image, env)
     assert [p.port for p in taken] == [2375]

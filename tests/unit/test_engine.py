@@ -17,6 +17,7 @@ from sandbox import engine, runner
 from sandbox.engine import Engine, Kind
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result, run
+from sandbox.shared import SUBDIRS
 
 IMAGE = "ktrdr-sandbox/debian-base:bookworm"
 
@@ -225,7 +226,7 @@ def test_check_command_quotes_a_path_with_commas() -> None:
 def sh(script: str, directory: Path, env: dict[str, str] | None = None) -> Result:
     """Run a helper script here, with `directory` in place of the container's /probe."""
     return run(
-        ["sh", "-c", script, str(directory), *engine.SHARED_SUBDIRS],
+        ["sh", "-c", script, str(directory), *SUBDIRS],
         env={"PATH": "/usr/bin:/bin", **(env or {})},
     )
 
@@ -253,7 +254,7 @@ def test_missing_source_reads_as_missing_directory() -> None:
         "bind source path does not exist: /home/me/.ktrdr/shared\n",
     )
     state = engine.parse_shared_check(refused, "/home/me/.ktrdr/shared")
-    assert state == engine.SharedDir(False, engine.SHARED_SUBDIRS)
+    assert state == engine.SharedDir(False, SUBDIRS)
 
 
 def test_other_probe_failure_is_a_shared_dir_error() -> None:
@@ -289,7 +290,7 @@ def test_create_accepts_a_directory_another_up_made_meanwhile(tmp_path: Path) ->
     result = sh(engine.CREATE_SCRIPT, shared, {"PATH": f"{shims}:/usr/bin:/bin"})
     assert result.ok, result.stderr
     assert engine.parse_created(result.stdout) == ()  # this run made none of them
-    assert all((shared / name).is_dir() for name in engine.SHARED_SUBDIRS)
+    assert all((shared / name).is_dir() for name in SUBDIRS)
 
 
 def test_create_hands_new_directories_to_the_owner(tmp_path: Path) -> None:
