@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sandbox import apps, docker, status
 from sandbox.branches import git as branches
-from sandbox.branches import worktrees
+from sandbox.branches import unsaved, worktrees
 from sandbox.errors import Exit, SandboxError
 
 
@@ -73,7 +73,7 @@ def done_target(
 
 def check_done(
     target: branches.DoneTarget, force: bool, environ: Mapping[str, str], cwd: Path | None = None
-) -> worktrees.Report:
+) -> unsaved.Report:
     """`done`'s refusals, changing nothing: git would not remove the worktree (main checkout,
     locked, holds the current directory), or - unless `force` - it holds uncommitted changes,
     untracked files or commits on no remote (UNSAVED_WORK, the list as details). Returns what
@@ -81,7 +81,7 @@ def check_done(
     path = target.worktree.path
     worktrees.check_removable(target.repo, path, environ, cwd)
     ours = apps.ours(path / apps.ENV_SANDBOX)
-    report = worktrees.unsafe_to_remove(path, environ, (apps.ENV_SANDBOX,) if ours else ())
+    report = unsaved.unsafe_to_remove(path, environ, (apps.ENV_SANDBOX,) if ours else ())
     if not report.safe and not force:
         raise SandboxError(report.summary(), Exit.UNSAVED_WORK, details="\n".join(report.lines()))
     return report

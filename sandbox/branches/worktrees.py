@@ -14,9 +14,8 @@ directory). Every git call goes through `sandbox.runner.run` with an explicit en
 
 from __future__ import annotations
 
-import fnmatch
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,33 +25,6 @@ from sandbox.runner import Result, display
 
 REMOTE = "origin"
 GIT_TIMEOUT = 60.0
-SHOWN_COMMITS = 20  # an unpushed list longer than this is cut, with a count of the rest
-SHOWN_IGNORED = 20  # likewise for ignored files that are not caches
-
-# Ignored paths that are build caches: made again by a build or a test run, so `inv done`
-# removes them without asking. Everything else git ignores (`models/*.pt`, `prod.secret`,
-# `*.log`) may be work that exists nowhere else: listed, and removed only with --force.
-# A path is a cache when one of its directories is named in CACHE_DIRS, or its file name
-# matches CACHE_FILES. Kept short on purpose: a missing entry costs a --force, a wrong one
-# costs someone's file.
-CACHE_DIRS = frozenset(
-    {
-        "__pycache__",
-        ".venv",
-        ".pytest_cache",
-        ".mypy_cache",
-        ".ruff_cache",
-        "node_modules",
-        ".nox",
-        ".tox",
-        ".hypothesis",
-        "htmlcov",
-    }
-)
-CACHE_FILES = ("*.pyc", "*.pyo", ".coverage", ".coverage.*", ".DS_Store")
-# Directories an install or a build writes under a name of their own (`ktrdr.egg-info/`).
-CACHE_DIR_SUFFIXES = (".egg-info",)
-
 # Variables that point git at another repository or index (`git rev-parse --local-env-vars`).
 # A task started from a git hook inherits them; they would make every call below act on the
 # hook's repository instead of the one named.
@@ -96,64 +68,6 @@ class Base:
     reason: str
 
 
-@dataclass(frozen=True)
-class Report:
-    """What removing a worktree would lose. Each entry is one line to show the user."""
-
-    path: Path
-    changes: tuple[str, ...] = ()  # tracked files changed or staged, "M  src/app.py"
-    untracked: tuple[str, ...] = ()  # untracked files, ignored ones excluded
-    unpushed: tuple[str, ...] = ()  # commits on no remote, "abc1234 subject"
-    unpushed_total: int = 0  # unpushed may be cut at SHOWN_COMMITS; this is the full count
-    ignored: tuple[str, ...] = ()  # ignored files that are not caches ("models/", "a.secret")
-    ignored_total: int = 0  # ignored may be cut at SHOWN_IGNORED; this is the full count
-
-    @property
-    def safe(self) -> bool:
-        return not (self.changes or self.untracked or self.unpushed_total or self.ignored_total)
-
-    def at_risk(self) -> list[str]:
-        """Each guard that fires, counted: "2 untracked files", "1 ignored file (not a
-        cache)". `inv done --force` names exactly these as what it overrides."""
-        parts = [
-            _count(len(self.changes), "uncommitted change"),
-            _count(len(self.untracked), "untracked file"),
-            _count(self.ignored_total, "ignored file (not a cache)", "ignored files (not caches)"),
-            _count(self.unpushed_total, "commit on no remote", "commits on no remote"),
-        ]
-        return [part for part in parts if part]
-
-    def lines(self) -> list[str]:
-        """Everything at risk, grouped under headings, for the terminal."""
-        found: list[str] = []
-        for heading, entries, total in (
-            ("uncommitted changes:", self.changes, len(self.changes)),
-            ("untracked files:", self.untracked, len(self.untracked)),
-            ("ignored files that are not caches:", self.ignored, self.ignored_total),
-            ("commits on no remote:", self.unpushed, self.unpushed_total),
-        ):
-            if entries:
-                found.append(heading)
-                found.extend(f"  {entry}" for entry in entries)
-            if total > len(entries):
-                found.append(f"  ... and {total - len(entries)} more")
-        return found
-
-    def summary(self) -> str:
-        """One line: what is at risk, and what to do."""
-        return (
-            f"the worktree {self.path} has {', '.join(self.at_risk())}: commit and push them, "
-            "move them out (or delete what you do not need), or re-run with --force to throw "
-            "them away"
-        )
-
-
-def _count(n: int, one: str, many: str | None = None) -> str:
-    if n == 0:
-        return ""
-    return f"1 {one}" if n == 1 else f"{n} {many or one + 's'}"
-
-
 # ----------------------------------------------------------------------------- running git
 
 
@@ -169,15 +83,15 @@ def git_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _git(repo: Path, args: Sequence[str], environ: Mapping[str, str] | None) -> Result:
+def git(repo: Path, args: Sequence[str], environ: Mapping[str, str] | None) -> Result:
     return runner.run(["git", "-C", str(repo), *args], env=git_env(environ), timeout=GIT_TIMEOUT)
 
 
-def _checked(
+def checked(
     repo: Path, args: Sequence[str], environ: Mapping[str, str] | None, what: str
 ) -> Result:
     """Run git; a failure becomes SandboxError(COMMAND) with git's own words as details."""
-    result = _git(repo, args, environ)
+    result = git(repo, args, environ)
     if not result.ok:
         raise SandboxError(
             f"{what} failed: `{display(result.args)}` exited {result.returncode} (its output "
@@ -200,7 +114,7 @@ def check_repo(path: Path, environ: Mapping[str, str] | None = None) -> Path:
             f"{path} is not a directory: pass --repo=PATH with PATH a checkout of the app",
             Exit.USAGE,
         )
-    probe = _git(path, ["rev-parse", "--git-dir"], environ)
+    probe = git(path, ["rev-parse", "--git-dir"], environ)
     if not probe.ok:
         # git's own reason matters when it is not "not a git repository" (dubious ownership).
         raise SandboxError(
@@ -215,7 +129,7 @@ def check_repo(path: Path, environ: Mapping[str, str] | None = None) -> Path:
 
 def validate_branch(repo: Path, branch: str, environ: Mapping[str, str] | None = None) -> str:
     """`branch` when git accepts it as a branch name, else SandboxError(USAGE)."""
-    result = _git(repo, ["check-ref-format", "--branch", branch], environ)
+    result = git(repo, ["check-ref-format", "--branch", branch], environ)
     # `@{-1}` and friends pass the check but mean "some other branch": refuse them too.
     if not result.ok or result.stdout.strip() != branch:
         raise SandboxError(
@@ -244,14 +158,14 @@ def current_branch(path: Path, environ: Mapping[str, str] | None = None) -> str 
     """The branch checked out at `path`; None when detached, not a checkout, or gone."""
     if not path.is_dir():
         return None
-    result = _git(path, ["symbolic-ref", "--quiet", "--short", "HEAD"], environ)
+    result = git(path, ["symbolic-ref", "--quiet", "--short", "HEAD"], environ)
     return (result.stdout.strip() or None) if result.ok else None
 
 
 def owning_repo(path: Path, environ: Mapping[str, str] | None = None) -> Path | None:
     """The main checkout of the repository that `path` is a worktree of (for `inv done
     --slot=N`, which knows only the slot's source directory); None when it is not one."""
-    if not path.is_dir() or not _git(path, ["rev-parse", "--git-dir"], environ).ok:
+    if not path.is_dir() or not git(path, ["rev-parse", "--git-dir"], environ).ok:
         return None
     return check_repo(path, environ)
 
@@ -287,12 +201,12 @@ def parse_worktree_list(output: str) -> list[Worktree]:
 
 
 def list_worktrees(repo: Path, environ: Mapping[str, str] | None = None) -> list[Worktree]:
-    result = _git(repo, ["worktree", "list", "--porcelain", "-z"], environ)
+    result = git(repo, ["worktree", "list", "--porcelain", "-z"], environ)
     if result.ok:
         return parse_worktree_list(result.stdout)
     # git before 2.36 (Ubuntu 22.04 ships 2.34) has no -z: lines instead of NULs, which only a
     # path with a newline in it would confuse.
-    plain = _checked(repo, ["worktree", "list", "--porcelain"], environ, "listing worktrees")
+    plain = checked(repo, ["worktree", "list", "--porcelain"], environ, "listing worktrees")
     return parse_worktree_list(plain.stdout.replace("\n", "\0"))
 
 
@@ -314,22 +228,22 @@ def _real(path: Path) -> Path:
 # ----------------------------------------------------------------------------- creating
 
 
-def _ref_exists(repo: Path, ref: str, environ: Mapping[str, str] | None) -> bool:
-    return _git(repo, ["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], environ).ok
+def ref_exists(repo: Path, ref: str, environ: Mapping[str, str] | None) -> bool:
+    return git(repo, ["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], environ).ok
 
 
 def default_base(repo: Path, environ: Mapping[str, str] | None = None) -> Base:
     """The remote's main branch as this clone last fetched it: origin/HEAD, else origin/main,
     else origin/master, else the local HEAD. Nothing is fetched (no network behind the user's
     back); a stale origin/main is what `git fetch` fixes."""
-    head = _git(repo, ["symbolic-ref", "--quiet", f"refs/remotes/{REMOTE}/HEAD"], environ)
+    head = git(repo, ["symbolic-ref", "--quiet", f"refs/remotes/{REMOTE}/HEAD"], environ)
     target = head.stdout.strip().removeprefix("refs/remotes/")
-    if head.ok and target and _ref_exists(repo, f"refs/remotes/{target}", environ):
+    if head.ok and target and ref_exists(repo, f"refs/remotes/{target}", environ):
         return Base(target, f"{REMOTE}/HEAD points to it")
     for name in ("main", "master"):
-        if _ref_exists(repo, f"refs/remotes/{REMOTE}/{name}", environ):
+        if ref_exists(repo, f"refs/remotes/{REMOTE}/{name}", environ):
             return Base(f"{REMOTE}/{name}", f"{REMOTE} has no HEAD; {REMOTE}/{name} exists")
-    if not _ref_exists(repo, "HEAD", environ):
+    if not ref_exists(repo, "HEAD", environ):
         raise SandboxError(
             f"{repo} has no commits yet and no {REMOTE}/main: commit or fetch something first, "
             "or pass --base=REF",
@@ -344,7 +258,7 @@ def _add_command(
     repo: Path, branch: str, path: Path, base: str | None, environ: Mapping[str, str] | None
 ) -> tuple[list[str], bool]:
     """The `git worktree add` arguments for `branch`, and whether they create the branch."""
-    if _ref_exists(repo, f"refs/heads/{branch}", environ):
+    if ref_exists(repo, f"refs/heads/{branch}", environ):
         if base is not None:
             raise SandboxError(
                 f"branch {branch!r} already exists, so --base={base} would be ignored: drop "
@@ -352,7 +266,7 @@ def _add_command(
                 Exit.USAGE,
             )
         return ["worktree", "add", str(path), branch], False
-    if _ref_exists(repo, f"refs/remotes/{REMOTE}/{branch}", environ):
+    if ref_exists(repo, f"refs/remotes/{REMOTE}/{branch}", environ):
         if base is not None:
             raise SandboxError(
                 f"branch {branch!r} exists on {REMOTE}, so --base={base} would fork a second "
@@ -361,7 +275,7 @@ def _add_command(
             )
         return ["worktree", "add", "--track", "-b", branch, str(path), f"{REMOTE}/{branch}"], True
     start = base if base is not None else default_base(repo, environ).ref
-    if not _ref_exists(repo, start, environ):
+    if not ref_exists(repo, start, environ):
         raise SandboxError(
             f"base {start!r} is not a commit in {repo}: `git fetch` it or pass --base=REF "
             "with an existing branch, tag or commit",
@@ -402,7 +316,7 @@ def _create_locked(
 ) -> Worktree:
     path = _check_free(repo, branch, environ)
     args, creates_branch = _add_command(repo, branch, path, base, environ)
-    result = _git(repo, args, environ)
+    result = git(repo, args, environ)
     if not result.ok:
         _roll_back(repo, branch, path, creates_branch, environ)
         raise SandboxError(
@@ -454,123 +368,13 @@ def _roll_back(
     """Undo a half-done `git worktree add` (a failing post-checkout hook leaves the worktree
     registered): only what that command made, through git, never a plain delete."""
     if find_path(repo, path, environ) is not None:
-        _git(repo, ["worktree", "remove", "--force", str(path)], environ)
-    _git(repo, ["worktree", "prune"], environ)
+        git(repo, ["worktree", "remove", "--force", str(path)], environ)
+    git(repo, ["worktree", "prune"], environ)
     if created_branch and find(repo, branch, environ) is None:
-        _git(repo, ["branch", "-D", branch], environ)
+        git(repo, ["branch", "-D", branch], environ)
 
 
 # ----------------------------------------------------------------------------- removing
-
-
-def parse_status(output: str) -> tuple[list[str], list[str]]:
-    """`git status --porcelain=v1 -z`: (changed tracked files as "XY path", untracked paths).
-    A rename or copy carries its old path as the next NUL-ended field."""
-    changes: list[str] = []
-    untracked: list[str] = []
-    fields = iter(output.split("\0"))
-    for field in fields:
-        if len(field) < 4:
-            continue
-        code, name = field[:2], field[3:]
-        if code == "??":
-            untracked.append(name)
-            continue
-        if "R" in code or "C" in code:
-            name = f"{next(fields, '')} -> {name}"
-        changes.append(f"{code} {name}")
-    return changes, untracked
-
-
-def is_cache(name: str) -> bool:
-    """An ignored path (relative, "/"-separated; a directory ends in "/") that a build or a
-    test run makes again: one of its directories is in CACHE_DIRS, or its file name matches
-    CACHE_FILES."""
-    parts = name.rstrip("/").split("/")
-    directories = parts if name.endswith("/") else parts[:-1]
-    if any(part in CACHE_DIRS or part.endswith(CACHE_DIR_SUFFIXES) for part in directories):
-        return True
-    return not name.endswith("/") and any(fnmatch.fnmatchcase(parts[-1], p) for p in CACHE_FILES)
-
-
-def ignored_work(
-    path: Path, environ: Mapping[str, str] | None = None, disposable: Collection[str] = ()
-) -> list[str]:
-    """The ignored files of the worktree at `path` that are not caches (`is_cache`) nor
-    `disposable`: what `git worktree remove` would delete without a word. `--ignored=matching`
-    shows a directory that an ignore pattern names as one entry ("models/", ".venv/"), so a
-    large `.venv` costs one line, and lists the files of a directory that is only full of
-    ignored files ("pkg/__pycache__/", not "pkg/")."""
-    listing = _checked(
-        path,
-        ["status", "--porcelain=v1", "-z", "--ignored=matching", "--untracked-files=all",
-         "--ignore-submodules=all"],
-        environ,
-        f"listing the ignored files of {path}",
-    )  # fmt: skip
-    names = [field[3:] for field in listing.stdout.split("\0") if field.startswith("!! ")]
-    return sorted(n for n in names if not is_cache(n) and n.rstrip("/") not in disposable)
-
-
-def saved_elsewhere(path: Path, environ: Mapping[str, str] | None = None) -> list[str]:
-    """The `git rev-list` arguments, after "HEAD --not", naming where a commit counts as saved.
-
-    With remote-tracking branches: those (`--remotes`), as before. A repository with none is
-    the bare-clone layout (`git clone --bare` keeps origin's branches as its own
-    `refs/heads/*`): there a commit is saved when another branch or a tag reaches it, i.e.
-    everything the worktree's branch was made from; only what was committed on it alone
-    counts."""
-    remotes = _git(path, ["for-each-ref", "--count=1", "--format=%(refname)", "refs/remotes/"],
-                   environ)  # fmt: skip
-    if remotes.ok and remotes.stdout.strip():
-        return ["--remotes"]
-    branch = current_branch(path, environ)
-    # --exclude takes a name without refs/heads/ for --branches; branch names cannot hold
-    # glob characters (git check-ref-format), so this excludes exactly one branch.
-    own = [f"--exclude={branch}"] if branch else []
-    return [*own, "--branches", "--tags"]
-
-
-def unsafe_to_remove(
-    path: Path, environ: Mapping[str, str] | None = None, disposable: Collection[str] = ()
-) -> Report:
-    """What `git worktree remove --force` of `path` would lose: uncommitted changes, untracked
-    files and ignored files that are not caches (neither counting the `disposable` paths,
-    relative to `path`, that the sandbox itself wrote there, e.g. ".env.sandbox"), and commits
-    of its HEAD saved nowhere else (`saved_elsewhere`). A worktree whose directory is gone has
-    nothing left to lose in files; its commits are still in the repository."""
-    if not path.is_dir():
-        return Report(path)
-    status = _checked(
-        path,
-        ["status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignore-submodules=none"],
-        environ,
-        f"reading the state of {path}",
-    )
-    changes, untracked = parse_status(status.stdout)
-    untracked = [name for name in untracked if name not in disposable]
-    ignored = ignored_work(path, environ, disposable)
-    total, shown = 0, []
-    if _ref_exists(path, "HEAD", environ):
-        spec = ["HEAD", "--not", *saved_elsewhere(path, environ)]
-        count = _checked(path, ["rev-list", "--count", *spec], environ, "counting commits")
-        total = int(count.stdout.strip() or 0)
-        log = _checked(
-            path,
-            ["log", f"--max-count={SHOWN_COMMITS}", "--format=%h %s", *spec],
-            environ,
-            "listing commits",
-        )
-        shown = log.stdout.splitlines()
-    return Report(
-        path,
-        tuple(changes),
-        tuple(untracked),
-        tuple(shown),
-        total,
-        tuple(ignored[:SHOWN_IGNORED]),
-        len(ignored),
-    )
 
 
 def _inside(path: Path, directory: Path) -> bool:
@@ -590,7 +394,7 @@ def remove(
     the removed path. Check `unsafe_to_remove` first: with `force` git discards changes."""
     entry = check_removable(repo, worktree_path, environ, cwd)
     args = ["worktree", "remove", *(["--force"] if force else []), str(entry.path)]
-    _checked(check_repo(repo, environ), args, environ, f"removing the worktree {entry.path}")
+    checked(check_repo(repo, environ), args, environ, f"removing the worktree {entry.path}")
     return entry.path
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import ROOT
-from sandbox.branches import worktrees
+from sandbox.branches import unsaved, worktrees
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import run
 from tests.unit.support.gitrepos import commit, git, isolated_git, origin, repo, template
@@ -238,7 +238,7 @@ def test_failed_add_is_rolled_back(repo: Path) -> None:
 
 def test_fresh_worktree_is_safe(repo: Path) -> None:
     made = worktrees.create(repo, "clean")
-    report = worktrees.unsafe_to_remove(made.path)
+    report = unsaved.unsafe_to_remove(made.path)
     assert report.safe
     assert report.lines() == []
 
@@ -249,7 +249,7 @@ def test_untracked_file_and_unpushed_commit_are_listed(repo: Path) -> None:
     (made.path / "notes.txt").write_text("mine\n")
     (made.path / "debug.log").write_text("ignored\n")
     (made.path / "README").write_text("changed\n")
-    report = worktrees.unsafe_to_remove(made.path)
+    report = unsaved.unsafe_to_remove(made.path)
     assert not report.safe
     assert report.changes == (" M README",)
     assert report.untracked == ("notes.txt",)
@@ -290,15 +290,15 @@ def test_ignored_work_is_listed_but_caches_are_not(repo: Path) -> None:
                   "loose.pyc", "web/node_modules/x/index.js"):  # fmt: skip
         (made.path / cache).parent.mkdir(parents=True, exist_ok=True)
         (made.path / cache).write_text("cache\n")
-    report = worktrees.unsafe_to_remove(made.path)
+    report = unsaved.unsafe_to_remove(made.path)
     assert report.ignored == ("models/", "prod.secret")
     assert report.ignored_total == 2
     assert not report.safe
     assert report.at_risk() == ["2 ignored files (not caches)"]
     for cache in ("__pycache__/a.pyc", "pkg/__pycache__/", ".venv/", "x.pyo", "a/node_modules/"):
-        assert worktrees.is_cache(cache), cache
+        assert unsaved.is_cache(cache), cache
     for work in ("models/", "prod.secret", "pyc/", "venv.pt", "a.pyc.bak", ".venvs/"):
-        assert not worktrees.is_cache(work), work
+        assert not unsaved.is_cache(work), work
 
 
 def test_only_caches_ignored_is_safe(repo: Path) -> None:
@@ -307,15 +307,15 @@ def test_only_caches_ignored_is_safe(repo: Path) -> None:
     (made.path / "__pycache__").mkdir()
     (made.path / "__pycache__" / "m.pyc").write_text("x")
     (made.path / ".pytest_cache").mkdir()
-    assert worktrees.unsafe_to_remove(made.path).safe
+    assert unsaved.unsafe_to_remove(made.path).safe
 
 
 def test_long_ignored_list_is_cut(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worktrees, "SHOWN_IGNORED", 2)
+    monkeypatch.setattr(unsaved, "SHOWN_IGNORED", 2)
     made = worktrees.create(repo, "lots")
     for n in range(5):
         (made.path / f"run{n}.log").write_text("x\n")
-    report = worktrees.unsafe_to_remove(made.path)
+    report = unsaved.unsafe_to_remove(made.path)
     assert report.ignored == ("run0.log", "run1.log")
     assert report.ignored_total == 5
     assert report.lines()[-1] == "  ... and 3 more"
@@ -332,9 +332,9 @@ def bare_layout(tmp_path: Path, origin: Path) -> Path:
 def test_bare_layout_counts_only_the_branchs_own_commits(tmp_path: Path, origin: Path) -> None:
     bare = bare_layout(tmp_path, origin)
     made = worktrees.create(bare, "feature/x", base="main")
-    assert worktrees.unsafe_to_remove(made.path).safe  # origin's own commits are not "unpushed"
+    assert unsaved.unsafe_to_remove(made.path).safe  # origin's own commits are not "unpushed"
     sha = commit(made.path, "mine.py")
-    report = worktrees.unsafe_to_remove(made.path)
+    report = unsaved.unsafe_to_remove(made.path)
     assert report.unpushed == (f"{sha[:7]} add mine.py",)
     assert report.unpushed_total == 1
 
@@ -344,10 +344,10 @@ def test_bare_layout_a_commit_another_branch_has_is_saved(tmp_path: Path, origin
     made = worktrees.create(bare, "topic", base="main")
     sha = commit(made.path, "shared.py")
     git(bare, "branch", "keep", sha)
-    assert worktrees.unsafe_to_remove(made.path).safe
+    assert unsaved.unsafe_to_remove(made.path).safe
     git(bare, "branch", "-D", "keep")
     git(bare, "tag", "v1", sha)
-    assert worktrees.unsafe_to_remove(made.path).safe
+    assert unsaved.unsafe_to_remove(made.path).safe
 
 
 def test_bare_layout_detached_head_counts_every_unreached_commit(
@@ -357,37 +357,37 @@ def test_bare_layout_detached_head_counts_every_unreached_commit(
     made = worktrees.create(bare, "loose", base="main")
     git(made.path, "checkout", "-q", "--detach")
     commit(made.path, "a.py")
-    assert worktrees.unsafe_to_remove(made.path).unpushed_total == 1
+    assert unsaved.unsafe_to_remove(made.path).unpushed_total == 1
 
 
 def test_with_remote_refs_a_local_branch_is_not_a_remote(repo: Path) -> None:
     made = worktrees.create(repo, "local")
     sha = commit(made.path, "l.py")
     git(repo, "branch", "copy", sha)  # a second local branch is not a push
-    assert worktrees.unsafe_to_remove(made.path).unpushed_total == 1
+    assert unsaved.unsafe_to_remove(made.path).unpushed_total == 1
 
 
 def test_files_the_sandbox_wrote_are_disposable(repo: Path) -> None:
     made = worktrees.create(repo, "up")
     (made.path / ".env.sandbox").write_text("KTRDR_API_PORT=8001\n")
-    assert worktrees.unsafe_to_remove(made.path).untracked == (".env.sandbox",)
-    assert worktrees.unsafe_to_remove(made.path, disposable={".env.sandbox"}).safe
+    assert unsaved.unsafe_to_remove(made.path).untracked == (".env.sandbox",)
+    assert unsaved.unsafe_to_remove(made.path, disposable={".env.sandbox"}).safe
 
 
 def test_pushed_commit_is_safe(repo: Path) -> None:
     made = worktrees.create(repo, "pushed")
     commit(made.path, "work.py")
-    assert worktrees.unsafe_to_remove(made.path).unpushed_total == 1
+    assert unsaved.unsafe_to_remove(made.path).unpushed_total == 1
     git(made.path, "push", "-q", "origin", "pushed")
-    assert worktrees.unsafe_to_remove(made.path).safe
+    assert unsaved.unsafe_to_remove(made.path).safe
 
 
 def test_long_unpushed_list_is_cut(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worktrees, "SHOWN_COMMITS", 2)
+    monkeypatch.setattr(unsaved, "SHOWN_COMMITS", 2)
     made = worktrees.create(repo, "many")
     for n in range(5):
         commit(made.path, f"f{n}")
-    report = worktrees.unsafe_to_remove(made.path)
+    report = unsaved.unsafe_to_remove(made.path)
     assert report.unpushed_total == 5
     assert [line.split(" ", 1)[1] for line in report.unpushed] == ["add f4", "add f3"]
     assert report.lines()[-1] == "  ... and 3 more"
@@ -396,7 +396,7 @@ def test_long_unpushed_list_is_cut(repo: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_parse_status_renames_and_staged() -> None:
     output = "R  new.py\0old.py\0A  added.py\0?? dir/u.txt\0 D gone.py\0"
-    changes, untracked = worktrees.parse_status(output)
+    changes, untracked = unsaved.parse_status(output)
     assert changes == ["R  old.py -> new.py", "A  added.py", " D gone.py"]
     assert untracked == ["dir/u.txt"]
 
@@ -486,7 +486,7 @@ def test_remove_of_a_worktree_deleted_by_hand(repo: Path, tmp_path: Path) -> Non
     made.path.rmdir()
     [entry] = [w for w in worktrees.list_worktrees(repo) if w.branch == "gone"]
     assert entry.prunable is not None
-    assert worktrees.unsafe_to_remove(made.path).safe
+    assert unsaved.unsafe_to_remove(made.path).safe
     worktrees.remove(repo, made.path, cwd=tmp_path)
     assert worktrees.find(repo, "gone") is None
 
@@ -571,4 +571,4 @@ def test_git_env_drops_repository_overrides() -> None:
     ],
 )
 def test_what_counts_as_a_cache(name: str, cache: bool) -> None:
-    assert worktrees.is_cache(name) is cache
+    assert unsaved.is_cache(name) is cache
