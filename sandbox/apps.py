@@ -20,7 +20,7 @@ import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sandbox import STATE_DIR, slots
 from sandbox.docker import (
@@ -102,6 +102,9 @@ class AppKind:
     # bash's /dev/tcp, ~3 ms of CPU a check where a Python probe costs ~90 ms.
     probe: tuple[str, ...] = ("http-ok",)
     writes_env_sandbox: bool = False
+    # How `inv new` checks a branch out: "worktree" (`git worktree add`), or "clone" (a full
+    # clone, for an app whose own tooling wants `.git` to be a directory).
+    checkout: Literal["worktree", "clone"] = "worktree"
     # Variables that get a random value of their own per slot, kept across `up`s.
     secrets: tuple[str, ...] = ()
     # Sends its traces as OTLP/HTTP to OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (the reference app);
@@ -196,6 +199,8 @@ KTRDR = AppKind(
     },
     migration=Migration("backend", ("alembic", "upgrade", "head"), "alembic upgrade head"),
     writes_env_sandbox=True,
+    # KTRDR's orchestrator refuses to start unless `.git` is a directory.
+    checkout="clone",
     # KTRDR refuses to sign tokens with its published insecure default.
     secrets=("KTRDR_AUTH_JWT_SECRET",),
 )

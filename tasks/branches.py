@@ -42,7 +42,7 @@ def new(
 ) -> None:
     """A worktree of BRANCH next to --repo, a free slot, and `inv up --source=WORKTREE` there."""
     from sandbox import apps, compose, net, picker
-    from sandbox.branches import flow, worktrees
+    from sandbox.branches import flow
 
     environ = dict(os.environ)
     if torch is not None:
@@ -52,8 +52,8 @@ def new(
     plan = flow.check_new(repo, branch, base, environ)
     with picker.claim_slot(environ, wanted, picker.Claim(on_busy=out().line)) as n:
         out().line(f"slot {n}: {'the lowest free slot' if wanted is None else 'free'}")
-        made = worktrees.create(plan.repo, branch, base, environ)
-        out().step("worktree", f"{made.path} (branch {branch})")
+        made = flow.create(plan, base, environ)
+        out().step("clone" if plan.clone else "worktree", f"{made.path} (branch {branch})")
         target = compose.load_target(common.ROOT, n, environ)
         try:
             source = dataclasses.replace(apps.detect(made.path, torch), models=models)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox import apps, docker, status
+from sandbox.branches import clones, unsaved, worktrees
 from sandbox.branches import git as branches
-from sandbox.branches import unsaved, worktrees
 from sandbox.errors import Exit, SandboxError
 
 
@@ -30,6 +30,7 @@ class NewPlan:
     repo: Path  # the app repository's main checkout
     branch: str
     path: Path  # the worktree's path (naming rule)
+    clone: bool = False  # a full clone rather than a worktree (`layout`)
 
 
 def check_new(
@@ -42,8 +43,28 @@ def check_new(
             "which repository? pass --repo=PATH with PATH a checkout of the app", Exit.USAGE
         )
     main = worktrees.check_repo(Path(repo).expanduser(), environ)
+    worktrees.validate_branch(main, branch, environ)
+    clones.refuse_existing(main, branch, environ)
     path = worktrees.check_new(main, branch, base, environ)
-    return NewPlan(main, branch, path)
+    start = worktrees.start_of(main, branch, base, environ)
+    return NewPlan(main, branch, path, clone=layout(main, start.ref, environ) == "clone")
+
+
+def layout(repo: Path, ref: str, environ: Mapping[str, str]) -> str:
+    """How the app at `ref` wants its branches checked out (`AppKind.checkout`): the first kind
+    whose every marker is in `ref`'s tree; "worktree" when none is."""
+    for kind in apps.KINDS:
+        listed = worktrees.git(repo, ["ls-tree", "-r", "--name-only", ref, "--", *kind.markers],
+                               environ)  # fmt: skip
+        if listed.ok and set(listed.stdout.splitlines()) >= set(kind.markers):
+            return kind.checkout
+    return "worktree"
+
+
+def create(plan: NewPlan, base: str | None, environ: Mapping[str, str]) -> worktrees.Worktree:
+    """The branch's checkout as `plan` says: a clone, or a worktree."""
+    make = clones.create if plan.clone else worktrees.create
+    return make(plan.repo, plan.branch, base, environ)
 
 
 def kept_hint(plan: NewPlan, made: Path) -> str:
@@ -76,14 +97,23 @@ def check_done(
 ) -> unsaved.Report:
     """`done`'s refusals, changing nothing: git would not remove the worktree (main checkout,
     locked, holds the current directory), or - unless `force` - it holds uncommitted changes,
-    untracked files or commits on no remote (UNSAVED_WORK, the list as details). Returns what
+    untracked files or commits on no remote (UNSAVED_WORK, the list as details), or, for a
+    clone, its branch cannot go back into the repository (`clones.bring_back`). Returns what
     `force` will throw away."""
     path = target.worktree.path
-    worktrees.check_removable(target.repo, path, environ, cwd)
-    ours = apps.ours(path / apps.ENV_SANDBOX)
-    report = unsaved.unsafe_to_remove(path, environ, (apps.ENV_SANDBOX,) if ours else ())
+    disposable = (apps.ENV_SANDBOX,) if apps.ours(path / apps.ENV_SANDBOX) else ()
+    if target.clone:
+        clones.check_removable(target.repo, target.worktree, environ, cwd)
+        report = clones.unsafe_to_remove(path, environ, disposable)
+    else:
+        worktrees.check_removable(target.repo, path, environ, cwd)
+        report = unsaved.unsafe_to_remove(path, environ, disposable)
     if not report.safe and not force:
         raise SandboxError(report.summary(), Exit.UNSAVED_WORK, details="\n".join(report.lines()))
+    if target.clone and not force:
+        refusal = clones.bring_back(target.repo, target.worktree, environ).refusal
+        if refusal:
+            raise SandboxError(refusal, Exit.UNSAVED_WORK)
     return report
 
 
@@ -91,6 +121,9 @@ def remove_worktree(
     target: branches.DoneTarget, force: bool, environ: Mapping[str, str], cwd: Path | None = None
 ) -> Path:
     """After the slot is down: the `.env.sandbox` this tool wrote (a slot already down left
-    it), then `git worktree remove [--force]` of git's recorded path."""
+    it), then `git worktree remove [--force]` of git's recorded path, or, for a clone, its
+    branch brought back into the repository and its directory deleted."""
     apps.remove_env_sandbox(target.worktree.path)
+    if target.clone:
+        return clones.remove(target.repo, target.worktree, force, environ, cwd)
     return worktrees.remove(target.repo, target.worktree.path, force, environ, cwd)

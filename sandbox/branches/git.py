@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.branches import worktrees
+from sandbox.branches import clones, worktrees
 from sandbox.errors import Exit, SandboxError
 from sandbox.status import SlotSource
 
@@ -23,8 +23,9 @@ class DoneTarget:
     """What `inv done` acts on."""
 
     repo: Path  # the app repository's main checkout
-    worktree: worktrees.Worktree  # as `git worktree list` records it
+    worktree: worktrees.Worktree  # as `git worktree list` records it (a clone: `clones.entry`)
     slot: int | None  # the slot running it; None when no slot does
+    clone: bool = False  # a clone `inv new` made, not a worktree
 
 
 def _same(a: str | Path, b: str | Path) -> bool:
@@ -66,6 +67,9 @@ def _of_slot(
             f"`inv down --slot={slot}` instead",
             Exit.USAGE,
         )
+    cloned_from = clones.source_of(Path(source), environ)
+    if cloned_from is not None:
+        return DoneTarget(cloned_from, clones.entry(Path(source), environ), slot, clone=True)
     repo = worktrees.owning_repo(Path(source), environ)
     if repo is None:
         raise SandboxError(
@@ -102,10 +106,14 @@ def _of_branch(
     repo = worktrees.check_repo(repo, environ)
     worktrees.validate_branch(repo, branch, environ)
     entry = worktrees.find(repo, branch, environ)
+    clone = clones.find(repo, branch, environ) if entry is None else None
+    if clone is not None:
+        slot = _one_slot(slots_running(sources, clone.path), str(clone.path))
+        return DoneTarget(repo, clone, slot, clone=True)
     if entry is None:
         raise SandboxError(
             f"branch {branch!r} has no worktree in {repo} (see `git -C {repo} worktree "
-            "list`): nothing to do",
+            "list`) and no clone made by `inv new`: nothing to do",
             Exit.USAGE,
         )
     if entry.is_main:

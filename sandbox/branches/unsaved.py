@@ -6,7 +6,7 @@ report is not empty, unless --force.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,13 +167,18 @@ def saved_elsewhere(path: Path, environ: Mapping[str, str] | None = None) -> lis
 
 
 def unsafe_to_remove(
-    path: Path, environ: Mapping[str, str] | None = None, disposable: Collection[str] = ()
+    path: Path,
+    environ: Mapping[str, str] | None = None,
+    disposable: Collection[str] = (),
+    tips: Sequence[str] = ("HEAD",),
+    saved: Sequence[str] | None = None,
 ) -> Report:
     """What `git worktree remove --force` of `path` would lose: uncommitted changes, untracked
     files and ignored files that are not caches (neither counting the `disposable` paths,
     relative to `path`, that the sandbox itself wrote there, e.g. ".env.sandbox"), and commits
-    of its HEAD saved nowhere else (`saved_elsewhere`). A worktree whose directory is gone has
-    nothing left to lose in files; its commits are still in the repository."""
+    reachable from `tips` (its HEAD) that `saved` (default `saved_elsewhere`) does not reach. A
+    worktree whose directory is gone has nothing left to lose in files; its commits are still
+    in the repository."""
     if not path.is_dir():
         return Report(path)
     status = checked(
@@ -185,18 +190,11 @@ def unsafe_to_remove(
     changes, untracked = parse_status(status.stdout)
     untracked = [name for name in untracked if name not in disposable]
     ignored = ignored_work(path, environ, disposable)
-    total, shown = 0, []
+    total: int = 0
+    shown: list[str] = []
     if ref_exists(path, "HEAD", environ):
-        spec = ["HEAD", "--not", *saved_elsewhere(path, environ)]
-        count = checked(path, ["rev-list", "--count", *spec], environ, "counting commits")
-        total = int(count.stdout.strip() or 0)
-        log = checked(
-            path,
-            ["log", f"--max-count={SHOWN_COMMITS}", "--format=%h %s", *spec],
-            environ,
-            "listing commits",
-        )
-        shown = log.stdout.splitlines()
+        elsewhere = saved_elsewhere(path, environ) if saved is None else saved
+        total, shown = unsaved_commits(path, [*tips, "--not", *elsewhere], environ)
     return Report(
         path,
         tuple(changes),
@@ -206,3 +204,18 @@ def unsafe_to_remove(
         tuple(ignored[:SHOWN_IGNORED]),
         len(ignored),
     )
+
+
+def unsaved_commits(
+    path: Path, spec: Sequence[str], environ: Mapping[str, str] | None
+) -> tuple[int, list[str]]:
+    """How many commits the `git rev-list` arguments `spec` name, and the first SHOWN_COMMITS
+    of them as "abc1234 subject"."""
+    count = checked(path, ["rev-list", "--count", *spec], environ, "counting commits")
+    log = checked(
+        path,
+        ["log", f"--max-count={SHOWN_COMMITS}", "--format=%h %s", *spec],
+        environ,
+        "listing commits",
+    )
+    return int(count.stdout.strip() or 0), log.stdout.splitlines()

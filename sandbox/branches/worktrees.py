@@ -217,11 +217,11 @@ def find(repo: Path, branch: str, environ: Mapping[str, str] | None = None) -> W
 
 def find_path(repo: Path, path: Path, environ: Mapping[str, str] | None = None) -> Worktree | None:
     """The worktree recorded at `path` (symlinks resolved on both sides), or None."""
-    wanted = _real(path)
-    return next((w for w in list_worktrees(repo, environ) if _real(w.path) == wanted), None)
+    wanted = real(path)
+    return next((w for w in list_worktrees(repo, environ) if real(w.path) == wanted), None)
 
 
-def _real(path: Path) -> Path:
+def real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
@@ -254,10 +254,19 @@ def default_base(repo: Path, environ: Mapping[str, str] | None = None) -> Base:
     return Base(local or "HEAD", reason)
 
 
-def _add_command(
-    repo: Path, branch: str, path: Path, base: str | None, environ: Mapping[str, str] | None
-) -> tuple[list[str], bool]:
-    """The `git worktree add` arguments for `branch`, and whether they create the branch."""
+@dataclass(frozen=True)
+class Start:
+    """Where `branch` comes from: the existing local branch, origin's branch of that name (the
+    new local branch tracks it), or a new branch from a base (tracking nothing)."""
+
+    ref: str  # as the repository names it: the branch, "origin/BRANCH" or the base
+    new_branch: bool
+    tracks: str | None = None  # "origin/BRANCH" when the new branch tracks it
+
+
+def start_of(repo: Path, branch: str, base: str | None, environ: Mapping[str, str] | None) -> Start:
+    """Where `branch` starts, after every refusal: --base with an existing branch (local or on
+    origin), a base that is no commit."""
     if ref_exists(repo, f"refs/heads/{branch}", environ):
         if base is not None:
             raise SandboxError(
@@ -265,7 +274,7 @@ def _add_command(
                 "--base to check it out, or pick a new branch name",
                 Exit.USAGE,
             )
-        return ["worktree", "add", str(path), branch], False
+        return Start(branch, new_branch=False)
     if ref_exists(repo, f"refs/remotes/{REMOTE}/{branch}", environ):
         if base is not None:
             raise SandboxError(
@@ -273,7 +282,7 @@ def _add_command(
                 f"history under its name: drop --base to check out {REMOTE}/{branch}",
                 Exit.USAGE,
             )
-        return ["worktree", "add", "--track", "-b", branch, str(path), f"{REMOTE}/{branch}"], True
+        return Start(f"{REMOTE}/{branch}", new_branch=True, tracks=f"{REMOTE}/{branch}")
     start = base if base is not None else default_base(repo, environ).ref
     if not ref_exists(repo, start, environ):
         raise SandboxError(
@@ -281,8 +290,17 @@ def _add_command(
             "with an existing branch, tag or commit",
             Exit.USAGE,
         )
+    return Start(start, new_branch=True)
+
+
+def add_command(path: Path, branch: str, start: Start) -> list[str]:
+    """The `git worktree add` arguments that check `branch` out at `path` from `start`."""
+    if not start.new_branch:
+        return ["worktree", "add", str(path), branch]
+    if start.tracks:
+        return ["worktree", "add", "--track", "-b", branch, str(path), start.ref]
     # --no-track: a new branch made from origin/main must not push to main by default.
-    return ["worktree", "add", "--no-track", "-b", branch, str(path), start], True
+    return ["worktree", "add", "--no-track", "-b", branch, str(path), start.ref]
 
 
 def create(
@@ -306,19 +324,19 @@ def check_new(
     refuses bad input before it claims a slot. (`create` checks again under its lock.)"""
     repo = check_repo(repo, environ)
     validate_branch(repo, branch, environ)
-    path = _check_free(repo, branch, environ)
-    _add_command(repo, branch, path, base, environ)
+    path = check_free(repo, branch, environ)
+    start_of(repo, branch, base, environ)
     return path
 
 
 def _create_locked(
     repo: Path, branch: str, base: str | None, environ: Mapping[str, str] | None
 ) -> Worktree:
-    path = _check_free(repo, branch, environ)
-    args, creates_branch = _add_command(repo, branch, path, base, environ)
-    result = git(repo, args, environ)
+    path = check_free(repo, branch, environ)
+    start = start_of(repo, branch, base, environ)
+    result = git(repo, add_command(path, branch, start), environ)
     if not result.ok:
-        _roll_back(repo, branch, path, creates_branch, environ)
+        _roll_back(repo, branch, path, start.new_branch, environ)
         raise SandboxError(
             f"`{display(result.args)}` failed (its output is above); nothing was kept: fix "
             "what it says and re-run",
@@ -335,7 +353,7 @@ def _create_locked(
     return made
 
 
-def _check_free(repo: Path, branch: str, environ: Mapping[str, str] | None) -> Path:
+def check_free(repo: Path, branch: str, environ: Mapping[str, str] | None) -> Path:
     """The naming rule's path for `branch`, refused when the branch is checked out somewhere
     or the path exists."""
     path = worktree_path(repo, branch)
@@ -377,7 +395,7 @@ def _roll_back(
 # ----------------------------------------------------------------------------- removing
 
 
-def _inside(path: Path, directory: Path) -> bool:
+def inside(path: Path, directory: Path) -> bool:
     return path == directory or directory in path.parents
 
 
@@ -427,14 +445,19 @@ def check_removable(
             "if it may go, then re-run",
             Exit.USAGE,
         )
+    check_not_here(entry.path, cwd, "the worktree")
+    return entry
+
+
+def check_not_here(path: Path, cwd: Path | None, what: str) -> None:
+    """Refused when `cwd` (default: this process's working directory) is `path` or inside it."""
     try:
-        here = _real(cwd if cwd is not None else Path.cwd())
+        here = real(cwd if cwd is not None else Path.cwd())
     except FileNotFoundError:  # our directory was deleted under us: nothing of it to guard
-        here = None
-    if here is not None and (_inside(here, _real(entry.path)) or _inside(here, entry.path)):
+        return
+    if inside(here, real(path)) or inside(here, path):
         raise SandboxError(
-            f"the current directory {here} is inside the worktree {entry.path}: cd out of it "
+            f"the current directory {here} is inside {what} {path}: cd out of it "
             "(e.g. `cd ~`) and re-run",
             Exit.USAGE,
         )
-    return entry

@@ -40,7 +40,6 @@ from sandbox import (
 )
 from sandbox import verify as slot_verify
 from sandbox.branches import flow as branchflow
-from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
 from sandbox.mcp import docs as mcpdocs
 from sandbox.runner import run
@@ -255,8 +254,8 @@ def new(
     plan = branchflow.check_new(repo, branch, base, environ)
     with picker.claim_slot(environ, wanted, picker.Claim(on_busy=say)) as number:
         say(f"slot {number}: {'the lowest free slot' if wanted is None else 'free'}")
-        made = worktrees.create(plan.repo, branch, base, environ)
-        say(f"worktree: {made.path} (branch {branch})")
+        made = branchflow.create(plan, base, environ)
+        say(f"{'clone' if plan.clone else 'worktree'}: {made.path} (branch {branch})")
         target = compose.load_target(ROOT, number, environ)
         try:
             source = dataclasses.replace(apps.detect(made.path, torch), models=models)

@@ -3,7 +3,8 @@
 The app repository is a temporary clone of a bare "origin" in a temp dir, seeded with the
 KTRDR-shaped fixture app (containers/fixtures/ktrdr-fixture). `feat/one` is a new branch from
 origin/main; `feat/two` exists only on origin, with another version string, so each slot's
-health tells which worktree it runs.
+health tells which checkout it runs. The fixture is KTRDR-shaped, so each
+branch gets a full clone (`AppKind.checkout`), not a git worktree.
 
 `inv down --all` acts on every slot, so it runs only where the machine is the suite's (CI, or
 KTRDR_E2E_DOWN_ALL=1); elsewhere the unit tests cover it with a fake engine. `--slot=auto` may
@@ -126,8 +127,13 @@ def test_new_twice_gives_two_slots_running_their_own_worktrees(
         assert shown[slot]["branch"] == branch
         assert shown[slot]["state"] == "running"
         assert shown[slot]["app"] == "ktrdr"
-    # feat/two tracks origin's branch; feat/one was made from origin/main.
-    assert repo.git(repo.main, "rev-parse", "feat/one") == repo.git(repo.main, "rev-parse", "main")
+    # The KTRDR kind gets full clones: its orchestrator wants `.git` to be a directory.
+    one, two = repo.worktree("feat/one"), repo.worktree("feat/two")
+    assert (one / ".git").is_dir() and (two / ".git").is_dir()
+    # feat/two tracks origin's branch; feat/one was made from origin/main and tracks nothing.
+    assert repo.git(one, "rev-parse", "feat/one") == repo.git(repo.main, "rev-parse", "main")
+    assert repo.git(two, "rev-parse", "--abbrev-ref", "@{upstream}") == "origin/feat/two"
+    assert repo.git(one, "remote", "get-url", "origin") == str(repo.origin)
 
 
 def test_new_refuses_bad_input_and_creates_nothing(
@@ -178,7 +184,8 @@ def test_done_with_force_leaves_the_sibling_running(
     assert "work nobody else has" in result.stdout  # what --force went on despite
     assert not repo.worktree("feat/one").exists()
     assert project_containers(A) == [] and slot_volumes(A, sandbox.env) == []
-    assert "feat/one" in repo.git(repo.main, "branch", "--list")  # the branch stays
+    # The branch stays in the repository, with the clone's commit brought back.
+    assert repo.git(repo.main, "log", "-1", "--format=%s", "feat/one") == "work nobody else has"
     # The sibling: still running its own code, its worktree as it was.
     assert health(B)["version"] == "two"
     assert sorted(p.name for p in repo.worktree("feat/two").iterdir()) == two_before
