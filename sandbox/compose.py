@@ -179,6 +179,24 @@ def command(
     ]
 
 
+def down_args(volumes: bool) -> list[str]:
+    """What a `down` removes: the project's containers and network; with `volumes`, its named
+    volumes (the database) too."""
+    return ["down", "--remove-orphans", *(["--volumes"] if volumes else [])]
+
+
+def logs_command(
+    compose: Sequence[str], target: Target, service: str | None, follow: bool, tail: int
+) -> list[str]:
+    """The last `tail` log lines of `service` (every service when None), followed or not."""
+    args = ["logs", "--no-color", "--tail", str(tail)]
+    if follow:
+        args.append("--follow")
+    if service:
+        args.append(service)
+    return command(compose, target, *args)
+
+
 def image_settings(root: Path) -> dict[str, str]:
     """The image choices `inv images` recorded in ./.env (empty when it has not run)."""
     path = root / IMAGES_ENV

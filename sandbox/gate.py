@@ -289,12 +289,6 @@ def failing_services(result: GateResult) -> list[str]:
     return list(found)
 
 
-def logs_command(
-    compose_cmd: Sequence[str], target: compose.Target, service: str, lines: int = FAILING_LOG_LINES
-) -> list[str]:
-    return compose.command(compose_cmd, target, "logs", "--no-color", "--tail", str(lines), service)
-
-
 def failing_logs(
     target: compose.Target,
     compose_cmd: Sequence[str],
@@ -307,7 +301,9 @@ def failing_logs(
     tails: dict[str, str] = {}
     for service in dict.fromkeys(services):
         result = runner.run(
-            logs_command(compose_cmd, target, service, lines), env=env, timeout=ENGINE_QUERY_TIMEOUT
+            compose.logs_command(compose_cmd, target, service, False, lines),
+            env=env,
+            timeout=ENGINE_QUERY_TIMEOUT,
         )
         text = result.stdout if result.ok else result.tail(lines)
         tails[service] = text.rstrip("\n") or "(no output)"

@@ -82,21 +82,7 @@ def up_command(
 
 
 def down_command(compose_cmd: Sequence[str], target: Target, volumes: bool) -> list[str]:
-    args = ["down", "--remove-orphans"]
-    if volumes:
-        args.append("--volumes")
-    return compose.command(compose_cmd, target, *args)
-
-
-def logs_command(
-    compose_cmd: Sequence[str], target: Target, service: str | None, follow: bool, tail: int
-) -> list[str]:
-    args = ["logs", "--no-color", "--tail", str(tail)]
-    if follow:
-        args.append("--follow")
-    if service:
-        args.append(service)
-    return compose.command(compose_cmd, target, *args)
+    return compose.command(compose_cmd, target, *compose.down_args(volumes))
 
 
 def psql_command(compose_cmd: Sequence[str], target: Target, interactive: bool) -> list[str]:

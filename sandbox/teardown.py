@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sandbox import apps, docker, lock, picker, runner, slots
+from sandbox import apps, compose, docker, lock, picker, runner, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import provenance
 from sandbox.runner import display
@@ -143,9 +143,10 @@ def survey(environ: Mapping[str, str], root: Path) -> list[SlotPlan]:
 
 
 def down_command(compose_cmd: Sequence[str], slot: int, volumes: bool) -> list[str]:
-    """A project-only `down`: Compose finds the containers, network and volumes by label."""
-    args = ["down", "--remove-orphans", *(["--volumes"] if volumes else [])]
-    return [*compose_cmd, "--project-name", slots.project_name(slot), *args]
+    """A project-only `down` (`stack.down_command` names the checkout's files, which a slot
+    found on the engine may not have): Compose finds the containers, network and volumes by
+    label."""
+    return [*compose_cmd, "--project-name", slots.project_name(slot), *compose.down_args(volumes)]
 
 
 def neutral_env(environ: Mapping[str, str]) -> dict[str, str]:

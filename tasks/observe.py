@@ -181,7 +181,7 @@ def logs(
     tail: str = "100",
 ) -> None:
     """Show a slot's container logs."""
-    from sandbox import compose, runner, stack
+    from sandbox import compose, runner
     from sandbox.swarm import access, record
     from sandbox.swarm import status as swarm_status
 
@@ -206,6 +206,6 @@ def logs(
                 check=f"`{runner.display(cmd)}` failed",
             )
         return
-    cmd = stack.logs_command(common.compose_cli(environ), target, chosen, follow, lines)
+    cmd = compose.logs_command(common.compose_cli(environ), target, chosen, follow, lines)
     env = compose.environment(target, environ)
     runner.run(cmd, env=env, capture=False, check=f"`{runner.display(cmd)}` failed")

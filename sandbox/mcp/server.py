@@ -306,7 +306,7 @@ def logs(
     target = compose.load_target(ROOT, slots.parse_slot(slot), environ)
     lines = slots.parse_count(str(tail), "tail")
     chosen = slots.parse_service(service) if service else None
-    cmd = stack.logs_command(_compose(environ), target, chosen, False, lines)
+    cmd = compose.logs_command(_compose(environ), target, chosen, False, lines)
     result = run(
         cmd,
         env=compose.environment(target, environ),

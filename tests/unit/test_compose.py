@@ -41,7 +41,7 @@ def test_stack_commands(target: compose.Target) -> None:
         "--remove-orphans",
     ]
     assert stack.down_command(["docker-compose"], target, volumes=True)[-1] == "--volumes"
-    assert stack.logs_command(["docker-compose"], target, "db", True, 50) == [
+    assert compose.logs_command(["docker-compose"], target, "db", True, 50) == [
         *prefix,
         "logs",
         "--no-color",
