@@ -10,52 +10,44 @@ from __future__ import annotations
 import os
 import subprocess
 import tarfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sandbox import apps, compose, runner
+from sandbox import apps, compose
 from sandbox.errors import Exit, SandboxError
 from sandbox.remote import codesync
 from sandbox.runner import Result
+from tests.unit.support import engine as support_engine
 from tests.unit.support.flocks import held_elsewhere
 
 IMAGE = "helper:1"
 
 
-@dataclass
-class FakeEngine:
-    """`docker volume inspect/create/rm` and the helper `docker run`s, on a local directory."""
+class FakeEngine(support_engine.FakeEngine):
+    """The scripted engine (strict) whose volumes are local directories, and whose helper
+    `docker run`s run their scripts for real on them."""
 
-    root: Path
-    volumes: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> labels
-    runs: list[list[str]] = field(default_factory=list)
+    def __init__(self, root: Path) -> None:
+        super().__init__(strict=True)
+        self.root = root
+        self.runs: list[list[str]] = []
 
     def directory(self, name: str) -> Path:
         return self.root / name
 
-    def execute(self, cmd: Sequence[str], **options: Any) -> Result:
-        args = [str(a) for a in cmd]
-        if args[:3] == ["docker", "volume", "inspect"]:
-            name = args[-1]
-            if name not in self.volumes:
-                return Result(tuple(args), 1, "", f"Error: No such volume: {name}")
-            return Result(tuple(args), 0, f"{self.directory(name)}\n")
-        if args[:3] == ["docker", "volume", "create"]:
-            labels = dict(v.split("=", 1) for v in args[4:-1:2])
-            self.volumes[args[-1]] = labels
+    def mountpoint(self, name: str) -> str:
+        return str(self.directory(name))
+
+    def answer(self, args: tuple[str, ...], options: dict[str, Any]) -> Result:
+        if args[:2] == ("docker", "run"):
+            return self.helper(list(args), options.get("stdin"))
+        made = super().answer(args, options)
+        if args[:3] == ("docker", "volume", "create"):
             self.directory(args[-1]).mkdir(parents=True)
-            return Result(tuple(args), 0, args[-1])
-        if args[:3] == ["docker", "volume", "rm"]:
-            if self.volumes.pop(args[-1], None) is None:
-                return Result(tuple(args), 1, "", f"Error: No such volume: {args[-1]}")
-            return Result(tuple(args), 0)
-        if args[:2] == ["docker", "run"]:
-            return self.helper(args, options.get("stdin"))
-        raise AssertionError(f"unexpected command {args}")
+        return made
 
     def helper(self, args: list[str], stdin: Path | None) -> Result:
         """Run the helper's script for real, /dest being the volume's directory here."""
@@ -77,9 +69,7 @@ class FakeEngine:
 
 @pytest.fixture
 def engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeEngine:
-    fake = FakeEngine(tmp_path / "engine-host")
-    monkeypatch.setattr(runner, "execute", fake.execute)
-    return fake
+    return FakeEngine(tmp_path / "engine-host").install(monkeypatch)
 
 
 @pytest.fixture
@@ -320,7 +310,7 @@ def test_a_failed_copy_is_one_error(
     assert caught.value.message.startswith(f"copying {checkout} into ktrdr-sandbox-2_source")
     assert "no space left" in caught.value.details
     monkeypatch.undo()
-    monkeypatch.setattr(runner, "execute", engine.execute)
+    engine.install(monkeypatch)
     assert codesync.send(target, {}, source, IMAGE).sent == 1  # the next copy sends it
 
 

@@ -8,14 +8,13 @@ import json
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sandbox import compose, runner
+from sandbox import compose
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
 from sandbox.snapshots import database as snapshot_db
@@ -25,6 +24,7 @@ from sandbox.snapshots import store as snapshot_store
 from sandbox.snapshots import versions as snapshot_versions
 from sandbox.snapshots.store import Manifest
 from sandbox.snapshots.versions import Drift
+from tests.unit.support import engine as support_engine
 
 NOW = datetime(2026, 11, 27, 18, 0, 0, tzinfo=UTC)
 COMPOSE = ["docker", "compose"]
@@ -190,13 +190,14 @@ def test_alembic_chain_with_a_branch_is_unordered(tmp_path: Path) -> None:
 # --- orchestration against a fake db container ------------------------------------------------
 
 
-class FakeEngine:
-    """Answers the commands snapshots.py runs, as a running slot's db container would: the
-    server's databases are a set that CREATE, DROP and RENAME change (a swap's transaction
-    all at once), so a test sees what the server would hold after each step."""
+class FakeEngine(support_engine.FakeEngine):
+    """The scripted engine as a running slot's db container: the server's databases are a set
+    that CREATE, DROP and RENAME change (a swap's transaction all at once), so a test sees what
+    the server would hold after each step. It has no database volume (so none is checked)."""
 
     def __init__(self, tables: int = 0, migration: str | None = None) -> None:
-        self.commands: list[list[str]] = []
+        super().__init__()
+        self.compose_version = "2.29.0"
         self.running = {3: "c3", 4: "c4"}
         self.tables = tables
         self.migration = migration
@@ -208,12 +209,10 @@ class FakeEngine:
         self.commit_then_fail = False  # the swap commits, then psql reports a failure
         self.interrupt_on: str | None = None  # Ctrl-C while a command naming this runs
         self.down_after_interrupt = False  # every command fails after that Ctrl-C
-        self.volume_labels: dict[str, str] | None = None  # the slot's volume; None: none
 
-    def run(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None, **_: Any) -> Result:
-        args = [str(part) for part in cmd]
-        self.commands.append(args)
-        assert env is not None, "every command gets an explicit environment"
+    def answer(self, command: tuple[str, ...], options: dict[str, Any]) -> Result:
+        args = list(command)
+        assert options.get("env") is not None, "every command gets an explicit environment"
         if self.down_after_interrupt and self.interrupt_on is None:
             return Result(tuple(args), 1, "", "Cannot connect to the Docker daemon")
         # A program by name, or text in an SQL statement (paths hold the test's name).
@@ -224,15 +223,11 @@ class FakeEngine:
             return Result(tuple(args), 1, "", "ERROR: it went wrong")
         if args[:2] == ["docker", "cp"]:
             return self.copy(args[-2], args[-1])
-        if args[:3] == ["docker", "compose", "version"]:
-            return Result(tuple(args), 0, "2.29.0\n")
-        if args[:2] == ["docker", "ps"]:  # the slot's containers: none from another checkout
-            return Result(tuple(args), 0, "")
-        if args[:3] == ["docker", "volume", "inspect"]:
-            if self.volume_labels is None:
-                return Result(tuple(args), 1, "[]\n", f"Error: No such volume: {args[3]}")
-            found = [{"Name": args[3], "Labels": self.volume_labels}]
-            return Result(tuple(args), 0, json.dumps(found))
+        if args[:2] == ["docker", "ps"] or args[:3] in (
+            ["docker", "compose", "version"],
+            ["docker", "volume", "inspect"],
+        ):
+            return super().answer(command, options)
         project = args[args.index("--project-name") + 1]
         slot = int(project.rsplit("-", 1)[1])
         tail = args[args.index("-f") + 2 :]
@@ -290,9 +285,9 @@ class FakeEngine:
             return ""
         if "FROM pg_database" in sql:
             return "\n".join(sorted(self.databases))
-        return self.answer(sql)
+        return self.query(sql)
 
-    def answer(self, sql: str) -> str:
+    def query(self, sql: str) -> str:
         if "to_regclass" in sql:
             return "t" if self.migration else "f"
         if "alembic_version" in sql:
@@ -318,8 +313,9 @@ class FakeEngine:
             self.container_files.add(destination.split(":", 1)[1])
         return Result(("docker", "cp"), 0)
 
-    def ran(self, program: str) -> list[list[str]]:
-        return [c for c in self.commands if program in c]
+    def naming(self, program: str) -> list[list[str]]:
+        """The commands that run `program`."""
+        return [list(c) for c in self.commands if program in c]
 
     def statements(self) -> list[str]:
         return [
@@ -339,9 +335,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture
 def engine(monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
-    fake = FakeEngine()
-    monkeypatch.setattr(runner, "execute", fake.run)
-    return fake
+    return FakeEngine().install(monkeypatch)
 
 
 def never(question: str) -> bool:
@@ -357,7 +351,7 @@ def test_snapshot_writes_dump_and_manifest(
     assert sorted(p.name for p in directory.iterdir()) == [".store.lock", "base.dump", "base.json"]
     assert m == snapshot_store.load(env, "base")
     assert (m.source_slot, m.migration, m.size, m.pg_version) == (3, "bbb", 4005, "15.18")
-    (dump,) = engine.ran("pg_dump")
+    (dump,) = engine.naming("pg_dump")
     assert dump[dump.index("pg_dump") :][:8] == [
         "pg_dump",
         "-U",
@@ -378,7 +372,7 @@ def test_snapshot_refuses_a_name_in_use(
     with pytest.raises(SandboxError, match="named 'base' exists already") as caught:
         snapshots.snapshot(compose.load_target(root, 3), COMPOSE, env, name="base")
     assert caught.value.code is Exit.USAGE
-    assert engine.ran("pg_dump") == []
+    assert engine.naming("pg_dump") == []
 
 
 def test_snapshot_of_a_stopped_slot_is_one_line(
@@ -427,7 +421,7 @@ def test_restore_asks_before_replacing_tables_and_stops_on_no(
     with pytest.raises(SandboxError, match="nothing done: slot 3's database is unchanged"):
         snapshots.restore(target, COMPOSE, env, "base", yes=False, confirm=say_no, migrations=CHAIN)
     assert asked and "2 table(s)" in asked[0] and "newer schema" in asked[0]
-    assert engine.ran("pg_restore") == [] and engine.databases == {"ktrdr"}
+    assert engine.naming("pg_restore") == [] and engine.databases == {"ktrdr"}
 
 
 def restore(root: Path, env: dict[str, str], **options: Any) -> snapshots.Restored:
@@ -442,7 +436,7 @@ def test_restore_with_yes_swaps_a_side_database_in_one_transaction(
     engine.tables = 1
     done = restore(root, env)
     assert (done.slot, done.replaced_tables, done.note()) == (3, 1, "")
-    (restore_cmd,) = engine.ran("pg_restore")
+    (restore_cmd,) = engine.naming("pg_restore")
     assert restore_cmd[restore_cmd.index("-d") + 1] == "ktrdr_restoring"
     statements = engine.statements()
     assert 'DROP DATABASE "ktrdr" WITH (FORCE)' not in statements, "ktrdr is never dropped"
@@ -657,9 +651,9 @@ def test_clone_removes_its_temporary_archive(
     )  # fmt: skip
     assert (done.slot, done.source, done.size) == (4, "slot 3", 4005)
     assert [p.name for p in Path(env["KTRDR_SNAPSHOT_DIR"]).iterdir()] == [".store.lock"]
-    (dump,) = engine.ran("pg_dump")
+    (dump,) = engine.naming("pg_dump")
     assert "--project-name" in dump and dump[dump.index("--project-name") + 1] == "ktrdr-sandbox-3"
-    (restore_cmd,) = engine.ran("pg_restore")
+    (restore_cmd,) = engine.naming("pg_restore")
     assert restore_cmd[restore_cmd.index("--project-name") + 1] == "ktrdr-sandbox-4"
 
 
@@ -875,7 +869,7 @@ def test_clone_writes_its_archive_in_a_private_partial_directory(
         compose.load_target(root, 3), compose.load_target(root, 4), COMPOSE, env,
         yes=True, confirm=never,
     )  # fmt: skip
-    copies = [c for c in engine.commands if c[:2] == ["docker", "cp"]]
+    copies = [list(c) for c in engine.ran("docker", "cp")]
     host = Path(copies[0][-1])
     assert host.parent.name.startswith(".clone-3-to-4.") and host.parent.name.endswith(".partial")
     assert [p.name for p in Path(env["KTRDR_SNAPSHOT_DIR"]).iterdir()] == [".store.lock"]

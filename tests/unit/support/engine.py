@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -58,7 +58,7 @@ class FakeEngine:
         self.options: list[dict[str, Any]] = []  # each command's keyword arguments
         self._script: list[tuple[Args, Answer]] = []
 
-    def install(self, monkeypatch: pytest.MonkeyPatch) -> FakeEngine:
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> Self:
         monkeypatch.setattr(runner, "execute", self)
         return self
 
@@ -111,10 +111,19 @@ class FakeEngine:
         return Result(args, 0, "")
 
     def inspect_volumes(self, args: Args) -> Result:
-        """`docker volume inspect NAME...`: Docker's JSON list; an unknown name fails it."""
-        names = [a for a in args[3:] if not a.startswith("-")]
+        """`docker volume inspect [--format {{.Mountpoint}}] NAME...`: Docker's JSON list, or
+        each mount point; an unknown name fails it."""
+        rest = list(args[3:])
+        template = rest.pop(rest.index("--format") + 1) if "--format" in rest else None
+        names = [a for a in rest if not a.startswith("-")]
         missing = [n for n in names if n not in self.volumes]
         if missing:
             return Result(args, 1, "[]\n", f"Error: No such volume: {missing[0]}")
+        if template == "{{.Mountpoint}}":
+            return Result(args, 0, "".join(f"{self.mountpoint(n)}\n" for n in names))
+        assert template is None, f"a format the fake engine does not know: {template}"
         found = [{"Name": n, "Labels": self.volumes[n]} for n in names]
         return Result(args, 0, json.dumps(found))
+
+    def mountpoint(self, name: str) -> str:
+        return f"/var/lib/docker/volumes/{name}/_data"
