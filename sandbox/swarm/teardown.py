@@ -6,7 +6,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from sandbox import apps, compose, runner, slots
+from sandbox import compose, runner, slots, stack
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
@@ -82,7 +82,7 @@ def down(target: Target, environ: Mapping[str, str], record: Record, *, volumes:
             _remove_volumes(record, environ, image)
             record_path(target.root, target.slot).unlink(missing_ok=True)
             shutil.rmtree(stack_dir(target.root, target.slot), ignore_errors=True)
-            apps.remove_state(target.root, target.slot)
+            stack.forget(target, [])  # its override, secrets, and the checkout's .env.sandbox
     return cmd
 
 
