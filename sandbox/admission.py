@@ -40,7 +40,7 @@ from pathlib import Path
 
 from sandbox.errors import Exit, SandboxError
 from sandbox.lastup import pid_alive
-from sandbox.lock import LOCK_DIR_VARIABLE, default_lock_dir
+from sandbox.lock import LOCK_DIR_VARIABLE, default_lock_dir, held
 
 MAX_STARTS_VARIABLE = "KTRDR_MAX_STARTS"
 # A real KTRDR slot held 0.6 GB at rest (ten of them 5.9 GB); while it starts, every Python
@@ -154,21 +154,6 @@ def parse_entry(name: str, text: str) -> Entry | None:
     if not ticket.isdigit() or len(words) != 2 or not all(w.isdigit() for w in words):
         return None
     return Entry(int(ticket), int(words[0]), int(words[1]))
-
-
-def held(path: Path) -> bool:
-    """Whether a live process holds the flock on `path` (False when the file is gone)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops a lock we may have taken
-    return False
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,31 @@
-"""One lock per slot, so two `inv up`/`inv down` of the same slot cannot interleave.
+"""The machine's locks, all in one directory (`~/.ktrdr/locks`, or `$KTRDR_LOCK_DIR`).
 
-`flock` on `~/.ktrdr/locks/slot-N.lock` (or `$KTRDR_LOCK_DIR`): the kernel drops the lock when
-its holder exits, however it exits, so a crashed `inv` never leaves a stale lock behind. The
-holder writes its pid into the file so a refused command can name it. Different slots lock
-different files and run in parallel. (flock on NFS is emulated with POSIX locks on Linux; keep
-the lock directory on a local disk.)
+One lock per slot (`slot-N.lock`), so two `inv up`/`inv down` of the same slot cannot
+interleave; different slots lock different files and run in parallel. Machine-wide: picking a
+free slot (`pick.lock`), creating a worktree (`worktrees.lock`), building one image
+(`image-<tag>.lock`). Each is an `flock`: the kernel drops it when its holder exits, however it
+exits, so a crashed `inv` never leaves a stale lock behind. The holder writes its pid into the
+file so a refused command can name it. (flock on NFS is emulated with POSIX locks on Linux;
+keep the lock directory on a local disk.)
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from sandbox import slots
 from sandbox.errors import Exit, SandboxError
 
 LOCK_DIR_VARIABLE = "KTRDR_LOCK_DIR"
 POLL_SECONDS = 0.1
+PICK_LOCK = "pick.lock"
+WORKTREE_LOCK = "worktrees.lock"
 
 # Locks this process holds: path -> (pid, depth). flock conflicts between two open() of the
 # same file even within one process, so a nested `slot_lock` of a slot already held here (e.g.
@@ -187,3 +193,70 @@ def file_lock(
             yield
     finally:
         os.close(fd)
+
+
+def held(path: Path) -> bool:
+    """Whether a live process holds the flock on `path` (False when the file is gone). Probed
+    with a non-blocking flock taken and dropped at once; nothing is created."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we may have taken
+    return False
+
+
+def held_slots(lock_dir: Path) -> frozenset[int]:
+    """Slots whose lock another `inv` holds now."""
+    return frozenset(slot for slot in slots.SLOTS if held(lock_path(slot, lock_dir)))
+
+
+def pick_lock(
+    environ: Mapping[str, str],
+    *,
+    wait: float,
+    lock_dir: Path | None = None,
+    on_busy: Callable[[str], None] | None = None,
+) -> AbstractContextManager[None]:
+    """The machine-wide lock of `--slot=auto`'s picking: `pick.lock` next to the slot locks."""
+    directory = lock_dir if lock_dir is not None else default_lock_dir(environ)
+    return file_lock(
+        directory / PICK_LOCK,
+        wait=wait,
+        doing="is picking a slot",
+        advice="wait for it or pass --slot=N",
+        on_busy=on_busy,
+    )
+
+
+def worktree_lock(
+    environ: Mapping[str, str], *, wait: float, lock_dir: Path | None = None
+) -> AbstractContextManager[None]:
+    """The machine-wide lock around creating a worktree: two `inv new` of one branch must not
+    both pass the checks, and a failed one must not roll back the other's worktree."""
+    directory = lock_dir if lock_dir is not None else default_lock_dir(environ)
+    return file_lock(
+        directory / WORKTREE_LOCK,
+        wait=wait,
+        doing="is creating a worktree",
+        advice="wait for it and re-run",
+    )
+
+
+def image_lock(
+    tag: str, environ: Mapping[str, str], *, wait: float, on_busy: Callable[[str], None] | None
+) -> AbstractContextManager[None]:
+    """This machine's lock on building image `tag`."""
+    name = re.sub(r"[^A-Za-z0-9.-]", "_", tag)
+    return file_lock(
+        default_lock_dir(environ) / f"image-{name}.lock",
+        wait=wait,
+        doing=f"is building {tag}",
+        advice="stop it or wait for it, then run the same command again",
+        on_busy=on_busy,
+    )

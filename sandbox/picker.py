@@ -6,22 +6,20 @@ ports) is picked only when the caller asks for it with `lowest=0`.
 
 The protocol that keeps two concurrent `inv new` / `inv up --slot=auto` off the same slot:
 
-1. take `machine_lock` (`pick.lock` in the slot locks' directory);
+1. take `lock.pick_lock` (`pick.lock` in the slot locks' directory);
 2. look at the engine (containers, volumes) and at the slot locks, pick the lowest free slot;
-3. take that slot's own lock (`sandbox.lock.slot_lock`), then release `machine_lock`;
+3. take that slot's own lock (`sandbox.lock.slot_lock`), then release the pick lock;
 4. keep the slot lock until `docker compose up -d` has created the containers.
 
 From step 3 on, any other picker sees the slot as taken: by its lock until step 4 ends, by its
 containers after. A picker never waits for a slot lock (it would skip that slot anyway), so
-holding `machine_lock` is short. `claim_free_slot` does steps 1-3 and yields the slot with its
+holding the pick lock is short. `claim_free_slot` does steps 1-3 and yields the slot with its
 lock held; `sandbox.stack`'s own `slot_lock` inside the `with` block re-enters that lock.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -32,8 +30,6 @@ from sandbox.compose import DEFAULT_BIND_ADDR
 from sandbox.errors import Exit, SandboxError
 from sandbox.settings import ENGINE_QUERY_TIMEOUT
 
-PICK_LOCK = "pick.lock"
-WORKTREE_LOCK = "worktrees.lock"
 PICK_WAIT = 60.0  # seconds a picker waits for another picker (which holds the lock briefly)
 AUTO_SLOTS = range(1, 11)
 VOLUME_LABEL = "com.docker.compose.volume"
@@ -205,62 +201,6 @@ def pick_free_slot(
 # ----------------------------------------------------------------------------- locking
 
 
-def pick_lock_path(lock_dir: Path) -> Path:
-    return lock_dir / PICK_LOCK
-
-
-def machine_lock(
-    environ: Mapping[str, str],
-    *,
-    wait: float = PICK_WAIT,
-    lock_dir: Path | None = None,
-    on_busy: Callable[[str], None] | None = None,
-) -> AbstractContextManager[None]:
-    """The machine-wide picking lock: `pick.lock` next to the slot locks."""
-    directory = lock_dir if lock_dir is not None else lock.default_lock_dir(environ)
-    return lock.file_lock(
-        pick_lock_path(directory),
-        wait=wait,
-        doing="is picking a slot",
-        advice="wait for it or pass --slot=N",
-        on_busy=on_busy,
-    )
-
-
-def worktree_lock(
-    environ: Mapping[str, str], *, wait: float = PICK_WAIT, lock_dir: Path | None = None
-) -> AbstractContextManager[None]:
-    """The machine-wide lock around creating a worktree: two `inv new` of one branch must not
-    both pass the checks, and a failed one must not roll back the other's worktree."""
-    directory = lock_dir if lock_dir is not None else lock.default_lock_dir(environ)
-    return lock.file_lock(
-        directory / WORKTREE_LOCK,
-        wait=wait,
-        doing="is creating a worktree",
-        advice="wait for it and re-run",
-    )
-
-
-def locked_slots(lock_dir: Path) -> frozenset[int]:
-    """Slots whose lock another `inv` holds now. Probed with a non-blocking flock taken and
-    dropped at once; lock files that do not exist are not created."""
-    found = set()
-    for slot in slots.SLOTS:
-        path = lock.lock_path(slot, lock_dir)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except BlockingIOError:
-            found.add(slot)
-        finally:
-            os.close(fd)
-    return frozenset(found)
-
-
 # ----------------------------------------------------------------------------- the protocol
 
 Survey = Callable[[], tuple[Sequence[docker.Container], Sequence[Volume]]]
@@ -310,9 +250,9 @@ def claim_free_slot(environ: Mapping[str, str], claim: Claim | None = None) -> I
     directory = claim.lock_dir if claim.lock_dir is not None else lock.default_lock_dir(environ)
     survey = claim.survey or engine_survey(environ)
     with ExitStack() as held:
-        with machine_lock(environ, wait=claim.wait, lock_dir=directory, on_busy=claim.on_busy):
+        with lock.pick_lock(environ, wait=claim.wait, lock_dir=directory, on_busy=claim.on_busy):
             containers, volumes = survey()
-            busy = locked_slots(directory)
+            busy = lock.held_slots(directory)
             bind = environ.get("KTRDR_BIND_ADDR") or DEFAULT_BIND_ADDR
             ports_ok = claim.ports_free or default_ports_free(environ, bind)
             taken: frozenset[int] = frozenset()
@@ -327,7 +267,7 @@ def claim_free_slot(environ: Mapping[str, str], claim: Claim | None = None) -> I
                 except SandboxError as exc:
                     # An explicit `inv up --slot=N` took it since the probe: try the next one.
                     # (An unwritable lock directory is LOCKED too: that one goes up.)
-                    if exc.code != Exit.LOCKED or slot not in locked_slots(directory):
+                    if exc.code != Exit.LOCKED or slot not in lock.held_slots(directory):
                         raise
                     busy = busy | {slot}
         yield slot

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import picker
+from sandbox import lock
 from sandbox.branches import unsaved, worktrees
 from sandbox.branches.worktrees import REMOTE, Worktree, checked, git, ref_exists
 from sandbox.errors import Exit, SandboxError
@@ -103,10 +103,10 @@ def create(
 ) -> Worktree:
     """A clone of `repo` for `branch` at the naming rule's path, after the same refusals as a
     worktree (`worktrees.check_new`); anything half made is removed. Serialised with worktree
-    creations (`picker.worktree_lock`)."""
+    creations (`lock.worktree_lock`)."""
     repo = worktrees.check_repo(repo, environ)
     worktrees.validate_branch(repo, branch, environ)
-    with picker.worktree_lock(os.environ if environ is None else environ, wait=60.0):
+    with lock.worktree_lock(os.environ if environ is None else environ, wait=60.0):
         refuse_existing(repo, branch, environ)
         path = worktrees.check_free(repo, branch, environ)
         start = worktrees.start_of(repo, branch, base, environ)

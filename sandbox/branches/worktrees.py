@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import picker, runner
+from sandbox import lock, runner
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result, display
 
@@ -310,10 +310,10 @@ def create(
     `default_base`), or the existing local branch, or a local branch tracking origin's branch
     of that name. Refused, with nothing created, when the branch is bad or already checked out
     somewhere, or the path exists; a failed `git worktree add` is rolled back. Creations are
-    serialised machine-wide (`picker.worktree_lock`), so a rollback only ever undoes its own."""
+    serialised machine-wide (`lock.worktree_lock`), so a rollback only ever undoes its own."""
     repo = check_repo(repo, environ)
     validate_branch(repo, branch, environ)
-    with picker.worktree_lock(os.environ if environ is None else environ, wait=GIT_TIMEOUT):
+    with lock.worktree_lock(os.environ if environ is None else environ, wait=GIT_TIMEOUT):
         return _create_locked(repo, branch, base, environ)
 
 

@@ -368,16 +368,8 @@ def ensure_deps_image(
 def build_lock(
     tag: str, environ: Mapping[str, str], on_wait: Callable[[str], None] | None
 ) -> AbstractContextManager[None]:
-    """This machine's lock on building `tag`: a flock in the lock directory, dropped by the
-    kernel however its holder ends."""
-    name = re.sub(r"[^A-Za-z0-9.-]", "_", tag)
-    return lock.file_lock(
-        lock.default_lock_dir(environ) / f"image-{name}.lock",
-        wait=BUILD_LOCK_WAIT,
-        doing=f"is building {tag}",
-        advice="stop it or wait for it, then run the same command again",
-        on_busy=on_wait,
-    )
+    """This machine's lock on building `tag`."""
+    return lock.image_lock(tag, environ, wait=BUILD_LOCK_WAIT, on_busy=on_wait)
 
 
 def _python_base(offline: bool, environ: Mapping[str, str], say: Callable[[str], None]) -> None:

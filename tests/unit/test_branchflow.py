@@ -18,6 +18,7 @@ from sandbox import (
     compose,
     docker,
     envfiles,
+    lock,
     picker,
     slots,
     stack,
@@ -88,7 +89,7 @@ def test_new_claims_the_slot_then_the_worktree_then_starts(
     def start(target: object, source: apps.Source, environ: object, **kw: object) -> None:
         assert isinstance(target, compose.Target)
         # The slot's lock is held while the stack starts (stack.up re-enters it).
-        assert target.slot in picker.locked_slots(Path(os.environ["KTRDR_LOCK_DIR"]))
+        assert target.slot in lock.held_slots(Path(os.environ["KTRDR_LOCK_DIR"]))
         started.append((target.slot, source))
 
     monkeypatch.setattr(tasks.lifecycle, "start", start)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, docker, picker, ports, slots
+from sandbox import ROOT, docker, lock, picker, ports, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import lock_path
 from sandbox.runner import run
@@ -134,7 +134,7 @@ def test_db_volume_by_name_alone_counts() -> None:
 
 def test_machine_lock_in_the_lock_dir(tmp_path: Path) -> None:
     env = {"KTRDR_LOCK_DIR": str(tmp_path / "locks")}
-    with picker.machine_lock(env):
+    with lock.pick_lock(env, wait=picker.PICK_WAIT):
         assert not is_free(tmp_path / "locks" / "pick.lock")
     assert is_free(tmp_path / "locks" / "pick.lock")
 
@@ -144,7 +144,7 @@ def test_machine_lock_busy_names_the_holder(tmp_path: Path) -> None:
     with (
         held_elsewhere(tmp_path / "pick.lock"),
         pytest.raises(SandboxError) as caught,
-        picker.machine_lock({}, wait=0.3, lock_dir=tmp_path, on_busy=heard.append),
+        lock.pick_lock({}, wait=0.3, lock_dir=tmp_path, on_busy=heard.append),
     ):
         pass
     assert caught.value.code == Exit.LOCKED
@@ -186,9 +186,9 @@ def test_ports_free_probes_the_slot_ports(monkeypatch: pytest.MonkeyPatch) -> No
 def test_locked_slots_probe_creates_nothing(tmp_path: Path) -> None:
     with held_elsewhere(lock_path(3, tmp_path)):
         lock_path(5, tmp_path).touch()  # a lock file nobody holds
-        assert picker.locked_slots(tmp_path) == frozenset({3})
+        assert lock.held_slots(tmp_path) == frozenset({3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slot-3.lock", "slot-5.lock"]
-    assert picker.locked_slots(tmp_path / "missing") == frozenset()
+    assert lock.held_slots(tmp_path / "missing") == frozenset()
 
 
 def test_claim_holds_the_slot_lock_not_the_machine_lock(tmp_path: Path) -> None:
@@ -287,8 +287,8 @@ def test_a_named_slot_is_claimed_only_when_free(tmp_path: Path) -> None:
 
     claim = picker.Claim(lock_dir=tmp_path, survey=survey)
     with picker.claim_named_slot({}, 3, claim) as slot:
-        assert slot == 3 and picker.locked_slots(tmp_path) == frozenset({3})
-    assert picker.locked_slots(tmp_path) == frozenset()
+        assert slot == 3 and lock.held_slots(tmp_path) == frozenset({3})
+    assert lock.held_slots(tmp_path) == frozenset()
     for held, words in ((1, "slot 1: 1 containers (1 running)"), (2, "volume ktrdr-sandbox-2")):
         with pytest.raises(SandboxError) as caught, picker.claim_named_slot({}, held, claim):
             pytest.fail("claimed a slot that is not free")
