@@ -25,6 +25,7 @@ from sandbox.branches import flow as branchflow
 from sandbox.errors import Exit, SandboxError
 from sandbox.mcp import docs as mcpdocs
 from sandbox.mcp import server as mcpserver
+from sandbox.mcp import tools as mcptools
 
 TOOLS = {"new", "up", "status", "verify", "logs", "exec", "snapshot", "restore", "done", "down"}
 
@@ -137,7 +138,7 @@ def test_exec_runs_the_argv_without_a_terminal_and_returns_its_status(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     recorder = Recorder(monkeypatch, runner.Result((), 3, "hi\n"))
-    monkeypatch.setattr(mcpserver, "_compose", lambda environ: ["docker", "compose"])
+    monkeypatch.setattr(mcptools, "_compose", lambda environ: ["docker", "compose"])
     result = call("exec", {"slot": 7, "argv": ["sh", "-c", "echo hi; exit 3"]})
     assert not result.is_error
     assert recorder.calls == [
@@ -183,7 +184,7 @@ def test_a_failed_gate_comes_back_as_an_error_carrying_its_document() -> None:
     document = {"schema": "ktrdr-sandbox/up", "ready": False}
 
     def work() -> dict[str, Any]:
-        raise mcpserver.Failed(SandboxError("slot 7 did not become ready"), document)
+        raise mcptools.Failed(SandboxError("slot 7 did not become ready"), document)
 
     result = mcpserver.answered(work)
     assert result.is_error
@@ -198,9 +199,9 @@ def check(name: str, state: checks.State, elapsed: float | None = None) -> check
 
 def test_gate_rounds_become_one_line_each() -> None:
     waiting = [check("database", checks.State.PASSED, 0.1), check("backend", checks.State.WAITING)]
-    assert mcpserver.gate_round(waiting) == "gate: 1/2 passed; waiting for backend"
+    assert mcptools.gate_round(waiting) == "gate: 1/2 passed; waiting for backend"
     failed = [check("database", checks.State.FAILED), check("backend", checks.State.WAITING)]
-    assert mcpserver.gate_round(failed) == (
+    assert mcptools.gate_round(failed) == (
         "gate: 0/2 passed; failed: database; waiting for backend"
     )
 
@@ -215,7 +216,7 @@ def test_a_start_waiting_in_line_reports_its_place_as_progress(
 
     monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path))
     said: list[str] = []
-    hooks = mcpserver.up_hooks(said.append, {}, [])
+    hooks = mcptools.up_hooks(said.append, {}, [])
     clock = FakeClock()
     monkeypatch.setattr("time.sleep", clock.sleep)
     ahead = contextlib.ExitStack()  # another start ahead in line; closed: it ended
