@@ -29,6 +29,7 @@ from sandbox import (
     docker,
     engine,
     envfiles,
+    net,
     observability,
     ownership,
     ports,
@@ -51,15 +52,27 @@ class Step:
 
 
 @dataclass(frozen=True)
-class Preflight:
-    """What a passed preflight found."""
+class UpPlan:
+    """What a passed preflight found and decided for one `up`: what the steps after it
+    (sandbox/stack.py, sandbox/upsteps.py, the gate) read instead of working it out again.
+    Facts that change during `up` (containers healed away, the image built, the gate's
+    answers) are not in it."""
 
     compose: list[str]  # the Compose v2 CLI to run, e.g. ["docker", "compose"]
     steps: list[Step]
-    running: list[Container]  # the slot's own existing containers, in any state
+    running: list[Container]  # the slot's own containers at preflight, in any state
     where: engine.Engine = engine.LOCAL  # the engine the slot runs on
     # What was found of the slot's database volume (None: not looked at).
     volume: provenance.Kind | None = None
+    layout: slots.Layout = slots.DEFAULT_LAYOUT
+    source: apps.Source = apps.BUILT_IN  # as asked for (its torch is settled after the build)
+    # What a database volume made by this `up` is stamped with (None: not looked at).
+    expected: provenance.Expected | None = None
+    urls: Mapping[str, str] = field(default_factory=dict)  # label -> URL (`net.urls`)
+
+
+# The name the renderer knows it by.
+Preflight = UpPlan
 
 
 # --- env files ----------------------------------------------------------------------------
@@ -103,6 +116,7 @@ class Facts:
     own: list[Container] = field(default_factory=list)  # the slot's project's containers
     fresh: bool = False  # `up --fresh`: the database volume is to be recreated, not compared
     volume: provenance.Kind | None = None
+    expected: provenance.Expected | None = None
     other_checkouts: bool = False  # `--other-checkouts`: --fresh may recreate another's
 
 
@@ -125,7 +139,7 @@ def env_step(facts: Facts) -> Step:
     problems = env_problems(facts.target)
     if problems:
         raise env_error(problems)
-    check_bind_address(compose.bind_address(facts.target, facts.environ))
+    check_bind_address(facts.target.bind)
     return Step("env", f"{_env_name(facts.target)} valid; no port shared between slots")
 
 
@@ -187,7 +201,7 @@ def expected_volume(
     target: compose.Target, environ: Mapping[str, str], source: apps.Source
 ) -> provenance.Expected:
     """What this `up` would stamp on a new database volume for `target`."""
-    env = compose.environment(target, environ)
+    env = compose.configured(target, environ).env
     return provenance.Expected(
         slot=target.slot,
         checkout=ownership.here(target),
@@ -203,7 +217,8 @@ def volume_step(facts: Facts) -> Step:
     that is not is refused here, in a second, instead of a backend that never logs in."""
     target = facts.target
     info = ownership.inspect_volume(target, facts.environ)
-    verdict = provenance.compare(info, expected_volume(target, facts.environ, facts.source))
+    facts.expected = expected_volume(target, facts.environ, facts.source)
+    verdict = provenance.compare(info, facts.expected)
     facts.volume = verdict.kind
     name = slots.db_volume(target.project)
     if facts.fresh:
@@ -254,7 +269,7 @@ def observability_step(facts: Facts) -> Step:
 
 def ports_step(facts: Facts) -> Step:
     target, everything, specs = facts.target, facts.everything, facts.layout.ports
-    bind = compose.bind_address(target, facts.environ)
+    bind = target.bind
     taken = ports.classify_ports(target, everything, ports.can_bind, bind_addr=bind, specs=specs)
     if taken:
         holder = ports.port_holder(taken[0].port, everything, ports.read_listeners({taken[0].port}))
@@ -293,7 +308,7 @@ def shared_step(facts: Facts) -> Step:
 
 def exposure_step(facts: Facts) -> Step:
     """What the slot exposes where; a bind the client cannot reach stops it here."""
-    bind = compose.bind_address(facts.target, facts.environ)
+    bind = facts.target.bind
     unreachable = facts.where.unreachable_bind(bind, facts.target.slot)
     if unreachable is not None:
         raise SandboxError(unreachable, Exit.BAD_ENV)
@@ -339,7 +354,7 @@ def remote_ports_step(facts: Facts) -> Step:
     containers' published ports, and a helper container on its network that tries to bind
     the rest."""
     target, everything, specs = facts.target, facts.everything, facts.layout.ports
-    bind = compose.bind_address(target, facts.environ)
+    bind = target.bind
     own = ports.published_tcp(facts.own)
     wanted = [target.port(s.variable) for s in specs]
     candidates = [port for port in wanted if port not in own]
@@ -430,18 +445,23 @@ def run_preflight(
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
     fresh: bool = False,
     other_checkouts: bool = False,
-) -> Preflight:
+) -> UpPlan:
     """Check that `target` can start; raise SandboxError naming the first thing that stops it.
 
     `create_shared=False` refuses a missing shared directory instead of creating it. The
     directory is created only once every other check has passed. `fresh` recreates the
     database, another checkout's only with `other_checkouts`.
     """
+    target = compose.configured(target, environ)
     facts = Facts(target, environ, create_shared, source, layout=layout, fresh=fresh)
     facts.other_checkouts = other_checkouts
     steps = [STEPS[0](facts)]
-    plan = STEPS if facts.where.local else REMOTE_STEPS
-    steps += [step(facts) for step in plan[1:]]
+    chosen = STEPS if facts.where.local else REMOTE_STEPS
+    steps += [step(facts) for step in chosen[1:]]
     if not facts.where.local:
         steps = [where_ran(step, facts.where) for step in steps]
-    return Preflight(facts.compose_cmd, steps, facts.own, facts.where, facts.volume)
+    urls = net.urls(target, environ, facts.where, layout)
+    return UpPlan(
+        facts.compose_cmd, steps, facts.own, facts.where, facts.volume, layout, source,
+        facts.expected, urls,
+    )  # fmt: skip

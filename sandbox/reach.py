@@ -35,11 +35,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandbox import engine, runner, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.settings import CLI_TIMEOUT
+
+if TYPE_CHECKING:
+    from sandbox.compose import SlotConfig
 
 REACH_VARIABLE = "KTRDR_AGENT_REACH"
 LOOPBACK_ONLY = "loopback"
@@ -365,19 +368,18 @@ def compose_environment(
     return found
 
 
-def adjust_override(
-    override: Path, target_values: Mapping[str, str], environ: Mapping[str, str], bind: str
-) -> None:
-    """After `up` wrote the slot's Compose override: add the bridge ports when in force, and
-    inside a container translate its bind-mount sources to the engine host's paths."""
-    gateway = publish_on(environ, bind)
+def adjust_override(override: Path, config: SlotConfig, environ: Mapping[str, str]) -> None:
+    """After `up` wrote the slot's Compose override: add the bridge ports when in force (on
+    the slot's configured bind address), and inside a container translate its bind-mount
+    sources to the engine host's paths."""
+    gateway = publish_on(environ, config.bind)
     translating = in_container_with_socket(environ)
     if gateway is None and not translating:
         return
     document = json.loads(override.read_text())
     services: dict[str, dict[str, Any]] = document.setdefault("services", {})
     if gateway is not None:
-        for service, ports in bridge_ports(gateway, target_values, translating).items():
+        for service, ports in bridge_ports(gateway, config.values, translating).items():
             services.setdefault(service, {})["ports"] = ports
     mine = myself(environ)
     if translating and mine is not None:

@@ -6,7 +6,6 @@ Each function returns what happened; the task layer renders it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -14,32 +13,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sandbox import (
-    admission,
     apps,
     checks,
     compose,
     diagnose,
     docker,
-    engine,
     gate,
     lastup,
-    net,
     observability,
     ownership,
     preflight,
     reach,
     runner,
-    shared,
     slots,
+    upsteps,
 )
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
-from sandbox.images import app as appimages
-from sandbox.images import build as images
 from sandbox.images import provenance
-from sandbox.images import send as imagesend
 from sandbox.lock import slot_lock
-from sandbox.remote import codesync, enginehost
+from sandbox.remote import codesync
 from sandbox.runner import display
 from sandbox.settings import GATE_TIMEOUT, LOCK_WAIT
 from sandbox.status import checkout_gone
@@ -49,7 +42,7 @@ DEFAULT_TIMEOUT = GATE_TIMEOUT  # kept under this name: callers and tests use it
 
 @dataclass
 class UpResult:
-    preflight: preflight.Preflight
+    preflight: preflight.UpPlan
     started: bool  # False when the stack was already running and only the gate ran
     gate: checks.GateResult | None  # None with `wait=False`: the gate did not run
     logs: dict[str, str] = field(default_factory=dict)  # failing service -> last log lines
@@ -143,7 +136,7 @@ class Hooks:
     `queue` hears that the start waits for its turn (sandbox/admission.py).
     """
 
-    preflight: Callable[[preflight.Preflight], None] | None = None
+    preflight: Callable[[preflight.UpPlan], None] | None = None
     busy: Callable[[str], None] | None = None
     compose: Callable[[list[str]], None] | None = None
     gate: Callable[[list[checks.CheckResult]], None] | None = None
@@ -180,111 +173,122 @@ def up(
     for Ctrl-C, Exit.INTERRUPTED); a failed gate is a result (`.gate.passed`). Whatever ends
     a start once preflight passed is recorded for `inv status` (sandbox/lastup.py).
     """
+    target = compose.configured(target, environ)
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=hooks.busy):
-        fresh = hooks.fresh is not None
-        checked = preflight.run_preflight(
-            target,
-            environ,
-            source=source,
-            layout=layout,
-            fresh=fresh,
-            other_checkouts=other_checkouts,
-        )
-        checked.steps.extend(reach_steps(target, environ, source))
-        if hooks.preflight:
-            hooks.preflight(checked)
-        if hooks.fresh is not None and not hooks.fresh(target.slot):
-            raise SandboxError(
-                f"kept slot {target.slot}'s database: nothing was changed", Exit.USAGE
-            )
+        plan = _preflight(target, environ, source, layout, hooks, other_checkouts)
         # After a start that did not finish, Compose runs again even over running containers:
         # they may carry what made it fail (say a password since put right).
         previous = lastup.read(target.root, target.slot)
         recreate = recreate or (previous is not None and previous.outcome != lastup.READY)
-        # Another --reload is another command for the workers: Compose recreates them.
-        recreate = recreate or reload_changed(checked.running, reload)
-        # STARTING is written once the start has its turn (or needs none): a start that
-        # waits in line has changed nothing of the slot, so Ctrl-C or a kill there must leave
-        # the slot's previous record as it was (a ready slot stays ready, and is not
-        # recreated by the next `up`).
-        begun = False
+        start = _Start(target, environ, plan, hooks, reload, recreate)
 
-        def begin() -> None:
-            nonlocal begun
-            begun = True
-            lastup.write(target.root, target.slot, lastup.STARTING)
-
-        try:
+        def run(begin: Callable[[], None]) -> UpResult:
             # The heavy phase (compose up and the gate) holds a turn of the machine-wide
             # admission, entered by _start when it has containers to start.
             with contextlib.ExitStack() as heavy:
-                shape = (layout, reload)
-                result = _start(
-                    target, environ, checked, source, shape, recreate, hooks, (heavy, begin)
-                )
+                result = _start(start, heavy, begin)
                 if wait:
-                    result.gate, result.logs = _gate(
-                        target, checked, environ, timeout, hooks.gate, source.kind.migration, layout
-                    )
-        except KeyboardInterrupt:
-            lastup.write(target.root, target.slot, lastup.INTERRUPTED)
-            raise SandboxError(
-                f"interrupted: slot {target.slot} may be half started; `inv up "
-                f"--slot={target.slot}` finishes it, `inv down --slot={target.slot}` stops it",
-                Exit.INTERRUPTED,
-            ) from None
-        except SandboxError as exc:
-            if begun or exc.code is not Exit.INTERRUPTED:  # not Ctrl-C in line
-                lastup.write(target.root, target.slot, lastup.FAILED, str(exc))
-            raise
+                    result.gate, result.logs = _gate(target, plan, environ, timeout, hooks.gate)
+            return result
+
+        result = _recorded(target, run)
         _record_gate(target, result.gate)
         return result
 
 
-def _start(
+def _preflight(
     target: Target,
     environ: Mapping[str, str],
-    checked: preflight.Preflight,
     source: apps.Source,
-    shape: tuple[slots.Layout, str],
-    recreate: bool,
+    layout: slots.Layout,
     hooks: Hooks,
-    turn: tuple[contextlib.ExitStack, Callable[[], None]],
-) -> UpResult:
-    """Everything of `up` between preflight and the gate; `shape`: the layout and what
-    reloads. Before anything of the slot is created it waits for its admission turn, entered
-    into `turn`'s stack (held by the caller through the gate), then calls `turn`'s `begin`
-    (which records the start)."""
-    layout, reload = shape
-    heavy, begin = turn
+    other_checkouts: bool,
+) -> preflight.UpPlan:
+    """The preflight's plan, its steps and `reach`'s lines told to `hooks.preflight`; a
+    `--fresh` the user then declines changes nothing."""
+    fresh = hooks.fresh is not None
+    plan = preflight.run_preflight(
+        target, environ, source=source, layout=layout, fresh=fresh, other_checkouts=other_checkouts
+    )
+    plan.steps.extend(upsteps.reach_steps(target, environ, source))
+    if hooks.preflight:
+        hooks.preflight(plan)
+    if hooks.fresh is not None and not hooks.fresh(target.slot):
+        raise SandboxError(f"kept slot {target.slot}'s database: nothing was changed", Exit.USAGE)
+    return plan
+
+
+def _recorded(target: Target, run: Callable[[Callable[[], None]], UpResult]) -> UpResult:
+    """`run(begin)`, its end recorded for `inv status`. STARTING is written when `run` calls
+    `begin`, once the start has its turn (or needs none): a start that waits in line has
+    changed nothing of the slot, so Ctrl-C or a kill there must leave the slot's previous
+    record as it was (a ready slot stays ready, and is not recreated by the next `up`)."""
+    begun = False
+
+    def begin() -> None:
+        nonlocal begun
+        begun = True
+        lastup.write(target.root, target.slot, lastup.STARTING)
+
+    try:
+        return run(begin)
+    except KeyboardInterrupt:
+        lastup.write(target.root, target.slot, lastup.INTERRUPTED)
+        raise SandboxError(
+            f"interrupted: slot {target.slot} may be half started; `inv up "
+            f"--slot={target.slot}` finishes it, `inv down --slot={target.slot}` stops it",
+            Exit.INTERRUPTED,
+        ) from None
+    except SandboxError as exc:
+        if begun or exc.code is not Exit.INTERRUPTED:  # not Ctrl-C in line
+            lastup.write(target.root, target.slot, lastup.FAILED, str(exc))
+        raise
+
+
+@dataclass(frozen=True)
+class _Start:
+    """What `_start` works from: the slot's configuration, the preflight's plan, the caller's
+    hooks, what reloads, and whether Compose must run even over running containers."""
+
+    target: Target
+    environ: Mapping[str, str]
+    plan: preflight.UpPlan
+    hooks: Hooks
+    reload: str
+    recreate: bool
+
+
+def _start(start: _Start, heavy: contextlib.ExitStack, begin: Callable[[], None]) -> UpResult:
+    """Everything of `up` between preflight and the gate. Before anything of the slot is
+    created it waits for its admission turn, entered into `heavy` (held by the caller through
+    the gate), then calls `begin` (which records the start)."""
+    target, environ, plan, hooks = start.target, start.environ, start.plan, start.hooks
     if hooks.build is not None:
         hooks.build()  # after preflight and under the lock: a refused slot rebuilds nothing
-    image = hooks.app_image(source) if hooks.app_image is not None else None
-    checked = _heal_network(target, environ, checked, layout, hooks.step)
-    source = applied_torch(source)
-    copied_to = _copy_source(target, environ, checked, source, hooks.step)
-    _prepare_files(target, source, checked.where, hooks.step)
-    override = write_override(target, source, image, layout, copied_to, reload)
-    reach.adjust_override(override, target.values, environ, compose.bind_address(target, environ))
+    image = hooks.app_image(plan.source) if hooks.app_image is not None else None
+    running = upsteps.heal_network(target, environ, plan, hooks.step)
+    source = upsteps.applied_torch(plan.source)
+    copied_to = upsteps.copy_source(target, environ, plan, source, hooks.step)
+    upsteps.prepare_files(target, source, plan.where, hooks.step)
+    override = upsteps.write_override(target, source, image, plan.layout, copied_to, start.reload)
+    reach.adjust_override(override, target, environ)
     fresh = hooks.fresh is not None
     already = (
-        all_running(checked.running, layout)
-        and as_wanted(checked.running, source, image, place(target))
-        and not recreate
+        all_running(running, plan.layout)
+        and as_wanted(running, source, image, upsteps.place(target), start.reload)
+        and not start.recreate
         and not fresh
     )
-    queued = 0.0 if already else _wait_turn(target.slot, environ, hooks.queue, heavy)
+    queued = 0.0 if already else upsteps.wait_turn(target.slot, environ, hooks.queue, heavy)
     begin()
-    ensure_volume(target, environ, checked, source, fresh)
+    ensure_volume(target, plan, fresh)
     compose_seconds = (
-        0.0 if already else _compose_up(target, checked, environ, hooks.compose, override, layout)
+        0.0 if already else _compose_up(target, plan, environ, hooks.compose, override)
     )
-    if layout.shared:
+    if plan.layout.shared:
         observability.refresh_targets(environ)  # the shared Prometheus scrapes this slot
-    apps.write_env_sandbox(source, env_sandbox(target, environ, checked.where, source))
-    return UpResult(
-        checked, not already, None, compose_seconds=compose_seconds, queued_seconds=queued
-    )
+    apps.write_env_sandbox(source, upsteps.env_sandbox(target, environ, plan, source))
+    return UpResult(plan, not already, None, compose_seconds=compose_seconds, queued_seconds=queued)
 
 
 def as_wanted(
@@ -292,10 +296,12 @@ def as_wanted(
     source: apps.Source,
     image: str | None,
     where: apps.Place,
+    reload: str = apps.RELOAD_BACKEND,
 ) -> bool:
     """The running app containers have what this `up` asks for: its app image, its torch, its
-    shared and models directories (labels). Otherwise Compose must run again, and recreates
-    what changed: `--models=slot` on a running slot must not only be said."""
+    shared and models directories, what reloads (labels; a container from before a label was
+    recorded says nothing of it). Otherwise Compose must run again, and recreates what
+    changed: `--models=slot` or another `--reload` on a running slot must not only be said."""
     wanted = {"shared": str(where.shared_dir), "models": str(where.models(source))}
     for container in containers:
         if container.service not in apps.APP_SERVICES:
@@ -306,117 +312,9 @@ def as_wanted(
             return False
         if {"shared": container.shared, "models": container.models} != wanted:
             return False
+        if container.reload and container.reload != reload:
+            return False
     return True
-
-
-def reload_changed(running: Sequence[docker.Container], reload: str) -> bool:
-    """Whether the slot's app containers run with another `--reload` than `reload` (those
-    from before it was recorded say nothing)."""
-    return any(c.reload and c.reload != reload for c in running)
-
-
-def _wait_turn(
-    slot: int,
-    environ: Mapping[str, str],
-    on_wait: Callable[[str], None] | None,
-    heavy: contextlib.ExitStack,
-) -> float:
-    """Wait for the slot's admission turn, held in `heavy`; seconds waited. Ctrl-C in line:
-    SandboxError(INTERRUPTED) saying that nothing was started (the line keeps no trace)."""
-    try:
-        turn = heavy.enter_context(admission.turn(slot, environ, on_wait=on_wait))
-    except KeyboardInterrupt:
-        raise SandboxError(
-            f"interrupted while slot {slot} waited for its turn to start: nothing of it was "
-            f"started; `inv up --slot={slot}` queues again",
-            Exit.INTERRUPTED,
-        ) from None
-    if turn.queued and on_wait is not None:
-        on_wait(f"slot {slot}: its turn to start after {turn.waited:.1f} s in line")
-    return turn.waited
-
-
-def place(target: Target) -> apps.Place:
-    return apps.Place(target.slot, target.shared_dir)
-
-
-def _prepare_files(
-    target: Target,
-    source: apps.Source,
-    where: engine.Engine,
-    on_step: Callable[[str, str], None] | None,
-) -> None:
-    """The slot's files in the shared directory: its own models directory (`--models=slot`,
-    made here so that it belongs to the user, not to the engine's root), and the checkout's
-    strategies when the shared directory has none yet. Says what it did; on a remote engine
-    the shared directory is on the engine's host and only the models line is said (Docker
-    makes the directory there)."""
-    say = on_step or (lambda name, detail: None)
-    models = place(target).models(source)
-    if source.models == "slot":
-        if where.local:
-            shared.ensure_directory(models)
-        say("models", f"{models} (this slot's own: --models=slot)")
-    else:
-        say("models", f"{models} (shared by every slot: a `*_latest` model may be another's)")
-    if source.path is None or not source.kind.seeds or not where.local:
-        return
-    copied = shared.seed(source.path, target.shared_dir, source.kind.seeds).copied
-    if copied:
-        names = ", ".join(source.kind.seeds)
-        say("seeded", f"{len(copied)} file(s) of {names} from {source.path} (none were there)")
-
-
-def applied_torch(source: apps.Source) -> apps.Source:
-    """`source` with the torch choice that applies to its image (sandbox/images/app.py): what
-    the slot's label records and `inv status` shows."""
-    if source.path is None or source.kind.image != "uv":
-        return source
-    torch = appimages.effective_torch(source.path, source.kind.extras, source.torch)
-    return dataclasses.replace(source, torch=torch)
-
-
-def _heal_network(
-    target: Target,
-    environ: Mapping[str, str],
-    checked: preflight.Preflight,
-    layout: slots.Layout,
-    on_step: Callable[[str, str], None] | None,
-) -> preflight.Preflight:
-    """A shared slot whose containers are attached to a shared network since removed (its
-    `inv observability down` ran while the slot was stopped) could not start again: those
-    containers are removed here, and Compose makes them anew. The preflight without them."""
-    if not layout.shared or not checked.running:
-        return checked
-    removed = observability.heal(checked.running, environ)
-    if not removed:
-        return checked
-    if on_step:
-        on_step(
-            "healed",
-            f"removed {len(removed)} container(s) of slot {target.slot} attached to a shared "
-            f"network that no longer exists ({', '.join(removed)}); Compose makes them anew",
-        )
-    kept = [c for c in checked.running if c.name not in removed]
-    return dataclasses.replace(checked, running=kept)
-
-
-def _copy_source(
-    target: Target,
-    environ: Mapping[str, str],
-    checked: preflight.Preflight,
-    source: apps.Source,
-    on_step: Callable[[str, str], None] | None,
-) -> str | None:
-    """On a remote engine, the checkout's copy on its host (sandbox/remote/codesync.py), brought up
-    to date: where the override binds from. None on this machine's engine."""
-    if source.path is None or checked.where.local:
-        return None
-    helper = enginehost.helper_image(target.root, environ)
-    synced = codesync.send(target, environ, source, helper, create=True)
-    if on_step:
-        on_step("source", synced.describe(checked.where.host))
-    return synced.volume.mountpoint
 
 
 def _record_gate(target: Target, outcome: checks.GateResult | None) -> None:
@@ -427,156 +325,45 @@ def _record_gate(target: Target, outcome: checks.GateResult | None) -> None:
     lastup.write(target.root, target.slot, lastup.FAILED, f"gate: {failed}"[:300])
 
 
-def ensure_volume(
-    target: Target,
-    environ: Mapping[str, str],
-    checked: preflight.Preflight,
-    source: apps.Source,
-    fresh: bool,
-) -> None:
+def ensure_volume(target: Target, plan: preflight.UpPlan, fresh: bool) -> None:
     """Create the slot's database volume stamped with where it came from (before Compose
     would make it unstamped); with `fresh`, first remove the slot's containers and exactly
     that one volume (sandbox/images/provenance.py says why the labels live on a volume we
     create)."""
-    if not fresh and checked.volume is not provenance.Kind.MISSING:
+    if not fresh and plan.volume is not provenance.Kind.MISSING:
         return
-    labels = preflight.expected_volume(target, environ, source).labels()
-    plan = provenance.fresh_plan(target.slot, labels, checked.compose)
-    if not fresh or checked.volume is provenance.Kind.MISSING:
-        plan = plan[-1:]
+    if plan.expected is None:
+        raise SandboxError("preflight did not look at the slot's database volume", Exit.FAILED)
+    steps = provenance.fresh_plan(target.slot, plan.expected.labels(), plan.compose)
+    if not fresh or plan.volume is provenance.Kind.MISSING:
+        steps = steps[-1:]
     else:
         # `down` through this checkout's compose file rather than by project name alone.
-        plan[0] = down_command(checked.compose, target, volumes=False)
-    for cmd in plan:
+        steps[0] = down_command(plan.compose, target, volumes=False)
+    for cmd in steps:
         runner.run(
             cmd,
-            env=compose.environment(target, environ),
+            env=dict(target.env),
             cwd=target.root,
             check=f"preparing slot {target.slot}'s database failed: {display(cmd)}",
         )
 
 
-def app_image(
-    source: apps.Source,
-    root: Path,
-    environ: Mapping[str, str],
-    on_step: Callable[[str, str], None] | None = None,
-) -> str | None:
-    """The image a source checkout runs on: its dependency image, reused when its lock is
-    unchanged, else built (offline when `inv images` chose local images). On a remote engine
-    that lacks it, this machine's copy is sent when there is one, else it is built there (the
-    build context goes over the API). None: the image ./.env names (the reference app)."""
-    if source.path is None or source.kind.image != "uv":
-        return None
-    offline = images.offline_selected(root)
-    say = on_step or (lambda name, detail: None)
-    where = engine.detect(environ)
-    extras = source.kind.extras
-    if not where.local:
-        _send_deps_image(source.path, extras, source.torch, offline, environ, where, say)
-    ensured = appimages.ensure_deps_image(
-        source.path,
-        environ,
-        offline,
-        lambda what: say("build", what),
-        extras=extras,
-        torch=source.torch,
-        on_wait=lambda what: say("build", what),
-    )
-    world = "offline: no registry" if offline else "online"
-    if not where.local:
-        world += f"; on the engine at {where.host}"
-    made = f"extras: {' '.join(extras) or 'none'}, torch: {ensured.torch}"
-    if ensured.built:
-        say("image", f"built {ensured.tag} in {ensured.seconds:.1f} s ({made}; {world})")
-    elif ensured.waited:
-        say("image", f"{ensured.tag}, built by the command waited for ({made}; {world})")
-    else:
-        say("image", f"{ensured.tag} (dependencies unchanged: not rebuilt; {made}; {world})")
-    return ensured.tag
-
-
-def _send_deps_image(
-    checkout: Path,
-    extras: Sequence[str],
-    torch: str,
-    offline: bool,
-    environ: Mapping[str, str],
-    where: engine.Engine,
-    say: Callable[[str, str], None],
-) -> None:
-    """A remote engine without the checkout's dependency image gets this machine's copy."""
-    torch = appimages.effective_torch(checkout.resolve(), extras, torch)
-    base = appimages.python_base(offline, torch)
-    tag = appimages.deps_tag(checkout.resolve(), extras, base, torch)
-    if appimages.image_exists(tag, environ):
-        return
-    sent = imagesend.send_if_local(tag, environ)
-    if sent is not None and sent.images:
-        say(
-            "image",
-            f"sent {tag} from this machine's engine to {where.host} "
-            f"({sent.bytes / 1e6:.0f} MB in {sent.seconds:.1f} s)",
-        )
-
-
-def write_override(
-    target: Target,
-    source: apps.Source,
-    image: str | None,
-    layout: slots.Layout = slots.DEFAULT_LAYOUT,
-    copied_to: str | None = None,
-    reload: str = apps.RELOAD_BACKEND,
-) -> Path:
-    """The app kind's Compose override for this slot, with the slot's own secrets."""
-    secrets = {name: apps.secret(target.root, target.slot, name) for name in source.kind.secrets}
-    document = apps.override(source, image, secrets, layout, copied_to, place(target), reload)
-    return apps.write_override(target.root, target.slot, document)
-
-
-def env_sandbox(
-    target: Target,
-    environ: Mapping[str, str],
-    where: engine.Engine | None = None,
-    source: apps.Source = apps.BUILT_IN,
-) -> str:
-    urls = net.urls(target, environ, where)
-    text = apps.env_sandbox_text(target.slot, target.values, urls, source, place(target))
-    bind, api = compose.bind_address(target, environ), target.port("KTRDR_API_PORT")
-    return text + "".join(f"{line}\n" for line in reach.env_sandbox_lines(environ, bind, api))
-
-
-def reach_steps(
-    target: Target, environ: Mapping[str, str], source: apps.Source = apps.BUILT_IN
-) -> list[preflight.Step]:
-    """Preflight's `container` and `reach` lines (sandbox/reach.py): run inside a container
-    (its bind paths translated, or refused), and who reaches the ports when containers,
-    Docker Desktop or that container change it; none for the default."""
-    bind, api = compose.bind_address(target, environ), target.port("KTRDR_API_PORT")
-    paths = [target.shared_dir] + ([source.path] if source.path is not None else [])
-    lines = [
-        ("container", reach.container_line(environ, paths)),
-        ("reach", reach.exposure_line(environ, bind, api)),
-    ]
-    return [preflight.Step(name, line) for name, line in lines if line is not None]
-
-
 def _compose_up(
     target: Target,
-    checked: preflight.Preflight,
+    plan: preflight.UpPlan,
     environ: Mapping[str, str],
     on_compose: Callable[[list[str]], None] | None,
     override: Path,
-    layout: slots.Layout,
 ) -> float:
     """`docker compose up -d`; how long it took. SandboxError with its output when it fails."""
-    cmd = up_command(checked.compose, target, [override], layout)
+    cmd = up_command(plan.compose, target, [override], plan.layout)
     if on_compose:
         on_compose(cmd)
     started = time.monotonic()
     runner.run(
         cmd,
-        env=reach.compose_environment(compose.environment(target, environ), target.root, environ),
+        env=reach.compose_environment(target.env, target.root, environ),
         cwd=target.root,
         check=f"`docker compose up` failed for slot {target.slot}; the output above says "
         f"why (`inv logs --slot={target.slot}` for more): {display(cmd)}",
@@ -586,24 +373,22 @@ def _compose_up(
 
 def _gate(
     target: Target,
-    checked: preflight.Preflight,
+    plan: preflight.UpPlan,
     environ: Mapping[str, str],
     timeout: float,
     on_gate: Callable[[list[checks.CheckResult]], None] | None,
-    migration: apps.Migration | None,
-    layout: slots.Layout,
 ) -> tuple[checks.GateResult, dict[str, str]]:
     """The gate's result, and when it did not pass what explains it: a failed step's own
     output (a migration's), then the failing services' last log lines."""
     outcome = gate.run_gate(
         target,
-        checked.compose,
+        plan.compose,
         environ,
         timeout=timeout,
         on_update=on_gate,
-        migration=migration,
-        where=checked.where,
-        layout=layout,
+        migration=plan.source.kind.migration,
+        where=plan.where,
+        layout=plan.layout,
     )
     if outcome.passed:
         return outcome, {}
@@ -613,7 +398,7 @@ def _gate(
             raise SandboxError(diagnose.login_failure_message(target.slot, words), Exit.BAD_ENV)
     said = {c.label: c.output for c in outcome.failed if c.output}
     services = gate.failing_services(outcome)
-    return outcome, {**said, **gate.failing_logs(target, checked.compose, environ, services)}
+    return outcome, {**said, **gate.failing_logs(target, plan.compose, environ, services)}
 
 
 def down(
@@ -636,23 +421,9 @@ def down(
     compose_cmd = compose.find_compose(environ)
     with slot_lock(target.slot, wait=LOCK_WAIT, on_busy=on_busy):
         own = [c for c in docker.sandbox_containers(environ) if c.slot == target.slot]
-        elsewhere = ownership.other_checkout(target.root, own)
-        gone = elsewhere is not None and checkout_gone(elsewhere)
-        if elsewhere is not None and not gone:
-            raise SandboxError(
-                f"slot {target.slot} runs from another checkout ({elsewhere}): run "
-                f"`inv down --slot={target.slot}` there; if that checkout is gone, "
-                f"`docker compose -p {target.project} down` removes it",
-                Exit.OTHER_CHECKOUT,
-            )
-        if volumes:
-            ownership.check_database_owner(
-                target, environ, own,
-                command=f"inv down --slot={target.slot} --volumes",
-                action="remove it anyway", other_checkouts=other_checkouts,
-            )  # fmt: skip
-        if elsewhere is not None and gone and on_orphan:
-            on_orphan(elsewhere)
+        orphan = _down_allowed(target, environ, own, volumes, other_checkouts)
+        if orphan is not None and on_orphan:
+            on_orphan(orphan)
         cmd = down_command(compose_cmd, target, volumes)
         runner.run(
             cmd,
@@ -670,6 +441,34 @@ def down(
             with contextlib.suppress(SandboxError):
                 observability.refresh_targets(environ)
     return cmd
+
+
+def _down_allowed(
+    target: Target,
+    environ: Mapping[str, str],
+    own: Sequence[docker.Container],
+    volumes: bool,
+    other_checkouts: bool,
+) -> str | None:
+    """Refuse `down` of another checkout's slot, and with `volumes` of another checkout's
+    database (unless `other_checkouts`); the checkout an orphaned slot was started from, or
+    None."""
+    elsewhere = ownership.other_checkout(target.root, own)
+    gone = elsewhere is not None and checkout_gone(elsewhere)
+    if elsewhere is not None and not gone:
+        raise SandboxError(
+            f"slot {target.slot} runs from another checkout ({elsewhere}): run "
+            f"`inv down --slot={target.slot}` there; if that checkout is gone, "
+            f"`docker compose -p {target.project} down` removes it",
+            Exit.OTHER_CHECKOUT,
+        )
+    if volumes:
+        ownership.check_database_owner(
+            target, environ, own,
+            command=f"inv down --slot={target.slot} --volumes",
+            action="remove it anyway", other_checkouts=other_checkouts,
+        )  # fmt: skip
+    return elsewhere if gone else None
 
 
 def forget(target: Target, containers: Sequence[docker.Container]) -> list[Path]:

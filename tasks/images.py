@@ -62,7 +62,7 @@ def _source_image(
     source: str, torch: str | None, registry_flag: bool, environ: Mapping[str, str]
 ) -> None:
     """`--source`: only the dependency image a checkout runs on."""
-    from sandbox import apps, stack
+    from sandbox import apps, upsteps
 
     if registry_flag:
         raise SandboxError(
@@ -71,7 +71,7 @@ def _source_image(
             Exit.USAGE,
         )
     checkout = apps.from_flag(source, torch)
-    if stack.app_image(checkout, common.ROOT, environ, out().step) is None:
+    if upsteps.app_image(checkout, common.ROOT, environ, out().step) is None:
         raise SandboxError(
             f"{source} runs on the reference app's image: plain `inv images` builds it",
             Exit.USAGE,

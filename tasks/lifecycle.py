@@ -130,7 +130,7 @@ def start(
 ) -> None:
     """`inv up`'s body for one slot: stack.up with the renderer's callbacks, then its report.
     `fresh`: recreate the slot's database once preflight passed and it says yes."""
-    from sandbox import apps, stack
+    from sandbox import apps, stack, upsteps
     from sandbox.snapshots import database
 
     with out().gate_progress(target.slot) as on_gate:
@@ -141,7 +141,7 @@ def start(
             gate=on_gate,
             step=out().step,
             build=functools.partial(_rebuild, environ) if build else None,
-            app_image=lambda src: stack.app_image(src, common.ROOT, environ, out().step),
+            app_image=lambda src: upsteps.app_image(src, common.ROOT, environ, out().step),
             fresh=fresh,
             queue=out().line,
         )

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sandbox import ROOT, apps, checks, compose, docker, picker, slots, stack
+from sandbox import ROOT, apps, checks, compose, docker, picker, slots, stack, upsteps
 from sandbox import verify as slot_verify
 from sandbox.branches import flow as branchflow
 from sandbox.errors import Exit, SandboxError
@@ -75,7 +75,7 @@ def up_hooks(
         compose=lambda cmd: say("compose: docker compose up -d"),
         gate=lambda round_: say(gate_round(round_)),
         step=on_step,
-        app_image=lambda src: stack.app_image(src, ROOT, environ, on_step),
+        app_image=lambda src: upsteps.app_image(src, ROOT, environ, on_step),
     )
 
 

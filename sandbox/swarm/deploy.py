@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox import apps, checks, compose, engine, gate, runner, slots, stack
+from sandbox import apps, checks, compose, engine, gate, runner, slots, stack, upsteps
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import send as imagesend
@@ -146,7 +146,7 @@ def render(
     """The stack file of the slot's Compose model (the app on `image`, a checkout bound from
     `copied_to`), the images its services run, and those of this machine pushed to the
     registry."""
-    override = stack.write_override(target, options.source, image, options.layout, copied_to)
+    override = upsteps.write_override(target, options.source, image, options.layout, copied_to)
     rendered_model = model(target, environ, override)
     chosen = set(options.layout.services)
     wanted = sorted({s["image"] for n, s in rendered_model["services"].items() if n in chosen})
@@ -204,7 +204,7 @@ def app_image(
 ) -> str | None:
     """The image a source checkout runs on, made on this machine's engine: like every image of
     a swarm slot, it reaches the nodes through the registry (None: the built-in app)."""
-    return stack.app_image(source, root, imagesend.local_env(environ), say)
+    return upsteps.app_image(source, root, imagesend.local_env(environ), say)
 
 
 def _local_image(image: str, environ: Mapping[str, str]) -> bool:
@@ -352,7 +352,7 @@ def _gate(
     if not outcome.passed:
         result.logs = failing_logs(plan.stack, gate.failing_services(outcome), environ)
     text = apps.env_sandbox_text(
-        target.slot, target.values, urls, options.source, stack.place(target)
+        target.slot, target.values, urls, options.source, upsteps.place(target)
     )
     apps.write_env_sandbox(options.source, text)
 

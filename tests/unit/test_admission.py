@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import admission, stack
+from sandbox import admission, upsteps
 from sandbox.admission import Entry, Interval, Line, place
 from sandbox.errors import Exit, SandboxError
 from tests.unit.support.clock import FakeClock
@@ -178,7 +178,7 @@ def test_ctrl_c_in_line_is_one_line_from_up(
         contextlib.ExitStack() as heavy,
         pytest.raises(SandboxError, match="nothing of it was started") as err,
     ):
-        stack._wait_turn(8, os.environ, None, heavy)
+        upsteps.wait_turn(8, os.environ, None, heavy)
     assert err.value.code is Exit.INTERRUPTED
     assert not (lock_dir / admission.SUBDIR / admission.entry_name(2)).exists()
 

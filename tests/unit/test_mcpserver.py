@@ -210,7 +210,7 @@ def test_a_start_waiting_in_line_reports_its_place_as_progress(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`up`/`new` through the server: the admission line's place reaches the agent."""
-    from sandbox import admission, stack
+    from sandbox import admission, upsteps
     from tests.unit.support.clock import FakeClock
     from tests.unit.support.flocks import held_elsewhere
 
@@ -225,7 +225,7 @@ def test_a_start_waiting_in_line_reports_its_place_as_progress(
         held_elsewhere(tmp_path / admission.SUBDIR / admission.entry_name(1), "3 4242")
     )
     with ahead, contextlib.ExitStack() as heavy:
-        stack._wait_turn(8, {"KTRDR_MAX_STARTS": "1"}, hooks.queue, heavy)
+        upsteps.wait_turn(8, {"KTRDR_MAX_STARTS": "1"}, hooks.queue, heavy)
     assert said[0] == (
         "slot 8 waits for its turn to start: number 1 in line (starting now: slot 3; at most "
         "1 at once, KTRDR_MAX_STARTS sets it)"

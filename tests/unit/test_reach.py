@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import engine, reach, slots, status
+from sandbox import compose, engine, reach, slots, status
 from sandbox.docker import PublishedPort
 from sandbox.errors import Exit, SandboxError
 from tests.unit.support.factories import container
@@ -32,6 +32,11 @@ def forget_facts() -> None:
 
 def values(slot: int) -> dict[str, str]:
     return {name: str(port) for name, port in slots.ports(slot).items()}
+
+
+def config(slot: int) -> compose.SlotConfig:
+    """A slot's configuration with the default bind address, 127.0.0.1."""
+    return compose.SlotConfig(slot, Path("/checkout"), values(slot), images={})
 
 
 def test_the_mode_defaults_to_loopback_and_refuses_anything_else() -> None:
@@ -183,7 +188,7 @@ def test_the_default_leaves_the_override_alone(
     fake_engine(monkeypatch)
     path = override(tmp_path, {"services": {"backend": {"labels": {}}}})
     before = path.read_text()
-    reach.adjust_override(path, values(7), {}, "127.0.0.1")
+    reach.adjust_override(path, config(7), {})
     assert path.read_text() == before
     assert reach.exposure_line({}, "127.0.0.1", 8007) is None
     assert reach.env_sandbox_lines({}, "127.0.0.1", 8007) == []
@@ -195,7 +200,7 @@ def test_bridge_adds_the_gateway_ports_and_the_agent_url(
     fake_engine(monkeypatch)
     environ = {"KTRDR_AGENT_REACH": "bridge"}
     path = override(tmp_path, {"services": {"backend": {"labels": {"a": "b"}}}})
-    reach.adjust_override(path, values(7), environ, "127.0.0.1")
+    reach.adjust_override(path, config(7), environ)
     services = json.loads(path.read_text())["services"]
     assert services["backend"] == {"labels": {"a": "b"}, "ports": ["172.17.0.1:8007:8000"]}
     # Every service but the database (a default password) is on the gateway too.
@@ -233,7 +238,7 @@ def test_inside_a_container_paths_are_translated_and_ports_reached_at_the_gatewa
     env = reach.compose_environment({"KTRDR_SHARED_DIR": "/home/agent/s"}, Path("/work"), {})
     assert env == {"KTRDR_SHARED_DIR": "/srv/agent-home/s"}
     path = override(tmp_path, {"services": {"backend": {"volumes": ["/work/k/ktrdr:/app:ro"]}}})
-    reach.adjust_override(path, values(7), {}, "127.0.0.1")
+    reach.adjust_override(path, config(7), {})
     backend = json.loads(path.read_text())["services"]["backend"]
     assert backend["volumes"] == ["/var/lib/docker/volumes/work/_data/k/ktrdr:/app:ro"]
     assert backend["ports"] == ["172.17.0.1:8007:8000"]

@@ -66,8 +66,8 @@ class Fakes:
 
     def preflight(
         self, target: compose.Target, environ: Mapping[str, str], **kwargs: Any
-    ) -> preflight.Preflight:
-        return preflight.Preflight(["docker", "compose"], [], self.running)
+    ) -> preflight.UpPlan:
+        return preflight.UpPlan(["docker", "compose"], [], self.running)
 
     def gate(self, target: compose.Target, *args: Any, **kwargs: Any) -> checks.GateResult:
         return checks.GateResult(target.slot, True, [], 0.1, {})
@@ -232,9 +232,10 @@ def test_fresh_recreates_only_this_slots_database_after_asking(
     target: compose.Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fakes = Fakes(monkeypatch, [])
-    checked = preflight.Preflight(
-        ["docker", "compose"], [], [], volume=provenance.Kind.OTHER_PASSWORD
-    )
+    checked = preflight.UpPlan(
+        ["docker", "compose"], [], [], volume=provenance.Kind.OTHER_PASSWORD,
+        expected=preflight.expected_volume(target, {}, apps.BUILT_IN),
+    )  # fmt: skip
     monkeypatch.setattr(preflight, "run_preflight", lambda *args, **kwargs: checked)
     with pytest.raises(SandboxError) as caught:
         stack.up(target, {}, hooks=stack.Hooks(fresh=lambda slot: False))
@@ -272,17 +273,21 @@ def test_a_running_slot_is_started_again_when_what_it_runs_changed(tmp_path: Pat
     assert running[0].service == "db"
 
 
-def test_another_reload_recreates_the_slot_and_an_unrecorded_one_does_not() -> None:
+def test_another_reload_recreates_the_slot_and_an_unrecorded_one_does_not(
+    tmp_path: Path,
+) -> None:
     def app(service: str, reload: str) -> Container:
         return Container(
-            "id", "n", "ktrdr-sandbox-3", service, "running", "Up", "/c", reload=reload
-        )
+            "id", "n", "ktrdr-sandbox-3", service, "running", "Up", "/c", reload=reload,
+            shared=str(tmp_path), models=str(tmp_path / "models"),
+        )  # fmt: skip
 
+    where = apps.Place(3, tmp_path)
     workers = [app("backend", "workers"), app("backtest-worker-1", "workers")]
-    assert stack.reload_changed(workers, apps.RELOAD_BACKEND)
-    assert not stack.reload_changed(workers, apps.RELOAD_WORKERS)
-    assert not stack.reload_changed([app("backend", "")], apps.RELOAD_WORKERS)
-    assert not stack.reload_changed([], apps.RELOAD_BACKEND)
+    assert not stack.as_wanted(workers, apps.BUILT_IN, None, where, apps.RELOAD_BACKEND)
+    assert stack.as_wanted(workers, apps.BUILT_IN, None, where, apps.RELOAD_WORKERS)
+    assert stack.as_wanted([app("backend", "")], apps.BUILT_IN, None, where, apps.RELOAD_WORKERS)
+    assert stack.as_wanted([], apps.BUILT_IN, None, where, apps.RELOAD_BACKEND)
 
 
 def test_the_reload_label_is_read_back_from_docker_ps() -> None:
