@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sandbox import apps, compose, docker, lock, picker, runner, slots
-from sandbox.errors import Exit, SandboxError
+from sandbox.ask import confirm
 from sandbox.images import provenance
 from sandbox.runner import display
 from sandbox.settings import ENGINE_QUERY_TIMEOUT, LOCK_WAIT
@@ -183,17 +183,20 @@ def take_down(
 
 
 def confirm_or_refuse(
-    entries: Sequence[SlotPlan], yes: bool, interactive: bool, ask: Callable[[str], str]
+    entries: Sequence[SlotPlan],
+    yes: bool,
+    interactive: bool | None = None,
+    ask: Callable[[str], str] = input,
 ) -> bool:
-    """Whether to go on: `--yes`, else a "y" typed on a terminal; with neither a terminal nor
-    --yes, SandboxError(USAGE) in one line (a script must say --yes)."""
-    if yes or not entries:
+    """Whether to go on, by the one rule (sandbox/ask.py): `--yes`, else a "y" typed on a
+    terminal; with neither, SandboxError(USAGE) in one line (a script must say --yes)."""
+    if not entries:
         return True
-    if not interactive:
-        raise SandboxError(
-            f"`inv down --all` would take down {len(entries)} slot(s) and there is no terminal "
-            "to ask: re-run with --yes",
-            Exit.USAGE,
-        )
-    answer = ask(f"take down these {len(entries)} slot(s)? [y/N] ")
-    return answer.strip().lower() in ("y", "yes")
+    return confirm(
+        f"take down these {len(entries)} slot(s)?",
+        yes,
+        f"`inv down --all` would take down {len(entries)} slot(s) and there is no terminal "
+        "to ask: re-run with --yes",
+        interactive=interactive,
+        ask=ask,
+    )

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from invoke.context import Context
-from invoke.exceptions import Exit as InvokeExit
 from invoke.tasks import task
 
 from sandbox import slots
-from sandbox.errors import SandboxError
 from tasks import common, lifecycle
 from tasks.common import MODELS_HELP, NO_WAIT_HELP, TIMEOUT_HELP, TORCH_HELP, handled, out
 
@@ -41,27 +38,15 @@ def new(
     timeout: str | None = None,
 ) -> None:
     """A worktree of BRANCH next to --repo, a free slot, and `inv up --source=WORKTREE` there."""
-    from sandbox import apps, compose, net, picker
+    from sandbox import net
     from sandbox.branches import flow
 
     environ = dict(os.environ)
-    if torch is not None:
-        apps.check_torch(torch)
-    apps.check_models(models)
-    wanted = picker.parse_choice(slot)
-    plan = flow.check_new(repo, branch, base, environ)
-    with picker.claim_slot(environ, wanted, picker.Claim(on_busy=out().line)) as n:
-        out().line(f"slot {n}: {'the lowest free slot' if wanted is None else 'free'}")
-        made = flow.create(plan, base, environ)
-        out().step("clone" if plan.clone else "worktree", f"{made.path} (branch {branch})")
-        target = compose.load_target(common.ROOT, n, environ)
-        try:
-            source = dataclasses.replace(apps.detect(made.path, torch), models=models)
-            lifecycle.start(target, source, environ, wait=not no_wait, timeout=timeout)
-        except (SandboxError, InvokeExit):
-            out().line(flow.kept_hint(plan, made.path))
-            raise
-    urls = net.urls(target, environ)
+    request = flow.NewRequest(branch, repo, slot, base, torch, models)
+    with flow.new_slot(request, common.ROOT, environ, out().line, out().step) as made:
+        lifecycle.start(made.target, made.source, environ, wait=not no_wait, timeout=timeout)
+    n = made.target.slot
+    urls = net.urls(made.target, environ)
     if no_wait:  # the gate's summary lists them otherwise
         out().steps(list(urls.items()), f"slot {n}")
     out().line(f"slot {n} runs {branch} from {made.path}; API {urls['Backend API']}")

@@ -102,6 +102,13 @@ def slot_number(value: str | None) -> int:
     return slots.parse_slot(value)
 
 
+def slot_choice(value: str | None) -> str:
+    """`--slot=N|auto`, required."""
+    if value is None:
+        slot_number(value)  # says which values there are
+    return str(value)
+
+
 def target(value: str | None) -> compose.Target:
     """The slot `--slot=N` names, with its env file read."""
     from sandbox import compose

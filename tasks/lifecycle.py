@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
-import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -30,7 +28,7 @@ from tasks.common import (
 )
 
 if TYPE_CHECKING:
-    from sandbox import apps, compose, stack
+    from sandbox import apps, compose, launch, stack
 
 
 @task(
@@ -73,45 +71,29 @@ def up(
     other_checkouts: bool = False,
 ) -> None:
     """Start a slot's stack: preflight, `docker compose up -d`, then the startability gate."""
-    from sandbox import apps, compose, picker
+    from sandbox import apps, launch
     from sandbox.swarm import cluster
 
-    layout = slots.parse_layout(workers, observability)
     reloads = apps.parse_reload(reload)
-    chosen = apps.from_flag(source, torch)
-    chosen = dataclasses.replace(chosen, models=apps.check_models(models))
+    run = launch.read_options(source, torch, models, workers, observability)
     environ = dict(os.environ)
     if (swarm_ or os.environ.get("KTRDR_SWARM")) and cluster.wanted(environ, swarm_):
-        _swarm_up(slot, chosen, environ, layout, wait=not no_wait, timeout=timeout)
+        _swarm_up(slot, run, environ, wait=not no_wait, timeout=timeout)
         return
-    wipe = functools.partial(_confirm_fresh, yes) if fresh else None
-    if slot is None or slot.strip().lower() != "auto":
-        target = common.target(slot)
+    with launch.chosen_slot(common.ROOT, environ, common.slot_choice(slot), out().line) as chosen:
+        # A claimed slot is free: it has no database for --fresh to recreate.
+        wipe = functools.partial(_confirm_fresh, yes) if fresh and not chosen.claimed else None
         start(
-            target,
-            chosen,
+            chosen.target,
+            run.source,
             environ,
             build=build,
             wait=not no_wait,
             timeout=timeout,
-            layout=layout,
+            layout=run.layout,
             fresh=wipe,
             reload=reloads,
             other_checkouts=other_checkouts,
-        )
-        return
-    with picker.claim_slot(environ, None, picker.Claim(on_busy=out().line)) as number:
-        out().line(f"slot {number}: the lowest free slot (--slot=auto)")
-        target = compose.load_target(common.ROOT, number, environ)
-        start(
-            target,
-            chosen,
-            environ,
-            build=build,
-            wait=not no_wait,
-            timeout=timeout,
-            layout=layout,
-            reload=reloads,
         )
 
 
@@ -163,9 +145,8 @@ def start(
 
 def _swarm_up(
     slot: str | None,
-    source: apps.Source,
+    run: launch.Launch,
     environ: dict[str, str],
-    layout: slots.Layout,
     *,
     wait: bool,
     timeout: str | None,
@@ -176,19 +157,18 @@ def _swarm_up(
     from sandbox.swarm import capacity
 
     if slot is None or slot.strip().lower() != "auto":
-        _swarm_start(common.target(slot), source, environ, layout, wait=wait, timeout=timeout)
+        _swarm_start(common.target(slot), run, environ, wait=wait, timeout=timeout)
         return
     with capacity.claim(common.ROOT, environ, out().line) as number:
         out().line(f"slot {number}: the lowest free slot on the swarm (--slot=auto)")
         target = compose.load_target(common.ROOT, number, environ)
-        _swarm_start(target, source, environ, layout, wait=wait, timeout=timeout)
+        _swarm_start(target, run, environ, wait=wait, timeout=timeout)
 
 
 def _swarm_start(
     target: compose.Target,
-    source: apps.Source,
+    run: launch.Launch,
     environ: dict[str, str],
-    layout: slots.Layout,
     *,
     wait: bool,
     timeout: str | None,
@@ -199,7 +179,8 @@ def _swarm_start(
     from sandbox.swarm import deploy
 
     with out().gate_progress(target.slot) as on_gate:
-        options = deploy.Options(source, layout, wait, stack.gate_timeout(timeout, target, environ))
+        gate_timeout = stack.gate_timeout(timeout, target, environ)
+        options = deploy.Options(run.source, run.layout, wait, gate_timeout)
         hooks = stack.Hooks(
             busy=out().line,
             gate=on_gate,
@@ -224,18 +205,14 @@ def _swarm_start(
 
 
 def _confirm_fresh(yes: bool, slot: int) -> bool:
-    """`--fresh` deletes a database: asked on a terminal, `--yes` in scripts."""
-    from sandbox.images import provenance
+    """`--fresh` deletes a database: asked on a terminal, `--yes` in scripts (sandbox/ask.py)."""
+    from sandbox import ask
 
-    if yes:
-        return True
-    if not sys.stdin.isatty():
-        raise SandboxError(
-            f"--fresh deletes slot {slot}'s database: add --yes to confirm it when not on a "
-            "terminal",
-            Exit.USAGE,
-        )
-    return input(provenance.confirm_question(slot)).strip().lower() in ("y", "yes")
+    return ask.confirm(
+        f"recreate slot {slot}'s database? everything in it is lost",
+        yes,
+        f"--fresh deletes slot {slot}'s database: add --yes to confirm it when not on a terminal",
+    )
 
 
 def _rebuild(environ: Mapping[str, str]) -> None:
@@ -321,7 +298,7 @@ def _down_all(slot: str | None, volumes: bool, yes: bool, others: bool) -> None:
     if not entries:
         out().line("no slot has containers" + ("" if volumes else " (volumes are kept)"))
         return
-    if not teardown.confirm_or_refuse(entries, yes, sys.stdin.isatty(), input):
+    if not teardown.confirm_or_refuse(entries, yes):
         raise InvokeExit("nothing taken down", code=int(Exit.FAILED))
     for entry in entries:
         removes = volumes and (entry.ours or others)

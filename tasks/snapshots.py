@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from invoke.context import Context
@@ -18,11 +18,16 @@ if TYPE_CHECKING:
     from sandbox.snapshots import operations
 
 
-def _confirm(question: str) -> bool:
-    """Ask on a terminal; with no terminal the answer is no (scripts pass --yes)."""
-    if not sys.stdin.isatty():
-        return False
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+def _confirm(yes: bool, slot: int) -> Callable[[str], bool]:
+    """Replacing a database that has tables: asked on a terminal, `--yes` in scripts
+    (sandbox/ask.py)."""
+    from sandbox import ask
+
+    refusal = (
+        f"nothing done: slot {slot}'s database has tables and there is no terminal to ask: "
+        "re-run with --yes to replace it"
+    )
+    return lambda question: ask.confirm(question, yes, refusal)
 
 
 @task(
@@ -109,9 +114,9 @@ def restore(
     environ = dict(os.environ)
     app, chain, database = _slot_database(target, environ)
     done = operations.restore(
-        target, common.compose_cli(environ), environ, name, yes=yes, confirm=_confirm, app=app,
-        migrations=chain, on_step=out().line, other_checkouts=other_checkouts,
-        database=database,
+        target, common.compose_cli(environ), environ, name, yes=yes,
+        confirm=_confirm(yes, target.slot), app=app, migrations=chain, on_step=out().line,
+        other_checkouts=other_checkouts, database=database,
     )  # fmt: skip
     _report_restored(done)
 
@@ -142,8 +147,9 @@ def clone_slot(
     environ = dict(os.environ)
     _, chain = operations.running_app(destination.slot, environ)
     done = operations.clone(
-        source, destination, common.compose_cli(environ), environ, yes=yes, confirm=_confirm,
-        migrations=chain, on_step=out().line, other_checkouts=other_checkouts,
+        source, destination, common.compose_cli(environ), environ, yes=yes,
+        confirm=_confirm(yes, destination.slot), migrations=chain, on_step=out().line,
+        other_checkouts=other_checkouts,
     )  # fmt: skip
     _report_restored(done)
 

@@ -3,7 +3,8 @@
 `inv new BRANCH --repo=PATH`: every check of the worktree (`worktrees.check_new`) before a slot
 is claimed; the slot (`picker.claim_slot`) before the worktree is made; the worktree before the
 stack starts. So bad input and "no free slot" leave nothing behind; a stack that fails to start
-leaves the worktree, and the task says how to remove it.
+leaves the worktree, and `new_slot` says how to remove it. `inv new` and the MCP server's `new`
+tool both go through `new_slot`; each starts the stack its own way inside it.
 
 `inv done --branch=BRANCH|--slot=N`: what to act on (`branches.resolve_done`), then every refusal
 (`check_done`: work that exists nowhere else, a worktree git would not remove), and only then
@@ -13,11 +14,13 @@ recorded. The tasks in tasks/branches.py call these in that order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import apps, docker, status
+from sandbox import apps, compose, docker, picker, status
 from sandbox.branches import clones, unsaved, worktrees
 from sandbox.branches import git as branches
 from sandbox.errors import Exit, SandboxError
@@ -65,6 +68,59 @@ def create(plan: NewPlan, base: str | None, environ: Mapping[str, str]) -> workt
     """The branch's checkout as `plan` says: a clone, or a worktree."""
     make = clones.create if plan.clone else worktrees.create
     return make(plan.repo, plan.branch, base, environ)
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """What `inv new` (or the MCP `new` tool) was asked for, unchecked."""
+
+    branch: str
+    repo: str | None
+    slot: str = "auto"  # auto, or a free slot's number
+    base: str | None = None
+    torch: str | None = None
+    models: str = "shared"
+
+
+@dataclass(frozen=True)
+class NewSlot:
+    """A claimed slot with its new worktree, ready to start: the caller starts it."""
+
+    target: compose.Target
+    source: apps.Source  # the worktree's app, with --torch and --models applied
+    path: Path  # the worktree, as made
+
+
+@contextlib.contextmanager
+def new_slot(
+    request: NewRequest,
+    root: Path,
+    environ: Mapping[str, str],
+    say: Callable[[str], None],
+    step: Callable[[str, str], None] | None = None,
+    kept: Callable[[str], None] | None = None,
+) -> Iterator[NewSlot]:
+    """The checks, the slot (its lock held until the block ends), the worktree, in that order;
+    the block starts the stack. `say` hears the slot, `step` (default: `say` as "name: detail")
+    the worktree made. When anything fails once the worktree exists, `kept` (default `say`)
+    hears how to use or remove it, and the failure goes on up unchanged."""
+    if request.torch is not None:
+        apps.check_torch(request.torch)
+    apps.check_models(request.models)
+    wanted = picker.parse_choice(request.slot)
+    plan = check_new(request.repo, request.branch, request.base, environ)
+    with picker.claim_slot(environ, wanted, picker.Claim(on_busy=say)) as number:
+        say(f"slot {number}: {'the lowest free slot' if wanted is None else 'free'}")
+        made = create(plan, request.base, environ)
+        report = step or (lambda name, detail: say(f"{name}: {detail}"))
+        report("clone" if plan.clone else "worktree", f"{made.path} (branch {request.branch})")
+        try:
+            found = apps.detect(made.path, request.torch)
+            source = dataclasses.replace(found, models=request.models)
+            yield NewSlot(compose.load_target(root, number, environ), source, made.path)
+        except Exception:  # whatever stopped the start, the worktree stays: say so
+            (kept or say)(kept_hint(plan, made.path))
+            raise
 
 
 def kept_hint(plan: NewPlan, made: Path) -> str:

@@ -296,8 +296,3 @@ def fresh_plan(
         ["docker", "volume", "rm", slots.db_volume(project)],
         create_volume_command(project, labels),
     ]
-
-
-def confirm_question(slot: int) -> str:
-    """What `--fresh` asks on a terminal; in scripts `--fresh` itself is the answer."""
-    return f"recreate slot {slot}'s database? everything in it is lost [y/N] "

@@ -114,6 +114,30 @@ def test_a_failed_start_keeps_the_worktree_and_says_how_to_remove_it(
     assert (repo.parent / "app-feature-y").is_dir()
 
 
+def test_new_slot_tells_kept_how_to_remove_the_worktree_and_lets_the_failure_through(
+    repo: Path, checkout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the MCP `new` tool relies on: the hint to a hook of its own, the error unchanged."""
+    monkeypatch.setattr(docker, "sandbox_containers", lambda environ=None: [])
+    monkeypatch.setattr(picker, "sandbox_volumes", lambda environ=None: [])
+    monkeypatch.setattr(apps, "detect", lambda path, torch: apps.Source(apps.KTRDR, path, torch))
+    said: list[str] = []
+    kept: list[str] = []
+    request = branchflow.NewRequest("feature/y", str(repo), slot="3", models="slot")
+    with (
+        pytest.raises(RuntimeError, match="the start failed"),
+        branchflow.new_slot(
+            request, checkout, dict(os.environ), said.append, None, kept.append
+        ) as made,
+    ):
+        assert made.target.slot == 3 and made.source.models == "slot"
+        raise RuntimeError("the start failed")
+    path = repo.parent / "app-feature-y"
+    assert said == ["slot 3: free", f"worktree: {path} (branch feature/y)"]
+    plan = branchflow.NewPlan(repo, "feature/y", path)
+    assert kept == [branchflow.kept_hint(plan, path)] and path.is_dir()
+
+
 def target_of(repo: Path, branch: str, slot: int | None = None) -> branches.DoneTarget:
     made = worktrees.find(repo, branch) or worktrees.create(repo, branch)
     return branches.DoneTarget(repo, made, slot)
