@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import apps, docker, envfiles, launch, picker, slots
+from sandbox import apps, docker, envfiles, launch, lock, picker, slots
 from sandbox.errors import Exit, SandboxError
 
 
@@ -49,5 +49,5 @@ def test_auto_claims_the_lowest_free_slot_and_holds_it(
     said: list[str] = []
     with launch.chosen_slot(tmp_path, dict(os.environ), "AUTO", said.append) as chosen:
         assert chosen.target.slot == 2 and chosen.claimed
-        assert 2 in picker.locked_slots(Path(os.environ["KTRDR_LOCK_DIR"]))
+        assert 2 in lock.held_slots(Path(os.environ["KTRDR_LOCK_DIR"]))
     assert said == ["slot 2: the lowest free slot (--slot=auto)"]
