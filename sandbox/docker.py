@@ -12,6 +12,7 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from sandbox import runner, slots
 from sandbox.errors import Exit, SandboxError
@@ -38,6 +39,12 @@ MODELS_LABEL = "ktrdr.sandbox.models"
 # Which app services run under a reloader: backend, or workers (the backend and the workers).
 RELOAD_LABEL = "ktrdr.sandbox.reload"
 
+# A container's state as `docker ps` reports it (Docker's own fixed set), and its health as read
+# from the status column ("none": no healthcheck, or not running).
+ContainerState = Literal["created", "running", "restarting", "removing", "paused", "exited", "dead"]
+CONTAINER_STATES: tuple[ContainerState, ...] = get_args(ContainerState)
+Health = Literal["healthy", "unhealthy", "starting", "none"]
+
 
 @dataclass(frozen=True)
 class PublishedPort:
@@ -53,7 +60,7 @@ class Container:
     name: str
     project: str
     service: str
-    state: str  # running, exited, created, restarting, paused, dead
+    state: ContainerState
     status: str  # "Up 3 minutes (healthy)"
     working_dir: str
     ports: tuple[PublishedPort, ...] = field(default_factory=tuple)
@@ -77,16 +84,30 @@ class Container:
         return slots.slot_of_project(self.project)
 
     @property
-    def health(self) -> str:
-        """healthy, unhealthy, starting, or none (no healthcheck / not running)."""
+    def health(self) -> Health:
         match = re.search(r"\((healthy|unhealthy|health: starting)\)", self.status)
-        if not match:
+        if match is None:
             return "none"
-        return "starting" if match.group(1) == "health: starting" else match.group(1)
+        return "starting" if match.group(1) == "health: starting" else _HEALTH[match.group(1)]
 
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+
+_HEALTH: dict[str, Health] = {"healthy": "healthy", "unhealthy": "unhealthy"}
+
+
+def container_state(text: str, name: str) -> ContainerState:
+    """`docker ps`'s State of container `name`, checked against Docker's set."""
+    for state in CONTAINER_STATES:
+        if state == text:
+            return state
+    raise SandboxError(
+        f"docker ps lists container {name} in state {text!r}, which is not one of Docker's "
+        f"({', '.join(CONTAINER_STATES)}): check the engine with `docker ps -a`",
+        Exit.COMMAND,
+    )
 
 
 _PORT = re.compile(
@@ -148,7 +169,7 @@ def parse_ps(output: str) -> list[Container]:
                 name=row.get("Names", ""),
                 project=row.get("Project", ""),
                 service=row.get("Service", ""),
-                state=row.get("State", ""),
+                state=container_state(row.get("State", ""), row.get("Names", "")),
                 status=row.get("Status", ""),
                 working_dir=row.get("WorkingDir", ""),
                 ports=parse_ports(row.get("Ports", "")),

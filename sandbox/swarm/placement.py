@@ -90,6 +90,7 @@ def containers(
     waiting = [Task(s, "", "new", "running", "", ()) for s in services if s not in found]
     rows = []
     for task in [*found.values(), *waiting]:
+        state: docker.ContainerState
         if task.state in LIVE_STATES:
             state = "running"
         elif task.state in FINAL_STATES:

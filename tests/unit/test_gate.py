@@ -93,7 +93,7 @@ class World:
             return True, "accepting connections"
         return False, "the database system is starting up"
 
-    def set_container(self, service: str, state: str, status: str = "") -> None:
+    def set_container(self, service: str, state: docker.ContainerState, status: str = "") -> None:
         self.containers = [c for c in self.containers if c.service != service]
         self.containers.append(container(service, state, status))
 
@@ -113,7 +113,7 @@ URLS = {
 
 
 def container(
-    service: str, state: str = "running", status: str = "Up 5 seconds"
+    service: str, state: docker.ContainerState = "running", status: str = "Up 5 seconds"
 ) -> docker.Container:
     return docker.Container(
         id=f"id-{service}",

@@ -41,7 +41,7 @@ def make(
     slot: int | str,
     service: str,
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
-    state: str = "running",
+    state: docker.ContainerState = "running",
     ports: tuple[PublishedPort, ...] = (),
 ) -> docker.Container:
     return fabricate(

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from sandbox import engine, net, slots
-from sandbox.docker import Container, PublishedPort
+from sandbox.docker import Container, ContainerState, PublishedPort
 from tests.unit.support.factories import container
 
 
-def published(*entries: tuple[str, int, int], state: str = "running") -> list[Container]:
+def published(*entries: tuple[str, int, int], state: ContainerState = "running") -> list[Container]:
     ports = tuple(PublishedPort(ip, host, inner) for ip, host, inner in entries)
     return [container(2, "backend", state=state, ports=ports)]
 

@@ -45,7 +45,7 @@ def stack(
 
 
 def with_service(
-    found: list[docker.Container], service: str, state: str, text: str
+    found: list[docker.Container], service: str, state: docker.ContainerState, text: str
 ) -> list[docker.Container]:
     return [replace(c, state=state, status=text) if c.service == service else c for c in found]
 

@@ -17,7 +17,9 @@ from tests.unit.support.factories import container as fabricate
 from tests.unit.support.flocks import held_elsewhere, is_free
 
 
-def container(slot: int | str, service: str = "db", state: str = "running") -> docker.Container:
+def container(
+    slot: int | str, service: str = "db", state: docker.ContainerState = "running"
+) -> docker.Container:
     return fabricate(slot, service, state=state)
 
 

@@ -24,7 +24,7 @@ from sandbox import (
 )
 from sandbox import engine as engine_mod
 from sandbox import shared as shared_mod
-from sandbox.docker import Container, PublishedPort
+from sandbox.docker import Container, ContainerState, PublishedPort
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import build as images
 from sandbox.ports import Listener, TakenPort
@@ -44,7 +44,7 @@ def container(
     *ports: int,
     name: str | None = None,
     working_dir: str = "/checkouts/a",
-    state: str = "running",
+    state: ContainerState = "running",
 ) -> Container:
     return Container(
         id=f"id-{project}-{service}",

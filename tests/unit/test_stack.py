@@ -25,13 +25,15 @@ from sandbox import (
     slots,
     stack,
 )
-from sandbox.docker import Container
+from sandbox.docker import Container, ContainerState
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import provenance
 from sandbox.runner import Result
 
 
-def container(service: str, slot: int, working_dir: str, state: str = "running") -> Container:
+def container(
+    service: str, slot: int, working_dir: str, state: ContainerState = "running"
+) -> Container:
     return Container(
         id=f"{slot}-{service}",
         name=f"ktrdr-sandbox-{slot}-{service}-1",
@@ -292,7 +294,13 @@ def test_another_reload_recreates_the_slot_and_an_unrecorded_one_does_not(
 
 def test_the_reload_label_is_read_back_from_docker_ps() -> None:
     assert docker.RELOAD_LABEL in docker.PS_FORMAT
-    row = {"ID": "x", "Names": "n", "Project": "ktrdr-sandbox-3", "Reload": "workers"}
+    row = {
+        "ID": "x",
+        "Names": "n",
+        "Project": "ktrdr-sandbox-3",
+        "State": "running",
+        "Reload": "workers",
+    }
     [container] = docker.parse_ps(json.dumps(row))
     assert container.reload == "workers"
 

@@ -16,7 +16,7 @@ from sandbox.settings import ENGINE_ANSWER_TIMEOUT
 from tests.unit.support.factories import make
 
 
-def full_stack(slot: int, **kwargs: str) -> list[docker.Container]:
+def full_stack(slot: int, working_dir: str = "/home/dev/ktrdr-sandbox") -> list[docker.Container]:
     found = []
     for service in slots.SERVICES:
         ports: tuple[PublishedPort, ...] = ()
@@ -25,7 +25,7 @@ def full_stack(slot: int, **kwargs: str) -> list[docker.Container]:
                 PublishedPort("127.0.0.1", 8000 + slot, 8000),
                 PublishedPort("127.0.0.1", 9999, 9999),
             )
-        found.append(make(slot, service, ports=ports, **kwargs))
+        found.append(make(slot, service, ports=ports, working_dir=working_dir))
     return found
 
 
@@ -125,7 +125,7 @@ def test_partial_and_stopped_slots_sorted_by_slot(tmp_path: Path) -> None:
         ("exited", "Exited (1) 3 minutes ago", False),
     ],
 )
-def test_healthy_counts(state: str, text: str, healthy: bool) -> None:
+def test_healthy_counts(state: docker.ContainerState, text: str, healthy: bool) -> None:
     [row] = status.summarize([make(3, "grafana", state, text)])
     assert row.services.healthy == int(healthy)
     assert row.services.total == len(slots.SERVICES)  # the other eight have no container at all

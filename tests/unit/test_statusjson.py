@@ -213,16 +213,16 @@ def test_documentation_example_has_the_pinned_shape() -> None:
 # ----------------------------------------------------------------------------- states
 
 
-def last_one(here: Path, state: str, status_text: str) -> list[docker.Container]:
+def last_one(here: Path, state: docker.ContainerState, status_text: str) -> list[docker.Container]:
     """Slot 1's stack with grafana (the last service) in `state`."""
     return [*stack(1, here)[:-1], make(1, "grafana", state, status_text, working_dir=str(here))]
 
 
-def all_in(state: str, text: str) -> Callable[[Path], list[docker.Container]]:
+def all_in(state: docker.ContainerState, text: str) -> Callable[[Path], list[docker.Container]]:
     return lambda here: stack(1, here, state=state, status_text=text)
 
 
-def last_in(state: str, text: str) -> Callable[[Path], list[docker.Container]]:
+def last_in(state: docker.ContainerState, text: str) -> Callable[[Path], list[docker.Container]]:
     return lambda here: last_one(here, state, text)
 
 

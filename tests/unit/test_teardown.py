@@ -25,7 +25,7 @@ from tests.unit.support.factories import container as fabricate
 def container(
     slot: int | str,
     service: str = "db",
-    state: str = "running",
+    state: docker.ContainerState = "running",
     source: str = "",
     working_dir: str = "/",
 ) -> docker.Container:

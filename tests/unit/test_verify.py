@@ -22,7 +22,7 @@ def target_for(root: Path, slot: int, **extra: str) -> compose.Target:
     return compose.Target(slot, root, {**base.values, **extra})
 
 
-def stack(slot: int, state: str = "running") -> list[docker.Container]:
+def stack(slot: int, state: docker.ContainerState = "running") -> list[docker.Container]:
     """A slot's containers publishing exactly what its env file says."""
     project = slots.project_name(slot)
     ports: dict[str, list[PublishedPort]] = {}

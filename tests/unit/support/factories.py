@@ -10,7 +10,7 @@ def container(
     slot: int | str,
     service: str = "db",
     *,
-    state: str = "running",
+    state: docker.ContainerState = "running",
     status: str = "Up 1 minute",
     working_dir: str = "/home/dev/ktrdr-sandbox",
     ports: tuple[PublishedPort, ...] = (),
@@ -38,7 +38,7 @@ def container(
 def make(
     slot: int | str,
     service: str,
-    state: str = "running",
+    state: docker.ContainerState = "running",
     status_text: str = "Up 2 minutes (healthy)",
     ports: tuple[PublishedPort, ...] = (),
     working_dir: str = "/home/dev/ktrdr-sandbox",
