@@ -315,8 +315,7 @@ def exposure_step(facts: Facts) -> Step:
     detail = facts.where.exposure(bind)
     if facts.where.kind is engine.Kind.SSH and engine.is_loopback(facts.where.connect_override):
         detail += f" (through `inv tunnel --slot={facts.target.slot}`)"
-    env = compose.environment(facts.target, facts.environ)
-    if engine.is_wildcard(bind) and not env.get("KTRDR_DB_PASSWORD"):
+    if engine.is_wildcard(bind) and not facts.target.env.get("KTRDR_DB_PASSWORD"):
         detail += "; the database has the default password (set KTRDR_DB_PASSWORD)"
     return Step("exposure", detail)
 
