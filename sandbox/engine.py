@@ -117,11 +117,6 @@ class Engine:
             return f"this machine ({self.endpoint})"
         return f"{self.host} ({self.endpoint}, from {self.source})"
 
-    @property
-    def where(self) -> str:
-        """The host a check on the engine's side ran on, in a few words."""
-        return "this machine" if self.local else self.host
-
     def exposure(self, bind_address: str) -> str:
         """What `inv up` exposes where: the bind on the engine's host, the host URLs use.
 

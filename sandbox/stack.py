@@ -37,8 +37,6 @@ from sandbox.runner import display
 from sandbox.settings import GATE_TIMEOUT, LOCK_WAIT
 from sandbox.status import checkout_gone
 
-DEFAULT_TIMEOUT = GATE_TIMEOUT  # kept under this name: callers and tests use it
-
 
 @dataclass
 class UpResult:
@@ -52,9 +50,9 @@ class UpResult:
 
 def gate_timeout(cli: str | None, target: Target, environ: Mapping[str, str]) -> float:
     """The gate's timeout: `--timeout`, else KTRDR_GATE_TIMEOUT from the env file, else from
-    the calling shell, else `DEFAULT_TIMEOUT`."""
+    the calling shell, else `GATE_TIMEOUT`."""
     settings = {**environ, **target.values}
-    raw = compose.resolve("KTRDR_GATE_TIMEOUT", cli, settings, str(DEFAULT_TIMEOUT))
+    raw = compose.resolve("KTRDR_GATE_TIMEOUT", cli, settings, str(GATE_TIMEOUT))
     return slots.parse_seconds(raw, "--timeout")
 
 
@@ -156,7 +154,7 @@ def up(
     layout: slots.Layout = slots.DEFAULT_LAYOUT,
     recreate: bool = False,
     wait: bool = True,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float = GATE_TIMEOUT,
     hooks: Hooks = Hooks(),
     reload: str = apps.RELOAD_BACKEND,
     other_checkouts: bool = False,
