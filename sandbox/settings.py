@@ -54,8 +54,8 @@ VERIFY_EXEC_TIMEOUT = 20.0
 CLI_TIMEOUT = 20.0
 # `docker version` (or `inv status`'s one `docker ps`) of an engine that is up answers in well
 # under a second (a remote one over ssh in one or two); one that accepts connections and never
-# answers (a wedged daemon) must be told apart from a slow one within the issue's 15 s, with
-# time left to say so.
+# answers (a wedged daemon) must be told apart from a slow one within the 15 s any refusal may
+# take (the fault suite holds every one to it), with time left to say so.
 ENGINE_ANSWER_TIMEOUT = 8.0
 # One call about every container on the engine (`docker ps`, `docker inspect`, `compose logs`).
 ENGINE_QUERY_TIMEOUT = 30.0

@@ -41,7 +41,7 @@ from tests.e2e.conftest import E2E_SLOTS, Sandbox, claim_slots, project_containe
 pytestmark = pytest.mark.docker
 
 A, B = E2E_SLOTS
-LIMIT = 15.0  # seconds a refusal may take ("within 15 s")
+LIMIT = 15.0  # seconds a refusal may take: long enough for a slow engine, short to wait
 HEAL = 240.0  # seconds a healing `inv up` may take: a real start, gate included
 MARK = uuid.uuid4().hex[:12]
 TABLE = f"faults_keep_{MARK}"
@@ -170,7 +170,8 @@ def error_lines(result: Result) -> list[str]:
 def refusal_problems(
     result: Result, seconds: float, code: int, words: Sequence[str], limit: float = LIMIT
 ) -> list[str]:
-    """Everything wrong with how a refusal looked; empty when it was as the issue asks."""
+    """Everything wrong with how a refusal looked (a traceback, another exit code, not one
+    error line naming `words`, slower than `limit`); empty when nothing is."""
     REFUSALS.append(seconds)
     problems = []
     text = result.stderr + result.stdout
@@ -535,7 +536,7 @@ def test_reused_volume_with_another_password(suite: Suite) -> None:
 
 # A volume made before provenance labels: Compose's labels only, as `compose up` made them.
 # Its time to fail includes `compose up` recreating the app's containers (6.4 s measured on
-# 2 busy cores) before the gate reads the db's log; the issue's 15 s holds for it too.
+# 2 busy cores) before the gate reads the db's log; LIMIT holds for it too.
 LEGACY_LIMIT = LIMIT
 
 

@@ -1,4 +1,4 @@
-"""The port scheme: the table in the issue, and what parse_slot accepts."""
+"""The port scheme: the README's port table, and what parse_slot accepts."""
 
 from __future__ import annotations
 
