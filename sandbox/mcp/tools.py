@@ -7,11 +7,10 @@ progress) are the tool's arguments, and its docstring is the tool's description
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sandbox import ROOT, apps, checks, compose, docker, picker, slots, stack, upsteps
+from sandbox import ROOT, apps, checks, compose, docker, launch, slots, stack, upsteps
 from sandbox import verify as slot_verify
 from sandbox.branches import flow as branchflow
 from sandbox.errors import Exit, SandboxError
@@ -129,18 +128,9 @@ def up(
     """Start a slot (`slot`: a number 0-10 or "auto") and wait for the startability gate:
     `inv up`. `source`: a KTRDR checkout to run; `workers`: full, light or none; `torch`:
     debian (default), locked or none; `models`: shared (default) or slot (its own)."""
-    layout = slots.parse_layout(workers, observability)
-    chosen = apps.from_flag(source, torch)  # "" (an unset variable) is refused, not "none"
-    chosen = dataclasses.replace(chosen, models=apps.check_models(models))
-    wanted = picker.parse_choice(slot)
-    if wanted is not None:
-        return start(
-            compose.load_target(ROOT, wanted, environ), chosen, environ, say, layout, timeout
-        )
-    with picker.claim_slot(environ, None, picker.Claim(on_busy=say)) as number:
-        say(f"slot {number}: the lowest free slot (slot=auto)")
-        target = compose.load_target(ROOT, number, environ)
-        return start(target, chosen, environ, say, layout, timeout)
+    wanted = launch.read_options(source, torch, models, workers, observability)
+    with launch.chosen_slot(ROOT, environ, slot, say) as chosen:
+        return start(chosen.target, wanted.source, environ, say, wanted.layout, timeout)
 
 
 def new(
@@ -157,29 +147,20 @@ def new(
     """A checkout of `branch` next to the repository `repo` (a git worktree, or a full clone
     for an app that needs one, as KTRDR does), a free slot (`slot`: "auto" or a number) and
     its stack started from the checkout: `inv new`."""
-    if torch is not None:
-        apps.check_torch(torch)
-    apps.check_models(models)
-    wanted = picker.parse_choice(slot)
-    plan = branchflow.check_new(repo, branch, base, environ)
-    with picker.claim_slot(environ, wanted, picker.Claim(on_busy=say)) as number:
-        say(f"slot {number}: {'the lowest free slot' if wanted is None else 'free'}")
-        made = branchflow.create(plan, base, environ)
-        say(f"{'clone' if plan.clone else 'worktree'}: {made.path} (branch {branch})")
-        target = compose.load_target(ROOT, number, environ)
-        try:
-            source = dataclasses.replace(apps.detect(made.path, torch), models=models)
-            document = start(target, source, environ, say, timeout=timeout)
-        except Failed as failed:
-            hint = branchflow.kept_hint(plan, made.path)
-            raise Failed(
-                SandboxError(f"{failed.error}; {hint}", failed.error.code),
-                mcpdocs.new(branch, str(made.path), failed.document),
-            ) from None
-        except SandboxError as exc:
-            raise SandboxError(
-                f"{exc}; {branchflow.kept_hint(plan, made.path)}", exc.code, exc.details
-            ) from None
+    request = branchflow.NewRequest(branch, repo, slot, base, torch, models)
+    kept: list[str] = []  # once the checkout exists: how to use it or remove it
+    try:
+        with branchflow.new_slot(request, ROOT, environ, say, kept=kept.append) as made:
+            document = start(made.target, made.source, environ, say, timeout=timeout)
+    except Failed as failed:  # the gate said no; its document goes into new's
+        raise Failed(
+            SandboxError(f"{failed.error}; {kept[0]}", failed.error.code),
+            mcpdocs.new(branch, str(made.path), failed.document),
+        ) from None
+    except SandboxError as exc:
+        if not kept:
+            raise
+        raise SandboxError(f"{exc}; {kept[0]}", exc.code, exc.details) from None
     return mcpdocs.new(branch, str(made.path), document)
 
 
