@@ -229,3 +229,18 @@ def test_status_loads_only_what_it_uses() -> None:
     # lock and the restore marker: one listing of the lock directory for an interrupted restore.
     ours |= {"settings", "shared", "slots", "status", "lock", "snapshots", "snapshots.marker"}
     assert set(loaded.split()) == {"sandbox", *(f"sandbox.{name}" for name in ours)}
+
+
+def test_the_task_package_keeps_every_command_name_flat() -> None:
+    """tasks/ is one module per concern, merged into one namespace: `inv NAME` as ever, no
+    `inv lifecycle.up`; a task left out of `COLLECTIONS` would be missing here."""
+    import tasks
+
+    assert sorted(tasks.ns.task_names) == [
+        "clone", "done", "down", "env", "exec", "images", "init-shared", "logs", "mcp", "new",
+        "observability", "psql", "restore", "shell", "snapshot", "snapshots", "status", "sync",
+        "tunnel", "up", "verify",
+    ]  # fmt: skip
+    assert not tasks.ns.collections
+    defined = {t.name for m in tasks.COLLECTIONS for t in vars(m).values() if hasattr(t, "body")}
+    assert defined == set(tasks.ns.task_names)
