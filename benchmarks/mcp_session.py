@@ -6,7 +6,8 @@
 Spawns `inv mcp` of this checkout over stdio with the SDK's own client, then calls `new`
 (branch, repo, slot), `status`, `logs` (backend, last 20 lines), runs `--then` in the new
 worktree (a shell command: say a prerequisite check of the app's own), and `done` (confirmed;
-never forced: unsaved work in the worktree stops it, as it should). One line per call: the
+not forced unless --force, and then only after a refusal: unsaved work in the checkout stops
+it first, as it should). One line per call: the
 tool, its latency, ok or the error's exit code, and what came back; the documents themselves
 go to `--out`. Exits non-zero when a call failed or `--then` did.
 """
@@ -26,6 +27,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp_types import CallToolResult
 
+from sandbox.errors import Exit
 from sandbox.runner import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +102,12 @@ async def session(args: argparse.Namespace) -> int:
             )
             print(f"then    exit {ran.returncode} in {worktree}: {args.then}")
             failures += ran.returncode != 0
-        await call(client, "done", {"branch": args.branch, "repo": args.repo, "confirm": True})
+        finish = {"branch": args.branch, "repo": args.repo, "confirm": True}
+        refused = await call(client, "done", finish)
+        if args.force and refused.get("exit_code") == Exit.UNSAVED_WORK:
+            # What the refusal listed was seen above; the caller asked to throw it away.
+            failures -= 1
+            await call(client, "done", {**finish, "force": True})
     if args.out:
         Path(args.out).write_text(json.dumps(documents, indent=2) + "\n")
     return 1 if failures else 0
@@ -113,6 +120,11 @@ def main() -> int:
     parser.add_argument("--slot", default="auto", help="a free slot, or auto")
     parser.add_argument("--then", help="a shell command to run in the worktree before done")
     parser.add_argument("--out", help="write every document to this JSON file")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="when done refuses unsaved work (what --then left behind), call it again forced",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per call")
     parser.add_argument("--verbose", action="store_true", help="print progress notifications")
     return anyio.run(session, parser.parse_args())
