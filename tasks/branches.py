@@ -91,4 +91,5 @@ def done(
         )
         out().line(f"slot {target.slot} is down; its volumes and .env.sandbox removed")
     removed = flow.remove_worktree(target, force, environ)
-    out().line(f"removed the worktree {removed}; the branch stays in {target.repo}")
+    kind = "clone" if target.clone else "worktree"
+    out().line(f"removed the {kind} {removed}; the branch stays in {target.repo}")
