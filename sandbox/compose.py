@@ -162,7 +162,7 @@ def command(
     compose: Sequence[str], target: Target, *args: str, overrides: Sequence[Path] = ()
 ) -> list[str]:
     """`docker compose ... <args>` for `target`: its project, env file and compose file, and
-    any override files layered over it (the app kind's, see sandbox/apps.py)."""
+    any override files layered over it (the app kind's, see sandbox/slotfiles.py)."""
     layered = [part for path in overrides for part in ("-f", str(path))]
     return [
         *compose,

@@ -22,7 +22,7 @@ from sandbox.settings import ENGINE_ANSWER_TIMEOUT, ENGINE_QUERY_TIMEOUT
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 WORKDIR_LABEL = "com.docker.compose.project.working_dir"
-# Set by ktrdr-sandbox's own override (sandbox/apps.py): what the slot runs, and from where.
+# Set by ktrdr-sandbox's own override (sandbox/slotfiles.py): what the slot runs, and from where.
 APP_LABEL = "ktrdr.sandbox.app"
 SOURCE_LABEL = "ktrdr.sandbox.source"
 TORCH_LABEL = "ktrdr.sandbox.torch"

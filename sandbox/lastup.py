@@ -7,7 +7,7 @@ failed with the reason, or interrupted. A `kill -9` cannot write the end: the re
 saying "starting" with the pid of an `inv` that no longer runs, which is itself the reason.
 `inv status` reads the record from the checkout the containers were started from; `down`
 clears it (the slot no longer has a start to explain); `down --volumes` clears the whole
-state directory (`apps.remove_state`).
+state directory (`slotfiles.remove_state`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ started with `--observability=shared`.
 
 It is Compose project `ktrdr-sandbox-observability` (docker-compose.observability.yml) on fixed
 host ports outside every slot's range (`slots.OBSERVABILITY_PORTS`). Slots reach it through
-the external network `NETWORK`: their override (sandbox/apps.py) attaches the backend and
+the external network `NETWORK`: their override (sandbox/slotfiles.py) attaches the backend and
 workers to it, points their traces at the shared Jaeger and leaves out their own three.
 
 Prometheus finds the slots in a file_sd targets file generated from the running slots

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from sandbox import (
     apps,
+    checkouts,
     compose,
     docker,
     engine,
@@ -182,9 +183,9 @@ def running_source(container: Container) -> tuple[str, str]:
 def source_step(facts: Facts) -> Step:
     """A running slot keeps its source: `up` with another one would silently swap its code.
     A checkout with a mounted link leading outside it, or a `.env.sandbox` not ours to
-    write, is refused here too (`apps.check_checkout`), before anything starts."""
+    write, is refused here too (`checkouts.check_checkout`), before anything starts."""
     target, wanted = facts.target, facts.source
-    apps.check_checkout(wanted)
+    checkouts.check_checkout(wanted)
     for container in facts.own:
         kind, source = running_source(container)
         if (kind, source) != (wanted.kind.name, wanted.label):

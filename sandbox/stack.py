@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sandbox import (
     apps,
+    checkouts,
     checks,
     compose,
     diagnose,
@@ -25,6 +26,7 @@ from sandbox import (
     preflight,
     reach,
     runner,
+    slotfiles,
     slots,
     upsteps,
 )
@@ -285,7 +287,7 @@ def _start(start: _Start, heavy: contextlib.ExitStack, begin: Callable[[], None]
     )
     if plan.layout.shared:
         observability.refresh_targets(environ)  # the shared Prometheus scrapes this slot
-    apps.write_env_sandbox(source, upsteps.env_sandbox(target, environ, plan, source))
+    checkouts.write_env_sandbox(source, upsteps.env_sandbox(target, environ, plan, source))
     return UpResult(plan, not already, None, compose_seconds=compose_seconds, queued_seconds=queued)
 
 
@@ -293,7 +295,7 @@ def as_wanted(
     containers: Sequence[docker.Container],
     source: apps.Source,
     image: str | None,
-    where: apps.Place,
+    where: slotfiles.Place,
     reload: str = apps.RELOAD_BACKEND,
 ) -> bool:
     """The running app containers have what this `up` asks for: its app image, its torch, its
@@ -302,7 +304,7 @@ def as_wanted(
     changed: `--models=slot` or another `--reload` on a running slot must not only be said."""
     wanted = {"shared": str(where.shared_dir), "models": str(where.models(source))}
     for container in containers:
-        if container.service not in apps.APP_SERVICES:
+        if container.service not in slotfiles.APP_SERVICES:
             continue
         if image is not None and container.image != image:
             return False
@@ -473,6 +475,6 @@ def forget(target: Target, containers: Sequence[docker.Container]) -> list[Path]
     """After `down --volumes`: remove the `.env.sandbox` this tool wrote into the slot's
     source checkout, and the slot's override and secrets here. Nothing else is touched."""
     sources = {c.source for c in containers if c.source}
-    sources |= {apps.recorded_source(target.root, target.slot)} - {""}
-    removed = [p for s in sources if (p := apps.remove_env_sandbox(Path(s))) is not None]
-    return removed + apps.remove_state(target.root, target.slot)
+    sources |= {slotfiles.recorded_source(target.root, target.slot)} - {""}
+    removed = [p for s in sources if (p := checkouts.remove_env_sandbox(Path(s))) is not None]
+    return removed + slotfiles.remove_state(target.root, target.slot)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sandbox import apps, compose, docker, lock, picker, runner, slots
+from sandbox import checkouts, compose, docker, lock, picker, runner, slotfiles, slots
 from sandbox.ask import confirm
 from sandbox.images import provenance
 from sandbox.runner import display
@@ -177,9 +177,9 @@ def take_down(
         )
     if not volumes:
         return []
-    sources = set(entry.sources) | ({apps.recorded_source(root, entry.slot)} - {""})
-    removed = [p for s in sources if (p := apps.remove_env_sandbox(Path(s))) is not None]
-    return removed + apps.remove_state(root, entry.slot)
+    sources = set(entry.sources) | ({slotfiles.recorded_source(root, entry.slot)} - {""})
+    removed = [p for s in sources if (p := checkouts.remove_env_sandbox(Path(s))) is not None]
+    return removed + slotfiles.remove_state(root, entry.slot)
 
 
 def confirm_or_refuse(

@@ -19,6 +19,7 @@ from sandbox import (
     preflight,
     reach,
     shared,
+    slotfiles,
     slots,
 )
 from sandbox.compose import Target
@@ -29,8 +30,8 @@ from sandbox.images import send as imagesend
 from sandbox.remote import codesync, enginehost
 
 
-def place(target: Target) -> apps.Place:
-    return apps.Place(target.slot, target.shared_dir)
+def place(target: Target) -> slotfiles.Place:
+    return slotfiles.Place(target.slot, target.shared_dir)
 
 
 def prepare_files(
@@ -183,9 +184,11 @@ def write_override(
     reload: str = apps.RELOAD_BACKEND,
 ) -> Path:
     """The app kind's Compose override for this slot, with the slot's own secrets."""
-    secrets = {name: apps.secret(target.root, target.slot, name) for name in source.kind.secrets}
-    document = apps.override(source, image, secrets, layout, copied_to, place(target), reload)
-    return apps.write_override(target.root, target.slot, document)
+    secrets = {
+        name: slotfiles.secret(target.root, target.slot, name) for name in source.kind.secrets
+    }
+    document = slotfiles.override(source, image, secrets, layout, copied_to, place(target), reload)
+    return slotfiles.write_override(target.root, target.slot, document)
 
 
 def env_sandbox(
@@ -193,7 +196,7 @@ def env_sandbox(
 ) -> str:
     """`.env.sandbox`'s text: the plan's URLs, and the agents' line when containers reach
     the slot."""
-    text = apps.env_sandbox_text(target.slot, target.values, plan.urls, source, place(target))
+    text = slotfiles.env_sandbox_text(target.slot, target.values, plan.urls, source, place(target))
     lines = reach.env_sandbox_lines(environ, target.bind, target.port("KTRDR_API_PORT"))
     return text + "".join(f"{line}\n" for line in lines)
 

@@ -18,13 +18,13 @@ from tasks.common import SLOT_HELP, handled, out
 @handled
 def sync(c: Context, slot: str | None = None, watch: bool = False) -> None:
     """Send a remote slot's --source checkout to the engine's host again; the app reloads."""
-    from sandbox import apps, engine, lock
+    from sandbox import engine, lock, slotfiles
     from sandbox.remote import codesync, enginehost
 
     target = common.target(slot)
     environ = dict(os.environ)
     where = engine.detect(environ)
-    if where.local and apps.recorded_copy(common.ROOT, target.slot):
+    if where.local and slotfiles.recorded_copy(common.ROOT, target.slot):
         raise SandboxError(
             f"slot {target.slot} was started on a remote engine, which holds its copy: set "
             "DOCKER_HOST (or the context) as for that `inv up`, then re-run",

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import apps, compose, docker, picker, status
+from sandbox import apps, checkouts, compose, docker, picker, status
 from sandbox.branches import clones, unsaved, worktrees
 from sandbox.branches import git as branches
 from sandbox.errors import Exit, SandboxError
@@ -157,7 +157,7 @@ def check_done(
     clone, its branch cannot go back into the repository (`clones.bring_back`). Returns what
     `force` will throw away."""
     path = target.worktree.path
-    disposable = (apps.ENV_SANDBOX,) if apps.ours(path / apps.ENV_SANDBOX) else ()
+    disposable = (checkouts.ENV_SANDBOX,) if checkouts.ours(path / checkouts.ENV_SANDBOX) else ()
     if target.clone:
         clones.check_removable(target.repo, target.worktree, environ, cwd)
         report = clones.unsafe_to_remove(path, environ, disposable)
@@ -179,7 +179,7 @@ def remove_worktree(
     """After the slot is down: the `.env.sandbox` this tool wrote (a slot already down left
     it), then `git worktree remove [--force]` of git's recorded path, or, for a clone, its
     branch brought back into the repository and its directory deleted."""
-    apps.remove_env_sandbox(target.worktree.path)
+    checkouts.remove_env_sandbox(target.worktree.path)
     if target.clone:
         return clones.remove(target.repo, target.worktree, force, environ, cwd)
     return worktrees.remove(target.repo, target.worktree.path, force, environ, cwd)

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import apps, compose, engine, runner
+from sandbox import apps, checkouts, compose, engine, runner, slotfiles
 from sandbox.docker import CLIENT_LABEL, client_name
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
@@ -63,7 +63,7 @@ LIST_SCRIPT = r"cd /dest && find . -mindepth 1 -printf '%y %s %T@ %P\0'"
 
 
 def volume_name(project: str) -> str:
-    return f"{project}_{apps.SOURCE_VOLUME}"
+    return f"{project}_{slotfiles.SOURCE_VOLUME}"
 
 
 # ----------------------------------------------------------------------------- the checkout
@@ -76,8 +76,8 @@ def listing(source: apps.Source) -> Listing:
     if source.path is None:
         return {}
     # Links are sent as links, and the engine's host resolves a bound one there: a link that
-    # leaves the checkout is refused here, before anything is sent (apps.check_links).
-    apps.check_links(source)
+    # leaves the checkout is refused here, before anything is sent (checkouts.check_links).
+    checkouts.check_links(source)
     found: Listing = {}
     for mount in source.kind.mounts:
         top = source.path / mount.source
@@ -182,7 +182,7 @@ def create_volume(target: compose.Target, environ: Mapping[str, str]) -> Volume:
     name = volume_name(target.project)
     labels = {
         "com.docker.compose.project": target.project,
-        "com.docker.compose.volume": apps.SOURCE_VOLUME,
+        "com.docker.compose.volume": slotfiles.SOURCE_VOLUME,
         CLIENT_LABEL: client_name(),
     }
     create = ["docker", "volume", "create"]
@@ -379,7 +379,7 @@ def send(
 
 def slot_source(target: compose.Target) -> apps.Source:
     """The checkout the slot's last `up` from this checkout ran, for `inv sync`."""
-    recorded = apps.recorded_source(target.root, target.slot)
+    recorded = slotfiles.recorded_source(target.root, target.slot)
     if not recorded:
         raise SandboxError(
             f"slot {target.slot} runs no --source checkout: nothing to sync "

@@ -9,7 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox import apps, checks, compose, engine, gate, runner, slots, stack, upsteps
+from sandbox import (
+    apps,
+    checkouts,
+    checks,
+    compose,
+    engine,
+    gate,
+    runner,
+    slotfiles,
+    slots,
+    stack,
+    upsteps,
+)
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import send as imagesend
@@ -351,10 +363,10 @@ def _gate(
     result.placement = {s: t.node for s, t in sorted(addresses.tasks.items())}
     if not outcome.passed:
         result.logs = failing_logs(plan.stack, gate.failing_services(outcome), environ)
-    text = apps.env_sandbox_text(
+    text = slotfiles.env_sandbox_text(
         target.slot, target.values, urls, options.source, upsteps.place(target)
     )
-    apps.write_env_sandbox(options.source, text)
+    checkouts.write_env_sandbox(options.source, text)
 
 
 def summary(deployed: Deployed) -> str:

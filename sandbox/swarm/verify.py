@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from sandbox import apps, net, runner, slots
+from sandbox import net, runner, slotfiles, slots
 from sandbox import verify as slot_verify
 from sandbox.compose import Target
 from sandbox.errors import SandboxError
@@ -182,7 +182,7 @@ def verify(
     known = nodes(env)
     deployed = sorted((stack_document(target.root, target.slot) or {}).get("services", {}))
     taken = (others or ports_elsewhere)(env, record.stack)
-    app_services = [s for s in apps.APP_SERVICES if s in deployed]
+    app_services = [s for s in slotfiles.APP_SERVICES if s in deployed]
     return VerifyReport(
         target.slot,
         [

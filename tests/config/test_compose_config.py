@@ -12,7 +12,17 @@ from typing import Any
 
 import pytest
 
-from sandbox import COMPOSE_FILE, ROOT, apps, compose, envfiles, observability, slots, stack
+from sandbox import (
+    COMPOSE_FILE,
+    ROOT,
+    apps,
+    compose,
+    envfiles,
+    observability,
+    slotfiles,
+    slots,
+    stack,
+)
 from sandbox.runner import run
 
 HOME = Path("/home/sandbox-config-test")
@@ -152,7 +162,7 @@ def test_a_shared_light_override_renders_on_the_shared_network(
 ) -> None:
     layout = slots.Layout("light", "shared")
     override = tmp_path / "slot-3.compose.json"
-    override.write_text(json.dumps(apps.override(apps.BUILT_IN, None, {}, layout)))
+    override.write_text(json.dumps(slotfiles.override(apps.BUILT_IN, None, {}, layout)))
     target = compose.load_target(ROOT, 3)
     up = stack.up_command(compose_cmd, target, [override], layout)
     # The same files and flags `inv up` uses, rendered instead of started.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ROOT, STATE_DIR, apps, docker, slots
+from sandbox import ROOT, STATE_DIR, apps, checkouts, docker, slotfiles, slots
 from sandbox.errors import Exit, SandboxError
 
 
@@ -52,7 +52,7 @@ def test_not_a_checkout_is_one_usage_error(tmp_path: Path, kind: str) -> None:
 
 
 def test_builtin_override_labels_every_service_and_points_traces_at_its_own_jaeger() -> None:
-    document = apps.override(apps.BUILT_IN, None, {})
+    document = slotfiles.override(apps.BUILT_IN, None, {})
     assert set(document) == {"services"}
     assert set(document["services"]) == set(slots.SERVICES)
     labels = {
@@ -77,7 +77,7 @@ def test_ktrdr_override_mounts_read_only_and_sets_commands(tmp_path: Path) -> No
     checkout = make_ktrdr(tmp_path)
     (checkout / "config").mkdir()
     source = apps.detect(checkout)
-    document = apps.override(source, "deps:abc", {"KTRDR_AUTH_JWT_SECRET": "s3cret"})
+    document = slotfiles.override(source, "deps:abc", {"KTRDR_AUTH_JWT_SECRET": "s3cret"})
     backend = document["services"]["backend"]
     assert backend["image"] == "deps:abc"
     assert backend["command"][:2] == ["uvicorn", "ktrdr.api.main:app"]
@@ -123,8 +123,8 @@ def test_reload_workers_puts_every_worker_under_a_reloader(tmp_path: Path, kind:
         (tmp_path / "ktrdr_reference" / "__init__.py").touch()
         source = apps.detect(tmp_path)
         reloading = ["reloader", "/app/ktrdr_reference", "--"]
-    plain = apps.override(source, "img", {})
-    reloaded = apps.override(source, "img", {}, reload=apps.RELOAD_WORKERS)
+    plain = slotfiles.override(source, "img", {})
+    reloaded = slotfiles.override(source, "img", {}, reload=apps.RELOAD_WORKERS)
     for worker in slots.WORKERS:
         before = plain["services"][worker.service]["command"]
         after = reloaded["services"][worker.service]["command"]
@@ -146,10 +146,10 @@ def test_reload_choices() -> None:
 
 
 def test_a_secret_is_made_once_per_slot(tmp_path: Path) -> None:
-    first = apps.secret(tmp_path, 3, "KTRDR_AUTH_JWT_SECRET")
+    first = slotfiles.secret(tmp_path, 3, "KTRDR_AUTH_JWT_SECRET")
     assert len(first) >= 32
-    assert apps.secret(tmp_path, 3, "KTRDR_AUTH_JWT_SECRET") == first
-    assert apps.secret(tmp_path, 4, "KTRDR_AUTH_JWT_SECRET") != first
+    assert slotfiles.secret(tmp_path, 3, "KTRDR_AUTH_JWT_SECRET") == first
+    assert slotfiles.secret(tmp_path, 4, "KTRDR_AUTH_JWT_SECRET") != first
     path = tmp_path / STATE_DIR / "slot-3.KTRDR_AUTH_JWT_SECRET"
     assert path.stat().st_mode & 0o077 == 0
 
@@ -157,28 +157,28 @@ def test_a_secret_is_made_once_per_slot(tmp_path: Path) -> None:
 def test_env_sandbox_is_written_and_removed_only_when_ours(tmp_path: Path) -> None:
     source = apps.detect(make_ktrdr(tmp_path))
     ports = {name: str(port) for name, port in slots.ports(2).items()}
-    text = apps.env_sandbox_text(2, ports, {"Backend API": "http://127.0.0.1:8002"})
-    written = apps.write_env_sandbox(source, text)
+    text = slotfiles.env_sandbox_text(2, ports, {"Backend API": "http://127.0.0.1:8002"})
+    written = checkouts.write_env_sandbox(source, text)
     assert written == tmp_path / ".env.sandbox"
     assert "KTRDR_API_PORT=8002" in written.read_text()
-    assert apps.remove_env_sandbox(tmp_path) == written
+    assert checkouts.remove_env_sandbox(tmp_path) == written
     assert not written.exists()
     # A file the user wrote is neither replaced nor removed.
     written.write_text("KTRDR_API_PORT=9999\n")
     with pytest.raises(SandboxError, match="not written by ktrdr-sandbox"):
-        apps.write_env_sandbox(source, text)
-    assert apps.remove_env_sandbox(tmp_path) is None
+        checkouts.write_env_sandbox(source, text)
+    assert checkouts.remove_env_sandbox(tmp_path) is None
     assert written.read_text() == "KTRDR_API_PORT=9999\n"
 
 
 def test_the_source_is_read_back_from_the_override(tmp_path: Path) -> None:
     checkout = make_ktrdr(tmp_path / "checkout")
     source = apps.detect(checkout)
-    assert apps.recorded_source(tmp_path, 5) == ""
-    apps.write_override(tmp_path, 5, apps.override(source, "img", {}))
-    assert apps.recorded_source(tmp_path, 5) == str(checkout.resolve())
-    assert [p.name for p in apps.remove_state(tmp_path, 5)] == ["slot-5.compose.json"]
-    assert apps.recorded_source(tmp_path, 5) == ""
+    assert slotfiles.recorded_source(tmp_path, 5) == ""
+    slotfiles.write_override(tmp_path, 5, slotfiles.override(source, "img", {}))
+    assert slotfiles.recorded_source(tmp_path, 5) == str(checkout.resolve())
+    assert [p.name for p in slotfiles.remove_state(tmp_path, 5)] == ["slot-5.compose.json"]
+    assert slotfiles.recorded_source(tmp_path, 5) == ""
 
 
 def test_the_fixture_has_every_module_and_file_the_ktrdr_kind_names() -> None:
@@ -199,8 +199,8 @@ def test_env_sandbox_names_what_ktrdrs_own_tools_read(tmp_path: Path) -> None:
     checkout = make_ktrdr(tmp_path / "feature-x")
     source = replace(apps.detect(checkout), models="slot")
     ports = {name: str(port) for name, port in slots.ports(3).items()}
-    place = apps.Place(3, Path("/data/shared"))
-    text = apps.env_sandbox_text(3, ports, {"Backend API": "http://h:8003"}, source, place)
+    place = slotfiles.Place(3, Path("/data/shared"))
+    text = slotfiles.env_sandbox_text(3, ports, {"Backend API": "http://h:8003"}, source, place)
     values = dict(line.split("=", 1) for line in text.splitlines()[1:])
     assert values["COMPOSE_PROJECT_NAME"] == "ktrdr-sandbox-3"  # `ktrdr sandbox status`
     assert values["SLOT_NUMBER"] == "3"
@@ -215,9 +215,9 @@ def test_env_sandbox_names_what_ktrdrs_own_tools_read(tmp_path: Path) -> None:
 
 def test_own_models_rebind_the_models_path_of_every_app_service(tmp_path: Path) -> None:
     checkout = make_ktrdr(tmp_path / "checkout")
-    place = apps.Place(4, tmp_path / "shared")
+    place = slotfiles.Place(4, tmp_path / "shared")
     own = replace(apps.detect(checkout), models="slot")
-    document = apps.override(own, "img", {}, place=place)
+    document = slotfiles.override(own, "img", {}, place=place)
     where = tmp_path / "shared" / "slots" / "slot-4" / "models"
     services = document["services"]
     assert f"{where}:/app/models" in services["training-worker-1"]["volumes"]
@@ -228,12 +228,12 @@ def test_own_models_rebind_the_models_path_of_every_app_service(tmp_path: Path) 
     assert services["db"]["labels"][docker.MODELS_LABEL] == str(where)
     assert services["db"]["labels"][docker.SHARED_LABEL] == str(tmp_path / "shared")
     # Shared models: the compose file's bind stays; only the labels say where.
-    shared = apps.override(apps.detect(checkout), "img", {}, place=place)
+    shared = slotfiles.override(apps.detect(checkout), "img", {}, place=place)
     assert not any("/app/models" in v for v in shared["services"]["backend"]["volumes"])
     labels = shared["services"]["backend"]["labels"]
     assert labels[docker.MODELS_LABEL] == str(tmp_path / "shared" / "models")
     # The built-in app gets its own models too.
-    builtin = apps.override(replace(apps.BUILT_IN, models="slot"), None, {}, place=place)
+    builtin = slotfiles.override(replace(apps.BUILT_IN, models="slot"), None, {}, place=place)
     assert builtin["services"]["backend"]["volumes"] == [f"{where}:/app/models"]
 
 
@@ -296,8 +296,8 @@ def test_links_inside_the_checkout_are_fine(tmp_path: Path) -> None:
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "x").symlink_to("/etc")  # not mounted: not looked at
     source = apps.detect(checkout)
-    assert list(apps.outside_links(checkout, apps.KTRDR.mounts)) == []
-    volumes = apps.override(source, "img", {})["services"]["backend"]["volumes"]
+    assert list(checkouts.outside_links(checkout, apps.KTRDR.mounts)) == []
+    volumes = slotfiles.override(source, "img", {})["services"]["backend"]["volumes"]
     assert f"{source.path}/config:/app/config:ro" in volumes
 
 
@@ -315,7 +315,7 @@ def test_the_override_builder_refuses_a_link_that_appeared_after_the_check(
     source = apps.detect(checkout)
     (checkout / "config").symlink_to("/etc")
     with pytest.raises(SandboxError, match="config is a link to /etc"):
-        apps.override(source, "img", {})
+        slotfiles.override(source, "img", {})
 
 
 def test_env_sandbox_that_is_a_link_is_refused_and_never_followed(tmp_path: Path) -> None:
@@ -329,12 +329,12 @@ def test_env_sandbox_that_is_a_link_is_refused_and_never_followed(tmp_path: Path
     assert "is a symbolic link" in message and "will not follow" in message
     source = apps.Source(apps.KTRDR, checkout.resolve())
     with pytest.raises(SandboxError, match="symbolic link"):
-        apps.write_env_sandbox(source, f"{apps.ENV_SANDBOX_HEADER}\n")
+        checkouts.write_env_sandbox(source, f"{checkouts.ENV_SANDBOX_HEADER}\n")
     assert victim.read_text() == "keep me\n"
     # A link to a file that looks like ours is still not ours: `down` leaves the link.
-    victim.write_text(f"{apps.ENV_SANDBOX_HEADER} for slot 3\n")
-    assert not apps.ours(checkout / ".env.sandbox")
-    assert apps.remove_env_sandbox(checkout) is None
+    victim.write_text(f"{checkouts.ENV_SANDBOX_HEADER} for slot 3\n")
+    assert not checkouts.ours(checkout / ".env.sandbox")
+    assert checkouts.remove_env_sandbox(checkout) is None
     assert (checkout / ".env.sandbox").is_symlink() and victim.exists()
 
 
@@ -358,10 +358,10 @@ def test_a_link_made_between_check_and_write_is_not_followed(
 ) -> None:
     checkout = make_ktrdr(tmp_path / "co")
     source = apps.detect(checkout)
-    monkeypatch.setattr(apps, "check_env_sandbox", lambda source: None)  # lose the race
+    monkeypatch.setattr(checkouts, "check_env_sandbox", lambda source: None)  # lose the race
     (checkout / ".env.sandbox").symlink_to(tmp_path / "target")
     with pytest.raises(SandboxError, match="cannot write"):
-        apps.write_env_sandbox(source, "x")
+        checkouts.write_env_sandbox(source, "x")
     assert not (tmp_path / "target").exists()
 
 

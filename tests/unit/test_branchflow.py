@@ -15,6 +15,7 @@ from invoke.exceptions import Exit as InvokeExit
 import tasks
 from sandbox import (
     apps,
+    checkouts,
     compose,
     docker,
     envfiles,
@@ -146,7 +147,7 @@ def target_of(repo: Path, branch: str, slot: int | None = None) -> branches.Done
 def test_check_done_refuses_unsaved_work_unless_forced(repo: Path) -> None:
     target = target_of(repo, "feature/y")
     path = target.worktree.path
-    (path / apps.ENV_SANDBOX).write_text(f"{apps.ENV_SANDBOX_HEADER} for slot 1\n")
+    (path / checkouts.ENV_SANDBOX).write_text(f"{checkouts.ENV_SANDBOX_HEADER} for slot 1\n")
     assert branchflow.check_done(target, False, {}).safe  # our .env.sandbox is no work
     (path / "notes.txt").write_text("mine\n")
     commit(path, "work.txt")
@@ -161,7 +162,7 @@ def test_check_done_refuses_unsaved_work_unless_forced(repo: Path) -> None:
 def test_check_done_refuses_a_foreign_env_sandbox_and_the_current_directory(repo: Path) -> None:
     target = target_of(repo, "feature/y")
     path = target.worktree.path
-    (path / apps.ENV_SANDBOX).write_text("SOMEONE_ELSES=1\n")
+    (path / checkouts.ENV_SANDBOX).write_text("SOMEONE_ELSES=1\n")
     with pytest.raises(SandboxError, match="1 untracked file"):
         branchflow.check_done(target, False, {})
     with pytest.raises(SandboxError, match="cd out of it") as caught:
@@ -171,11 +172,13 @@ def test_check_done_refuses_a_foreign_env_sandbox_and_the_current_directory(repo
 
 def test_remove_worktree_takes_our_env_sandbox_and_the_worktree_only(repo: Path) -> None:
     target, sibling = target_of(repo, "feature/y"), target_of(repo, "feature/z")
-    (target.worktree.path / apps.ENV_SANDBOX).write_text(f"{apps.ENV_SANDBOX_HEADER} x\n")
-    (sibling.worktree.path / apps.ENV_SANDBOX).write_text(f"{apps.ENV_SANDBOX_HEADER} y\n")
+    (target.worktree.path / checkouts.ENV_SANDBOX).write_text(f"{checkouts.ENV_SANDBOX_HEADER} x\n")
+    (sibling.worktree.path / checkouts.ENV_SANDBOX).write_text(
+        f"{checkouts.ENV_SANDBOX_HEADER} y\n"
+    )
     assert branchflow.remove_worktree(target, False, {}) == target.worktree.path
     assert not target.worktree.path.exists()
-    assert (sibling.worktree.path / apps.ENV_SANDBOX).is_file()
+    assert (sibling.worktree.path / checkouts.ENV_SANDBOX).is_file()
     assert worktrees.find(repo, "feature/z") == sibling.worktree
 
 

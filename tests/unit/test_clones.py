@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import apps
+from sandbox import apps, checkouts
 from sandbox.branches import clones, unsaved, worktrees
 from sandbox.branches import flow as branchflow
 from sandbox.branches import git as branches
@@ -115,7 +115,7 @@ def test_done_refuses_unsaved_work_in_a_clone_over_every_branch_and_the_stash(
 ) -> None:
     target = made_for(repo, "feature/y")
     path = target.worktree.path
-    (path / apps.ENV_SANDBOX).write_text(f"{apps.ENV_SANDBOX_HEADER} for slot 1\n")
+    (path / checkouts.ENV_SANDBOX).write_text(f"{checkouts.ENV_SANDBOX_HEADER} for slot 1\n")
     assert branchflow.check_done(target, False, {}).safe
     git(path, "checkout", "-q", "-b", "side")
     commit(path, "side.txt")

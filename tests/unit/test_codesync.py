@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import apps, compose
+from sandbox import apps, compose, slotfiles
 from sandbox.errors import Exit, SandboxError
 from sandbox.remote import codesync
 from sandbox.runner import Result
@@ -338,15 +338,15 @@ def test_sync_needs_a_recorded_checkout_that_still_exists(
     assert caught.value.code is Exit.USAGE
     assert caught.value.message.startswith("slot 2 runs no --source checkout: nothing to sync")
     gone = tmp_path / "gone"
-    document = apps.override(apps.Source(apps.KTRDR, gone), "img", {})
-    apps.write_override(target.root, target.slot, document)
+    document = slotfiles.override(apps.Source(apps.KTRDR, gone), "img", {})
+    slotfiles.write_override(target.root, target.slot, document)
     with pytest.raises(SandboxError) as caught:
         codesync.slot_source(target)
     assert caught.value.message == (
         f"slot 2's checkout {gone} is gone: `inv down --slot=2`, or restore the checkout"
     )
     source = ktrdr_checkout(tmp_path / "co")
-    apps.write_override(target.root, target.slot, apps.override(source, "img", {}))
+    slotfiles.write_override(target.root, target.slot, slotfiles.override(source, "img", {}))
     assert codesync.slot_source(target) == source
 
 
@@ -388,13 +388,13 @@ def test_watch_lists_the_volume_once_and_sends_only_changes(
 def test_override_binds_the_copy_and_declares_its_volume(tmp_path: Path) -> None:
     source = ktrdr_checkout(tmp_path / "co")
     copy = "/var/lib/docker/volumes/ktrdr-sandbox-2_source/_data"
-    document = apps.override(source, "img", {}, copied_to=copy)
+    document = slotfiles.override(source, "img", {}, copied_to=copy)
     binds = document["services"]["backend"]["volumes"]
     assert f"{copy}/ktrdr:/app/ktrdr:ro" in binds
     assert f"{copy}/alembic.ini:/app/alembic.ini:ro" in binds
     assert "source:/opt/ktrdr-sandbox/source:ro" in binds
     assert not any(str(source.path) in b for b in binds)
     assert document["volumes"] == {"source": {}}
-    local = apps.override(source, "img", {})
+    local = slotfiles.override(source, "img", {})
     assert "volumes" not in local
     assert f"{source.path}/ktrdr:/app/ktrdr:ro" in local["services"]["backend"]["volumes"]

@@ -20,6 +20,7 @@ from sandbox import (
     ports,
     preflight,
     runner,
+    slotfiles,
     slots,
     stack,
     status,
@@ -139,7 +140,7 @@ def test_docker_ps_labels_are_parsed() -> None:
 
 
 def test_shared_override_joins_the_shared_network_and_sends_traces_there() -> None:
-    document = apps.override(apps.BUILT_IN, None, {}, LIGHT_SHARED)
+    document = slotfiles.override(apps.BUILT_IN, None, {}, LIGHT_SHARED)
     assert document["networks"] == {
         "observability": {"external": True, "name": "ktrdr-sandbox-observability"}
     }
@@ -159,7 +160,7 @@ def test_ktrdr_on_shared_gets_the_shared_grpc_endpoint(tmp_path: Path) -> None:
     for marker in apps.KTRDR.markers:
         (tmp_path / marker).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / marker).write_text("")
-    document = apps.override(apps.detect(tmp_path), "deps:1", {}, LIGHT_SHARED)
+    document = slotfiles.override(apps.detect(tmp_path), "deps:1", {}, LIGHT_SHARED)
     env = document["services"]["training-worker-1"]["environment"]
     assert env["KTRDR_OTEL_OTLP_ENDPOINT"] == "http://ktrdr-observability-jaeger:4317"
     assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" not in env  # KTRDR speaks gRPC only

@@ -22,6 +22,7 @@ from sandbox import (
     lastup,
     preflight,
     runner,
+    slotfiles,
     slots,
     stack,
 )
@@ -82,7 +83,7 @@ def test_up_starts_a_stopped_slot_then_runs_the_gate(
     result = stack.up(target, {})
     assert result.gate is not None
     assert result.started and result.gate.passed
-    override = apps.override_path(target.root, target.slot)
+    override = slotfiles.override_path(target.root, target.slot)
     assert fakes.commands == [stack.up_command(["docker", "compose"], target, [override])]
 
 
@@ -118,7 +119,7 @@ def test_up_without_wait_starts_the_stack_and_runs_no_gate(
     monkeypatch.setattr(gate, "run_gate", no_gate)
     result = stack.up(target, {}, wait=False)
     assert result.started and result.gate is None and result.logs == {}
-    override = apps.override_path(target.root, target.slot)
+    override = slotfiles.override_path(target.root, target.slot)
     assert fakes.commands == [stack.up_command(["docker", "compose"], target, [override])]
 
 
@@ -257,7 +258,7 @@ def test_a_running_slot_is_started_again_when_what_it_runs_changed(tmp_path: Pat
     from sandbox import apps as app_kinds
     from tests.unit.support.factories import container as made
 
-    where = app_kinds.Place(3, tmp_path / "shared")
+    where = slotfiles.Place(3, tmp_path / "shared")
     source = app_kinds.BUILT_IN
     shared, models = str(tmp_path / "shared"), str(tmp_path / "shared" / "models")
     running = [
@@ -269,7 +270,7 @@ def test_a_running_slot_is_started_again_when_what_it_runs_changed(tmp_path: Pat
     # Another image (a changed lock), another models directory, another shared directory.
     assert not stack.as_wanted(running, source, "app:2", where)
     assert not stack.as_wanted(running, replace(source, models="slot"), None, where)
-    elsewhere = app_kinds.Place(3, tmp_path / "team")
+    elsewhere = slotfiles.Place(3, tmp_path / "team")
     assert not stack.as_wanted(running, source, None, elsewhere)
     # The database's container runs no app: its image is Postgres, and that is as wanted.
     assert running[0].service == "db"
@@ -284,7 +285,7 @@ def test_another_reload_recreates_the_slot_and_an_unrecorded_one_does_not(
             shared=str(tmp_path), models=str(tmp_path / "models"),
         )  # fmt: skip
 
-    where = apps.Place(3, tmp_path)
+    where = slotfiles.Place(3, tmp_path)
     workers = [app("backend", "workers"), app("backtest-worker-1", "workers")]
     assert not stack.as_wanted(workers, apps.BUILT_IN, None, where, apps.RELOAD_BACKEND)
     assert stack.as_wanted(workers, apps.BUILT_IN, None, where, apps.RELOAD_WORKERS)

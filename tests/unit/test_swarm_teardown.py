@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import apps, runner
+from sandbox import checkouts, runner, slotfiles
 from sandbox.compose import Target
 from sandbox.docker import SOURCE_LABEL
 from sandbox.runner import Result
@@ -27,9 +27,9 @@ def test_down_with_volumes_removes_them_on_their_node_and_forgets_the_slot(
 ) -> None:
     checkout = tmp_path / "ktrdr"
     checkout.mkdir()
-    (checkout / apps.ENV_SANDBOX).write_text(f"{apps.ENV_SANDBOX_HEADER} for slot 1\n")
+    (checkout / checkouts.ENV_SANDBOX).write_text(f"{checkouts.ENV_SANDBOX_HEADER} for slot 1\n")
     document = {"services": {"backend": {"labels": {SOURCE_LABEL: str(checkout)}}}}
-    override = apps.write_override(target.root, target.slot, document)
+    override = slotfiles.write_override(target.root, target.slot, document)
     record = swarm_record.Record(target.slot, "tcp://10.0.0.1:2375", "reg:5000", "10.0.0.1")
     swarm_record.write_record(target.root, record)
     stack_dir = swarm_record.stack_dir(target.root, target.slot)
@@ -50,7 +50,7 @@ def test_down_with_volumes_removes_them_on_their_node_and_forgets_the_slot(
     assert ["docker", "stack", "rm", "ktrdr-sandbox-1"] in ran
     removed = [cmd[-1] for cmd in ran if cmd[:3] == ["docker", "volume", "rm"]]
     assert removed == ["ktrdr-sandbox-1_db-data", "ktrdr-sandbox-1_source"]
-    assert not (checkout / apps.ENV_SANDBOX).exists()
+    assert not (checkout / checkouts.ENV_SANDBOX).exists()
     assert not override.exists()
     assert swarm_record.read_record(target.root, target.slot) is None
     assert not stack_dir.exists()

@@ -15,7 +15,7 @@ from invoke.context import Context
 from invoke.exceptions import Exit as InvokeExit
 
 import tasks
-from sandbox import apps, compose, docker, envfiles, picker, slots, teardown
+from sandbox import checkouts, compose, docker, envfiles, picker, slotfiles, slots, teardown
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import provenance
 from tests.unit.support import engine as support_engine
@@ -135,9 +135,9 @@ def test_down_all_takes_down_every_slot_and_their_files(
     source, foreign = tmp_path / "branch", tmp_path / "theirs"
     source.mkdir()
     foreign.mkdir()
-    (source / apps.ENV_SANDBOX).write_text(f"{apps.ENV_SANDBOX_HEADER} for slot 2\n")
-    (foreign / apps.ENV_SANDBOX).write_text("MINE=1\n")  # not ours: stays
-    state = apps.write_override(isolated, 2, {"services": {}})
+    (source / checkouts.ENV_SANDBOX).write_text(f"{checkouts.ENV_SANDBOX_HEADER} for slot 2\n")
+    (foreign / checkouts.ENV_SANDBOX).write_text("MINE=1\n")  # not ours: stays
+    state = slotfiles.write_override(isolated, 2, {"services": {}})
     engine = FakeEngine(
         monkeypatch,
         [container(2, "backend", source=str(source)), container(9, source=str(foreign))],
@@ -149,8 +149,8 @@ def test_down_all_takes_down_every_slot_and_their_files(
     for _, options in engine.changes():
         assert options["cwd"] == teardown.NEUTRAL_DIR
         assert not any(k.startswith("COMPOSE_") for k in options["env"])
-    assert not (source / apps.ENV_SANDBOX).exists() and not state.exists()
-    assert (foreign / apps.ENV_SANDBOX).read_text() == "MINE=1\n"
+    assert not (source / checkouts.ENV_SANDBOX).exists() and not state.exists()
+    assert (foreign / checkouts.ENV_SANDBOX).read_text() == "MINE=1\n"
 
 
 def test_down_all_keeps_volume_only_slots_without_volumes(
