@@ -33,6 +33,15 @@ def _status(cluster: Swarm, slot: int) -> dict[str, Any]:
     return found
 
 
+def _sql(cluster: Swarm, slot: int, sql: str) -> str:
+    """`sql` in the slot's database through `inv exec` (the db task's node); its output."""
+    result = cluster.inv(
+        "exec", f"--slot={slot}", "--service=db", "--", "psql", "-U", "ktrdr", "ktrdr", "-tAc", sql
+    )
+    assert result.ok, result.stderr
+    return result.stdout.strip()
+
+
 def _get(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
@@ -99,17 +108,8 @@ def test_the_slots_are_apart(cluster: Swarm) -> None:
         assert len(workers) == 4
         assert all(w["capabilities"]["slot"] == slot for w in workers)
     # Each database is the slot's own: a table made in slot 1 is not in slot 2.
-    sql = "CREATE TABLE swarm_apart (n int); INSERT INTO swarm_apart VALUES (1);"
-    made = cluster.inv(
-        "exec", "--slot=1", "--service=db", "--", "psql", "-U", "ktrdr", "ktrdr", "-c", sql
-    )
-    assert made.ok, made.stderr
-    query = "SELECT to_regclass('public.swarm_apart') IS NULL AS absent"
-    seen = cluster.inv(
-        "exec", "--slot=2", "--service=db", "--", "psql", "-U", "ktrdr", "ktrdr", "-tAc", query
-    )
-    assert seen.ok, seen.stderr
-    assert seen.stdout.strip() == "t"
+    _sql(cluster, 1, "CREATE TABLE swarm_apart (n int); INSERT INTO swarm_apart VALUES (1);")
+    assert _sql(cluster, 2, "SELECT to_regclass('public.swarm_apart') IS NULL AS absent") == "t"
 
 
 def test_a_snapshot_of_one_slot_restores_into_the_other(cluster: Swarm) -> None:
@@ -119,12 +119,7 @@ def test_a_snapshot_of_one_slot_restores_into_the_other(cluster: Swarm) -> None:
     restored = cluster.inv("restore", "swarm-one", "--slot=2", "--yes")
     assert restored.ok, restored.stdout + restored.stderr
     # The table slot 1 got above is in slot 2 now, through the db node's engine.
-    query = "SELECT n FROM swarm_apart"
-    seen = cluster.inv(
-        "exec", "--slot=2", "--service=db", "--", "psql", "-U", "ktrdr", "ktrdr", "-tAc", query
-    )
-    assert seen.ok, seen.stderr
-    assert seen.stdout.strip() == "1"
+    assert _sql(cluster, 2, "SELECT n FROM swarm_apart") == "1"
 
 
 def test_logs_and_exec_reach_a_service_on_another_node(cluster: Swarm) -> None:
