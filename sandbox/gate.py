@@ -17,6 +17,7 @@ reading of a slot still starting on a busy machine `sandbox/gateload.py`.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
@@ -29,7 +30,7 @@ from sandbox.checks import CheckResult, GateResult, State
 from sandbox.gatechecks import Check, Outcome, checks
 from sandbox.gateload import Progress, differs, gate_deadline, starting, starting_detail
 from sandbox.gateprobes import Probes, default_probes
-from sandbox.gatewatch import Seen, gone, look
+from sandbox.gatewatch import LogPace, Seen, gone, look
 from sandbox.settings import (
     CONTAINER_POLL,
     ENGINE_QUERY_TIMEOUT,
@@ -67,6 +68,10 @@ class _Round:
     next_ps: float = 0.0
     app_services: tuple[str, ...] = ()
     progress: Progress = field(default_factory=Progress)
+    pace: LogPace = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pace = LogPace(self.start)
 
     def submit(self, pool: futures.Executor, now: float) -> list[futures.Future[Any]]:
         """Start a probe for every undecided check without one in flight, and the container
@@ -84,7 +89,8 @@ class _Round:
                 for service in check.watch
             }
             services = tuple(s for s in self.app_services if s in undecided)
-            self.ps = pool.submit(look, self.probes, self.target.project, services)
+            due = functools.partial(self.pace.due, now=now)
+            self.ps = pool.submit(look, self.probes, self.target.project, services, due)
             self.next_ps = now + CONTAINER_POLL
         return [*self.in_flight.values(), *([self.ps] if self.ps is not None else [])]
 
@@ -216,24 +222,9 @@ def run_gate(
             on_update([replace(r) for r in results.values()])
 
     start = clock()
-    state = _Round(
-        target,
-        plan,
-        probes,
-        clock,
-        start,
-        results,
-        next_ps=start,
-        app_services=layout.app_services,
-    )
-    wait_limit = poll if probe_wait is None else probe_wait
-    pool = futures.ThreadPoolExecutor(max_workers=len(plan) + 1, thread_name_prefix="gate")
-    try:
-        emit()
-        verdict = _poll(state, pool, emit, timeout, poll, wait_limit, sleep)
-    finally:
-        # Probes still in flight end by their own short timeouts; nobody waits for them.
-        pool.shutdown(wait=False, cancel_futures=True)
+    state = _Round(target, plan, probes, clock, start, results, app_services=layout.app_services)
+    wait = poll if probe_wait is None else probe_wait
+    verdict = _in_pool(state, emit, timeout, poll, wait, sleep)
     if _settle(results, verdict is _Verdict.FAILED_FAST):
         emit()
     final = list(results.values())
@@ -244,6 +235,25 @@ def run_gate(
         elapsed=clock() - start,
         urls=net.urls(target, environ, where, layout),
     )
+
+
+def _in_pool(
+    state: _Round,
+    emit: Callable[[], None],
+    timeout: float,
+    poll: float,
+    wait_limit: float,
+    sleep: Callable[[float], None],
+) -> _Verdict:
+    """`_poll` with a thread for each check and one for the container poll."""
+    workers = len(state.plan) + 1
+    pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gate")
+    try:
+        emit()
+        return _poll(state, pool, emit, timeout, poll, wait_limit, sleep)
+    finally:
+        # Probes still in flight end by their own short timeouts; nobody waits for them.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _poll(

@@ -157,24 +157,6 @@ def checks(
     env = compose.environment(target, environ)
     db_port = target.port("KTRDR_DB_PORT")
     api = net.api_url(target, environ, where)
-    workers = layout.worker_list
-    services = tuple(w.service for w in workers)
-
-    def listed(status: int | None, body: str) -> Outcome:
-        return workers_outcome(status, body, workers)
-
-    def backend() -> Outcome:
-        status, body = probes.http_get(f"{api}/health", GATE_HTTP_TIMEOUT)
-        if status == 200:
-            return http_outcome(status, body)
-        refused = diagnose.login_failure(status, body)
-        if refused is None and probes.db_log is not None:
-            refused = diagnose.login_failure_in_text(probes.db_log(target.project))
-        if refused is not None:
-            # Trying again cannot mend a password: fail now, in the database's own words.
-            return Outcome(False, f"database refused the login: {refused}", ("db",), final=True)
-        return http_outcome(status, body)
-
     steps = [migration_check(target, compose_cmd, env, probes, migration)] if migration else []
     return [
         Check(
@@ -187,16 +169,46 @@ def checks(
             ("db",),
         ),
         *steps,
-        Check("backend", "Backend API health", "backend", backend, ("backend",)),
-        Check(
-            "workers",
-            f"Workers registered ({layout.workers}: {len(workers)})",
-            "backend",
-            lambda: listed(*probes.http_get(f"{api}/workers", GATE_HTTP_TIMEOUT)),
-            ("backend", *services),
-        ),
+        backend_check(probes, api, target.project),
+        workers_check(probes, api, layout),
         *observability_checks(target, environ, probes, layout, where),
     ]
+
+
+def backend_check(probes: Probes, api: str, project: str) -> Check:
+    """The backend answers its health endpoint; a login the database refused (said by the
+    backend, or logged by the database) fails it at once."""
+
+    def backend() -> Outcome:
+        status, body = probes.http_get(f"{api}/health", GATE_HTTP_TIMEOUT)
+        if status == 200:
+            return http_outcome(status, body)
+        refused = diagnose.login_failure(status, body)
+        if refused is None and probes.db_log is not None:
+            refused = diagnose.login_failure_in_text(probes.db_log(project))
+        if refused is not None:
+            # Trying again cannot mend a password: fail now, in the database's own words.
+            return Outcome(False, f"database refused the login: {refused}", ("db",), final=True)
+        return http_outcome(status, body)
+
+    return Check("backend", "Backend API health", "backend", backend, ("backend",))
+
+
+def workers_check(probes: Probes, api: str, layout: slots.Layout) -> Check:
+    """Every worker of the layout registered with the backend; any of their containers (or the
+    backend's) exiting fails it."""
+    workers = layout.worker_list
+
+    def listed() -> Outcome:
+        return workers_outcome(*probes.http_get(f"{api}/workers", GATE_HTTP_TIMEOUT), workers)
+
+    return Check(
+        "workers",
+        f"Workers registered ({layout.workers}: {len(workers)})",
+        "backend",
+        listed,
+        ("backend", *(w.service for w in workers)),
+    )
 
 
 def _http(probes: Probes, url: str) -> Callable[[], Outcome]:

@@ -22,6 +22,13 @@ GATE_EXEC_TIMEOUT = 10.0
 # One `docker ps` for the whole engine costs ~50-100 ms; every 2 s is prompt enough to stop
 # waiting for a container that exited, and cheap.
 CONTAINER_POLL = 2.0
+# The crash reader: a running app container that is not healthy yet has its log read (one
+# `docker logs` each) first this long after the gate started, then at gaps doubling up to the
+# cap. A quiet start passes before the first look; a process that died under a reloader is
+# found within the cap. (Reading all five app containers at every container poll made the
+# gate's lag behind a ready slot 1.21x instead of 1.09x.)
+CRASH_LOG_FIRST = 4.0
+CRASH_LOG_CAP = 16.0
 # An app's migration step (KTRDR: `alembic upgrade head`) imports the whole app first.
 MIGRATION_TIMEOUT = 180.0
 # The gate under load: past its timeout it goes on only while this machine is short of CPU

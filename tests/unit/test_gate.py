@@ -23,6 +23,7 @@ from sandbox import (
     gatechecks,
     gateload,
     gateprobes,
+    gatewatch,
     net,
     runner,
     settings,
@@ -653,19 +654,56 @@ def test_an_exited_app_container_is_quoted_with_its_last_error(target: compose.T
 
 def test_services_whose_checks_passed_are_not_read(target: compose.Target) -> None:
     clock = FakeClock()
-    world = World(clock, {"backend": 3.0, "jaeger": 7.0})
+    world = World(clock, {"backend": 9.0, "jaeger": 13.0})
+    read: list[tuple[float, str]] = []
+
+    def app_log(name: str) -> list[str]:
+        read.append((clock.now - 100.0, name))
+        return []
+
+    result = run(target, world, clock, probes=replace(world.probes(), app_log=app_log))
+    assert result.passed
+    # Polls at t = 0, 2, ... 12: the five app containers (running, not healthy yet) are read at
+    # the paced looks while the backend and the workers are undecided (t = 4 and 8), none once
+    # they passed (t = 9) though Jaeger was not.
+    assert world.ps_calls == 7
+    assert sorted({at for at, _ in read}) == [4.0, 8.0]
+    assert len(read) == 10
+
+
+def test_a_quiet_start_reads_no_log(target: compose.Target) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 3.0})
     read: list[str] = []
 
     def app_log(name: str) -> list[str]:
         read.append(name)
         return []
 
-    result = run(target, world, clock, probes=replace(world.probes(), app_log=app_log))
-    assert result.passed
-    # Polls at t = 0, 2, 4, 6: the five app containers are read while the backend and the
-    # workers are undecided (t = 0, 2), none once they passed (t = 3) though Jaeger was not.
-    assert world.ps_calls == 4
-    assert len(read) == 10
+    probes = replace(world.probes(), app_log=app_log)
+    assert run(target, world, clock, probes=probes).passed
+    assert world.ps_calls == 2 and read == []
+
+
+def test_the_log_of_a_container_still_starting_is_read_at_doubling_gaps() -> None:
+    pace = gatewatch.LogPace(100.0)
+    looks = [t for t in range(0, 70) if pace.due("backend", 100.0 + t)]
+    assert looks == [4, 8, 16, 32, 48, 64]
+    assert pace.due("worker", 104.0)  # each container on its own schedule
+
+
+def test_an_app_process_that_died_while_its_container_is_starting_is_found_at_the_first_look(
+    target: compose.Target,
+) -> None:
+    clock = FakeClock()
+    world = World(clock, {"backend": 1e9})
+    world.set_container("backend", "running", "Up 2 seconds (health: starting)")
+    died = ["Process SpawnProcess-1:", "Traceback (most recent call last):", "KeyError: 'x'"]
+    probes = replace(world.probes(), app_log=lambda name: died)
+    result = run(target, world, clock, probes=probes)
+    assert not result.passed
+    assert by_name(result)["backend"].detail == "process died: KeyError: 'x'"
+    assert 4.0 <= result.elapsed < 6.0
 
 
 # --- under load: starting is not failing, and the timeout is about progress ------------------
