@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from sandbox import slots
 from sandbox.checkouts import check_checkout
 from sandbox.errors import Exit, SandboxError
 from sandbox.images.app import DEFAULT_TORCH, TORCH_CHOICES
@@ -214,10 +215,7 @@ MODELS_CHOICES = ("shared", "slot")
 
 def check_models(models: str) -> str:
     """`models` when it is one of MODELS_CHOICES, else SandboxError(USAGE)."""
-    if models not in MODELS_CHOICES:
-        choices = ", ".join(MODELS_CHOICES)
-        raise SandboxError(f"--models must be one of {choices}, not {models!r}", Exit.USAGE)
-    return models
+    return slots.one_of(models, MODELS_CHOICES, "--models", "--models=slot")
 
 
 def models_dir(shared_dir: Path, slot: int, models: str) -> Path:
@@ -234,21 +232,12 @@ def parse_reload(value: str | None) -> str:
     workers too)."""
     if value is None:
         return RELOAD_BACKEND
-    if value not in RELOAD_CHOICES:
-        raise SandboxError(
-            f"unknown --reload {value!r}: use backend (the default) or workers "
-            "(e.g. --reload=workers)",
-            Exit.USAGE,
-        )
-    return value
+    return slots.one_of(value, RELOAD_CHOICES, "--reload", "--reload=workers")
 
 
 def check_torch(torch: str) -> str:
     """`torch` when it is one of TORCH_CHOICES, else SandboxError(USAGE)."""
-    if torch not in TORCH_CHOICES:
-        choices = ", ".join(TORCH_CHOICES)
-        raise SandboxError(f"--torch must be one of {choices}, not {torch!r}", Exit.USAGE)
-    return torch
+    return slots.one_of(torch, TORCH_CHOICES, "--torch")
 
 
 def from_flag(value: str | None, torch: str | None = None) -> Source:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from sandbox.errors import Exit, SandboxError
@@ -189,12 +189,18 @@ def parse_count(value: str, flag: str) -> int:
     return number
 
 
-def parse_service(value: str) -> str:
-    if value not in SERVICES:
+def one_of(value: str, choices: Collection[str], what: str, example: str = "") -> str:
+    """`value` when it is one of `choices`; else SandboxError(USAGE) naming them all."""
+    if value not in choices:
+        hint = f" (e.g. {example})" if example else ""
         raise SandboxError(
-            f"unknown service {value!r}: use one of {', '.join(SERVICES)}", Exit.USAGE
+            f"unknown {what} {value!r}: use one of {', '.join(choices)}{hint}", Exit.USAGE
         )
     return value
+
+
+def parse_service(value: str) -> str:
+    return one_of(value, SERVICES, "service")
 
 
 # --- what a slot runs: its worker profile and where its observability lives ----------------
@@ -264,23 +270,11 @@ DEFAULT_LAYOUT = Layout()
 
 
 def parse_workers(value: str) -> str:
-    if value not in WORKER_PROFILES:
-        raise SandboxError(
-            f"unknown worker profile {value!r}: use one of {', '.join(WORKER_PROFILES)} "
-            "(e.g. --workers=light)",
-            Exit.USAGE,
-        )
-    return value
+    return one_of(value, WORKER_PROFILES, "worker profile", "--workers=light")
 
 
 def parse_observability(value: str) -> str:
-    if value not in OBSERVABILITY_MODES:
-        raise SandboxError(
-            f"unknown observability {value!r}: use one of {', '.join(OBSERVABILITY_MODES)} "
-            "(e.g. --observability=shared)",
-            Exit.USAGE,
-        )
-    return value
+    return one_of(value, OBSERVABILITY_MODES, "observability", "--observability=shared")
 
 
 def parse_layout(workers: str | None, observability: str | None) -> Layout:

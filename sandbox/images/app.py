@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from sandbox import ROOT, lock, runner
+from sandbox import ROOT, lock, runner, slots
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import base
 from sandbox.runner import display
@@ -107,9 +107,7 @@ def check_options(extras: Sequence[str], torch: str) -> None:
     bad = [extra for extra in extras if not _EXTRA_NAME.match(extra)]
     if bad:
         raise SandboxError(f"not an extra's name: {bad[0]!r} (letters, digits, . _ -)", Exit.USAGE)
-    if torch not in TORCH_CHOICES:
-        choices = ", ".join(TORCH_CHOICES)
-        raise SandboxError(f"torch must be one of {choices}, not {torch!r}", Exit.USAGE)
+    slots.one_of(torch, TORCH_CHOICES, "--torch")
 
 
 def _lock_packages(source: Path) -> list[dict[str, object]]:

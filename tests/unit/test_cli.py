@@ -48,7 +48,7 @@ def inv_process(*args: str, **env: str) -> Result:
         (["init-shared", "--from=/nonexistent/ktrdr"], Exit.USAGE, "is not a directory"),
         (["new", "feature/x"], Exit.USAGE, "which repository? pass --repo=PATH"),
         (["new", "x", "--repo=/nonexistent"], Exit.USAGE, "is not a directory"),
-        (["new", "x", "--repo=/", "--torch=cuda"], Exit.USAGE, "--torch must be one of"),
+        (["new", "x", "--repo=/", "--torch=cuda"], Exit.USAGE, "unknown --torch 'cuda'"),
         (["done"], Exit.USAGE, "name one branch or one slot"),
         (["done", "--branch=x", "--slot=1"], Exit.USAGE, "name one branch or one slot"),
         (["done", "--slot=12"], Exit.USAGE, "slot 12 is outside 0-10"),
