@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sandbox import ROOT, runner
+from sandbox import ROOT
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import app as appimages
 from sandbox.runner import Result
+from tests.unit.support import engine as support_engine
 
 FIXTURE = ROOT / "containers" / "fixtures" / "ktrdr-fixture"
 LOCK = 'version = 1\n\n[[package]]\nname = "app"\nversion = "1"\nsource = { editable = "." }\n'
@@ -243,27 +243,31 @@ def test_online_python_base_starts_from_debian_s_published_trixie() -> None:
 # --- ensure_deps_image with a fake engine ------------------------------------------------
 
 
-class FakeEngine:
+class FakeEngine(support_engine.FakeEngine):
+    """The scripted engine whose image store holds `images`; every other command is a build
+    (recorded with its environment) that adds the image it tags, or fails for `fail`."""
+
     def __init__(self, images: set[str], fail: str | None = None) -> None:
-        self.images = images
+        super().__init__()
+        self.images: set[str] = images
         self.fail = fail  # a tag whose build fails
         self.builds: list[tuple[list[str], dict[str, str]]] = []
         self.contexts: list[Path] = []
 
-    def run(self, cmd: Sequence[str], **kwargs: Any) -> Result:
-        cmd = list(cmd)
-        if cmd[:3] == ["docker", "image", "inspect"]:
-            return Result(tuple(cmd), 0 if cmd[3] in self.images else 1)
-        self.builds.append((cmd, dict(kwargs["env"])))
+    def answer(self, args: tuple[str, ...], options: dict[str, Any]) -> Result:
+        if args[:3] == ("docker", "image", "inspect"):
+            return super().answer(args, options)
+        cmd = list(args)
+        self.builds.append((cmd, dict(options["env"])))
         produced = cmd[cmd.index("-t") + 1] if "-t" in cmd else appimages.OFFLINE_DEBIAN_BASE
         if produced == self.fail or (self.fail == "deps" and "uv-app-deps" in produced):
             lines = "\n".join(f"step {n}" for n in range(30)) + "\nerror: no matching wheel"
-            return Result(tuple(cmd), 1, lines, "")
+            return Result(args, 1, lines, "")
         if cmd[-1].endswith("context"):
             self.contexts.append(Path(cmd[-1]))
             assert (Path(cmd[-1]) / "uv.lock").is_file()  # the context exists during the build
         self.images.add(produced)
-        return Result(tuple(cmd), 0)
+        return Result(args, 0)
 
 
 @pytest.fixture
@@ -272,9 +276,7 @@ def no_host_certs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def fake(monkeypatch: pytest.MonkeyPatch, images: set[str], fail: str | None = None) -> FakeEngine:
-    engine = FakeEngine(images, fail)
-    monkeypatch.setattr(runner, "execute", engine.run)
-    return engine
+    return FakeEngine(images, fail).install(monkeypatch)
 
 
 def test_an_existing_tag_is_reused_without_building(

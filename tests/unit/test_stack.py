@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,6 @@ from sandbox import (
     gate,
     lastup,
     preflight,
-    runner,
     slotfiles,
     slots,
     stack,
@@ -30,6 +29,7 @@ from sandbox.docker import Container, ContainerState
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import provenance
 from sandbox.runner import Result
+from tests.unit.support.engine import FakeEngine
 
 
 def container(
@@ -53,19 +53,22 @@ def target_slot(lock_dir: Path) -> int:
 
 
 class Fakes:
+    """The scripted engine, a preflight that passes with `running` and a gate that passes."""
+
     def __init__(self, monkeypatch: pytest.MonkeyPatch, running: list[Container]) -> None:
-        self.commands: list[list[str]] = []
+        self.engine = FakeEngine().install(monkeypatch)
         self.running = running
-        monkeypatch.setattr(runner, "execute", self.run)
         monkeypatch.setattr(preflight, "run_preflight", self.preflight)
         monkeypatch.setattr(gate, "run_gate", self.gate)
         monkeypatch.setattr(docker, "check_engine", lambda environ=None: "20.10")
         monkeypatch.setattr(docker, "sandbox_containers", lambda environ=None: running)
         monkeypatch.setattr(compose, "find_compose", lambda environ=None: ["docker", "compose"])
 
-    def run(self, cmd: Sequence[str], **kwargs: Any) -> Result:
-        self.commands.append(list(cmd))
-        return Result(tuple(cmd), 0)
+    @property
+    def commands(self) -> list[list[str]]:
+        """What was run, but for the look at the database volume (what it holds)."""
+        ran = self.engine.commands
+        return [list(c) for c in ran if c[:3] != ("docker", "volume", "inspect")]
 
     def preflight(
         self, target: compose.Target, environ: Mapping[str, str], **kwargs: Any
@@ -136,10 +139,8 @@ def test_up_with_one_service_stopped_runs_compose(
 def test_a_failed_compose_up_is_one_error_with_details(
     target: compose.Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    Fakes(monkeypatch, [])
-    monkeypatch.setattr(
-        runner, "execute", lambda cmd, **kw: Result(tuple(cmd), 1, "", "pull access denied")
-    )
+    fakes = Fakes(monkeypatch, [])
+    fakes.engine.on("docker", answer=Result((), 1, "", "pull access denied"))
     with pytest.raises(SandboxError) as caught:
         stack.up(target, {})
     assert caught.value.code is Exit.COMMAND
@@ -164,11 +165,7 @@ def test_down_volumes_of_another_checkouts_database_needs_the_override(
     """No containers (the other checkout took its slot down), its database stays."""
     fakes = Fakes(monkeypatch, [])
     labels = provenance.volume_labels("/srv/other", socket.gethostname(), "", "reference", "pw")
-    inspected = json.dumps([{"Name": "ktrdr-sandbox-3_db-data", "Labels": labels}])
-    monkeypatch.setattr(
-        runner, "execute", lambda cmd, **kw: fakes.run(cmd) if "inspect" not in cmd
-        else Result(tuple(cmd), 0, inspected),
-    )  # fmt: skip
+    fakes.engine.volumes["ktrdr-sandbox-3_db-data"] = labels
     with pytest.raises(SandboxError) as caught:
         stack.down(target, {}, volumes=True)
     assert caught.value.code is Exit.OTHER_CHECKOUT
@@ -235,6 +232,7 @@ def test_fresh_recreates_only_this_slots_database_after_asking(
     target: compose.Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fakes = Fakes(monkeypatch, [])
+    fakes.engine.volumes["ktrdr-sandbox-3_db-data"] = {}  # made with another password
     checked = preflight.UpPlan(
         ["docker", "compose"], [], [], volume=provenance.Kind.OTHER_PASSWORD,
         expected=preflight.expected_volume(target, {}, apps.BUILT_IN),
