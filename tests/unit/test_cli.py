@@ -131,6 +131,9 @@ def interrupted(cmd, **options):
 def refused(cmd, **options):
     raise PermissionError(13, "Permission denied", "/home/dev/.ktrdr/locks")
 
+# Python raises KeyboardInterrupt only if SIGINT was not ignored when it started, and a
+# background job (a CI runner, `cmd &`) starts with SIGINT ignored: as at a terminal here.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 runner.execute = {"interrupted": interrupted, "refused": refused}[sys.argv[1]]
 from invoke.main import program
 program.run(["inv", "--search-root", sys.argv[2], "status"])
