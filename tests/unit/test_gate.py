@@ -25,13 +25,13 @@ from sandbox import (
     gateprobes,
     gatewatch,
     net,
-    runner,
     settings,
     slots,
 )
 from sandbox.checks import CheckResult, State
 from sandbox.runner import Result
 from tests.unit.support.clock import FakeClock
+from tests.unit.support.engine import FakeEngine
 
 ALL_WORKERS = [
     {"worker_id": w.service, "worker_type": w.worker_type, "status": "available"}
@@ -460,16 +460,16 @@ def test_urls(target: compose.Target) -> None:
 def test_failing_logs_runs_compose_logs_per_service(
     target: compose.Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[tuple[list[str], dict[str, str]]] = []
 
-    def fake_run(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float, **_: Any) -> Result:
-        seen.append((list(cmd), dict(env)))
-        if cmd[-1] == "grafana":
-            return Result(tuple(cmd), 1, "", "no such service\n")
-        return Result(tuple(cmd), 0, "db-1  | FATAL: bad\n")
+    def logs_of(args: tuple[str, ...]) -> Result:
+        if args[-1] == "grafana":
+            return Result(args, 1, "", "no such service\n")
+        return Result(args, 0, "db-1  | FATAL: bad\n")
 
-    monkeypatch.setattr(runner, "execute", fake_run)
+    engine = FakeEngine().install(monkeypatch)
+    engine.on(answer=logs_of)  # every command
     logs = gate.failing_logs(target, ["docker", "compose"], {}, ["db", "grafana", "db"])
+    seen = [(list(c), dict(o["env"])) for c, o in zip(engine.commands, engine.options, strict=True)]
     assert logs == {"db": "db-1  | FATAL: bad", "grafana": "no such service"}
     assert seen[0][0] == compose.command(
         ["docker", "compose"], target, "logs", "--no-color", "--tail", "20", "db"

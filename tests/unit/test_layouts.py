@@ -29,6 +29,7 @@ from sandbox import (
 from sandbox.docker import PublishedPort
 from sandbox.errors import Exit, SandboxError
 from tests.unit.support.clock import FakeClock
+from tests.unit.support.engine import FakeEngine
 from tests.unit.support.factories import container as fabricate
 from tests.unit.test_gate import World
 from tests.unit.test_gate import run as run_gate
@@ -444,7 +445,7 @@ def test_a_stopped_shared_slot_still_counts_as_a_user(
 
 
 def test_containers_on_a_removed_shared_network_are_found_and_removed(
-    monkeypatch: pytest.MonkeyPatch,
+    engine: FakeEngine,
 ) -> None:
     containers = stack_of(3, NONE_SHARED)  # db and backend
     db, backend = sorted(containers, key=lambda c: c.service != "db")
@@ -455,25 +456,20 @@ def test_containers_on_a_removed_shared_network_are_found_and_removed(
             observability.NETWORK: {"NetworkID": "old-id"},
         },
     }
-    ran: list[list[str]] = []
 
-    def fake_run(cmd: list[str], **kwargs: object) -> runner.Result:
-        ran.append(cmd)
-        if cmd[:2] == ["docker", "inspect"]:
-            out = "\n".join(f"{i} {json.dumps(networks[i])}" for i in cmd[4:])
-            return runner.Result(tuple(cmd), 0, out + "\n", "")
-        if cmd[:3] == ["docker", "network", "inspect"]:
-            return runner.Result(tuple(cmd), 0, "new-id\n", "")
-        return runner.Result(tuple(cmd), 0, "", "")
+    def attachments(args: tuple[str, ...]) -> runner.Result:
+        out = "\n".join(f"{i} {json.dumps(networks[i])}" for i in args[4:])
+        return runner.Result(args, 0, out + "\n", "")
 
-    monkeypatch.setattr(runner, "run", fake_run)
+    engine.on("docker", "inspect", answer=attachments)
+    engine.on("docker", "network", "inspect", answer=runner.Result((), 0, "new-id\n", ""))
     assert observability.stale(containers, {}) == [backend.id]
     assert observability.heal(containers, {}) == [backend.name]
-    assert ran[-1] == ["docker", "rm", "--force", backend.id]
+    assert engine.commands[-1] == ("docker", "rm", "--force", backend.id)
     networks[backend.id][observability.NETWORK]["NetworkID"] = "new-id"  # today's network
-    ran.clear()
+    engine.commands.clear()
     assert observability.heal(containers, {}) == []
-    assert not any(cmd[:2] == ["docker", "rm"] for cmd in ran)
+    assert engine.ran("docker", "rm") == []
 
 
 def test_attachments_are_parsed_leniently() -> None:
@@ -482,20 +478,22 @@ def test_attachments_are_parsed_leniently() -> None:
 
 
 def test_an_engine_hiccup_is_no_reason_to_remove_a_slots_containers(
-    monkeypatch: pytest.MonkeyPatch,
+    engine: FakeEngine,
 ) -> None:
     containers = stack_of(3, NONE_SHARED)
     backend = next(c for c in containers if c.service == "backend")
     attached = {backend.id: {observability.NETWORK: {"NetworkID": "today"}}}
 
-    def fake_run(cmd: list[str], **kwargs: object) -> runner.Result:
-        if cmd[:2] == ["docker", "inspect"]:
-            out = "\n".join(f"{i} {json.dumps(attached.get(i, {}))}" for i in cmd[4:])
-            return runner.Result(tuple(cmd), 0, out + "\n", "")
-        if cmd[:3] == ["docker", "network", "inspect"]:
-            return runner.Result(tuple(cmd), 124, "", "timed out after 20s")
-        raise AssertionError(f"nothing else may run: {cmd}")
+    def refuse(args: tuple[str, ...]) -> runner.Result:
+        raise AssertionError(f"nothing else may run: {args}")
 
-    monkeypatch.setattr(runner, "run", fake_run)
+    def attachments(args: tuple[str, ...]) -> runner.Result:
+        out = "\n".join(f"{i} {json.dumps(attached.get(i, {}))}" for i in args[4:])
+        return runner.Result(args, 0, out + "\n", "")
+
+    engine.on(answer=refuse)  # tried last: every command the two below do not answer
+    engine.on("docker", "inspect", answer=attachments)
+    timed_out = runner.Result((), 124, "", "timed out after 20s")
+    engine.on("docker", "network", "inspect", answer=timed_out)
     assert observability.stale(containers, {}) == []
     assert observability.heal(containers, {}) == []

@@ -15,6 +15,7 @@ from sandbox.docker import PublishedPort
 from sandbox.runner import Result
 from sandbox.runner import execute as real_run
 from sandbox.verify import Mount
+from tests.unit.support.engine import FakeEngine
 
 
 def target_for(root: Path, slot: int, **extra: str) -> compose.Target:
@@ -221,23 +222,23 @@ def test_check_health() -> None:
 def test_shared_dir_probe_is_seen_and_always_removed(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    fake = FakeEngine().install(monkeypatch)
     shared = tmp_path / "shared"
     for sub in ("data", "models", "strategies"):
         (shared / sub).mkdir(parents=True)
     target = target_for(root, 1, KTRDR_SHARED_DIR=str(shared))
     containers = replace(stack(1), "training-worker-2", state="exited")
-    commands: list[list[str]] = []
 
-    def fake_run(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float, **_: Any) -> Result:
-        commands.append(list(cmd))
-        assert env["COMPOSE_PROJECT_NAME"] == "ktrdr-sandbox-1"
-        wanted = [arg.removeprefix("/app/") for arg in cmd if arg.startswith("/app/")]
+    def look(args: tuple[str, ...]) -> Result:
+        wanted = [arg.removeprefix("/app/") for arg in args if arg.startswith("/app/")]
         assert len(wanted) == 3
         present = all((shared / rel).is_file() for rel in wanted)  # probes exist while we look
-        return Result(tuple(cmd), 0 if present else 1)
+        return Result(args, 0 if present else 1)
 
-    monkeypatch.setattr(runner, "execute", fake_run)
+    fake.on(answer=look)  # every command
     check = verify.shared_dir(target, ["docker", "compose"], {}, containers)
+    assert all(o["env"]["COMPOSE_PROJECT_NAME"] == "ktrdr-sandbox-1" for o in fake.options)
+    commands = [list(c) for c in fake.commands]
     assert not check.passed
     assert check.detail.endswith("not visible in training-worker-2: not running")
     assert len(commands) == 4  # backend and the three running workers
@@ -252,10 +253,10 @@ def test_shared_dir_probe_is_seen_and_always_removed(
     for sub in ("data", "models", "strategies"):
         assert list((shared / sub).iterdir()) == []
 
-    def broken(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float, **_: Any) -> Result:
+    def interrupted(args: tuple[str, ...]) -> Result:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "execute", broken)
+    fake.on(answer=interrupted)
     with pytest.raises(KeyboardInterrupt):
         verify.shared_dir(target, ["docker", "compose"], {}, stack(1))
     for sub in ("data", "models", "strategies"):
@@ -309,27 +310,24 @@ def test_shared_dir_missing(root: Path, tmp_path: Path) -> None:
 def test_verify_uses_one_ps_and_one_inspect(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    fake = FakeEngine().install(monkeypatch)
     containers = [*stack(1), *stack(2)]
     shared = tmp_path / "shared"
     for sub in ("data", "models", "strategies"):
         (shared / sub).mkdir(parents=True)
     ps_calls: list[object] = []
-    inspects: list[list[str]] = []
 
     def fake_containers(environ: object = None) -> list[docker.Container]:
         ps_calls.append(environ)
         return containers
 
-    def fake_run(cmd: Sequence[str], *, env: Mapping[str, str], timeout: float, **_: Any) -> Result:
-        if cmd[:2] == ["docker", "inspect"]:
-            inspects.append(list(cmd))
-            lines = [
-                f"{c.id} {json.dumps([{'Type': 'volume', 'Name': f'{c.project}_db-data'}])}"
-                for c in containers
-                if c.id in cmd
-            ]
-            return Result(tuple(cmd), 0, "\n".join(lines) + "\n")
-        return Result(tuple(cmd), 0)
+    def mounts(args: tuple[str, ...]) -> Result:
+        lines = [
+            f"{c.id} {json.dumps([{'Type': 'volume', 'Name': f'{c.project}_db-data'}])}"
+            for c in containers
+            if c.id in args
+        ]
+        return Result(args, 0, "\n".join(lines) + "\n")
 
     urls: list[str] = []
 
@@ -338,7 +336,8 @@ def test_verify_uses_one_ps_and_one_inspect(
         return 200, "{}"
 
     monkeypatch.setattr(docker, "containers", fake_containers)
-    monkeypatch.setattr(runner, "execute", fake_run)
+    fake.on(answer=Result((), 0))  # every other command succeeds, saying nothing
+    fake.on("docker", "inspect", answer=mounts)
     targets = [target_for(root, s, KTRDR_SHARED_DIR=str(shared)) for s in (1, 2)]
     reports = verify.verify(targets, ["docker", "compose"], {}, http_get=fake_get)
     assert [r.slot for r in reports] == [1, 2]
@@ -346,7 +345,7 @@ def test_verify_uses_one_ps_and_one_inspect(
         assert [c.name for c in report.checks] == ["health", "own-database", "ports", "shared-dir"]
         assert report.passed, report.checks
     assert len(ps_calls) == 1
-    assert len(inspects) == 1
+    assert len(fake.ran("docker", "inspect")) == 1
     assert urls == ["http://127.0.0.1:8001/api/v1/health", "http://127.0.0.1:8002/api/v1/health"]
 
 
