@@ -1,7 +1,7 @@
 """`inv status --json` and `inv verify --json`: documented, versioned JSON for scripts and agents.
 
 The shapes are described in docs/designs/Sandbox/STATUS_JSON.md and pinned by
-tests/unit/test_statusjson.py. Nothing here decides anything about a slot: `document` draws
+tests/unit/test_ui_statusjson.py. Nothing here decides anything about a slot: `document` draws
 the `status.SlotStatus` rows that `status.collect` computed (the table of `inv status` draws
 the same rows), and `verify_document` the reports of `inv verify`. A change that removes or
 retypes a key, or gives a key's value another meaning, bumps VERSION; adding a key does not.
