@@ -20,6 +20,7 @@ from sandbox.runner import Result
 from sandbox.settings import ENGINE_ANSWER_TIMEOUT, ENGINE_QUERY_TIMEOUT
 
 PROJECT_LABEL = "com.docker.compose.project"
+VOLUME_LABEL = "com.docker.compose.volume"  # a volume's key in its compose file
 SERVICE_LABEL = "com.docker.compose.service"
 WORKDIR_LABEL = "com.docker.compose.project.working_dir"
 # Set by ktrdr-sandbox's own override (sandbox/slotfiles.py): what the slot runs, and from where.

@@ -32,14 +32,13 @@ from sandbox.settings import ENGINE_QUERY_TIMEOUT
 
 PICK_WAIT = 60.0  # seconds a picker waits for another picker (which holds the lock briefly)
 AUTO_SLOTS = range(1, 11)
-VOLUME_LABEL = "com.docker.compose.volume"
 
 # One JSON object a line: label values are picked out by the template rather than parsed from
 # the comma-joined `.Labels` column.
 VOLUME_FORMAT = (
     '{"Name":{{json .Name}},'
     f'"Project":{{{{json (.Label "{docker.PROJECT_LABEL}")}}}},'
-    f'"Volume":{{{{json (.Label "{VOLUME_LABEL}")}}}}}}'
+    f'"Volume":{{{{json (.Label "{docker.VOLUME_LABEL}")}}}}}}'
 )
 
 

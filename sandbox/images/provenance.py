@@ -38,10 +38,8 @@ from enum import Enum
 from pathlib import Path
 
 from sandbox import slots
+from sandbox.docker import PROJECT_LABEL, VOLUME_LABEL
 from sandbox.errors import Exit, SandboxError
-
-COMPOSE_PROJECT = "com.docker.compose.project"
-COMPOSE_VOLUME = "com.docker.compose.volume"
 
 _PREFIX = "io.ktrdr.sandbox."
 SCHEMA = _PREFIX + "provenance"  # "1": the label set below; a later change bumps it
@@ -89,7 +87,7 @@ def volume_labels(
 def create_volume_command(project: str, labels: Mapping[str, str]) -> list[str]:
     """`docker volume create` for the slot's database volume, carrying Compose's project and
     volume labels (so `compose up` adopts it without a word) and ours."""
-    every = {COMPOSE_PROJECT: project, COMPOSE_VOLUME: slots.DB_VOLUME, **labels}
+    every = {PROJECT_LABEL: project, VOLUME_LABEL: slots.DB_VOLUME, **labels}
     cmd = ["docker", "volume", "create"]
     for key, value in every.items():
         cmd += ["--label", f"{key}={value}"]

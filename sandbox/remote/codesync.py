@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox import apps, checkouts, compose, engine, runner, slotfiles
-from sandbox.docker import CLIENT_LABEL, client_name
+from sandbox.docker import CLIENT_LABEL, PROJECT_LABEL, VOLUME_LABEL, client_name
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
 from sandbox.settings import CLI_TIMEOUT, ENGINE_QUERY_TIMEOUT
@@ -181,8 +181,8 @@ def create_volume(target: compose.Target, environ: Mapping[str, str]) -> Volume:
         return found
     name = volume_name(target.project)
     labels = {
-        "com.docker.compose.project": target.project,
-        "com.docker.compose.volume": slotfiles.SOURCE_VOLUME,
+        PROJECT_LABEL: target.project,
+        VOLUME_LABEL: slotfiles.SOURCE_VOLUME,
         CLIENT_LABEL: client_name(),
     }
     create = ["docker", "volume", "create"]
