@@ -224,9 +224,9 @@ def pick_lock(
     on_busy: Callable[[str], None] | None = None,
 ) -> AbstractContextManager[None]:
     """The machine-wide lock of `--slot=auto`'s picking: `pick.lock` next to the slot locks."""
-    directory = lock_dir if lock_dir is not None else default_lock_dir(environ)
+    path = (lock_dir if lock_dir is not None else default_lock_dir(environ)) / PICK_LOCK
     return file_lock(
-        directory / PICK_LOCK,
+        path,
         wait=wait,
         doing="is picking a slot",
         advice="wait for it or pass --slot=N",
@@ -239,12 +239,9 @@ def worktree_lock(
 ) -> AbstractContextManager[None]:
     """The machine-wide lock around creating a worktree: two `inv new` of one branch must not
     both pass the checks, and a failed one must not roll back the other's worktree."""
-    directory = lock_dir if lock_dir is not None else default_lock_dir(environ)
+    path = (lock_dir if lock_dir is not None else default_lock_dir(environ)) / WORKTREE_LOCK
     return file_lock(
-        directory / WORKTREE_LOCK,
-        wait=wait,
-        doing="is creating a worktree",
-        advice="wait for it and re-run",
+        path, wait=wait, doing="is creating a worktree", advice="wait for it and re-run"
     )
 
 
