@@ -23,6 +23,7 @@ from sandbox import (
     lastup,
     observability,
     ownership,
+    pause,
     preflight,
     reach,
     runner,
@@ -267,6 +268,7 @@ def _start(start: _Start, heavy: contextlib.ExitStack, begin: Callable[[], None]
         hooks.build()  # after preflight and under the lock: a refused slot rebuilds nothing
     image = hooks.app_image(plan.source) if hooks.app_image is not None else None
     running = upsteps.heal_network(target, environ, plan, hooks.step)
+    running = pause.thaw_slot(target, running, environ, hooks.step)
     source = upsteps.applied_torch(plan.source)
     copied_to = upsteps.copy_source(target, environ, plan, source, hooks.step)
     upsteps.prepare_files(target, source, plan.where, hooks.step)

@@ -22,7 +22,7 @@ from sandbox.settings import ENGINE_ANSWER_TIMEOUT
 
 SEVERAL = "several"
 # A slot's states, in the order `slot_state` decides them: the first that applies wins.
-State = Literal["orphaned", "failed", "stopped", "running", "partial"]
+State = Literal["orphaned", "failed", "stopped", "running", "partial", "paused"]
 STATES: tuple[State, ...] = get_args(State)
 # Exit codes of a container stopped on purpose (clean exit, SIGINT, SIGKILL, SIGTERM): a slot
 # of such containers is stopped, not failed.
@@ -119,6 +119,9 @@ def slot_state(
     unfinished = record is not None and not record.finished
     if unfinished or any(container_failed(c) for c in containers):
         return "failed"
+    # Frozen by `inv pause`: whole, using no CPU; `inv resume` (or `inv up`) thaws it.
+    if containers and all(c.state == "paused" for c in containers):
+        return "paused"
     running = [c for c in containers if c.running]
     if not running:
         return "stopped"

@@ -29,7 +29,18 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sandbox import compose, docker, engine, gatechecks, net, observability, runner, shared, slots
+from sandbox import (
+    compose,
+    docker,
+    engine,
+    gatechecks,
+    net,
+    observability,
+    pause,
+    runner,
+    shared,
+    slots,
+)
 from sandbox.errors import SandboxError
 from sandbox.remote import enginehost
 from sandbox.runner import Result
@@ -373,7 +384,9 @@ def verify(
     """Each target's checks; one `docker ps` and one `docker inspect` serve every slot. URLs
     and the shared directory are the engine `where`'s (detected when None)."""
     where = where or engine.detect(environ)
-    containers = docker.containers(environ)
+    # A paused slot (`inv pause`) is thawed: verifying asks it to work.
+    projects = {t.project for t in targets}
+    containers = pause.thawed(docker.containers(environ), projects, environ)
     db_ids = [c.id for c in containers if c.slot is not None and c.service == "db"]
     mounts = inspect_mounts(db_ids, environ)
     reports = []

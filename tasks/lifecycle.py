@@ -305,3 +305,26 @@ def _down_all(slot: str | None, volumes: bool, yes: bool, others: bool) -> None:
         teardown.take_down(entry, compose_cmd, environ, volumes=removes, root=common.ROOT)
         kept = "" if removes or not entry.volumes else "; kept its volumes"
         out().line(f"slot {entry.slot} ({entry.project}) is down{kept}")
+
+
+@task(help={"slot": SLOT_HELP})
+@handled
+def pause(c: Context, slot: str | None = None) -> None:
+    """Freeze an idle slot's containers (`docker pause`): no CPU at all, memory and state kept.
+
+    `inv resume` (or `inv up`, `inv verify`) thaws it in about a second. `inv status` shows it
+    as `paused`."""
+    from sandbox import pause as pausing
+
+    target = common.target(slot)
+    out().line(pausing.pause(target, dict(os.environ)).describe("paused"))
+
+
+@task(help={"slot": SLOT_HELP})
+@handled
+def resume(c: Context, slot: str | None = None) -> None:
+    """Thaw a slot frozen by `inv pause`: its processes carry on where they stopped."""
+    from sandbox import pause as pausing
+
+    target = common.target(slot)
+    out().line(pausing.resume(target, dict(os.environ)).describe("resumed"))

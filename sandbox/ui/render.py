@@ -36,6 +36,7 @@ SEVERAL = "several"  # what a cell says when the slot's containers disagree (sta
 STATE_STYLE: dict[SlotState, str] = {
     "running": "green",
     "partial": "yellow",
+    "paused": "cyan",
     "stopped": "red",
     "failed": "red",
     "orphaned": "red",

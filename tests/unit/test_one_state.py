@@ -93,6 +93,14 @@ def stopped(here: Path) -> list[docker.Container]:
     return [replace(c, state="exited", status="Exited (137) 1 hour ago") for c in stack(here)]
 
 
+def paused(here: Path) -> list[docker.Container]:
+    return [replace(c, state="paused", status="Up 2 hours (Paused)") for c in stack(here)]
+
+
+def paused_but_one_exited(here: Path) -> list[docker.Container]:
+    return [*paused(here)[:-1], replace(stack(here)[-1], state="exited", status="Exited (0) 1s")]
+
+
 def created_only(here: Path) -> list[docker.Container]:
     return [replace(c, state="created", status="Created") for c in stack(here)]
 
@@ -149,6 +157,8 @@ CASES: dict[str, tuple[Case, str]] = {
     "one stopped cleanly": (one_stopped_cleanly, "partial"),
     "services missing": (missing_services, "partial"),
     "all stopped": (stopped, "stopped"),
+    "paused": (paused, "paused"),
+    "paused, one stopped cleanly": (paused_but_one_exited, "stopped"),
     "created, never started": (created_only, "stopped"),
     "last up failed": (failed_up, "failed"),
     "last up interrupted": (interrupted_up, "failed"),
