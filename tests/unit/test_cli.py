@@ -241,8 +241,8 @@ def test_the_task_package_keeps_every_command_name_flat() -> None:
 
     assert sorted(tasks.ns.task_names) == [
         "clone", "done", "down", "env", "exec", "images", "init-shared", "logs", "mcp", "new",
-        "observability", "psql", "restore", "shell", "snapshot", "snapshots", "status", "sync",
-        "tunnel", "up", "verify",
+        "observability", "pause", "psql", "restore", "resume", "shell", "snapshot", "snapshots",
+        "status", "sync", "tunnel", "up", "verify",
     ]  # fmt: skip
     assert not tasks.ns.collections
     defined = {t.name for m in tasks.COLLECTIONS for t in vars(m).values() if hasattr(t, "body")}
