@@ -87,9 +87,13 @@ def project_name(slot: int) -> str:
     return f"{PROJECT_PREFIX}{slot}"
 
 
+def volume(project: str, key: str) -> str:
+    """The name Compose (or a swarm stack) gives the volume `key` of its file in `project`."""
+    return f"{project}_{key}"
+
+
 def db_volume(project: str) -> str:
-    """The name Compose (or a swarm stack) gives the database volume of `project`."""
-    return f"{project}_{DB_VOLUME}"
+    return volume(project, DB_VOLUME)
 
 
 def slot_of_project(project: str) -> int | None:

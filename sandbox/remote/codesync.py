@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox import apps, checkouts, compose, engine, runner, slotfiles
+from sandbox import apps, checkouts, compose, engine, runner, slotfiles, slots
 from sandbox.docker import CLIENT_LABEL, PROJECT_LABEL, VOLUME_LABEL, client_name
 from sandbox.errors import Exit, SandboxError
 from sandbox.lock import slot_lock
@@ -63,7 +63,7 @@ LIST_SCRIPT = r"cd /dest && find . -mindepth 1 -printf '%y %s %T@ %P\0'"
 
 
 def volume_name(project: str) -> str:
-    return f"{project}_{slotfiles.SOURCE_VOLUME}"
+    return slots.volume(project, slotfiles.SOURCE_VOLUME)
 
 
 # ----------------------------------------------------------------------------- the checkout
