@@ -97,16 +97,14 @@ def handled(body: F) -> F:
 
 def slot_number(value: str | None) -> int:
     """`--slot=N`, required."""
-    if value is None:
-        raise SandboxError("which slot? pass --slot=N with N from 0 to 10", Exit.USAGE)
-    return slots.parse_slot(value)
+    return slots.parse_slot(slot_choice(value))
 
 
 def slot_choice(value: str | None) -> str:
-    """`--slot=N|auto`, required."""
+    """`--slot=N` (or auto, where a task takes it), required."""
     if value is None:
-        slot_number(value)  # says which values there are
-    return str(value)
+        raise SandboxError("which slot? pass --slot=N with N from 0 to 10", Exit.USAGE)
+    return value
 
 
 def target(value: str | None) -> compose.Target:
