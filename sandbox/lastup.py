@@ -16,27 +16,34 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from sandbox import STATE_DIR
 
-STARTING = "starting"
-READY = "ready"
-FAILED = "failed"
-INTERRUPTED = "interrupted"
-# Not written: what a STARTING record is once the `inv up` that wrote it no longer runs.
-KILLED = "killed"
+
+class Outcome(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    # Never written: what a STARTING record is once the `inv up` that wrote it no longer runs.
+    KILLED = "killed"
+
+
+STARTING, READY, FAILED = Outcome.STARTING, Outcome.READY, Outcome.FAILED
+INTERRUPTED, KILLED = Outcome.INTERRUPTED, Outcome.KILLED
 
 
 @dataclass(frozen=True)
 class LastUp:
-    outcome: str  # STARTING, READY, FAILED or INTERRUPTED
+    outcome: Outcome  # STARTING, READY, FAILED or INTERRUPTED (never KILLED)
     reason: str  # one line: why it failed, or "" when there is nothing to say
     pid: int  # the `inv up` that wrote it
     at: float  # time.time() of writing
 
     @property
-    def state(self) -> str:
+    def state(self) -> Outcome:
         """The outcome as it stands now: a STARTING whose `inv up` is gone is KILLED."""
         if self.outcome == STARTING and not pid_alive(self.pid):
             return KILLED
@@ -79,7 +86,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def write(root: Path, slot: int, outcome: str, reason: str = "") -> None:
+def write(root: Path, slot: int, outcome: Outcome, reason: str = "") -> None:
     """Record `outcome`; never fails an `up` over its own bookkeeping."""
     record = {"outcome": outcome, "reason": " ".join(reason.split()), "pid": os.getpid()}
     record["at"] = time.time()
@@ -102,7 +109,7 @@ def read(root: Path | str, slot: int) -> LastUp | None:
     try:
         data = json.loads(path(Path(root), slot).read_text())
         return LastUp(
-            str(data["outcome"]), str(data["reason"]), int(data["pid"]), float(data["at"])
+            Outcome(str(data["outcome"])), str(data["reason"]), int(data["pid"]), float(data["at"])
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

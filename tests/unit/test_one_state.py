@@ -50,7 +50,9 @@ def with_service(
     return [replace(c, state=state, status=text) if c.service == service else c for c in found]
 
 
-def set_record(here: Path, outcome: str, pid: int | None = None, reason: str = "") -> None:
+def set_record(
+    here: Path, outcome: lastup.Outcome, pid: int | None = None, reason: str = ""
+) -> None:
     lastup.write(here, 3, outcome, reason)
     if pid is not None:
         path = lastup.path(here, 3)

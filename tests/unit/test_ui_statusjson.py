@@ -372,7 +372,7 @@ def test_verify_document() -> None:
 # ----------------------------------------------------------------------------- last up
 
 
-def record(here: Path, slot: int, outcome: str, reason: str = "", pid: int = 0) -> None:
+def record(here: Path, slot: int, outcome: lastup.Outcome, reason: str = "", pid: int = 0) -> None:
     """`.sandbox/slot-N.up.json` in checkout `here`, written at a fixed time by `pid`."""
     lastup.write(here, slot, outcome, reason)
     written = json.loads(lastup.path(here, slot).read_text())
