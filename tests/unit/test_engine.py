@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sandbox import engine, runner
+from sandbox import engine
 from sandbox.engine import Engine, Kind
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result, run
 from sandbox.shared import SUBDIRS
+from tests.unit.support.engine import FakeEngine
 
 IMAGE = "ktrdr-sandbox/debian-base:bookworm"
 
@@ -186,17 +187,12 @@ def test_the_current_context_comes_from_the_cli_config(
     (home / ".docker" / "config.json").write_text('{"currentContext": "from-home"}')
     assert engine.context_name({"HOME": str(home)}) == "from-home"
     # Another context is docker's to resolve.
-    calls: list[tuple[str, ...]] = []
-
-    def inspect(cmd: Sequence[str], **_: object) -> Result:
-        calls.append(tuple(cmd))
-        return Result(tuple(cmd), 0, context_output("ssh://me@big-box", name="big-box"))
-
-    monkeypatch.setattr(runner, "execute", inspect)
+    docker = FakeEngine().install(monkeypatch)
+    docker.on(answer=Result((), 0, context_output("ssh://me@big-box", name="big-box")))
     (config / "config.json").write_text('{"currentContext": "big-box"}')
     found = engine.detect(env)
     assert (found.host, found.source) == ("big-box", "context big-box")
-    assert calls == [("docker", "context", "inspect")]
+    assert docker.commands == [("docker", "context", "inspect")]
 
 
 def test_detect_with_an_unreadable_named_context_is_one_clear_error() -> None:

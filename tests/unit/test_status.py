@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sandbox import COMPOSE_FILE, docker, engine, lastup, runner, slots, status
+from sandbox import COMPOSE_FILE, docker, engine, lastup, slots, status
 from sandbox.docker import PublishedPort
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
 from sandbox.settings import ENGINE_ANSWER_TIMEOUT
+from tests.unit.support.engine import FakeEngine
 from tests.unit.support.factories import make
 
 
@@ -184,15 +186,14 @@ def test_collect_asks_docker_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def fake_engine(monkeypatch: pytest.MonkeyPatch, answer: Result) -> list[tuple[str, ...]]:
     """Every command run, each answered with `answer`'s return code and output."""
-    commands: list[tuple[str, ...]] = []
 
-    def execute(cmd: runner.Command, **options: object) -> Result:
-        commands.append(tuple(str(part) for part in cmd))
+    def within_the_answer_timeout(args: tuple[str, ...], options: dict[str, Any]) -> None:
         assert options.get("timeout") == ENGINE_ANSWER_TIMEOUT
-        return replace(answer, args=commands[-1])
 
-    monkeypatch.setattr(runner, "execute", execute)
-    return commands
+    fake = FakeEngine().install(monkeypatch)
+    fake.on(answer=answer)
+    fake.each = within_the_answer_timeout
+    return fake.commands
 
 
 def test_status_is_one_docker_call(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,6 +57,9 @@ class FakeEngine:
         self.commands: list[Args] = []
         self.options: list[dict[str, Any]] = []  # each command's keyword arguments
         self._script: list[tuple[Args, Answer]] = []
+        # Called with every command and its options before it is answered: a check that must
+        # hold for each call (its timeout, its environment) fails the test at that call.
+        self.each: Callable[[Args, dict[str, Any]], None] | None = None
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> Self:
         monkeypatch.setattr(runner, "execute", self)
@@ -74,6 +77,8 @@ class FakeEngine:
         args = tuple(str(part) for part in cmd)
         self.commands.append(args)
         self.options.append(options)
+        if self.each is not None:
+            self.each(args, options)
         for prefix, answer in reversed(self._script):
             if args[: len(prefix)] == prefix:
                 return answer(args) if callable(answer) else replace(answer, args=args)
