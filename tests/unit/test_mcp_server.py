@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,24 @@ from sandbox.errors import Exit, SandboxError
 from sandbox.mcp import docs as mcpdocs
 from sandbox.mcp import server as mcpserver
 from sandbox.mcp import tools as mcptools
+from tests.unit.support.engine import FakeEngine
 
 TOOLS = {"new", "up", "status", "verify", "logs", "exec", "snapshot", "restore", "done", "down"}
 
 
-class Recorder:
-    """`runner.execute` that answers every command with `answer` and keeps what it ran."""
+class Recorder(FakeEngine):
+    """The scripted engine answering every command with `answer`'s code and output (by
+    default: success, saying nothing)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, answer: runner.Result | None = None):
-        self.calls: list[list[str]] = []
-        self.answer = answer
-        monkeypatch.setattr(runner, "execute", self.execute)
+        super().__init__()
+        given = answer or runner.Result((), 0, "")
+        self.on(answer=runner.Result((), given.returncode, given.stdout))
+        self.install(monkeypatch)
 
-    def execute(self, cmd: Sequence[str | Path], **options: Any) -> runner.Result:
-        args = [str(part) for part in cmd]
-        self.calls.append(args)
-        if self.answer is not None:
-            return runner.Result(tuple(args), self.answer.returncode, self.answer.stdout)
-        return runner.Result(tuple(args), 0, "")
+    @property
+    def calls(self) -> list[list[str]]:
+        return [list(c) for c in self.commands]
 
 
 def call(name: str, arguments: dict[str, Any]) -> CallToolResult:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sandbox import compose, docker, engine, runner, slots, verify
+from sandbox import compose, docker, engine, slots, verify
 from sandbox.docker import PublishedPort
 from sandbox.runner import Result
 from sandbox.runner import execute as real_run
@@ -276,16 +276,22 @@ def test_shared_dir_probe_on_a_remote_engine_is_written_there(
     target = target_for(root, 1, KTRDR_SHARED_DIR=str(client_path))
     helpers: list[str] = []
 
-    def on_remote(cmd: Sequence[str], *, env: Mapping[str, str], **_: Any) -> Result:
-        assert env["DOCKER_HOST"] == "tcp://127.0.0.2:2375"
-        if list(cmd[:2]) == ["docker", "run"]:
-            script_at = list(cmd).index("-c") + 1
-            helpers.append(cmd[-1] if cmd[-1] in ("write", "remove") else "check")
-            return real_run(["sh", "-c", cmd[script_at], str(remote_dir), *cmd[script_at + 2 :]])
-        wanted = [a.removeprefix("/app/") for a in cmd if a.startswith("/app/")]
-        return Result(tuple(cmd), 0 if all((remote_dir / w).is_file() for w in wanted) else 1)
+    def on_remote(args: tuple[str, ...], options: dict[str, Any]) -> None:
+        assert options["env"]["DOCKER_HOST"] == "tcp://127.0.0.2:2375"
 
-    monkeypatch.setattr(runner, "execute", on_remote)
+    def helper(args: tuple[str, ...]) -> Result:
+        script_at = args.index("-c") + 1
+        helpers.append(args[-1] if args[-1] in ("write", "remove") else "check")
+        return real_run(["sh", "-c", args[script_at], str(remote_dir), *args[script_at + 2 :]])
+
+    def look(args: tuple[str, ...]) -> Result:
+        wanted = [a.removeprefix("/app/") for a in args if a.startswith("/app/")]
+        return Result(args, 0 if all((remote_dir / w).is_file() for w in wanted) else 1)
+
+    fake = FakeEngine().install(monkeypatch)
+    fake.each = on_remote
+    fake.on(answer=look)  # every command but the helper containers
+    fake.on("docker", "run", answer=helper)
     where = engine.resolve({"DOCKER_HOST": "tcp://127.0.0.2:2375"}, None)
     env = {"DOCKER_HOST": "tcp://127.0.0.2:2375"}
     check = verify.shared_dir(target, ["docker", "compose"], env, stack(1), where)
