@@ -17,13 +17,13 @@ from tasks import (
     images,
     lifecycle,
     machine,
-    mcp,
+    mcp_server,
     observe,
     remote,
     snapshots,
 )
 
-COLLECTIONS = (lifecycle, branches, observe, access, snapshots, images, machine, remote, mcp)
+COLLECTIONS = (lifecycle, branches, observe, access, snapshots, images, machine, remote, mcp_server)
 
 ns = Collection()
 for _module in COLLECTIONS:

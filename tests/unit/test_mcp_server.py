@@ -310,3 +310,12 @@ def test_the_tasks_do_not_import_the_sdk() -> None:
     result = runner.run([sys.executable, "-c", NO_SDK], env=dict(os.environ), cwd=ROOT)
     assert result.ok, result.stderr
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_inv_mcp_starts_and_ends_with_its_input() -> None:
+    """`inv mcp` imports the SDK as `mcp`: a module of the task package by that name would
+    shadow it (invoke puts the package's directory on sys.path), and the server would die."""
+    inv = Path(sys.executable).parent / "inv"
+    result = runner.run([inv, "--search-root", ROOT, "mcp"], input_text="", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
