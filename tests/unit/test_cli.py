@@ -247,3 +247,13 @@ def test_the_task_package_keeps_every_command_name_flat() -> None:
     assert not tasks.ns.collections
     defined = {t.name for m in tasks.COLLECTIONS for t in vars(m).values() if hasattr(t, "body")}
     assert defined == set(tasks.ns.task_names)
+
+
+def test_no_task_module_shadows_a_module_the_tools_import() -> None:
+    """Invoke puts the tasks/ directory itself at the front of sys.path, so tasks/NAME.py is
+    what `import NAME` finds for the whole `inv` process (a tasks/mcp.py hid the MCP SDK)."""
+    import pkgutil
+
+    ours = {p.stem for p in (ROOT / "tasks").glob("*.py")} - {"__init__"}
+    importable = {m.name for m in pkgutil.iter_modules()} | set(sys.stdlib_module_names)
+    assert ours and not ours & importable
