@@ -28,6 +28,7 @@ repository's branch as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Mapping
@@ -189,7 +190,8 @@ def unsafe_to_remove(
     tips = ["--branches"]
     if ref_exists(path, "refs/stash", environ):
         tips.append("refs/stash")
-    return unsaved.unsafe_to_remove(path, environ, disposable, tips, [f"--remotes={REMOTE}"])
+    report = unsaved.unsafe_to_remove(path, environ, disposable, tips, [f"--remotes={REMOTE}"])
+    return dataclasses.replace(report, kind="clone")
 
 
 def bring_back(repo: Path, clone: Worktree, environ: Mapping[str, str] | None) -> BringBack:

@@ -51,6 +51,7 @@ class Report:
     unpushed_total: int = 0  # unpushed may be cut at SHOWN_COMMITS; this is the full count
     ignored: tuple[str, ...] = ()  # ignored files that are not caches ("models/", "a.secret")
     ignored_total: int = 0  # ignored may be cut at SHOWN_IGNORED; this is the full count
+    kind: str = "worktree"  # what `path` is, for the user: "worktree" or "clone"
 
     @property
     def safe(self) -> bool:
@@ -86,7 +87,7 @@ class Report:
     def summary(self) -> str:
         """One line: what is at risk, and what to do."""
         return (
-            f"the worktree {self.path} has {', '.join(self.at_risk())}: commit and push them, "
+            f"the {self.kind} {self.path} has {', '.join(self.at_risk())}: commit and push them, "
             "move them out (or delete what you do not need), or re-run with --force to throw "
             "them away"
         )

@@ -132,7 +132,7 @@ def test_done_brings_the_branch_back_into_the_repository(repo: Path) -> None:
     target = made_for(repo, "feature/y")
     path = target.worktree.path
     tip = commit(path, "work.txt")
-    with pytest.raises(SandboxError, match="1 commit on no remote") as caught:
+    with pytest.raises(SandboxError, match=r"the clone .* has 1 commit on no remote") as caught:
         branchflow.check_done(target, False, {})
     assert caught.value.code == Exit.UNSAVED_WORK
     assert not branchflow.check_done(target, True, {}).safe  # --force: listed, then...
