@@ -224,7 +224,7 @@ def run_gate(
     start = clock()
     state = _Round(target, plan, probes, clock, start, results, app_services=layout.app_services)
     wait = poll if probe_wait is None else probe_wait
-    verdict = _in_pool(state, emit, timeout, poll, wait, sleep)
+    verdict = _in_pool(state, emit, _Timing(timeout, poll, wait, sleep))
     if _settle(results, verdict is _Verdict.FAILED_FAST):
         emit()
     final = list(results.values())
@@ -237,33 +237,30 @@ def run_gate(
     )
 
 
-def _in_pool(
-    state: _Round,
-    emit: Callable[[], None],
-    timeout: float,
-    poll: float,
-    wait_limit: float,
-    sleep: Callable[[float], None],
-) -> _Verdict:
+@dataclass(frozen=True)
+class _Timing:
+    """How the rounds are paced: `run_gate`'s timeout, poll, probe wait and sleep."""
+
+    timeout: float
+    poll: float
+    wait_limit: float
+    sleep: Callable[[float], None]
+
+
+def _in_pool(state: _Round, emit: Callable[[], None], timing: _Timing) -> _Verdict:
     """`_poll` with a thread for each check and one for the container poll."""
     workers = len(state.plan) + 1
     pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gate")
     try:
         emit()
-        return _poll(state, pool, emit, timeout, poll, wait_limit, sleep)
+        return _poll(state, pool, emit, timing)
     finally:
         # Probes still in flight end by their own short timeouts; nobody waits for them.
         pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _poll(
-    state: _Round,
-    pool: futures.Executor,
-    emit: Callable[[], None],
-    timeout: float,
-    poll: float,
-    wait_limit: float,
-    sleep: Callable[[float], None],
+    state: _Round, pool: futures.Executor, emit: Callable[[], None], timing: _Timing
 ) -> _Verdict:
     """Rounds until every check passed, one failed fast, or `timeout` (GO_ON then); past
     `timeout` only while the machine is short of CPU and the services still starting keep
@@ -271,7 +268,7 @@ def _poll(
     clock, start = state.clock, state.start
     while True:
         round_start = clock()
-        futures.wait(state.submit(pool, round_start), timeout=wait_limit)
+        futures.wait(state.submit(pool, round_start), timeout=timing.wait_limit)
         changed = state.collect()
         changed = state.apply_containers() or changed
         if changed:
@@ -281,10 +278,12 @@ def _poll(
             return verdict
         now = clock()
         busy = starting(state.plan, state.results)
-        deadline = gate_deadline(state.progress, start, now, timeout, busy, state.probes.starved)
+        deadline = gate_deadline(
+            state.progress, start, now, timing.timeout, busy, state.probes.starved
+        )
         if now >= deadline:
             return verdict
-        sleep(max(0.0, min(poll - (now - round_start), deadline - now)))
+        timing.sleep(max(0.0, min(timing.poll - (now - round_start), deadline - now)))
 
 
 # ----------------------------------------------------------------------------- after a failure
