@@ -186,8 +186,9 @@ def unsafe_to_remove(
     path: Path, environ: Mapping[str, str] | None = None, disposable: tuple[str, ...] = ()
 ) -> unsaved.Report:
     """What deleting the clone would lose: as for a worktree, with commits counted over every
-    branch of the clone and its stash, saved when an `origin` branch has them."""
-    tips = ["--branches"]
+    branch of the clone, its HEAD (detached, or mid-rebase) and its stash, saved when an
+    `origin` branch has them."""
+    tips = ["HEAD", "--branches"]
     if ref_exists(path, "refs/stash", environ):
         tips.append("refs/stash")
     report = unsaved.unsafe_to_remove(path, environ, disposable, tips, [f"--remotes={REMOTE}"])

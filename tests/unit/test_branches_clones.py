@@ -214,3 +214,15 @@ def test_a_clone_of_a_bare_repository_counts_its_branches_as_saved(origin: Path)
     commit(made.path, "mine.txt")
     report = clones.unsafe_to_remove(made.path)
     assert isinstance(report, unsaved.Report) and report.unpushed_total == 1
+
+
+def test_commits_on_a_detached_head_of_the_clone_are_unsaved(repo: Path) -> None:
+    # A detached HEAD (or a rebase stopped half way) holds commits no branch has: they die
+    # with the clone, so `done` counts them.
+    target = made_for(repo, "feature/y")
+    path = target.worktree.path
+    git(path, "checkout", "-q", "--detach")
+    commit(path, "detached.txt")
+    with pytest.raises(SandboxError, match="1 commit on no remote") as caught:
+        branchflow.check_done(target, False, {})
+    assert "add detached.txt" in caught.value.details
