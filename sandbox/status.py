@@ -22,7 +22,7 @@ from sandbox.settings import ENGINE_ANSWER_TIMEOUT
 
 SEVERAL = "several"
 # A slot's states, in the order `slot_state` decides them: the first that applies wins.
-State = Literal["orphaned", "failed", "stopped", "running", "partial", "paused"]
+State = Literal["orphaned", "failed", "paused", "stopped", "running", "partial"]
 STATES: tuple[State, ...] = get_args(State)
 # Exit codes of a container stopped on purpose (clean exit, SIGINT, SIGKILL, SIGTERM): a slot
 # of such containers is stopped, not failed.

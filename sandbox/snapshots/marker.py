@@ -1,10 +1,10 @@
 """The marker of a restore in progress: `slot-N.restoring` next to the slot locks.
 
 A restore writes it before its first change on the server and removes it once the server is
-settled (sandbox/snapshots.py). One left behind means that restore was interrupted (Ctrl-C
-that could not finish, kill -9, a lost engine); `inv up` and `inv status` look for it with one
-directory listing, no engine call, and only then ask the server what to put right. Its own
-module so that `inv status` does not load the snapshot code to look.
+settled (sandbox/snapshots/database.py). One left behind means that restore was interrupted
+(Ctrl-C that could not finish, kill -9, a lost engine); `inv up` and `inv status` look for it
+with one directory listing, no engine call, and only then ask the server what to put right. Its
+own module so that `inv status` does not load the snapshot code to look.
 """
 
 from __future__ import annotations

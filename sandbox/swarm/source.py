@@ -2,7 +2,7 @@
 
 The app services bind the checkout's mounts, so the stack file pins them to the nodes labelled
 `ktrdr.sandbox.shared=true` (stackfile.py). The checkout is not on those nodes: it is copied
-there by the remote engine's copy mechanism (sandbox/codesync.py), into the slot's source
+there by the remote engine's copy mechanism (sandbox/remote/codesync.py), into the slot's source
 volume `ktrdr-sandbox-N_source` on each such node, and the services bind that volume's
 directory, as on one remote engine. The stack names the same volume, so swarm uses the copy
 the tool made rather than an empty one. The helper container that writes the copy runs the
