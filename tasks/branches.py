@@ -91,5 +91,4 @@ def done(
         )
         out().line(f"slot {target.slot} is down; its volumes and .env.sandbox removed")
     removed = flow.remove_worktree(target, force, environ)
-    kind = "clone" if target.clone else "worktree"
-    out().line(f"removed the {kind} {removed}; the branch stays in {target.repo}")
+    out().line(f"removed the {target.kind} {removed}; the branch stays in {target.repo}")

@@ -35,6 +35,11 @@ class NewPlan:
     path: Path  # the worktree's path (naming rule)
     clone: bool = False  # a full clone rather than a worktree (`layout`)
 
+    @property
+    def kind(self) -> str:
+        """What the checkout is, for the user: "clone" or "worktree"."""
+        return "clone" if self.clone else "worktree"
+
 
 def check_new(
     repo: str | None, branch: str, base: str | None, environ: Mapping[str, str]
@@ -113,7 +118,7 @@ def new_slot(
         say(f"slot {number}: {'the lowest free slot' if wanted is None else 'free'}")
         made = create(plan, request.base, environ)
         report = step or (lambda name, detail: say(f"{name}: {detail}"))
-        report("clone" if plan.clone else "worktree", f"{made.path} (branch {request.branch})")
+        report(plan.kind, f"{made.path} (branch {request.branch})")
         try:
             found = apps.detect(made.path, request.torch)
             source = dataclasses.replace(found, models=request.models)
@@ -124,9 +129,9 @@ def new_slot(
 
 
 def kept_hint(plan: NewPlan, made: Path) -> str:
-    """What to do with a worktree whose stack did not start."""
+    """What to do with a checkout (worktree or clone) whose stack did not start."""
     return (
-        f"the worktree {made} stays: fix the above and `inv up --slot=N --source={made}`, or "
+        f"the {plan.kind} {made} stays: fix the above and `inv up --slot=N --source={made}`, or "
         f"remove it with `inv done --branch={plan.branch} --repo={plan.repo}`"
     )
 

@@ -27,6 +27,11 @@ class DoneTarget:
     slot: int | None  # the slot running it; None when no slot does
     clone: bool = False  # a clone `inv new` made, not a worktree
 
+    @property
+    def kind(self) -> str:
+        """What the checkout is, for the user: "clone" or "worktree"."""
+        return "clone" if self.clone else "worktree"
+
 
 def _same(a: str | Path, b: str | Path) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)

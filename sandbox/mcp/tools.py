@@ -292,8 +292,8 @@ def done(
     report = branchflow.check_done(target, force, environ)
     confirmed(
         confirm,
-        f"done takes slot {target.slot} down with its database and removes the worktree "
-        f"{target.worktree.path}",
+        f"done takes slot {target.slot} down with its database and removes the "
+        f"{target.kind} {target.worktree.path}",
         "done",
     )
     if target.slot is not None:

@@ -139,6 +139,14 @@ def test_new_slot_tells_kept_how_to_remove_the_worktree_and_lets_the_failure_thr
     assert kept == [branchflow.kept_hint(plan, path)] and path.is_dir()
 
 
+def test_the_hint_for_a_kept_clone_calls_it_a_clone(tmp_path: Path) -> None:
+    made = tmp_path / "app-feature-y"
+    clone = branchflow.NewPlan(tmp_path / "app", "feature/y", made, clone=True)
+    assert branchflow.kept_hint(clone, made).startswith(f"the clone {made} stays:")
+    worktree = branchflow.NewPlan(tmp_path / "app", "feature/y", made)
+    assert branchflow.kept_hint(worktree, made).startswith(f"the worktree {made} stays:")
+
+
 def target_of(repo: Path, branch: str, slot: int | None = None) -> branches.DoneTarget:
     made = worktrees.find(repo, branch) or worktrees.create(repo, branch)
     return branches.DoneTarget(repo, made, slot)

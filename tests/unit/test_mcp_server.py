@@ -21,6 +21,8 @@ from mcp_types import CallToolResult, TextContent
 
 from sandbox import ROOT, checks, runner
 from sandbox.branches import flow as branchflow
+from sandbox.branches import git as branches
+from sandbox.branches import worktrees
 from sandbox.errors import Exit, SandboxError
 from sandbox.mcp import docs as mcpdocs
 from sandbox.mcp import server as mcpserver
@@ -113,6 +115,20 @@ def test_destructive_calls_without_confirm_run_nothing(
     assert result.structured_content["exit_code"] == Exit.USAGE
     assert result.structured_content["error"].startswith(words)
     assert "confirm=true" in result.structured_content["error"]
+    assert recorder.calls == []
+
+
+def test_done_without_confirm_names_a_clone_as_a_clone(monkeypatch: pytest.MonkeyPatch) -> None:
+    clone = branches.DoneTarget(
+        Path("/repo"), worktrees.Worktree(Path("/repo-feature"), "abc", "feature"), 8, clone=True
+    )
+    monkeypatch.setattr(branchflow, "done_target", lambda *a, **k: clone)
+    monkeypatch.setattr(branchflow, "check_done", lambda *a, **k: None)
+    recorder = Recorder(monkeypatch)
+    result = call("done", {"branch": "feature"})
+    assert result.structured_content is not None
+    assert result.structured_content["exit_code"] == Exit.USAGE
+    assert "removes the clone /repo-feature" in result.structured_content["error"]
     assert recorder.calls == []
 
 
