@@ -9,9 +9,20 @@ on stderr and its exit code in `common.handled`; the noxfile never sees one (its
 
 from __future__ import annotations
 
-from invoke.collection import Collection
+import sys
+from pathlib import Path
 
-from tasks import (
+# Invoke puts tasks/ on sys.path, not the checkout above it, so `import sandbox` would find the
+# package the virtualenv was installed from: run from another checkout (a worktree sharing one
+# .venv, `inv --search-root`), this checkout's tasks would drive that one's slots. The checkout
+# these tasks belong to goes first.
+CHECKOUT = str(Path(__file__).resolve().parent.parent)
+if sys.path[:1] != [CHECKOUT]:
+    sys.path.insert(0, CHECKOUT)
+
+from invoke.collection import Collection  # noqa: E402
+
+from tasks import (  # noqa: E402
     access,
     branches,
     images,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -257,3 +259,24 @@ def test_no_task_module_shadows_a_module_the_tools_import() -> None:
     ours = {p.stem for p in (ROOT / "tasks").glob("*.py")} - {"__init__"}
     importable = {m.name for m in pkgutil.iter_modules()} | set(sys.stdlib_module_names)
     assert ours and not ours & importable
+
+
+def test_a_checkouts_tasks_drive_its_own_sandbox_package(tmp_path: Path) -> None:
+    """Another checkout's `inv` (a worktree using this .venv, whose editable install points
+    here) imports that checkout's sandbox package, so its ROOT, its slots, its ownership."""
+    copy = tmp_path / "other"
+    for name in ("tasks", "sandbox"):
+        shutil.copytree(ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    script = (
+        "import sys\n"
+        "from invoke.config import Config\n"
+        "from invoke.loader import FilesystemLoader\n"
+        f"FilesystemLoader(start={str(copy)!r}, config=Config()).load()\n"
+        "import sandbox, tasks.common\n"
+        "print(sandbox.ROOT, tasks.common.ROOT)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(copy), str(copy)]
