@@ -188,7 +188,9 @@ def unsafe_to_remove(
     """What deleting the clone would lose: as for a worktree, with commits counted over every
     branch of the clone, its HEAD (detached, or mid-rebase) and its stash, saved when an
     `origin` branch has them."""
-    tips = ["HEAD", "--branches"]
+    tips = ["--branches"]
+    if ref_exists(path, "HEAD", environ):  # not unborn (`git checkout --orphan`)
+        tips.insert(0, "HEAD")
     if ref_exists(path, "refs/stash", environ):
         tips.append("refs/stash")
     report = unsaved.unsafe_to_remove(path, environ, disposable, tips, [f"--remotes={REMOTE}"])

@@ -193,7 +193,8 @@ def unsafe_to_remove(
     ignored = ignored_work(path, environ, disposable)
     total: int = 0
     shown: list[str] = []
-    if ref_exists(path, "HEAD", environ):
+    # An unborn HEAD has no commits of its own; other `tips` (a clone's branches) still may.
+    if "HEAD" not in tips or ref_exists(path, "HEAD", environ):
         elsewhere = saved_elsewhere(path, environ) if saved is None else saved
         total, shown = unsaved_commits(path, [*tips, "--not", *elsewhere], environ)
     return Report(

@@ -226,3 +226,18 @@ def test_commits_on_a_detached_head_of_the_clone_are_unsaved(repo: Path) -> None
     with pytest.raises(SandboxError, match="1 commit on no remote") as caught:
         branchflow.check_done(target, False, {})
     assert "add detached.txt" in caught.value.details
+
+
+def test_commits_on_other_branches_count_while_head_is_unborn(repo: Path) -> None:
+    # `git checkout --orphan` leaves HEAD on a branch with no commit yet: the clone's other
+    # branches still hold work.
+    target = made_for(repo, "feature/y")
+    path = target.worktree.path
+    git(path, "checkout", "-q", "-b", "side")
+    commit(path, "side.txt")
+    git(path, "checkout", "-q", "--orphan", "fresh")
+    git(path, "rm", "-rqf", ".")
+    report = clones.unsafe_to_remove(path)
+    assert report.unpushed_total == 1 and report.unpushed == (
+        f"{git(path, 'rev-parse', '--short', 'side')} add side.txt",
+    )
