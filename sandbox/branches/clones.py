@@ -186,15 +186,30 @@ def unsafe_to_remove(
     path: Path, environ: Mapping[str, str] | None = None, disposable: tuple[str, ...] = ()
 ) -> unsaved.Report:
     """What deleting the clone would lose: as for a worktree, with commits counted over every
-    branch of the clone, its HEAD (detached, or mid-rebase) and its stash, saved when an
-    `origin` branch has them."""
+    branch of the clone, its HEAD (detached, or mid-rebase), its stash and the tags made in it,
+    saved when an `origin` branch has them."""
     tips = ["--branches"]
     if ref_exists(path, "HEAD", environ):  # not unborn (`git checkout --orphan`)
         tips.insert(0, "HEAD")
     if ref_exists(path, "refs/stash", environ):
         tips.append("refs/stash")
+    tips.extend(_own_tags(path, environ))
     report = unsaved.unsafe_to_remove(path, environ, disposable, tips, [f"--remotes={REMOTE}"])
     return dataclasses.replace(report, kind="clone")
+
+
+def _tags(path: Path, environ: Mapping[str, str] | None) -> dict[str, str]:
+    listed = git(path, ["for-each-ref", "--format=%(refname) %(objectname)", "refs/tags/"],
+                 environ)  # fmt: skip
+    return dict(line.split(" ", 1) for line in listed.stdout.splitlines()) if listed.ok else {}
+
+
+def _own_tags(path: Path, environ: Mapping[str, str] | None) -> list[str]:
+    """The clone's tags that its repository does not have as they are (made or moved in the
+    clone): their commits die with it. All of them when the repository cannot be read."""
+    source = source_of(path, environ)
+    theirs = _tags(source, environ) if source is not None and source.is_dir() else {}
+    return sorted(ref for ref, value in _tags(path, environ).items() if theirs.get(ref) != value)
 
 
 def bring_back(repo: Path, clone: Worktree, environ: Mapping[str, str] | None) -> BringBack:

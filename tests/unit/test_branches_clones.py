@@ -241,3 +241,19 @@ def test_commits_on_other_branches_count_while_head_is_unborn(repo: Path) -> Non
     assert report.unpushed_total == 1 and report.unpushed == (
         f"{git(path, 'rev-parse', '--short', 'side')} add side.txt",
     )
+
+
+def test_commits_only_a_tag_made_in_the_clone_reaches_are_unsaved(repo: Path) -> None:
+    target = made_for(repo, "feature/y")
+    path = target.worktree.path
+    git(repo, "checkout", "-q", "-b", "scratch")
+    commit(repo, "mine.txt")
+    git(repo, "tag", "old")  # the repository's own tag, on no remote: not the clone's work
+    git(repo, "checkout", "-q", "main")
+    git(path, "fetch", "-q", "--tags", "local")
+    assert clones.unsafe_to_remove(path).safe
+    commit(path, "release.txt")
+    git(path, "tag", "-a", "-m", "release", "v1")
+    git(path, "reset", "-q", "--hard", "HEAD~1")  # only the tag has the commit now
+    report = clones.unsafe_to_remove(path)
+    assert report.unpushed_total == 1 and report.unpushed[0].endswith("add release.txt")
