@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 from sandbox import runner, slots
@@ -75,6 +75,8 @@ class Container:
     shared: str = ""  # the shared directory it mounts; "" before it was recorded
     models: str = ""  # the host directory of its models; "" before it was recorded (shared)
     reload: str = ""  # which app services reload on edits; "" before it was recorded
+    # Marked unhealthy by Docker although no check failed: see `recheck_unhealthy`.
+    unchecked: bool = False
 
     @property
     def layout(self) -> slots.Layout:
@@ -89,7 +91,9 @@ class Container:
         match = re.search(r"\((healthy|unhealthy|health: starting)\)", self.status)
         if match is None:
             return "none"
-        return "starting" if match.group(1) == "health: starting" else _HEALTH[match.group(1)]
+        if match.group(1) == "health: starting" or self.unchecked:
+            return "starting"
+        return _HEALTH[match.group(1)]
 
     @property
     def running(self) -> bool:
@@ -256,6 +260,49 @@ def containers(
     if not result.ok:
         raise engine_error(result, env, waited=timeout)
     return parse_ps(result.stdout)
+
+
+# Docker's healthcheck retries when a healthcheck sets none.
+DEFAULT_RETRIES = 3
+
+
+def recheck_unhealthy(
+    found: list[Container], environ: Mapping[str, str], *, timeout: float
+) -> list[Container]:
+    """`found`, with the unhealthy containers that no failed check made so marked `unchecked`
+    (health "starting"). Docker marks a container unhealthy when its health monitor stops
+    (`docker pause`) and keeps the mark after `docker unpause` until the next check has run,
+    up to a healthcheck interval later, while its failing streak stays below the retries that
+    a real failure needs. One `docker inspect`, and only when a container is unhealthy; when
+    that call fails (a container removed meanwhile) `found` stands as it is."""
+    suspects = [c.id for c in found if c.health == "unhealthy"]
+    if not suspects:
+        return found
+    template = "{{.Id}} {{.State.Health.FailingStreak}} {{.Config.Healthcheck.Retries}}"
+    result = runner.run(
+        ["docker", "inspect", "--format", template, *suspects], env=dict(environ), timeout=timeout
+    )
+    if not result.ok:
+        return found
+    unchecked = [
+        full_id
+        for full_id, streak, retries in _health_counts(result.stdout)
+        if streak < (retries or DEFAULT_RETRIES)
+    ]
+    return [
+        replace(c, unchecked=True) if any(i.startswith(c.id) for i in unchecked) else c
+        for c in found
+    ]
+
+
+def _health_counts(text: str) -> list[tuple[str, int, int]]:
+    """(container id, failing streak, retries) from `recheck_unhealthy`'s inspect lines."""
+    rows = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            rows.append((parts[0], int(parts[1]), int(parts[2])))
+    return rows
 
 
 def sandbox_containers(

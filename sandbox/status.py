@@ -351,9 +351,13 @@ def collect(
     `details` (`--json`, the MCP server), also the slots' volumes (one `docker volume ls`,
     which lists a slot that has only its database left) and each source's branch (git).
 
+    A container Docker calls unhealthy only because its checks stopped (paused, or thawed and
+    not checked again yet) counts as starting (`docker.recheck_unhealthy`, one more call then).
+
     The `docker ps` is the engine check too: it gets `docker version`'s short timeout, so a
     wedged engine is reported within ENGINE_ANSWER_TIMEOUT without a second call first."""
     found = docker.containers(environ, timeout=ENGINE_ANSWER_TIMEOUT)
+    found = docker.recheck_unhealthy(found, environ, timeout=ENGINE_ANSWER_TIMEOUT)
     where = engine.detect(environ)
     if not details:
         return summarize(found, only_slot, where, root)

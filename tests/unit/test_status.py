@@ -254,3 +254,51 @@ def test_a_start_that_failed_before_any_container_shows_from_its_checkout(tmp_pa
     assert row.reason.endswith(": docker build failed")
     assert status.summarize([], 5, root=root) == []
     assert status.summarize([]) == []  # no checkout named: no record read
+
+
+@pytest.mark.parametrize(
+    ("streak", "retries", "state", "healthy"),
+    [
+        (0, 3, "running", 8),  # thawed, not checked again yet: starting, not failed
+        (2, 3, "running", 8),  # failing, not yet as often as a failure needs
+        (3, 3, "failed", 8),  # failed its checks
+        (0, 0, "running", 8),  # no retries set: Docker's three
+        (3, 0, "failed", 8),
+    ],
+)
+def test_unhealthy_only_because_its_checks_stopped_is_starting(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    streak: int,
+    retries: int,
+    state: status.State,
+    healthy: int,
+) -> None:
+    stack = full_stack(1, working_dir=a_checkout(tmp_path / "here"))
+    stack[1] = replace(stack[1], status="Up 9 minutes (unhealthy)")
+    fake = FakeEngine(strict=True).install(monkeypatch)
+    fake.containers = stack
+    fake.on("docker", "inspect", answer=Result((), 0, f"{stack[1].id}0f3a {streak} {retries}\n"))
+    [row] = status.collect({"PATH": "/bin"})
+    assert (row.state, row.services.healthy) == (state, healthy)
+    [inspect] = fake.ran("docker", "inspect")
+    assert inspect[-1] == stack[1].id  # the unhealthy one only
+
+
+def test_an_unhealthy_container_that_cannot_be_inspected_stays_unhealthy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    stack = full_stack(1, working_dir=a_checkout(tmp_path / "here"))
+    stack[1] = replace(stack[1], status="Up 9 minutes (unhealthy)")
+    fake = FakeEngine(strict=True).install(monkeypatch)
+    fake.containers = stack
+    fake.on("docker", "inspect", answer=Result((), 1, "", "Error: No such object"))
+    [row] = status.collect({"PATH": "/bin"})
+    assert row.state == "failed"
+
+
+def test_no_unhealthy_container_no_inspect(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = FakeEngine(strict=True).install(monkeypatch)
+    fake.containers = full_stack(1, working_dir=a_checkout(tmp_path / "here"))
+    [row] = status.collect({"PATH": "/bin"})
+    assert row.state == "running" and not fake.ran("docker", "inspect")
