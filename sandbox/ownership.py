@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox import compose, docker, runner, slots
@@ -21,11 +22,28 @@ def _same_dir(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
+@dataclass(frozen=True)
+class Checkout:
+    """The checkout a slot's containers were started from, when it is not this one."""
+
+    path: str  # its directory; "?" when not recorded
+    client: str = ""  # another client machine's host name; "" for this one (or not recorded)
+
+    def __str__(self) -> str:
+        return f"{self.client}:{self.path}" if self.client else self.path
+
+    @property
+    def gone(self) -> bool:
+        """Deleted or moved, which orphans the slot: only a checkout on this machine can be
+        looked at; another machine's may be there."""
+        return not self.client and checkout_gone(self.path)
+
+
 def other_checkout(
     target_root: Path, project_containers: Sequence[Container], client: str | None = None
-) -> str | None:
-    """Where a container of this project was started from when that is another checkout
-    (`HOST:PATH` when another client machine started it, else its path), or None.
+) -> Checkout | None:
+    """Where a container of this project was started from when that is another checkout, or
+    None.
 
     A checkout is (client host name, path): two machines may have the same path, and on a
     remote engine their slots must not take each other over. Containers without the client
@@ -35,23 +53,23 @@ def other_checkout(
     here = docker.client_name() if client is None else client
     for container in project_containers:
         if container.client and container.client != here:
-            return f"{container.client}:{container.working_dir or '?'}"
+            return Checkout(container.working_dir or "?", container.client)
         if container.working_dir and not _same_dir(container.working_dir, target_root):
-            return container.working_dir
+            return Checkout(container.working_dir)
     return None
 
 
-def other_checkout_error(target: compose.Target, working_dir: str) -> SandboxError:
-    if checkout_gone(working_dir):
+def other_checkout_error(target: compose.Target, elsewhere: Checkout) -> SandboxError:
+    if elsewhere.gone:
         return SandboxError(
-            f"slot {target.slot} is orphaned: it was started from {working_dir}, which no "
+            f"slot {target.slot} is orphaned: it was started from {elsewhere}, which no "
             f"longer exists; `inv down --slot={target.slot}` (from here) removes its "
             "containers and keeps its database",
             Exit.OTHER_CHECKOUT,
         )
     return SandboxError(
         f"slot {target.slot} belongs to another checkout: {target.project} was started from "
-        f"{working_dir}; run `inv down --slot={target.slot}` in that checkout, "
+        f"{elsewhere}; run `inv down --slot={target.slot}` in that checkout, "
         "or pick another slot",
         Exit.OTHER_CHECKOUT,
     )
@@ -92,7 +110,8 @@ def check_database_owner(
     volume, pass (as `up` adopts them)."""
     if other_checkouts:
         return
-    owner = other_checkout(target.root, containers)
+    elsewhere = other_checkout(target.root, containers)
+    owner = None if elsewhere is None else str(elsewhere)
     if owner is None:
         info = inspect_volume(target, environ)
         owner = provenance.foreign_owner(info, here(target), socket.gethostname())

@@ -38,7 +38,6 @@ from sandbox.lock import slot_lock
 from sandbox.remote import codesync
 from sandbox.runner import display
 from sandbox.settings import GATE_TIMEOUT, LOCK_WAIT
-from sandbox.status import checkout_gone
 
 
 @dataclass
@@ -456,7 +455,7 @@ def _down_allowed(
     database (unless `other_checkouts`); the checkout an orphaned slot was started from, or
     None."""
     elsewhere = ownership.other_checkout(target.root, own)
-    gone = elsewhere is not None and checkout_gone(elsewhere)
+    gone = elsewhere is not None and elsewhere.gone
     if elsewhere is not None and not gone:
         raise SandboxError(
             f"slot {target.slot} runs from another checkout ({elsewhere}): run "
@@ -470,7 +469,7 @@ def _down_allowed(
             command=f"inv down --slot={target.slot} --volumes",
             action="remove it anyway", other_checkouts=other_checkouts,
         )  # fmt: skip
-    return elsewhere if gone else None
+    return str(elsewhere) if gone else None
 
 
 def forget(target: Target, containers: Sequence[docker.Container]) -> list[Path]:

@@ -160,7 +160,7 @@ def test_other_checkout(tmp_path: Path) -> None:
     theirs = container("ktrdr-sandbox-1", "backend", working_dir=str(there), state="exited")
     unlabelled = container("ktrdr-sandbox-1", "jaeger", working_dir="")
     assert ownership.other_checkout(here, [ours, unlabelled]) is None
-    assert ownership.other_checkout(here, [ours, theirs]) == str(there)
+    assert str(ownership.other_checkout(here, [ours, theirs])) == str(there)
     assert ownership.other_checkout(here, []) is None
 
 
@@ -173,7 +173,7 @@ def a_checkout(path: Path) -> str:
 
 def test_other_checkout_message(target: compose.Target, tmp_path: Path) -> None:
     other = a_checkout(tmp_path / "ana" / "ktrdr-sandbox")
-    err = ownership.other_checkout_error(target, other)
+    err = ownership.other_checkout_error(target, ownership.Checkout(other))
     assert err.code is Exit.OTHER_CHECKOUT
     assert err.message == (
         f"slot 1 belongs to another checkout: ktrdr-sandbox-1 was started from "
@@ -187,7 +187,7 @@ def test_an_orphaned_slot_names_the_one_command_that_works_from_here(
     gone = str(tmp_path / "deleted-worktree")
     assert checkout_gone(gone)
     assert not checkout_gone(a_checkout(tmp_path / "here"))
-    err = ownership.other_checkout_error(target, gone)
+    err = ownership.other_checkout_error(target, ownership.Checkout(gone))
     assert err.code is Exit.OTHER_CHECKOUT
     assert err.message == (
         f"slot 1 is orphaned: it was started from {gone}, which no longer exists; "
@@ -900,6 +900,20 @@ def test_a_checkout_is_a_client_and_a_path() -> None:
     theirs = replace(mine, client="desktop")
     unlabelled = replace(mine, client="")
     assert ownership.other_checkout(here, [mine, unlabelled], client="laptop") is None
-    assert ownership.other_checkout(here, [theirs], client="laptop") == "desktop:/checkouts/a"
+    found = ownership.other_checkout(here, [theirs], client="laptop")
+    assert found == ownership.Checkout("/checkouts/a", "desktop")
+    assert str(found) == "desktop:/checkouts/a"
     moved = replace(mine, working_dir="/checkouts/b")
-    assert ownership.other_checkout(here, [moved], client="laptop") == "/checkouts/b"
+    assert ownership.other_checkout(here, [moved], client="laptop") == ownership.Checkout(
+        "/checkouts/b"
+    )
+
+
+def test_another_machines_checkout_is_never_taken_for_gone(
+    target: compose.Target, tmp_path: Path
+) -> None:
+    """Its path is on that machine: absent here says nothing (a remote engine both use)."""
+    theirs = ownership.Checkout(str(tmp_path / "not-here"), "desktop")
+    assert not theirs.gone and ownership.Checkout(theirs.path).gone
+    error = ownership.other_checkout_error(target, theirs)
+    assert error.code is Exit.OTHER_CHECKOUT and "belongs to another checkout" in error.message

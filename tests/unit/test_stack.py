@@ -197,6 +197,22 @@ def test_down_refuses_a_slot_of_another_checkout(
     assert fakes.commands == []
 
 
+def test_down_refuses_another_machines_slot_whose_path_is_not_here(
+    target: compose.Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a remote engine two machines share, the other's checkout path is on the other
+    machine: `down` here refuses rather than taking its slot for orphaned."""
+    theirs = dataclasses.replace(
+        container("db", 3, "/home/someone/ktrdr-sandbox"), client="their-laptop"
+    )
+    fakes = Fakes(monkeypatch, [theirs])
+    with pytest.raises(SandboxError) as caught:
+        stack.down(target, {}, volumes=False)
+    assert caught.value.code is Exit.OTHER_CHECKOUT
+    assert "their-laptop:/home/someone/ktrdr-sandbox" in str(caught.value)
+    assert fakes.commands == []
+
+
 def test_up_records_its_outcome_and_a_refused_login_is_one_line(
     target: compose.Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
