@@ -120,14 +120,19 @@ def published_bind(containers: Sequence[docker.Container]) -> str | None:
     """The address a slot's running containers publish their ports on, as `docker ps` lists
     it; None when they publish none. The address most ports are published on: the bind
     address has them all, while the bridge gateway of `KTRDR_REACH=bridge` has only the app's.
-    Docker lists a wildcard bind twice, 0.0.0.0 and ::, and either is reached on loopback:
-    IPv4 first."""
+    As many ports on two addresses (only the app's containers run), loopback or a wildcard
+    is the bind address. Docker lists a wildcard bind twice, 0.0.0.0 and ::, and either is
+    reached on loopback: IPv4 first."""
     counts = Counter(
         p.host_ip for c in containers if c.running for p in c.ports if p.protocol == "tcp"
     )
     if not counts:
         return None
-    return min(counts, key=lambda a: (-counts[a], ":" in a, a))
+
+    def local(address: str) -> bool:
+        return engine.is_loopback(address) or engine.is_wildcard(address)
+
+    return min(counts, key=lambda a: (-counts[a], not local(a), ":" in a, a))
 
 
 def service_urls(

@@ -36,6 +36,10 @@ def published(*entries: tuple[str, int, int], state: ContainerState = "running")
             ),
             "::1",
         ),
+        # Only the app's containers run (the database stopped): as many on each address, and
+        # the gateway sorts first; loopback is still the bind address.
+        ((("10.200.0.1", 8002, 8000), ("127.0.0.1", 8002, 8000)), "127.0.0.1"),
+        ((("10.200.0.1", 8002, 8000), ("0.0.0.0", 8002, 8000)), "0.0.0.0"),
     ],
 )
 def test_published_bind_is_where_most_ports_are(
