@@ -12,7 +12,7 @@
 # debootstrap's own default).
 set -euo pipefail
 
-suite="${KTRDR_DEBIAN_SUITE:?set KTRDR_DEBIAN_SUITE (sandbox/images/build.py DEBIAN_SUITE), e.g. bookworm}"
+suite="${KTRDR_DEBIAN_SUITE:?set KTRDR_DEBIAN_SUITE (the DEBIAN_SUITE of sandbox/images/build.py or app.py), e.g. bookworm}"
 image="ktrdr-sandbox/debian-base:${suite}"
 force=0
 case "${1:-}" in

@@ -107,7 +107,7 @@ def create(
     creations (`lock.worktree_lock`)."""
     repo = worktrees.check_repo(repo, environ)
     worktrees.validate_branch(repo, branch, environ)
-    with lock.worktree_lock(os.environ if environ is None else environ, wait=60.0):
+    with lock.worktree_lock(os.environ if environ is None else environ, wait=worktrees.GIT_TIMEOUT):
         refuse_existing(repo, branch, environ)
         path = worktrees.check_free(repo, branch, environ)
         start = worktrees.start_of(repo, branch, base, environ)
