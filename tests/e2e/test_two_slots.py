@@ -152,6 +152,38 @@ def test_up_again_only_reruns_the_gate(stacks: dict[int, Result], sandbox: Sandb
     assert running_ids(B) == before
 
 
+def slot_state(sandbox: Sandbox, slot: int) -> tuple[str, int]:
+    """The slot's state and running services as `inv status --json` has them."""
+    result = sandbox.inv("status", "--json", f"--slot={slot}")
+    assert_ok(result)
+    [row] = json.loads(result.stdout)["slots"]
+    return row["state"], row["services"]["running"]
+
+
+def test_pause_freezes_one_slot_and_resume_runs_it_at_once(
+    stacks: dict[int, Result], sandbox: Sandbox
+) -> None:
+    other = running_ids(A)
+    assert_ok(sandbox.inv("pause", f"--slot={B}"))
+    try:
+        assert slot_state(sandbox, B)[0] == "paused"
+        assert running_ids(A) == other, "pausing one slot touched the other"
+        # What status relies on: Docker marks a paused container unhealthy without a failed
+        # check (its failing streak stays below the retries).
+        backend = f"{slots.project_name(B)}-backend-1"
+        health = run(["docker", "inspect", "--format", "{{json .State.Health}}", backend],
+                     env=sandbox.env, timeout=30)  # fmt: skip
+        assert json.loads(health.stdout)["Status"] == "unhealthy", health.stdout
+        assert json.loads(health.stdout)["FailingStreak"] < 3, health.stdout
+    finally:
+        assert_ok(sandbox.inv("resume", f"--slot={B}"))
+    # Right after the thaw the containers still carry that mark (the next check is up to a
+    # healthcheck interval away): the slot is running, not failed.
+    assert slot_state(sandbox, B) == ("running", len(slots.SERVICES))
+    answer = api(B, "/health")
+    assert isinstance(answer, dict) and answer["status"] == "ok"
+
+
 def test_same_slot_twice_at_once_does_not_corrupt(
     stacks: dict[int, Result], sandbox: Sandbox
 ) -> None:
