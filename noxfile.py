@@ -83,7 +83,9 @@ def e2e(session: nox.Session) -> None:
     install(session, "test")
     env = {"KTRDR_E2E": "1", "CI": os.environ.get("CI", "")}
     session.run("inv", "images", env=env)
-    session.run("pytest", "-m", "docker", *(session.posargs or ["tests/e2e"]), env=env)
+    # The slowest tests in the log: where CI's minutes go.
+    args = session.posargs or ["--durations=15", "tests/e2e"]
+    session.run("pytest", "-m", "docker", *args, env=env)
 
 
 @nox.session
