@@ -7,8 +7,9 @@ itself (uvicorn's own loop in five processes, the workers' health checks, the tr
 paused, none.
 
 Containers are paused by id, not through Compose: no compose file or override is needed, so it
-works alike on a remote engine and for a slot started from another checkout. (`docker compose
-up` refuses a paused container, so `inv up` thaws a paused slot first: `thawed`.)
+works alike on a remote engine. Another checkout's slot is refused as `inv up` and `inv down`
+refuse it (frozen, its user's app stops answering); an orphan's is not. (`docker compose up`
+refuses a paused container, so `inv up` thaws a paused slot first: `thawed`.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
 
-from sandbox import docker, runner
+from sandbox import docker, ownership, runner
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.settings import ENGINE_QUERY_TIMEOUT
@@ -56,7 +57,16 @@ def _own(target: Target, environ: Mapping[str, str]) -> list[docker.Container]:
             f"(`inv up --slot={target.slot}` starts it)",
             Exit.USAGE,
         )
+    refuse_others(target, found)
     return found
+
+
+def refuse_others(target: Target, own: Sequence[docker.Container]) -> None:
+    """SandboxError(OTHER_CHECKOUT) when the slot's containers `own` were started from another
+    checkout that still exists: pausing or thawing them is that checkout's to do."""
+    elsewhere = ownership.other_checkout(target.root, own)
+    if elsewhere is not None and not elsewhere.gone:
+        raise ownership.other_checkout_error(target, elsewhere)
 
 
 def _run(cmd: list[str], environ: Mapping[str, str]) -> None:

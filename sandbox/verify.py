@@ -385,8 +385,14 @@ def verify(
     and the shared directory are the engine `where`'s (detected when None)."""
     where = where or engine.detect(environ)
     # A paused slot (`inv pause`) is thawed: verifying asks it to work.
+    # Another checkout's paused slot is refused, not thawed: freezing it was that checkout's call.
+    found = docker.containers(environ)
+    for target in targets:
+        own = [c for c in found if c.project == target.project]
+        if any(c.state == pause.PAUSED for c in own):
+            pause.refuse_others(target, own)
     projects = {t.project for t in targets}
-    containers = pause.thawed(docker.containers(environ), projects, environ)
+    containers = pause.thawed(found, projects, environ)
     db_ids = [c.id for c in containers if c.slot is not None and c.service == "db"]
     mounts = inspect_mounts(db_ids, environ)
     reports = []

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from sandbox import compose, docker, pause, status
+from sandbox import COMPOSE_FILE, compose, docker, pause, status
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
 from tests.unit.support.engine import FakeEngine
@@ -103,3 +105,33 @@ def test_nothing_paused_means_no_engine_call(monkeypatch: pytest.MonkeyPatch) ->
 def test_a_paused_slot_reads_paused() -> None:
     paused = [container(3, s, state="paused", status="Up 1 hour (Paused)") for s in SERVICES]
     assert status.slot_state(paused, orphaned=False) == "paused"
+
+
+@pytest.mark.parametrize("verb", ["pause", "resume"])
+def test_another_checkouts_slot_is_refused_and_never_touched(
+    monkeypatch: pytest.MonkeyPatch, target: compose.Target, tmp_path: Path, verb: str
+) -> None:
+    """Another checkout that exists froze or thawed this one's slot: `up` and `down` refuse it
+    (exit 7), pause and resume did what it asked."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / COMPOSE_FILE).parent.mkdir()
+    (elsewhere / COMPOSE_FILE).write_text("services: {}\n")
+    state: docker.ContainerState = "running" if verb == "pause" else "paused"
+    engine = engine_with(monkeypatch, target.slot, state)
+    engine.containers = [
+        container(target.slot, s, state=state, working_dir=str(elsewhere)) for s in SERVICES
+    ]
+    with pytest.raises(SandboxError) as raised:
+        getattr(pause, verb)(target, {})
+    assert raised.value.code is Exit.OTHER_CHECKOUT
+    assert str(elsewhere) in raised.value.message
+    assert engine.ran("docker", verb if verb == "pause" else "unpause") == []
+
+
+def test_this_checkouts_slot_is_paused(
+    monkeypatch: pytest.MonkeyPatch, target: compose.Target
+) -> None:
+    engine = engine_with(monkeypatch, target.slot, "running")
+    engine.containers = [container(target.slot, s, working_dir=str(target.root)) for s in SERVICES]
+    assert pause.pause(target, {}).changed
+    assert len(engine.ran("docker", "pause")) == 1

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from sandbox import compose, docker, engine, slots, verify
+from sandbox import COMPOSE_FILE, compose, docker, engine, slots, verify
 from sandbox.docker import PublishedPort
+from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
 from sandbox.runner import execute as real_run
 from sandbox.verify import Mount
@@ -360,3 +361,22 @@ def test_report_passed() -> None:
     bad = verify.VerifyCheck("ports", False, "x")
     assert verify.VerifyReport(1, [good]).passed
     assert not verify.VerifyReport(1, [good, bad]).passed
+
+
+def test_another_checkouts_paused_slot_is_refused_not_thawed(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verifying thaws a paused slot; another (existing) checkout's is not this one's to thaw."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / COMPOSE_FILE).write_text("services: {}\n")
+    fake = FakeEngine().install(monkeypatch)
+    paused = [dataclasses.replace(c, working_dir=str(elsewhere)) for c in stack(1, state="paused")]
+    monkeypatch.setattr(docker, "containers", lambda environ=None: paused)
+    fake.on(answer=Result((), 0))
+    with pytest.raises(SandboxError) as raised:
+        verify.verify(
+            [target_for(root, 1)], ["docker", "compose"], {}, http_get=lambda u, t: (200, "")
+        )
+    assert raised.value.code is Exit.OTHER_CHECKOUT
+    assert fake.ran("docker", "unpause") == []
