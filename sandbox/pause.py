@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Collection, Mapping, Sequence
 
-from sandbox import docker, ownership, runner
+from sandbox import docker, lock, ownership, runner
 from sandbox.compose import Target
 from sandbox.errors import Exit, SandboxError
 from sandbox.settings import ENGINE_QUERY_TIMEOUT
@@ -80,7 +80,17 @@ def _run(cmd: list[str], environ: Mapping[str, str]) -> None:
 
 def pause(target: Target, environ: Mapping[str, str]) -> Change:
     """Freeze every running container of the slot. A slot with a container neither running
-    nor paused (exited, restarting) is refused: paused, it would look idle while broken."""
+    nor paused (exited, restarting) is refused: paused, it would look idle while broken.
+
+    Under the slot's lock, not waiting: a restore, snapshot or clone at work there would freeze
+    with its `docker exec` in the database, and the engine then hangs on that container (its
+    inspect, exec and unpause wait for the stuck exec) until the freezer is thawed by hand.
+    `resume` takes no lock: it is how a slot paused anyway is thawed."""
+    with lock.slot_lock(target.slot, lock_dir=lock.default_lock_dir(environ)):
+        return _pause(target, environ)
+
+
+def _pause(target: Target, environ: Mapping[str, str]) -> Change:
     own = _own(target, environ)
     broken = sorted(c.name for c in own if c.state not in ("running", PAUSED))
     if broken:

@@ -6,13 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import COMPOSE_FILE, compose, docker, pause, status
+from sandbox import COMPOSE_FILE, compose, docker, lock, pause, status
 from sandbox.errors import Exit, SandboxError
 from sandbox.runner import Result
 from tests.unit.support.engine import FakeEngine
 from tests.unit.support.factories import container
+from tests.unit.support.flocks import held_elsewhere
 
 SERVICES = ("db", "backend", "jaeger")
+
+
+@pytest.fixture
+def locks(lock_dir: Path) -> dict[str, str]:
+    """The environment `pause` gets: its slot lock in tmp_path, never the machine's."""
+    return {"KTRDR_LOCK_DIR": str(lock_dir)}
 
 
 def engine_with(
@@ -32,31 +39,31 @@ def test_the_commands_name_the_containers() -> None:
 
 
 def test_pause_freezes_the_slots_running_containers_only(
-    monkeypatch: pytest.MonkeyPatch, target: compose.Target
+    monkeypatch: pytest.MonkeyPatch, target: compose.Target, locks: dict[str, str]
 ) -> None:
     engine = engine_with(monkeypatch, target.slot, "running")
-    change = pause.pause(target, {})
+    change = pause.pause(target, locks)
     names = tuple(sorted(f"{target.project}-{s}-1" for s in SERVICES))
     assert engine.ran("docker", "pause") == [("docker", "pause", *names)]
     assert change.describe("paused") == f"slot {target.slot}: paused 3 containers"
 
 
 def test_pausing_a_paused_slot_says_so_and_runs_nothing(
-    monkeypatch: pytest.MonkeyPatch, target: compose.Target
+    monkeypatch: pytest.MonkeyPatch, target: compose.Target, locks: dict[str, str]
 ) -> None:
     engine = engine_with(monkeypatch, target.slot, "paused")
-    change = pause.pause(target, {})
+    change = pause.pause(target, locks)
     assert engine.ran("docker", "pause") == []
     assert change.describe("paused") == f"slot {target.slot}: already paused (3 containers)"
 
 
 def test_a_slot_with_an_exited_container_is_not_paused(
-    monkeypatch: pytest.MonkeyPatch, target: compose.Target
+    monkeypatch: pytest.MonkeyPatch, target: compose.Target, locks: dict[str, str]
 ) -> None:
     engine = engine_with(monkeypatch, target.slot, "running")
     engine.containers[0] = container(target.slot, "db", state="exited")
     with pytest.raises(SandboxError) as raised:
-        pause.pause(target, {})
+        pause.pause(target, locks)
     assert raised.value.code is Exit.FAILED
     assert f"{target.project}-db-1" in raised.value.message
     assert engine.ran("docker", "pause") == []
@@ -109,7 +116,11 @@ def test_a_paused_slot_reads_paused() -> None:
 
 @pytest.mark.parametrize("verb", ["pause", "resume"])
 def test_another_checkouts_slot_is_refused_and_never_touched(
-    monkeypatch: pytest.MonkeyPatch, target: compose.Target, tmp_path: Path, verb: str
+    monkeypatch: pytest.MonkeyPatch,
+    target: compose.Target,
+    locks: dict[str, str],
+    tmp_path: Path,
+    verb: str,
 ) -> None:
     """Another checkout that exists froze or thawed this one's slot: `up` and `down` refuse it
     (exit 7), pause and resume did what it asked."""
@@ -122,16 +133,39 @@ def test_another_checkouts_slot_is_refused_and_never_touched(
         container(target.slot, s, state=state, working_dir=str(elsewhere)) for s in SERVICES
     ]
     with pytest.raises(SandboxError) as raised:
-        getattr(pause, verb)(target, {})
+        getattr(pause, verb)(target, locks)
     assert raised.value.code is Exit.OTHER_CHECKOUT
     assert str(elsewhere) in raised.value.message
     assert engine.ran("docker", verb if verb == "pause" else "unpause") == []
 
 
 def test_this_checkouts_slot_is_paused(
-    monkeypatch: pytest.MonkeyPatch, target: compose.Target
+    monkeypatch: pytest.MonkeyPatch, target: compose.Target, locks: dict[str, str]
 ) -> None:
     engine = engine_with(monkeypatch, target.slot, "running")
     engine.containers = [container(target.slot, s, working_dir=str(target.root)) for s in SERVICES]
-    assert pause.pause(target, {}).changed
+    assert pause.pause(target, locks).changed
     assert len(engine.ran("docker", "pause")) == 1
+
+
+def test_a_busy_slot_is_not_paused(
+    monkeypatch: pytest.MonkeyPatch, target: compose.Target, lock_dir: Path
+) -> None:
+    """A restore (snapshot, clone, up) holds the slot: freezing its database under a running
+    `docker exec` hangs the engine on that container, so pause refuses at once."""
+    engine = engine_with(monkeypatch, target.slot, "running")
+    held = held_elsewhere(lock.lock_path(target.slot, lock_dir))
+    with held, pytest.raises(SandboxError) as raised:
+        pause.pause(target, {"KTRDR_LOCK_DIR": str(lock_dir)})
+    assert raised.value.code is Exit.LOCKED
+    assert "busy" in raised.value.message
+    assert engine.ran("docker", "pause") == []
+
+
+def test_a_busy_slot_is_still_resumed(
+    monkeypatch: pytest.MonkeyPatch, target: compose.Target, lock_dir: Path
+) -> None:
+    engine = engine_with(monkeypatch, target.slot, "paused")
+    with held_elsewhere(lock.lock_path(target.slot, lock_dir)):
+        assert pause.resume(target, {"KTRDR_LOCK_DIR": str(lock_dir)}).changed
+    assert len(engine.ran("docker", "unpause")) == 1
