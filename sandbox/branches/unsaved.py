@@ -10,7 +10,15 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox.branches.worktrees import checked, current_branch, git, ref_exists
+from sandbox import runner
+from sandbox.branches.worktrees import (
+    GIT_TIMEOUT,
+    checked,
+    current_branch,
+    git,
+    git_env,
+    ref_exists,
+)
 
 SHOWN_COMMITS = 20  # an unpushed list longer than this is cut, with a count of the rest
 SHOWN_IGNORED = 20  # likewise for ignored files that are not caches
@@ -118,6 +126,42 @@ def parse_status(output: str) -> tuple[list[str], list[str]]:
     return changes, untracked
 
 
+def hidden_changes(path: Path, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Edits `git status` does not show: tracked files marked `git update-index
+    --skip-worktree` or `--assume-unchanged` (a local config kept out of commits) whose file in
+    the worktree differs from the index, as "M  path (skip-worktree)". `git worktree remove`
+    deletes them without a word. A marked file that is absent (a sparse checkout's) is no edit."""
+    listing = checked(path, ["ls-files", "-v", "-z"], environ, f"listing the files of {path}")
+    marked: dict[str, str] = {}
+    for field in listing.stdout.split("\0"):
+        tag, name = field[:1], field[2:]
+        if tag == "S" or (tag.islower() and tag):
+            marked[name] = "skip-worktree" if tag.upper() == "S" else "assume-unchanged"
+    present = [n for n in sorted(marked) if (path / n).is_file() and not (path / n).is_symlink()]
+    if not present:
+        return []
+    staged = checked(path, ["ls-files", "-s", "-z", "--", *present], environ, "reading the index")
+    blobs = {}
+    for field in staged.stdout.split("\0"):
+        info, _, name = field.partition("\t")
+        if name and len(info.split()) == 3:
+            blobs[name] = info.split()[1]
+    hashed = runner.run(
+        ["git", "-C", str(path), "hash-object", "--stdin-paths"],
+        env=git_env(environ),
+        timeout=GIT_TIMEOUT,
+        input_text="".join(f"{n}\n" for n in present),
+    )
+    if not hashed.ok:  # unreadable: taken for changed, never for safe
+        return [f"M  {n} ({marked[n]})" for n in present]
+    now = hashed.stdout.split()
+    return [
+        f"M  {n} ({marked[n]})"
+        for n, blob in zip(present, now, strict=False)
+        if blobs.get(n) != blob
+    ]
+
+
 def is_cache(name: str) -> bool:
     """An ignored path (relative, "/"-separated; a directory ends in "/") that a build or a
     test run makes again: one of its directories is in CACHE_DIRS, or its file name matches
@@ -189,6 +233,7 @@ def unsafe_to_remove(
         f"reading the state of {path}",
     )
     changes, untracked = parse_status(status.stdout)
+    changes += hidden_changes(path, environ)
     untracked = [name for name in untracked if name not in disposable]
     ignored = ignored_work(path, environ, disposable)
     total: int = 0

@@ -243,6 +243,24 @@ def test_fresh_worktree_is_safe(repo: Path) -> None:
     assert report.lines() == []
 
 
+def test_edits_git_status_is_told_to_skip_are_listed(repo: Path) -> None:
+    """`update-index --skip-worktree` (or `--assume-unchanged`) hides a tracked file's edits
+    from `git status`, and `git worktree remove` deleted them: a local config's edits."""
+    made = worktrees.create(repo, "hidden")
+    commit(made.path, "config.local", "db=origin\n")
+    commit(made.path, "same.cfg", "kept\n")
+    git(made.path, "push", "-q", "origin", "hidden")
+    git(made.path, "update-index", "--skip-worktree", "config.local", "same.cfg")
+    git(made.path, "update-index", "--assume-unchanged", "README")
+    assert unsaved.unsafe_to_remove(made.path).safe  # marked, but as committed
+    (made.path / "config.local").write_text("db=mine, written nowhere else\n")
+    (made.path / "README").write_text("edited\n")
+    report = unsaved.unsafe_to_remove(made.path)
+    assert report.changes == ("M  README (assume-unchanged)", "M  config.local (skip-worktree)")
+    (made.path / "config.local").unlink()  # a sparse checkout's absent file is no edit
+    assert unsaved.unsafe_to_remove(made.path).changes == ("M  README (assume-unchanged)",)
+
+
 def test_untracked_file_and_unpushed_commit_are_listed(repo: Path) -> None:
     made = worktrees.create(repo, "busy")
     sha = commit(made.path, "work.py")
