@@ -18,7 +18,7 @@ import nox
 nox.needs_version = ">=2024.4"
 
 PACKAGE = "sandbox"
-PYTHON_FILES = [PACKAGE, "tasks", "noxfile.py", "tests", "containers", "benchmarks"]
+PYTHON_FILES = [PACKAGE, "tasks.py", "noxfile.py", "tests", "containers", "benchmarks"]
 # Strict mypy everywhere; the one relaxation (psycopg2 has no types) is in pyproject.toml.
 TYPED_FILES = PYTHON_FILES
 SHELL_FILES = [

@@ -247,13 +247,13 @@ def line(name: str, value: float, unit: str, ratio: float | None, target: str) -
 def status_figures() -> tuple[list[float], list[float]]:
     """Interleaved samples of `inv status` and of its floor, so load hits both alike.
 
-    Both sides read bytecode: invoke's was compiled when it was installed, and tasks/'s and
-    sandbox/'s are compiled first, as Python caches them after any first run. Without that, a
+    Both sides read bytecode: invoke's was compiled when it was installed, and tasks.py and
+    sandbox/ are compiled first, as Python caches them after any first run. Without that, a
     PYTHONDONTWRITEBYTECODE in the environment would make every `inv` compile them anew
     (about 60 ms here) while `import invoke` compiles nothing."""
     env = dict(os.environ)
-    compile_all = [sys.executable, "-m", "compileall", "-q", "tasks", "sandbox"]
-    run(compile_all, env=env, cwd=ROOT, check="compiling tasks/ and sandbox/ failed")
+    compile_all = [sys.executable, "-m", "compileall", "-q", "tasks.py", "sandbox"]
+    run(compile_all, env=env, cwd=ROOT, check="compiling tasks.py and sandbox/ failed")
     status, floor = [], []
     for _ in range(STATUS_RUNS):
         started = time.monotonic()

@@ -9,7 +9,7 @@ tool both go through `new_slot`; each starts the stack its own way inside it.
 `inv done --branch=BRANCH|--slot=N`: what to act on (`branches.resolve_done`), then every refusal
 (`check_done`: work that exists nowhere else, a worktree git would not remove), and only then
 the slot's `down --volumes`, its `.env.sandbox`, and `git worktree remove` of the path git
-recorded. The tasks in tasks/branches.py call these in that order.
+recorded. The tasks in sandbox/cli/branches.py call these in that order.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Destructive tools ask for `confirm=true` on top of the tasks' own guards: `down`
 
 The SDK runs a tool that is a plain function in a worker thread, so the blocking library calls
 stay as they are; progress goes back to the event loop with `anyio.from_thread`. Importing this
-module loads the SDK (pydantic, starlette, ...): tasks/mcp_server.py imports it only inside
+module loads the SDK (pydantic, starlette, ...): sandbox/cli/mcp_server.py imports it only inside
 `inv mcp`.
 """
 

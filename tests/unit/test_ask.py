@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from sandbox import ask
+from sandbox.cli import lifecycle
+from sandbox.cli import snapshots as snapshot_tasks
 from sandbox.errors import Exit, SandboxError
-from tasks import lifecycle
-from tasks import snapshots as snapshot_tasks
 
 
 def never(prompt: str) -> str:

@@ -12,7 +12,6 @@ import pytest
 from invoke.context import Context
 from invoke.exceptions import Exit as InvokeExit
 
-import tasks
 from sandbox import (
     apps,
     checkouts,
@@ -27,6 +26,8 @@ from sandbox import (
 from sandbox.branches import flow as branchflow
 from sandbox.branches import git as branches
 from sandbox.branches import worktrees
+from sandbox.cli import branches as branch_tasks
+from sandbox.cli import common, lifecycle
 from sandbox.errors import Exit, SandboxError
 from tests.unit.support.gitrepos import commit, isolated_git, origin, repo, template
 
@@ -61,7 +62,7 @@ def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The tasks acting on a ktrdr-sandbox checkout of its own, on a fake engine."""
     root = tmp_path / "sandbox-checkout"
     envfiles.write_all(root)
-    monkeypatch.setattr(tasks.common, "ROOT", root)
+    monkeypatch.setattr(common, "ROOT", root)
     monkeypatch.setattr(docker, "check_engine", lambda environ=None: "20.10")
     monkeypatch.setattr(picker, "ports_free", lambda slot, bind="": True)
     return root
@@ -75,7 +76,7 @@ def test_new_with_no_free_slot_creates_nothing(
     monkeypatch.setattr(picker, "sandbox_volumes", lambda environ=None: [])
     for slot in ("auto", "4"):
         with pytest.raises(InvokeExit) as caught:
-            tasks.branches.new(Context(), "feature/y", repo=str(repo), slot=slot)
+            branch_tasks.new(Context(), "feature/y", repo=str(repo), slot=slot)
         assert caught.value.code == Exit.NO_SLOT
     assert listing(repo) == ["app"] and worktrees.find(repo, "feature/y") is None
 
@@ -93,9 +94,9 @@ def test_new_claims_the_slot_then_the_worktree_then_starts(
         assert target.slot in lock.held_slots(Path(os.environ["KTRDR_LOCK_DIR"]))
         started.append((target.slot, source))
 
-    monkeypatch.setattr(tasks.lifecycle, "start", start)
+    monkeypatch.setattr(lifecycle, "start", start)
     monkeypatch.setattr(apps, "detect", lambda path, torch: apps.Source(apps.KTRDR, path, torch))
-    tasks.branches.new(Context(), "feature/y", repo=str(repo), no_wait=True)
+    branch_tasks.new(Context(), "feature/y", repo=str(repo), no_wait=True)
     [(slot, source)] = started
     assert slot == 2  # slot 1 holds a container
     assert source.path == repo.parent / "app-feature-y"
@@ -107,7 +108,7 @@ def test_a_failed_start_keeps_the_worktree_and_says_how_to_remove_it(
     monkeypatch.setattr(docker, "sandbox_containers", lambda environ=None: [])
     monkeypatch.setattr(picker, "sandbox_volumes", lambda environ=None: [])
     with pytest.raises(InvokeExit) as caught:  # the template repo is no app checkout
-        tasks.branches.new(Context(), "feature/y", repo=str(repo), slot="3")
+        branch_tasks.new(Context(), "feature/y", repo=str(repo), slot="3")
     assert caught.value.code == Exit.USAGE and "not an app checkout" in str(caught.value.message)
     said = capsys.readouterr().out
     assert "slot 3: free" in said.splitlines()[0]

@@ -233,12 +233,15 @@ def test_status_loads_only_what_it_uses() -> None:
     ours = {"checks", "docker", "engine", "errors", "lastup", "net", "runner", "ui", "ui.render"}
     # lock and the restore marker: one listing of the lock directory for an interrupted restore.
     ours |= {"settings", "shared", "slots", "status", "lock", "snapshots", "snapshots.marker"}
+    # The tasks themselves: each imports the rest of what it uses inside its body.
+    cli = ["common", "lifecycle", "branches", "observe", "access", "snapshots", "images"]
+    ours |= {"cli", *(f"cli.{name}" for name in [*cli, "machine", "remote", "mcp_server"])}
     assert set(loaded.split()) == {"sandbox", *(f"sandbox.{name}" for name in ours)}
 
 
 def test_the_task_package_keeps_every_command_name_flat() -> None:
-    """tasks/ is one module per concern, merged into one namespace: `inv NAME` as ever, no
-    `inv lifecycle.up`; a task left out of `COLLECTIONS` would be missing here."""
+    """sandbox/cli/ is one module per concern, merged by tasks.py into one namespace: `inv
+    NAME` as ever, no `inv lifecycle.up`; a task left out of `COLLECTIONS` would be missing here."""
     import tasks
 
     assert sorted(tasks.ns.task_names) == [
@@ -251,29 +254,33 @@ def test_the_task_package_keeps_every_command_name_flat() -> None:
     assert defined == set(tasks.ns.task_names)
 
 
-def test_no_task_module_shadows_a_module_the_tools_import() -> None:
-    """Invoke puts the tasks/ directory itself at the front of sys.path, so tasks/NAME.py is
-    what `import NAME` finds for the whole `inv` process (a tasks/mcp.py hid the MCP SDK)."""
+def test_nothing_at_the_checkouts_top_shadows_a_module_the_tools_import() -> None:
+    """Invoke puts the directory of tasks.py at the front of sys.path, so a module there named
+    like one the tools import is what `import NAME` finds for the whole `inv` process (a task
+    module named mcp once hid the MCP SDK and `inv mcp` died at import)."""
     import pkgutil
 
-    ours = {p.stem for p in (ROOT / "tasks").glob("*.py")} - {"__init__"}
-    importable = {m.name for m in pkgutil.iter_modules()} | set(sys.stdlib_module_names)
-    assert ours and not ours & importable
+    ours = {p.stem for p in ROOT.glob("*.py")} | {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    elsewhere = [p for p in sys.path if p not in ("", ".") and Path(p).resolve() != ROOT]
+    importable = {m.name for m in pkgutil.iter_modules(elsewhere)} | set(sys.stdlib_module_names)
+    assert {"tasks", "sandbox"} <= ours and not ours & importable
 
 
 def test_a_checkouts_tasks_drive_its_own_sandbox_package(tmp_path: Path) -> None:
     """Another checkout's `inv` (a worktree using this .venv, whose editable install points
     here) imports that checkout's sandbox package, so its ROOT, its slots, its ownership."""
     copy = tmp_path / "other"
-    for name in ("tasks", "sandbox"):
-        shutil.copytree(ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "sandbox", copy / "sandbox", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(ROOT / "tasks.py", copy / "tasks.py")
     script = (
         "import sys\n"
         "from invoke.config import Config\n"
         "from invoke.loader import FilesystemLoader\n"
         f"FilesystemLoader(start={str(copy)!r}, config=Config()).load()\n"
-        "import sandbox, tasks.common\n"
-        "print(sandbox.ROOT, tasks.common.ROOT)\n"
+        "import sandbox, sandbox.cli.common\n"
+        "print(sandbox.ROOT, sandbox.cli.common.ROOT)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60

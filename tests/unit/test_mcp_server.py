@@ -329,8 +329,8 @@ def test_the_tasks_do_not_import_the_sdk() -> None:
 
 
 def test_inv_mcp_starts_and_ends_with_its_input() -> None:
-    """`inv mcp` imports the SDK as `mcp`: a module of the task package by that name would
-    shadow it (invoke puts the package's directory on sys.path), and the server would die."""
+    """`inv mcp` imports the SDK as `mcp`: a module by that name beside tasks.py would shadow
+    it (invoke puts that directory on sys.path), and the server would die."""
     inv = Path(sys.executable).parent / "inv"
     result = runner.run([inv, "--search-root", ROOT, "mcp"], input_text="", timeout=60)
     assert result.returncode == 0, result.stderr

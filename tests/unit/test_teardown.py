@@ -14,8 +14,8 @@ import pytest
 from invoke.context import Context
 from invoke.exceptions import Exit as InvokeExit
 
-import tasks
 from sandbox import checkouts, compose, docker, envfiles, picker, slotfiles, slots, teardown
+from sandbox.cli import common, lifecycle
 from sandbox.errors import Exit, SandboxError
 from sandbox.images import provenance
 from tests.unit.support import engine as support_engine
@@ -94,9 +94,9 @@ class FakeEngine(support_engine.FakeEngine):
         owners: dict[str, str | None] | None = None,
     ) -> None:
         """`owners`: a volume's checkout by name (None: made before provenance labels);
-        a volume not named there is this checkout's (tasks.common.ROOT)."""
+        a volume not named there is this checkout's (common.ROOT)."""
         super().__init__()
-        here = str(Path(tasks.common.ROOT).resolve())  # the `isolated` checkout
+        here = str(Path(common.ROOT).resolve())  # the `isolated` checkout
         for made in volumes:
             checkout = (owners or {}).get(made.name, here)
             self.volumes[made.name] = (
@@ -123,7 +123,7 @@ class FakeEngine(support_engine.FakeEngine):
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A ktrdr-sandbox checkout of its own (env files, state) and private locks."""
     envfiles.write_all(tmp_path)
-    monkeypatch.setattr(tasks.common, "ROOT", tmp_path)
+    monkeypatch.setattr(common, "ROOT", tmp_path)
     monkeypatch.setenv("KTRDR_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.setenv("COMPOSE_FILE", "/somewhere/else.yml")  # must not reach Compose
     return tmp_path
@@ -143,7 +143,7 @@ def test_down_all_takes_down_every_slot_and_their_files(
         [container(2, "backend", source=str(source)), container(9, source=str(foreign))],
         [volume(2), volume(5)],
     )
-    tasks.lifecycle.down(Context(), all_=True, volumes=True, yes=True)
+    lifecycle.down(Context(), all_=True, volumes=True, yes=True)
     ran = [cmd for cmd, _ in engine.changes()]
     assert ran == [teardown.down_command(["docker", "compose"], s, True) for s in (2, 5, 9)]
     for _, options in engine.changes():
@@ -157,7 +157,7 @@ def test_down_all_keeps_volume_only_slots_without_volumes(
     isolated: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = FakeEngine(monkeypatch, [container(3)], [volume(3), volume(4)])
-    tasks.lifecycle.down(Context(), all_=True, yes=True)
+    lifecycle.down(Context(), all_=True, yes=True)
     assert [cmd for cmd, _ in engine.changes()] == [
         teardown.down_command(["docker", "compose"], 3, False)
     ]
@@ -169,7 +169,7 @@ def test_down_all_without_a_terminal_or_yes_touches_nothing(
     engine = FakeEngine(monkeypatch, [container(1)], [])
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
     with pytest.raises(InvokeExit) as caught:
-        tasks.lifecycle.down(Context(), all_=True)
+        lifecycle.down(Context(), all_=True)
     assert caught.value.code == Exit.USAGE and "--yes" in str(caught.value.message)
     assert engine.changes() == []
 
@@ -181,14 +181,14 @@ def test_down_all_answered_no_touches_nothing(
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     monkeypatch.setattr("builtins.input", lambda prompt: "n")
     with pytest.raises(InvokeExit) as caught:
-        tasks.lifecycle.down(Context(), all_=True)
+        lifecycle.down(Context(), all_=True)
     assert caught.value.code == Exit.FAILED
     assert engine.changes() == []
 
 
 def test_down_all_with_a_slot_is_refused(isolated: Path) -> None:
     with pytest.raises(InvokeExit, match="not both"):
-        tasks.lifecycle.down(Context(), slot="1", all_=True)
+        lifecycle.down(Context(), slot="1", all_=True)
 
 
 def test_down_all_volumes_removes_only_this_checkouts_and_lists_the_rest_as_kept(
@@ -201,7 +201,7 @@ def test_down_all_volumes_removes_only_this_checkouts_and_lists_the_rest_as_kept
         [volume(2), volume(4), volume(5), volume(6)],
         owners={theirs: "/srv/other-checkout", legacy: None},
     )
-    tasks.lifecycle.down(Context(), all_=True, volumes=True, yes=True)
+    lifecycle.down(Context(), all_=True, volumes=True, yes=True)
     ran = [cmd for cmd, _ in engine.changes()]
     compose_cmd = ["docker", "compose"]
     assert ran == [
@@ -227,7 +227,7 @@ def test_down_all_volumes_with_other_checkouts_removes_them_too(
         monkeypatch, [container(4)], [volume(4), volume(6)],
         owners={picker.db_volume_name(4): "/srv/other", picker.db_volume_name(6): None},
     )  # fmt: skip
-    tasks.lifecycle.down(Context(), all_=True, volumes=True, yes=True, other_checkouts=True)
+    lifecycle.down(Context(), all_=True, volumes=True, yes=True, other_checkouts=True)
     assert [cmd for cmd, _ in engine.changes()] == [
         teardown.down_command(["docker", "compose"], s, True) for s in (4, 6)
     ]

@@ -1,5 +1,6 @@
-"""`inv` in this process: the real Invoke program (parsing, the tasks, `tasks.handled`, the
-printing of an exit's message), without the interpreter start a subprocess costs per case.
+"""`inv` in this process: the real Invoke program (parsing, the tasks, their error boundary
+`sandbox.cli.common.handled`, the printing of an exit's message), without the interpreter
+start a subprocess costs per case.
 
 The route from an exception to a process's exit code and stderr is checked once per route
 through a real process (test_cli); every input case runs here. The `inv` fixture
@@ -18,7 +19,7 @@ from invoke.program import Program
 
 import tasks
 from sandbox import runner
-from tasks import common
+from sandbox.cli import common
 
 NO_ENGINE = "unix:///nonexistent-ktrdr-sandbox.sock"
 

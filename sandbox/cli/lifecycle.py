@@ -12,9 +12,8 @@ from invoke.exceptions import Exit as InvokeExit
 from invoke.tasks import task
 
 from sandbox import slots
-from sandbox.errors import Exit, SandboxError
-from tasks import common
-from tasks.common import (
+from sandbox.cli import common
+from sandbox.cli.common import (
     MODELS_HELP,
     NO_WAIT_HELP,
     OTHERS_HELP,
@@ -26,6 +25,7 @@ from tasks.common import (
     handled,
     out,
 )
+from sandbox.errors import Exit, SandboxError
 
 if TYPE_CHECKING:
     from sandbox import apps, compose, launch, stack

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from invoke.context import Context
 from invoke.tasks import task
 
+from sandbox.cli import common
+from sandbox.cli.common import TORCH_HELP, handled, out
 from sandbox.errors import Exit, SandboxError
-from tasks import common
-from tasks.common import TORCH_HELP, handled, out
 
 
 @task(

@@ -10,8 +10,8 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from sandbox import slots
-from tasks import common
-from tasks.common import SLOT_HELP, handled
+from sandbox.cli import common
+from sandbox.cli.common import SLOT_HELP, handled
 
 if TYPE_CHECKING:
     from sandbox import compose

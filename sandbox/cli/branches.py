@@ -8,8 +8,8 @@ from invoke.context import Context
 from invoke.tasks import task
 
 from sandbox import slots
-from tasks import common, lifecycle
-from tasks.common import MODELS_HELP, NO_WAIT_HELP, TIMEOUT_HELP, TORCH_HELP, handled, out
+from sandbox.cli import common, lifecycle
+from sandbox.cli.common import MODELS_HELP, NO_WAIT_HELP, TIMEOUT_HELP, TORCH_HELP, handled, out
 
 
 @task(

@@ -15,9 +15,9 @@ from invoke.exceptions import Exit as InvokeExit
 from invoke.tasks import task
 
 from sandbox import slots
+from sandbox.cli import common
+from sandbox.cli.common import SLOT_HELP, handled, out
 from sandbox.errors import Exit, SandboxError
-from tasks import common
-from tasks.common import SLOT_HELP, handled, out
 
 if TYPE_CHECKING:
     from sandbox import compose

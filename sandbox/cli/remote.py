@@ -8,10 +8,10 @@ import time
 from invoke.context import Context
 from invoke.tasks import task
 
+from sandbox.cli import common
+from sandbox.cli.common import SLOT_HELP, handled, out
 from sandbox.errors import Exit, SandboxError
 from sandbox.settings import LOCK_WAIT
-from tasks import common
-from tasks.common import SLOT_HELP, handled, out
 
 
 @task(help={"slot": SLOT_HELP, "watch": "keep sending every change until Ctrl-C"})

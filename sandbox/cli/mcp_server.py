@@ -5,7 +5,7 @@ from __future__ import annotations
 from invoke.context import Context
 from invoke.tasks import task
 
-from tasks.common import handled
+from sandbox.cli.common import handled
 
 
 @task(name="mcp")

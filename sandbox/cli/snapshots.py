@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from invoke.context import Context
 from invoke.tasks import task
 
+from sandbox.cli import common
+from sandbox.cli.common import OTHERS_HELP, handled, out
 from sandbox.errors import Exit, SandboxError
-from tasks import common
-from tasks.common import OTHERS_HELP, handled, out
 
 if TYPE_CHECKING:
     from sandbox import compose
